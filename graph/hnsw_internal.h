@@ -1,0 +1,80 @@
+/* hnsw_internal.h -- the in-memory HNSW graph behind kiln_index, shared by
+ * the builders (graph/hnsw_insert.c, later the device pipeline), the search
+ * module, the validator and the index file reader/writer.
+ *
+ * Layout (after hnswlib, with ids as uint32_t like its tableint):
+ *  - vectors: count rows of dim floats, row-major, 64-byte aligned; COS rows
+ *    are stored normalised.
+ *  - level 0: one fixed-stride block per node, [n_links, id_0 .. id_{M0-1}],
+ *    so node i's list is at links0 + i * (1 + M0).
+ *  - upper levels: node i with level L > 0 owns L consecutive blocks of
+ *    [n_links, id_0 .. id_{M-1}] (for levels 1..L) in upper_pool, starting at
+ *    upper_off[i] (in uint32_t units); upper_off[i] is KILN_NO_UPPER when L == 0.
+ *  - labels: the user's id of each node (row number by default).
+ */
+#ifndef KILN_HNSW_INTERNAL_H
+#define KILN_HNSW_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kiln.h"
+#include "../host/distance_internal.h"
+
+#define KILN_NO_NODE UINT32_MAX
+#define KILN_NO_UPPER UINT64_MAX
+#define KILN_MAX_M 1024 /* bound on M accepted from params and files */
+#define KILN_MAX_DIM 65536
+
+struct kiln_index {
+    kiln_ctx *ctx;
+    uint32_t dim;
+    kiln_metric metric;
+    uint32_t M;              /* upper-level degree bound */
+    uint32_t M0;             /* level-0 degree bound (2M) */
+    uint32_t ef_construction;
+    uint64_t seed;
+    uint64_t count;          /* nodes in the graph */
+    uint32_t max_level;      /* top level; 0 when count == 0 */
+    uint32_t entry_point;    /* a node on max_level; KILN_NO_NODE when empty */
+    kiln_dist_fn dist;       /* kiln_distance_fn(metric) */
+
+    float *vectors;          /* count * dim, kiln_alloc_aligned */
+    int64_t *labels;         /* count */
+    uint8_t *levels;         /* count; each <= max_level */
+    uint32_t *links0;        /* count * (1 + M0), kiln_alloc_aligned */
+    uint64_t *upper_off;     /* count */
+    uint32_t *upper_pool;    /* upper_len uint32_t */
+    uint64_t upper_len;
+};
+
+static inline size_t kiln_links0_stride(const struct kiln_index *ix) {
+    return (size_t)ix->M0 + 1;
+}
+
+/* The link block [n, ids...] of node on level (level <= levels[node]). */
+static inline uint32_t *kiln_links(const struct kiln_index *ix, uint32_t node, unsigned level) {
+    if (level == 0)
+        return ix->links0 + (size_t)node * kiln_links0_stride(ix);
+    return ix->upper_pool + ix->upper_off[node] + (size_t)(level - 1) * (ix->M + 1);
+}
+
+static inline const float *kiln_vector(const struct kiln_index *ix, uint32_t node) {
+    return ix->vectors + (size_t)node * ix->dim;
+}
+
+/* Allocates an empty index of `count` nodes with the given per-node levels
+ * (copied; NULL = all 0): vectors, labels, link blocks zeroed, upper_off laid
+ * out. The caller fills vectors/labels and links. */
+kiln_status kiln_index_alloc(kiln_ctx *ctx, uint64_t count, uint32_t dim, kiln_metric metric,
+                             uint32_t M, const uint8_t *levels, struct kiln_index **out);
+
+/* Samples per-node levels: floor(-ln(U) / ln(M)), capped at KILN_MAX_LEVELS-1,
+ * from a kiln_rng seeded with seed. Deterministic for (count, M, seed). */
+void kiln_sample_levels(uint8_t *levels, uint64_t count, uint32_t M, uint64_t seed);
+
+/* Bytes of heap the index holds. */
+uint64_t kiln_index_memory(const struct kiln_index *ix);
+
+#endif /* KILN_HNSW_INTERNAL_H */

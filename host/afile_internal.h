@@ -1,0 +1,30 @@
+/* afile_internal.h -- atomic file output: write to a temporary file beside
+ * the target, fsync, rename over the target, fsync the folder. A crash or a
+ * failure at any point leaves either the old file or nothing under the final
+ * name, never a half-written one. */
+#ifndef KILN_AFILE_INTERNAL_H
+#define KILN_AFILE_INTERNAL_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#include "kiln.h"
+
+typedef struct kiln_afile kiln_afile;
+
+/* Creates "<path>.tmp.XXXXXX" in path's folder. */
+kiln_status kiln_afile_open(kiln_ctx *ctx, const char *path, kiln_afile **out);
+/* Buffered write; errors are sticky and reported here and by commit. */
+kiln_status kiln_afile_write(kiln_afile *af, const void *buf, size_t len);
+/* Writes zero bytes until the file offset is a multiple of align. */
+kiln_status kiln_afile_pad(kiln_afile *af, size_t align);
+/* Bytes written so far (the current file offset). */
+size_t kiln_afile_offset(const kiln_afile *af);
+/* Overwrites bytes at an earlier offset (for headers written last). */
+kiln_status kiln_afile_pwrite(kiln_afile *af, const void *buf, size_t len, size_t offset);
+/* Flush, fsync, rename, fsync folder; frees af in every case. */
+kiln_status kiln_afile_commit(kiln_afile *af);
+/* Removes the temporary file and frees af; NULL is a no-op. */
+void kiln_afile_abort(kiln_afile *af);
+
+#endif /* KILN_AFILE_INTERNAL_H */

@@ -1,0 +1,58 @@
+/* ctx_internal.h -- what every module of kiln shares: the context, error
+ * reporting, checked allocation and overflow-checked sizes.
+ *
+ * Design decisions:
+ *  1. Errors are reported once, where they are detected, by kiln_fail(),
+ *     which formats the message into the context and returns the status, so
+ *     a call site reads `return kiln_fail(ctx, KILN_E_FORMAT, "...")`.
+ *  2. Messages name what is wrong and where (file, record, byte offset), on
+ *     one line, without a trailing newline or period.
+ *  3. Every size computed from untrusted input goes through kiln_mul_size /
+ *     kiln_add_size before it reaches an allocator.
+ */
+#ifndef KILN_CTX_INTERNAL_H
+#define KILN_CTX_INTERNAL_H
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kiln.h"
+
+#define KILN_ERRMSG_MAX 1024
+
+struct kiln_ctx {
+    pthread_mutex_t lock;          /* guards errmsg */
+    char errmsg[KILN_ERRMSG_MAX];  /* last failure, NUL-terminated */
+    kiln_progress progress;        /* KILN_PROGRESS_* */
+    void *device;                  /* host/ OpenCL state (struct kiln_device_state), NULL until used */
+};
+
+/* Records a formatted message on ctx (may be NULL) and returns status. */
+kiln_status kiln_fail(kiln_ctx *ctx, kiln_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+kiln_status kiln_vfail(kiln_ctx *ctx, kiln_status status, const char *fmt, va_list ap);
+void kiln_clear_error(kiln_ctx *ctx);
+
+/* Allocation that reports "out of memory allocating N bytes for WHAT". *out
+ * is NULL on failure. kiln_alloc_aligned memory is 64-byte aligned and freed
+ * with kiln_free_aligned. kiln_calloc zeroes. */
+kiln_status kiln_alloc(kiln_ctx *ctx, size_t bytes, const char *what, void **out);
+kiln_status kiln_calloc(kiln_ctx *ctx, size_t bytes, const char *what, void **out);
+kiln_status kiln_alloc_aligned(kiln_ctx *ctx, size_t bytes, const char *what, void **out);
+void kiln_free_aligned(void *p);
+
+/* true on overflow; *out is a*b (a+b) otherwise. */
+static inline bool kiln_mul_size(size_t a, size_t b, size_t *out) {
+    return __builtin_mul_overflow(a, b, out);
+}
+static inline bool kiln_add_size(size_t a, size_t b, size_t *out) {
+    return __builtin_add_overflow(a, b, out);
+}
+
+/* Threads to use for a request of `threads` (0 = all online cores). */
+int kiln_threads(uint32_t threads);
+
+#endif /* KILN_CTX_INTERNAL_H */

@@ -1,0 +1,274 @@
+/* kiln.h -- the one public header of kiln, a batch HNSW index builder.
+ *
+ * kiln builds HNSW graphs for approximate nearest-neighbour search, either by
+ * classic one-at-a-time insertion on the CPU (KILN_METHOD_INSERT) or through
+ * the device pipeline that offloads distance work to an OpenCL device
+ * (KILN_METHOD_DEVICE), and serves them with a CPU search module.
+ *
+ * Conventions (frozen):
+ *  - Every function that can fail returns a kiln_status: KILN_OK (0) or a
+ *    named negative code. Results come back through trailing out-parameters,
+ *    which are left NULL/0 on failure.
+ *  - kiln_errmsg(ctx) gives the detail of the last failure on that context;
+ *    it stays valid until the next call on that context.
+ *  - Inputs are borrowed for the duration of the call; whatever kiln keeps
+ *    is copied. kiln_<object>_free(NULL) is a no-op.
+ *  - An index is read-only once built or loaded and may be searched from
+ *    many threads at once. Functions that mutate say so.
+ */
+#ifndef KILN_H
+#define KILN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KILN_VERSION_MAJOR 0
+#define KILN_VERSION_MINOR 1
+#define KILN_VERSION_PATCH 0
+#define KILN_VERSION_NUMBER \
+    (KILN_VERSION_MAJOR * 10000 + KILN_VERSION_MINOR * 100 + KILN_VERSION_PATCH)
+#define KILN_VERSION_STRING "0.1.0"
+
+#if defined(__GNUC__)
+#define KILN_API __attribute__((visibility("default")))
+#else
+#define KILN_API
+#endif
+
+/* ==== Status ==== */
+
+/* Values are frozen: they may be stored, logged or compared across versions. */
+typedef enum kiln_status {
+    KILN_OK = 0,
+    KILN_E_ARG = -1,          /* invalid argument or parameter */
+    KILN_E_NOMEM = -2,        /* memory allocation failed */
+    KILN_E_IO = -3,           /* open/read/write/rename failed (errno in message) */
+    KILN_E_FORMAT = -4,       /* malformed input file */
+    KILN_E_VERSION = -5,      /* file format version not supported */
+    KILN_E_CHECKSUM = -6,     /* section checksum mismatch */
+    KILN_E_RANGE = -7,        /* a count, size or id is out of range */
+    KILN_E_UNSUPPORTED = -8,  /* valid request this build cannot serve */
+    KILN_E_DEVICE = -9,       /* an OpenCL call failed */
+    KILN_E_NO_DEVICE = -10,   /* no OpenCL platform or matching device */
+    KILN_E_INVALID = -11,     /* the graph validator found a defect */
+    KILN_E_INTERNAL = -12     /* a bug in kiln */
+} kiln_status;
+
+/* Static name of a status code, e.g. "KILN_E_FORMAT"; never NULL. */
+KILN_API const char *kiln_status_str(kiln_status status);
+
+KILN_API int kiln_version_number(void);
+KILN_API const char *kiln_version_string(void);
+
+/* ==== Context ==== */
+
+/* A kiln_ctx owns the last error message, the progress setting and (once the
+ * device pipeline is used) the OpenCL devices and program cache. Objects made
+ * through a context keep a pointer to it: free them before the context. */
+typedef struct kiln_ctx kiln_ctx;
+
+KILN_API kiln_status kiln_ctx_new(kiln_ctx **out);
+KILN_API void kiln_ctx_free(kiln_ctx *ctx);
+
+/* Detail of the last failure on ctx ("" when none). Valid until the next call
+ * that uses ctx. Thread-safe, but with several threads failing at once the
+ * message is that of one of them: use a context per thread where it matters. */
+KILN_API const char *kiln_errmsg(const kiln_ctx *ctx);
+
+typedef enum kiln_progress {
+    KILN_PROGRESS_AUTO = 1, /* report on stderr when stderr is a terminal */
+    KILN_PROGRESS_ON = 2,
+    KILN_PROGRESS_OFF = 3
+} kiln_progress;
+
+KILN_API kiln_status kiln_ctx_set_progress(kiln_ctx *ctx, kiln_progress mode);
+
+/* ==== Metrics and element types ==== */
+
+typedef enum kiln_metric {
+    KILN_METRIC_L2 = 1,  /* squared Euclidean distance */
+    KILN_METRIC_IP = 2,  /* inner product; distance = 1 - <a,b> (hnswlib's "ip") */
+    KILN_METRIC_COS = 3  /* cosine; vectors normalised on insert, then as IP */
+} kiln_metric;
+
+KILN_API const char *kiln_metric_name(kiln_metric metric);
+KILN_API kiln_status kiln_metric_parse(const char *name, kiln_metric *out);
+
+typedef enum kiln_dtype {
+    KILN_DTYPE_F32 = 1,
+    KILN_DTYPE_U8 = 2,
+    KILN_DTYPE_I8 = 3,
+    KILN_DTYPE_I32 = 4
+} kiln_dtype;
+
+KILN_API const char *kiln_dtype_name(kiln_dtype dtype);
+
+/* ==== Datasets ==== */
+
+typedef enum kiln_format {
+    KILN_FORMAT_AUTO = 1,  /* from the file name's extension */
+    KILN_FORMAT_FVECS = 2, /* texmex: per record int32 d, then d float32 */
+    KILN_FORMAT_BVECS = 3, /* texmex: per record int32 d, then d uint8 */
+    KILN_FORMAT_IVECS = 4, /* texmex: per record int32 d, then d int32 */
+    KILN_FORMAT_FBIN = 5,  /* big-ann: uint32 n, uint32 d, n*d float32 */
+    KILN_FORMAT_U8BIN = 6, /* big-ann: uint32 n, uint32 d, n*d uint8 */
+    KILN_FORMAT_I8BIN = 7, /* big-ann: uint32 n, uint32 d, n*d int8 */
+    KILN_FORMAT_NPY = 8    /* NumPy .npy v1-v3, 2-D, C order, <f4 |u1 |i1 <i4 */
+} kiln_format;
+
+KILN_API const char *kiln_format_name(kiln_format format);
+/* Parses "fvecs", "bvecs", "ivecs", "fbin", "u8bin", "i8bin", "npy", "auto". */
+KILN_API kiln_status kiln_format_parse(const char *name, kiln_format *out);
+
+/* Flags for kiln_dataset_open. */
+#define KILN_OPEN_ALLOW_NONFINITE 0x1u /* accept NaN/Inf float values */
+
+/* A read-only view of an on-disk dataset of n vectors of dimension d. The
+ * file is memory-mapped, never copied whole. Free with kiln_dataset_free. */
+typedef struct kiln_dataset kiln_dataset;
+
+KILN_API kiln_status kiln_dataset_open(kiln_ctx *ctx, const char *path, kiln_format format,
+                                       unsigned flags, kiln_dataset **out);
+KILN_API void kiln_dataset_free(kiln_dataset *ds);
+KILN_API size_t kiln_dataset_count(const kiln_dataset *ds);
+KILN_API size_t kiln_dataset_dim(const kiln_dataset *ds);
+KILN_API kiln_dtype kiln_dataset_dtype(const kiln_dataset *ds);
+KILN_API kiln_format kiln_dataset_format(const kiln_dataset *ds);
+
+/* Copies rows [first, first+count) into out (count*dim floats, caller's),
+ * converting from the file's element type. Non-finite values are rejected
+ * with KILN_E_FORMAT naming the record and byte offset unless the dataset was
+ * opened with KILN_OPEN_ALLOW_NONFINITE. */
+KILN_API kiln_status kiln_dataset_read_f32(const kiln_dataset *ds, size_t first, size_t count,
+                                           float *out);
+/* The same for integer data (ivecs ground truth); float files are refused. */
+KILN_API kiln_status kiln_dataset_read_i32(const kiln_dataset *ds, size_t first, size_t count,
+                                           int32_t *out);
+
+/* Writes n rows of d elements of dtype to path in format, atomically: a
+ * temporary file in the same folder, fsync, rename. On failure nothing is
+ * left under path. The format must be able to hold dtype. */
+KILN_API kiln_status kiln_dataset_write(kiln_ctx *ctx, const char *path, kiln_format format,
+                                        kiln_dtype dtype, const void *data, size_t n, size_t d);
+
+/* ==== Exact k-nearest neighbours (the recall oracle) ==== */
+
+/* Brute-force k nearest base vectors for each query, multi-threaded with
+ * SIMD distances. labels and distances (caller's, nq*k each; distances may be
+ * NULL) get each query's neighbours nearest first, ties by smaller id; rows
+ * are padded with -1 / +inf when n < k. threads 0 = all cores. */
+KILN_API kiln_status kiln_knn_exact(kiln_ctx *ctx, const float *base, size_t n,
+                                    const float *queries, size_t nq, size_t dim,
+                                    kiln_metric metric, uint32_t k, uint32_t threads,
+                                    int64_t *labels, float *distances);
+/* The same over datasets, streaming the base in blocks so it never has to be
+ * in memory whole. */
+KILN_API kiln_status kiln_knn_exact_dataset(kiln_ctx *ctx, const kiln_dataset *base,
+                                            const kiln_dataset *queries, kiln_metric metric,
+                                            uint32_t k, uint32_t threads, int64_t *labels,
+                                            float *distances);
+
+/* ==== Index ==== */
+
+typedef struct kiln_index kiln_index;
+
+typedef enum kiln_method {
+    KILN_METHOD_INSERT = 1, /* classic HNSW insertion on the CPU */
+    KILN_METHOD_DEVICE = 2  /* quantize, cluster, per-cluster kNN on OpenCL, prune */
+} kiln_method;
+
+#define KILN_MAX_LEVELS 32 /* levels 0..31; sampled levels are capped there */
+
+typedef struct kiln_build_params {
+    kiln_metric metric;       /* default KILN_METRIC_L2 */
+    uint32_t M;               /* links per node on upper levels (2M on level 0); default 16 */
+    uint32_t ef_construction; /* beam width while inserting; default 200 */
+    kiln_method method;       /* default KILN_METHOD_INSERT */
+    uint32_t threads;         /* 0 = all cores; default 0 */
+    uint64_t seed;            /* PRNG seed for levels and sampling; default 1 */
+} kiln_build_params;
+
+KILN_API void kiln_build_params_init(kiln_build_params *params);
+
+/* Builds an index over n vectors of dimension dim (row-major, borrowed; the
+ * index keeps its own copy). Label of row i is i. */
+KILN_API kiln_status kiln_index_build(kiln_ctx *ctx, const float *vectors, size_t n, size_t dim,
+                                      const kiln_build_params *params, kiln_index **out);
+/* The same, reading rows from a dataset straight into the index's storage. */
+KILN_API kiln_status kiln_index_build_dataset(kiln_ctx *ctx, const kiln_dataset *ds,
+                                              const kiln_build_params *params,
+                                              kiln_index **out);
+KILN_API void kiln_index_free(kiln_index *index);
+
+typedef struct kiln_search_params {
+    uint32_t k;       /* neighbours per query; default 10 */
+    uint32_t ef;      /* beam width, raised to k when smaller; default 64 */
+    uint32_t threads; /* threads over the batch of queries; 0 = all cores; default 1 */
+} kiln_search_params;
+
+KILN_API void kiln_search_params_init(kiln_search_params *params);
+
+/* Searches nq queries (row-major, dim floats each). labels and distances
+ * (caller's, nq*k each; distances may be NULL) get each query's neighbours
+ * nearest first, padded with -1 / +inf when fewer than k exist. Safe to call
+ * from many threads on one index: all scratch is per call. */
+KILN_API kiln_status kiln_index_search(const kiln_index *index, const float *queries, size_t nq,
+                                       const kiln_search_params *params, int64_t *labels,
+                                       float *distances);
+
+/* Writes the index atomically (temporary file, fsync, rename). */
+KILN_API kiln_status kiln_index_save(const kiln_index *index, const char *path);
+/* Reads and verifies an index file (magic, version, checksums, every count and
+ * id) and returns a read-only index. */
+KILN_API kiln_status kiln_index_load(kiln_ctx *ctx, const char *path, kiln_index **out);
+
+typedef struct kiln_index_info {
+    uint32_t format_version;
+    uint32_t dim;
+    kiln_metric metric;
+    uint32_t M;               /* upper-level degree bound */
+    uint32_t M0;              /* level-0 degree bound */
+    uint32_t ef_construction;
+    uint64_t count;           /* vectors */
+    uint32_t max_level;       /* top level (levels are 0..max_level) */
+    uint32_t entry_point;     /* node id; meaningless when count == 0 */
+    uint64_t seed;
+    uint64_t file_bytes;
+} kiln_index_info;
+
+/* Reads and checks the header of an index file only (cheap for any size). */
+KILN_API kiln_status kiln_index_info_read(kiln_ctx *ctx, const char *path,
+                                          kiln_index_info *out);
+
+typedef struct kiln_index_stats {
+    uint64_t count;
+    uint32_t dim;
+    kiln_metric metric;
+    uint32_t M, M0;
+    uint32_t levels;                            /* max_level + 1; 0 when empty */
+    uint64_t nodes_per_level[KILN_MAX_LEVELS];  /* nodes present on each level */
+    double avg_degree[KILN_MAX_LEVELS];         /* mean out-degree per level */
+    uint32_t max_degree[KILN_MAX_LEVELS];
+    uint64_t memory_bytes;                      /* heap bytes held by the index */
+} kiln_index_stats;
+
+KILN_API kiln_status kiln_index_stats_get(const kiln_index *index, kiln_index_stats *out);
+KILN_API size_t kiln_index_count(const kiln_index *index);
+KILN_API size_t kiln_index_dim(const kiln_index *index);
+KILN_API kiln_metric kiln_index_metric(const kiln_index *index);
+
+/* Runs the graph validator: ids in range, no self or duplicate links, degree
+ * bounds, the entry point on the top level, every node reachable from the
+ * entry point on level 0, and upper-level links only between nodes present on
+ * that level. KILN_E_INVALID with the first defect in the message. */
+KILN_API kiln_status kiln_index_check(const kiln_index *index);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KILN_H */
