@@ -47,6 +47,8 @@ struct kiln_index {
     uint64_t *upper_off;     /* count */
     uint32_t *upper_pool;    /* upper_len uint32_t */
     uint64_t upper_len;
+
+    void *scratch_pool;      /* graph/hnsw_search.c: reusable per-thread search state */
 };
 
 static inline size_t kiln_links0_stride(const struct kiln_index *ix) {
@@ -73,6 +75,9 @@ kiln_status kiln_index_alloc(kiln_ctx *ctx, uint64_t count, uint32_t dim, kiln_m
 /* Samples per-node levels: floor(-ln(U) / ln(M)), capped at KILN_MAX_LEVELS-1,
  * from a kiln_rng seeded with seed. Deterministic for (count, M, seed). */
 void kiln_sample_levels(uint8_t *levels, uint64_t count, uint32_t M, uint64_t seed);
+
+/* Frees the search scratch pool (kiln_index_free calls it). */
+void kiln_scratch_pool_free(struct kiln_index *ix);
 
 /* Bytes of heap the index holds. */
 uint64_t kiln_index_memory(const struct kiln_index *ix);

@@ -1,0 +1,35 @@
+/* build_internal.h -- graph construction pieces shared by the builders:
+ * the HNSW neighbour-selection heuristic, insertion, and the level-0
+ * reachability repair that every builder runs last. host/build.c drives them. */
+#ifndef KILN_BUILD_INTERNAL_H
+#define KILN_BUILD_INTERNAL_H
+
+#include "../host/progress_internal.h"
+#include "search_internal.h"
+
+/* Malkov & Yashunin's heuristic (algorithm 4, hnswlib's
+ * getNeighborsByHeuristic2): from candidates sorted nearest first, keep c
+ * unless an already kept neighbour is nearer to c than the base node is.
+ * Returns how many ids went to out (at most M). Fewer than M candidates are
+ * all kept. */
+uint32_t kiln_select_neighbors(const struct kiln_index *ix, const kiln_cand *sorted, uint32_t n,
+                               uint32_t M, uint32_t *out);
+
+/* Adds link from -> to on level (to at distance d from `from`), re-pruning
+ * from's list with the heuristic when it is full. Takes from's lock. */
+void kiln_link_add(const struct kiln_index *ix, kiln_node_lock *locks, uint32_t from, uint32_t to,
+                   unsigned level);
+
+/* Inserts every node of ix (vectors, labels and levels set; links empty) by
+ * HNSW insertion with beam width ef_construction on `threads` threads.
+ * The node of the highest level is inserted first and stays the entry point,
+ * so no global lock is needed; order is otherwise by id. */
+kiln_status kiln_hnsw_insert_all(struct kiln_index *ix, uint32_t ef_construction, int threads);
+
+/* Makes every node reachable from the entry point on level 0: each node a
+ * BFS does not reach is linked from its nearest reachable node that has room
+ * (or, failing that, replaces that node's farthest link), then the BFS goes
+ * on from it. Returns the number of links added in *repaired. */
+kiln_status kiln_repair_reachability(struct kiln_index *ix, uint32_t ef, uint64_t *repaired);
+
+#endif /* KILN_BUILD_INTERNAL_H */

@@ -1,0 +1,150 @@
+/* hnsw_index.c -- the kiln_index object: allocation, level sampling,
+ * statistics and accessors. Builders, search, validator and file I/O live in
+ * their own files and share the layout in hnsw_internal.h.
+ *
+ * Design decisions:
+ *  1. Levels are sampled for all nodes up front from the build's seed, so the
+ *     hierarchy is the same whatever the thread count, and the upper-level
+ *     link pool is laid out once, with no per-node allocation.
+ *  2. mL = 1/ln(M) (Malkov & Yashunin); levels are capped at
+ *     KILN_MAX_LEVELS-1, which no realistic n reaches for M >= 2.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../host/ctx_internal.h"
+#include "../host/rng_internal.h"
+#include "hnsw_internal.h"
+
+/* ==== Internal ==== */
+
+void kiln_sample_levels(uint8_t *levels, uint64_t count, uint32_t M, uint64_t seed) {
+    kiln_rng rng;
+    kiln_rng_seed(&rng, seed ^ 0x6c6576656c73ULL); /* "levels": apart from other streams */
+    const double mult = 1.0 / log(M < 2 ? 2.0 : (double)M);
+    for (uint64_t i = 0; i < count; i++) {
+        double l = floor(-log(kiln_rng_uniform(&rng)) * mult);
+        levels[i] = (uint8_t)(l > KILN_MAX_LEVELS - 1 ? KILN_MAX_LEVELS - 1 : l);
+    }
+}
+
+kiln_status kiln_index_alloc(kiln_ctx *ctx, uint64_t count, uint32_t dim, kiln_metric metric,
+                             uint32_t M, const uint8_t *levels, struct kiln_index **out) {
+    *out = NULL;
+    if (M < 2 || M > KILN_MAX_M)
+        return kiln_fail(ctx, KILN_E_ARG, "M = %u is out of range [2, %u]", M, KILN_MAX_M);
+    if (dim < 1 || dim > KILN_MAX_DIM)
+        return kiln_fail(ctx, KILN_E_ARG, "dim = %u is out of range [1, %u]", dim, KILN_MAX_DIM);
+    if (count >= KILN_NO_NODE)
+        return kiln_fail(ctx, KILN_E_RANGE, "%llu vectors exceed the limit of %u per index",
+                         (unsigned long long)count, KILN_NO_NODE - 1);
+    size_t vec_bytes, link_bytes;
+    if (kiln_mul_size(count, (size_t)dim * sizeof(float), &vec_bytes) ||
+        kiln_mul_size(count, ((size_t)2 * M + 1) * sizeof(uint32_t), &link_bytes))
+        return kiln_fail(ctx, KILN_E_RANGE, "index of %llu x %u does not fit in memory",
+                         (unsigned long long)count, dim);
+
+    struct kiln_index *ix = NULL;
+    kiln_status st = kiln_calloc(ctx, sizeof *ix, "index", (void **)&ix);
+    if (st)
+        return st;
+    ix->ctx = ctx;
+    ix->dim = dim;
+    ix->metric = metric;
+    ix->M = M;
+    ix->M0 = 2 * M;
+    ix->count = count;
+    ix->entry_point = KILN_NO_NODE;
+    ix->dist = kiln_distance_fn(metric);
+
+    if ((st = kiln_alloc_aligned(ctx, vec_bytes, "vectors", (void **)&ix->vectors)) ||
+        (st = kiln_alloc_aligned(ctx, link_bytes, "level-0 links", (void **)&ix->links0)) ||
+        (st = kiln_alloc(ctx, count * sizeof(int64_t), "labels", (void **)&ix->labels)) ||
+        (st = kiln_calloc(ctx, count, "levels", (void **)&ix->levels)) ||
+        (st = kiln_alloc(ctx, count * sizeof(uint64_t), "upper offsets",
+                         (void **)&ix->upper_off))) {
+        kiln_index_free(ix);
+        return st;
+    }
+    memset(ix->links0, 0, link_bytes);
+    if (levels)
+        memcpy(ix->levels, levels, count);
+
+    uint64_t pool = 0;
+    uint32_t top = 0;
+    for (uint64_t i = 0; i < count; i++) {
+        uint32_t l = ix->levels[i];
+        if (l >= KILN_MAX_LEVELS) {
+            kiln_index_free(ix);
+            return kiln_fail(ctx, KILN_E_RANGE, "node %llu has level %u, above the limit %d",
+                             (unsigned long long)i, l, KILN_MAX_LEVELS - 1);
+        }
+        ix->upper_off[i] = l ? pool : KILN_NO_UPPER;
+        pool += (uint64_t)l * (M + 1);
+        if (l > top)
+            top = l;
+    }
+    ix->upper_len = pool;
+    ix->max_level = top;
+    if ((st = kiln_calloc(ctx, pool * sizeof(uint32_t), "upper-level links",
+                          (void **)&ix->upper_pool))) {
+        kiln_index_free(ix);
+        return st;
+    }
+    *out = ix;
+    return KILN_OK;
+}
+
+uint64_t kiln_index_memory(const struct kiln_index *ix) {
+    return sizeof *ix + ix->count * ((uint64_t)ix->dim * sizeof(float) +
+                                     kiln_links0_stride(ix) * sizeof(uint32_t) + sizeof(int64_t) +
+                                     1 + sizeof(uint64_t)) +
+           ix->upper_len * sizeof(uint32_t);
+}
+
+/* ==== Public ==== */
+
+void kiln_index_free(kiln_index *ix) {
+    if (!ix)
+        return;
+    kiln_scratch_pool_free(ix);
+    kiln_free_aligned(ix->vectors);
+    kiln_free_aligned(ix->links0);
+    free(ix->labels);
+    free(ix->levels);
+    free(ix->upper_off);
+    free(ix->upper_pool);
+    free(ix);
+}
+
+size_t kiln_index_count(const kiln_index *ix) { return ix ? (size_t)ix->count : 0; }
+size_t kiln_index_dim(const kiln_index *ix) { return ix ? ix->dim : 0; }
+kiln_metric kiln_index_metric(const kiln_index *ix) { return ix ? ix->metric : KILN_METRIC_L2; }
+
+kiln_status kiln_index_stats_get(const kiln_index *ix, kiln_index_stats *out) {
+    if (!ix || !out)
+        return KILN_E_ARG;
+    memset(out, 0, sizeof *out);
+    out->count = ix->count;
+    out->dim = ix->dim;
+    out->metric = ix->metric;
+    out->M = ix->M;
+    out->M0 = ix->M0;
+    out->levels = ix->count ? ix->max_level + 1 : 0;
+    out->memory_bytes = kiln_index_memory(ix);
+    uint64_t links[KILN_MAX_LEVELS] = {0};
+    for (uint64_t i = 0; i < ix->count; i++) {
+        for (uint32_t l = 0; l <= ix->levels[i]; l++) {
+            uint32_t deg = kiln_links(ix, (uint32_t)i, l)[0];
+            out->nodes_per_level[l]++;
+            links[l] += deg;
+            if (deg > out->max_degree[l])
+                out->max_degree[l] = deg;
+        }
+    }
+    for (uint32_t l = 0; l < out->levels; l++)
+        out->avg_degree[l] =
+            out->nodes_per_level[l] ? (double)links[l] / (double)out->nodes_per_level[l] : 0.0;
+    return KILN_OK;
+}

@@ -1,0 +1,370 @@
+/* hnsw_search.c -- HNSW search: greedy descent through the upper levels and
+ * a beam search of width ef on level 0 (Malkov & Yashunin, algorithms 2 and
+ * 5), shared by the builders and by kiln_index_search.
+ *
+ * Design decisions:
+ *  1. The visited set is an array of 16-bit tags compared with an epoch, so
+ *     starting a query is one increment; a full clear happens once in 65535
+ *     queries. Scratch is kept in a pool on the index (hnswlib's
+ *     VisitedListPool), so a loaded, read-only index serves any number of
+ *     threads with no per-query allocation.
+ *  2. The same level search serves construction and queries: with a lock
+ *     array it copies each link list under its node's lock (lists change
+ *     while a concurrent build runs); without one it reads lists in place.
+ *  3. The next neighbour's vector is prefetched while the current distance is
+ *     computed: the search is bound by memory latency, not arithmetic.
+ *  4. Results are ordered by (distance, id), so equal distances come back in
+ *     a stable order whatever the thread count.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../host/ctx_internal.h"
+#include "search_internal.h"
+
+/* ==== Heaps ==== */
+
+static inline bool cand_less(kiln_cand a, kiln_cand b) {
+    return a.dist < b.dist || (a.dist == b.dist && a.id < b.id);
+}
+
+/* true when a belongs above b in the heap */
+static inline bool heap_above(kiln_cand a, kiln_cand b, bool is_max) {
+    return is_max ? cand_less(b, a) : cand_less(a, b);
+}
+
+void kiln_heap_push(kiln_heap *h, kiln_cand c, bool is_max) {
+    if (h->size == h->cap) {
+        uint32_t cap = h->cap ? h->cap * 2 : 64;
+        kiln_cand *v = realloc(h->v, (size_t)cap * sizeof *v);
+        if (!v)
+            abort(); /* heaps grow only past ef on pathological graphs; tiny */
+        h->v = v;
+        h->cap = cap;
+    }
+    uint32_t i = h->size++;
+    while (i > 0) {
+        uint32_t p = (i - 1) / 2;
+        if (!heap_above(c, h->v[p], is_max))
+            break;
+        h->v[i] = h->v[p];
+        i = p;
+    }
+    h->v[i] = c;
+}
+
+kiln_cand kiln_heap_pop(kiln_heap *h, bool is_max) {
+    kiln_cand top = h->v[0];
+    kiln_cand last = h->v[--h->size];
+    uint32_t i = 0, n = h->size;
+    for (;;) {
+        uint32_t l = 2 * i + 1;
+        if (l >= n)
+            break;
+        uint32_t r = l + 1;
+        uint32_t m = (r < n && heap_above(h->v[r], h->v[l], is_max)) ? r : l;
+        if (!heap_above(h->v[m], last, is_max))
+            break;
+        h->v[i] = h->v[m];
+        i = m;
+    }
+    if (n)
+        h->v[i] = last;
+    return top;
+}
+
+static int cand_cmp(const void *a, const void *b) {
+    kiln_cand x = *(const kiln_cand *)a, y = *(const kiln_cand *)b;
+    return cand_less(x, y) ? -1 : cand_less(y, x) ? 1 : 0;
+}
+
+void kiln_cands_sort(kiln_cand *v, uint32_t n) { qsort(v, n, sizeof *v, cand_cmp); }
+
+/* ==== Scratch ==== */
+
+kiln_status kiln_scratch_new(kiln_ctx *ctx, const struct kiln_index *ix, uint32_t ef,
+                             kiln_scratch **out) {
+    kiln_scratch *sc = NULL;
+    kiln_status st = kiln_calloc(ctx, sizeof *sc, "search scratch", (void **)&sc);
+    if (st)
+        return st;
+    sc->capacity = ix->count;
+    uint32_t maxdeg = ix->M0 > ix->M ? ix->M0 : ix->M;
+    uint32_t hcap = ef + 2;
+    if ((st = kiln_calloc(ctx, (ix->count ? ix->count : 1) * sizeof(uint16_t), "visited tags",
+                          (void **)&sc->tags)) ||
+        (st = kiln_alloc(ctx, (size_t)hcap * sizeof(kiln_cand), "search heap",
+                         (void **)&sc->top.v)) ||
+        (st = kiln_alloc(ctx, (size_t)hcap * 2 * sizeof(kiln_cand), "search heap",
+                         (void **)&sc->cand.v)) ||
+        (st = kiln_alloc(ctx, ((size_t)maxdeg + 1) * sizeof(uint32_t), "link buffer",
+                         (void **)&sc->nbr)) ||
+        (st = kiln_alloc_aligned(ctx, (size_t)ix->dim * sizeof(float), "query buffer",
+                                 (void **)&sc->qbuf))) {
+        kiln_scratch_free(sc);
+        return st;
+    }
+    sc->top.cap = hcap;
+    sc->cand.cap = hcap * 2;
+    sc->epoch = 0;
+    *out = sc;
+    return KILN_OK;
+}
+
+void kiln_scratch_free(kiln_scratch *sc) {
+    if (!sc)
+        return;
+    free(sc->tags);
+    free(sc->top.v);
+    free(sc->cand.v);
+    free(sc->nbr);
+    kiln_free_aligned(sc->qbuf);
+    free(sc);
+}
+
+void kiln_scratch_reset(kiln_scratch *sc) {
+    if (++sc->epoch == 0) {
+        memset(sc->tags, 0, sc->capacity * sizeof(uint16_t));
+        sc->epoch = 1;
+    }
+    sc->top.size = 0;
+    sc->cand.size = 0;
+}
+
+/* ==== Search ==== */
+
+/* The link list of node on level: in place when read-only, else a copy made
+ * under the node's lock into buf. Returns the count; *ids the ids. */
+static inline uint32_t links_get(const struct kiln_index *ix, kiln_node_lock *locks, uint32_t node,
+                                 unsigned level, uint32_t *buf, const uint32_t **ids) {
+    const uint32_t *l = kiln_links(ix, node, level);
+    if (!locks) {
+        *ids = l + 1;
+        return l[0];
+    }
+    kiln_lock(locks, node);
+    uint32_t n = l[0];
+    memcpy(buf, l + 1, n * sizeof(uint32_t));
+    kiln_unlock(locks, node);
+    *ids = buf;
+    return n;
+}
+
+void kiln_greedy_descend(const struct kiln_index *ix, kiln_node_lock *locks, const float *q,
+                         uint32_t top, uint32_t stop, uint32_t *cur, float *cur_dist) {
+    uint32_t buf[KILN_MAX_M + 1];
+    for (uint32_t level = top; level > stop; level--) {
+        bool changed = true;
+        while (changed) {
+            changed = false;
+            const uint32_t *ids;
+            uint32_t n = links_get(ix, locks, *cur, level, buf, &ids);
+            for (uint32_t j = 0; j < n; j++) {
+                uint32_t c = ids[j];
+                float d = ix->dist(q, kiln_vector(ix, c), ix->dim);
+                if (d < *cur_dist || (d == *cur_dist && c < *cur)) {
+                    *cur_dist = d;
+                    *cur = c;
+                    changed = true;
+                }
+            }
+        }
+    }
+}
+
+void kiln_search_level(const struct kiln_index *ix, kiln_scratch *sc, kiln_node_lock *locks,
+                       const float *q, uint32_t ep, float ep_dist, uint32_t ef, unsigned level) {
+    kiln_scratch_reset(sc);
+    uint16_t *tags = sc->tags;
+    const uint16_t epoch = sc->epoch;
+    const uint32_t dim = ix->dim;
+    const kiln_dist_fn dist = ix->dist;
+    kiln_heap *top = &sc->top, *cand = &sc->cand;
+
+    tags[ep] = epoch;
+    kiln_heap_push(top, (kiln_cand){ep_dist, ep}, true);
+    kiln_heap_push(cand, (kiln_cand){ep_dist, ep}, false);
+    float bound = ep_dist;
+
+    while (cand->size) {
+        kiln_cand c = kiln_heap_pop(cand, false);
+        if (c.dist > bound && top->size >= ef)
+            break;
+        const uint32_t *ids;
+        uint32_t n = links_get(ix, locks, c.id, level, sc->nbr, &ids);
+        if (n)
+            __builtin_prefetch(kiln_vector(ix, ids[0]));
+        for (uint32_t j = 0; j < n; j++) {
+            uint32_t v = ids[j];
+            if (j + 1 < n) {
+                __builtin_prefetch(&tags[ids[j + 1]]);
+                __builtin_prefetch(kiln_vector(ix, ids[j + 1]));
+            }
+            if (tags[v] == epoch)
+                continue;
+            tags[v] = epoch;
+            float d = dist(q, kiln_vector(ix, v), dim);
+            if (top->size < ef || d < bound) {
+                kiln_heap_push(cand, (kiln_cand){d, v}, false);
+                kiln_heap_push(top, (kiln_cand){d, v}, true);
+                if (top->size > ef)
+                    kiln_heap_pop(top, true);
+                bound = top->v[0].dist;
+            }
+        }
+    }
+}
+
+/* ==== Scratch pool (per index) ==== */
+
+/* The pool lives beside the index: a loaded index is otherwise immutable, and
+ * the pool only hands out scratch, so searches stay thread-safe. */
+typedef struct scratch_pool {
+    pthread_mutex_t lock;
+    kiln_scratch *free_list;
+} scratch_pool;
+
+static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static scratch_pool *pool_of(const struct kiln_index *ix) {
+    struct kiln_index *mix = (struct kiln_index *)(uintptr_t)ix;
+    pthread_mutex_lock(&pools_lock);
+    if (!mix->scratch_pool) {
+        scratch_pool *p = calloc(1, sizeof *p);
+        if (p) {
+            pthread_mutex_init(&p->lock, NULL);
+            mix->scratch_pool = p;
+        }
+    }
+    pthread_mutex_unlock(&pools_lock);
+    return mix->scratch_pool;
+}
+
+static kiln_status scratch_take(const struct kiln_index *ix, uint32_t ef, kiln_scratch **out) {
+    scratch_pool *p = pool_of(ix);
+    if (!p)
+        return kiln_fail(ix->ctx, KILN_E_NOMEM, "out of memory allocating a scratch pool");
+    pthread_mutex_lock(&p->lock);
+    kiln_scratch *sc = p->free_list;
+    if (sc)
+        p->free_list = sc->next_free;
+    pthread_mutex_unlock(&p->lock);
+    if (sc && sc->top.cap < ef + 2) {
+        kiln_scratch_free(sc);
+        sc = NULL;
+    }
+    if (!sc)
+        return kiln_scratch_new(ix->ctx, ix, ef, out);
+    *out = sc;
+    return KILN_OK;
+}
+
+static void scratch_give(const struct kiln_index *ix, kiln_scratch *sc) {
+    scratch_pool *p = ix->scratch_pool;
+    pthread_mutex_lock(&p->lock);
+    sc->next_free = p->free_list;
+    p->free_list = sc;
+    pthread_mutex_unlock(&p->lock);
+}
+
+void kiln_scratch_pool_free(struct kiln_index *ix) {
+    scratch_pool *p = ix->scratch_pool;
+    if (!p)
+        return;
+    while (p->free_list) {
+        kiln_scratch *sc = p->free_list;
+        p->free_list = sc->next_free;
+        kiln_scratch_free(sc);
+    }
+    pthread_mutex_destroy(&p->lock);
+    free(p);
+    ix->scratch_pool = NULL;
+}
+
+/* ==== Public ==== */
+
+void kiln_search_params_init(kiln_search_params *p) {
+    p->k = 10;
+    p->ef = 64;
+    p->threads = 1;
+}
+
+/* One query: labels/dists rows of k. */
+static void search_one(const struct kiln_index *ix, kiln_scratch *sc, const float *query,
+                       uint32_t k, uint32_t ef, int64_t *labels, float *dists) {
+    uint32_t found = 0;
+    if (ix->count > 0) {
+        const float *q = query;
+        if (ix->metric == KILN_METRIC_COS) {
+            memcpy(sc->qbuf, query, (size_t)ix->dim * sizeof(float));
+            kiln_normalize(sc->qbuf, ix->dim);
+            q = sc->qbuf;
+        }
+        uint32_t cur = ix->entry_point;
+        float cur_dist = ix->dist(q, kiln_vector(ix, cur), ix->dim);
+        kiln_greedy_descend(ix, NULL, q, ix->max_level, 0, &cur, &cur_dist);
+        kiln_search_level(ix, sc, NULL, q, cur, cur_dist, ef, 0);
+        found = sc->top.size;
+        kiln_cands_sort(sc->top.v, found);
+        if (found > k)
+            found = k;
+        for (uint32_t j = 0; j < found; j++) {
+            labels[j] = ix->labels[sc->top.v[j].id];
+            if (dists)
+                dists[j] = sc->top.v[j].dist;
+        }
+    }
+    for (uint32_t j = found; j < k; j++) {
+        labels[j] = -1;
+        if (dists)
+            dists[j] = INFINITY;
+    }
+}
+
+kiln_status kiln_index_search(const kiln_index *ix, const float *queries, size_t nq,
+                              const kiln_search_params *params, int64_t *labels,
+                              float *distances) {
+    if (!ix)
+        return KILN_E_ARG;
+    if (!params || !labels || (nq && !queries))
+        return kiln_fail(ix->ctx, KILN_E_ARG, "search: NULL params, queries or labels");
+    if (params->k < 1)
+        return kiln_fail(ix->ctx, KILN_E_ARG, "search: k must be at least 1");
+    const uint32_t k = params->k;
+    const uint32_t ef = params->ef > k ? params->ef : k;
+    int threads = kiln_threads(params->threads);
+    if ((size_t)threads > nq)
+        threads = nq ? (int)nq : 1;
+
+    if (threads <= 1) {
+        kiln_scratch *sc;
+        kiln_status st = scratch_take(ix, ef, &sc);
+        if (st)
+            return st;
+        for (size_t i = 0; i < nq; i++)
+            search_one(ix, sc, queries + i * ix->dim, k, ef, labels + i * k,
+                       distances ? distances + i * k : NULL);
+        scratch_give(ix, sc);
+        return KILN_OK;
+    }
+    kiln_status result = KILN_OK;
+#pragma omp parallel num_threads(threads)
+    {
+        kiln_scratch *sc = NULL;
+        kiln_status st = scratch_take(ix, ef, &sc);
+        if (st) {
+#pragma omp critical(kiln_search_error)
+            result = st;
+        }
+#pragma omp for schedule(dynamic, 16)
+        for (size_t i = 0; i < nq; i++)
+            if (sc)
+                search_one(ix, sc, queries + i * ix->dim, k, ef, labels + i * k,
+                           distances ? distances + i * k : NULL);
+        if (sc)
+            scratch_give(ix, sc);
+    }
+    return result;
+}
