@@ -1,0 +1,310 @@
+/* test_hnsw.c -- the CPU HNSW build (--method insert), search and validator.
+ * Recall is always measured against exact ground truth: the corpus's own
+ * for siftsmall, kiln_knn_exact (itself tested against a scalar reference)
+ * for synthetic sets. */
+#include <omp.h>
+#include <stdint.h>
+
+#include "../graph/build_internal.h"
+#include "check.h"
+#include "kiln.h"
+
+#define SIFT_DIR "../shared/datasets/siftsmall"
+
+/* ==== Helpers ==== */
+
+/* recall@k of labels against gt rows of gk ids (first k used). */
+static double recall_at(const int64_t *labels, const int64_t *gt, size_t nq, uint32_t k,
+                        uint32_t gk) {
+    size_t hits = 0;
+    for (size_t i = 0; i < nq; i++)
+        for (uint32_t j = 0; j < k; j++)
+            for (uint32_t g = 0; g < k; g++)
+                if (labels[i * k + j] == gt[i * gk + g]) {
+                    hits++;
+                    break;
+                }
+    return (double)hits / ((double)nq * k);
+}
+
+static double search_recall(kiln_ctx *ctx, const kiln_index *ix, const float *q, size_t nq,
+                            const int64_t *gt, uint32_t gk, uint32_t k, uint32_t ef) {
+    int64_t *labels = malloc(nq * k * sizeof *labels);
+    REQUIRE(labels);
+    kiln_search_params sp = {.k = k, .ef = ef, .threads = 1};
+    CHECK_OK(ctx, kiln_index_search(ix, q, nq, &sp, labels, NULL));
+    double r = recall_at(labels, gt, nq, k, gk);
+    free(labels);
+    return r;
+}
+
+/* ==== siftsmall: the acceptance figure ==== */
+
+static void test_siftsmall(kiln_ctx *ctx) {
+    kiln_dataset *base = NULL, *qs = NULL, *gtds = NULL;
+    if (kiln_dataset_open(ctx, SIFT_DIR "/siftsmall_base.fvecs", KILN_FORMAT_AUTO, 0, &base)) {
+        fprintf(stderr, "SKIP siftsmall: %s (../shared/datasets absent)\n", kiln_errmsg(ctx));
+        return;
+    }
+    CHECK_OK(ctx, kiln_dataset_open(ctx, SIFT_DIR "/siftsmall_query.fvecs", KILN_FORMAT_AUTO, 0, &qs));
+    CHECK_OK(ctx, kiln_dataset_open(ctx, SIFT_DIR "/siftsmall_groundtruth.ivecs", KILN_FORMAT_AUTO, 0,
+                                    &gtds));
+    REQUIRE(qs && gtds);
+    size_t nq = kiln_dataset_count(qs), d = kiln_dataset_dim(qs), gk = kiln_dataset_dim(gtds);
+    float *q = malloc(nq * d * sizeof *q);
+    int32_t *gt32 = malloc(nq * gk * sizeof *gt32);
+    int64_t *gt = malloc(nq * gk * sizeof *gt);
+    REQUIRE(q && gt32 && gt);
+    CHECK_OK(ctx, kiln_dataset_read_f32(qs, 0, nq, q));
+    CHECK_OK(ctx, kiln_dataset_read_i32(gtds, 0, nq, gt32));
+    for (size_t i = 0; i < nq * gk; i++)
+        gt[i] = gt32[i];
+
+    for (uint32_t threads = 1; threads <= 2; threads++) {
+        kiln_build_params p;
+        kiln_build_params_init(&p);
+        p.threads = threads;
+        kiln_index *ix = NULL;
+        CHECK_OK(ctx, kiln_index_build_dataset(ctx, base, &p, &ix));
+        REQUIRE(ix);
+        CHECK_OK(ctx, kiln_index_check(ix));
+        double r32 = search_recall(ctx, ix, q, nq, gt, (uint32_t)gk, 10, 32);
+        CHECK_MSG(r32 >= 0.95, "threads=%u: recall@10 at ef=32 is %.4f, want >= 0.95", threads, r32);
+        double r10 = search_recall(ctx, ix, q, nq, gt, (uint32_t)gk, 10, 10);
+        double r128 = search_recall(ctx, ix, q, nq, gt, (uint32_t)gk, 10, 128);
+        CHECK_MSG(r128 >= r10, "recall should not fall as ef grows: %.4f at 10, %.4f at 128", r10, r128);
+        fprintf(stderr, "siftsmall threads=%u: recall@10 ef10 %.4f ef32 %.4f ef128 %.4f\n", threads,
+                r10, r32, r128);
+        kiln_index_free(ix);
+    }
+    free(q);
+    free(gt32);
+    free(gt);
+    kiln_dataset_free(base);
+    kiln_dataset_free(qs);
+    kiln_dataset_free(gtds);
+}
+
+/* ==== Synthetic: every metric against exact kNN ==== */
+
+static void test_metrics(kiln_ctx *ctx) {
+    const size_t n = 4000, nq = 100, d = 32;
+    const uint32_t k = 10;
+    float *all = malloc((n + nq) * d * sizeof *all);
+    int64_t *gt = malloc(nq * k * sizeof *gt);
+    REQUIRE(all && gt);
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n + nq, d, 16, 11, all));
+    const float *q = all + n * d;
+    const kiln_metric metrics[] = {KILN_METRIC_L2, KILN_METRIC_IP, KILN_METRIC_COS};
+    for (size_t m = 0; m < 3; m++) {
+        CHECK_OK(ctx, kiln_knn_exact(ctx, all, n, q, nq, d, metrics[m], k, 0, gt, NULL));
+        kiln_build_params p;
+        kiln_build_params_init(&p);
+        p.metric = metrics[m];
+        kiln_index *ix = NULL;
+        CHECK_OK(ctx, kiln_index_build(ctx, all, n, d, &p, &ix));
+        REQUIRE(ix);
+        CHECK(kiln_index_metric(ix) == metrics[m]);
+        CHECK_OK(ctx, kiln_index_check(ix));
+        double r = search_recall(ctx, ix, q, nq, gt, k, k, 64);
+        CHECK_MSG(r >= 0.95, "%s: recall@10 at ef=64 is %.4f", kiln_metric_name(metrics[m]), r);
+        fprintf(stderr, "synthetic %s: recall@10 at ef=64 %.4f\n", kiln_metric_name(metrics[m]), r);
+
+        /* Distances returned are the metric's and ascending. */
+        int64_t lab[10];
+        float dist[10];
+        kiln_search_params sp = {.k = 10, .ef = 64, .threads = 1};
+        CHECK_OK(ctx, kiln_index_search(ix, q, 1, &sp, lab, dist));
+        for (int j = 1; j < 10; j++)
+            CHECK(dist[j - 1] <= dist[j]);
+        kiln_index_free(ix);
+    }
+    free(all);
+    free(gt);
+}
+
+/* ==== Determinism, threads, padding, edge sizes ==== */
+
+static void test_determinism(kiln_ctx *ctx) {
+    const size_t n = 3000, d = 24;
+    float *x = malloc(n * d * sizeof *x);
+    REQUIRE(x);
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, d, 8, 5, x));
+    kiln_build_params p;
+    kiln_build_params_init(&p);
+    p.threads = 1;
+    p.seed = 7;
+    kiln_index *a = NULL, *b = NULL;
+    CHECK_OK(ctx, kiln_index_build(ctx, x, n, d, &p, &a));
+    CHECK_OK(ctx, kiln_index_build(ctx, x, n, d, &p, &b));
+    REQUIRE(a && b);
+    CHECK(a->entry_point == b->entry_point && a->max_level == b->max_level);
+    CHECK(memcmp(a->levels, b->levels, n) == 0);
+    CHECK(memcmp(a->links0, b->links0, n * (a->M0 + 1) * sizeof(uint32_t)) == 0);
+    CHECK(a->upper_len == b->upper_len &&
+          memcmp(a->upper_pool, b->upper_pool, a->upper_len * sizeof(uint32_t)) == 0);
+
+    /* A different seed gives a different hierarchy. */
+    kiln_index *c = NULL;
+    p.seed = 8;
+    CHECK_OK(ctx, kiln_index_build(ctx, x, n, d, &p, &c));
+    REQUIRE(c);
+    CHECK(memcmp(a->levels, c->levels, n) != 0);
+
+    /* Concurrent search from many threads equals serial search. */
+    const size_t nq = 200;
+    int64_t *l1 = malloc(nq * 10 * sizeof *l1), *l2 = malloc(nq * 10 * sizeof *l2);
+    REQUIRE(l1 && l2);
+    kiln_search_params sp = {.k = 10, .ef = 40, .threads = 1};
+    CHECK_OK(ctx, kiln_index_search(a, x, nq, &sp, l1, NULL));
+    sp.threads = 4;
+    CHECK_OK(ctx, kiln_index_search(a, x, nq, &sp, l2, NULL));
+    CHECK(memcmp(l1, l2, nq * 10 * sizeof *l1) == 0);
+    /* Each base vector finds itself first. */
+    size_t self = 0;
+    for (size_t i = 0; i < nq; i++)
+        self += l1[i * 10] == (int64_t)i;
+    CHECK_MSG(self >= nq * 99 / 100, "%zu of %zu vectors found themselves first", self, nq);
+
+    kiln_index_free(a);
+    kiln_index_free(b);
+    kiln_index_free(c);
+    free(l1);
+    free(l2);
+    free(x);
+}
+
+static void test_small_sizes(kiln_ctx *ctx) {
+    const float pts[] = {0, 0, 1, 0, 0, 1, 5, 5};
+    kiln_build_params p;
+    kiln_build_params_init(&p);
+    for (size_t n = 0; n <= 4; n++) {
+        kiln_index *ix = NULL;
+        CHECK_OK(ctx, kiln_index_build(ctx, pts, n, 2, &p, &ix));
+        REQUIRE(ix);
+        CHECK(kiln_index_count(ix) == n);
+        CHECK_OK(ctx, kiln_index_check(ix));
+        int64_t lab[6];
+        float dist[6];
+        const float q[2] = {0.1f, 0.0f};
+        kiln_search_params sp = {.k = 6, .ef = 10, .threads = 1};
+        CHECK_OK(ctx, kiln_index_search(ix, q, 1, &sp, lab, dist));
+        for (size_t j = 0; j < 6; j++) {
+            if (j < n)
+                CHECK(lab[j] >= 0 && lab[j] < (int64_t)n);
+            else
+                CHECK(lab[j] == -1 && isinf(dist[j]));
+        }
+        if (n > 0)
+            CHECK(lab[0] == 0);
+        kiln_index_free(ix);
+    }
+}
+
+static void test_bad_params(kiln_ctx *ctx) {
+    const float x[4] = {1, 2, 3, 4};
+    kiln_build_params p;
+    kiln_index *ix = (kiln_index *)1;
+    kiln_build_params_init(&p);
+    p.M = 1;
+    CHECK_FAILS(ctx, kiln_index_build(ctx, x, 2, 2, &p, &ix), KILN_E_ARG, "M = 1");
+    CHECK(ix == NULL);
+    kiln_build_params_init(&p);
+    p.metric = (kiln_metric)9;
+    CHECK_FAILS(ctx, kiln_index_build(ctx, x, 2, 2, &p, &ix), KILN_E_ARG, "metric");
+    kiln_build_params_init(&p);
+    CHECK_FAILS(ctx, kiln_index_build(ctx, x, 2, 0, &p, &ix), KILN_E_ARG, "dim");
+    kiln_build_params_init(&p);
+    CHECK_OK(ctx, kiln_index_build(ctx, x, 2, 2, &p, &ix));
+    int64_t lab[2];
+    kiln_search_params sp = {.k = 0, .ef = 10, .threads = 1};
+    CHECK_FAILS(ctx, kiln_index_search(ix, x, 1, &sp, lab, NULL), KILN_E_ARG, "k must be");
+    kiln_index_free(ix);
+}
+
+/* ==== Validator: each defect is caught ==== */
+
+static void test_validator(kiln_ctx *ctx) {
+    const size_t n = 500, d = 8;
+    float *x = malloc(n * d * sizeof *x);
+    REQUIRE(x);
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, d, 4, 3, x));
+    kiln_build_params p;
+    kiln_build_params_init(&p);
+    p.threads = 1;
+    kiln_index *ix = NULL;
+    CHECK_OK(ctx, kiln_index_build(ctx, x, n, d, &p, &ix));
+    REQUIRE(ix);
+    CHECK_OK(ctx, kiln_index_check(ix));
+    uint32_t *l = kiln_links(ix, 5, 0);
+    REQUIRE(l[0] >= 2);
+    uint32_t saved[2] = {l[1], l[2]};
+
+    l[1] = 5;
+    CHECK_FAILS(ctx, kiln_index_check(ix), KILN_E_INVALID, "links to itself");
+    l[1] = saved[0];
+    l[2] = saved[0];
+    CHECK_FAILS(ctx, kiln_index_check(ix), KILN_E_INVALID, "twice");
+    l[2] = (uint32_t)n + 3;
+    CHECK_FAILS(ctx, kiln_index_check(ix), KILN_E_INVALID, "out of range");
+    l[2] = saved[1];
+    uint32_t deg = l[0];
+    l[0] = ix->M0 + 1;
+    CHECK_FAILS(ctx, kiln_index_check(ix), KILN_E_INVALID, "links on level 0");
+    l[0] = deg;
+    CHECK_OK(ctx, kiln_index_check(ix));
+
+    /* Entry point off the top level. */
+    uint32_t ep = ix->entry_point;
+    uint32_t low = 0;
+    while (ix->levels[low] == ix->max_level)
+        low++;
+    ix->entry_point = low;
+    CHECK_FAILS(ctx, kiln_index_check(ix), KILN_E_INVALID, "not the top level");
+    ix->entry_point = ep;
+
+    /* Cut every in-link of one node: unreachable, then repaired. */
+    uint32_t victim = ep == 7 ? 8 : 7;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t *li = kiln_links(ix, i, 0);
+        for (uint32_t j = 0; j < li[0]; j++)
+            if (li[1 + j] == victim) {
+                li[1 + j] = li[li[0]];
+                li[0]--;
+                j--;
+            }
+    }
+    for (uint32_t lev = 1; lev <= ix->levels[victim]; lev++)
+        for (uint32_t i = 0; i < n; i++) {
+            if (ix->levels[i] < lev)
+                continue;
+            uint32_t *li = kiln_links(ix, i, lev);
+            for (uint32_t j = 0; j < li[0]; j++)
+                if (li[1 + j] == victim) {
+                    li[1 + j] = li[li[0]];
+                    li[0]--;
+                    j--;
+                }
+        }
+    CHECK_FAILS(ctx, kiln_index_check(ix), KILN_E_INVALID, "unreachable");
+    uint64_t repaired = 0;
+    CHECK_OK(ctx, kiln_repair_reachability(ix, 64, &repaired));
+    CHECK(repaired >= 1);
+    CHECK_OK(ctx, kiln_index_check(ix));
+    kiln_index_free(ix);
+    free(x);
+}
+
+int main(void) {
+    kiln_ctx *ctx;
+    REQUIRE(kiln_ctx_new(&ctx) == KILN_OK);
+    kiln_ctx_set_progress(ctx, KILN_PROGRESS_OFF);
+    test_bad_params(ctx);
+    test_small_sizes(ctx);
+    test_validator(ctx);
+    test_determinism(ctx);
+    test_metrics(ctx);
+    test_siftsmall(ctx);
+    kiln_ctx_free(ctx);
+    return check_report("test_hnsw");
+}
