@@ -174,7 +174,7 @@ int main(void) {
         SKIP("KILN_CLI not set (run through ctest)");
     const char *t = getenv("KILN_TEST_TMP");
     snprintf(tmp, sizeof tmp, "%s/cli", t ? t : "/tmp/kiln-test");
-    char cmd[700];
+    char cmd[1200];
     snprintf(cmd, sizeof cmd, "rm -rf %s && mkdir -p %s", tmp, tmp);
     REQUIRE(system(cmd) == 0);
     test_help();
