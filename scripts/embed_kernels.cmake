@@ -4,6 +4,7 @@
 set(body "/* Generated from the kernels folder by scripts/embed_kernels.cmake. Do not edit. */\n")
 string(APPEND body "#include <stddef.h>\n")
 set(table "")
+string(REPLACE "|" ";" SOURCES "${SOURCES}")
 foreach(src ${SOURCES})
   get_filename_component(name ${src} NAME)
   string(MAKE_C_IDENTIFIER ${name} ident)
