@@ -25,6 +25,18 @@ void kiln_link_add(const struct kiln_index *ix, kiln_node_lock *locks, uint32_t 
  * The node of the highest level is inserted first and stays the entry point,
  * so no global lock is needed; order is otherwise by id. */
 kiln_status kiln_hnsw_insert_all(struct kiln_index *ix, uint32_t ef_construction, int threads);
+/* The same for levels bottom and up only, over the nodes that reach bottom:
+ * with bottom = 1 it builds the hierarchy above a level 0 made otherwise. */
+kiln_status kiln_hnsw_insert_levels(struct kiln_index *ix, uint32_t ef_construction, int threads,
+                                    uint32_t bottom);
+
+/* Builds level 0 from candidate neighbour lists: node i's candidates are
+ * cand[i*width .. i*width+width) (KILN_NO_NODE pads; duplicates and self
+ * allowed). Each list is deduplicated, reranked with exact distances, pruned
+ * with the heuristic to at most M0, then reverse links are added with
+ * re-pruning of full lists. */
+kiln_status kiln_level0_from_candidates(struct kiln_index *ix, const uint32_t *cand,
+                                        uint32_t width, int threads);
 
 /* Makes every node reachable from the entry point on level 0: each node a
  * BFS does not reach is linked from its nearest reachable node that has room

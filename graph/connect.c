@@ -7,10 +7,10 @@
  *
  * Design decisions:
  *  1. One BFS from the entry point marks what is reachable; each node it
- *     missed is searched for from the entry point (so every node the search
- *     finds is reachable), and the nearest found node with a free slot links
- *     to it. Where none has room, the nearest one's farthest link is
- *     replaced; the node it pointed to is checked again on the next round.
+ *     missed is searched for from the entry point, and the nearest found
+ *     node that the BFS reached and that has a free slot links to it. Where
+ *     none has room, a link r->w is rerouted r->u->w (see relink), so the
+ *     reachable set only grows and one pass suffices; a second pass checks.
  *  2. After each repair the BFS continues from the repaired node, so a whole
  *     unreachable island costs one repair.
  */
@@ -20,7 +20,7 @@
 #include "../host/ctx_internal.h"
 #include "build_internal.h"
 
-#define KILN_REPAIR_ROUNDS 8 /* replaced links can strand nodes; a few rounds settle it */
+#define KILN_REPAIR_ROUNDS 3 /* one pass suffices (decision 1); the rest verify */
 
 /* Marks everything reachable from start on level 0; queue has count slots. */
 static void bfs_mark(const struct kiln_index *ix, uint8_t *seen, uint32_t *queue, uint32_t start) {
@@ -41,8 +41,27 @@ static void bfs_mark(const struct kiln_index *ix, uint8_t *seen, uint32_t *queue
     }
 }
 
-/* Links node u from a reachable node near it. Returns false if none found. */
-static bool relink(struct kiln_index *ix, kiln_scratch *sc, uint32_t u, uint32_t ef) {
+/* Slot of node's level-0 link to its farthest neighbour. */
+static uint32_t farthest_link(const struct kiln_index *ix, uint32_t node) {
+    const uint32_t *l = kiln_links(ix, node, 0);
+    const float *v = kiln_vector(ix, node);
+    uint32_t worst = 0;
+    float worst_d = -1.0f;
+    for (uint32_t i = 0; i < l[0]; i++) {
+        float d = ix->dist(v, kiln_vector(ix, l[1 + i]), ix->dim);
+        if (d > worst_d) {
+            worst_d = d;
+            worst = i;
+        }
+    }
+    return worst;
+}
+
+/* Links node u from a reachable node near it. The search may pass through
+ * nodes that only the upper levels reach, so candidates are filtered by
+ * seen[]; the entry point is the fallback, reachable by definition. */
+static void relink(struct kiln_index *ix, kiln_scratch *sc, const uint8_t *seen, uint32_t u,
+                   uint32_t ef) {
     const float *q = kiln_vector(ix, u);
     uint32_t cur = ix->entry_point;
     float cur_dist = ix->dist(q, kiln_vector(ix, cur), ix->dim);
@@ -50,34 +69,39 @@ static bool relink(struct kiln_index *ix, kiln_scratch *sc, uint32_t u, uint32_t
     kiln_search_level(ix, sc, NULL, q, cur, cur_dist, ef, 0);
     uint32_t n = sc->top.size;
     kiln_cands_sort(sc->top.v, n);
+    uint32_t nearest = ix->entry_point;
     for (uint32_t j = 0; j < n; j++) {
         uint32_t r = sc->top.v[j].id;
-        uint32_t *l = kiln_links(ix, r, 0);
-        if (r != u && l[0] < ix->M0) {
-            l[1 + l[0]++] = u;
-            return true;
-        }
-    }
-    for (uint32_t j = 0; j < n; j++) {
-        uint32_t r = sc->top.v[j].id;
-        if (r == u)
+        if (!seen[r] || r == u)
             continue;
-        /* Every candidate is full: replace r's farthest link. */
+        if (nearest == ix->entry_point)
+            nearest = r;
         uint32_t *l = kiln_links(ix, r, 0);
-        const float *rv = kiln_vector(ix, r);
-        uint32_t worst = 0;
-        float worst_d = -1.0f;
-        for (uint32_t i = 0; i < l[0]; i++) {
-            float d = ix->dist(rv, kiln_vector(ix, l[1 + i]), ix->dim);
-            if (d > worst_d) {
-                worst_d = d;
-                worst = i;
-            }
+        if (l[0] < ix->M0) {
+            l[1 + l[0]++] = u;
+            return;
         }
-        l[1 + worst] = u;
-        return true;
     }
-    return false;
+    /* Every reachable candidate is full: the nearest one's farthest link
+     * r->w becomes r->u, and u->w is added (replacing u's own farthest link
+     * if u is full), so w stays reachable through u. Nothing reachable
+     * before is lost: the only link u drops led into u's unreachable island. */
+    uint32_t *l = kiln_links(ix, nearest, 0);
+    if (l[0] < ix->M0) {
+        l[1 + l[0]++] = u;
+        return;
+    }
+    uint32_t slot = farthest_link(ix, nearest);
+    uint32_t w = l[1 + slot];
+    l[1 + slot] = u;
+    uint32_t *lu = kiln_links(ix, u, 0);
+    for (uint32_t i = 0; i < lu[0]; i++)
+        if (lu[1 + i] == w)
+            return;
+    if (lu[0] < ix->M0)
+        lu[1 + lu[0]++] = w;
+    else
+        lu[1 + farthest_link(ix, u)] = w;
 }
 
 kiln_status kiln_repair_reachability(struct kiln_index *ix, uint32_t ef, uint64_t *repaired) {
@@ -101,10 +125,7 @@ kiln_status kiln_repair_reachability(struct kiln_index *ix, uint32_t ef, uint64_
         for (uint32_t u = 0; u < ix->count; u++) {
             if (seen[u])
                 continue;
-            if (!relink(ix, sc, u, ef)) {
-                st = kiln_fail(ctx, KILN_E_INTERNAL, "node %u cannot be linked into level 0", u);
-                goto cleanup;
-            }
+            relink(ix, sc, seen, u, ef);
             fixed++;
             bfs_mark(ix, seen, queue, u);
         }

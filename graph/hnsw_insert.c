@@ -20,20 +20,23 @@
 #include "../host/ctx_internal.h"
 #include "build_internal.h"
 
-/* Inserts node q; the entry point is fixed (decision 1). */
+/* Inserts node q on levels bottom..levels[q]; the entry point is fixed
+ * (decision 1). */
 static void insert_one(struct kiln_index *ix, kiln_scratch *sc, kiln_node_lock *locks, uint32_t q,
-                       uint32_t efc) {
+                       uint32_t efc, uint32_t bottom) {
     const uint32_t ep = ix->entry_point;
     if (q == ep)
         return;
     const float *qv = kiln_vector(ix, q);
     const uint32_t L = ix->levels[q];
+    if (L < bottom)
+        return;
     uint32_t cur = ep;
     float cur_dist = ix->dist(qv, kiln_vector(ix, ep), ix->dim);
     kiln_greedy_descend(ix, locks, qv, ix->max_level, L, &cur, &cur_dist);
 
     uint32_t selected[KILN_MAX_M];
-    for (int level = (int)(L < ix->max_level ? L : ix->max_level); level >= 0; level--) {
+    for (int level = (int)(L < ix->max_level ? L : ix->max_level); level >= (int)bottom; level--) {
         kiln_search_level(ix, sc, locks, qv, cur, cur_dist, efc, (unsigned)level);
         uint32_t n = sc->top.size;
         kiln_cands_sort(sc->top.v, n);
@@ -52,6 +55,11 @@ static void insert_one(struct kiln_index *ix, kiln_scratch *sc, kiln_node_lock *
 }
 
 kiln_status kiln_hnsw_insert_all(struct kiln_index *ix, uint32_t ef_construction, int threads) {
+    return kiln_hnsw_insert_levels(ix, ef_construction, threads, 0);
+}
+
+kiln_status kiln_hnsw_insert_levels(struct kiln_index *ix, uint32_t ef_construction, int threads,
+                                    uint32_t bottom) {
     kiln_ctx *ctx = ix->ctx;
     if (ix->count == 0)
         return KILN_OK;
@@ -69,8 +77,18 @@ kiln_status kiln_hnsw_insert_all(struct kiln_index *ix, uint32_t ef_construction
         return st;
     kiln_node_lock *locks = lock_mem;
     kiln_progress_bar bar;
-    kiln_progress_begin(&bar, ctx, "insert", ix->count);
-    const uint32_t n = (uint32_t)ix->count;
+    /* Only nodes that reach `bottom` take part; list them so threads share
+     * the work evenly. */
+    uint32_t *order = NULL;
+    if ((st = kiln_alloc(ctx, ix->count * sizeof *order, "insertion order", (void **)&order))) {
+        free(lock_mem);
+        return st;
+    }
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < ix->count; i++)
+        if (ix->levels[i] >= bottom)
+            order[n++] = i;
+    kiln_progress_begin(&bar, ctx, bottom ? "upper levels" : "insert", n);
     kiln_status result = KILN_OK;
 
 #pragma omp parallel num_threads(threads)
@@ -86,7 +104,7 @@ kiln_status kiln_hnsw_insert_all(struct kiln_index *ix, uint32_t ef_construction
         for (uint32_t i = 0; i < n; i++) {
             if (!sc)
                 continue;
-            insert_one(ix, sc, locks, i, ef_construction);
+            insert_one(ix, sc, locks, order[i], ef_construction, bottom);
             if (++since == 256) {
                 kiln_progress_add(&bar, since);
                 since = 0;
@@ -96,6 +114,7 @@ kiln_status kiln_hnsw_insert_all(struct kiln_index *ix, uint32_t ef_construction
         kiln_scratch_free(sc);
     }
     kiln_progress_end(&bar);
+    free(order);
     free(lock_mem);
     return result;
 }

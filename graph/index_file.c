@@ -1,0 +1,826 @@
+/* index_file.c -- kiln's index file: kiln_index_save, kiln_index_load and
+ * kiln_index_info_read. The byte layout and every rule the reader enforces
+ * are documented in docs/FORMAT.md; this file is their implementation.
+ *
+ * Design decisions:
+ *  1. A fixed 128-byte header (magic "KILNHNSW", format version, the graph's
+ *     parameters, total file size) protected by its own CRC-32C, then a
+ *     section table, then the arrays as sections at 64-byte aligned offsets,
+ *     each with a CRC-32C in the table. The header carries the table's CRC,
+ *     so one verified header vouches for everything after it.
+ *  2. The reader trusts nothing: it checks magic, version, the header CRC,
+ *     the recorded file size against fstat, every field against kiln's
+ *     limits, and that each section's length is exactly what count, dim and
+ *     M imply and lies inside the file, BEFORE it allocates. So what it
+ *     allocates is bounded by a small multiple of the file's size, and a
+ *     forged header cannot make it allocate 2^50 bytes.
+ *  3. After the arrays are read, every link count and link id is checked,
+ *     and every upper-level link must point at a node present on that level,
+ *     so a loaded index is memory-safe to search whatever the file held.
+ *     Graph quality (reachability, duplicates, self links) is the
+ *     validator's job (kiln_index_check), not the loader's.
+ *  4. Little-endian on disk always. On a little-endian host the arrays are
+ *     written and read in place; on a big-endian host they go through a
+ *     byte swap. Both paths are compiled everywhere (a constant selects one)
+ *     so the big-endian code is at least type-checked on every build.
+ *  5. The writer streams each section in chunks, folding the CRC as it goes,
+ *     and writes the table and header last with kiln_afile_pwrite; the file
+ *     appears under its name only by an atomic rename after fsync.
+ *  6. Files are canonical: unused link slots (past a block's count) are
+ *     written as zeros and nothing time- or address-dependent is stored, so
+ *     the same graph always gives the same bytes, and save never modifies
+ *     the index. The writer also refuses an in-memory graph its own reader
+ *     would reject (KILN_E_INVALID), so a bad index is never persisted.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../host/afile_internal.h"
+#include "../host/crc32c_internal.h"
+#include "../host/ctx_internal.h"
+#include "hnsw_internal.h"
+
+/* ==== Format constants (fixed by docs/FORMAT.md) ==== */
+
+#define FILE_MAGIC        "KILNHNSW"
+#define FILE_MAGIC_LEN    8u
+#define FILE_VERSION      1u
+#define HEADER_BYTES      128u
+#define SECTION_ENTRY     32u   /* bytes per section table entry */
+#define SECTION_ALIGN     64u   /* every section offset is a multiple of this */
+#define SECTION_OPTIONAL  0x1u  /* flag: a reader that does not know the kind skips it */
+#define MAX_SECTIONS      64u   /* bound on section_count, so the table stays small */
+#define KNOWN_SECTIONS    5u
+
+/* Header field offsets. */
+enum {
+    H_MAGIC = 0,
+    H_VERSION = 8,
+    H_HEADER_BYTES = 12,
+    H_DIM = 16,
+    H_METRIC = 20,
+    H_M = 24,
+    H_M0 = 28,
+    H_EF_CONSTRUCTION = 32,
+    H_MAX_LEVEL = 36,
+    H_COUNT = 40,
+    H_ENTRY_POINT = 48,
+    H_SECTION_COUNT = 52,
+    H_SEED = 56,
+    H_FILE_BYTES = 64,
+    H_TABLE_CRC = 72,
+    H_RESERVED = 76, /* through 123, zeros */
+    H_CRC = 124
+};
+
+/* Section table entry field offsets. */
+enum { S_KIND = 0, S_FLAGS = 4, S_OFFSET = 8, S_LENGTH = 16, S_CRC = 24, S_RESERVED = 28 };
+
+/* Section kinds; the values are on disk. */
+enum {
+    SEC_VECTORS = 1, /* count * dim f32 */
+    SEC_LABELS = 2,  /* count i64 */
+    SEC_LEVELS = 3,  /* count u8 */
+    SEC_LINKS0 = 4,  /* count * (1 + M0) u32 */
+    SEC_UPPER = 5    /* sum over nodes of levels[i] * (1 + M) u32 */
+};
+
+static const char *const section_names[KNOWN_SECTIONS + 1] = {"?",      "VECTORS", "LABELS",
+                                                              "LEVELS", "LINKS0",  "UPPER"};
+
+#if defined(__BYTE_ORDER__) && defined(__ORDER_BIG_ENDIAN__) &&                                   \
+    __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define HOST_BIG_ENDIAN 1
+#else
+#define HOST_BIG_ENDIAN 0
+#endif
+
+/* ==== Tunables ==== */
+
+/* Bytes per read, write and CRC step. 1 MiB: large enough that syscall
+ * overhead is negligible, small enough that the CRC pass over a chunk just
+ * read or staged still finds it in L2. */
+#define IO_CHUNK ((size_t)1 << 20)
+
+/* ==== Types ==== */
+
+typedef struct file_header {
+    uint32_t version, header_bytes, dim, metric, M, M0, ef_construction, max_level;
+    uint64_t count;
+    uint32_t entry_point, section_count;
+    uint64_t seed, file_bytes;
+    uint32_t table_crc;
+} file_header;
+
+typedef struct section_entry {
+    uint32_t kind, flags;
+    uint64_t offset, length;
+    uint32_t crc, reserved;
+} section_entry;
+
+/* An open index file whose header and section table have passed every check. */
+typedef struct index_file {
+    kiln_ctx *ctx;
+    const char *path;
+    int fd;
+    file_header h;
+    section_entry sec[KNOWN_SECTIONS + 1]; /* by kind; [0] unused */
+} index_file;
+
+/* ==== Little-endian helpers ==== */
+
+static void put_u32le(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put_u64le(uint8_t *p, uint64_t v) {
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t get_u32le(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t get_u64le(const uint8_t *p) {
+    return (uint64_t)get_u32le(p) | (uint64_t)get_u32le(p + 4) << 32;
+}
+
+/* Reverses the bytes of each of n elements of elem (4 or 8) bytes in place;
+ * only big-endian hosts call it. */
+static void swap_array(void *data, size_t n, size_t elem) {
+    uint8_t *p = data;
+    for (size_t i = 0; i < n; i++, p += elem) {
+        if (elem == 4) {
+            uint32_t v;
+            memcpy(&v, p, 4);
+            v = __builtin_bswap32(v);
+            memcpy(p, &v, 4);
+        } else {
+            uint64_t v;
+            memcpy(&v, p, 8);
+            v = __builtin_bswap64(v);
+            memcpy(p, &v, 8);
+        }
+    }
+}
+
+static bool metric_valid(uint32_t m) {
+    return m == KILN_METRIC_L2 || m == KILN_METRIC_IP || m == KILN_METRIC_COS;
+}
+
+/* Bytes each known section must hold for the header's count, dim and M;
+ * UPPER is checked separately (its length depends on LEVELS). All products
+ * fit in 64 bits because count < 2^32, dim <= 2^16 and M0 <= 2^11. */
+static uint64_t section_expected(const file_header *h, uint32_t kind) {
+    switch (kind) {
+    case SEC_VECTORS: return h->count * h->dim * sizeof(float);
+    case SEC_LABELS: return h->count * sizeof(int64_t);
+    case SEC_LEVELS: return h->count;
+    case SEC_LINKS0: return h->count * ((uint64_t)h->M0 + 1) * sizeof(uint32_t);
+    default: return 0;
+    }
+}
+
+/* ==== Writer ==== */
+
+typedef struct writer {
+    const struct kiln_index *ix;
+    kiln_ctx *ctx;
+    const char *path;
+    kiln_afile *af;
+    uint8_t *stage;   /* IO_CHUNK bytes for links and big-endian swaps */
+    size_t staged;    /* bytes in stage */
+    uint32_t crc;     /* running CRC of the open section */
+    uint32_t kind;    /* the open section */
+    section_entry sec[KNOWN_SECTIONS];
+} writer;
+
+static kiln_status section_begin(writer *w, uint32_t kind) {
+    kiln_status st = kiln_afile_pad(w->af, SECTION_ALIGN);
+    if (st)
+        return st;
+    w->kind = kind;
+    w->crc = 0;
+    w->staged = 0;
+    section_entry *s = &w->sec[kind - 1];
+    s->kind = kind;
+    s->offset = kiln_afile_offset(w->af);
+    return KILN_OK;
+}
+
+static kiln_status section_put(writer *w, const void *p, size_t len) {
+    w->crc = kiln_crc32c(w->crc, p, len);
+    return kiln_afile_write(w->af, p, len);
+}
+
+static kiln_status stage_flush(writer *w) {
+    kiln_status st = section_put(w, w->stage, w->staged);
+    w->staged = 0;
+    return st;
+}
+
+static kiln_status section_end(writer *w) {
+    kiln_status st = stage_flush(w);
+    section_entry *s = &w->sec[w->kind - 1];
+    s->length = kiln_afile_offset(w->af) - s->offset;
+    s->crc = w->crc;
+    return st;
+}
+
+/* Streams n elements of elem bytes (1, 4 or 8) as little-endian. */
+static kiln_status write_array(writer *w, const void *src, size_t n, size_t elem) {
+    const uint8_t *p = src;
+    size_t left = n * elem; /* fits: the array is in memory */
+    while (left) {
+        size_t len = left < IO_CHUNK ? left : IO_CHUNK;
+        kiln_status st;
+        if (HOST_BIG_ENDIAN && elem > 1) {
+            memcpy(w->stage, p, len);
+            swap_array(w->stage, len / elem, elem);
+            st = section_put(w, w->stage, len);
+        } else {
+            st = section_put(w, p, len);
+        }
+        if (st)
+            return st;
+        p += len;
+        left -= len;
+    }
+    return KILN_OK;
+}
+
+/* Stages one link block [n, ids...] of bound slots, zeroing the slots past
+ * n, after checking what the reader will check. */
+static kiln_status write_block(writer *w, const uint32_t *block, uint32_t bound, uint32_t node,
+                               unsigned level) {
+    const struct kiln_index *ix = w->ix;
+    const size_t bytes = ((size_t)bound + 1) * sizeof(uint32_t);
+    if (w->staged + bytes > IO_CHUNK) {
+        kiln_status st = stage_flush(w);
+        if (st)
+            return st;
+    }
+    const uint32_t n = block[0];
+    if (n > bound)
+        return kiln_fail(w->ctx, KILN_E_INVALID,
+                         "%s: cannot save: node %u level %u has %u links, above the bound %u",
+                         w->path, node, level, n, bound);
+    uint32_t *out = (uint32_t *)(void *)(w->stage + w->staged);
+    out[0] = n;
+    for (uint32_t j = 1; j <= n; j++) {
+        if (block[j] >= ix->count)
+            return kiln_fail(w->ctx, KILN_E_INVALID,
+                             "%s: cannot save: node %u level %u links to node %u, beyond the "
+                             "%llu nodes",
+                             w->path, node, level, block[j], (unsigned long long)ix->count);
+        out[j] = block[j];
+    }
+    memset(out + 1 + n, 0, (size_t)(bound - n) * sizeof(uint32_t));
+    if (HOST_BIG_ENDIAN)
+        swap_array(out, (size_t)bound + 1, sizeof(uint32_t));
+    w->staged += bytes;
+    return KILN_OK;
+}
+
+/* The header fields and levels the reader will insist on. */
+static kiln_status check_savable(const writer *w) {
+    const struct kiln_index *ix = w->ix;
+    if (ix->dim < 1 || ix->dim > KILN_MAX_DIM || ix->M < 2 || ix->M > KILN_MAX_M ||
+        ix->M0 != 2 * ix->M || !metric_valid((uint32_t)ix->metric) || ix->count >= KILN_NO_NODE ||
+        ix->max_level >= KILN_MAX_LEVELS)
+        return kiln_fail(w->ctx, KILN_E_INVALID,
+                         "%s: cannot save: index parameters out of range (dim %u, M %u, M0 %u, "
+                         "metric %d, count %llu, max_level %u)",
+                         w->path, ix->dim, ix->M, ix->M0, (int)ix->metric,
+                         (unsigned long long)ix->count, ix->max_level);
+    if (ix->count == 0) {
+        if (ix->entry_point != KILN_NO_NODE || ix->max_level != 0)
+            return kiln_fail(w->ctx, KILN_E_INVALID,
+                             "%s: cannot save: empty index with entry point %u and max_level %u",
+                             w->path, ix->entry_point, ix->max_level);
+    } else if (ix->entry_point >= ix->count || ix->levels[ix->entry_point] != ix->max_level) {
+        return kiln_fail(w->ctx, KILN_E_INVALID,
+                         "%s: cannot save: entry point %u is not a node on the top level %u",
+                         w->path, ix->entry_point, ix->max_level);
+    }
+    for (uint64_t i = 0; i < ix->count; i++)
+        if (ix->levels[i] > ix->max_level)
+            return kiln_fail(w->ctx, KILN_E_INVALID,
+                             "%s: cannot save: node %llu has level %u, above max_level %u",
+                             w->path, (unsigned long long)i, ix->levels[i], ix->max_level);
+    return KILN_OK;
+}
+
+static kiln_status write_sections(writer *w) {
+    const struct kiln_index *ix = w->ix;
+    const size_t n = (size_t)ix->count;
+    kiln_status st;
+    if ((st = section_begin(w, SEC_VECTORS)) ||
+        (st = write_array(w, ix->vectors, n * ix->dim, sizeof(float))) || (st = section_end(w)) ||
+        (st = section_begin(w, SEC_LABELS)) ||
+        (st = write_array(w, ix->labels, n, sizeof(int64_t))) || (st = section_end(w)) ||
+        (st = section_begin(w, SEC_LEVELS)) || (st = write_array(w, ix->levels, n, 1)) ||
+        (st = section_end(w)))
+        return st;
+
+    if ((st = section_begin(w, SEC_LINKS0)))
+        return st;
+    for (uint32_t i = 0; i < n; i++)
+        if ((st = write_block(w, kiln_links(ix, i, 0), ix->M0, i, 0)))
+            return st;
+    if ((st = section_end(w)))
+        return st;
+
+    /* Node by node, level by level: the order the reader's layout assumes,
+     * whatever upper_off the builder used. */
+    if ((st = section_begin(w, SEC_UPPER)))
+        return st;
+    for (uint32_t i = 0; i < n; i++)
+        for (unsigned l = 1; l <= ix->levels[i]; l++)
+            if ((st = write_block(w, kiln_links(ix, i, l), ix->M, i, l)))
+                return st;
+    return section_end(w);
+}
+
+/* Table and header, written over the placeholders at the start. */
+static kiln_status write_front(writer *w) {
+    const struct kiln_index *ix = w->ix;
+    uint8_t table[KNOWN_SECTIONS * SECTION_ENTRY];
+    memset(table, 0, sizeof table);
+    for (unsigned k = 0; k < KNOWN_SECTIONS; k++) {
+        uint8_t *e = table + k * SECTION_ENTRY;
+        put_u32le(e + S_KIND, w->sec[k].kind);
+        put_u32le(e + S_FLAGS, 0);
+        put_u64le(e + S_OFFSET, w->sec[k].offset);
+        put_u64le(e + S_LENGTH, w->sec[k].length);
+        put_u32le(e + S_CRC, w->sec[k].crc);
+    }
+    uint8_t hb[HEADER_BYTES];
+    memset(hb, 0, sizeof hb);
+    memcpy(hb + H_MAGIC, FILE_MAGIC, FILE_MAGIC_LEN);
+    put_u32le(hb + H_VERSION, FILE_VERSION);
+    put_u32le(hb + H_HEADER_BYTES, HEADER_BYTES);
+    put_u32le(hb + H_DIM, ix->dim);
+    put_u32le(hb + H_METRIC, (uint32_t)ix->metric);
+    put_u32le(hb + H_M, ix->M);
+    put_u32le(hb + H_M0, ix->M0);
+    put_u32le(hb + H_EF_CONSTRUCTION, ix->ef_construction);
+    put_u32le(hb + H_MAX_LEVEL, ix->max_level);
+    put_u64le(hb + H_COUNT, ix->count);
+    put_u32le(hb + H_ENTRY_POINT, ix->entry_point);
+    put_u32le(hb + H_SECTION_COUNT, KNOWN_SECTIONS);
+    put_u64le(hb + H_SEED, ix->seed);
+    put_u64le(hb + H_FILE_BYTES, kiln_afile_offset(w->af));
+    put_u32le(hb + H_TABLE_CRC, kiln_crc32c(0, table, sizeof table));
+    put_u32le(hb + H_CRC, kiln_crc32c(0, hb, H_CRC));
+    kiln_status st = kiln_afile_pwrite(w->af, table, sizeof table, HEADER_BYTES);
+    return st ? st : kiln_afile_pwrite(w->af, hb, sizeof hb, 0);
+}
+
+/* ==== Reader ==== */
+
+/* Version history of the index file (reject anything else, as SQLite does
+ * with a newer read-version: a file we cannot fully understand is refused,
+ * never half-read):
+ *   1 (kiln 0.1) -- 128-byte header, section table, sections VECTORS,
+ *                   LABELS, LEVELS, LINKS0, UPPER; flag 0x1 = optional.
+ */
+
+static kiln_status read_at(const index_file *f, void *buf, size_t len, uint64_t offset) {
+    uint8_t *p = buf;
+    while (len) {
+        ssize_t r = pread(f->fd, p, len, (off_t)offset);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return kiln_fail(f->ctx, KILN_E_IO, "%s: read failed at byte %llu: %s", f->path,
+                             (unsigned long long)offset, strerror(errno));
+        if (r == 0)
+            return kiln_fail(f->ctx, KILN_E_IO,
+                             "%s: unexpected end of file at byte %llu (file changed while "
+                             "reading?)",
+                             f->path, (unsigned long long)offset);
+        p += r;
+        len -= (size_t)r;
+        offset += (uint64_t)r;
+    }
+    return KILN_OK;
+}
+
+static kiln_status open_file(kiln_ctx *ctx, const char *path, index_file *f, uint64_t *size) {
+    f->ctx = ctx;
+    f->path = path;
+    f->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (f->fd < 0)
+        return kiln_fail(ctx, KILN_E_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(f->fd, &sb) != 0) {
+        const int e = errno;
+        close(f->fd);
+        return kiln_fail(ctx, KILN_E_IO, "%s: cannot stat: %s", path, strerror(e));
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        close(f->fd);
+        return kiln_fail(ctx, KILN_E_IO, "%s: not a regular file", path);
+    }
+    *size = (uint64_t)sb.st_size;
+    return KILN_OK;
+}
+
+static kiln_status truncated_header(const index_file *f, uint64_t size) {
+    return kiln_fail(f->ctx, KILN_E_FORMAT,
+                     "%s: truncated: file is %llu bytes, shorter than the %u-byte header",
+                     f->path, (unsigned long long)size, HEADER_BYTES);
+}
+
+/* Magic, version, header CRC, size, and every field against kiln's limits. */
+static kiln_status check_header(index_file *f, uint64_t size) {
+    uint8_t hb[HEADER_BYTES];
+    const size_t got = size < HEADER_BYTES ? (size_t)size : HEADER_BYTES;
+    kiln_status st = read_at(f, hb, got, 0);
+    if (st)
+        return st;
+    const size_t cmp = got < FILE_MAGIC_LEN ? got : FILE_MAGIC_LEN;
+    if (memcmp(hb, FILE_MAGIC, cmp) != 0)
+        return kiln_fail(f->ctx, KILN_E_FORMAT, "%s: not a kiln index file (bad magic)", f->path);
+    if (got < H_VERSION + 4)
+        return truncated_header(f, size);
+    /* The version comes before the CRC: another version may lay out (and
+     * checksum) its header differently. */
+    file_header *h = &f->h;
+    h->version = get_u32le(hb + H_VERSION);
+    if (h->version != FILE_VERSION)
+        return kiln_fail(f->ctx, KILN_E_VERSION,
+                         "%s: index format version %u is not supported (this kiln reads "
+                         "version %u)",
+                         f->path, h->version, FILE_VERSION);
+    if (got < HEADER_BYTES)
+        return truncated_header(f, size);
+    const uint32_t stored = get_u32le(hb + H_CRC), computed = kiln_crc32c(0, hb, H_CRC);
+    if (stored != computed)
+        return kiln_fail(f->ctx, KILN_E_CHECKSUM,
+                         "%s: header checksum mismatch (stored 0x%08x, computed 0x%08x)", f->path,
+                         stored, computed);
+
+    h->header_bytes = get_u32le(hb + H_HEADER_BYTES);
+    h->dim = get_u32le(hb + H_DIM);
+    h->metric = get_u32le(hb + H_METRIC);
+    h->M = get_u32le(hb + H_M);
+    h->M0 = get_u32le(hb + H_M0);
+    h->ef_construction = get_u32le(hb + H_EF_CONSTRUCTION);
+    h->max_level = get_u32le(hb + H_MAX_LEVEL);
+    h->count = get_u64le(hb + H_COUNT);
+    h->entry_point = get_u32le(hb + H_ENTRY_POINT);
+    h->section_count = get_u32le(hb + H_SECTION_COUNT);
+    h->seed = get_u64le(hb + H_SEED);
+    h->file_bytes = get_u64le(hb + H_FILE_BYTES);
+    h->table_crc = get_u32le(hb + H_TABLE_CRC);
+
+    if (h->header_bytes != HEADER_BYTES)
+        return kiln_fail(f->ctx, KILN_E_FORMAT, "%s: header_bytes is %u, version %u uses %u",
+                         f->path, h->header_bytes, FILE_VERSION, HEADER_BYTES);
+    if (h->file_bytes != size)
+        return kiln_fail(f->ctx, KILN_E_FORMAT,
+                         "%s: file is %llu bytes but its header records %llu (truncated or "
+                         "appended to)",
+                         f->path, (unsigned long long)size, (unsigned long long)h->file_bytes);
+    for (unsigned i = H_RESERVED; i < H_CRC; i++)
+        if (hb[i])
+            return kiln_fail(f->ctx, KILN_E_FORMAT, "%s: reserved header byte %u is not zero",
+                             f->path, i);
+    if (h->dim < 1 || h->dim > KILN_MAX_DIM)
+        return kiln_fail(f->ctx, KILN_E_RANGE, "%s: dim %u is out of range [1, %u]", f->path,
+                         h->dim, KILN_MAX_DIM);
+    if (!metric_valid(h->metric))
+        return kiln_fail(f->ctx, KILN_E_FORMAT, "%s: unknown metric %u", f->path, h->metric);
+    if (h->M < 2 || h->M > KILN_MAX_M)
+        return kiln_fail(f->ctx, KILN_E_RANGE, "%s: M %u is out of range [2, %u]", f->path, h->M,
+                         KILN_MAX_M);
+    if (h->M0 != 2 * h->M)
+        return kiln_fail(f->ctx, KILN_E_FORMAT, "%s: M0 is %u, expected 2*M = %u", f->path, h->M0,
+                         2 * h->M);
+    if (h->count >= KILN_NO_NODE)
+        return kiln_fail(f->ctx, KILN_E_RANGE, "%s: count %llu exceeds the limit of %u nodes",
+                         f->path, (unsigned long long)h->count, KILN_NO_NODE - 1);
+    if (h->max_level >= KILN_MAX_LEVELS)
+        return kiln_fail(f->ctx, KILN_E_RANGE, "%s: max_level %u is above the limit %u", f->path,
+                         h->max_level, KILN_MAX_LEVELS - 1);
+    if (h->count == 0 && (h->entry_point != KILN_NO_NODE || h->max_level != 0))
+        return kiln_fail(f->ctx, KILN_E_FORMAT,
+                         "%s: empty index with entry point %u and max_level %u (expected %u and "
+                         "0)",
+                         f->path, h->entry_point, h->max_level, KILN_NO_NODE);
+    if (h->count > 0 && h->entry_point >= h->count)
+        return kiln_fail(f->ctx, KILN_E_RANGE, "%s: entry point %u is out of range for %llu nodes",
+                         f->path, h->entry_point, (unsigned long long)h->count);
+    if (h->section_count < KNOWN_SECTIONS || h->section_count > MAX_SECTIONS)
+        return kiln_fail(f->ctx, KILN_E_FORMAT, "%s: section_count %u is out of range [%u, %u]",
+                         f->path, h->section_count, KNOWN_SECTIONS, MAX_SECTIONS);
+    return KILN_OK;
+}
+
+/* Reads the table and checks each entry: CRC, flags, alignment, bounds, no
+ * overlap, each known kind exactly once with exactly the implied length. */
+static kiln_status check_table(index_file *f) {
+    const file_header *h = &f->h;
+    const uint64_t table_end = HEADER_BYTES + (uint64_t)h->section_count * SECTION_ENTRY;
+    if (table_end > h->file_bytes)
+        return kiln_fail(f->ctx, KILN_E_FORMAT,
+                         "%s: section table of %u entries runs past the end of the file",
+                         f->path, h->section_count);
+    uint8_t table[MAX_SECTIONS * SECTION_ENTRY];
+    const size_t table_len = (size_t)h->section_count * SECTION_ENTRY;
+    kiln_status st = read_at(f, table, table_len, HEADER_BYTES);
+    if (st)
+        return st;
+    const uint32_t computed = kiln_crc32c(0, table, table_len);
+    if (computed != h->table_crc)
+        return kiln_fail(f->ctx, KILN_E_CHECKSUM,
+                         "%s: section table checksum mismatch (stored 0x%08x, computed 0x%08x)",
+                         f->path, h->table_crc, computed);
+
+    section_entry all[MAX_SECTIONS];
+    memset(f->sec, 0, sizeof f->sec);
+    for (uint32_t i = 0; i < h->section_count; i++) {
+        const uint8_t *e = table + (size_t)i * SECTION_ENTRY;
+        section_entry *s = &all[i];
+        s->kind = get_u32le(e + S_KIND);
+        s->flags = get_u32le(e + S_FLAGS);
+        s->offset = get_u64le(e + S_OFFSET);
+        s->length = get_u64le(e + S_LENGTH);
+        s->crc = get_u32le(e + S_CRC);
+        s->reserved = get_u32le(e + S_RESERVED);
+        const bool known = s->kind >= 1 && s->kind <= KNOWN_SECTIONS;
+        if (s->reserved != 0 || (s->flags & ~SECTION_OPTIONAL) != 0 || (known && s->flags != 0))
+            return kiln_fail(f->ctx, KILN_E_FORMAT,
+                             "%s: section %u (kind %u) has flags 0x%x and reserved 0x%x, not "
+                             "allowed in version %u",
+                             f->path, i, s->kind, s->flags, s->reserved, FILE_VERSION);
+        if (!known && !(s->flags & SECTION_OPTIONAL))
+            return kiln_fail(f->ctx, KILN_E_FORMAT,
+                             "%s: section %u has unknown kind %u and is not marked optional",
+                             f->path, i, s->kind);
+        if (s->offset % SECTION_ALIGN != 0 || s->offset < table_end ||
+            s->offset > h->file_bytes || s->length > h->file_bytes - s->offset)
+            return kiln_fail(f->ctx, KILN_E_FORMAT,
+                             "%s: section %u (kind %u) at byte %llu, %llu bytes, is misaligned "
+                             "or outside the data area [%llu, %llu)",
+                             f->path, i, s->kind, (unsigned long long)s->offset,
+                             (unsigned long long)s->length, (unsigned long long)table_end,
+                             (unsigned long long)h->file_bytes);
+        for (uint32_t j = 0; j < i; j++) {
+            const section_entry *o = &all[j];
+            if (s->length && o->length && s->offset < o->offset + o->length &&
+                o->offset < s->offset + s->length)
+                return kiln_fail(f->ctx, KILN_E_FORMAT, "%s: sections %u and %u overlap",
+                                 f->path, j, i);
+        }
+        if (!known)
+            continue;
+        if (f->sec[s->kind].kind)
+            return kiln_fail(f->ctx, KILN_E_FORMAT, "%s: section %s appears twice", f->path,
+                             section_names[s->kind]);
+        f->sec[s->kind] = *s;
+    }
+
+    for (uint32_t k = 1; k <= KNOWN_SECTIONS; k++) {
+        const section_entry *s = &f->sec[k];
+        if (!s->kind)
+            return kiln_fail(f->ctx, KILN_E_FORMAT, "%s: section %s is missing", f->path,
+                             section_names[k]);
+        if (k == SEC_UPPER) {
+            /* Exact length needs LEVELS; here: whole blocks, at most
+             * max_level per node. */
+            const uint64_t block = ((uint64_t)h->M + 1) * sizeof(uint32_t);
+            if (s->length % block != 0 || s->length / block > h->count * h->max_level)
+                return kiln_fail(f->ctx, KILN_E_FORMAT,
+                                 "%s: section UPPER is %llu bytes, not a whole number of at "
+                                 "most %llu blocks of %llu bytes",
+                                 f->path, (unsigned long long)s->length,
+                                 (unsigned long long)(h->count * h->max_level),
+                                 (unsigned long long)block);
+        } else if (s->length != section_expected(h, k)) {
+            return kiln_fail(f->ctx, KILN_E_FORMAT,
+                             "%s: section %s is %llu bytes, expected %llu for %llu nodes of "
+                             "dim %u, M %u",
+                             f->path, section_names[k], (unsigned long long)s->length,
+                             (unsigned long long)section_expected(h, k),
+                             (unsigned long long)h->count, h->dim, h->M);
+        }
+    }
+    return KILN_OK;
+}
+
+/* Opens path and checks header and table; on success the caller closes f->fd. */
+static kiln_status open_index_file(kiln_ctx *ctx, const char *path, index_file *f) {
+    uint64_t size = 0;
+    kiln_status st = open_file(ctx, path, f, &size);
+    if (st)
+        return st;
+    if ((st = check_header(f, size)) || (st = check_table(f))) {
+        close(f->fd);
+        return st;
+    }
+    return KILN_OK;
+}
+
+/* Reads section kind into dst in chunks, checks its CRC, then converts
+ * elements of elem bytes to host order. dst was sized by kiln_index_alloc
+ * (or load_levels) from the same count, dim and M that check_table matched
+ * the section's length against, so the length fits in dst and in size_t. */
+static kiln_status read_section(const index_file *f, uint32_t kind, void *dst, size_t elem) {
+    const section_entry *s = &f->sec[kind];
+    uint8_t *p = dst;
+    size_t left = (size_t)s->length;
+    uint64_t offset = s->offset;
+    uint32_t crc = 0;
+    while (left) {
+        const size_t len = left < IO_CHUNK ? left : IO_CHUNK;
+        kiln_status st = read_at(f, p, len, offset);
+        if (st)
+            return st;
+        crc = kiln_crc32c(crc, p, len);
+        p += len;
+        left -= len;
+        offset += len;
+    }
+    if (crc != s->crc)
+        return kiln_fail(f->ctx, KILN_E_CHECKSUM, "%s: checksum mismatch in section %s", f->path,
+                         section_names[kind]);
+    if (HOST_BIG_ENDIAN && elem > 1)
+        swap_array(dst, (size_t)s->length / elem, elem);
+    return KILN_OK;
+}
+
+/* Every link block: count within its bound, ids within the graph, and
+ * upper-level links only to nodes on that level. */
+static kiln_status check_links(const index_file *f, const struct kiln_index *ix) {
+    for (uint32_t i = 0; i < ix->count; i++) {
+        for (unsigned l = 0; l <= ix->levels[i]; l++) {
+            const uint32_t *block = kiln_links(ix, i, l);
+            const uint32_t bound = l ? ix->M : ix->M0;
+            if (block[0] > bound)
+                return kiln_fail(f->ctx, KILN_E_RANGE,
+                                 "%s: node %u level %u has %u links, above the bound %u",
+                                 f->path, i, l, block[0], bound);
+            for (uint32_t j = 1; j <= block[0]; j++) {
+                const uint32_t v = block[j];
+                if (v >= ix->count)
+                    return kiln_fail(f->ctx, KILN_E_RANGE,
+                                     "%s: node %u level %u links to node %u, beyond the %llu "
+                                     "nodes",
+                                     f->path, i, l, v, (unsigned long long)ix->count);
+                /* Search follows this link on level l and reads v's block
+                 * there, which exists only if v is on that level. */
+                if (ix->levels[v] < l)
+                    return kiln_fail(f->ctx, KILN_E_RANGE,
+                                     "%s: node %u level %u links to node %u, which is only on "
+                                     "levels 0..%u",
+                                     f->path, i, l, v, ix->levels[v]);
+            }
+        }
+    }
+    return KILN_OK;
+}
+
+/* LEVELS is read first: it is checked against max_level and the UPPER
+ * length, then handed to kiln_index_alloc to lay out the upper pool. */
+static kiln_status load_levels(const index_file *f, uint8_t **out) {
+    const file_header *h = &f->h;
+    uint8_t *levels = NULL;
+    kiln_status st = kiln_alloc(f->ctx, (size_t)h->count, "levels", (void **)&levels);
+    if (st || (st = read_section(f, SEC_LEVELS, levels, 1)))
+        goto fail;
+    uint64_t blocks = 0;
+    for (uint64_t i = 0; i < h->count; i++) {
+        if (levels[i] > h->max_level) {
+            st = kiln_fail(f->ctx, KILN_E_RANGE,
+                           "%s: node %llu has level %u, above the header's max_level %u",
+                           f->path, (unsigned long long)i, levels[i], h->max_level);
+            goto fail;
+        }
+        blocks += levels[i];
+    }
+    const uint64_t upper_bytes = blocks * ((uint64_t)h->M + 1) * sizeof(uint32_t);
+    if (upper_bytes != f->sec[SEC_UPPER].length) {
+        st = kiln_fail(f->ctx, KILN_E_FORMAT,
+                       "%s: section UPPER is %llu bytes, but LEVELS implies %llu", f->path,
+                       (unsigned long long)f->sec[SEC_UPPER].length,
+                       (unsigned long long)upper_bytes);
+        goto fail;
+    }
+    if (h->count > 0 && levels[h->entry_point] != h->max_level) {
+        st = kiln_fail(f->ctx, KILN_E_FORMAT,
+                       "%s: entry point %u has level %u, not the top level %u", f->path,
+                       h->entry_point, levels[h->entry_point], h->max_level);
+        goto fail;
+    }
+    *out = levels;
+    return KILN_OK;
+fail:
+    free(levels);
+    return st;
+}
+
+/* ==== Public ==== */
+
+kiln_status kiln_index_save(const kiln_index *index, const char *path) {
+    if (!index)
+        return KILN_E_ARG;
+    if (!path || !*path)
+        return kiln_fail(index->ctx, KILN_E_ARG, "kiln_index_save: empty output path");
+    writer w = {.ix = index, .ctx = index->ctx, .path = path};
+    kiln_status st = check_savable(&w);
+    if (st)
+        return st;
+    if ((st = kiln_alloc(w.ctx, IO_CHUNK, "index file buffer", (void **)&w.stage)))
+        return st;
+    if ((st = kiln_afile_open(w.ctx, path, &w.af))) {
+        free(w.stage);
+        return st;
+    }
+    /* Placeholders for the header and table, overwritten by write_front. */
+    static const uint8_t zeros[HEADER_BYTES + KNOWN_SECTIONS * SECTION_ENTRY];
+    if ((st = kiln_afile_write(w.af, zeros, sizeof zeros)) || (st = write_sections(&w)) ||
+        (st = write_front(&w))) {
+        kiln_afile_abort(w.af);
+        free(w.stage);
+        return st;
+    }
+    free(w.stage);
+    return kiln_afile_commit(w.af);
+}
+
+kiln_status kiln_index_load(kiln_ctx *ctx, const char *path, kiln_index **out) {
+    if (!out)
+        return kiln_fail(ctx, KILN_E_ARG, "kiln_index_load: out is NULL");
+    *out = NULL;
+    if (!path || !*path)
+        return kiln_fail(ctx, KILN_E_ARG, "kiln_index_load: empty path");
+    index_file f;
+    kiln_status st = open_index_file(ctx, path, &f);
+    if (st)
+        return st;
+    const file_header *h = &f.h;
+    uint8_t *levels = NULL;
+    struct kiln_index *ix = NULL;
+    if ((st = load_levels(&f, &levels)))
+        goto done;
+    st = kiln_index_alloc(ctx, h->count, h->dim, (kiln_metric)h->metric, h->M, levels, &ix);
+    free(levels);
+    if (st)
+        goto done;
+    if ((st = read_section(&f, SEC_VECTORS, ix->vectors, sizeof(float))) ||
+        (st = read_section(&f, SEC_LABELS, ix->labels, sizeof(int64_t))) ||
+        (st = read_section(&f, SEC_LINKS0, ix->links0, sizeof(uint32_t))) ||
+        (st = read_section(&f, SEC_UPPER, ix->upper_pool, sizeof(uint32_t))) ||
+        (st = check_links(&f, ix)))
+        goto done;
+    ix->ef_construction = h->ef_construction;
+    ix->seed = h->seed;
+    ix->max_level = h->max_level;
+    ix->entry_point = h->entry_point;
+    ix->dist = kiln_distance_fn(ix->metric);
+    ix->ctx = ctx;
+done:
+    close(f.fd);
+    if (st) {
+        kiln_index_free(ix);
+        return st;
+    }
+    *out = ix;
+    return KILN_OK;
+}
+
+kiln_status kiln_index_info_read(kiln_ctx *ctx, const char *path, kiln_index_info *out) {
+    if (!out)
+        return kiln_fail(ctx, KILN_E_ARG, "kiln_index_info_read: out is NULL");
+    memset(out, 0, sizeof *out);
+    if (!path || !*path)
+        return kiln_fail(ctx, KILN_E_ARG, "kiln_index_info_read: empty path");
+    index_file f;
+    kiln_status st = open_index_file(ctx, path, &f);
+    if (st)
+        return st;
+    close(f.fd);
+    out->format_version = f.h.version;
+    out->dim = f.h.dim;
+    out->metric = (kiln_metric)f.h.metric;
+    out->M = f.h.M;
+    out->M0 = f.h.M0;
+    out->ef_construction = f.h.ef_construction;
+    out->count = f.h.count;
+    out->max_level = f.h.max_level;
+    out->entry_point = f.h.entry_point;
+    out->seed = f.h.seed;
+    out->file_bytes = f.h.file_bytes;
+    return KILN_OK;
+}
