@@ -109,6 +109,7 @@ void kiln_index_free(kiln_index *ix) {
     if (!ix)
         return;
     kiln_scratch_pool_free(ix);
+    free(ix->report);
     kiln_free_aligned(ix->vectors);
     kiln_free_aligned(ix->links0);
     free(ix->labels);
@@ -121,6 +122,15 @@ void kiln_index_free(kiln_index *ix) {
 size_t kiln_index_count(const kiln_index *ix) { return ix ? (size_t)ix->count : 0; }
 size_t kiln_index_dim(const kiln_index *ix) { return ix ? ix->dim : 0; }
 kiln_metric kiln_index_metric(const kiln_index *ix) { return ix ? ix->metric : KILN_METRIC_L2; }
+
+kiln_status kiln_index_build_report(const kiln_index *ix, kiln_build_report *out) {
+    if (!ix || !out)
+        return KILN_E_ARG;
+    if (!ix->report)
+        return kiln_fail(ix->ctx, KILN_E_ARG, "this index was loaded, not built: it has no build report");
+    *out = *ix->report;
+    return KILN_OK;
+}
 
 kiln_status kiln_index_stats_get(const kiln_index *ix, kiln_index_stats *out) {
     if (!ix || !out)

@@ -49,6 +49,7 @@ struct kiln_index {
     uint64_t upper_len;
 
     void *scratch_pool;      /* graph/hnsw_search.c: reusable per-thread search state */
+    kiln_build_report *report; /* set by host/build.c; NULL for a loaded index */
 };
 
 static inline size_t kiln_links0_stride(const struct kiln_index *ix) {

@@ -9,6 +9,7 @@
  *     same), so from here on COS is IP on unit vectors.
  *  3. Stage times go to ctx for the one-line breakdown the CLI prints.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,6 +20,28 @@
 
 #define KILN_LOAD_CHUNK 65536 /* rows per read: big enough to stream, small for progress */
 
+/* host/device_build.c */
+kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
+                              kiln_build_report *rep);
+
+static void report_stage(kiln_build_report *rep, const char *name, double seconds) {
+    if (rep->n_stages < KILN_REPORT_MAX_STAGES) {
+        rep->stages[rep->n_stages].name = name;
+        rep->stages[rep->n_stages].seconds = seconds;
+        rep->n_stages++;
+    }
+}
+
+/* One line on stderr with seconds per stage, when progress is shown. */
+static void report_print(const kiln_ctx *ctx, const kiln_build_report *rep) {
+    if (!kiln_progress_enabled(ctx))
+        return;
+    fprintf(stderr, "[kiln] stages:");
+    for (uint32_t i = 0; i < rep->n_stages; i++)
+        fprintf(stderr, " %s %.2fs", rep->stages[i].name, rep->stages[i].seconds);
+    fprintf(stderr, " | total %.2fs\n", rep->total_seconds);
+}
+
 void kiln_build_params_init(kiln_build_params *p) {
     memset(p, 0, sizeof *p);
     p->metric = KILN_METRIC_L2;
@@ -27,6 +50,7 @@ void kiln_build_params_init(kiln_build_params *p) {
     p->method = KILN_METHOD_INSERT;
     p->threads = 0;
     p->seed = 1;
+    p->replicas = 2;
 }
 
 static kiln_status check_params(kiln_ctx *ctx, const kiln_build_params *p, size_t n, size_t dim) {
@@ -38,6 +62,9 @@ static kiln_status check_params(kiln_ctx *ctx, const kiln_build_params *p, size_
         return kiln_fail(ctx, KILN_E_ARG, "build: M = %u is out of range [2, %u]", p->M, KILN_MAX_M);
     if (p->ef_construction < 1)
         return kiln_fail(ctx, KILN_E_ARG, "build: ef_construction must be at least 1");
+    if (p->method == KILN_METHOD_DEVICE && (p->replicas < 2 || p->replicas > 16))
+        return kiln_fail(ctx, KILN_E_ARG, "build: replicas = %u is out of range [2, 16]",
+                         p->replicas);
     if (p->method != KILN_METHOD_INSERT && p->method != KILN_METHOD_DEVICE)
         return kiln_fail(ctx, KILN_E_ARG, "build: method %d is not insert or device", (int)p->method);
     if (dim < 1 || dim > KILN_MAX_DIM)
@@ -59,6 +86,12 @@ static kiln_status index_new(kiln_ctx *ctx, size_t n, size_t dim, const kiln_bui
     kiln_sample_levels(levels, n, p->M, p->seed);
     st = kiln_index_alloc(ctx, n, (uint32_t)dim, p->metric, p->M, levels, out);
     free(levels);
+    if (st == KILN_OK &&
+        (st = kiln_calloc(ctx, sizeof(kiln_build_report), "build report",
+                          (void **)&(*out)->report))) {
+        kiln_index_free(*out);
+        *out = NULL;
+    }
     if (st == KILN_OK) {
         (*out)->seed = p->seed;
         (*out)->ef_construction = p->ef_construction;
@@ -68,22 +101,31 @@ static kiln_status index_new(kiln_ctx *ctx, size_t n, size_t dim, const kiln_bui
     return st;
 }
 
-/* Runs the chosen method on an index whose vectors are in place. */
-static kiln_status build_graph(struct kiln_index *ix, const kiln_build_params *p) {
+/* Runs the chosen method on an index whose vectors are in place; the report
+ * goes to ix->report (already holding the load stage, if any). */
+static kiln_status build_graph(struct kiln_index *ix, const kiln_build_params *p, double t_start) {
     kiln_ctx *ctx = ix->ctx;
+    kiln_build_report *rep = ix->report;
+    rep->method = p->method;
     if (ix->metric == KILN_METRIC_COS)
         for (uint64_t i = 0; i < ix->count; i++)
             kiln_normalize(ix->vectors + i * ix->dim, ix->dim);
     kiln_status st;
-    if (p->method == KILN_METHOD_DEVICE)
-        return kiln_fail(ctx, KILN_E_UNSUPPORTED,
-                         "build: the device method is not available in this build yet; use "
-                         "--method insert");
-    st = kiln_hnsw_insert_all(ix, p->ef_construction, kiln_threads(p->threads));
+    double t = kiln_now();
+    if (p->method == KILN_METHOD_DEVICE) {
+        st = kiln_fail(ctx, KILN_E_UNSUPPORTED, "build: the device method is not wired yet");
+    } else {
+        st = kiln_hnsw_insert_all(ix, p->ef_construction, kiln_threads(p->threads));
+        report_stage(rep, "insert", kiln_now() - t);
+    }
     if (st)
         return st;
-    uint64_t repaired;
-    return kiln_repair_reachability(ix, p->ef_construction, &repaired);
+    t = kiln_now();
+    st = kiln_repair_reachability(ix, p->ef_construction, &rep->repaired_links);
+    report_stage(rep, "repair", kiln_now() - t);
+    rep->total_seconds = kiln_now() - t_start;
+    report_print(ctx, rep);
+    return st;
 }
 
 kiln_status kiln_index_build(kiln_ctx *ctx, const float *vectors, size_t n, size_t dim,
@@ -93,12 +135,13 @@ kiln_status kiln_index_build(kiln_ctx *ctx, const float *vectors, size_t n, size
     *out = NULL;
     if (!vectors && n)
         return kiln_fail(ctx, KILN_E_ARG, "build: NULL vectors");
+    double t0 = kiln_now();
     kiln_status st = check_params(ctx, p, n, dim);
     struct kiln_index *ix = NULL;
     if (st || (st = index_new(ctx, n, dim, p, &ix)))
         return st;
     memcpy(ix->vectors, vectors, n * dim * sizeof(float));
-    if ((st = build_graph(ix, p))) {
+    if ((st = build_graph(ix, p, t0))) {
         kiln_index_free(ix);
         return st;
     }
@@ -114,6 +157,7 @@ kiln_status kiln_index_build_dataset(kiln_ctx *ctx, const kiln_dataset *ds,
     if (!ds)
         return kiln_fail(ctx, KILN_E_ARG, "build: NULL dataset");
     const size_t n = kiln_dataset_count(ds), dim = kiln_dataset_dim(ds);
+    double t0 = kiln_now();
     kiln_status st = check_params(ctx, p, n, dim);
     struct kiln_index *ix = NULL;
     if (st || (st = index_new(ctx, n, dim, p, &ix)))
@@ -127,8 +171,8 @@ kiln_status kiln_index_build_dataset(kiln_ctx *ctx, const kiln_dataset *ds,
             kiln_fail(ctx, st, "%s", kiln_errmsg(ds->ctx));
         kiln_progress_add(&bar, rows);
     }
-    kiln_progress_end(&bar);
-    if (st || (st = build_graph(ix, p))) {
+    report_stage(ix->report, "load", kiln_progress_end(&bar));
+    if (st || (st = build_graph(ix, p, t0))) {
         kiln_index_free(ix);
         return st;
     }

@@ -183,6 +183,49 @@ KILN_API kiln_status kiln_knn_exact_dataset(kiln_ctx *ctx, const kiln_dataset *b
 KILN_API kiln_status kiln_synth_clustered(kiln_ctx *ctx, size_t n, size_t dim, uint32_t clusters,
                                           uint64_t seed, float *out);
 
+/* ==== Devices ==== */
+
+/* OpenCL devices for KILN_METHOD_DEVICE. Devices are numbered 0..count-1
+ * over all platforms (platforms in the ICD loader's order, then each
+ * platform's devices); the "P:D" spec names the same device by platform and
+ * device index. A build without OpenCL, or a machine without any OpenCL
+ * platform, answers KILN_E_NO_DEVICE with how to install one (PoCL runs
+ * OpenCL on any CPU). */
+
+typedef enum kiln_device_type {
+    KILN_DEVICE_CPU = 1,
+    KILN_DEVICE_GPU = 2,
+    KILN_DEVICE_OTHER = 3 /* accelerators, custom devices */
+} kiln_device_type;
+
+#define KILN_DEVICE_NAME_MAX 128
+
+typedef struct kiln_device_info {
+    uint32_t index;                          /* 0..count-1 */
+    uint32_t platform_index;                 /* P of "P:D" */
+    uint32_t device_index;                   /* D of "P:D" */
+    kiln_device_type type;
+    char platform_name[KILN_DEVICE_NAME_MAX]; /* NUL-terminated, cut to fit */
+    char device_name[KILN_DEVICE_NAME_MAX];
+    char version[KILN_DEVICE_NAME_MAX];       /* CL_DEVICE_VERSION */
+    uint64_t global_mem_bytes;
+    uint64_t max_alloc_bytes;                 /* largest single buffer */
+    uint64_t local_mem_bytes;                 /* per work-group */
+    uint32_t compute_units;
+} kiln_device_info;
+
+/* Number of OpenCL devices on all platforms, > 0 on success. */
+KILN_API kiln_status kiln_device_count(kiln_ctx *ctx, uint32_t *out);
+/* Describes device `index` (0..count-1) into *out (caller's). */
+KILN_API kiln_status kiln_device_info_get(kiln_ctx *ctx, uint32_t index, kiln_device_info *out);
+/* Chooses the device that later device work on ctx runs on, and opens it.
+ * spec: "auto" (the first GPU, else the first device), "cpu", "gpu" (the
+ * first of that type), or "P:D"; NULL means the environment variable
+ * KILN_DEVICE, else "auto". Replaces a device chosen before. out (may be
+ * NULL) describes the device chosen. Mutates ctx: not concurrently with other
+ * device work on the same ctx. */
+KILN_API kiln_status kiln_device_select(kiln_ctx *ctx, const char *spec, kiln_device_info *out);
+
 /* ==== Index ==== */
 
 typedef struct kiln_index kiln_index;
@@ -201,9 +244,44 @@ typedef struct kiln_build_params {
     kiln_method method;       /* default KILN_METHOD_INSERT */
     uint32_t threads;         /* 0 = all cores; default 0 */
     uint64_t seed;            /* PRNG seed for levels and sampling; default 1 */
+
+    /* KILN_METHOD_DEVICE only: */
+    const char *device;       /* "auto", "cpu", "gpu" or "P:D"; NULL = $KILN_DEVICE, else
+                                 "auto" (borrowed for the call); default NULL */
+    uint32_t clusters;        /* k-means clusters; 0 = from n and cluster_size; default 0 */
+    uint32_t cluster_size;    /* target members per cluster when clusters == 0; default 0 =
+                                 the library's choice (see docs/ARCHITECTURE.md) */
+    uint32_t replicas;        /* nearest clusters each vector joins, >= 2; default 2 */
+    uint32_t knn_k;           /* neighbours kept per vector per cluster on the device;
+                                 0 = 2M; default 0 */
 } kiln_build_params;
 
 KILN_API void kiln_build_params_init(kiln_build_params *params);
+
+#define KILN_REPORT_MAX_STAGES 12
+
+/* What a build did and where its time went (not stored in index files). */
+typedef struct kiln_build_report {
+    kiln_method method;
+    uint32_t n_stages;
+    struct {
+        const char *name;   /* static string: "load", "quantize", "kmeans", ... */
+        double seconds;
+    } stages[KILN_REPORT_MAX_STAGES];
+    double total_seconds;
+    uint64_t repaired_links;          /* links added to make level 0 reachable */
+    /* KILN_METHOD_DEVICE only: */
+    char device_name[KILN_DEVICE_NAME_MAX];
+    uint32_t clusters;
+    uint32_t max_cluster_size;
+    uint32_t device_batches;
+    uint32_t batch_retries;           /* batches halved after running out of resources */
+    double candidates_per_vector;     /* candidate ids per vector from the device, before
+                                         removing duplicates across clusters, mean */
+} kiln_build_report;
+
+/* The report of the build that made index; KILN_E_ARG for a loaded index. */
+KILN_API kiln_status kiln_index_build_report(const kiln_index *index, kiln_build_report *out);
 
 /* Builds an index over n vectors of dimension dim (row-major, borrowed; the
  * index keeps its own copy). Label of row i is i. */
