@@ -39,9 +39,11 @@ kiln_status kiln_index_alloc(kiln_ctx *ctx, uint64_t count, uint32_t dim, kiln_m
     if (count >= KILN_NO_NODE)
         return kiln_fail(ctx, KILN_E_RANGE, "%llu vectors exceed the limit of %u per index",
                          (unsigned long long)count, KILN_NO_NODE - 1);
-    size_t vec_bytes, link_bytes;
+    size_t vec_bytes, link_bytes, label_bytes, off_bytes;
     if (kiln_mul_size(count, (size_t)dim * sizeof(float), &vec_bytes) ||
-        kiln_mul_size(count, ((size_t)2 * M + 1) * sizeof(uint32_t), &link_bytes))
+        kiln_mul_size(count, ((size_t)2 * M + 1) * sizeof(uint32_t), &link_bytes) ||
+        kiln_mul_size(count, sizeof(int64_t), &label_bytes) ||
+        kiln_mul_size(count, sizeof(uint64_t), &off_bytes))
         return kiln_fail(ctx, KILN_E_RANGE, "index of %llu x %u does not fit in memory",
                          (unsigned long long)count, dim);
 
@@ -60,9 +62,9 @@ kiln_status kiln_index_alloc(kiln_ctx *ctx, uint64_t count, uint32_t dim, kiln_m
 
     if ((st = kiln_alloc_aligned(ctx, vec_bytes, "vectors", (void **)&ix->vectors)) ||
         (st = kiln_alloc_aligned(ctx, link_bytes, "level-0 links", (void **)&ix->links0)) ||
-        (st = kiln_alloc(ctx, count * sizeof(int64_t), "labels", (void **)&ix->labels)) ||
+        (st = kiln_alloc(ctx, label_bytes, "labels", (void **)&ix->labels)) ||
         (st = kiln_calloc(ctx, count, "levels", (void **)&ix->levels)) ||
-        (st = kiln_alloc(ctx, count * sizeof(uint64_t), "upper offsets",
+        (st = kiln_alloc(ctx, off_bytes, "upper offsets",
                          (void **)&ix->upper_off))) {
         kiln_index_free(ix);
         return st;
@@ -87,8 +89,14 @@ kiln_status kiln_index_alloc(kiln_ctx *ctx, uint64_t count, uint32_t dim, kiln_m
     }
     ix->upper_len = pool;
     ix->max_level = top;
-    if ((st = kiln_calloc(ctx, pool * sizeof(uint32_t), "upper-level links",
-                          (void **)&ix->upper_pool))) {
+    size_t pool_bytes;
+    if (pool > SIZE_MAX / sizeof(uint32_t) ||
+        kiln_mul_size((size_t)pool, sizeof(uint32_t), &pool_bytes)) {
+        kiln_index_free(ix);
+        return kiln_fail(ctx, KILN_E_RANGE, "upper-level link pool of %llu entries is too large",
+                         (unsigned long long)pool);
+    }
+    if ((st = kiln_calloc(ctx, pool_bytes, "upper-level links", (void **)&ix->upper_pool))) {
         kiln_index_free(ix);
         return st;
     }

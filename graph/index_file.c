@@ -48,15 +48,15 @@
 
 /* ==== Format constants (fixed by docs/FORMAT.md) ==== */
 
-#define FILE_MAGIC        "KILNHNSW"
-#define FILE_MAGIC_LEN    8u
-#define FILE_VERSION      1u
-#define HEADER_BYTES      128u
-#define SECTION_ENTRY     32u   /* bytes per section table entry */
-#define SECTION_ALIGN     64u   /* every section offset is a multiple of this */
-#define SECTION_OPTIONAL  0x1u  /* flag: a reader that does not know the kind skips it */
-#define MAX_SECTIONS      64u   /* bound on section_count, so the table stays small */
-#define KNOWN_SECTIONS    5u
+#define FILE_MAGIC       "KILNHNSW"
+#define FILE_MAGIC_LEN   8u
+#define FILE_VERSION     1u
+#define HEADER_BYTES     128u
+#define SECTION_ENTRY    32u  /* bytes per section table entry */
+#define SECTION_ALIGN    64u  /* every section offset is a multiple of this */
+#define SECTION_OPTIONAL 0x1u /* flag: a reader that does not know the kind skips it */
+#define MAX_SECTIONS     64u  /* bound on section_count, so the table stays small */
+#define KNOWN_SECTIONS   5u
 
 /* Header field offsets. */
 enum {
@@ -94,7 +94,7 @@ enum {
 static const char *const section_names[KNOWN_SECTIONS + 1] = {"?",      "VECTORS", "LABELS",
                                                               "LEVELS", "LINKS0",  "UPPER"};
 
-#if defined(__BYTE_ORDER__) && defined(__ORDER_BIG_ENDIAN__) &&                                   \
+#if defined(__BYTE_ORDER__) && defined(__ORDER_BIG_ENDIAN__) &&                                    \
     __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
 #define HOST_BIG_ENDIAN 1
 #else
@@ -196,10 +196,10 @@ typedef struct writer {
     kiln_ctx *ctx;
     const char *path;
     kiln_afile *af;
-    uint8_t *stage;   /* IO_CHUNK bytes for links and big-endian swaps */
-    size_t staged;    /* bytes in stage */
-    uint32_t crc;     /* running CRC of the open section */
-    uint32_t kind;    /* the open section */
+    uint8_t *stage; /* IO_CHUNK bytes for links and big-endian swaps */
+    size_t staged;  /* bytes in stage */
+    uint32_t crc;   /* running CRC of the open section */
+    uint32_t kind;  /* the open section */
     section_entry sec[KNOWN_SECTIONS];
 } writer;
 
@@ -281,6 +281,11 @@ static kiln_status write_block(writer *w, const uint32_t *block, uint32_t bound,
                              "%s: cannot save: node %u level %u links to node %u, beyond the "
                              "%llu nodes",
                              w->path, node, level, block[j], (unsigned long long)ix->count);
+        if (ix->levels[block[j]] < level)
+            return kiln_fail(w->ctx, KILN_E_INVALID,
+                             "%s: cannot save: node %u level %u links to node %u, which is "
+                             "only on levels 0..%u",
+                             w->path, node, level, block[j], ix->levels[block[j]]);
         out[j] = block[j];
     }
     memset(out + 1 + n, 0, (size_t)(bound - n) * sizeof(uint32_t));
@@ -314,8 +319,8 @@ static kiln_status check_savable(const writer *w) {
     for (uint64_t i = 0; i < ix->count; i++)
         if (ix->levels[i] > ix->max_level)
             return kiln_fail(w->ctx, KILN_E_INVALID,
-                             "%s: cannot save: node %llu has level %u, above max_level %u",
-                             w->path, (unsigned long long)i, ix->levels[i], ix->max_level);
+                             "%s: cannot save: node %llu has level %u, above max_level %u", w->path,
+                             (unsigned long long)i, ix->levels[i], ix->max_level);
     return KILN_OK;
 }
 
@@ -437,8 +442,8 @@ static kiln_status open_file(kiln_ctx *ctx, const char *path, index_file *f, uin
 
 static kiln_status truncated_header(const index_file *f, uint64_t size) {
     return kiln_fail(f->ctx, KILN_E_FORMAT,
-                     "%s: truncated: file is %llu bytes, shorter than the %u-byte header",
-                     f->path, (unsigned long long)size, HEADER_BYTES);
+                     "%s: truncated: file is %llu bytes, shorter than the %u-byte header", f->path,
+                     (unsigned long long)size, HEADER_BYTES);
 }
 
 /* Magic, version, header CRC, size, and every field against kiln's limits. */
@@ -534,8 +539,8 @@ static kiln_status check_table(index_file *f) {
     const uint64_t table_end = HEADER_BYTES + (uint64_t)h->section_count * SECTION_ENTRY;
     if (table_end > h->file_bytes)
         return kiln_fail(f->ctx, KILN_E_FORMAT,
-                         "%s: section table of %u entries runs past the end of the file",
-                         f->path, h->section_count);
+                         "%s: section table of %u entries runs past the end of the file", f->path,
+                         h->section_count);
     uint8_t table[MAX_SECTIONS * SECTION_ENTRY];
     const size_t table_len = (size_t)h->section_count * SECTION_ENTRY;
     kiln_status st = read_at(f, table, table_len, HEADER_BYTES);
@@ -568,8 +573,8 @@ static kiln_status check_table(index_file *f) {
             return kiln_fail(f->ctx, KILN_E_FORMAT,
                              "%s: section %u has unknown kind %u and is not marked optional",
                              f->path, i, s->kind);
-        if (s->offset % SECTION_ALIGN != 0 || s->offset < table_end ||
-            s->offset > h->file_bytes || s->length > h->file_bytes - s->offset)
+        if (s->offset % SECTION_ALIGN != 0 || s->offset < table_end || s->offset > h->file_bytes ||
+            s->length > h->file_bytes - s->offset)
             return kiln_fail(f->ctx, KILN_E_FORMAT,
                              "%s: section %u (kind %u) at byte %llu, %llu bytes, is misaligned "
                              "or outside the data area [%llu, %llu)",
@@ -580,14 +585,19 @@ static kiln_status check_table(index_file *f) {
             const section_entry *o = &all[j];
             if (s->length && o->length && s->offset < o->offset + o->length &&
                 o->offset < s->offset + s->length)
-                return kiln_fail(f->ctx, KILN_E_FORMAT, "%s: sections %u and %u overlap",
-                                 f->path, j, i);
+                return kiln_fail(f->ctx, KILN_E_FORMAT, "%s: sections %u and %u overlap", f->path,
+                                 j, i);
         }
         if (!known)
             continue;
         if (f->sec[s->kind].kind)
             return kiln_fail(f->ctx, KILN_E_FORMAT, "%s: section %s appears twice", f->path,
                              section_names[s->kind]);
+        /* Only bites where size_t is 32 bits: every later size is a size_t. */
+        if ((uint64_t)(size_t)s->length != s->length)
+            return kiln_fail(f->ctx, KILN_E_RANGE,
+                             "%s: section %s of %llu bytes does not fit in this host's memory",
+                             f->path, section_names[s->kind], (unsigned long long)s->length);
         f->sec[s->kind] = *s;
     }
 
@@ -669,8 +679,8 @@ static kiln_status check_links(const index_file *f, const struct kiln_index *ix)
             const uint32_t bound = l ? ix->M : ix->M0;
             if (block[0] > bound)
                 return kiln_fail(f->ctx, KILN_E_RANGE,
-                                 "%s: node %u level %u has %u links, above the bound %u",
-                                 f->path, i, l, block[0], bound);
+                                 "%s: node %u level %u has %u links, above the bound %u", f->path,
+                                 i, l, block[0], bound);
             for (uint32_t j = 1; j <= block[0]; j++) {
                 const uint32_t v = block[j];
                 if (v >= ix->count)
@@ -703,18 +713,17 @@ static kiln_status load_levels(const index_file *f, uint8_t **out) {
     for (uint64_t i = 0; i < h->count; i++) {
         if (levels[i] > h->max_level) {
             st = kiln_fail(f->ctx, KILN_E_RANGE,
-                           "%s: node %llu has level %u, above the header's max_level %u",
-                           f->path, (unsigned long long)i, levels[i], h->max_level);
+                           "%s: node %llu has level %u, above the header's max_level %u", f->path,
+                           (unsigned long long)i, levels[i], h->max_level);
             goto fail;
         }
         blocks += levels[i];
     }
     const uint64_t upper_bytes = blocks * ((uint64_t)h->M + 1) * sizeof(uint32_t);
     if (upper_bytes != f->sec[SEC_UPPER].length) {
-        st = kiln_fail(f->ctx, KILN_E_FORMAT,
-                       "%s: section UPPER is %llu bytes, but LEVELS implies %llu", f->path,
-                       (unsigned long long)f->sec[SEC_UPPER].length,
-                       (unsigned long long)upper_bytes);
+        st = kiln_fail(
+            f->ctx, KILN_E_FORMAT, "%s: section UPPER is %llu bytes, but LEVELS implies %llu",
+            f->path, (unsigned long long)f->sec[SEC_UPPER].length, (unsigned long long)upper_bytes);
         goto fail;
     }
     if (h->count > 0 && levels[h->entry_point] != h->max_level) {

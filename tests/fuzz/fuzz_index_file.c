@@ -1,0 +1,311 @@
+/* fuzz_index_file.c -- fuzz target for the index file reader
+ * (graph/index_file.c).
+ *
+ * Each input is written to a temporary file and read with
+ * kiln_index_info_read and kiln_index_load. Failing cleanly is fine;
+ * crashing, leaking or reading out of bounds is not. When the load succeeds
+ * the target also checks what the loader promises:
+ *  - info_read accepted the same file and agrees with the index;
+ *  - the validator (kiln_index_check) runs to an answer, and a search runs
+ *    even when the validator rejects the graph, since the loader guarantees
+ *    memory safety, not graph quality;
+ *  - save is deterministic: saving the loaded index, loading that and saving
+ *    again gives the same bytes.
+ *
+ * Design decisions:
+ *  1. The input goes through a real file, named by pid in $KILN_TEST_TMP
+ *     (else /tmp), because the reader uses open/fstat/pread, and parallel
+ *     ctest runs or libFuzzer workers must not share it.
+ *  2. Seeds are small valid index files: hand-made graphs (count 0, 1 and a
+ *     few nodes, several levels, all three metrics, M = 2 and 3) saved with
+ *     kiln_index_save, plus one built by kiln_index_build, so mutations start
+ *     past the header checks and reach sections, links and levels.
+ *  3. Every input is tried twice: as given, and with its CRCs recomputed
+ *     from its own section table, so mutations of counts, offsets, levels
+ *     and link ids reach the checks behind the checksums.
+ *  4. Any broken promise calls abort(), which both libFuzzer and the replay
+ *     driver report as a failure.
+ */
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fuzz.h"
+#include "kiln.h"
+#include "../../graph/hnsw_internal.h"
+#include "../../host/crc32c_internal.h"
+#include "../../host/rng_internal.h"
+
+/* ==== Tunables ==== */
+
+/* Neighbours and beam for the one search per loaded index: enough to walk
+ * several hops of a seed-sized graph. */
+#define FUZZ_K  5
+#define FUZZ_EF 16
+
+/* ==== Helpers ==== */
+
+static const char *fuzz_path(const char *what);
+
+static void fuzz_cleanup(void) {
+    unlink(fuzz_path("in"));
+    unlink(fuzz_path("out"));
+}
+
+static const char *fuzz_path(const char *what) {
+    static char paths[3][1024];
+    static const char *const names[] = {"in", "out", "seed"};
+    const int slot = what[0] == 'i' ? 0 : what[0] == 'o' ? 1 : 2;
+    char *path = paths[slot];
+    if (!paths[0][0] && !paths[1][0] && !paths[2][0])
+        atexit(fuzz_cleanup);
+    if (!path[0]) {
+        const char *dir = getenv("KILN_TEST_TMP");
+        if (!dir || !*dir)
+            dir = "/tmp";
+        mkdir(dir, 0755); /* the build folder exists; only its leaf may not */
+        const int len = snprintf(path, sizeof paths[0], "%s/fuzz_index_file_%ld.%s.kiln", dir,
+                                 (long)getpid(), names[slot]);
+        if (len <= 0 || (size_t)len >= sizeof paths[0])
+            snprintf(path, sizeof paths[0], "/tmp/fuzz_index_file_%ld.%s.kiln", (long)getpid(),
+                     names[slot]);
+    }
+    return path;
+}
+
+static bool write_file(const char *path, const uint8_t *data, size_t size) {
+    FILE *fp = fopen(path, "wb");
+    if (!fp)
+        return false;
+    const bool ok = (size == 0 || fwrite(data, 1, size, fp) == size);
+    return fclose(fp) == 0 && ok;
+}
+
+static uint8_t *read_file(const char *path, size_t *size) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return NULL;
+    uint8_t *buf = NULL;
+    long n = -1;
+    if (fseek(fp, 0, SEEK_END) == 0 && (n = ftell(fp)) >= 0 && fseek(fp, 0, SEEK_SET) == 0) {
+        buf = malloc((size_t)n + 1);
+        if (buf && fread(buf, 1, (size_t)n, fp) != (size_t)n) {
+            free(buf);
+            buf = NULL;
+        }
+    }
+    fclose(fp);
+    *size = buf ? (size_t)n : 0;
+    return buf;
+}
+
+static kiln_ctx *fuzz_ctx(void) {
+    static kiln_ctx *ctx;
+    if (!ctx && kiln_ctx_new(&ctx) != KILN_OK)
+        abort();
+    return ctx;
+}
+
+/* Saves ix to the out path and returns the bytes (NULL when the save fails). */
+static uint8_t *save_bytes(const kiln_index *ix, size_t *size) {
+    if (kiln_index_save(ix, fuzz_path("out")) != KILN_OK)
+        return NULL;
+    return read_file(fuzz_path("out"), size);
+}
+
+/* The promises of a successful load (see the header comment). */
+static void check_loaded(kiln_ctx *ctx, const kiln_index *ix, kiln_status info_st,
+                         const kiln_index_info *info) {
+    if (info_st != KILN_OK || info->count != kiln_index_count(ix) ||
+        info->dim != kiln_index_dim(ix) || info->metric != kiln_index_metric(ix))
+        abort();
+    kiln_index_check(ix);
+
+    const size_t dim = kiln_index_dim(ix);
+    float *q = calloc(dim, sizeof *q);
+    if (!q)
+        abort();
+    if (ix->count)
+        memcpy(q, kiln_vector(ix, 0), dim * sizeof *q);
+    kiln_search_params sp;
+    kiln_search_params_init(&sp);
+    sp.k = FUZZ_K;
+    sp.ef = FUZZ_EF;
+    sp.threads = 1;
+    int64_t labels[FUZZ_K];
+    float dists[FUZZ_K];
+    if (kiln_index_search(ix, q, 1, &sp, labels, dists) != KILN_OK)
+        abort();
+    free(q);
+
+    size_t n1 = 0, n2 = 0;
+    uint8_t *first = save_bytes(ix, &n1);
+    if (!first)
+        abort(); /* the writer refused what the reader accepted */
+    kiln_index *again = NULL;
+    if (kiln_index_load(ctx, fuzz_path("out"), &again) != KILN_OK)
+        abort();
+    uint8_t *second = save_bytes(again, &n2);
+    if (!second || n1 != n2 || memcmp(first, second, n1) != 0)
+        abort();
+    free(first);
+    free(second);
+    kiln_index_free(again);
+}
+
+static uint32_t rd32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t rd64(const uint8_t *p) { return rd32(p) | (uint64_t)rd32(p + 4) << 32; }
+static void wr32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* Recomputes the section, table and header CRCs (offsets from
+ * docs/FORMAT.md) wherever the input's own table says they are, so a
+ * mutated field gets past the checksums and reaches the checks behind them;
+ * otherwise almost every mutation would stop at a CRC mismatch. */
+static void fix_crcs(uint8_t *buf, size_t size) {
+    if (size < 128)
+        return;
+    uint32_t sections = rd32(buf + 52);
+    if (sections > 64)
+        sections = 64;
+    const size_t table = (size_t)sections * 32;
+    if (128 + table <= size) {
+        for (uint32_t i = 0; i < sections; i++) {
+            uint8_t *e = buf + 128 + (size_t)i * 32;
+            const uint64_t off = rd64(e + 8), len = rd64(e + 16);
+            if (off <= size && len <= size - off)
+                wr32(e + 24, kiln_crc32c(0, buf + off, (size_t)len));
+        }
+        wr32(buf + 72, kiln_crc32c(0, buf + 128, table));
+    }
+    wr32(buf + 124, kiln_crc32c(0, buf, 124));
+}
+
+static void run_one(kiln_ctx *ctx, const uint8_t *data, size_t size) {
+    const char *path = fuzz_path("in");
+    if (!write_file(path, data, size))
+        return;
+    kiln_index_info info;
+    const kiln_status info_st = kiln_index_info_read(ctx, path, &info);
+    kiln_index *ix = NULL;
+    if (kiln_index_load(ctx, path, &ix) == KILN_OK) {
+        check_loaded(ctx, ix, info_st, &info);
+        kiln_index_free(ix);
+    }
+}
+
+/* ==== Target ==== */
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    kiln_ctx *ctx = fuzz_ctx();
+    run_one(ctx, data, size);
+    uint8_t *fixed = malloc(size ? size : 1);
+    if (!fixed)
+        abort();
+    memcpy(fixed, data, size);
+    fix_crcs(fixed, size);
+    if (memcmp(fixed, data, size) != 0)
+        run_one(ctx, fixed, size);
+    free(fixed);
+    return 0;
+}
+
+/* ==== Seeds ==== */
+
+/* A small valid graph: a level-0 ring plus random links, random links among
+ * the nodes of each upper level. */
+static struct kiln_index *seed_graph(uint64_t count, uint32_t dim, kiln_metric metric, uint32_t M,
+                                     uint64_t seed) {
+    uint8_t levels[64] = {0};
+    kiln_sample_levels(levels, count, M, seed);
+    if (count >= 3)
+        levels[count - 1] = 2;
+    struct kiln_index *ix = NULL;
+    if (kiln_index_alloc(fuzz_ctx(), count, dim, metric, M, levels, &ix) != KILN_OK)
+        abort();
+    kiln_rng rng;
+    kiln_rng_seed(&rng, seed);
+    for (uint64_t i = 0; i < count * dim; i++)
+        ix->vectors[i] = (float)kiln_rng_uniform(&rng);
+    for (uint64_t i = 0; i < count; i++)
+        ix->labels[i] = (int64_t)(i * 10 + 3);
+    for (uint32_t l = 0; l <= ix->max_level; l++) {
+        const uint32_t bound = l ? M : 2 * M;
+        for (uint32_t i = 0; i < count; i++) {
+            if (ix->levels[i] < l)
+                continue;
+            uint32_t *block = kiln_links(ix, i, l);
+            uint32_t n = 0;
+            if (l == 0 && count >= 2)
+                block[1 + n++] = (uint32_t)((i + 1) % count);
+            for (uint32_t t = 0; t < 4 * bound && n < bound; t++) {
+                const uint32_t v = (uint32_t)kiln_rng_below(&rng, count);
+                bool ok = v != i && ix->levels[v] >= l && kiln_rng_below(&rng, 2);
+                for (uint32_t j = 0; j < n && ok; j++)
+                    ok = block[1 + j] != v;
+                if (ok)
+                    block[1 + n++] = v;
+            }
+            block[0] = n;
+        }
+    }
+    for (uint32_t i = 0; i < count && ix->entry_point == KILN_NO_NODE; i++)
+        if (ix->levels[i] == ix->max_level)
+            ix->entry_point = i;
+    ix->ef_construction = 20;
+    ix->seed = seed;
+    return ix;
+}
+
+static struct kiln_index *seed_built(void) {
+    float v[30 * 4];
+    kiln_rng rng;
+    kiln_rng_seed(&rng, 77);
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++)
+        v[i] = (float)kiln_rng_uniform(&rng);
+    kiln_build_params bp;
+    kiln_build_params_init(&bp);
+    bp.M = 3;
+    bp.ef_construction = 16;
+    bp.threads = 1;
+    bp.seed = 5;
+    kiln_index *ix = NULL;
+    if (kiln_index_build(fuzz_ctx(), v, 30, 4, &bp, &ix) != KILN_OK)
+        abort();
+    return ix;
+}
+
+int kiln_fuzz_seed(size_t i, uint8_t **buf, size_t *len) {
+    static const struct {
+        uint64_t count;
+        uint32_t dim;
+        kiln_metric metric;
+        uint32_t M;
+    } graphs[] = {{0, 3, KILN_METRIC_L2, 2},
+                  {1, 2, KILN_METRIC_IP, 2},
+                  {5, 3, KILN_METRIC_COS, 2},
+                  {20, 4, KILN_METRIC_L2, 3},
+                  {40, 2, KILN_METRIC_IP, 2}};
+    const size_t ngraphs = sizeof graphs / sizeof graphs[0];
+    if (i > ngraphs)
+        return 0;
+    struct kiln_index *ix = i < ngraphs ? seed_graph(graphs[i].count, graphs[i].dim,
+                                                     graphs[i].metric, graphs[i].M, 100 + i)
+                                        : seed_built();
+    if (kiln_index_save(ix, fuzz_path("seed")) != KILN_OK)
+        abort();
+    kiln_index_free(ix);
+    *buf = read_file(fuzz_path("seed"), len);
+    if (!*buf)
+        abort();
+    unlink(fuzz_path("seed"));
+    return 1;
+}
