@@ -1,0 +1,411 @@
+/* test_cl_knn.c -- the OpenCL runtime and kernels against their host
+ * references: device listing and selection, build-log errors, per-cluster
+ * top-k (kernels/knn_q4.cl) bit for bit against kiln_q4_cluster_knn_ref in
+ * both the in-place and the local-memory variant, batching and the halving
+ * retry, and k-means assignment (kernels/kmeans_assign.cl). Skips when no
+ * OpenCL platform is installed. */
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "kiln.h"
+#include "../host/device_internal.h"
+#include "../host/quant4_internal.h"
+#include "../host/rng_internal.h"
+
+#define DATASETS "../shared/datasets"
+
+static kiln_ctx *ctx;
+
+/* ==== Helpers ==== */
+
+/* A problem: n vectors of dimension dim, encoded, and clusters over them. */
+typedef struct problem {
+    size_t n, dim;
+    uint8_t *codes; /* n * dim, for recomputing distances unsliced */
+    kiln_q4_set set;
+    uint64_t *offsets; /* n_clusters + 1 */
+    uint32_t *members;
+    size_t n_clusters;
+} problem;
+
+static void problem_free(problem *p) {
+    free(p->codes);
+    kiln_q4_set_release(&p->set);
+    free(p->offsets);
+    free(p->members);
+}
+
+/* Encodes rows (n x dim) with an L2 quantizer trained on them. */
+static void problem_encode(problem *p, const float *rows, size_t n, size_t dim) {
+    kiln_q4 *q = NULL;
+    p->n = n;
+    p->dim = dim;
+    CHECK_OK(ctx, kiln_q4_train(ctx, rows, n, dim, KILN_METRIC_L2, 7, 0, &q));
+    REQUIRE(q);
+    p->codes = malloc(n * dim);
+    REQUIRE(p->codes);
+    for (size_t r = 0; r < n; r++)
+        kiln_q4_codes(q, rows + r * dim, p->codes + r * dim);
+    CHECK_OK(ctx, kiln_q4_set_encode(ctx, q, rows, n, 0, &p->set));
+    REQUIRE(p->set.planes);
+    kiln_q4_free(q);
+}
+
+/* Clusters of the given sizes over a random permutation of the ids; with
+ * overlap, some ids also appear in a second cluster (never twice in one). */
+static void problem_cluster(problem *p, kiln_rng *rng, const size_t *sizes, size_t n_clusters,
+                            bool overlap) {
+    size_t total = 0;
+    for (size_t c = 0; c < n_clusters; c++)
+        total += sizes[c];
+    uint32_t *perm = malloc(p->n * sizeof *perm);
+    p->offsets = malloc((n_clusters + 1) * sizeof *p->offsets);
+    p->members = malloc((total ? total : 1) * sizeof *p->members);
+    REQUIRE(perm && p->offsets && p->members);
+    for (size_t i = 0; i < p->n; i++)
+        perm[i] = (uint32_t)i;
+    for (size_t i = p->n; i > 1; i--) {
+        const size_t j = (size_t)kiln_rng_below(rng, i);
+        const uint32_t t = perm[i - 1];
+        perm[i - 1] = perm[j];
+        perm[j] = t;
+    }
+    size_t s = 0, next = 0;
+    for (size_t c = 0; c < n_clusters; c++) {
+        p->offsets[c] = s;
+        const size_t reuse = overlap && c > 0 && sizes[c] > 2 ? sizes[c] / 3 : 0;
+        for (size_t j = 0; j < sizes[c]; j++) {
+            /* A reused id comes from before this cluster's own fresh ids. */
+            if (j < reuse && p->offsets[c] > 0) {
+                p->members[s++] = p->members[kiln_rng_below(rng, p->offsets[c])];
+                for (size_t t = p->offsets[c]; t + 1 < s; t++)
+                    if (p->members[t] == p->members[s - 1]) {
+                        p->members[s - 1] = perm[next++ % p->n];
+                        break;
+                    }
+            } else {
+                p->members[s++] = perm[next++ % p->n];
+            }
+        }
+    }
+    REQUIRE(next <= p->n); /* fresh ids never repeat */
+    p->offsets[n_clusters] = s;
+    p->n_clusters = n_clusters;
+    free(perm);
+}
+
+/* Device top-k == reference top-k, entry for entry, and every reported
+ * distance == the unsliced reference on the codes. */
+static void check_knn(const problem *p, uint32_t k, const kiln_cl_opts *opts, const char *what,
+                      kiln_cl_stats *stats_out) {
+    const size_t slots = p->offsets[p->n_clusters];
+    kiln_q4_neighbor *dev = malloc((slots ? slots : 1) * k * sizeof *dev);
+    kiln_q4_neighbor *ref = malloc((slots ? slots : 1) * k * sizeof *ref);
+    REQUIRE(dev && ref);
+    memset(dev, 0xAB, (slots ? slots : 1) * k * sizeof *dev);
+    kiln_cl_stats stats;
+    CHECK_OK(ctx, kiln_cl_cluster_knn(ctx, &p->set, p->offsets, p->n_clusters, p->members, k, opts,
+                                      dev, &stats));
+    CHECK_OK(ctx, kiln_q4_cluster_knn_ref(ctx, &p->set, p->offsets, p->n_clusters, p->members, k, 0,
+                                          ref));
+    size_t bad = 0, bad_dist = 0;
+    for (size_t s = 0; s < slots; s++)
+        for (uint32_t j = 0; j < k; j++) {
+            const kiln_q4_neighbor a = dev[s * k + j], b = ref[s * k + j];
+            if (a.dist != b.dist || a.id != b.id) {
+                if (bad++ == 0)
+                    fprintf(stderr, "%s: slot %zu (id %u) rank %u: device (%u, %u), ref (%u, %u)\n",
+                            what, s, p->members[s], j, a.dist, a.id, b.dist, b.id);
+            }
+            if (a.id != KILN_Q4_NO_ID && a.id < p->n) {
+                const uint32_t qid = p->members[s];
+                bad_dist +=
+                    a.dist != kiln_q4_dist_codes(p->codes + (size_t)qid * p->dim, p->set.norms[qid],
+                                                 p->codes + (size_t)a.id * p->dim,
+                                                 p->set.norms[a.id], p->dim);
+            }
+        }
+    CHECK_MSG(bad == 0, "%s: %zu of %zu entries differ from the reference", what, bad, slots * k);
+    CHECK_MSG(bad_dist == 0, "%s: %zu distances differ from the unsliced reference", what,
+              bad_dist);
+    if (stats_out)
+        *stats_out = stats;
+    free(dev);
+    free(ref);
+}
+
+static float *random_rows(kiln_rng *rng, size_t n, size_t dim, size_t distinct) {
+    float *v = malloc(n * dim * sizeof *v);
+    REQUIRE(v);
+    for (size_t r = 0; r < n; r++)
+        for (size_t i = 0; i < dim; i++)
+            v[r * dim + i] = (float)kiln_rng_uniform(rng);
+    /* Exact duplicates, so equal distances (ties) occur at every dimension. */
+    for (size_t r = distinct; r < n; r++)
+        memcpy(v + r * dim, v + (r % distinct) * dim, dim * sizeof *v);
+    return v;
+}
+
+/* ==== Tests ==== */
+
+static void test_devices(uint32_t n) {
+    kiln_device_info info;
+    for (uint32_t i = 0; i < n; i++) {
+        CHECK_OK(ctx, kiln_device_info_get(ctx, i, &info));
+        fprintf(stderr, "device %u (%u:%u) %s: %s / %s, %s, %u CUs, %llu MB, local %llu KB\n", i,
+                info.platform_index, info.device_index,
+                info.type == KILN_DEVICE_GPU   ? "gpu"
+                : info.type == KILN_DEVICE_CPU ? "cpu"
+                                               : "other",
+                info.platform_name, info.device_name, info.version, info.compute_units,
+                (unsigned long long)(info.global_mem_bytes >> 20),
+                (unsigned long long)(info.local_mem_bytes >> 10));
+        CHECK(info.index == i && info.device_name[0] && info.platform_name[0]);
+        CHECK(info.compute_units > 0 && info.global_mem_bytes > 0 && info.max_alloc_bytes > 0);
+    }
+    CHECK_FAILS(ctx, kiln_device_info_get(ctx, n, &info), KILN_E_RANGE, "out of range");
+    CHECK_FAILS(ctx, kiln_device_select(ctx, "bogus", NULL), KILN_E_ARG,
+                "is not auto, cpu, gpu or P:D");
+    CHECK_FAILS(ctx, kiln_device_select(ctx, "99:0", NULL), KILN_E_NO_DEVICE,
+                "no device 0 on platform 99");
+    CHECK_FAILS(ctx, kiln_device_select(ctx, "1:x", NULL), KILN_E_ARG, "\"1:x\"");
+    setenv("KILN_DEVICE", "nonsense", 1);
+    CHECK_FAILS(ctx, kiln_device_select(ctx, NULL, NULL), KILN_E_ARG, "(from KILN_DEVICE)");
+    unsetenv("KILN_DEVICE");
+    CHECK_OK(ctx, kiln_device_select(ctx, "0:0", &info));
+    CHECK(info.platform_index == 0 && info.device_index == 0);
+    CHECK_OK(ctx, kiln_device_select(ctx, "auto", &info));
+    fprintf(stderr, "using %s\n", info.device_name);
+}
+
+static void test_build_errors(void) {
+    CHECK_FAILS(ctx, kiln_cl_program_check(ctx, "knn_q4.cl", "-DKILN_K=0"), KILN_E_DEVICE,
+                "KILN_K out of range");
+    CHECK_FAILS(ctx, kiln_cl_program_check(ctx, "knn_q4.cl", "-DKILN_K=0"), KILN_E_DEVICE,
+                "CL_BUILD_PROGRAM_FAILURE");
+    CHECK_FAILS(ctx, kiln_cl_program_check(ctx, "nope.cl", ""), KILN_E_INTERNAL,
+                "not among the embedded kernels");
+    CHECK_OK(ctx, kiln_cl_program_check(ctx, "knn_q4.cl", "-DKILN_K=4"));
+    CHECK_OK(ctx, kiln_cl_program_check(ctx, "kmeans_assign.cl", "-DKILN_DIM=3"));
+}
+
+static void test_knn_dims(void) {
+    static const size_t dims[] = {1, 63, 64, 65, 128, 784};
+    /* Singletons, pairs, empty clusters, k and k+1 members, clusters that
+     * take several work-group tiles. */
+    static const size_t sizes[] = {1, 2, 0, 8, 9, 3, 130, 1, 37, 2, 70, 0, 16, 17};
+    const size_t n_clusters = sizeof sizes / sizeof sizes[0];
+    kiln_rng rng;
+    kiln_rng_seed(&rng, 77);
+    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++) {
+        const size_t dim = dims[i], n = 300;
+        float *rows = random_rows(&rng, n, dim, 200);
+        problem p = {0};
+        problem_encode(&p, rows, n, dim);
+        problem_cluster(&p, &rng, sizes, n_clusters, true);
+        char what[64];
+        snprintf(what, sizeof what, "d=%zu k=8", dim);
+        check_knn(&p, 8, NULL, what, NULL);
+        if (dim == 1 || dim == 65 || dim == 784) {
+            const kiln_cl_opts staged = {.stage_local = 1};
+            snprintf(what, sizeof what, "d=%zu k=8 staged", dim);
+            check_knn(&p, 8, &staged, what, NULL);
+        }
+        if (dim == 65) {
+            check_knn(&p, 1, NULL, "d=65 k=1", NULL);
+            check_knn(&p, 40, NULL, "d=65 k=40", NULL);
+        }
+        problem_free(&p);
+        free(rows);
+    }
+}
+
+/* Many small batches through both slots, and injected exhaustion that the
+ * halving retry absorbs. */
+static void test_batches(void) {
+    kiln_rng rng;
+    kiln_rng_seed(&rng, 5);
+    const size_t n = 2000, dim = 100;
+    size_t sizes[60];
+    for (size_t c = 0; c < 60; c++)
+        sizes[c] = 1 + (size_t)kiln_rng_below(&rng, 60);
+    float *rows = random_rows(&rng, n, dim, 1500);
+    problem p = {0};
+    problem_encode(&p, rows, n, dim);
+    problem_cluster(&p, &rng, sizes, 60, true);
+    kiln_cl_stats stats;
+    const kiln_cl_opts small = {.max_batch = 90};
+    check_knn(&p, 8, &small, "batches of <= 90", &stats);
+    CHECK_MSG(stats.batches >= 10 && stats.retries == 0 && stats.batch_limit == 90,
+              "%u batches, %u retries, limit %zu", stats.batches, stats.retries, stats.batch_limit);
+    const kiln_cl_opts failing = {.max_batch = 400, .inject_failures = 3};
+    check_knn(&p, 8, &failing, "3 injected failures", &stats);
+    CHECK_MSG(stats.retries == 3 && stats.batch_limit < 400 && stats.batch_limit >= 25,
+              "%u retries, limit %zu", stats.retries, stats.batch_limit);
+    fprintf(stderr, "injected: %u batches, %u retries, final limit %zu\n", stats.batches,
+            stats.retries, stats.batch_limit);
+    /* The retried failure stays on record as the check macro wrote it. */
+    CHECK_MSG(strstr(kiln_errmsg(ctx), "failed with CL_MEM_OBJECT_ALLOCATION_FAILURE (-4) at "
+                                       "cl_knn.c:") != NULL,
+              "message: %s", kiln_errmsg(ctx));
+    /* Nothing to do: no clusters, only empty ones. */
+    const uint64_t empty[3] = {0, 0, 0};
+    CHECK_OK(ctx, kiln_cl_cluster_knn(ctx, &p.set, empty, 0, p.members, 4, NULL, NULL, NULL));
+    CHECK_OK(ctx, kiln_cl_cluster_knn(ctx, &p.set, empty, 2, p.members, 4, NULL, NULL, NULL));
+    /* Argument errors. */
+    kiln_q4_neighbor out[8];
+    const uint64_t one[2] = {0, 1};
+    const uint32_t bad_id[1] = {(uint32_t)n};
+    CHECK_FAILS(ctx, kiln_cl_cluster_knn(ctx, &p.set, one, 1, bad_id, 4, NULL, out, NULL),
+                KILN_E_RANGE, "holds id 2000");
+    CHECK_FAILS(ctx, kiln_cl_cluster_knn(ctx, &p.set, one, 1, p.members, 0, NULL, out, NULL),
+                KILN_E_ARG, "k = 0");
+    CHECK_FAILS(ctx, kiln_cl_cluster_knn(ctx, &p.set, one, 1, p.members, 257, NULL, out, NULL),
+                KILN_E_ARG, "k = 257");
+    problem_free(&p);
+    free(rows);
+}
+
+/* Real data: SIFT descriptors in clusters of a few hundred, k = 32. */
+static void test_siftsmall(void) {
+    FILE *f = fopen(DATASETS "/siftsmall/siftsmall_base.fvecs", "rb");
+    if (!f) {
+        fprintf(stderr, "note: " DATASETS "/siftsmall not found, dataset check skipped\n");
+        return;
+    }
+    const size_t n = 10000, dim = 128;
+    float *rows = malloc(n * dim * sizeof *rows);
+    REQUIRE(rows);
+    for (size_t r = 0; r < n; r++) {
+        int32_t d;
+        REQUIRE(fread(&d, 4, 1, f) == 1 && d == (int32_t)dim);
+        REQUIRE(fread(rows + r * dim, 4, dim, f) == dim);
+    }
+    fclose(f);
+    kiln_rng rng;
+    kiln_rng_seed(&rng, 9);
+    size_t sizes[25];
+    for (size_t c = 0; c < 25; c++)
+        sizes[c] = 400;
+    problem p = {0};
+    problem_encode(&p, rows, n, dim);
+    problem_cluster(&p, &rng, sizes, 25, false);
+    kiln_cl_stats stats;
+    check_knn(&p, 32, NULL, "siftsmall k=32", &stats);
+    fprintf(stderr, "siftsmall: 10000 members in clusters of 400, k=32: %.3f s\n", stats.seconds);
+    problem_free(&p);
+    free(rows);
+}
+
+/* Host oracle of the k-means kernel: the same loop order, then a stable
+ * sort by distance (NaN as +inf) keeps smaller indexes first on ties. */
+static void assign_ref(const float *rows, size_t n, size_t dim, const float *cent, uint32_t k,
+                       uint32_t r, uint32_t *ids, float *dists) {
+    for (size_t i = 0; i < n; i++) {
+        for (uint32_t j = 0; j < r; j++) {
+            ids[i * r + j] = UINT32_MAX;
+            dists[i * r + j] = INFINITY;
+        }
+        for (uint32_t c = 0; c < k; c++) {
+            float acc = 0;
+            for (size_t t = 0; t < dim; t++) {
+                const float e = rows[i * dim + t] - cent[c * dim + t];
+                acc = acc + e * e;
+            }
+            acc = isnan(acc) ? INFINITY : acc;
+            uint32_t p = r; /* insert after every entry <= acc */
+            while (p > 0 && (dists[i * r + p - 1] > acc || ids[i * r + p - 1] == UINT32_MAX))
+                p--;
+            if (p == r)
+                continue;
+            for (uint32_t q = r - 1; q > p; q--) {
+                ids[i * r + q] = ids[i * r + q - 1];
+                dists[i * r + q] = dists[i * r + q - 1];
+            }
+            ids[i * r + p] = c;
+            dists[i * r + p] = acc;
+        }
+    }
+}
+
+static void check_assign(const float *rows, size_t n, size_t dim, const float *cent, uint32_t k,
+                         uint32_t r, const kiln_cl_opts *opts, const char *what) {
+    uint32_t *dl = malloc(r * n * sizeof *dl), *rl = malloc(r * n * sizeof *rl);
+    float *dd = malloc(r * n * sizeof *dd), *rd = malloc(r * n * sizeof *rd);
+    REQUIRE(dl && rl && dd && rd);
+    kiln_cl_stats stats;
+    CHECK_OK(ctx, kiln_cl_kmeans_assign(ctx, rows, n, dim, cent, k, r, opts, dl, dd, &stats));
+    assign_ref(rows, n, dim, cent, k, r, rl, rd);
+    size_t exact = 0, bad = 0;
+    for (size_t i = 0; i < r * n; i++) {
+        exact += dl[i] == rl[i] && memcmp(&dd[i], &rd[i], sizeof dd[i]) == 0;
+        /* A different id is fine only for a distance tie within rounding. */
+        const bool close = (isinf(dd[i]) && isinf(rd[i])) || fabsf(dd[i] - rd[i]) <= 1e-5f * rd[i];
+        bad += !close || (dl[i] != rl[i] && isinf(rd[i]));
+    }
+    CHECK_MSG(bad == 0, "%s: %zu of %zu assignments differ", what, bad, r * n);
+    fprintf(stderr, "%s: %zu of %zu bit-identical, %u batches, %u retries\n", what, exact, r * n,
+            stats.batches, stats.retries);
+    free(dl), free(rl), free(dd), free(rd);
+}
+
+static void test_kmeans_assign(void) {
+    kiln_rng rng;
+    kiln_rng_seed(&rng, 31);
+    const size_t n = 1500, dim = 37;
+    const uint32_t k = 50;
+    float *rows = random_rows(&rng, n, dim, n);
+    float *cent = random_rows(&rng, k, dim, k);
+    memcpy(cent + 7 * dim, cent + 3 * dim, dim * sizeof *cent); /* a tie: 3 must win */
+    rows[11 * dim + 5] = NAN;                                   /* every distance NaN */
+    check_assign(rows, n, dim, cent, k, 2, NULL, "assign r=2");
+    check_assign(rows, n, dim, cent, k, 10, NULL, "assign r=10");
+    const kiln_cl_opts staged = {.stage_local = 1, .max_batch = 500};
+    check_assign(rows, n, dim, cent, k, 3, &staged, "assign r=3 staged, batches of 500");
+    const kiln_cl_opts failing = {.max_batch = 1000, .inject_failures = 2};
+    check_assign(rows, n, dim, cent, k, 2, &failing, "assign r=2, 2 injected failures");
+    check_assign(rows, n, dim, cent, 1, 1, NULL, "assign, one centroid");
+    check_assign(rows, n, dim, cent, 3, 5, NULL, "assign, r > k");
+    uint32_t l[4];
+    float d[4];
+    CHECK_OK(ctx, kiln_cl_nearest(NULL, ctx, cent + 3 * dim, 1, cent, k, (uint32_t)dim, 2, l, d));
+    CHECK(l[0] == 3 && d[0] == 0 && l[1] == 7 && d[1] == 0);
+    CHECK_OK(ctx,
+             kiln_cl_kmeans_assign(ctx, rows + 11 * dim, 1, dim, cent, k, 4, NULL, l, d, NULL));
+    CHECK(l[0] == 0 && l[1] == 1 && l[2] == 2 && l[3] == 3 && isinf(d[0]) && isinf(d[3]));
+    CHECK_OK(ctx, kiln_cl_kmeans_assign(ctx, rows, 1, dim, cent, 1, 2, NULL, l, d, NULL));
+    CHECK(l[1] == UINT32_MAX && isinf(d[1]));
+    CHECK_FAILS(ctx, kiln_cl_kmeans_assign(ctx, rows, n, dim, cent, 0, 1, NULL, l, d, NULL),
+                KILN_E_ARG, "no centroids");
+    CHECK_FAILS(ctx, kiln_cl_kmeans_assign(ctx, rows, n, dim, cent, k, 65, NULL, l, d, NULL),
+                KILN_E_ARG, "r = 65");
+    free(rows);
+    free(cent);
+}
+
+int main(void) {
+    REQUIRE(kiln_ctx_new(&ctx) == KILN_OK);
+    uint32_t n = 0;
+    const kiln_status st = kiln_device_count(ctx, &n);
+    if (st == KILN_E_NO_DEVICE) {
+        CHECK(strstr(kiln_errmsg(ctx), "pocl-opencl-icd") != NULL);
+        fprintf(stderr, "%s\n", kiln_errmsg(ctx));
+        kiln_ctx_free(ctx);
+        SKIP("no OpenCL platform or device");
+    }
+    CHECK_OK(ctx, st);
+    REQUIRE(n > 0);
+    test_devices(n);
+    test_build_errors();
+    test_knn_dims();
+    test_batches();
+    test_siftsmall();
+    test_kmeans_assign();
+    kiln_ctx_free(ctx);
+    return check_report("test_cl_knn");
+}
