@@ -1,5 +1,5 @@
 /* kiln_main.c -- the kiln command: build, search, eval, groundtruth, info,
- * check, generate. Uses the public API (kiln.h) only.
+ * check, generate, devices. Uses the public API (kiln.h) only.
  *
  * Design decisions:
  *  1. Every failure prints one line "kiln CMD: what is wrong" on stderr and
@@ -105,6 +105,11 @@ static const cli_opt build_opts[] = {
     {"M", 'M', "N", "16", "links per node on upper levels; 2M on level 0"},
     {"ef-construction", 0, "N", "200", "beam width while building"},
     {"method", 0, "insert|device", "insert", "insert: CPU HNSW insertion; device: OpenCL pipeline"},
+    {"device", 0, "auto|cpu|gpu|P:D", NULL, "OpenCL device for --method device (default: $KILN_DEVICE, else auto = a GPU if any)"},
+    {"clusters", 0, "N", "0", "device: k-means clusters; 0 = from n and --cluster-size"},
+    {"cluster-size", 0, "N", "1024", "device: target members per cluster"},
+    {"replicas", 0, "N", "2", "device: nearest clusters each vector joins (>= 2)"},
+    {"knn-k", 0, "N", "0", "device: neighbours kept per vector per cluster; 0 = 2M"},
     {"threads", 't', "N", "0", "build threads; 0 = all cores"},
     {"seed", 0, "N", "1", "seed of the level sampling and every other random choice"},
     {"format", 0, "FMT", "auto", "input format: auto (by extension), fvecs, bvecs, fbin, u8bin, i8bin, npy"},
@@ -126,8 +131,11 @@ static int cmd_build(const cli_args *a) {
     }
     if (!parse_metric(a, &p.metric) || !cli_u32(a, "M", &p.M) ||
         !cli_u32(a, "ef-construction", &p.ef_construction) || !cli_u32(a, "threads", &p.threads) ||
-        !cli_u64(a, "seed", &p.seed))
+        !cli_u64(a, "seed", &p.seed) || !cli_u32(a, "clusters", &p.clusters) ||
+        !cli_u32(a, "cluster-size", &p.cluster_size) || !cli_u32(a, "replicas", &p.replicas) ||
+        !cli_u32(a, "knn-k", &p.knn_k))
         return 2;
+    p.device = cli_str(a, "device");
     if (strcmp(method, "insert") == 0)
         p.method = KILN_METHOD_INSERT;
     else if (strcmp(method, "device") == 0)
@@ -160,19 +168,38 @@ static int cmd_build(const cli_args *a) {
     double t_save = now_s() - t1;
     kiln_index_stats s;
     kiln_index_stats_get(ix, &s);
-    if (cli_flag(a, "json"))
+    kiln_build_report rep;
+    kiln_index_build_report(ix, &rep);
+    char stages[1024] = "";
+    size_t used = 0;
+    for (uint32_t i = 0; i < rep.n_stages && used < sizeof stages; i++)
+        used += (size_t)snprintf(stages + used, sizeof stages - used, "%s\"%s\": %.4f",
+                                 i ? ", " : "", rep.stages[i].name, rep.stages[i].seconds);
+    if (cli_flag(a, "json")) {
         printf("{\"build_seconds\": %.4f, \"save_seconds\": %.4f, \"count\": %llu, \"dim\": %u, "
                "\"metric\": \"%s\", \"M\": %u, \"ef_construction\": %u, \"method\": \"%s\", "
                "\"threads\": %u, \"seed\": %llu, \"levels\": %u, \"avg_degree0\": %.3f, "
-               "\"version\": \"%s\"}\n",
+               "\"repaired_links\": %llu, \"stages\": {%s}",
                t_build, t_save, (unsigned long long)s.count, s.dim, kiln_metric_name(p.metric),
                p.M, p.ef_construction, method, p.threads, (unsigned long long)p.seed, s.levels,
-               s.avg_degree[0], kiln_version_string());
-    else
+               s.avg_degree[0], (unsigned long long)rep.repaired_links, stages);
+        if (p.method == KILN_METHOD_DEVICE)
+            printf(", \"device\": \"%s\", \"clusters\": %u, \"max_cluster_size\": %u, "
+                   "\"device_batches\": %u, \"batch_retries\": %u, \"candidates_per_vector\": %.2f",
+                   rep.device_name, rep.clusters, rep.max_cluster_size, rep.device_batches,
+                   rep.batch_retries, rep.candidates_per_vector);
+        printf(", \"version\": \"%s\"}\n", kiln_version_string());
+    } else {
         printf("built %s: %llu vectors, dim %u, %s, M=%u, ef_construction=%u, method %s, "
                "%u levels, %.2f s build, %.2f s write\n",
                out, (unsigned long long)s.count, s.dim, kiln_metric_name(p.metric), p.M,
                p.ef_construction, method, s.levels, t_build, t_save);
+        if (p.method == KILN_METHOD_DEVICE)
+            printf("device %s: %u clusters (largest %u), %u batches, %u retries\n",
+                   rep.device_name, rep.clusters, rep.max_cluster_size, rep.device_batches,
+                   rep.batch_retries);
+        printf("stages (s): %s\n", stages);
+    }
 done:
     kiln_index_free(ix);
     kiln_dataset_free(ds);
@@ -522,6 +549,45 @@ static int cmd_check(const cli_args *a) {
     return rc;
 }
 
+/* ==== devices ==== */
+
+static const cli_cmd devices_cmd = {"devices", "",
+                                    "List the OpenCL platforms and devices --device can name.",
+                                    no_opts, 0, 0};
+
+static int cmd_devices(const cli_args *a) {
+    kiln_ctx *ctx;
+    if (setup(a, &ctx))
+        return 1;
+    uint32_t n = 0;
+    int rc = 0;
+    if (kiln_device_count(ctx, &n) != KILN_OK) {
+        rc = fail("devices", ctx);
+    } else {
+        printf("%-5s %-4s %-5s %-28s %-36s %-10s %s\n", "index", "P:D", "type", "platform", "device",
+               "memory", "units");
+        for (uint32_t i = 0; i < n; i++) {
+            kiln_device_info d;
+            if (kiln_device_info_get(ctx, i, &d) != KILN_OK) {
+                rc = fail("devices", ctx);
+                break;
+            }
+            char pd[16];
+            snprintf(pd, sizeof pd, "%u:%u", d.platform_index, d.device_index);
+            printf("%-5u %-4s %-5s %-28.28s %-36.36s %-10.1f %u\n", d.index, pd,
+                   d.type == KILN_DEVICE_GPU ? "gpu" : d.type == KILN_DEVICE_CPU ? "cpu" : "other",
+                   d.platform_name, d.device_name, (double)d.global_mem_bytes / (1 << 30),
+                   d.compute_units);
+        }
+        kiln_device_info chosen;
+        if (rc == 0 && kiln_device_select(ctx, NULL, &chosen) == KILN_OK)
+            printf("default (--device auto or $KILN_DEVICE): %u:%u %s\n", chosen.platform_index,
+                   chosen.device_index, chosen.device_name);
+    }
+    kiln_ctx_free(ctx);
+    return rc;
+}
+
 /* ==== generate ==== */
 
 static const cli_opt gen_opts[] = {
@@ -586,7 +652,7 @@ typedef struct command {
 static const command commands[] = {
     {&build_cmd, cmd_build},       {&search_cmd, cmd_search}, {&eval_cmd, cmd_eval},
     {&gt_cmd, cmd_groundtruth},    {&info_cmd, cmd_info},     {&check_cmd, cmd_check},
-    {&gen_cmd, cmd_generate},
+    {&gen_cmd, cmd_generate},      {&devices_cmd, cmd_devices},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 

@@ -113,7 +113,7 @@ static kiln_status build_graph(struct kiln_index *ix, const kiln_build_params *p
     kiln_status st;
     double t = kiln_now();
     if (p->method == KILN_METHOD_DEVICE) {
-        st = kiln_fail(ctx, KILN_E_UNSUPPORTED, "build: the device method is not wired yet");
+        st = kiln_build_device(ix, p, rep);
     } else {
         st = kiln_hnsw_insert_all(ix, p->ef_construction, kiln_threads(p->threads));
         report_stage(rep, "insert", kiln_now() - t);
