@@ -20,6 +20,13 @@
  *     room, so most reverse links land without a re-prune.
  *  3. Forward lists are written before any reverse link, so a node's final
  *     list is its own selection plus what others chose to add.
+ *  4. Nodes on level 1 add their level-1 links to their candidates. A kNN
+ *     graph of well-separated clusters has no links between them, and search
+ *     that lands in the wrong cluster cannot leave it (measured: recall@10
+ *     stuck at 0.985 from ef=64 to ef=256 on synthetic clustered data). The
+ *     upper levels, built first by insertion over the sparse level-1 nodes,
+ *     hold exactly such long links; they play the part of the links that
+ *     insertion's early, sparse phase gives level 0.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -33,14 +40,19 @@ static int u32_cmp(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* Node i's forward list, written to its level-0 block. cands has room for
- * width entries; ids for width ids. */
+/* Node i's forward list, written to its level-0 block. cands and ids have
+ * room for width + M entries. */
 static void select_forward(struct kiln_index *ix, const uint32_t *cand, uint32_t width, uint32_t i,
                            uint32_t *ids, kiln_cand *cands) {
     uint32_t n = 0;
     for (uint32_t j = 0; j < width; j++)
         if (cand[j] != KILN_NO_NODE && cand[j] != i && cand[j] < ix->count)
             ids[n++] = cand[j];
+    if (ix->levels[i] >= 1) { /* decision 4 */
+        const uint32_t *up = kiln_links(ix, i, 1);
+        for (uint32_t j = 0; j < up[0]; j++)
+            ids[n++] = up[1 + j];
+    }
     qsort(ids, n, sizeof *ids, u32_cmp);
     const float *v = kiln_vector(ix, i);
     uint32_t m = 0;
@@ -82,8 +94,8 @@ kiln_status kiln_level0_from_candidates(struct kiln_index *ix, const uint32_t *c
     kiln_status result = KILN_OK;
 #pragma omp parallel num_threads(threads)
     {
-        uint32_t *ids = malloc((size_t)width * sizeof *ids);
-        kiln_cand *cands = malloc((size_t)width * sizeof *cands);
+        uint32_t *ids = malloc(((size_t)width + ix->M) * sizeof *ids);
+        kiln_cand *cands = malloc(((size_t)width + ix->M) * sizeof *cands);
         if (!ids || !cands) {
 #pragma omp critical(kiln_merge_error)
             result = kiln_fail(ctx, KILN_E_NOMEM, "out of memory for rerank buffers");
