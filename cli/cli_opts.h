@@ -12,18 +12,18 @@
 #define CLI_MAX_POS 4
 
 typedef struct cli_opt {
-    const char *name;  /* long name without "--" */
-    char shortname;    /* 0 when none */
-    const char *arg;   /* value placeholder, NULL for a flag */
-    const char *def;   /* default value shown in help and used when absent; NULL = none */
+    const char *name; /* long name without "--" */
+    char shortname;   /* 0 when none */
+    const char *arg;  /* value placeholder, NULL for a flag */
+    const char *def;  /* default value shown in help and used when absent; NULL = none */
     const char *help;
 } cli_opt;
 
 typedef struct cli_cmd {
     const char *name;
-    const char *usage;     /* positional part, e.g. "BASE -o INDEX" */
+    const char *usage; /* positional part, e.g. "BASE -o INDEX" */
     const char *summary;
-    const cli_opt *opts;   /* ended by {NULL} */
+    const cli_opt *opts; /* ended by {NULL} */
     size_t npos_min, npos_max;
 } cli_cmd;
 
@@ -31,7 +31,7 @@ typedef struct cli_args {
     const cli_cmd *cmd;
     const char *pos[CLI_MAX_POS];
     size_t npos;
-    const char *val[32];   /* per option index: value given, NULL if absent */
+    const char *val[32]; /* per option index: value given, NULL if absent */
     bool set[32];
 } cli_args;
 

@@ -54,8 +54,10 @@ static kiln_status open_ds(kiln_ctx *ctx, const cli_args *a, const char *path, k
     kiln_format fmt = KILN_FORMAT_AUTO;
     const char *f = cli_str(a, "format");
     if (f && kiln_format_parse(f, &fmt) != KILN_OK) {
-        fprintf(stderr, "kiln %s: --format: '%s' is not one of auto, fvecs, bvecs, ivecs, fbin, "
-                        "u8bin, i8bin, npy\n", a->cmd->name, f);
+        fprintf(stderr,
+                "kiln %s: --format: '%s' is not one of auto, fvecs, bvecs, ivecs, fbin, "
+                "u8bin, i8bin, npy\n",
+                a->cmd->name, f);
         exit(2);
     }
     unsigned flags = cli_flag(a, "allow-nonfinite") ? KILN_OPEN_ALLOW_NONFINITE : 0;
@@ -105,20 +107,26 @@ static const cli_opt build_opts[] = {
     {"M", 'M', "N", "16", "links per node on upper levels; 2M on level 0"},
     {"ef-construction", 0, "N", "200", "beam width while building"},
     {"method", 0, "insert|device", "insert", "insert: CPU HNSW insertion; device: OpenCL pipeline"},
-    {"device", 0, "auto|cpu|gpu|P:D", NULL, "OpenCL device for --method device (default: $KILN_DEVICE, else auto = a GPU if any)"},
+    {"device", 0, "auto|cpu|gpu|P:D", NULL,
+     "OpenCL device for --method device (default: $KILN_DEVICE, else auto = a GPU if any)"},
     {"clusters", 0, "N", "0", "device: k-means clusters; 0 = from n and --cluster-size"},
     {"cluster-size", 0, "N", "1024", "device: target members per cluster"},
     {"replicas", 0, "N", "2", "device: nearest clusters each vector joins (>= 2)"},
     {"knn-k", 0, "N", "0", "device: neighbours kept per vector per cluster; 0 = 2M"},
     {"threads", 't', "N", "0", "build threads; 0 = all cores"},
     {"seed", 0, "N", "1", "seed of the level sampling and every other random choice"},
-    {"format", 0, "FMT", "auto", "input format: auto (by extension), fvecs, bvecs, fbin, u8bin, i8bin, npy"},
+    {"format", 0, "FMT", "auto",
+     "input format: auto (by extension), fvecs, bvecs, fbin, u8bin, i8bin, npy"},
     {"allow-nonfinite", 0, NULL, NULL, "accept NaN/Inf values instead of rejecting the file"},
     {"progress", 0, NULL, NULL, "show progress on stderr even when it is not a terminal"},
     {"json", 0, NULL, NULL, "print the summary as one JSON line"},
     {NULL, 0, NULL, NULL, NULL}};
-static const cli_cmd build_cmd = {"build", "BASE -o INDEX [options]",
-                                  "Build an HNSW index over the vectors in BASE.", build_opts, 1, 1};
+static const cli_cmd build_cmd = {"build",
+                                  "BASE -o INDEX [options]",
+                                  "Build an HNSW index over the vectors in BASE.",
+                                  build_opts,
+                                  1,
+                                  1};
 
 static int cmd_build(const cli_args *a) {
     kiln_build_params p;
@@ -180,8 +188,8 @@ static int cmd_build(const cli_args *a) {
                "\"metric\": \"%s\", \"M\": %u, \"ef_construction\": %u, \"method\": \"%s\", "
                "\"threads\": %u, \"seed\": %llu, \"levels\": %u, \"avg_degree0\": %.3f, "
                "\"repaired_links\": %llu, \"stages\": {%s}",
-               t_build, t_save, (unsigned long long)s.count, s.dim, kiln_metric_name(p.metric),
-               p.M, p.ef_construction, method, p.threads, (unsigned long long)p.seed, s.levels,
+               t_build, t_save, (unsigned long long)s.count, s.dim, kiln_metric_name(p.metric), p.M,
+               p.ef_construction, method, p.threads, (unsigned long long)p.seed, s.levels,
                s.avg_degree[0], (unsigned long long)rep.repaired_links, stages);
         if (p.method == KILN_METHOD_DEVICE)
             printf(", \"device\": \"%s\", \"clusters\": %u, \"max_cluster_size\": %u, "
@@ -195,9 +203,8 @@ static int cmd_build(const cli_args *a) {
                out, (unsigned long long)s.count, s.dim, kiln_metric_name(p.metric), p.M,
                p.ef_construction, method, s.levels, t_build, t_save);
         if (p.method == KILN_METHOD_DEVICE)
-            printf("device %s: %u clusters (largest %u), %u batches, %u retries\n",
-                   rep.device_name, rep.clusters, rep.max_cluster_size, rep.device_batches,
-                   rep.batch_retries);
+            printf("device %s: %u clusters (largest %u), %u batches, %u retries\n", rep.device_name,
+                   rep.clusters, rep.max_cluster_size, rep.device_batches, rep.batch_retries);
         printf("stages (s): %s\n", stages);
     }
 done:
@@ -218,9 +225,12 @@ static const cli_opt search_opts[] = {
     {"format", 0, "FMT", "auto", "query file format"},
     {"allow-nonfinite", 0, NULL, NULL, "accept NaN/Inf query values"},
     {NULL, 0, NULL, NULL, NULL}};
-static const cli_cmd search_cmd = {"search", "INDEX QUERIES [options]",
+static const cli_cmd search_cmd = {"search",
+                                   "INDEX QUERIES [options]",
                                    "Search INDEX for the k nearest neighbours of each query.",
-                                   search_opts, 2, 2};
+                                   search_opts,
+                                   2,
+                                   2};
 
 static int cmd_search(const cli_args *a) {
     kiln_search_params sp;
@@ -265,8 +275,7 @@ static int cmd_search(const cli_args *a) {
     for (size_t i = 0; i < nq * sp.k; i++)
         ids[i] = labels[i] > INT32_MAX ? -1 : (int32_t)labels[i];
     const char *out = cli_str(a, "output"), *dout = cli_str(a, "distances");
-    if (out && kiln_dataset_write(ctx, out, KILN_FORMAT_IVECS,
-                                  KILN_DTYPE_I32, ids, nq, sp.k)) {
+    if (out && kiln_dataset_write(ctx, out, KILN_FORMAT_IVECS, KILN_DTYPE_I32, ids, nq, sp.k)) {
         rc = fail("search", ctx);
         goto done;
     }
@@ -300,11 +309,15 @@ static const cli_opt eval_opts[] = {
     {"threads", 't', "N", "1", "query threads (queries are still sent one at a time)"},
     {"repeat", 0, "N", "1", "timed passes per ef; the median QPS is reported"},
     {"format", 0, "FMT", "auto", "query file format"},
-    {"json", 0, NULL, NULL, "one JSON object per ef (keys ef, k, recall, qps, mean_ms, p99_ms, threads)"},
+    {"json", 0, NULL, NULL,
+     "one JSON object per ef (keys ef, k, recall, qps, mean_ms, p99_ms, threads)"},
     {NULL, 0, NULL, NULL, NULL}};
-static const cli_cmd eval_cmd = {"eval", "INDEX QUERIES GROUNDTRUTH [options]",
+static const cli_cmd eval_cmd = {"eval",
+                                 "INDEX QUERIES GROUNDTRUTH [options]",
                                  "Measure recall@k, QPS and latency of INDEX over a sweep of ef.",
-                                 eval_opts, 3, 3};
+                                 eval_opts,
+                                 3,
+                                 3};
 
 static int cmp_double(const void *x, const void *y) {
     double a = *(const double *)x, b = *(const double *)y;
@@ -314,8 +327,8 @@ static int cmp_double(const void *x, const void *y) {
 static int cmd_eval(const cli_args *a) {
     uint32_t k, threads, repeat, efs[EVAL_MAX_EFS];
     size_t nef;
-    if (!cli_u32(a, "k", &k) || !cli_u32(a, "threads", &threads) || !cli_u32(a, "repeat", &repeat) ||
-        !cli_u32_list(a, "ef", efs, EVAL_MAX_EFS, &nef))
+    if (!cli_u32(a, "k", &k) || !cli_u32(a, "threads", &threads) ||
+        !cli_u32(a, "repeat", &repeat) || !cli_u32_list(a, "ef", efs, EVAL_MAX_EFS, &nef))
         return 2;
     if (k == 0 || repeat == 0) {
         fprintf(stderr, "kiln eval: -k and --repeat must be at least 1\n");
@@ -341,8 +354,9 @@ static int cmd_eval(const cli_args *a) {
     }
     size_t gk = kiln_dataset_dim(gtds);
     if (d != kiln_index_dim(ix) || kiln_dataset_count(gtds) != nq || gk < k) {
-        fprintf(stderr, "kiln eval: mismatch: queries %zu x %zu, index dim %zu, ground truth %zu x %zu "
-                        "(needs %zu rows of at least k=%u)\n",
+        fprintf(stderr,
+                "kiln eval: mismatch: queries %zu x %zu, index dim %zu, ground truth %zu x %zu "
+                "(needs %zu rows of at least k=%u)\n",
                 nq, d, kiln_index_dim(ix), kiln_dataset_count(gtds), gk, nq, k);
         rc = 1;
         goto done;
@@ -435,9 +449,12 @@ static const cli_opt gt_opts[] = {
     {"allow-nonfinite", 0, NULL, NULL, "accept NaN/Inf values"},
     {"progress", 0, NULL, NULL, "show progress on stderr even when it is not a terminal"},
     {NULL, 0, NULL, NULL, NULL}};
-static const cli_cmd gt_cmd = {"groundtruth", "BASE QUERIES -o GT.ivecs [options]",
+static const cli_cmd gt_cmd = {"groundtruth",
+                               "BASE QUERIES -o GT.ivecs [options]",
                                "Exact k nearest neighbours by brute force (the recall oracle).",
-                               gt_opts, 2, 2};
+                               gt_opts,
+                               2,
+                               2};
 
 static int cmd_groundtruth(const cli_args *a) {
     uint32_t k, threads;
@@ -494,10 +511,10 @@ done:
 /* ==== info, check ==== */
 
 static const cli_opt no_opts[] = {{NULL, 0, NULL, NULL, NULL}};
-static const cli_cmd info_cmd = {"info", "INDEX",
-                                 "Show an index's header, levels, degrees and size.", no_opts, 1, 1};
-static const cli_cmd check_cmd = {"check", "INDEX",
-                                  "Verify an index file and run the graph validator.", no_opts, 1, 1};
+static const cli_cmd info_cmd = {
+    "info", "INDEX", "Show an index's header, levels, degrees and size.", no_opts, 1, 1};
+static const cli_cmd check_cmd = {
+    "check", "INDEX", "Verify an index file and run the graph validator.", no_opts, 1, 1};
 
 static int cmd_info(const cli_args *a) {
     kiln_ctx *ctx;
@@ -551,9 +568,8 @@ static int cmd_check(const cli_args *a) {
 
 /* ==== devices ==== */
 
-static const cli_cmd devices_cmd = {"devices", "",
-                                    "List the OpenCL platforms and devices --device can name.",
-                                    no_opts, 0, 0};
+static const cli_cmd devices_cmd = {
+    "devices", "", "List the OpenCL platforms and devices --device can name.", no_opts, 0, 0};
 
 static int cmd_devices(const cli_args *a) {
     kiln_ctx *ctx;
@@ -564,8 +580,8 @@ static int cmd_devices(const cli_args *a) {
     if (kiln_device_count(ctx, &n) != KILN_OK) {
         rc = fail("devices", ctx);
     } else {
-        printf("%-5s %-4s %-5s %-28s %-36s %-10s %s\n", "index", "P:D", "type", "platform", "device",
-               "memory", "units");
+        printf("%-5s %-4s %-5s %-28s %-36s %-10s %s\n", "index", "P:D", "type", "platform",
+               "device", "memory", "units");
         for (uint32_t i = 0; i < n; i++) {
             kiln_device_info d;
             if (kiln_device_info_get(ctx, i, &d) != KILN_OK) {
@@ -575,7 +591,9 @@ static int cmd_devices(const cli_args *a) {
             char pd[16];
             snprintf(pd, sizeof pd, "%u:%u", d.platform_index, d.device_index);
             printf("%-5u %-4s %-5s %-28.28s %-36.36s %-10.1f %u\n", d.index, pd,
-                   d.type == KILN_DEVICE_GPU ? "gpu" : d.type == KILN_DEVICE_CPU ? "cpu" : "other",
+                   d.type == KILN_DEVICE_GPU   ? "gpu"
+                   : d.type == KILN_DEVICE_CPU ? "cpu"
+                                               : "other",
                    d.platform_name, d.device_name, (double)d.global_mem_bytes / (1 << 30),
                    d.compute_units);
         }
@@ -599,9 +617,12 @@ static const cli_opt gen_opts[] = {
     {"queries", 0, "NQ", "0", "held-out queries drawn from the same mixture"},
     {"queries-out", 0, "FILE", NULL, "query file to write (required when --queries > 0)"},
     {NULL, 0, NULL, NULL, NULL}};
-static const cli_cmd gen_cmd = {"generate", "-o BASE [options]",
+static const cli_cmd gen_cmd = {"generate",
+                                "-o BASE [options]",
                                 "Write a seeded clustered synthetic dataset (fvecs, fbin or npy).",
-                                gen_opts, 0, 0};
+                                gen_opts,
+                                0,
+                                0};
 
 static kiln_status write_f32(kiln_ctx *ctx, const char *path, const float *v, size_t n, size_t d) {
     kiln_format fmt = KILN_FORMAT_FVECS;
@@ -633,8 +654,7 @@ static int cmd_generate(const cli_args *a) {
                 (unsigned long long)(n + nq), d);
         rc = 1;
     } else if (kiln_synth_clustered(ctx, n + nq, d, clusters, seed, v) ||
-               write_f32(ctx, out, v, n, d) ||
-               (nq && write_f32(ctx, qout, v + n * d, nq, d))) {
+               write_f32(ctx, out, v, n, d) || (nq && write_f32(ctx, qout, v + n * d, nq, d))) {
         rc = fail("generate", ctx);
     }
     free(v);
@@ -650,14 +670,15 @@ typedef struct command {
 } command;
 
 static const command commands[] = {
-    {&build_cmd, cmd_build},       {&search_cmd, cmd_search}, {&eval_cmd, cmd_eval},
-    {&gt_cmd, cmd_groundtruth},    {&info_cmd, cmd_info},     {&check_cmd, cmd_check},
-    {&gen_cmd, cmd_generate},      {&devices_cmd, cmd_devices},
+    {&build_cmd, cmd_build},    {&search_cmd, cmd_search},   {&eval_cmd, cmd_eval},
+    {&gt_cmd, cmd_groundtruth}, {&info_cmd, cmd_info},       {&check_cmd, cmd_check},
+    {&gen_cmd, cmd_generate},   {&devices_cmd, cmd_devices},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
 static void usage(FILE *to) {
-    fprintf(to, "kiln %s -- batch HNSW index builder\n\nusage: kiln COMMAND [options]\n\ncommands:\n",
+    fprintf(to,
+            "kiln %s -- batch HNSW index builder\n\nusage: kiln COMMAND [options]\n\ncommands:\n",
             kiln_version_string());
     for (size_t i = 0; i < NCOMMANDS; i++)
         fprintf(to, "  %-12s %s\n", commands[i].cmd->name, commands[i].cmd->summary);
@@ -674,7 +695,8 @@ int main(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
         usage(stdout);
         return 0;
     }

@@ -36,8 +36,8 @@ kiln_status kiln_hnsw_insert_levels(struct kiln_index *ix, uint32_t ef_construct
  * with the heuristic to at most M0, then reverse links are added with
  * re-pruning of full lists. Nodes on level >= 1 also take their level-1 links
  * as candidates, so build the upper levels first. */
-kiln_status kiln_level0_from_candidates(struct kiln_index *ix, const uint32_t *cand,
-                                        uint32_t width, int threads);
+kiln_status kiln_level0_from_candidates(struct kiln_index *ix, const uint32_t *cand, uint32_t width,
+                                        int threads);
 
 /* Makes every node reachable from the entry point on level 0: each node a
  * BFS does not reach is linked from its nearest reachable node that has room

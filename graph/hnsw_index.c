@@ -64,8 +64,7 @@ kiln_status kiln_index_alloc(kiln_ctx *ctx, uint64_t count, uint32_t dim, kiln_m
         (st = kiln_alloc_aligned(ctx, link_bytes, "level-0 links", (void **)&ix->links0)) ||
         (st = kiln_alloc(ctx, label_bytes, "labels", (void **)&ix->labels)) ||
         (st = kiln_calloc(ctx, count, "levels", (void **)&ix->levels)) ||
-        (st = kiln_alloc(ctx, off_bytes, "upper offsets",
-                         (void **)&ix->upper_off))) {
+        (st = kiln_alloc(ctx, off_bytes, "upper offsets", (void **)&ix->upper_off))) {
         kiln_index_free(ix);
         return st;
     }
@@ -105,9 +104,10 @@ kiln_status kiln_index_alloc(kiln_ctx *ctx, uint64_t count, uint32_t dim, kiln_m
 }
 
 uint64_t kiln_index_memory(const struct kiln_index *ix) {
-    return sizeof *ix + ix->count * ((uint64_t)ix->dim * sizeof(float) +
-                                     kiln_links0_stride(ix) * sizeof(uint32_t) + sizeof(int64_t) +
-                                     1 + sizeof(uint64_t)) +
+    return sizeof *ix +
+           ix->count *
+               ((uint64_t)ix->dim * sizeof(float) + kiln_links0_stride(ix) * sizeof(uint32_t) +
+                sizeof(int64_t) + 1 + sizeof(uint64_t)) +
            ix->upper_len * sizeof(uint32_t);
 }
 
@@ -135,7 +135,8 @@ kiln_status kiln_index_build_report(const kiln_index *ix, kiln_build_report *out
     if (!ix || !out)
         return KILN_E_ARG;
     if (!ix->report)
-        return kiln_fail(ix->ctx, KILN_E_ARG, "this index was loaded, not built: it has no build report");
+        return kiln_fail(ix->ctx, KILN_E_ARG,
+                         "this index was loaded, not built: it has no build report");
     *out = *ix->report;
     return KILN_OK;
 }

@@ -22,39 +22,37 @@
 #include "kiln.h"
 #include "../host/distance_internal.h"
 
-#define KILN_NO_NODE UINT32_MAX
+#define KILN_NO_NODE  UINT32_MAX
 #define KILN_NO_UPPER UINT64_MAX
-#define KILN_MAX_M 1024 /* bound on M accepted from params and files */
-#define KILN_MAX_DIM 65536
+#define KILN_MAX_M    1024 /* bound on M accepted from params and files */
+#define KILN_MAX_DIM  65536
 
 struct kiln_index {
     kiln_ctx *ctx;
     uint32_t dim;
     kiln_metric metric;
-    uint32_t M;              /* upper-level degree bound */
-    uint32_t M0;             /* level-0 degree bound (2M) */
+    uint32_t M;  /* upper-level degree bound */
+    uint32_t M0; /* level-0 degree bound (2M) */
     uint32_t ef_construction;
     uint64_t seed;
-    uint64_t count;          /* nodes in the graph */
-    uint32_t max_level;      /* top level; 0 when count == 0 */
-    uint32_t entry_point;    /* a node on max_level; KILN_NO_NODE when empty */
-    kiln_dist_fn dist;       /* kiln_distance_fn(metric) */
+    uint64_t count;       /* nodes in the graph */
+    uint32_t max_level;   /* top level; 0 when count == 0 */
+    uint32_t entry_point; /* a node on max_level; KILN_NO_NODE when empty */
+    kiln_dist_fn dist;    /* kiln_distance_fn(metric) */
 
-    float *vectors;          /* count * dim, kiln_alloc_aligned */
-    int64_t *labels;         /* count */
-    uint8_t *levels;         /* count; each <= max_level */
-    uint32_t *links0;        /* count * (1 + M0), kiln_alloc_aligned */
-    uint64_t *upper_off;     /* count */
-    uint32_t *upper_pool;    /* upper_len uint32_t */
+    float *vectors;       /* count * dim, kiln_alloc_aligned */
+    int64_t *labels;      /* count */
+    uint8_t *levels;      /* count; each <= max_level */
+    uint32_t *links0;     /* count * (1 + M0), kiln_alloc_aligned */
+    uint64_t *upper_off;  /* count */
+    uint32_t *upper_pool; /* upper_len uint32_t */
     uint64_t upper_len;
 
-    void *scratch_pool;      /* graph/hnsw_search.c: reusable per-thread search state */
+    void *scratch_pool;        /* graph/hnsw_search.c: reusable per-thread search state */
     kiln_build_report *report; /* set by host/build.c; NULL for a loaded index */
 };
 
-static inline size_t kiln_links0_stride(const struct kiln_index *ix) {
-    return (size_t)ix->M0 + 1;
-}
+static inline size_t kiln_links0_stride(const struct kiln_index *ix) { return (size_t)ix->M0 + 1; }
 
 /* The link block [n, ids...] of node on level (level <= levels[node]). */
 static inline uint32_t *kiln_links(const struct kiln_index *ix, uint32_t node, unsigned level) {

@@ -324,8 +324,7 @@ static void search_one(const struct kiln_index *ix, kiln_scratch *sc, const floa
 }
 
 kiln_status kiln_index_search(const kiln_index *ix, const float *queries, size_t nq,
-                              const kiln_search_params *params, int64_t *labels,
-                              float *distances) {
+                              const kiln_search_params *params, int64_t *labels, float *distances) {
     if (!ix)
         return KILN_E_ARG;
     if (!params || !labels || (nq && !queries))

@@ -74,8 +74,8 @@ static void select_forward(struct kiln_index *ix, const uint32_t *cand, uint32_t
     l[0] = kept;
 }
 
-kiln_status kiln_level0_from_candidates(struct kiln_index *ix, const uint32_t *cand,
-                                        uint32_t width, int threads) {
+kiln_status kiln_level0_from_candidates(struct kiln_index *ix, const uint32_t *cand, uint32_t width,
+                                        int threads) {
     kiln_ctx *ctx = ix->ctx;
     const uint32_t n = (uint32_t)ix->count;
     void *lock_mem = NULL, *fwd_mem = NULL;

@@ -23,13 +23,13 @@ typedef struct kiln_heap {
 /* Per-thread search state, reused across queries. The visited set is a tag
  * array: node i is visited when tags[i] == epoch, so clearing is ++epoch. */
 typedef struct kiln_scratch {
-    uint16_t *tags;        /* capacity entries */
+    uint16_t *tags; /* capacity entries */
     uint64_t capacity;
     uint16_t epoch;
-    kiln_heap top;         /* max-heap: the ef best so far */
-    kiln_heap cand;        /* min-heap: frontier */
-    uint32_t *nbr;         /* copy of one link list (construction) */
-    float *qbuf;           /* normalised query (COS) */
+    kiln_heap top;                  /* max-heap: the ef best so far */
+    kiln_heap cand;                 /* min-heap: frontier */
+    uint32_t *nbr;                  /* copy of one link list (construction) */
+    float *qbuf;                    /* normalised query (COS) */
     struct kiln_scratch *next_free; /* pool link */
 } kiln_scratch;
 

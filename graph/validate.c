@@ -26,7 +26,8 @@ static kiln_status check_lists(const struct kiln_index *ix, uint32_t *stamp) {
             const uint32_t *l = kiln_links(ix, (uint32_t)i, level);
             uint32_t bound = level ? ix->M : ix->M0;
             if (l[0] > bound)
-                return kiln_fail(ctx, KILN_E_INVALID, "node %llu has %u links on level %u (bound %u)",
+                return kiln_fail(ctx, KILN_E_INVALID,
+                                 "node %llu has %u links on level %u (bound %u)",
                                  (unsigned long long)i, l[0], level, bound);
             if (++tick == 0) { /* stamps wrapped: start over */
                 memset(stamp, 0, ix->count * sizeof *stamp);
@@ -43,8 +44,7 @@ static kiln_status check_lists(const struct kiln_index *ix, uint32_t *stamp) {
                     return kiln_fail(ctx, KILN_E_INVALID, "node %llu links to itself on level %u",
                                      (unsigned long long)i, level);
                 if (stamp[v] == tick)
-                    return kiln_fail(ctx, KILN_E_INVALID,
-                                     "node %llu links to %u twice on level %u",
+                    return kiln_fail(ctx, KILN_E_INVALID, "node %llu links to %u twice on level %u",
                                      (unsigned long long)i, v, level);
                 stamp[v] = tick;
                 if (ix->levels[v] < level)
@@ -62,7 +62,8 @@ static kiln_status check_lists(const struct kiln_index *ix, uint32_t *stamp) {
 static kiln_status check_reachable(const struct kiln_index *ix, uint32_t *queue) {
     uint8_t *seen = calloc(ix->count, 1);
     if (!seen)
-        return kiln_fail(ix->ctx, KILN_E_NOMEM, "out of memory allocating %llu bytes for the validator",
+        return kiln_fail(ix->ctx, KILN_E_NOMEM,
+                         "out of memory allocating %llu bytes for the validator",
                          (unsigned long long)ix->count);
     uint64_t head = 0, tail = 0;
     seen[ix->entry_point] = 1;

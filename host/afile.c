@@ -21,8 +21,8 @@
 struct kiln_afile {
     kiln_ctx *ctx;
     FILE *fp;
-    char *path;      /* final name */
-    char *tmp;       /* temporary name */
+    char *path; /* final name */
+    char *tmp;  /* temporary name */
     size_t offset;
     kiln_status err; /* first error, sticky */
 };

@@ -59,14 +59,16 @@ static kiln_status check_params(kiln_ctx *ctx, const kiln_build_params *p, size_
     if (p->metric != KILN_METRIC_L2 && p->metric != KILN_METRIC_IP && p->metric != KILN_METRIC_COS)
         return kiln_fail(ctx, KILN_E_ARG, "build: metric %d is not l2, ip or cos", (int)p->metric);
     if (p->M < 2 || p->M > KILN_MAX_M)
-        return kiln_fail(ctx, KILN_E_ARG, "build: M = %u is out of range [2, %u]", p->M, KILN_MAX_M);
+        return kiln_fail(ctx, KILN_E_ARG, "build: M = %u is out of range [2, %u]", p->M,
+                         KILN_MAX_M);
     if (p->ef_construction < 1)
         return kiln_fail(ctx, KILN_E_ARG, "build: ef_construction must be at least 1");
     if (p->method == KILN_METHOD_DEVICE && (p->replicas < 2 || p->replicas > 16))
         return kiln_fail(ctx, KILN_E_ARG, "build: replicas = %u is out of range [2, 16]",
                          p->replicas);
     if (p->method != KILN_METHOD_INSERT && p->method != KILN_METHOD_DEVICE)
-        return kiln_fail(ctx, KILN_E_ARG, "build: method %d is not insert or device", (int)p->method);
+        return kiln_fail(ctx, KILN_E_ARG, "build: method %d is not insert or device",
+                         (int)p->method);
     if (dim < 1 || dim > KILN_MAX_DIM)
         return kiln_fail(ctx, KILN_E_ARG, "build: dim = %zu is out of range [1, %d]", dim,
                          KILN_MAX_DIM);
@@ -86,9 +88,8 @@ static kiln_status index_new(kiln_ctx *ctx, size_t n, size_t dim, const kiln_bui
     kiln_sample_levels(levels, n, p->M, p->seed);
     st = kiln_index_alloc(ctx, n, (uint32_t)dim, p->metric, p->M, levels, out);
     free(levels);
-    if (st == KILN_OK &&
-        (st = kiln_calloc(ctx, sizeof(kiln_build_report), "build report",
-                          (void **)&(*out)->report))) {
+    if (st == KILN_OK && (st = kiln_calloc(ctx, sizeof(kiln_build_report), "build report",
+                                           (void **)&(*out)->report))) {
         kiln_index_free(*out);
         *out = NULL;
     }

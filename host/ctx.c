@@ -66,15 +66,14 @@ void kiln_ctx_free(kiln_ctx *ctx) {
     free(ctx);
 }
 
-const char *kiln_errmsg(const kiln_ctx *ctx) {
-    return ctx ? ctx->errmsg : "no context";
-}
+const char *kiln_errmsg(const kiln_ctx *ctx) { return ctx ? ctx->errmsg : "no context"; }
 
 kiln_status kiln_ctx_set_progress(kiln_ctx *ctx, kiln_progress mode) {
     if (!ctx)
         return KILN_E_ARG;
     if (mode != KILN_PROGRESS_AUTO && mode != KILN_PROGRESS_ON && mode != KILN_PROGRESS_OFF)
-        return kiln_fail(ctx, KILN_E_ARG, "progress mode %d is not one of AUTO, ON, OFF", (int)mode);
+        return kiln_fail(ctx, KILN_E_ARG, "progress mode %d is not one of AUTO, ON, OFF",
+                         (int)mode);
     ctx->progress = mode;
     return KILN_OK;
 }
@@ -147,14 +146,16 @@ void kiln_clear_error(kiln_ctx *ctx) {
 kiln_status kiln_alloc(kiln_ctx *ctx, size_t bytes, const char *what, void **out) {
     *out = malloc(bytes ? bytes : 1);
     if (!*out)
-        return kiln_fail(ctx, KILN_E_NOMEM, "out of memory allocating %zu bytes for %s", bytes, what);
+        return kiln_fail(ctx, KILN_E_NOMEM, "out of memory allocating %zu bytes for %s", bytes,
+                         what);
     return KILN_OK;
 }
 
 kiln_status kiln_calloc(kiln_ctx *ctx, size_t bytes, const char *what, void **out) {
     *out = calloc(1, bytes ? bytes : 1);
     if (!*out)
-        return kiln_fail(ctx, KILN_E_NOMEM, "out of memory allocating %zu bytes for %s", bytes, what);
+        return kiln_fail(ctx, KILN_E_NOMEM, "out of memory allocating %zu bytes for %s", bytes,
+                         what);
     return KILN_OK;
 }
 
@@ -163,7 +164,8 @@ kiln_status kiln_alloc_aligned(kiln_ctx *ctx, size_t bytes, const char *what, vo
     *out = NULL;
     if (rounded < bytes || posix_memalign(out, 64, rounded ? rounded : 64) != 0) {
         *out = NULL;
-        return kiln_fail(ctx, KILN_E_NOMEM, "out of memory allocating %zu bytes for %s", bytes, what);
+        return kiln_fail(ctx, KILN_E_NOMEM, "out of memory allocating %zu bytes for %s", bytes,
+                         what);
     }
     return KILN_OK;
 }

@@ -24,10 +24,10 @@
 #define KILN_ERRMSG_MAX 1024
 
 struct kiln_ctx {
-    pthread_mutex_t lock;          /* guards errmsg */
-    char errmsg[KILN_ERRMSG_MAX];  /* last failure, NUL-terminated */
-    kiln_progress progress;        /* KILN_PROGRESS_* */
-    void *device;                  /* host/ OpenCL state (struct kiln_device_state), NULL until used */
+    pthread_mutex_t lock;         /* guards errmsg */
+    char errmsg[KILN_ERRMSG_MAX]; /* last failure, NUL-terminated */
+    kiln_progress progress;       /* KILN_PROGRESS_* */
+    void *device; /* host/ OpenCL state (struct kiln_device_state), NULL until used */
 };
 
 /* Records a formatted message on ctx (may be NULL) and returns status. */

@@ -94,10 +94,10 @@ static void stage(kiln_build_report *rep, const char *name, double seconds) {
 typedef struct codes {
     bool residual;
     const kiln_q4 *q;
-    kiln_q4_set global;   /* IP: all n vectors */
-    kiln_q4_set group;    /* residual: one group's slots, capacity cap_slots */
-    uint32_t *identity;   /* residual: 0..cap_slots-1, the "members" of a group */
-    float *rows;          /* residual: ENCODE_CHUNK residual rows */
+    kiln_q4_set global; /* IP: all n vectors */
+    kiln_q4_set group;  /* residual: one group's slots, capacity cap_slots */
+    uint32_t *identity; /* residual: 0..cap_slots-1, the "members" of a group */
+    float *rows;        /* residual: ENCODE_CHUNK residual rows */
 } codes;
 
 #define ENCODE_CHUNK 4096 /* residual rows encoded per call: a few MiB of floats */
@@ -111,7 +111,8 @@ static kiln_status train_residual(kiln_ctx *ctx, const struct kiln_index *ix,
     const uint64_t slots = cl->offsets[cl->k];
     const size_t m = slots < Q4_SAMPLE ? (size_t)slots : Q4_SAMPLE;
     float *rows = NULL;
-    kiln_status st = kiln_alloc(ctx, m * ix->dim * sizeof(float), "quantizer sample", (void **)&rows);
+    kiln_status st =
+        kiln_alloc(ctx, m * ix->dim * sizeof(float), "quantizer sample", (void **)&rows);
     if (st)
         return st;
     uint32_t c = 0;
@@ -119,7 +120,8 @@ static kiln_status train_residual(kiln_ctx *ctx, const struct kiln_index *ix,
         uint64_t s = (uint64_t)((double)i * (double)slots / (double)m);
         while (cl->offsets[c + 1] <= s)
             c++;
-        const float *x = kiln_vector(ix, cl->members[s]), *cen = cl->centroids + (size_t)c * ix->dim;
+        const float *x = kiln_vector(ix, cl->members[s]),
+                    *cen = cl->centroids + (size_t)c * ix->dim;
         for (uint32_t j = 0; j < ix->dim; j++)
             rows[i * ix->dim + j] = x[j] - cen[j];
     }
@@ -130,9 +132,9 @@ static kiln_status train_residual(kiln_ctx *ctx, const struct kiln_index *ix,
 
 /* Encodes the residuals of slots [base, base+count) (clusters c0..) into
  * co->group. */
-static kiln_status encode_group(kiln_ctx *ctx, const struct kiln_index *ix,
-                                const kiln_clusters *cl, uint32_t c0, uint64_t base,
-                                uint64_t count, codes *co, uint32_t threads) {
+static kiln_status encode_group(kiln_ctx *ctx, const struct kiln_index *ix, const kiln_clusters *cl,
+                                uint32_t c0, uint64_t base, uint64_t count, codes *co,
+                                uint32_t threads) {
     const size_t stride = kiln_q4_stride(co->q->words);
     uint32_t c = c0;
     for (uint64_t done = 0; done < count; done += ENCODE_CHUNK) {

@@ -11,11 +11,11 @@
 #include "kiln.h"
 
 typedef struct kiln_progress_bar {
-    const char *stage;       /* static string */
+    const char *stage; /* static string */
     uint64_t total;
     _Atomic uint64_t done;
-    double t_start;          /* kiln_now() at begin */
-    _Atomic double t_last;   /* last print */
+    double t_start;        /* kiln_now() at begin */
+    _Atomic double t_last; /* last print */
     bool enabled;
 } kiln_progress_bar;
 

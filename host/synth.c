@@ -14,10 +14,10 @@
 #include "ctx_internal.h"
 #include "rng_internal.h"
 
-#define SYNTH_LATENT 12       /* latent dimensions per component; SIFT's intrinsic dim is ~10-20 */
+#define SYNTH_LATENT        12 /* latent dimensions per component; SIFT's intrinsic dim is ~10-20 */
 #define SYNTH_CENTRE_SPREAD 1.0f
-#define SYNTH_LATENT_SCALE 0.35f  /* component extent relative to centre spread */
-#define SYNTH_NOISE 0.02f         /* isotropic noise, keeps rows distinct */
+#define SYNTH_LATENT_SCALE  0.35f /* component extent relative to centre spread */
+#define SYNTH_NOISE         0.02f /* isotropic noise, keeps rows distinct */
 
 static float gauss(kiln_rng *r) {
     /* Box-Muller; one value per call is plenty fast here. */

@@ -29,7 +29,7 @@ extern "C" {
 #define KILN_VERSION_MAJOR 0
 #define KILN_VERSION_MINOR 1
 #define KILN_VERSION_PATCH 0
-#define KILN_VERSION_NUMBER \
+#define KILN_VERSION_NUMBER                                                                        \
     (KILN_VERSION_MAJOR * 10000 + KILN_VERSION_MINOR * 100 + KILN_VERSION_PATCH)
 #define KILN_VERSION_STRING "0.1.0"
 
@@ -44,18 +44,18 @@ extern "C" {
 /* Values are frozen: they may be stored, logged or compared across versions. */
 typedef enum kiln_status {
     KILN_OK = 0,
-    KILN_E_ARG = -1,          /* invalid argument or parameter */
-    KILN_E_NOMEM = -2,        /* memory allocation failed */
-    KILN_E_IO = -3,           /* open/read/write/rename failed (errno in message) */
-    KILN_E_FORMAT = -4,       /* malformed input file */
-    KILN_E_VERSION = -5,      /* file format version not supported */
-    KILN_E_CHECKSUM = -6,     /* section checksum mismatch */
-    KILN_E_RANGE = -7,        /* a count, size or id is out of range */
-    KILN_E_UNSUPPORTED = -8,  /* valid request this build cannot serve */
-    KILN_E_DEVICE = -9,       /* an OpenCL call failed */
-    KILN_E_NO_DEVICE = -10,   /* no OpenCL platform or matching device */
-    KILN_E_INVALID = -11,     /* the graph validator found a defect */
-    KILN_E_INTERNAL = -12     /* a bug in kiln */
+    KILN_E_ARG = -1,         /* invalid argument or parameter */
+    KILN_E_NOMEM = -2,       /* memory allocation failed */
+    KILN_E_IO = -3,          /* open/read/write/rename failed (errno in message) */
+    KILN_E_FORMAT = -4,      /* malformed input file */
+    KILN_E_VERSION = -5,     /* file format version not supported */
+    KILN_E_CHECKSUM = -6,    /* section checksum mismatch */
+    KILN_E_RANGE = -7,       /* a count, size or id is out of range */
+    KILN_E_UNSUPPORTED = -8, /* valid request this build cannot serve */
+    KILN_E_DEVICE = -9,      /* an OpenCL call failed */
+    KILN_E_NO_DEVICE = -10,  /* no OpenCL platform or matching device */
+    KILN_E_INVALID = -11,    /* the graph validator found a defect */
+    KILN_E_INTERNAL = -12    /* a bug in kiln */
 } kiln_status;
 
 /* Static name of a status code, e.g. "KILN_E_FORMAT"; never NULL. */
@@ -90,9 +90,9 @@ KILN_API kiln_status kiln_ctx_set_progress(kiln_ctx *ctx, kiln_progress mode);
 /* ==== Metrics and element types ==== */
 
 typedef enum kiln_metric {
-    KILN_METRIC_L2 = 1,  /* squared Euclidean distance */
-    KILN_METRIC_IP = 2,  /* inner product; distance = 1 - <a,b> (hnswlib's "ip") */
-    KILN_METRIC_COS = 3  /* cosine; vectors normalised on insert, then as IP */
+    KILN_METRIC_L2 = 1, /* squared Euclidean distance */
+    KILN_METRIC_IP = 2, /* inner product; distance = 1 - <a,b> (hnswlib's "ip") */
+    KILN_METRIC_COS = 3 /* cosine; vectors normalised on insert, then as IP */
 } kiln_metric;
 
 KILN_API const char *kiln_metric_name(kiln_metric metric);
@@ -162,9 +162,9 @@ KILN_API kiln_status kiln_dataset_write(kiln_ctx *ctx, const char *path, kiln_fo
  * NULL) get each query's neighbours nearest first, ties by smaller id; rows
  * are padded with -1 / +inf when n < k. threads 0 = all cores. */
 KILN_API kiln_status kiln_knn_exact(kiln_ctx *ctx, const float *base, size_t n,
-                                    const float *queries, size_t nq, size_t dim,
-                                    kiln_metric metric, uint32_t k, uint32_t threads,
-                                    int64_t *labels, float *distances);
+                                    const float *queries, size_t nq, size_t dim, kiln_metric metric,
+                                    uint32_t k, uint32_t threads, int64_t *labels,
+                                    float *distances);
 /* The same over datasets, streaming the base in blocks so it never has to be
  * in memory whole. */
 KILN_API kiln_status kiln_knn_exact_dataset(kiln_ctx *ctx, const kiln_dataset *base,
@@ -201,16 +201,16 @@ typedef enum kiln_device_type {
 #define KILN_DEVICE_NAME_MAX 128
 
 typedef struct kiln_device_info {
-    uint32_t index;                          /* 0..count-1 */
-    uint32_t platform_index;                 /* P of "P:D" */
-    uint32_t device_index;                   /* D of "P:D" */
+    uint32_t index;          /* 0..count-1 */
+    uint32_t platform_index; /* P of "P:D" */
+    uint32_t device_index;   /* D of "P:D" */
     kiln_device_type type;
     char platform_name[KILN_DEVICE_NAME_MAX]; /* NUL-terminated, cut to fit */
     char device_name[KILN_DEVICE_NAME_MAX];
-    char version[KILN_DEVICE_NAME_MAX];       /* CL_DEVICE_VERSION */
+    char version[KILN_DEVICE_NAME_MAX]; /* CL_DEVICE_VERSION */
     uint64_t global_mem_bytes;
-    uint64_t max_alloc_bytes;                 /* largest single buffer */
-    uint64_t local_mem_bytes;                 /* per work-group */
+    uint64_t max_alloc_bytes; /* largest single buffer */
+    uint64_t local_mem_bytes; /* per work-group */
     uint32_t compute_units;
 } kiln_device_info;
 
@@ -246,14 +246,14 @@ typedef struct kiln_build_params {
     uint64_t seed;            /* PRNG seed for levels and sampling; default 1 */
 
     /* KILN_METHOD_DEVICE only: */
-    const char *device;       /* "auto", "cpu", "gpu" or "P:D"; NULL = $KILN_DEVICE, else
-                                 "auto" (borrowed for the call); default NULL */
-    uint32_t clusters;        /* k-means clusters; 0 = from n and cluster_size; default 0 */
-    uint32_t cluster_size;    /* target members per cluster when clusters == 0; default 0 =
-                                 the library's choice (see docs/ARCHITECTURE.md) */
-    uint32_t replicas;        /* nearest clusters each vector joins, >= 2; default 2 */
-    uint32_t knn_k;           /* neighbours kept per vector per cluster on the device;
-                                 0 = 2M; default 0 */
+    const char *device;    /* "auto", "cpu", "gpu" or "P:D"; NULL = $KILN_DEVICE, else
+                              "auto" (borrowed for the call); default NULL */
+    uint32_t clusters;     /* k-means clusters; 0 = from n and cluster_size; default 0 */
+    uint32_t cluster_size; /* target members per cluster when clusters == 0; default 0 =
+                              the library's choice (see docs/ARCHITECTURE.md) */
+    uint32_t replicas;     /* nearest clusters each vector joins, >= 2; default 2 */
+    uint32_t knn_k;        /* neighbours kept per vector per cluster on the device;
+                              0 = 2M; default 0 */
 } kiln_build_params;
 
 KILN_API void kiln_build_params_init(kiln_build_params *params);
@@ -265,19 +265,19 @@ typedef struct kiln_build_report {
     kiln_method method;
     uint32_t n_stages;
     struct {
-        const char *name;   /* static string: "load", "quantize", "kmeans", ... */
+        const char *name; /* static string: "load", "quantize", "kmeans", ... */
         double seconds;
     } stages[KILN_REPORT_MAX_STAGES];
     double total_seconds;
-    uint64_t repaired_links;          /* links added to make level 0 reachable */
+    uint64_t repaired_links; /* links added to make level 0 reachable */
     /* KILN_METHOD_DEVICE only: */
     char device_name[KILN_DEVICE_NAME_MAX];
     uint32_t clusters;
     uint32_t max_cluster_size;
     uint32_t device_batches;
-    uint32_t batch_retries;           /* batches halved after running out of resources */
-    double candidates_per_vector;     /* candidate ids per vector from the device, before
-                                         removing duplicates across clusters, mean */
+    uint32_t batch_retries;       /* batches halved after running out of resources */
+    double candidates_per_vector; /* candidate ids per vector from the device, before
+                                     removing duplicates across clusters, mean */
 } kiln_build_report;
 
 /* The report of the build that made index; KILN_E_ARG for a loaded index. */
@@ -289,8 +289,7 @@ KILN_API kiln_status kiln_index_build(kiln_ctx *ctx, const float *vectors, size_
                                       const kiln_build_params *params, kiln_index **out);
 /* The same, reading rows from a dataset straight into the index's storage. */
 KILN_API kiln_status kiln_index_build_dataset(kiln_ctx *ctx, const kiln_dataset *ds,
-                                              const kiln_build_params *params,
-                                              kiln_index **out);
+                                              const kiln_build_params *params, kiln_index **out);
 KILN_API void kiln_index_free(kiln_index *index);
 
 typedef struct kiln_search_params {
@@ -319,30 +318,29 @@ typedef struct kiln_index_info {
     uint32_t format_version;
     uint32_t dim;
     kiln_metric metric;
-    uint32_t M;               /* upper-level degree bound */
-    uint32_t M0;              /* level-0 degree bound */
+    uint32_t M;  /* upper-level degree bound */
+    uint32_t M0; /* level-0 degree bound */
     uint32_t ef_construction;
-    uint64_t count;           /* vectors */
-    uint32_t max_level;       /* top level (levels are 0..max_level) */
-    uint32_t entry_point;     /* node id; meaningless when count == 0 */
+    uint64_t count;       /* vectors */
+    uint32_t max_level;   /* top level (levels are 0..max_level) */
+    uint32_t entry_point; /* node id; meaningless when count == 0 */
     uint64_t seed;
     uint64_t file_bytes;
 } kiln_index_info;
 
 /* Reads and checks the header of an index file only (cheap for any size). */
-KILN_API kiln_status kiln_index_info_read(kiln_ctx *ctx, const char *path,
-                                          kiln_index_info *out);
+KILN_API kiln_status kiln_index_info_read(kiln_ctx *ctx, const char *path, kiln_index_info *out);
 
 typedef struct kiln_index_stats {
     uint64_t count;
     uint32_t dim;
     kiln_metric metric;
     uint32_t M, M0;
-    uint32_t levels;                            /* max_level + 1; 0 when empty */
-    uint64_t nodes_per_level[KILN_MAX_LEVELS];  /* nodes present on each level */
-    double avg_degree[KILN_MAX_LEVELS];         /* mean out-degree per level */
+    uint32_t levels;                           /* max_level + 1; 0 when empty */
+    uint64_t nodes_per_level[KILN_MAX_LEVELS]; /* nodes present on each level */
+    double avg_degree[KILN_MAX_LEVELS];        /* mean out-degree per level */
     uint32_t max_degree[KILN_MAX_LEVELS];
-    uint64_t memory_bytes;                      /* heap bytes held by the index */
+    uint64_t memory_bytes; /* heap bytes held by the index */
 } kiln_index_stats;
 
 KILN_API kiln_status kiln_index_stats_get(const kiln_index *index, kiln_index_stats *out);

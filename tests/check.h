@@ -12,67 +12,67 @@
 static int check_failures;
 static int check_count;
 
-#define CHECK(cond)                                                                   \
-    do {                                                                              \
-        check_count++;                                                                \
-        if (!(cond)) {                                                                \
-            check_failures++;                                                         \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);  \
-        }                                                                             \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        check_count++;                                                                             \
+        if (!(cond)) {                                                                             \
+            check_failures++;                                                                      \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);               \
+        }                                                                                          \
     } while (0)
 
-#define CHECK_MSG(cond, ...)                                                          \
-    do {                                                                              \
-        check_count++;                                                                \
-        if (!(cond)) {                                                                \
-            check_failures++;                                                         \
-            fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond);  \
-            fprintf(stderr, __VA_ARGS__);                                             \
-            fputc('\n', stderr);                                                      \
-        }                                                                             \
+#define CHECK_MSG(cond, ...)                                                                       \
+    do {                                                                                           \
+        check_count++;                                                                             \
+        if (!(cond)) {                                                                             \
+            check_failures++;                                                                      \
+            fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond);               \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fputc('\n', stderr);                                                                   \
+        }                                                                                          \
     } while (0)
 
 /* A kiln call that must succeed; prints kiln_errmsg on failure. */
-#define CHECK_OK(ctx, call)                                                           \
-    do {                                                                              \
-        kiln_status check_st_ = (call);                                               \
-        check_count++;                                                                \
-        if (check_st_ != KILN_OK) {                                                   \
-            check_failures++;                                                         \
-            fprintf(stderr, "%s:%d: %s returned %s: %s\n", __FILE__, __LINE__, #call,  \
-                    kiln_status_str(check_st_), kiln_errmsg(ctx));                    \
-        }                                                                             \
+#define CHECK_OK(ctx, call)                                                                        \
+    do {                                                                                           \
+        kiln_status check_st_ = (call);                                                            \
+        check_count++;                                                                             \
+        if (check_st_ != KILN_OK) {                                                                \
+            check_failures++;                                                                      \
+            fprintf(stderr, "%s:%d: %s returned %s: %s\n", __FILE__, __LINE__, #call,              \
+                    kiln_status_str(check_st_), kiln_errmsg(ctx));                                 \
+        }                                                                                          \
     } while (0)
 
 /* A kiln call that must fail with `status` and a message containing `needle`. */
-#define CHECK_FAILS(ctx, call, status, needle)                                        \
-    do {                                                                              \
-        kiln_status check_st_ = (call);                                               \
-        check_count++;                                                                \
-        if (check_st_ != (status) || !strstr(kiln_errmsg(ctx), (needle))) {           \
-            check_failures++;                                                         \
-            fprintf(stderr, "%s:%d: %s: want %s with \"%s\", got %s: \"%s\"\n",        \
-                    __FILE__, __LINE__, #call, kiln_status_str(status), (needle),     \
-                    kiln_status_str(check_st_), kiln_errmsg(ctx));                    \
-        }                                                                             \
+#define CHECK_FAILS(ctx, call, status, needle)                                                     \
+    do {                                                                                           \
+        kiln_status check_st_ = (call);                                                            \
+        check_count++;                                                                             \
+        if (check_st_ != (status) || !strstr(kiln_errmsg(ctx), (needle))) {                        \
+            check_failures++;                                                                      \
+            fprintf(stderr, "%s:%d: %s: want %s with \"%s\", got %s: \"%s\"\n", __FILE__,          \
+                    __LINE__, #call, kiln_status_str(status), (needle),                            \
+                    kiln_status_str(check_st_), kiln_errmsg(ctx));                                 \
+        }                                                                                          \
     } while (0)
 
 /* Fatal: stop the test when a precondition for the rest fails. */
-#define REQUIRE(cond)                                                                 \
-    do {                                                                              \
-        if (!(cond)) {                                                                \
-            fprintf(stderr, "%s:%d: REQUIRE failed: %s\n", __FILE__, __LINE__, #cond); \
-            exit(1);                                                                  \
-        }                                                                             \
+#define REQUIRE(cond)                                                                              \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: REQUIRE failed: %s\n", __FILE__, __LINE__, #cond);             \
+            exit(1);                                                                               \
+        }                                                                                          \
     } while (0)
 
 /* Exit code 77 is ctest's SKIP_RETURN_CODE convention in this project. */
-#define SKIP(...)                                                                     \
-    do {                                                                              \
-        fprintf(stderr, "SKIP: ");                                                    \
-        fprintf(stderr, __VA_ARGS__);                                                 \
-        fputc('\n', stderr);                                                          \
-        exit(77);                                                                     \
+#define SKIP(...)                                                                                  \
+    do {                                                                                           \
+        fprintf(stderr, "SKIP: ");                                                                 \
+        fprintf(stderr, __VA_ARGS__);                                                              \
+        fputc('\n', stderr);                                                                       \
+        exit(77);                                                                                  \
     } while (0)
 
 static inline int check_report(const char *name) {

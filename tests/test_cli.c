@@ -67,9 +67,9 @@ static void test_help(void) {
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         CHECK_MSG(strstr(out_text, cmds[i]) != NULL, "kiln --help lacks %s", cmds[i]);
     CHECK(run("build --help") == 0);
-    const char *opts[] = {"--metric", "(default: l2)", "-M", "(default: 16)", "--ef-construction",
-                          "(default: 200)", "--method", "(default: insert)", "--threads",
-                          "--seed", "--progress"};
+    const char *opts[] = {"--metric",          "(default: l2)",  "-M",        "(default: 16)",
+                          "--ef-construction", "(default: 200)", "--method",  "(default: insert)",
+                          "--threads",         "--seed",         "--progress"};
     for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++)
         CHECK_MSG(strstr(out_text, opts[i]) != NULL, "kiln build --help lacks %s", opts[i]);
     CHECK(run("eval --help") == 0 && strstr(out_text, "(default: 10,16,32,64,128)"));
@@ -82,7 +82,8 @@ static void test_pipeline(void) {
     char a[4096];
     snprintf(a, sizeof a,
              "generate -n 3000 -d 16 --clusters 8 --seed 3 -o %s/b.fvecs --queries 50 "
-             "--queries-out %s/q.fvecs", tmp, tmp);
+             "--queries-out %s/q.fvecs",
+             tmp, tmp);
     REQUIRE(run(a) == 0);
     snprintf(a, sizeof a, "groundtruth %s/b.fvecs %s/q.fvecs -k 20 -o %s/gt.ivecs", tmp, tmp, tmp);
     CHECK_MSG(run(a) == 0, "%s", err_text);
@@ -113,7 +114,8 @@ static void test_pipeline(void) {
     CHECK(strstr(out_text, "\"ef\": 10") && strstr(out_text, "\"recall\"") &&
           strstr(out_text, "\"qps\""));
     const char *last = strstr(out_text, "\"ef\": 64");
-    double recall = last && strstr(last, "\"recall\": ") ? atof(strstr(last, "\"recall\": ") + 10) : 0;
+    double recall =
+        last && strstr(last, "\"recall\": ") ? atof(strstr(last, "\"recall\": ") + 10) : 0;
     CHECK_MSG(recall >= 0.95, "recall@10 at ef=64 from kiln eval: %.4f", recall);
     CHECK(no_temp_files());
 }
@@ -133,7 +135,8 @@ static void test_bad_input(void) {
     fclose(f);
     snprintf(a, sizeof a, "build %s -o %s/bad.kiln", p, tmp);
     CHECK(run(a) == 1);
-    CHECK_MSG(strstr(err_text, "trunc.fvecs") && count_lines(err_text) == 1, "stderr: %s", err_text);
+    CHECK_MSG(strstr(err_text, "trunc.fvecs") && count_lines(err_text) == 1, "stderr: %s",
+              err_text);
     CHECK(!exists("bad.kiln"));
 
     snprintf(p, sizeof p, "%s/data.bin", tmp);

@@ -68,8 +68,9 @@ static void test_real(kiln_ctx *ctx, const char *name) {
     CHECK(rep.device_name[0] != '\0' && rep.n_stages >= 5);
     double r = recall10(ctx, ix, q, nq, gt, gk, 64);
     CHECK_MSG(r >= 0.95, "%s: device build recall@10 at ef=64 is %.4f", name, r);
-    fprintf(stderr, "%s device build: recall@10 ef64 %.4f, %u clusters (largest %u), %.1f "
-                    "candidates/vector\n",
+    fprintf(stderr,
+            "%s device build: recall@10 ef64 %.4f, %u clusters (largest %u), %.1f "
+            "candidates/vector\n",
             name, r, rep.clusters, rep.max_cluster_size, rep.candidates_per_vector);
     kiln_index_free(ix);
     free(q);

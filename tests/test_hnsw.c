@@ -46,9 +46,10 @@ static void test_siftsmall(kiln_ctx *ctx) {
         fprintf(stderr, "SKIP siftsmall: %s (../shared/datasets absent)\n", kiln_errmsg(ctx));
         return;
     }
-    CHECK_OK(ctx, kiln_dataset_open(ctx, SIFT_DIR "/siftsmall_query.fvecs", KILN_FORMAT_AUTO, 0, &qs));
-    CHECK_OK(ctx, kiln_dataset_open(ctx, SIFT_DIR "/siftsmall_groundtruth.ivecs", KILN_FORMAT_AUTO, 0,
-                                    &gtds));
+    CHECK_OK(ctx,
+             kiln_dataset_open(ctx, SIFT_DIR "/siftsmall_query.fvecs", KILN_FORMAT_AUTO, 0, &qs));
+    CHECK_OK(ctx, kiln_dataset_open(ctx, SIFT_DIR "/siftsmall_groundtruth.ivecs", KILN_FORMAT_AUTO,
+                                    0, &gtds));
     REQUIRE(qs && gtds);
     size_t nq = kiln_dataset_count(qs), d = kiln_dataset_dim(qs), gk = kiln_dataset_dim(gtds);
     float *q = malloc(nq * d * sizeof *q);
@@ -69,10 +70,12 @@ static void test_siftsmall(kiln_ctx *ctx) {
         REQUIRE(ix);
         CHECK_OK(ctx, kiln_index_check(ix));
         double r32 = search_recall(ctx, ix, q, nq, gt, (uint32_t)gk, 10, 32);
-        CHECK_MSG(r32 >= 0.95, "threads=%u: recall@10 at ef=32 is %.4f, want >= 0.95", threads, r32);
+        CHECK_MSG(r32 >= 0.95, "threads=%u: recall@10 at ef=32 is %.4f, want >= 0.95", threads,
+                  r32);
         double r10 = search_recall(ctx, ix, q, nq, gt, (uint32_t)gk, 10, 10);
         double r128 = search_recall(ctx, ix, q, nq, gt, (uint32_t)gk, 10, 128);
-        CHECK_MSG(r128 >= r10, "recall should not fall as ef grows: %.4f at 10, %.4f at 128", r10, r128);
+        CHECK_MSG(r128 >= r10, "recall should not fall as ef grows: %.4f at 10, %.4f at 128", r10,
+                  r128);
         fprintf(stderr, "siftsmall threads=%u: recall@10 ef10 %.4f ef32 %.4f ef128 %.4f\n", threads,
                 r10, r32, r128);
         kiln_index_free(ix);

@@ -61,7 +61,8 @@ static void test_from_exact_candidates(kiln_ctx *ctx) {
         CHECK(l[0] <= ix->M0);
         total += l[0];
     }
-    CHECK_MSG(total / n >= 8, "average level-0 degree %llu is too low", (unsigned long long)(total / n));
+    CHECK_MSG(total / n >= 8, "average level-0 degree %llu is too low",
+              (unsigned long long)(total / n));
 
     CHECK_OK(ctx, kiln_hnsw_insert_levels(ix, 100, 2, 1));
     uint64_t repaired = 0;

@@ -19,15 +19,20 @@ static uint64_t replay_next(void) {
 /* One of: flip bits, overwrite a 4- or 8-byte field with an extreme value,
  * truncate, or duplicate a range. Returns the new length (<= cap). */
 static size_t mutate(uint8_t *buf, size_t len, size_t cap) {
-    static const uint64_t extremes[] = {0, 1, 0x7f, 0xff, 0x7fffffff, 0x80000000u,
-                                        0xffffffffu, 0xffffffffffffffffull, 0x100000000ull};
+    static const uint64_t extremes[] = {0,
+                                        1,
+                                        0x7f,
+                                        0xff,
+                                        0x7fffffff,
+                                        0x80000000u,
+                                        0xffffffffu,
+                                        0xffffffffffffffffull,
+                                        0x100000000ull};
     if (len == 0)
         return 0;
     size_t pos = replay_next() % len;
     switch (replay_next() % 5) {
-    case 0:
-        buf[pos] ^= (uint8_t)(1u << (replay_next() % 8));
-        break;
+    case 0: buf[pos] ^= (uint8_t)(1u << (replay_next() % 8)); break;
     case 1: {
         uint64_t v = extremes[replay_next() % (sizeof extremes / sizeof extremes[0])];
         size_t w = (replay_next() & 1) ? 8 : 4;
@@ -35,11 +40,8 @@ static size_t mutate(uint8_t *buf, size_t len, size_t cap) {
             buf[pos + i] = (uint8_t)(v >> (8 * i));
         break;
     }
-    case 2:
-        return pos;
-    case 3:
-        buf[pos] = (uint8_t)replay_next();
-        break;
+    case 2: return pos;
+    case 3: buf[pos] = (uint8_t)replay_next(); break;
     default: {
         size_t n = 1 + replay_next() % 64;
         if (len + n > cap)
