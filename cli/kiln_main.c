@@ -106,7 +106,7 @@ static const cli_opt build_opts[] = {
     {"metric", 0, "l2|ip|cos", "l2", "distance"},
     {"M", 'M', "N", "16", "links per node on upper levels; 2M on level 0"},
     {"ef-construction", 0, "N", "200", "beam width while building"},
-    {"method", 0, "insert|device", "insert", "insert: CPU HNSW insertion; device: OpenCL pipeline"},
+    {"method", 0, "device|insert", "device", "device: the OpenCL pipeline; insert: CPU HNSW insertion"},
     {"device", 0, "auto|cpu|gpu|P:D", NULL,
      "OpenCL device for --method device (default: $KILN_DEVICE, else auto = a GPU if any)"},
     {"clusters", 0, "N", "0", "device: k-means clusters; 0 = from n and --cluster-size"},
@@ -511,8 +511,12 @@ done:
 /* ==== info, check ==== */
 
 static const cli_opt no_opts[] = {{NULL, 0, NULL, NULL, NULL}};
-static const cli_cmd info_cmd = {
-    "info", "INDEX", "Show an index's header, levels, degrees and size.", no_opts, 1, 1};
+static const cli_opt info_opts[] = {
+    {"header", 0, NULL, NULL, "read the header alone (constant time for any size); no per-level stats"},
+    {NULL, 0, NULL, NULL, NULL}};
+static const cli_cmd info_cmd = {"info", "INDEX [--header]",
+                                 "Show an index's header, levels, degrees and size.", info_opts, 1,
+                                 1};
 static const cli_cmd check_cmd = {
     "check", "INDEX", "Verify an index file and run the graph validator.", no_opts, 1, 1};
 
@@ -523,12 +527,15 @@ static int cmd_info(const cli_args *a) {
     kiln_index_info h;
     kiln_index *ix = NULL;
     int rc = 0;
-    if (kiln_index_info_read(ctx, a->pos[0], &h) || kiln_index_load(ctx, a->pos[0], &ix)) {
+    bool header_only = cli_flag(a, "header");
+    if (kiln_index_info_read(ctx, a->pos[0], &h) ||
+        (!header_only && kiln_index_load(ctx, a->pos[0], &ix))) {
         rc = fail("info", ctx);
         goto done;
     }
-    kiln_index_stats s;
-    kiln_index_stats_get(ix, &s);
+    kiln_index_stats s = {.levels = h.count ? h.max_level + 1 : 0};
+    if (ix)
+        kiln_index_stats_get(ix, &s);
     printf("file:            %s\n", a->pos[0]);
     printf("format version:  %u\n", h.format_version);
     printf("count:           %llu\n", (unsigned long long)h.count);
@@ -540,6 +547,8 @@ static int cmd_info(const cli_args *a) {
     printf("layers:          %u\n", s.levels);
     printf("entry point:     %u\n", h.entry_point);
     printf("file bytes:      %llu\n", (unsigned long long)h.file_bytes);
+    if (header_only)
+        goto done;
     printf("memory bytes:    %llu\n", (unsigned long long)s.memory_bytes);
     printf("%-6s %-12s %-10s %-10s\n", "level", "nodes", "avg_deg", "max_deg");
     for (uint32_t l = 0; l < s.levels; l++)

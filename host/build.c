@@ -47,7 +47,7 @@ void kiln_build_params_init(kiln_build_params *p) {
     p->metric = KILN_METRIC_L2;
     p->M = 16;
     p->ef_construction = 200;
-    p->method = KILN_METHOD_INSERT;
+    p->method = KILN_METHOD_DEVICE;
     p->threads = 0;
     p->seed = 1;
     p->replicas = 2;

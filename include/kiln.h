@@ -241,7 +241,7 @@ typedef struct kiln_build_params {
     kiln_metric metric;       /* default KILN_METRIC_L2 */
     uint32_t M;               /* links per node on upper levels (2M on level 0); default 16 */
     uint32_t ef_construction; /* beam width while inserting; default 200 */
-    kiln_method method;       /* default KILN_METHOD_INSERT */
+    kiln_method method;       /* default KILN_METHOD_DEVICE */
     uint32_t threads;         /* 0 = all cores; default 0 */
     uint64_t seed;            /* PRNG seed for levels and sampling; default 1 */
 

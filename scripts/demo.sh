@@ -11,7 +11,7 @@ echo "== kiln demo: $N x 128 seeded clustered vectors, 1000 queries"
     --queries 1000 --queries-out "$OUT/queries.fvecs"
 echo "== exact ground truth (brute force)"
 "$KILN" groundtruth "$OUT/base.fvecs" "$OUT/queries.fvecs" -k 100 -o "$OUT/gt.ivecs"
-for method in ${KILN_DEMO_METHODS:-insert}; do
+for method in ${KILN_DEMO_METHODS:-device insert}; do
   echo "== build --method $method"
   "$KILN" build "$OUT/base.fvecs" -o "$OUT/demo-$method.kiln" --method "$method"
   "$KILN" check "$OUT/demo-$method.kiln"

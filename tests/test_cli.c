@@ -68,7 +68,7 @@ static void test_help(void) {
         CHECK_MSG(strstr(out_text, cmds[i]) != NULL, "kiln --help lacks %s", cmds[i]);
     CHECK(run("build --help") == 0);
     const char *opts[] = {"--metric",          "(default: l2)",  "-M",        "(default: 16)",
-                          "--ef-construction", "(default: 200)", "--method",  "(default: insert)",
+                          "--ef-construction", "(default: 200)", "--method",  "(default: device)",
                           "--threads",         "--seed",         "--progress"};
     for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++)
         CHECK_MSG(strstr(out_text, opts[i]) != NULL, "kiln build --help lacks %s", opts[i]);
@@ -147,6 +147,23 @@ static void test_bad_input(void) {
     snprintf(a, sizeof a, "build %s -o %s/bad.kiln", p, tmp);
     CHECK(run(a) != 0 && strstr(err_text, "--format"));
     CHECK(!exists("bad.kiln"));
+
+    /* No OpenCL platform at all: the device method says how to get one and
+     * leaves nothing behind; --method insert still works. */
+    char env_kiln[1024];
+    const char *saved = kiln;
+    snprintf(env_kiln, sizeof env_kiln, "OCL_ICD_VENDORS=%s/no-vendors %s", tmp, saved);
+    kiln = env_kiln;
+    snprintf(a, sizeof a, "build %s/b.fvecs -o %s/nodev.kiln --method device", tmp, tmp);
+    CHECK(run(a) == 1);
+    CHECK_MSG(strstr(err_text, "pocl-opencl-icd") && count_lines(err_text) == 1, "stderr: %s",
+              err_text);
+    CHECK(!exists("nodev.kiln"));
+    CHECK(run("devices") == 1 && strstr(err_text, "pocl-opencl-icd"));
+    snprintf(a, sizeof a, "build %s/b.fvecs -o %s/nodev.kiln --method insert", tmp, tmp);
+    CHECK_MSG(run(a) == 0, "%s", err_text);
+    CHECK(exists("nodev.kiln"));
+    kiln = saved;
 
     snprintf(a, sizeof a, "check %s/nonexistent.kiln", tmp);
     CHECK(run(a) == 1 && strstr(err_text, "nonexistent.kiln"));

@@ -13,6 +13,12 @@
 
 /* ==== Helpers ==== */
 
+/* The defaults with the CPU insertion build this file tests. */
+static void insert_params(kiln_build_params *p) {
+    kiln_build_params_init(p);
+    p->method = KILN_METHOD_INSERT;
+}
+
 /* recall@k of labels against gt rows of gk ids (first k used). */
 static double recall_at(const int64_t *labels, const int64_t *gt, size_t nq, uint32_t k,
                         uint32_t gk) {
@@ -63,7 +69,7 @@ static void test_siftsmall(kiln_ctx *ctx) {
 
     for (uint32_t threads = 1; threads <= 2; threads++) {
         kiln_build_params p;
-        kiln_build_params_init(&p);
+        insert_params(&p);
         p.threads = threads;
         kiln_index *ix = NULL;
         CHECK_OK(ctx, kiln_index_build_dataset(ctx, base, &p, &ix));
@@ -102,7 +108,7 @@ static void test_metrics(kiln_ctx *ctx) {
     for (size_t m = 0; m < 3; m++) {
         CHECK_OK(ctx, kiln_knn_exact(ctx, all, n, q, nq, d, metrics[m], k, 0, gt, NULL));
         kiln_build_params p;
-        kiln_build_params_init(&p);
+        insert_params(&p);
         p.metric = metrics[m];
         kiln_index *ix = NULL;
         CHECK_OK(ctx, kiln_index_build(ctx, all, n, d, &p, &ix));
@@ -134,7 +140,7 @@ static void test_determinism(kiln_ctx *ctx) {
     REQUIRE(x);
     CHECK_OK(ctx, kiln_synth_clustered(ctx, n, d, 8, 5, x));
     kiln_build_params p;
-    kiln_build_params_init(&p);
+    insert_params(&p);
     p.threads = 1;
     p.seed = 7;
     kiln_index *a = NULL, *b = NULL;
@@ -180,7 +186,7 @@ static void test_determinism(kiln_ctx *ctx) {
 static void test_small_sizes(kiln_ctx *ctx) {
     const float pts[] = {0, 0, 1, 0, 0, 1, 5, 5};
     kiln_build_params p;
-    kiln_build_params_init(&p);
+    insert_params(&p);
     for (size_t n = 0; n <= 4; n++) {
         kiln_index *ix = NULL;
         CHECK_OK(ctx, kiln_index_build(ctx, pts, n, 2, &p, &ix));
@@ -208,16 +214,16 @@ static void test_bad_params(kiln_ctx *ctx) {
     const float x[4] = {1, 2, 3, 4};
     kiln_build_params p;
     kiln_index *ix = (kiln_index *)1;
-    kiln_build_params_init(&p);
+    insert_params(&p);
     p.M = 1;
     CHECK_FAILS(ctx, kiln_index_build(ctx, x, 2, 2, &p, &ix), KILN_E_ARG, "M = 1");
     CHECK(ix == NULL);
-    kiln_build_params_init(&p);
+    insert_params(&p);
     p.metric = (kiln_metric)9;
     CHECK_FAILS(ctx, kiln_index_build(ctx, x, 2, 2, &p, &ix), KILN_E_ARG, "metric");
-    kiln_build_params_init(&p);
+    insert_params(&p);
     CHECK_FAILS(ctx, kiln_index_build(ctx, x, 2, 0, &p, &ix), KILN_E_ARG, "dim");
-    kiln_build_params_init(&p);
+    insert_params(&p);
     CHECK_OK(ctx, kiln_index_build(ctx, x, 2, 2, &p, &ix));
     int64_t lab[2];
     kiln_search_params sp = {.k = 0, .ef = 10, .threads = 1};
@@ -233,7 +239,7 @@ static void test_validator(kiln_ctx *ctx) {
     REQUIRE(x);
     CHECK_OK(ctx, kiln_synth_clustered(ctx, n, d, 4, 3, x));
     kiln_build_params p;
-    kiln_build_params_init(&p);
+    insert_params(&p);
     p.threads = 1;
     kiln_index *ix = NULL;
     CHECK_OK(ctx, kiln_index_build(ctx, x, n, d, &p, &ix));

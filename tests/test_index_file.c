@@ -743,6 +743,7 @@ static void test_built(kiln_ctx *ctx) {
     float *rows = built_rows(ctx, &n, &dim, &queries);
     kiln_build_params bp;
     kiln_build_params_init(&bp);
+    bp.method = KILN_METHOD_INSERT;
     bp.M = 8;
     bp.ef_construction = 64;
     bp.threads = 1;

@@ -273,6 +273,7 @@ static struct kiln_index *seed_built(void) {
         v[i] = (float)kiln_rng_uniform(&rng);
     kiln_build_params bp;
     kiln_build_params_init(&bp);
+    bp.method = KILN_METHOD_INSERT;
     bp.M = 3;
     bp.ef_construction = 16;
     bp.threads = 1;
