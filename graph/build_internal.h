@@ -34,8 +34,8 @@ kiln_status kiln_hnsw_insert_levels(struct kiln_index *ix, uint32_t ef_construct
  * cand[i*width .. i*width+width) (KILN_NO_NODE pads; duplicates and self
  * allowed). Each list is deduplicated, reranked with exact distances, pruned
  * with the heuristic to at most M0, then reverse links are added with
- * re-pruning of full lists. Nodes on level >= 1 also take their level-1 links
- * as candidates, so build the upper levels first. */
+ * re-pruning of full lists. Level-1 links are embedded as protected
+ * "highways" (graph/merge.c decision 4), so build the upper levels first. */
 kiln_status kiln_level0_from_candidates(struct kiln_index *ix, const uint32_t *cand, uint32_t width,
                                         int threads);
 

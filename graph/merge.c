@@ -20,13 +20,18 @@
  *     room, so most reverse links land without a re-prune.
  *  3. Forward lists are written before any reverse link, so a node's final
  *     list is its own selection plus what others chose to add.
- *  4. Nodes on level 1 add their level-1 links to their candidates. A kNN
- *     graph of well-separated clusters has no links between them, and search
- *     that lands in the wrong cluster cannot leave it (measured: recall@10
- *     stuck at 0.985 from ef=64 to ef=256 on synthetic clustered data). The
- *     upper levels, built first by insertion over the sparse level-1 nodes,
- *     hold exactly such long links; they play the part of the links that
- *     insertion's early, sparse phase gives level 0.
+ *  4. Highways. A kNN graph has only local links: of well-separated clusters
+ *     it has none between them, and even inside one cluster a beam needs many
+ *     hops (measured on 200K synthetic clustered vectors: recall@10 stuck at
+ *     0.972 at ef=256 while insertion reached 1.000). The upper levels, built
+ *     first by insertion over the ~1/M sparse level-1 nodes, are exactly a
+ *     navigable long-range graph, so level 0 embeds it: a level-1 node keeps
+ *     its level-1 links, and every other node keeps a link to the level-1
+ *     node a greedy descent for its vector ends on (its "entrance") and takes
+ *     that node's level-1 links as candidates. These links are protected from
+ *     the heuristic, which would prune them as dominated by nearer nodes (a
+ *     refinement pass that re-pruned from a local beam did exactly that and
+ *     lost recall). Measured, same data: ef=64 0.945 -> 0.986, ef=256 1.000.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -40,30 +45,57 @@ static int u32_cmp(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* Node i's forward list, written to its level-0 block. cands and ids have
- * room for width + M entries. */
+/* The protected links of node i (decision 4): a level-1 node keeps its
+ * level-1 links; any other node keeps the level-1 node that a greedy descent
+ * for its vector ends on. Returns how many went to prot. Also appends to
+ * ids[*n] the descent node's level-1 links as ordinary candidates. */
+static uint32_t highway_links(const struct kiln_index *ix, uint32_t i, uint32_t *prot,
+                              uint32_t *ids, uint32_t *n) {
+    if (ix->levels[i] >= 1) {
+        const uint32_t *up = kiln_links(ix, i, 1);
+        memcpy(prot, up + 1, up[0] * sizeof(uint32_t));
+        return up[0];
+    }
+    if (ix->max_level == 0 || ix->entry_point >= ix->count) /* no hierarchy built */
+        return 0;
+    const float *v = kiln_vector(ix, i);
+    uint32_t cur = ix->entry_point;
+    float cur_dist = ix->dist(v, kiln_vector(ix, cur), ix->dim);
+    kiln_greedy_descend(ix, NULL, v, ix->max_level, 1, &cur, &cur_dist);
+    const uint32_t *up = kiln_links(ix, cur, 1);
+    for (uint32_t j = 0; j < up[0]; j++)
+        ids[(*n)++] = up[1 + j];
+    prot[0] = cur;
+    return 1;
+}
+
+/* Node i's forward list, written to its level-0 block: the protected links,
+ * then the heuristic's choice among the candidates, then the nearest pruned
+ * candidates up to M. cands and ids have room for width + M entries. */
 static void select_forward(struct kiln_index *ix, const uint32_t *cand, uint32_t width, uint32_t i,
                            uint32_t *ids, kiln_cand *cands) {
+    uint32_t prot[KILN_MAX_M];
     uint32_t n = 0;
     for (uint32_t j = 0; j < width; j++)
         if (cand[j] != KILN_NO_NODE && cand[j] != i && cand[j] < ix->count)
             ids[n++] = cand[j];
-    if (ix->levels[i] >= 1) { /* decision 4 */
-        const uint32_t *up = kiln_links(ix, i, 1);
-        for (uint32_t j = 0; j < up[0]; j++)
-            ids[n++] = up[1 + j];
-    }
+    const uint32_t np = highway_links(ix, i, prot, ids, &n);
     qsort(ids, n, sizeof *ids, u32_cmp);
     const float *v = kiln_vector(ix, i);
     uint32_t m = 0;
     for (uint32_t j = 0; j < n; j++) {
         if (j > 0 && ids[j] == ids[j - 1])
             continue;
-        cands[m++] = (kiln_cand){ix->dist(v, kiln_vector(ix, ids[j]), ix->dim), ids[j]};
+        bool is_prot = false;
+        for (uint32_t t = 0; t < np && !is_prot; t++)
+            is_prot = prot[t] == ids[j];
+        if (!is_prot)
+            cands[m++] = (kiln_cand){ix->dist(v, kiln_vector(ix, ids[j]), ix->dim), ids[j]};
     }
     kiln_cands_sort(cands, m);
     uint32_t *l = kiln_links(ix, i, 0);
-    uint32_t kept = kiln_select_neighbors(ix, cands, m, ix->M0, l + 1);
+    memcpy(l + 1, prot, np * sizeof(uint32_t));
+    uint32_t kept = np + kiln_select_neighbors(ix, cands, m, ix->M0 - np, l + 1 + np);
     for (uint32_t j = 0; j < m && kept < ix->M; j++) {
         bool have = false;
         for (uint32_t t = 0; t < kept && !have; t++)

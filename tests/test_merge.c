@@ -52,6 +52,7 @@ static void test_from_exact_candidates(kiln_ctx *ctx) {
     memcpy(ix->vectors, x, n * d * sizeof *x);
     for (size_t i = 0; i < n; i++)
         ix->labels[i] = (int64_t)i;
+    CHECK_OK(ctx, kiln_hnsw_insert_levels(ix, 100, 2, 1));
     CHECK_OK(ctx, kiln_level0_from_candidates(ix, cand, width, 2));
 
     /* Level-0 lists are deduplicated, bounded and contain no self link. */
@@ -64,12 +65,29 @@ static void test_from_exact_candidates(kiln_ctx *ctx) {
     CHECK_MSG(total / n >= 8, "average level-0 degree %llu is too low",
               (unsigned long long)(total / n));
 
-    CHECK_OK(ctx, kiln_hnsw_insert_levels(ix, 100, 2, 1));
+    /* Highways: level-1 links are embedded in level 0 (reverse links may
+     * re-prune a few full lists, so most, not all). */
+    uint64_t up_links = 0, embedded = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (ix->levels[i] < 1)
+            continue;
+        const uint32_t *u = kiln_links(ix, i, 1), *l0 = kiln_links(ix, i, 0);
+        for (uint32_t j = 0; j < u[0]; j++) {
+            up_links++;
+            for (uint32_t t = 0; t < l0[0]; t++)
+                if (l0[1 + t] == u[1 + j]) {
+                    embedded++;
+                    break;
+                }
+        }
+    }
+    CHECK_MSG(up_links > 0 && embedded * 10 >= up_links * 9,
+              "%llu of %llu level-1 links are in level 0", (unsigned long long)embedded,
+              (unsigned long long)up_links);
+
     uint64_t repaired = 0;
     CHECK_OK(ctx, kiln_repair_reachability(ix, 100, &repaired));
     CHECK_OK(ctx, kiln_index_check(ix));
-    /* Level 0 made from merging must not have been touched by the upper
-     * insertion: node degrees on level 0 only change through repair. */
     double r = recall10(ctx, ix, x + n * d, nq, gt, 64);
     CHECK_MSG(r >= 0.95, "recall@10 at ef=64 from exact candidates: %.4f", r);
     fprintf(stderr, "merge from exact 32-NN candidates: recall@10 ef64 %.4f, repaired %llu\n", r,
