@@ -1,16 +1,19 @@
-/* hnswlib_runner.cpp -- the hnswlib reference side of kiln's insert benchmark.
+/* hnswlib_runner.cpp -- the hnswlib reference side of kiln's build benchmarks.
  *
  * Builds an hnswlib::HierarchicalNSW<float> over a base set with the same
  * parameters kiln is given, times the build, then measures recall@k, QPS and
  * latency at a list of ef values exactly as `kiln eval` does, and prints one
  * JSON line for the build and one per ef (the keys of `kiln eval --json` plus
- * "system":"hnswlib"), so bench/bench_insert.py can put both systems side by
+ * "system":"hnswlib"), so bench/bench_build.py can put the systems side by
  * side without knowing which produced a line.
  *
- * Usage:
- *   hnswlib_runner BASE QUERIES GT [--metric l2|ip|cos] [-M 16]
- *       [--ef-construction 200] [--threads T] [-k 10] [--ef 10,16,32,64,128]
- *       [--search-threads 1] [--eval-reps 1] [--seed S] [--save FILE]
+ * Usage (three modes):
+ *   hnswlib_runner BASE QUERIES GT [options]       build, then evaluate
+ *   hnswlib_runner --build-only BASE [--save FILE] [build options]
+ *   hnswlib_runner --load FILE QUERIES GT [search options]
+ * Build options: [--metric l2|ip|cos] [-M 16] [--ef-construction 200]
+ *   [--threads T] [--seed S] [--save FILE]; search options: [--metric ...]
+ *   [-k 10] [--ef 10,16,32,64,128] [--search-threads 1] [--eval-reps 1].
  *
  * Design decisions:
  *  1. Files are read through kiln's public C API (kiln_dataset_open and
@@ -35,6 +38,13 @@
  *     ids| / k, the definition `kiln eval` uses.
  *  6. Errors go to stderr as one line and exit status 1; stdout carries JSON
  *     only, so the orchestrator can parse it line by line.
+ *  7. --build-only (build, save, exit) and --load (read a saved index,
+ *     evaluate) split the two halves into separate processes, so a caller can
+ *     time the whole build process from outside -- reading, building, saving --
+ *     the way it times `kiln build`, with no evaluation inside the timed
+ *     process. The build line also carries read_seconds and save_seconds.
+ *     --load needs the build's --metric: it picks hnswlib's space and whether
+ *     queries are normalised; the stored vectors already are.
  */
 
 #include <hnswlib/hnswlib.h>
@@ -88,6 +98,8 @@ struct Options {
     std::vector<size_t> ef_list;
     uint64_t seed = DEFAULT_SEED;
     const char *save = nullptr;
+    bool build_only = false;
+    const char *load = nullptr; /* evaluate this saved index instead of building */
 };
 
 /* A dense row-major matrix read from a dataset file. */
@@ -180,11 +192,21 @@ Options parse_args(int argc, char **argv) {
             o.seed = parse_size("--seed", value());
         } else if (a == "--save") {
             o.save = value();
+        } else if (a == "--build-only") {
+            o.build_only = true;
+        } else if (a == "--load") {
+            o.load = value();
         } else if (a == "-h" || a == "--help") {
-            std::printf("usage: hnswlib_runner BASE QUERIES GT [--metric l2|ip|cos] [-M 16]\n"
-                        "  [--ef-construction 200] [--threads T] [-k 10] [--ef %s]\n"
-                        "  [--search-threads 1] [--eval-reps 1] [--seed S] [--save FILE]\n",
-                        DEFAULT_EF_LIST);
+            std::printf(
+                "usage: hnswlib_runner BASE QUERIES GT [options]   build, then evaluate\n"
+                "       hnswlib_runner --build-only BASE [options]  build (and --save) only\n"
+                "       hnswlib_runner --load FILE QUERIES GT [options]  evaluate a saved "
+                "index\n"
+                "options: [--metric l2|ip|cos] [-M 16] [--ef-construction 200] "
+                "[--threads T]\n"
+                "  [-k 10] [--ef %s] [--search-threads 1] [--eval-reps 1] [--seed S]\n"
+                "  [--save FILE]\n",
+                DEFAULT_EF_LIST);
             std::exit(0);
         } else if (a.size() > 1 && a[0] == '-') {
             die("unknown option '%s'", argv[i]);
@@ -192,11 +214,26 @@ Options parse_args(int argc, char **argv) {
             positional.push_back(argv[i]);
         }
     }
-    if (positional.size() != 3)
-        die("expected BASE QUERIES GT, got %zu positional arguments", positional.size());
-    o.base = positional[0];
-    o.queries = positional[1];
-    o.groundtruth = positional[2];
+    if (o.build_only && o.load)
+        die("--build-only and --load exclude each other");
+    if (o.build_only) {
+        if (positional.size() != 1)
+            die("--build-only: expected BASE, got %zu positional arguments", positional.size());
+        o.base = positional[0];
+    } else if (o.load) {
+        if (positional.size() != 2)
+            die("--load: expected QUERIES GT, got %zu positional arguments", positional.size());
+        if (o.save)
+            die("--save does not go with --load");
+        o.queries = positional[0];
+        o.groundtruth = positional[1];
+    } else {
+        if (positional.size() != 3)
+            die("expected BASE QUERIES GT, got %zu positional arguments", positional.size());
+        o.base = positional[0];
+        o.queries = positional[1];
+        o.groundtruth = positional[2];
+    }
     if (o.ef_list.empty())
         o.ef_list = parse_ef_list(DEFAULT_EF_LIST);
     if (o.M < 2)
@@ -361,38 +398,95 @@ EvalResult evaluate(const hnswlib::HierarchicalNSW<float> &index, const Matrix<f
 
 } // namespace
 
-/* ==== Main ==== */
+/* ==== Modes ==== */
 
-int main(int argc, char **argv) {
-    const Options o = parse_args(argc, argv);
+namespace {
 
+std::unique_ptr<hnswlib::SpaceInterface<float>> make_space(kiln_metric metric, size_t dim) {
+    if (metric == KILN_METRIC_L2)
+        return std::unique_ptr<hnswlib::SpaceInterface<float>>(new hnswlib::L2Space(dim));
+    return std::unique_ptr<hnswlib::SpaceInterface<float>>(new hnswlib::InnerProductSpace(dim));
+}
+
+/* Queries and ground truth, checked against each other and the index's
+ * dimension; queries normalised for cosine. */
+struct EvalSet {
+    Matrix<float> queries;
+    Matrix<int32_t> gt;
+};
+
+EvalSet read_eval_set(kiln_ctx *ctx, const Options &o, size_t dim) {
+    EvalSet e;
+    e.queries = read_f32(ctx, o.queries);
+    e.gt = read_i32(ctx, o.groundtruth);
+    if (dim != 0 && e.queries.dim != dim)
+        die("%s: dimension %zu differs from the base's %zu", o.queries, e.queries.dim, dim);
+    if (e.gt.n < e.queries.n)
+        die("%s: %zu ground-truth rows for %zu queries", o.groundtruth, e.gt.n, e.queries.n);
+    if (e.gt.dim < o.k)
+        die("%s: %zu ground-truth ids per query, fewer than k = %zu", o.groundtruth, e.gt.dim, o.k);
+    if (o.metric == KILN_METRIC_COS)
+        normalise_rows(e.queries);
+    return e;
+}
+
+void evaluate_all(hnswlib::HierarchicalNSW<float> &index, const EvalSet &e, const Options &o) {
+    for (size_t pass = 0; pass < o.eval_reps; pass++) {
+        for (const size_t ef : o.ef_list) {
+            index.setEf(ef);
+            const EvalResult r = evaluate(index, e.queries, e.gt, o.k, o.search_threads);
+            std::printf("{\"system\":\"hnswlib\",\"ef\":%zu,\"k\":%zu,\"recall\":%.6f,"
+                        "\"qps\":%.3f,\"mean_ms\":%.6f,\"p99_ms\":%.6f,\"threads\":%zu}\n",
+                        ef, o.k, r.recall, r.qps, r.mean_ms, r.p99_ms, o.search_threads);
+            std::fflush(stdout);
+        }
+    }
+}
+
+/* --load: read a saved index and evaluate it. */
+int run_load(const Options &o) {
     kiln_ctx *ctx = nullptr;
     if (kiln_ctx_new(&ctx) != KILN_OK)
         die("kiln_ctx_new failed");
-    Matrix<float> base = read_f32(ctx, o.base);
-    Matrix<float> queries = read_f32(ctx, o.queries);
-    const Matrix<int32_t> gt = read_i32(ctx, o.groundtruth);
+    const EvalSet e = read_eval_set(ctx, o, 0);
     kiln_ctx_free(ctx);
 
+    const std::unique_ptr<hnswlib::SpaceInterface<float>> space =
+        make_space(o.metric, e.queries.dim);
+    std::unique_ptr<hnswlib::HierarchicalNSW<float>> index;
+    const Clock::time_point t0 = Clock::now();
+    try {
+        index.reset(new hnswlib::HierarchicalNSW<float>(space.get(), std::string(o.load)));
+    } catch (const std::exception &ex) {
+        die("%s: loading the index failed: %s", o.load, ex.what());
+    }
+    std::printf("{\"system\":\"hnswlib\",\"load_seconds\":%.6f,\"count\":%zu,\"dim\":%zu,"
+                "\"metric\":\"%s\"}\n",
+                seconds_since(t0), static_cast<size_t>(index->cur_element_count), e.queries.dim,
+                kiln_metric_name(o.metric));
+    std::fflush(stdout);
+    evaluate_all(*index, e, o);
+    return 0;
+}
+
+/* Build (and --save), then evaluate unless --build-only. */
+int run_build(const Options &o) {
+    kiln_ctx *ctx = nullptr;
+    if (kiln_ctx_new(&ctx) != KILN_OK)
+        die("kiln_ctx_new failed");
+    const Clock::time_point t_read = Clock::now();
+    Matrix<float> base = read_f32(ctx, o.base);
+    const double read_seconds = seconds_since(t_read);
     if (base.n == 0)
         die("%s: no vectors", o.base);
-    if (queries.dim != base.dim)
-        die("%s: dimension %zu differs from the base's %zu", o.queries, queries.dim, base.dim);
-    if (gt.n < queries.n)
-        die("%s: %zu ground-truth rows for %zu queries", o.groundtruth, gt.n, queries.n);
-    if (gt.dim < o.k)
-        die("%s: %zu ground-truth ids per query, fewer than k = %zu", o.groundtruth, gt.dim, o.k);
-    if (o.metric == KILN_METRIC_COS) {
+    EvalSet e;
+    if (!o.build_only)
+        e = read_eval_set(ctx, o, base.dim);
+    kiln_ctx_free(ctx);
+    if (o.metric == KILN_METRIC_COS)
         normalise_rows(base);
-        normalise_rows(queries);
-    }
 
-    std::unique_ptr<hnswlib::SpaceInterface<float>> space;
-    if (o.metric == KILN_METRIC_L2)
-        space.reset(new hnswlib::L2Space(base.dim));
-    else
-        space.reset(new hnswlib::InnerProductSpace(base.dim));
-
+    const std::unique_ptr<hnswlib::SpaceInterface<float>> space = make_space(o.metric, base.dim);
     std::unique_ptr<hnswlib::HierarchicalNSW<float>> index;
     double build_seconds = 0;
     try {
@@ -403,34 +497,39 @@ int main(int argc, char **argv) {
         parallel_for(1, base.n, o.threads,
                      [&](size_t id, size_t) { index->addPoint(base.row(id), id); });
         build_seconds = seconds_since(t0);
-    } catch (const std::exception &e) {
-        die("hnswlib build failed: %s", e.what());
+    } catch (const std::exception &ex) {
+        die("hnswlib build failed: %s", ex.what());
     }
 
-    std::printf("{\"system\":\"hnswlib\",\"build_seconds\":%.6f,\"count\":%zu,\"dim\":%zu,"
-                "\"metric\":\"%s\",\"threads\":%zu,\"M\":%zu,\"ef_construction\":%zu,"
-                "\"seed\":%llu}\n",
-                build_seconds, base.n, base.dim, kiln_metric_name(o.metric), o.threads, o.M,
-                o.ef_construction, static_cast<unsigned long long>(o.seed));
-    std::fflush(stdout);
-
+    double save_seconds = 0;
     if (o.save) {
+        const Clock::time_point t0 = Clock::now();
         try {
             index->saveIndex(o.save);
-        } catch (const std::exception &e) {
-            die("%s: saving the index failed: %s", o.save, e.what());
+        } catch (const std::exception &ex) {
+            die("%s: saving the index failed: %s", o.save, ex.what());
         }
+        save_seconds = seconds_since(t0);
     }
 
-    for (size_t pass = 0; pass < o.eval_reps; pass++) {
-        for (const size_t ef : o.ef_list) {
-            index->setEf(ef);
-            const EvalResult r = evaluate(*index, queries, gt, o.k, o.search_threads);
-            std::printf("{\"system\":\"hnswlib\",\"ef\":%zu,\"k\":%zu,\"recall\":%.6f,"
-                        "\"qps\":%.3f,\"mean_ms\":%.6f,\"p99_ms\":%.6f,\"threads\":%zu}\n",
-                        ef, o.k, r.recall, r.qps, r.mean_ms, r.p99_ms, o.search_threads);
-            std::fflush(stdout);
-        }
-    }
+    std::printf("{\"system\":\"hnswlib\",\"build_seconds\":%.6f,\"read_seconds\":%.6f,"
+                "\"save_seconds\":%.6f,\"count\":%zu,\"dim\":%zu,\"metric\":\"%s\","
+                "\"threads\":%zu,\"M\":%zu,\"ef_construction\":%zu,\"seed\":%llu}\n",
+                build_seconds, read_seconds, save_seconds, base.n, base.dim,
+                kiln_metric_name(o.metric), o.threads, o.M, o.ef_construction,
+                static_cast<unsigned long long>(o.seed));
+    std::fflush(stdout);
+
+    if (!o.build_only)
+        evaluate_all(*index, e, o);
     return 0;
+}
+
+} // namespace
+
+/* ==== Main ==== */
+
+int main(int argc, char **argv) {
+    const Options o = parse_args(argc, argv);
+    return o.load ? run_load(o) : run_build(o);
 }

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# run.sh -- build kiln and the hnswlib reference runner, then run the insert
-# benchmark (bench/bench_insert.py) with any arguments given here.
+# run.sh -- build kiln and the hnswlib reference runner, then run the build
+# benchmark (bench/bench_build.py: kiln-device, kiln-insert and hnswlib) with
+# any arguments given here.
 #
-#   bash bench/run.sh [bench_insert.py options]       (make bench does this)
+#   bash bench/run.sh [bench_build.py options]        (make bench does this)
 #   BUILD=build-bench bash bench/run.sh --datasets siftsmall --reps 3
+#   bash bench/run.sh --systems kiln-insert,hnswlib   (the old insert benchmark)
 #
 # BUILD (default build) is the CMake build folder; it is configured as Release
 # when it has no cache yet, and only the two targets the benchmark needs are
@@ -34,4 +36,4 @@ fi
 quiet cmake --build "$build" -j "$(nproc)" --target kiln_cli hnswlib_runner
 
 cd "$root"
-exec /usr/bin/python3 "$here/bench_insert.py" --build-dir "$build" "$@"
+exec /usr/bin/python3 "$here/bench_build.py" --build-dir "$build" "$@"
