@@ -1,5 +1,5 @@
 /* kiln_main.c -- the kiln command: build, search, eval, groundtruth, info,
- * check, generate, devices. Uses the public API (kiln.h) only.
+ * check, generate, export, import, devices. Uses the public API (kiln.h) only.
  *
  * Design decisions:
  *  1. Every failure prints one line "kiln CMD: what is wrong" on stderr and
@@ -106,7 +106,8 @@ static const cli_opt build_opts[] = {
     {"metric", 0, "l2|ip|cos", "l2", "distance"},
     {"M", 'M', "N", "16", "links per node on upper levels; 2M on level 0"},
     {"ef-construction", 0, "N", "200", "beam width while building"},
-    {"method", 0, "device|insert", "device", "device: the OpenCL pipeline; insert: CPU HNSW insertion"},
+    {"method", 0, "device|insert", "device",
+     "device: the OpenCL pipeline; insert: CPU HNSW insertion"},
     {"device", 0, "auto|cpu|gpu|P:D", NULL,
      "OpenCL device for --method device (default: $KILN_DEVICE, else auto = a GPU if any)"},
     {"clusters", 0, "N", "0", "device: k-means clusters; 0 = from n and --cluster-size"},
@@ -512,11 +513,12 @@ done:
 
 static const cli_opt no_opts[] = {{NULL, 0, NULL, NULL, NULL}};
 static const cli_opt info_opts[] = {
-    {"header", 0, NULL, NULL, "read the header alone (constant time for any size); no per-level stats"},
+    {"header", 0, NULL, NULL,
+     "read the header alone (constant time for any size); no per-level stats"},
     {NULL, 0, NULL, NULL, NULL}};
-static const cli_cmd info_cmd = {"info", "INDEX [--header]",
-                                 "Show an index's header, levels, degrees and size.", info_opts, 1,
-                                 1};
+static const cli_cmd info_cmd = {
+    "info", "INDEX [--header]", "Show an index's header, levels, degrees and size.", info_opts, 1,
+    1};
 static const cli_cmd check_cmd = {
     "check", "INDEX", "Verify an index file and run the graph validator.", no_opts, 1, 1};
 
@@ -570,6 +572,104 @@ static int cmd_check(const cli_args *a) {
         rc = fail("check", ctx);
     else
         printf("%s: ok (%zu vectors, graph valid)\n", a->pos[0], kiln_index_count(ix));
+    kiln_index_free(ix);
+    kiln_ctx_free(ctx);
+    return rc;
+}
+
+/* ==== export, import ==== */
+
+static const cli_opt export_opts[] = {
+    {"output", 'o', "FILE", NULL, "file to write (required)"},
+    {"format", 0, "hnswlib", "hnswlib",
+     "file format: hnswlib = HierarchicalNSW::saveIndex layout (see docs/FORMAT.md)"},
+    {NULL, 0, NULL, NULL, NULL}};
+static const cli_cmd export_cmd = {"export",
+                                   "INDEX --format hnswlib -o FILE",
+                                   "Write a kiln index in another library's file format.",
+                                   export_opts,
+                                   1,
+                                   1};
+static const cli_opt import_opts[] = {
+    {"output", 'o', "INDEX", NULL, "kiln index file to write (required)"},
+    {"format", 0, "hnswlib", "hnswlib", "format of FILE: hnswlib = a saveIndex file of floats"},
+    {"dim", 'd', "D", NULL, "vector dimension (required: hnswlib files do not store it)"},
+    {"metric", 0, "l2|ip|cos", "l2",
+     "distance the file was built with (hnswlib l2, ip, cosine); cos normalises vectors"},
+    {NULL, 0, NULL, NULL, NULL}};
+static const cli_cmd import_cmd = {
+    "import",
+    "FILE --format hnswlib --dim D [--metric l2|ip|cos] -o INDEX",
+    "Convert another library's index file into a kiln index, repairing reachability.",
+    import_opts,
+    1,
+    1};
+
+/* hnswlib's name of the space matching a kiln metric. */
+static const char *hnswlib_space(kiln_metric m) {
+    return m == KILN_METRIC_L2 ? "l2" : m == KILN_METRIC_IP ? "ip" : "cosine";
+}
+
+static bool format_is_hnswlib(const cli_args *a) {
+    const char *f = cli_str(a, "format");
+    if (strcmp(f, "hnswlib") != 0) {
+        fprintf(stderr, "kiln %s: --format: '%s' is not supported (only hnswlib)\n", a->cmd->name,
+                f);
+        return false;
+    }
+    return true;
+}
+
+static int cmd_export(const cli_args *a) {
+    const char *out = cli_str(a, "output");
+    if (!out) {
+        fprintf(stderr, "kiln export: need -o FILE\n");
+        return 2;
+    }
+    if (!format_is_hnswlib(a))
+        return 2;
+    kiln_ctx *ctx;
+    if (setup(a, &ctx))
+        return 1;
+    kiln_index *ix = NULL;
+    int rc = 0;
+    if (kiln_index_load(ctx, a->pos[0], &ix) || kiln_index_export_hnswlib(ix, out)) {
+        rc = fail("export", ctx);
+    } else {
+        kiln_index_stats s;
+        kiln_index_stats_get(ix, &s);
+        printf("%s: %zu vectors, dim %zu, M %u (maxM0 %u); load it with hnswlib space '%s'\n", out,
+               kiln_index_count(ix), kiln_index_dim(ix), s.M, s.M0,
+               hnswlib_space(kiln_index_metric(ix)));
+    }
+    kiln_index_free(ix);
+    kiln_ctx_free(ctx);
+    return rc;
+}
+
+static int cmd_import(const cli_args *a) {
+    const char *out = cli_str(a, "output");
+    uint32_t dim = 0;
+    kiln_metric metric;
+    if (!out || !cli_str(a, "dim")) {
+        fprintf(stderr, "kiln import: need --dim D and -o INDEX\n");
+        return 2;
+    }
+    if (!format_is_hnswlib(a) || !cli_u32(a, "dim", &dim) || !parse_metric(a, &metric))
+        return 2;
+    kiln_ctx *ctx;
+    if (setup(a, &ctx))
+        return 1;
+    kiln_index *ix = NULL;
+    kiln_build_report rep;
+    int rc = 0;
+    if (kiln_index_import_hnswlib(ctx, a->pos[0], dim, metric, &ix) ||
+        kiln_index_build_report(ix, &rep) || kiln_index_check(ix) || kiln_index_save(ix, out))
+        rc = fail("import", ctx);
+    else
+        printf("%s: %zu vectors, dim %u, %s; reachability repair: %llu links added\n", out,
+               kiln_index_count(ix), dim, kiln_metric_name(metric),
+               (unsigned long long)rep.repaired_links);
     kiln_index_free(ix);
     kiln_ctx_free(ctx);
     return rc;
@@ -681,7 +781,8 @@ typedef struct command {
 static const command commands[] = {
     {&build_cmd, cmd_build},    {&search_cmd, cmd_search},   {&eval_cmd, cmd_eval},
     {&gt_cmd, cmd_groundtruth}, {&info_cmd, cmd_info},       {&check_cmd, cmd_check},
-    {&gen_cmd, cmd_generate},   {&devices_cmd, cmd_devices},
+    {&gen_cmd, cmd_generate},   {&devices_cmd, cmd_devices}, {&export_cmd, cmd_export},
+    {&import_cmd, cmd_import},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 

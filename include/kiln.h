@@ -354,6 +354,36 @@ KILN_API kiln_metric kiln_index_metric(const kiln_index *index);
  * that level. KILN_E_INVALID with the first defect in the message. */
 KILN_API kiln_status kiln_index_check(const kiln_index *index);
 
+/* ==== hnswlib interop ==== */
+
+/* Files in the byte layout of hnswlib's HierarchicalNSW<float>::saveIndex
+ * (as a 64-bit little-endian host writes it), so that an index built by kiln
+ * can be served by hnswlib and the other way round. The layout and what maps
+ * onto what are in docs/FORMAT.md, "hnswlib files". */
+
+/* Writes index to path in hnswlib's saveIndex layout, atomically (temporary
+ * file, fsync, rename). hnswlib's maxM_ = M_ = M, maxM0_ = M0 = 2M, labels
+ * become size_t. Load it in hnswlib with the space matching the metric: L2 ->
+ * "l2", IP -> "ip", COS -> "cosine" (or "ip": the stored vectors are the
+ * normalised ones). KILN_E_RANGE when a label is negative. The index is
+ * borrowed; nothing is kept. */
+KILN_API kiln_status kiln_index_export_hnswlib(const kiln_index *index, const char *path);
+/* Reads an hnswlib saveIndex file of float vectors. dim and metric are not
+ * stored there, so the caller gives them; dim must match the file's record
+ * size. Every header field, level, link count, id and label is checked before
+ * use, and a file whose size is not exactly what its header and link sizes
+ * imply is rejected (KILN_E_FORMAT, with the byte offset). Also rejected:
+ * maxM0_ != 2 * maxM_ and elements marked deleted (KILN_E_UNSUPPORTED),
+ * levels above KILN_MAX_LEVELS - 1, labels above INT64_MAX, non-finite
+ * values. COS vectors are normalised on import. The graph is then given
+ * kiln's level-0 reachability repair, as every kiln build is, so the result
+ * passes kiln_index_check; the links added are in repaired_links of the
+ * index's kiln_index_build_report (method KILN_METHOD_INSERT, stages "read"
+ * and "repair"). The seed is 0 (unknown). *out (free with kiln_index_free) is
+ * NULL on failure. */
+KILN_API kiln_status kiln_index_import_hnswlib(kiln_ctx *ctx, const char *path, uint32_t dim,
+                                               kiln_metric metric, kiln_index **out);
+
 #ifdef __cplusplus
 }
 #endif

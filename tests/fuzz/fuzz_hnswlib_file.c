@@ -1,0 +1,273 @@
+/* fuzz_hnswlib_file.c -- fuzz target for the hnswlib file reader
+ * (graph/hnswlib_file.c, kiln_index_import_hnswlib).
+ *
+ * Each input is written to a temporary file and imported as an L2 index of
+ * several dims. Failing cleanly is fine; crashing, leaking or reading out of
+ * bounds is not. When an import succeeds the target also checks what the
+ * importer promises:
+ *  - the validator (kiln_index_check) passes: import ends with the
+ *    reachability repair, and ids, counts, levels and the entry point were
+ *    checked, so only self or duplicate links (which hnswlib never writes
+ *    but a forged file may hold) can make it fail, and it must run to an
+ *    answer either way;
+ *  - a search runs;
+ *  - export accepts what import accepted, and export -> import -> export
+ *    gives the same bytes (the second import's repair has nothing to add).
+ *
+ * Design decisions:
+ *  1. The input goes through a real file named by pid in $KILN_TEST_TMP
+ *     (else /tmp): the reader uses open/fstat/pread, and parallel runs must
+ *     not share it.
+ *  2. hnswlib files do not store dim, so each input is tried with dim 4 and
+ *     16 (the seeds' dims) and with the dim its own header implies, when
+ *     that is small: a mutation of the record layout then still reaches the
+ *     per-element checks instead of stopping at the dim check.
+ *  3. Seeds are files kiln exported (count 0, 1 and a few dozen, M = 2..4,
+ *     several levels), one with stale ids in the unused link slots as
+ *     hnswlib leaves them, and one with an unreachable node, so the repair
+ *     runs on import.
+ *  4. Any broken promise calls abort(), which both libFuzzer and the replay
+ *     driver report as a failure.
+ */
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fuzz.h"
+#include "kiln.h"
+#include "../../graph/hnsw_internal.h"
+#include "../../host/rng_internal.h"
+
+/* ==== Tunables ==== */
+
+/* Neighbours and beam for the one search per imported index: enough to walk
+ * several hops of a seed-sized graph. */
+#define FUZZ_K  5
+#define FUZZ_EF 16
+
+/* Largest header-implied dim tried (decision 2): above the seeds' dims, and
+ * small enough that a forged header cannot make each try slow. */
+#define FUZZ_MAX_DIM 64
+
+/* hnswlib header offsets (docs/FORMAT.md, "hnswlib files"). */
+#define HL_HDR       96
+#define HL_LABEL_OFF 32
+#define HL_OFF_DATA  40
+
+/* ==== Helpers ==== */
+
+static const char *fuzz_path(const char *what);
+
+static void fuzz_cleanup(void) {
+    unlink(fuzz_path("in"));
+    unlink(fuzz_path("out"));
+    unlink(fuzz_path("seed"));
+}
+
+static const char *fuzz_path(const char *what) {
+    static char paths[3][1024];
+    static const char *const names[] = {"in", "out", "seed"};
+    const int slot = what[0] == 'i' ? 0 : what[0] == 'o' ? 1 : 2;
+    char *path = paths[slot];
+    if (!paths[0][0] && !paths[1][0] && !paths[2][0])
+        atexit(fuzz_cleanup);
+    if (!path[0]) {
+        const char *dir = getenv("KILN_TEST_TMP");
+        if (!dir || !*dir)
+            dir = "/tmp";
+        mkdir(dir, 0755); /* the build folder exists; only its leaf may not */
+        const int len = snprintf(path, sizeof paths[0], "%s/fuzz_hnswlib_file_%ld.%s.bin", dir,
+                                 (long)getpid(), names[slot]);
+        if (len <= 0 || (size_t)len >= sizeof paths[0])
+            snprintf(path, sizeof paths[0], "/tmp/fuzz_hnswlib_file_%ld.%s.bin", (long)getpid(),
+                     names[slot]);
+    }
+    return path;
+}
+
+static bool write_file(const char *path, const uint8_t *data, size_t size) {
+    FILE *fp = fopen(path, "wb");
+    if (!fp)
+        return false;
+    const bool ok = (size == 0 || fwrite(data, 1, size, fp) == size);
+    return fclose(fp) == 0 && ok;
+}
+
+static uint8_t *read_file(const char *path, size_t *size) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return NULL;
+    uint8_t *buf = NULL;
+    long n = -1;
+    if (fseek(fp, 0, SEEK_END) == 0 && (n = ftell(fp)) >= 0 && fseek(fp, 0, SEEK_SET) == 0) {
+        buf = malloc((size_t)n + 1);
+        if (buf && fread(buf, 1, (size_t)n, fp) != (size_t)n) {
+            free(buf);
+            buf = NULL;
+        }
+    }
+    fclose(fp);
+    *size = buf ? (size_t)n : 0;
+    return buf;
+}
+
+static kiln_ctx *fuzz_ctx(void) {
+    static kiln_ctx *ctx;
+    if (!ctx && kiln_ctx_new(&ctx) != KILN_OK)
+        abort();
+    return ctx;
+}
+
+static uint64_t rd64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static void wr32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* Exports ix to the out path and returns the bytes (NULL when refused). */
+static uint8_t *export_bytes(const kiln_index *ix, size_t *size) {
+    if (kiln_index_export_hnswlib(ix, fuzz_path("out")) != KILN_OK)
+        return NULL;
+    return read_file(fuzz_path("out"), size);
+}
+
+/* The promises of a successful import (see the header comment). */
+static void check_imported(kiln_ctx *ctx, const kiln_index *ix, uint32_t dim) {
+    if (kiln_index_dim(ix) != dim || kiln_index_metric(ix) != KILN_METRIC_L2)
+        abort();
+    kiln_index_check(ix);
+
+    float *q = calloc(dim, sizeof *q);
+    if (!q)
+        abort();
+    if (ix->count)
+        memcpy(q, kiln_vector(ix, 0), dim * sizeof *q);
+    kiln_search_params sp;
+    kiln_search_params_init(&sp);
+    sp.k = FUZZ_K;
+    sp.ef = FUZZ_EF;
+    sp.threads = 1;
+    int64_t labels[FUZZ_K];
+    if (kiln_index_search(ix, q, 1, &sp, labels, NULL) != KILN_OK)
+        abort();
+    free(q);
+
+    size_t n1 = 0, n2 = 0;
+    uint8_t *first = export_bytes(ix, &n1);
+    if (!first)
+        abort(); /* the exporter refused what the importer accepted */
+    kiln_index *again = NULL;
+    if (kiln_index_import_hnswlib(ctx, fuzz_path("out"), dim, KILN_METRIC_L2, &again) != KILN_OK)
+        abort();
+    uint8_t *second = export_bytes(again, &n2);
+    if (!second || n1 != n2 || memcmp(first, second, n1) != 0)
+        abort();
+    free(first);
+    free(second);
+    kiln_index_free(again);
+}
+
+static void run_one(kiln_ctx *ctx, const char *path, uint32_t dim) {
+    kiln_index *ix = NULL;
+    const kiln_status st = kiln_index_import_hnswlib(ctx, path, dim, KILN_METRIC_L2, &ix);
+    if ((st == KILN_OK) != (ix != NULL))
+        abort();
+    if (ix) {
+        check_imported(ctx, ix, dim);
+        kiln_index_free(ix);
+    }
+}
+
+/* ==== Target ==== */
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    kiln_ctx *ctx = fuzz_ctx();
+    const char *path = fuzz_path("in");
+    if (!write_file(path, data, size))
+        return 0;
+    run_one(ctx, path, 4);
+    run_one(ctx, path, 16);
+    if (size >= HL_HDR) {
+        const uint64_t label_off = rd64(data + HL_LABEL_OFF), off_data = rd64(data + HL_OFF_DATA);
+        const uint64_t span = label_off - off_data;
+        if (label_off > off_data && span % 4 == 0 && span / 4 <= FUZZ_MAX_DIM && span / 4 != 4 &&
+            span / 4 != 16)
+            run_one(ctx, path, (uint32_t)(span / 4));
+    }
+    return 0;
+}
+
+/* ==== Seeds ==== */
+
+static kiln_index *seed_built(size_t n, uint32_t dim, uint32_t M, uint64_t seed) {
+    float *v = malloc((n ? n : 1) * dim * sizeof *v);
+    if (!v)
+        abort();
+    kiln_rng rng;
+    kiln_rng_seed(&rng, seed);
+    for (size_t i = 0; i < n * dim; i++)
+        v[i] = (float)kiln_rng_uniform(&rng);
+    kiln_build_params bp;
+    kiln_build_params_init(&bp);
+    bp.method = KILN_METHOD_INSERT;
+    bp.M = M;
+    bp.ef_construction = 16;
+    bp.threads = 1;
+    bp.seed = seed;
+    kiln_index *ix = NULL;
+    if (kiln_index_build(fuzz_ctx(), v, n, dim, &bp, &ix) != KILN_OK)
+        abort();
+    free(v);
+    for (uint32_t i = 0; i < ix->count; i++)
+        ix->labels[i] = 1000 + 3 * (int64_t)i;
+    return ix;
+}
+
+int kiln_fuzz_seed(size_t i, uint8_t **buf, size_t *len) {
+    static const struct {
+        size_t n;
+        uint32_t dim, M;
+    } seeds[] = {{0, 4, 2},  {1, 16, 2}, {40, 4, 3}, {60, 16, 2},
+                 {30, 4, 4}, {30, 4, 3}, {30, 4, 3}};
+    if (i >= sizeof seeds / sizeof seeds[0])
+        return 0;
+    kiln_index *ix = seed_built(seeds[i].n, seeds[i].dim, seeds[i].M, 40 + i);
+    if (i == 6) {
+        /* Node 0 loses every in-link on level 0, so the import must repair. */
+        for (uint32_t u = 0; u < ix->count; u++) {
+            uint32_t *b = kiln_links(ix, u, 0);
+            for (uint32_t j = 1; j <= b[0]; j++)
+                if (b[j] == 0 && ix->entry_point != 0)
+                    b[j--] = b[b[0]--];
+        }
+    }
+    if (kiln_index_export_hnswlib(ix, fuzz_path("seed")) != KILN_OK)
+        abort();
+    *buf = read_file(fuzz_path("seed"), len);
+    if (!*buf)
+        abort();
+    if (i == 5) {
+        /* Stale ids past each level-0 count, as hnswlib leaves them after a
+         * re-prune: the reader must ignore them. */
+        const uint64_t sde = rd64(*buf + 24);
+        for (uint32_t u = 0; u < ix->count; u++) {
+            uint8_t *rec = *buf + HL_HDR + u * sde;
+            const uint32_t n = ix->links0[u * kiln_links0_stride(ix)];
+            for (uint32_t j = n; j < ix->M0; j++)
+                wr32(rec + 4 + 4 * j, 0xdead0000u + j);
+        }
+    }
+    kiln_index_free(ix);
+    unlink(fuzz_path("seed"));
+    return 1;
+}
