@@ -49,6 +49,12 @@
  * that near what HNSW insertion spends at ef_construction 200 while giving
  * neighbour recall above 0.95 at replicas 2 on SIFT and Fashion-MNIST. */
 #define DEVICE_TARGET_CLUSTER 1024
+/* k-means training rows per centroid. Clusters here only group candidates
+ * (every vector joins 2+ of them, and links are decided by exact distances
+ * later), so coarse centroids suffice: 64 is above FAISS's warning floor of
+ * 39 and cut the k-means stage at 1M x 128 from 16.8 s to 6.7 s against
+ * the default 256. */
+#define DEVICE_KMEANS_PER_CENTROID 64
 /* The hard cap, as a multiple of the target: k-means clusters are uneven. */
 #define DEVICE_CAP_FACTOR 3
 /* Host bytes per group of clusters sent to kiln_cl_cluster_knn (codes and
@@ -244,6 +250,8 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
     if ((st = kiln_kmeans_k(ctx, n, &kp, &k)))
         goto cleanup;
     {
+        uint64_t sample = (uint64_t)k * DEVICE_KMEANS_PER_CENTROID;
+        kp.sample = (uint32_t)(sample < n ? sample : n);
         uint64_t fair = ((uint64_t)n * replicas + k - 1) / k;
         uint64_t cap = fair * DEVICE_CAP_FACTOR;
         kp.max_size = (uint32_t)(cap < n ? cap : n);
