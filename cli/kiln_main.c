@@ -111,7 +111,7 @@ static const cli_opt build_opts[] = {
     {"device", 0, "auto|cpu|gpu|P:D", NULL,
      "OpenCL device for --method device (default: $KILN_DEVICE, else auto = a GPU if any)"},
     {"clusters", 0, "N", "0", "device: k-means clusters; 0 = from n and --cluster-size"},
-    {"cluster-size", 0, "N", "1024", "device: target members per cluster"},
+    {"cluster-size", 0, "N", "768", "device: target members per cluster"},
     {"replicas", 0, "N", "2", "device: nearest clusters each vector joins (>= 2)"},
     {"knn-k", 0, "N", "0", "device: neighbours kept per vector per cluster; 0 = 2M"},
     {"threads", 't', "N", "0", "build threads; 0 = all cores"},
