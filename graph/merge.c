@@ -25,7 +25,7 @@
  *     it has none between them, and even inside one cluster a beam needs many
  *     hops (measured on 200K synthetic clustered vectors: recall@10 stuck at
  *     0.972 at ef=256 while insertion reached 1.000). The upper levels, built
- *     first by insertion over the ~1/M sparse level-1 nodes, are exactly a
+ *     first by insertion over the sparser level-1 nodes, are exactly a
  *     navigable long-range graph, so level 0 embeds it: a level-1 node keeps
  *     its level-1 links, and every other node keeps a link to the level-1
  *     node a greedy descent for its vector ends on (its "entrance") and takes
