@@ -57,6 +57,7 @@
 #include "../host/ctx_internal.h"
 #include "build_internal.h"
 #include "hnsw_internal.h"
+#include "../host/le_internal.h"
 
 /* ==== Format constants (hnswlib's saveIndex) ==== */
 
@@ -122,38 +123,7 @@ typedef struct hl_reader {
     uint64_t pos;
 } hl_reader;
 
-/* ==== Little-endian helpers ==== */
-
-static void put_u32le(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put_u64le(uint8_t *p, uint64_t v) {
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get_u32le(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t get_u64le(const uint8_t *p) {
-    return (uint64_t)get_u32le(p) | (uint64_t)get_u32le(p + 4) << 32;
-}
-
-static void put_f32le(uint8_t *p, float v) {
-    uint32_t u;
-    memcpy(&u, &v, sizeof u);
-    put_u32le(p, u);
-}
-
-static float get_f32le(const uint8_t *p) {
-    const uint32_t u = get_u32le(p);
-    float v;
-    memcpy(&v, &u, sizeof v);
-    return v;
-}
+/* ==== Sizes ==== */
 
 /* Bytes of one upper-level block / one level-0 link block for bound ids. */
 static uint64_t block_bytes(uint64_t bound) { return (bound + 1) * sizeof(uint32_t); }
@@ -207,32 +177,32 @@ static kiln_status check_exportable(const struct kiln_index *ix, const char *pat
 
 /* A link block as hnswlib keeps it: count, ids, zeros in the unused slots. */
 static void put_block(uint8_t *p, const uint32_t *block, uint32_t bound) {
-    put_u32le(p, block[0]);
+    kiln_put_u32le(p, block[0]);
     for (uint32_t j = 1; j <= bound; j++)
-        put_u32le(p + 4 * (size_t)j, j <= block[0] ? block[j] : 0);
+        kiln_put_u32le(p + 4 * (size_t)j, j <= block[0] ? block[j] : 0);
 }
 
 static void put_header(uint8_t *h, const struct kiln_index *ix) {
     const uint64_t level0 = block_bytes(ix->M0);
     const uint64_t data = (uint64_t)ix->dim * sizeof(float);
     memset(h, 0, HL_HEADER_BYTES);
-    put_u64le(h + HH_OFFSET_LEVEL0, 0);
-    put_u64le(h + HH_MAX_ELEMENTS, ix->count);
-    put_u64le(h + HH_COUNT, ix->count);
-    put_u64le(h + HH_SIZE_DATA, level0 + data + sizeof(uint64_t));
-    put_u64le(h + HH_LABEL_OFFSET, level0 + data);
-    put_u64le(h + HH_OFFSET_DATA, level0);
+    kiln_put_u64le(h + HH_OFFSET_LEVEL0, 0);
+    kiln_put_u64le(h + HH_MAX_ELEMENTS, ix->count);
+    kiln_put_u64le(h + HH_COUNT, ix->count);
+    kiln_put_u64le(h + HH_SIZE_DATA, level0 + data + sizeof(uint64_t));
+    kiln_put_u64le(h + HH_LABEL_OFFSET, level0 + data);
+    kiln_put_u64le(h + HH_OFFSET_DATA, level0);
     /* An empty hnswlib index has maxlevel_ -1 and enterpoint_node_ -1. */
-    put_u32le(h + HH_MAX_LEVEL, ix->count ? ix->max_level : UINT32_MAX);
-    put_u32le(h + HH_ENTRY_POINT, ix->count ? ix->entry_point : UINT32_MAX);
-    put_u64le(h + HH_MAX_M, ix->M);
-    put_u64le(h + HH_MAX_M0, ix->M0);
-    put_u64le(h + HH_M, ix->M);
+    kiln_put_u32le(h + HH_MAX_LEVEL, ix->count ? ix->max_level : UINT32_MAX);
+    kiln_put_u32le(h + HH_ENTRY_POINT, ix->count ? ix->entry_point : UINT32_MAX);
+    kiln_put_u64le(h + HH_MAX_M, ix->M);
+    kiln_put_u64le(h + HH_MAX_M0, ix->M0);
+    kiln_put_u64le(h + HH_M, ix->M);
     const double mult = 1.0 / log((double)ix->M);
     uint64_t mult_bits;
     memcpy(&mult_bits, &mult, sizeof mult_bits);
-    put_u64le(h + HH_MULT, mult_bits);
-    put_u64le(h + HH_EF_CONSTRUCTION, ix->ef_construction);
+    kiln_put_u64le(h + HH_MULT, mult_bits);
+    kiln_put_u64le(h + HH_EF_CONSTRUCTION, ix->ef_construction);
 }
 
 static kiln_status write_body(const struct kiln_index *ix, kiln_afile *af, uint8_t *rec) {
@@ -244,14 +214,14 @@ static kiln_status write_body(const struct kiln_index *ix, kiln_afile *af, uint8
         put_block(rec, kiln_links(ix, i, 0), ix->M0);
         const float *v = kiln_vector(ix, i);
         for (uint32_t d = 0; d < ix->dim; d++)
-            put_f32le(rec + level0 + 4 * (size_t)d, v[d]);
-        put_u64le(rec + level0 + data, (uint64_t)ix->labels[i]);
+            kiln_put_f32le(rec + level0 + 4 * (size_t)d, v[d]);
+        kiln_put_u64le(rec + level0 + data, (uint64_t)ix->labels[i]);
         if ((st = kiln_afile_write(af, rec, level0 + data + sizeof(uint64_t))))
             return st;
     }
     for (uint32_t i = 0; i < ix->count; i++) {
         const unsigned level = ix->levels[i];
-        put_u32le(rec, (uint32_t)(level * upper));
+        kiln_put_u32le(rec, (uint32_t)(level * upper));
         for (unsigned l = 1; l <= level; l++)
             put_block(rec + 4 + (l - 1) * upper, kiln_links(ix, i, l), ix->M);
         if ((st = kiln_afile_write(af, rec, 4 + level * upper)))
@@ -399,20 +369,20 @@ static kiln_status read_header(hl_reader *r, hl_header *h, uint32_t dim) {
     kiln_status st = rd_take(r, HL_HEADER_BYTES, &p);
     if (st)
         return st;
-    h->offset_level0 = get_u64le(p + HH_OFFSET_LEVEL0);
-    h->max_elements = get_u64le(p + HH_MAX_ELEMENTS);
-    h->count = get_u64le(p + HH_COUNT);
-    h->size_data = get_u64le(p + HH_SIZE_DATA);
-    h->label_offset = get_u64le(p + HH_LABEL_OFFSET);
-    h->offset_data = get_u64le(p + HH_OFFSET_DATA);
-    h->max_level = (int32_t)get_u32le(p + HH_MAX_LEVEL);
-    h->entry_point = get_u32le(p + HH_ENTRY_POINT);
-    h->max_m = get_u64le(p + HH_MAX_M);
-    h->max_m0 = get_u64le(p + HH_MAX_M0);
-    h->m = get_u64le(p + HH_M);
-    const uint64_t mult_bits = get_u64le(p + HH_MULT);
+    h->offset_level0 = kiln_get_u64le(p + HH_OFFSET_LEVEL0);
+    h->max_elements = kiln_get_u64le(p + HH_MAX_ELEMENTS);
+    h->count = kiln_get_u64le(p + HH_COUNT);
+    h->size_data = kiln_get_u64le(p + HH_SIZE_DATA);
+    h->label_offset = kiln_get_u64le(p + HH_LABEL_OFFSET);
+    h->offset_data = kiln_get_u64le(p + HH_OFFSET_DATA);
+    h->max_level = (int32_t)kiln_get_u32le(p + HH_MAX_LEVEL);
+    h->entry_point = kiln_get_u32le(p + HH_ENTRY_POINT);
+    h->max_m = kiln_get_u64le(p + HH_MAX_M);
+    h->max_m0 = kiln_get_u64le(p + HH_MAX_M0);
+    h->m = kiln_get_u64le(p + HH_M);
+    const uint64_t mult_bits = kiln_get_u64le(p + HH_MULT);
     memcpy(&h->mult, &mult_bits, sizeof h->mult);
-    h->ef_construction = get_u64le(p + HH_EF_CONSTRUCTION);
+    h->ef_construction = kiln_get_u64le(p + HH_EF_CONSTRUCTION);
     return check_header(r, h, dim);
 }
 
@@ -439,7 +409,7 @@ static kiln_status read_levels(hl_reader *r, const hl_header *h, uint8_t **out) 
         }
         if ((st = rd_take(r, sizeof(uint32_t), &p)))
             goto fail;
-        const uint32_t size = get_u32le(p);
+        const uint32_t size = kiln_get_u32le(p);
         if (size % upper != 0) {
             st = kiln_fail(r->ctx, KILN_E_FORMAT,
                            "%s: element %llu: upper-level link size %u at byte %llu is not a "
@@ -522,12 +492,12 @@ static kiln_status read_block(const hl_reader *r, const struct kiln_index *ix, c
                               uint64_t at, uint32_t elem, unsigned level, uint32_t *block) {
     const uint32_t bound = level ? ix->M : ix->M0;
     uint32_t n = 0;
-    kiln_status st = block_count(r, get_u32le(p), elem, level, at, bound, &n);
+    kiln_status st = block_count(r, kiln_get_u32le(p), elem, level, at, bound, &n);
     if (st)
         return st;
     block[0] = n;
     for (uint32_t j = 1; j <= n; j++) {
-        const uint32_t v = get_u32le(p + 4 * (size_t)j);
+        const uint32_t v = kiln_get_u32le(p + 4 * (size_t)j);
         if (v >= ix->count)
             return kiln_fail(r->ctx, KILN_E_RANGE,
                              "%s: element %u level %u links to element %u (byte %llu), beyond "
@@ -558,7 +528,7 @@ static kiln_status read_level0(hl_reader *r, const hl_header *h, struct kiln_ind
         float *v = ix->vectors + (size_t)i * ix->dim;
         const uint8_t *src = p + h->offset_data;
         for (uint32_t d = 0; d < ix->dim; d++) {
-            v[d] = get_f32le(src + 4 * (size_t)d);
+            v[d] = kiln_get_f32le(src + 4 * (size_t)d);
             if (!isfinite(v[d]))
                 return kiln_fail(r->ctx, KILN_E_FORMAT,
                                  "%s: element %u has a non-finite value at dimension %u (byte "
@@ -568,7 +538,7 @@ static kiln_status read_level0(hl_reader *r, const hl_header *h, struct kiln_ind
         }
         if (ix->metric == KILN_METRIC_COS)
             kiln_normalize(v, ix->dim);
-        const uint64_t label = get_u64le(p + h->label_offset);
+        const uint64_t label = kiln_get_u64le(p + h->label_offset);
         if (label > (uint64_t)HL_LABEL_MAX)
             return kiln_fail(r->ctx, KILN_E_RANGE,
                              "%s: element %u has label %llu (byte %llu), above kiln's int64 "
@@ -590,7 +560,7 @@ static kiln_status read_upper(hl_reader *r, const hl_header *h, struct kiln_inde
         kiln_status st = rd_take(r, sizeof(uint32_t), &p);
         if (st)
             return st;
-        if (get_u32le(p) != ix->levels[i] * upper)
+        if (kiln_get_u32le(p) != ix->levels[i] * upper)
             return kiln_fail(r->ctx, KILN_E_IO,
                              "%s: element %u's link size at byte %llu changed while the file "
                              "was being read",

@@ -45,6 +45,7 @@
 #include "../host/crc32c_internal.h"
 #include "../host/ctx_internal.h"
 #include "hnsw_internal.h"
+#include "../host/le_internal.h"
 
 /* ==== Format constants (fixed by docs/FORMAT.md) ==== */
 
@@ -133,25 +134,7 @@ typedef struct index_file {
     section_entry sec[KNOWN_SECTIONS + 1]; /* by kind; [0] unused */
 } index_file;
 
-/* ==== Little-endian helpers ==== */
-
-static void put_u32le(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put_u64le(uint8_t *p, uint64_t v) {
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get_u32le(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t get_u64le(const uint8_t *p) {
-    return (uint64_t)get_u32le(p) | (uint64_t)get_u32le(p + 4) << 32;
-}
+/* ==== Byte order ==== */
 
 /* Reverses the bytes of each of n elements of elem (4 or 8) bytes in place;
  * only big-endian hosts call it. */
@@ -362,30 +345,30 @@ static kiln_status write_front(writer *w) {
     memset(table, 0, sizeof table);
     for (unsigned k = 0; k < KNOWN_SECTIONS; k++) {
         uint8_t *e = table + k * SECTION_ENTRY;
-        put_u32le(e + S_KIND, w->sec[k].kind);
-        put_u32le(e + S_FLAGS, 0);
-        put_u64le(e + S_OFFSET, w->sec[k].offset);
-        put_u64le(e + S_LENGTH, w->sec[k].length);
-        put_u32le(e + S_CRC, w->sec[k].crc);
+        kiln_put_u32le(e + S_KIND, w->sec[k].kind);
+        kiln_put_u32le(e + S_FLAGS, 0);
+        kiln_put_u64le(e + S_OFFSET, w->sec[k].offset);
+        kiln_put_u64le(e + S_LENGTH, w->sec[k].length);
+        kiln_put_u32le(e + S_CRC, w->sec[k].crc);
     }
     uint8_t hb[HEADER_BYTES];
     memset(hb, 0, sizeof hb);
     memcpy(hb + H_MAGIC, FILE_MAGIC, FILE_MAGIC_LEN);
-    put_u32le(hb + H_VERSION, FILE_VERSION);
-    put_u32le(hb + H_HEADER_BYTES, HEADER_BYTES);
-    put_u32le(hb + H_DIM, ix->dim);
-    put_u32le(hb + H_METRIC, (uint32_t)ix->metric);
-    put_u32le(hb + H_M, ix->M);
-    put_u32le(hb + H_M0, ix->M0);
-    put_u32le(hb + H_EF_CONSTRUCTION, ix->ef_construction);
-    put_u32le(hb + H_MAX_LEVEL, ix->max_level);
-    put_u64le(hb + H_COUNT, ix->count);
-    put_u32le(hb + H_ENTRY_POINT, ix->entry_point);
-    put_u32le(hb + H_SECTION_COUNT, KNOWN_SECTIONS);
-    put_u64le(hb + H_SEED, ix->seed);
-    put_u64le(hb + H_FILE_BYTES, kiln_afile_offset(w->af));
-    put_u32le(hb + H_TABLE_CRC, kiln_crc32c(0, table, sizeof table));
-    put_u32le(hb + H_CRC, kiln_crc32c(0, hb, H_CRC));
+    kiln_put_u32le(hb + H_VERSION, FILE_VERSION);
+    kiln_put_u32le(hb + H_HEADER_BYTES, HEADER_BYTES);
+    kiln_put_u32le(hb + H_DIM, ix->dim);
+    kiln_put_u32le(hb + H_METRIC, (uint32_t)ix->metric);
+    kiln_put_u32le(hb + H_M, ix->M);
+    kiln_put_u32le(hb + H_M0, ix->M0);
+    kiln_put_u32le(hb + H_EF_CONSTRUCTION, ix->ef_construction);
+    kiln_put_u32le(hb + H_MAX_LEVEL, ix->max_level);
+    kiln_put_u64le(hb + H_COUNT, ix->count);
+    kiln_put_u32le(hb + H_ENTRY_POINT, ix->entry_point);
+    kiln_put_u32le(hb + H_SECTION_COUNT, KNOWN_SECTIONS);
+    kiln_put_u64le(hb + H_SEED, ix->seed);
+    kiln_put_u64le(hb + H_FILE_BYTES, kiln_afile_offset(w->af));
+    kiln_put_u32le(hb + H_TABLE_CRC, kiln_crc32c(0, table, sizeof table));
+    kiln_put_u32le(hb + H_CRC, kiln_crc32c(0, hb, H_CRC));
     kiln_status st = kiln_afile_pwrite(w->af, table, sizeof table, HEADER_BYTES);
     return st ? st : kiln_afile_pwrite(w->af, hb, sizeof hb, 0);
 }
@@ -461,7 +444,7 @@ static kiln_status check_header(index_file *f, uint64_t size) {
     /* The version comes before the CRC: another version may lay out (and
      * checksum) its header differently. */
     file_header *h = &f->h;
-    h->version = get_u32le(hb + H_VERSION);
+    h->version = kiln_get_u32le(hb + H_VERSION);
     if (h->version != FILE_VERSION)
         return kiln_fail(f->ctx, KILN_E_VERSION,
                          "%s: index format version %u is not supported (this kiln reads "
@@ -469,25 +452,25 @@ static kiln_status check_header(index_file *f, uint64_t size) {
                          f->path, h->version, FILE_VERSION);
     if (got < HEADER_BYTES)
         return truncated_header(f, size);
-    const uint32_t stored = get_u32le(hb + H_CRC), computed = kiln_crc32c(0, hb, H_CRC);
+    const uint32_t stored = kiln_get_u32le(hb + H_CRC), computed = kiln_crc32c(0, hb, H_CRC);
     if (stored != computed)
         return kiln_fail(f->ctx, KILN_E_CHECKSUM,
                          "%s: header checksum mismatch (stored 0x%08x, computed 0x%08x)", f->path,
                          stored, computed);
 
-    h->header_bytes = get_u32le(hb + H_HEADER_BYTES);
-    h->dim = get_u32le(hb + H_DIM);
-    h->metric = get_u32le(hb + H_METRIC);
-    h->M = get_u32le(hb + H_M);
-    h->M0 = get_u32le(hb + H_M0);
-    h->ef_construction = get_u32le(hb + H_EF_CONSTRUCTION);
-    h->max_level = get_u32le(hb + H_MAX_LEVEL);
-    h->count = get_u64le(hb + H_COUNT);
-    h->entry_point = get_u32le(hb + H_ENTRY_POINT);
-    h->section_count = get_u32le(hb + H_SECTION_COUNT);
-    h->seed = get_u64le(hb + H_SEED);
-    h->file_bytes = get_u64le(hb + H_FILE_BYTES);
-    h->table_crc = get_u32le(hb + H_TABLE_CRC);
+    h->header_bytes = kiln_get_u32le(hb + H_HEADER_BYTES);
+    h->dim = kiln_get_u32le(hb + H_DIM);
+    h->metric = kiln_get_u32le(hb + H_METRIC);
+    h->M = kiln_get_u32le(hb + H_M);
+    h->M0 = kiln_get_u32le(hb + H_M0);
+    h->ef_construction = kiln_get_u32le(hb + H_EF_CONSTRUCTION);
+    h->max_level = kiln_get_u32le(hb + H_MAX_LEVEL);
+    h->count = kiln_get_u64le(hb + H_COUNT);
+    h->entry_point = kiln_get_u32le(hb + H_ENTRY_POINT);
+    h->section_count = kiln_get_u32le(hb + H_SECTION_COUNT);
+    h->seed = kiln_get_u64le(hb + H_SEED);
+    h->file_bytes = kiln_get_u64le(hb + H_FILE_BYTES);
+    h->table_crc = kiln_get_u32le(hb + H_TABLE_CRC);
 
     if (h->header_bytes != HEADER_BYTES)
         return kiln_fail(f->ctx, KILN_E_FORMAT, "%s: header_bytes is %u, version %u uses %u",
@@ -557,12 +540,12 @@ static kiln_status check_table(index_file *f) {
     for (uint32_t i = 0; i < h->section_count; i++) {
         const uint8_t *e = table + (size_t)i * SECTION_ENTRY;
         section_entry *s = &all[i];
-        s->kind = get_u32le(e + S_KIND);
-        s->flags = get_u32le(e + S_FLAGS);
-        s->offset = get_u64le(e + S_OFFSET);
-        s->length = get_u64le(e + S_LENGTH);
-        s->crc = get_u32le(e + S_CRC);
-        s->reserved = get_u32le(e + S_RESERVED);
+        s->kind = kiln_get_u32le(e + S_KIND);
+        s->flags = kiln_get_u32le(e + S_FLAGS);
+        s->offset = kiln_get_u64le(e + S_OFFSET);
+        s->length = kiln_get_u64le(e + S_LENGTH);
+        s->crc = kiln_get_u32le(e + S_CRC);
+        s->reserved = kiln_get_u32le(e + S_RESERVED);
         const bool known = s->kind >= 1 && s->kind <= KNOWN_SECTIONS;
         if (s->reserved != 0 || (s->flags & ~SECTION_OPTIONAL) != 0 || (known && s->flags != 0))
             return kiln_fail(f->ctx, KILN_E_FORMAT,

@@ -53,6 +53,7 @@
 #include "afile_internal.h"
 #include "ctx_internal.h"
 #include "dataset_internal.h"
+#include "le_internal.h"
 
 #if !defined(__BYTE_ORDER__) || !defined(__ORDER_LITTLE_ENDIAN__)
 #error "dataset.c needs the compiler's __BYTE_ORDER__ to check the host byte order"
@@ -144,17 +145,6 @@ static size_t dtype_size(kiln_dtype dtype) {
     return 0;
 }
 
-static uint32_t load_le32(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint16_t load_le16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
-
-static void store_le32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
 /* Resolves KILN_FORMAT_AUTO from the extension of path's last component. */
 static kiln_status format_from_path(kiln_ctx *ctx, const char *path, kiln_format *out) {
     const char *slash = strrchr(path, '/');
@@ -225,7 +215,7 @@ static kiln_status parse_texmex(kiln_dataset *ds) {
         return kiln_fail(ds->ctx, KILN_E_FORMAT,
                          "%s: truncated: record 0 at byte offset 0 needs 4 bytes, %zu left",
                          ds->path, size);
-    const uint32_t d_raw = load_le32(ds->map);
+    const uint32_t d_raw = kiln_get_u32le(ds->map);
     const int32_t d = (int32_t)d_raw;
     if (d <= 0)
         return kiln_fail(ds->ctx, KILN_E_FORMAT,
@@ -244,7 +234,7 @@ static kiln_status parse_texmex(kiln_dataset *ds) {
     /* Every record's header, so a file spliced from two dimensions is
      * named as such rather than as truncated or silently misread. */
     for (size_t i = 1; i < n; i++) {
-        const uint32_t di = load_le32(ds->map + i * rec);
+        const uint32_t di = kiln_get_u32le(ds->map + i * rec);
         if (di != d_raw)
             return kiln_fail(ds->ctx, KILN_E_FORMAT,
                              "%s: inconsistent dimension: record %zu at byte offset %zu has d = "
@@ -252,11 +242,11 @@ static kiln_status parse_texmex(kiln_dataset *ds) {
                              ds->path, i, i * rec, (int32_t)di, d);
     }
     if (tail != 0) {
-        if (tail >= 4 && load_le32(ds->map + n * rec) != d_raw)
+        if (tail >= 4 && kiln_get_u32le(ds->map + n * rec) != d_raw)
             return kiln_fail(ds->ctx, KILN_E_FORMAT,
                              "%s: inconsistent dimension: record %zu at byte offset %zu has d = "
                              "%" PRId32 ", record 0 has d = %" PRId32,
-                             ds->path, n, n * rec, (int32_t)load_le32(ds->map + n * rec), d);
+                             ds->path, n, n * rec, (int32_t)kiln_get_u32le(ds->map + n * rec), d);
         return kiln_fail(ds->ctx, KILN_E_FORMAT,
                          "%s: truncated: record %zu at byte offset %zu needs %zu bytes, %zu left",
                          ds->path, n, n * rec, rec, tail);
@@ -281,8 +271,8 @@ static kiln_status parse_bigann(kiln_dataset *ds) {
         return kiln_fail(ds->ctx, KILN_E_FORMAT,
                          "%s: truncated header: needs 8 bytes (uint32 n, uint32 d), file has %zu",
                          ds->path, size);
-    const uint32_t n = load_le32(ds->map);
-    const uint32_t d = load_le32(ds->map + 4);
+    const uint32_t n = kiln_get_u32le(ds->map);
+    const uint32_t d = kiln_get_u32le(ds->map + 4);
     if (d == 0)
         return kiln_fail(ds->ctx, KILN_E_FORMAT, "%s: header has dimension 0 (n = %" PRIu32 ")",
                          ds->path, n);
@@ -515,14 +505,14 @@ static kiln_status parse_npy(kiln_dataset *ds) {
     size_t hstart, hlen;
     if (major == 1 && minor == 0) {
         hstart = 10;
-        hlen = load_le16(ds->map + 8);
+        hlen = kiln_get_u16le(ds->map + 8);
     } else if ((major == 2 || major == 3) && minor == 0) {
         if (size < 12)
             return kiln_fail(ds->ctx, KILN_E_FORMAT,
                              "%s: truncated npy preamble: needs 12 bytes, file has %zu", ds->path,
                              size);
         hstart = 12;
-        hlen = load_le32(ds->map + 8);
+        hlen = kiln_get_u32le(ds->map + 8);
     } else {
         return kiln_fail(ds->ctx, KILN_E_VERSION,
                          "%s: npy version %u.%u at byte offset 6 is not supported (kiln reads "
@@ -876,7 +866,7 @@ kiln_status kiln_dataset_write(kiln_ctx *ctx, const char *path, kiln_format form
     switch (fi->layout) {
     case DS_TEXMEX: {
         uint8_t hdr[4];
-        store_le32(hdr, (uint32_t)d);
+        kiln_put_u32le(hdr, (uint32_t)d);
         const size_t row_bytes = d * esz;
         for (size_t i = 0; i < n && st == KILN_OK; i++) {
             st = kiln_afile_write(af, hdr, sizeof hdr);
@@ -887,8 +877,8 @@ kiln_status kiln_dataset_write(kiln_ctx *ctx, const char *path, kiln_format form
     }
     case DS_BIGANN: {
         uint8_t hdr[8];
-        store_le32(hdr, (uint32_t)n);
-        store_le32(hdr + 4, (uint32_t)d);
+        kiln_put_u32le(hdr, (uint32_t)n);
+        kiln_put_u32le(hdr + 4, (uint32_t)d);
         st = kiln_afile_write(af, hdr, sizeof hdr);
         if (st == KILN_OK)
             st = kiln_afile_write(af, src, bytes);
