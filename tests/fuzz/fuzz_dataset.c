@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "fuzz.h"
+#include "fuzz_util.h"
 #include "kiln.h"
 
 /* ==== Tunables ==== */
@@ -38,28 +39,6 @@
 static const kiln_format fuzz_formats[] = {KILN_FORMAT_FVECS, KILN_FORMAT_BVECS, KILN_FORMAT_IVECS,
                                            KILN_FORMAT_FBIN,  KILN_FORMAT_U8BIN, KILN_FORMAT_I8BIN,
                                            KILN_FORMAT_NPY};
-
-static const char *fuzz_path(void) {
-    static char path[1024];
-    if (!path[0]) {
-        const char *dir = getenv("KILN_TEST_TMP");
-        if (!dir || !*dir)
-            dir = "/tmp";
-        mkdir(dir, 0755); /* the build folder exists; only its leaf may not */
-        const int len = snprintf(path, sizeof path, "%s/fuzz_dataset_%ld.bin", dir, (long)getpid());
-        if (len <= 0 || (size_t)len >= sizeof path)
-            snprintf(path, sizeof path, "/tmp/fuzz_dataset_%ld.bin", (long)getpid());
-    }
-    return path;
-}
-
-static bool write_file(const char *path, const uint8_t *data, size_t size) {
-    FILE *fp = fopen(path, "wb");
-    if (!fp)
-        return false;
-    const bool ok = (size == 0 || fwrite(data, 1, size, fp) == size);
-    return fclose(fp) == 0 && ok;
-}
 
 /* Reads up to FUZZ_MAX_ROWS rows every way the dataset allows, plus reads
  * that must be refused. */
@@ -94,7 +73,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static kiln_ctx *ctx;
     if (!ctx && kiln_ctx_new(&ctx) != KILN_OK)
         return 0;
-    const char *path = fuzz_path();
+    const char *path = fuzz_path("in");
     if (!write_file(path, data, size))
         return 0;
     for (size_t i = 0; i < sizeof fuzz_formats / sizeof fuzz_formats[0]; i++) {

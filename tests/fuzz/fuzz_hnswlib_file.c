@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include "fuzz.h"
+#include "fuzz_util.h"
 #include "kiln.h"
 #include "../../graph/hnsw_internal.h"
 #include "../../host/rng_internal.h"
@@ -59,80 +60,6 @@
 #define HL_OFF_DATA  40
 
 /* ==== Helpers ==== */
-
-static const char *fuzz_path(const char *what);
-
-static void fuzz_cleanup(void) {
-    unlink(fuzz_path("in"));
-    unlink(fuzz_path("out"));
-    unlink(fuzz_path("seed"));
-}
-
-static const char *fuzz_path(const char *what) {
-    static char paths[3][1024];
-    static const char *const names[] = {"in", "out", "seed"};
-    const int slot = what[0] == 'i' ? 0 : what[0] == 'o' ? 1 : 2;
-    char *path = paths[slot];
-    if (!paths[0][0] && !paths[1][0] && !paths[2][0])
-        atexit(fuzz_cleanup);
-    if (!path[0]) {
-        const char *dir = getenv("KILN_TEST_TMP");
-        if (!dir || !*dir)
-            dir = "/tmp";
-        mkdir(dir, 0755); /* the build folder exists; only its leaf may not */
-        const int len = snprintf(path, sizeof paths[0], "%s/fuzz_hnswlib_file_%ld.%s.bin", dir,
-                                 (long)getpid(), names[slot]);
-        if (len <= 0 || (size_t)len >= sizeof paths[0])
-            snprintf(path, sizeof paths[0], "/tmp/fuzz_hnswlib_file_%ld.%s.bin", (long)getpid(),
-                     names[slot]);
-    }
-    return path;
-}
-
-static bool write_file(const char *path, const uint8_t *data, size_t size) {
-    FILE *fp = fopen(path, "wb");
-    if (!fp)
-        return false;
-    const bool ok = (size == 0 || fwrite(data, 1, size, fp) == size);
-    return fclose(fp) == 0 && ok;
-}
-
-static uint8_t *read_file(const char *path, size_t *size) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return NULL;
-    uint8_t *buf = NULL;
-    long n = -1;
-    if (fseek(fp, 0, SEEK_END) == 0 && (n = ftell(fp)) >= 0 && fseek(fp, 0, SEEK_SET) == 0) {
-        buf = malloc((size_t)n + 1);
-        if (buf && fread(buf, 1, (size_t)n, fp) != (size_t)n) {
-            free(buf);
-            buf = NULL;
-        }
-    }
-    fclose(fp);
-    *size = buf ? (size_t)n : 0;
-    return buf;
-}
-
-static kiln_ctx *fuzz_ctx(void) {
-    static kiln_ctx *ctx;
-    if (!ctx && kiln_ctx_new(&ctx) != KILN_OK)
-        abort();
-    return ctx;
-}
-
-static uint64_t rd64(const uint8_t *p) {
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
-static void wr32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
 
 /* Exports ix to the out path and returns the bytes (NULL when refused). */
 static uint8_t *export_bytes(const kiln_index *ix, size_t *size) {
@@ -198,7 +125,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     run_one(ctx, path, 4);
     run_one(ctx, path, 16);
     if (size >= HL_HDR) {
-        const uint64_t label_off = rd64(data + HL_LABEL_OFF), off_data = rd64(data + HL_OFF_DATA);
+        const uint64_t label_off = kiln_get_u64le(data + HL_LABEL_OFF),
+                       off_data = kiln_get_u64le(data + HL_OFF_DATA);
         const uint64_t span = label_off - off_data;
         if (label_off > off_data && span % 4 == 0 && span / 4 <= FUZZ_MAX_DIM && span / 4 != 4 &&
             span / 4 != 16)
@@ -259,12 +187,12 @@ int kiln_fuzz_seed(size_t i, uint8_t **buf, size_t *len) {
     if (i == 5) {
         /* Stale ids past each level-0 count, as hnswlib leaves them after a
          * re-prune: the reader must ignore them. */
-        const uint64_t sde = rd64(*buf + 24);
+        const uint64_t sde = kiln_get_u64le(*buf + 24);
         for (uint32_t u = 0; u < ix->count; u++) {
             uint8_t *rec = *buf + HL_HDR + u * sde;
             const uint32_t n = ix->links0[u * kiln_links0_stride(ix)];
             for (uint32_t j = n; j < ix->M0; j++)
-                wr32(rec + 4 + 4 * j, 0xdead0000u + j);
+                kiln_put_u32le(rec + 4 + 4 * j, 0xdead0000u + j);
         }
     }
     kiln_index_free(ix);

@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "fuzz.h"
+#include "fuzz_util.h"
 #include "kiln.h"
 #include "../../graph/hnsw_internal.h"
 #include "../../host/crc32c_internal.h"
@@ -48,67 +49,6 @@
 #define FUZZ_EF 16
 
 /* ==== Helpers ==== */
-
-static const char *fuzz_path(const char *what);
-
-static void fuzz_cleanup(void) {
-    unlink(fuzz_path("in"));
-    unlink(fuzz_path("out"));
-}
-
-static const char *fuzz_path(const char *what) {
-    static char paths[3][1024];
-    static const char *const names[] = {"in", "out", "seed"};
-    const int slot = what[0] == 'i' ? 0 : what[0] == 'o' ? 1 : 2;
-    char *path = paths[slot];
-    if (!paths[0][0] && !paths[1][0] && !paths[2][0])
-        atexit(fuzz_cleanup);
-    if (!path[0]) {
-        const char *dir = getenv("KILN_TEST_TMP");
-        if (!dir || !*dir)
-            dir = "/tmp";
-        mkdir(dir, 0755); /* the build folder exists; only its leaf may not */
-        const int len = snprintf(path, sizeof paths[0], "%s/fuzz_index_file_%ld.%s.kiln", dir,
-                                 (long)getpid(), names[slot]);
-        if (len <= 0 || (size_t)len >= sizeof paths[0])
-            snprintf(path, sizeof paths[0], "/tmp/fuzz_index_file_%ld.%s.kiln", (long)getpid(),
-                     names[slot]);
-    }
-    return path;
-}
-
-static bool write_file(const char *path, const uint8_t *data, size_t size) {
-    FILE *fp = fopen(path, "wb");
-    if (!fp)
-        return false;
-    const bool ok = (size == 0 || fwrite(data, 1, size, fp) == size);
-    return fclose(fp) == 0 && ok;
-}
-
-static uint8_t *read_file(const char *path, size_t *size) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return NULL;
-    uint8_t *buf = NULL;
-    long n = -1;
-    if (fseek(fp, 0, SEEK_END) == 0 && (n = ftell(fp)) >= 0 && fseek(fp, 0, SEEK_SET) == 0) {
-        buf = malloc((size_t)n + 1);
-        if (buf && fread(buf, 1, (size_t)n, fp) != (size_t)n) {
-            free(buf);
-            buf = NULL;
-        }
-    }
-    fclose(fp);
-    *size = buf ? (size_t)n : 0;
-    return buf;
-}
-
-static kiln_ctx *fuzz_ctx(void) {
-    static kiln_ctx *ctx;
-    if (!ctx && kiln_ctx_new(&ctx) != KILN_OK)
-        abort();
-    return ctx;
-}
 
 /* Saves ix to the out path and returns the bytes (NULL when the save fails). */
 static uint8_t *save_bytes(const kiln_index *ix, size_t *size) {
@@ -157,15 +97,6 @@ static void check_loaded(kiln_ctx *ctx, const kiln_index *ix, kiln_status info_s
     kiln_index_free(again);
 }
 
-static uint32_t rd32(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static uint64_t rd64(const uint8_t *p) { return rd32(p) | (uint64_t)rd32(p + 4) << 32; }
-static void wr32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
 /* Recomputes the section, table and header CRCs (offsets from
  * docs/FORMAT.md) wherever the input's own table says they are, so a
  * mutated field gets past the checksums and reaches the checks behind them;
@@ -173,20 +104,20 @@ static void wr32(uint8_t *p, uint32_t v) {
 static void fix_crcs(uint8_t *buf, size_t size) {
     if (size < 128)
         return;
-    uint32_t sections = rd32(buf + 52);
+    uint32_t sections = kiln_get_u32le(buf + 52);
     if (sections > 64)
         sections = 64;
     const size_t table = (size_t)sections * 32;
     if (128 + table <= size) {
         for (uint32_t i = 0; i < sections; i++) {
             uint8_t *e = buf + 128 + (size_t)i * 32;
-            const uint64_t off = rd64(e + 8), len = rd64(e + 16);
+            const uint64_t off = kiln_get_u64le(e + 8), len = kiln_get_u64le(e + 16);
             if (off <= size && len <= size - off)
-                wr32(e + 24, kiln_crc32c(0, buf + off, (size_t)len));
+                kiln_put_u32le(e + 24, kiln_crc32c(0, buf + off, (size_t)len));
         }
-        wr32(buf + 72, kiln_crc32c(0, buf + 128, table));
+        kiln_put_u32le(buf + 72, kiln_crc32c(0, buf + 128, table));
     }
-    wr32(buf + 124, kiln_crc32c(0, buf, 124));
+    kiln_put_u32le(buf + 124, kiln_crc32c(0, buf, 124));
 }
 
 static void run_one(kiln_ctx *ctx, const uint8_t *data, size_t size) {

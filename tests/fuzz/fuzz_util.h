@@ -1,0 +1,91 @@
+/* fuzz_util.h -- what every fuzz target needs around the reader it drives:
+ * scratch file paths (removed at exit), whole-file read and write, one
+ * context for the process, and little-endian field access. Each target is
+ * one translation unit, so these are static inline. */
+#ifndef KILN_FUZZ_UTIL_H
+#define KILN_FUZZ_UTIL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../../host/le_internal.h"
+#include "kiln.h"
+
+#define FUZZ_MAX_PATHS 4
+
+static char fuzz_paths[FUZZ_MAX_PATHS][1024];
+
+static inline void fuzz_cleanup(void) {
+    for (int i = 0; i < FUZZ_MAX_PATHS; i++)
+        if (fuzz_paths[i][0])
+            unlink(fuzz_paths[i]);
+}
+
+/* A per-process scratch path "<$KILN_TEST_TMP or /tmp>/kiln_fuzz_<pid>.<what>",
+ * the same for the same what; every path handed out is removed at exit. */
+static inline const char *fuzz_path(const char *what) {
+    static bool registered;
+    char want[1024];
+    const char *dir = getenv("KILN_TEST_TMP");
+    if (!dir || !*dir)
+        dir = "/tmp";
+    int len = snprintf(want, sizeof want, "%s/kiln_fuzz_%ld.%s", dir, (long)getpid(), what);
+    if (len <= 0 || (size_t)len >= sizeof want)
+        snprintf(want, sizeof want, "/tmp/kiln_fuzz_%ld.%s", (long)getpid(), what);
+    for (int i = 0; i < FUZZ_MAX_PATHS; i++) {
+        if (strcmp(fuzz_paths[i], want) == 0)
+            return fuzz_paths[i];
+        if (!fuzz_paths[i][0]) {
+            if (!registered) {
+                atexit(fuzz_cleanup);
+                registered = true;
+            }
+            mkdir(dir, 0755); /* the build folder exists; only its leaf may not */
+            memcpy(fuzz_paths[i], want, sizeof want);
+            return fuzz_paths[i];
+        }
+    }
+    abort(); /* a target asked for more scratch files than FUZZ_MAX_PATHS */
+}
+
+static inline bool write_file(const char *path, const uint8_t *data, size_t size) {
+    FILE *fp = fopen(path, "wb");
+    if (!fp)
+        return false;
+    const bool ok = (size == 0 || fwrite(data, 1, size, fp) == size);
+    return fclose(fp) == 0 && ok;
+}
+
+/* The whole file in a malloc'd buffer (NULL on failure). */
+static inline uint8_t *read_file(const char *path, size_t *size) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return NULL;
+    uint8_t *buf = NULL;
+    long n = -1;
+    if (fseek(fp, 0, SEEK_END) == 0 && (n = ftell(fp)) >= 0 && fseek(fp, 0, SEEK_SET) == 0) {
+        buf = malloc((size_t)n + 1);
+        if (buf && fread(buf, 1, (size_t)n, fp) != (size_t)n) {
+            free(buf);
+            buf = NULL;
+        }
+    }
+    fclose(fp);
+    *size = buf ? (size_t)n : 0;
+    return buf;
+}
+
+/* One context for the whole process (fuzzers never free it). */
+static inline kiln_ctx *fuzz_ctx(void) {
+    static kiln_ctx *ctx;
+    if (!ctx && kiln_ctx_new(&ctx) != KILN_OK)
+        abort();
+    return ctx;
+}
+
+#endif /* KILN_FUZZ_UTIL_H */
