@@ -5,27 +5,10 @@
  * no OpenCL platform is installed. */
 #include "../graph/hnsw_internal.h"
 #include "check.h"
+#include "recall.h"
 #include "kiln.h"
 
 #define DATA "../shared/datasets"
-
-static double recall10(kiln_ctx *ctx, const kiln_index *ix, const float *q, size_t nq,
-                       const int64_t *gt, size_t gk, uint32_t ef) {
-    int64_t *lab = malloc(nq * 10 * sizeof *lab);
-    REQUIRE(lab);
-    kiln_search_params sp = {.k = 10, .ef = ef, .threads = 0};
-    CHECK_OK(ctx, kiln_index_search(ix, q, nq, &sp, lab, NULL));
-    size_t hits = 0;
-    for (size_t i = 0; i < nq; i++)
-        for (int j = 0; j < 10; j++)
-            for (int g = 0; g < 10; g++)
-                if (lab[i * 10 + j] == gt[i * gk + g]) {
-                    hits++;
-                    break;
-                }
-    free(lab);
-    return (double)hits / (double)(nq * 10);
-}
 
 static void device_params(kiln_build_params *p) {
     kiln_build_params_init(p);
@@ -66,7 +49,7 @@ static void test_real(kiln_ctx *ctx, const char *name) {
     CHECK_OK(ctx, kiln_index_build_report(ix, &rep));
     CHECK(rep.method == KILN_METHOD_DEVICE && rep.clusters >= 1 && rep.device_batches >= 1);
     CHECK(rep.device_name[0] != '\0' && rep.n_stages >= 5);
-    double r = recall10(ctx, ix, q, nq, gt, gk, 64);
+    double r = search_recall(ctx, ix, q, nq, gt, gk, 10, 64);
     CHECK_MSG(r >= 0.95, "%s: device build recall@10 at ef=64 is %.4f", name, r);
     fprintf(stderr,
             "%s device build: recall@10 ef64 %.4f, %u clusters (largest %u), %.1f "
@@ -98,7 +81,7 @@ static void test_metrics(kiln_ctx *ctx) {
         CHECK_OK(ctx, kiln_index_build(ctx, x, n, d, &p, &ix));
         REQUIRE(ix);
         CHECK_OK(ctx, kiln_index_check(ix));
-        double r = recall10(ctx, ix, x + n * d, nq, gt, 10, 64);
+        double r = search_recall(ctx, ix, x + n * d, nq, gt, 10, 10, 64);
         CHECK_MSG(r >= 0.95, "%s: device build recall@10 at ef=64 is %.4f",
                   kiln_metric_name(metrics[m]), r);
         fprintf(stderr, "synthetic %s device build: recall@10 ef64 %.4f\n",

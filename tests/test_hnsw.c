@@ -7,6 +7,7 @@
 
 #include "../graph/build_internal.h"
 #include "check.h"
+#include "recall.h"
 #include "kiln.h"
 
 #define SIFT_DIR "../shared/datasets/siftsmall"
@@ -17,31 +18,6 @@
 static void insert_params(kiln_build_params *p) {
     kiln_build_params_init(p);
     p->method = KILN_METHOD_INSERT;
-}
-
-/* recall@k of labels against gt rows of gk ids (first k used). */
-static double recall_at(const int64_t *labels, const int64_t *gt, size_t nq, uint32_t k,
-                        uint32_t gk) {
-    size_t hits = 0;
-    for (size_t i = 0; i < nq; i++)
-        for (uint32_t j = 0; j < k; j++)
-            for (uint32_t g = 0; g < k; g++)
-                if (labels[i * k + j] == gt[i * gk + g]) {
-                    hits++;
-                    break;
-                }
-    return (double)hits / ((double)nq * k);
-}
-
-static double search_recall(kiln_ctx *ctx, const kiln_index *ix, const float *q, size_t nq,
-                            const int64_t *gt, uint32_t gk, uint32_t k, uint32_t ef) {
-    int64_t *labels = malloc(nq * k * sizeof *labels);
-    REQUIRE(labels);
-    kiln_search_params sp = {.k = k, .ef = ef, .threads = 1};
-    CHECK_OK(ctx, kiln_index_search(ix, q, nq, &sp, labels, NULL));
-    double r = recall_at(labels, gt, nq, k, gk);
-    free(labels);
-    return r;
 }
 
 /* ==== siftsmall: the acceptance figure ==== */

@@ -3,25 +3,8 @@
  * candidates from exact kNN so the graph side is tested on its own. */
 #include "../graph/build_internal.h"
 #include "check.h"
+#include "recall.h"
 #include "kiln.h"
-
-static double recall10(kiln_ctx *ctx, const kiln_index *ix, const float *q, size_t nq,
-                       const int64_t *gt, uint32_t ef) {
-    int64_t *lab = malloc(nq * 10 * sizeof *lab);
-    REQUIRE(lab);
-    kiln_search_params sp = {.k = 10, .ef = ef, .threads = 1};
-    CHECK_OK(ctx, kiln_index_search(ix, q, nq, &sp, lab, NULL));
-    size_t hits = 0;
-    for (size_t i = 0; i < nq; i++)
-        for (int j = 0; j < 10; j++)
-            for (int g = 0; g < 10; g++)
-                if (lab[i * 10 + j] == gt[i * 10 + g]) {
-                    hits++;
-                    break;
-                }
-    free(lab);
-    return (double)hits / (double)(nq * 10);
-}
 
 static void test_from_exact_candidates(kiln_ctx *ctx) {
     const size_t n = 5000, nq = 200, d = 24;
@@ -88,7 +71,7 @@ static void test_from_exact_candidates(kiln_ctx *ctx) {
     uint64_t repaired = 0;
     CHECK_OK(ctx, kiln_repair_reachability(ix, 100, &repaired));
     CHECK_OK(ctx, kiln_index_check(ix));
-    double r = recall10(ctx, ix, x + n * d, nq, gt, 64);
+    double r = search_recall(ctx, ix, x + n * d, nq, gt, 10, 10, 64);
     CHECK_MSG(r >= 0.95, "recall@10 at ef=64 from exact candidates: %.4f", r);
     fprintf(stderr, "merge from exact 32-NN candidates: recall@10 ef64 %.4f, repaired %llu\n", r,
             (unsigned long long)repaired);
