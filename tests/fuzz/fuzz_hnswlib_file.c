@@ -47,8 +47,6 @@
 
 /* Neighbours and beam for the one search per imported index: enough to walk
  * several hops of a seed-sized graph. */
-#define FUZZ_K  5
-#define FUZZ_EF 16
 
 /* Largest header-implied dim tried (decision 2): above the seeds' dims, and
  * small enough that a forged header cannot make each try slow. */
@@ -74,20 +72,7 @@ static void check_imported(kiln_ctx *ctx, const kiln_index *ix, uint32_t dim) {
         abort();
     kiln_index_check(ix);
 
-    float *q = calloc(dim, sizeof *q);
-    if (!q)
-        abort();
-    if (ix->count)
-        memcpy(q, kiln_vector(ix, 0), dim * sizeof *q);
-    kiln_search_params sp;
-    kiln_search_params_init(&sp);
-    sp.k = FUZZ_K;
-    sp.ef = FUZZ_EF;
-    sp.threads = 1;
-    int64_t labels[FUZZ_K];
-    if (kiln_index_search(ix, q, 1, &sp, labels, NULL) != KILN_OK)
-        abort();
-    free(q);
+    fuzz_search_once(ix);
 
     size_t n1 = 0, n2 = 0;
     uint8_t *first = export_bytes(ix, &n1);

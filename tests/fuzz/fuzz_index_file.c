@@ -41,13 +41,6 @@
 #include "../../host/crc32c_internal.h"
 #include "../../host/rng_internal.h"
 
-/* ==== Tunables ==== */
-
-/* Neighbours and beam for the one search per loaded index: enough to walk
- * several hops of a seed-sized graph. */
-#define FUZZ_K  5
-#define FUZZ_EF 16
-
 /* ==== Helpers ==== */
 
 /* Saves ix to the out path and returns the bytes (NULL when the save fails). */
@@ -65,22 +58,7 @@ static void check_loaded(kiln_ctx *ctx, const kiln_index *ix, kiln_status info_s
         abort();
     kiln_index_check(ix);
 
-    const size_t dim = kiln_index_dim(ix);
-    float *q = calloc(dim, sizeof *q);
-    if (!q)
-        abort();
-    if (ix->count)
-        memcpy(q, kiln_vector(ix, 0), dim * sizeof *q);
-    kiln_search_params sp;
-    kiln_search_params_init(&sp);
-    sp.k = FUZZ_K;
-    sp.ef = FUZZ_EF;
-    sp.threads = 1;
-    int64_t labels[FUZZ_K];
-    float dists[FUZZ_K];
-    if (kiln_index_search(ix, q, 1, &sp, labels, dists) != KILN_OK)
-        abort();
-    free(q);
+    fuzz_search_once(ix);
 
     size_t n1 = 0, n2 = 0;
     uint8_t *first = save_bytes(ix, &n1);

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../../graph/hnsw_internal.h"
 #include "../../host/le_internal.h"
 #include "kiln.h"
 
@@ -86,6 +87,32 @@ static inline kiln_ctx *fuzz_ctx(void) {
     if (!ctx && kiln_ctx_new(&ctx) != KILN_OK)
         abort();
     return ctx;
+}
+
+/* Neighbours and beam for the one search per loaded index: enough to walk
+ * several hops of a seed-sized graph. */
+#define FUZZ_K 5
+#define FUZZ_EF 16
+
+/* One search for node 0's vector (zeros when empty): whatever a reader
+ * accepted must be searchable without a crash. */
+static inline void fuzz_search_once(const struct kiln_index *ix) {
+    const size_t dim = kiln_index_dim(ix);
+    float *q = calloc(dim ? dim : 1, sizeof *q);
+    if (!q)
+        abort();
+    if (ix->count)
+        memcpy(q, kiln_vector(ix, 0), dim * sizeof *q);
+    kiln_search_params sp;
+    kiln_search_params_init(&sp);
+    sp.k = FUZZ_K;
+    sp.ef = FUZZ_EF;
+    sp.threads = 1;
+    int64_t labels[FUZZ_K];
+    float dists[FUZZ_K];
+    if (kiln_index_search(ix, q, 1, &sp, labels, dists) != KILN_OK)
+        abort();
+    free(q);
 }
 
 #endif /* KILN_FUZZ_UTIL_H */
