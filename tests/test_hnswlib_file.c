@@ -40,6 +40,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "file_util.h"
 #include "kiln.h"
 #include "../graph/hnsw_internal.h"
 #include "../host/rng_internal.h"
@@ -92,45 +93,6 @@ static const char *tpath(const char *name) {
     return p;
 }
 
-static bool write_bytes(const char *path, const void *data, size_t size) {
-    FILE *fp = fopen(path, "wb");
-    if (!fp)
-        return false;
-    const bool ok = size == 0 || fwrite(data, 1, size, fp) == size;
-    return fclose(fp) == 0 && ok;
-}
-
-static uint8_t *read_bytes(const char *path, size_t *size) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return NULL;
-    uint8_t *buf = NULL;
-    long n = -1;
-    if (fseek(fp, 0, SEEK_END) == 0 && (n = ftell(fp)) >= 0 && fseek(fp, 0, SEEK_SET) == 0) {
-        buf = malloc((size_t)n + 1);
-        if (buf && fread(buf, 1, (size_t)n, fp) != (size_t)n) {
-            free(buf);
-            buf = NULL;
-        }
-    }
-    fclose(fp);
-    *size = buf ? (size_t)n : 0;
-    return buf;
-}
-
-static uint32_t rd32(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static uint64_t rd64(const uint8_t *p) { return rd32(p) | (uint64_t)rd32(p + 4) << 32; }
-static void wr32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-static void wr64(uint8_t *p, uint64_t v) {
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
 /* ==== Python hnswlib ==== */
 
 /* query SPACE DIM INDEX QUERIES EF K OUT: load a saved index, search raw
@@ -172,7 +134,7 @@ static const char py_script[] =
 
 static bool run_python(const char *args) {
     const char *script = tpath("hnswlib_helper.py");
-    if (!write_bytes(script, py_script, sizeof py_script - 1))
+    if (!write_file(script, py_script, sizeof py_script - 1))
         return false;
     char cmd[16384];
     snprintf(cmd, sizeof cmd, "/usr/bin/python3 '%s' %s", script, args);
@@ -185,7 +147,7 @@ static bool run_python(const char *args) {
 /* nq*k int64 labels written by the helper. */
 static int64_t *read_labels(const char *path, size_t count) {
     size_t size = 0;
-    uint8_t *b = read_bytes(path, &size);
+    uint8_t *b = read_file(path, &size);
     if (!b || size != count * sizeof(int64_t)) {
         free(b);
         return NULL;
@@ -193,7 +155,7 @@ static int64_t *read_labels(const char *path, size_t count) {
     int64_t *out = malloc(count * sizeof *out);
     REQUIRE(out);
     for (size_t i = 0; i < count; i++)
-        out[i] = (int64_t)rd64(b + i * 8);
+        out[i] = (int64_t)kiln_get_u64le(b + i * 8);
     free(b);
     return out;
 }
@@ -303,7 +265,7 @@ static void hnswlib_agrees(const kiln_index *ix, const char *space, const float 
     snprintf(out, sizeof out, "%s.hnswlib.ids", name);
     const size_t dim = kiln_index_dim(ix);
     CHECK_OK(ix->ctx, kiln_index_export_hnswlib(ix, tpath(file)));
-    REQUIRE(write_bytes(tpath(qfile), q, nq * dim * sizeof *q));
+    REQUIRE(write_file(tpath(qfile), q, nq * dim * sizeof *q));
     char args[8192];
     snprintf(args, sizeof args, "query %s %zu '%s' '%s' %d %d '%s'", space, dim, tpath(file),
              tpath(qfile), EF, K, tpath(out));
@@ -386,9 +348,9 @@ static bool hnswlib_build(const char *space, const char *prefix, int deleted, fl
     char bfile[64], qfile[64];
     snprintf(bfile, sizeof bfile, "%s.base.f32", prefix);
     snprintf(qfile, sizeof qfile, "%s.queries.f32", prefix);
-    REQUIRE(write_bytes(tpath(bfile), v, (size_t)HL_N * SYN_DIM * sizeof *v));
-    REQUIRE(write_bytes(tpath(qfile), v + (size_t)HL_N * SYN_DIM,
-                        (size_t)SYN_NQ * SYN_DIM * sizeof *v));
+    REQUIRE(write_file(tpath(bfile), v, (size_t)HL_N * SYN_DIM * sizeof *v));
+    REQUIRE(
+        write_file(tpath(qfile), v + (size_t)HL_N * SYN_DIM, (size_t)SYN_NQ * SYN_DIM * sizeof *v));
     char args[8192];
     snprintf(args, sizeof args, "build %s %d '%s' '%s' 16 100 %d %d %d '%s'", space, SYN_DIM,
              tpath(bfile), tpath(qfile), EF, K, deleted, tpath(prefix));
@@ -498,14 +460,14 @@ static void test_round_trip(kiln_ctx *ctx, kiln_metric metric, size_t n) {
         CHECK_OK(ctx, kiln_index_check(b));
         CHECK_OK(ctx, kiln_index_export_hnswlib(b, f2));
         size_t s1 = 0, s2 = 0;
-        uint8_t *b1 = read_bytes(f1, &s1), *b2 = read_bytes(f2, &s2);
+        uint8_t *b1 = read_file(f1, &s1), *b2 = read_file(f2, &s2);
         REQUIRE(b1 && b2);
         if (metric != KILN_METRIC_COS)
             CHECK(s1 == s2 && memcmp(b1, b2, s1) == 0);
         else
             CHECK(s1 == s2);
         /* The size hnswlib's own loader insists on. */
-        uint64_t want = HL_HDR + a->count * rd64(b1 + HL_SIZE_DATA);
+        uint64_t want = HL_HDR + a->count * kiln_get_u64le(b1 + HL_SIZE_DATA);
         for (uint32_t i = 0; i < a->count; i++)
             want += 4 + (uint64_t)a->levels[i] * (4 + 4 * (uint64_t)a->M);
         CHECK(s1 == want);
@@ -566,7 +528,7 @@ typedef struct forged {
 
 static kiln_status import_bytes(kiln_ctx *ctx, const uint8_t *b, size_t n, uint32_t dim) {
     const char *path = tpath("forged.bin");
-    REQUIRE(write_bytes(path, b, n));
+    REQUIRE(write_file(path, b, n));
     kiln_index *ix = NULL;
     const kiln_status st = kiln_index_import_hnswlib(ctx, path, dim, KILN_METRIC_L2, &ix);
     CHECK((st == KILN_OK) == (ix != NULL));
@@ -580,8 +542,8 @@ static kiln_status import_bytes(kiln_ctx *ctx, const uint8_t *b, size_t n, uint3
 static uint64_t link_size_at(const forged *f, uint32_t e, uint32_t *level) {
     uint64_t at = f->tail;
     for (uint32_t i = 0; i < e; i++)
-        at += 4 + rd32(f->bytes + at);
-    *level = rd32(f->bytes + at) / (4 + 4 * f->M);
+        at += 4 + kiln_get_u32le(f->bytes + at);
+    *level = kiln_get_u32le(f->bytes + at) / (4 + 4 * f->M);
     return at;
 }
 
@@ -604,10 +566,10 @@ static void test_damaged(kiln_ctx *ctx) {
     const char *good = tpath("good.bin");
     CHECK_OK(ctx, kiln_index_export_hnswlib(ix, good));
     forged f = {0};
-    f.bytes = read_bytes(good, &f.size);
+    f.bytes = read_file(good, &f.size);
     REQUIRE(f.bytes);
-    f.sde = rd64(f.bytes + HL_SIZE_DATA);
-    f.M = (uint32_t)rd64(f.bytes + HL_MAX_M);
+    f.sde = kiln_get_u64le(f.bytes + HL_SIZE_DATA);
+    f.M = (uint32_t)kiln_get_u64le(f.bytes + HL_MAX_M);
     f.tail = HL_HDR + n * f.sde;
     CHECK(import_bytes(ctx, f.bytes, f.size, dim) == KILN_OK);
 
@@ -634,58 +596,58 @@ static void test_damaged(kiln_ctx *ctx) {
     static const uint64_t huge[] = {UINT64_MAX, 1ULL << 40, 0x100000000ULL, 1ULL << 20};
     for (size_t i = 0; i < sizeof huge / sizeof huge[0]; i++) {
         FORGE(&f, b);
-        wr64(b + HL_COUNT, huge[i]);
-        wr64(b + HL_MAX_ELEMS, UINT64_MAX);
+        kiln_put_u64le(b + HL_COUNT, huge[i]);
+        kiln_put_u64le(b + HL_MAX_ELEMS, UINT64_MAX);
         expect_fail(ctx, b, f.size, dim, KILN_E_FORMAT, "do not fit");
         free(b);
     }
     {
         FORGE(&f, b); /* one element more than there is: the walk goes astray */
-        wr64(b + HL_COUNT, n + 1);
+        kiln_put_u64le(b + HL_COUNT, n + 1);
         CHECK(import_bytes(ctx, b, f.size, dim) != KILN_OK);
         free(b);
     }
     {
         FORGE(&f, b);
-        wr64(b + HL_MAX_ELEMS, n - 1);
+        kiln_put_u64le(b + HL_MAX_ELEMS, n - 1);
         expect_fail(ctx, b, f.size, dim, KILN_E_FORMAT, "exceeds max_elements_");
         free(b);
     }
     {
         FORGE(&f, b);
-        wr64(b + HL_MAX_M0, 3 * f.M);
+        kiln_put_u64le(b + HL_MAX_M0, 3 * f.M);
         expect_fail(ctx, b, f.size, dim, KILN_E_UNSUPPORTED, "maxM0_ is 12");
-        wr64(b + HL_MAX_M0, UINT64_MAX);
+        kiln_put_u64le(b + HL_MAX_M0, UINT64_MAX);
         expect_fail(ctx, b, f.size, dim, KILN_E_UNSUPPORTED, "maxM0_");
-        wr64(b + HL_MAX_M, 0);
+        kiln_put_u64le(b + HL_MAX_M, 0);
         expect_fail(ctx, b, f.size, dim, KILN_E_RANGE, "maxM_ 0");
-        wr64(b + HL_MAX_M, UINT64_MAX);
+        kiln_put_u64le(b + HL_MAX_M, UINT64_MAX);
         expect_fail(ctx, b, f.size, dim, KILN_E_RANGE, "maxM_");
         free(b);
     }
     {
         FORGE(&f, b);
-        wr64(b + HL_OFF_LEVEL0, 8);
+        kiln_put_u64le(b + HL_OFF_LEVEL0, 8);
         expect_fail(ctx, b, f.size, dim, KILN_E_FORMAT, "offsetLevel0_");
         memcpy(b, f.bytes, f.size);
-        wr64(b + HL_OFF_DATA, 4);
+        kiln_put_u64le(b + HL_OFF_DATA, 4);
         expect_fail(ctx, b, f.size, dim, KILN_E_FORMAT, "offsetData_");
         memcpy(b, f.bytes, f.size);
-        wr64(b + HL_LABEL_OFF, UINT64_MAX);
+        kiln_put_u64le(b + HL_LABEL_OFF, UINT64_MAX);
         expect_fail(ctx, b, f.size, dim, KILN_E_FORMAT, "label_offset_");
         memcpy(b, f.bytes, f.size);
-        wr64(b + HL_SIZE_DATA, f.sde + 4);
+        kiln_put_u64le(b + HL_SIZE_DATA, f.sde + 4);
         expect_fail(ctx, b, f.size, dim, KILN_E_FORMAT, "size_data_per_element_");
         free(b);
     }
     {
         FORGE(&f, b);
-        wr32(b + HL_MAX_LEVEL, 1000);
+        kiln_put_u32le(b + HL_MAX_LEVEL, 1000);
         expect_fail(ctx, b, f.size, dim, KILN_E_RANGE, "maxlevel_ 1000");
-        wr32(b + HL_MAX_LEVEL, UINT32_MAX);
+        kiln_put_u32le(b + HL_MAX_LEVEL, UINT32_MAX);
         expect_fail(ctx, b, f.size, dim, KILN_E_RANGE, "maxlevel_ -1");
         memcpy(b, f.bytes, f.size);
-        wr32(b + HL_ENTRY, n);
+        kiln_put_u32le(b + HL_ENTRY, n);
         expect_fail(ctx, b, f.size, dim, KILN_E_RANGE, "enterpoint_node_ 300");
         free(b);
     }
@@ -698,7 +660,7 @@ static void test_damaged(kiln_ctx *ctx) {
         high++;
     {
         FORGE(&f, b);
-        wr32(b + HL_ENTRY, low);
+        kiln_put_u32le(b + HL_ENTRY, low);
         expect_fail(ctx, b, f.size, dim, KILN_E_FORMAT, "not maxlevel_");
         free(b);
     }
@@ -706,11 +668,11 @@ static void test_damaged(kiln_ctx *ctx) {
         /* The level of an element far above maxlevel_. */
         FORGE(&f, b);
         const uint64_t at = link_size_at(&f, low, &lvl);
-        wr32(b + at, 40 * (4 + 4 * f.M));
+        kiln_put_u32le(b + at, 40 * (4 + 4 * f.M));
         expect_fail(ctx, b, f.size, dim, KILN_E_RANGE, "has level 40");
-        wr32(b + at, UINT32_MAX - (UINT32_MAX % (4 + 4 * f.M)));
+        kiln_put_u32le(b + at, UINT32_MAX - (UINT32_MAX % (4 + 4 * f.M)));
         expect_fail(ctx, b, f.size, dim, KILN_E_RANGE, "above maxlevel_");
-        wr32(b + at, 3);
+        kiln_put_u32le(b + at, 3);
         expect_fail(ctx, b, f.size, dim, KILN_E_FORMAT, "not a multiple of 20");
         free(b);
     }
@@ -718,8 +680,8 @@ static void test_damaged(kiln_ctx *ctx) {
         /* The last element claims one level more than the file holds. */
         FORGE(&f, b);
         const uint64_t at = link_size_at(&f, n - 1, &lvl);
-        wr32(b + at, (lvl + 1) * (4 + 4 * f.M));
-        wr32(b + HL_MAX_LEVEL, KILN_MAX_LEVELS - 1); /* so the level itself passes */
+        kiln_put_u32le(b + at, (lvl + 1) * (4 + 4 * f.M));
+        kiln_put_u32le(b + HL_MAX_LEVEL, KILN_MAX_LEVELS - 1); /* so the level itself passes */
         expect_fail(ctx, b, f.size, dim, KILN_E_FORMAT, "run past the end");
         free(b);
     }
@@ -729,12 +691,12 @@ static void test_damaged(kiln_ctx *ctx) {
     REQUIRE(kiln_links(ix, low, 0)[0] >= 1);
     {
         FORGE(&f, b);
-        wr32(b + rec_low + 4, n + 3);
+        kiln_put_u32le(b + rec_low + 4, n + 3);
         expect_fail(ctx, b, f.size, dim, KILN_E_RANGE, "links to element 303");
-        wr32(b + rec_low + 4, UINT32_MAX);
+        kiln_put_u32le(b + rec_low + 4, UINT32_MAX);
         expect_fail(ctx, b, f.size, dim, KILN_E_RANGE, "beyond the 300 elements");
         memcpy(b, f.bytes, f.size);
-        wr32(b + rec_low, 9);
+        kiln_put_u32le(b + rec_low, 9);
         expect_fail(ctx, b, f.size, dim, KILN_E_RANGE, "above the bound 8");
         memcpy(b, f.bytes, f.size);
         b[rec_low + 2] |= 1;
@@ -743,10 +705,10 @@ static void test_damaged(kiln_ctx *ctx) {
         b[rec_low + 3] = 0x80;
         expect_fail(ctx, b, f.size, dim, KILN_E_FORMAT, "unknown flag bits");
         memcpy(b, f.bytes, f.size);
-        wr64(b + rec_low + f.sde - 8, 1ULL << 63);
+        kiln_put_u64le(b + rec_low + f.sde - 8, 1ULL << 63);
         expect_fail(ctx, b, f.size, dim, KILN_E_RANGE, "above kiln's int64 maximum");
         memcpy(b, f.bytes, f.size);
-        wr32(b + rec_low + 4 + 4 * 8 + 4, 0x7fc00000u); /* NaN in dimension 1 */
+        kiln_put_u32le(b + rec_low + 4 + 4 * 8 + 4, 0x7fc00000u); /* NaN in dimension 1 */
         expect_fail(ctx, b, f.size, dim, KILN_E_FORMAT, "non-finite value at dimension 1");
         free(b);
     }
@@ -757,14 +719,14 @@ static void test_damaged(kiln_ctx *ctx) {
         const uint64_t at = link_size_at(&f, high, &lvl) + 4; /* level 1 block */
         REQUIRE(lvl >= 1 && kiln_links(ix, high, 1)[0] >= 1);
         FORGE(&f, b);
-        wr32(b + at + 4, n);
+        kiln_put_u32le(b + at + 4, n);
         expect_fail(ctx, b, f.size, dim, KILN_E_RANGE, "level 1 links to element 300");
-        wr32(b + at + 4, low);
+        kiln_put_u32le(b + at + 4, low);
         expect_fail(ctx, b, f.size, dim, KILN_E_RANGE, "only on levels 0..0");
         memcpy(b, f.bytes, f.size);
-        wr32(b + at, f.M + 1);
+        kiln_put_u32le(b + at, f.M + 1);
         expect_fail(ctx, b, f.size, dim, KILN_E_RANGE, "above the bound 4");
-        wr32(b + at, 0x10000u | 1);
+        kiln_put_u32le(b + at, 0x10000u | 1);
         expect_fail(ctx, b, f.size, dim, KILN_E_FORMAT, "unknown flag bits");
         free(b);
     }
@@ -822,7 +784,7 @@ static void test_cli(kiln_ctx *ctx) {
              dim, back);
     CHECK(run_cli(cli, args, log) == 0);
     size_t size = 0;
-    char *text = (char *)read_bytes(log, &size);
+    char *text = (char *)read_file(log, &size);
     CHECK(text && strstr(text, "links added") != NULL);
     free(text);
     kiln_index *b = NULL;
@@ -838,7 +800,7 @@ static void test_cli(kiln_ctx *ctx) {
     CHECK(run_cli(cli, args, log) != 0);
     snprintf(args, sizeof args, "import '%s' --format hnswlib --dim 9 -o '%s'", hfile, back);
     CHECK(run_cli(cli, args, log) != 0);
-    text = (char *)read_bytes(log, &size);
+    text = (char *)read_file(log, &size);
     CHECK(text && strstr(text, "kiln import:") && strstr(text, "dim 9"));
     free(text);
 
@@ -848,7 +810,7 @@ static void test_cli(kiln_ctx *ctx) {
     for (int i = 0; i < 2; i++) {
         snprintf(args, sizeof args, "%s --help", helps[i]);
         CHECK(run_cli(cli, args, log) == 0);
-        text = (char *)read_bytes(log, &size);
+        text = (char *)read_file(log, &size);
         REQUIRE(text);
         text[size] = 0;
         for (int j = 0; j < 4; j++)

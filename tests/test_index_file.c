@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "file_util.h"
 #include "kiln.h"
 #include "../graph/hnsw_internal.h"
 #include "../host/crc32c_internal.h"
@@ -128,46 +129,37 @@ static int count_temp_files(void) {
     return n;
 }
 
-static uint32_t rd32(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static uint64_t rd64(const uint8_t *p) { return rd32(p) | (uint64_t)rd32(p + 4) << 32; }
-static void wr32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-static void wr64(uint8_t *p, uint64_t v) {
-    wr32(p, (uint32_t)v);
-    wr32(p + 4, (uint32_t)(v >> 32));
-}
-
 /* Table entry of the section of `kind` (the writer puts them in kind order). */
 static uint8_t *entry_of(uint8_t *file, uint32_t kind) {
     uint8_t *e = file + HDR_BYTES + (size_t)(kind - 1) * ENTRY_BYTES;
-    REQUIRE(rd32(e) == kind);
+    REQUIRE(kiln_get_u32le(e) == kind);
     return e;
 }
-static uint64_t sec_offset(uint8_t *file, uint32_t kind) { return rd64(entry_of(file, kind) + 8); }
-static uint64_t sec_length(uint8_t *file, uint32_t kind) { return rd64(entry_of(file, kind) + 16); }
+static uint64_t sec_offset(uint8_t *file, uint32_t kind) {
+    return kiln_get_u64le(entry_of(file, kind) + 8);
+}
+static uint64_t sec_length(uint8_t *file, uint32_t kind) {
+    return kiln_get_u64le(entry_of(file, kind) + 16);
+}
 
 /* Recomputes every section CRC (where the section lies inside len), the
  * table CRC and the header CRC, so a forged field gets past the checksums
  * and reaches the checks behind them. */
 static void refresh_crcs(uint8_t *file, size_t len) {
-    uint32_t sections = rd32(file + OFF_SECTION_COUNT);
+    uint32_t sections = kiln_get_u32le(file + OFF_SECTION_COUNT);
     if (sections > 64)
         sections = 64;
     const size_t table_len = (size_t)sections * ENTRY_BYTES;
     if (HDR_BYTES + table_len <= len) {
         for (uint32_t i = 0; i < sections; i++) {
             uint8_t *e = file + HDR_BYTES + (size_t)i * ENTRY_BYTES;
-            const uint64_t off = rd64(e + 8), n = rd64(e + 16);
+            const uint64_t off = kiln_get_u64le(e + 8), n = kiln_get_u64le(e + 16);
             if (off <= len && n <= len - off)
-                wr32(e + 24, kiln_crc32c(0, file + off, (size_t)n));
+                kiln_put_u32le(e + 24, kiln_crc32c(0, file + off, (size_t)n));
         }
-        wr32(file + OFF_TABLE_CRC, kiln_crc32c(0, file + HDR_BYTES, table_len));
+        kiln_put_u32le(file + OFF_TABLE_CRC, kiln_crc32c(0, file + HDR_BYTES, table_len));
     }
-    wr32(file + OFF_HEADER_CRC, kiln_crc32c(0, file, OFF_HEADER_CRC));
+    kiln_put_u32le(file + OFF_HEADER_CRC, kiln_crc32c(0, file, OFF_HEADER_CRC));
 }
 
 /* ==== Hand-made graphs ==== */
@@ -446,9 +438,9 @@ static void forge(kiln_ctx *ctx, const uint8_t *good, size_t len, size_t off, in
     REQUIRE(f);
     memcpy(f, good, len);
     if (width == 4)
-        wr32(f + off, (uint32_t)value);
+        kiln_put_u32le(f + off, (uint32_t)value);
     else
-        wr64(f + off, value);
+        kiln_put_u64le(f + off, value);
     refresh_crcs(f, len);
     expect_reject(ctx, f, len, header_level, st, needle, what);
     free(f);
@@ -562,12 +554,12 @@ static void test_damage(kiln_ctx *ctx) {
         memset(f, 0, flen);
         memcpy(f, good, len);
         uint8_t *e = f + HDR_BYTES + 5 * ENTRY_BYTES;
-        wr32(e, 42);
-        wr32(e + 4, (uint32_t)optional);
-        wr64(e + 8, extra_off);
-        wr64(e + 16, 100);
-        wr32(f + OFF_SECTION_COUNT, 6);
-        wr64(f + OFF_FILE_BYTES, flen);
+        kiln_put_u32le(e, 42);
+        kiln_put_u32le(e + 4, (uint32_t)optional);
+        kiln_put_u64le(e + 8, extra_off);
+        kiln_put_u64le(e + 16, 100);
+        kiln_put_u32le(f + OFF_SECTION_COUNT, 6);
+        kiln_put_u64le(f + OFF_FILE_BYTES, flen);
         refresh_crcs(f, flen);
         if (!optional) {
             expect_reject(ctx, f, flen, 1, KILN_E_FORMAT, "unknown kind 42", "required kind 42");
@@ -602,8 +594,8 @@ static void test_damage(kiln_ctx *ctx) {
         u++;
     const uint64_t upper = sec_offset(good, UPPER);
     memcpy(f, good, len);
-    wr32(f + upper, 1);
-    wr32(f + upper + 4, 77);
+    kiln_put_u32le(f + upper, 1);
+    kiln_put_u32le(f + upper + 4, 77);
     refresh_crcs(f, len);
     snprintf(needle, sizeof needle, "node %u level 1 links to node 77", u);
     expect_reject(ctx, f, len, 0, KILN_E_RANGE, needle, "upper link");
@@ -612,8 +604,8 @@ static void test_damage(kiln_ctx *ctx) {
     while (ix->levels[ground] != 0)
         ground++;
     memcpy(f, good, len);
-    wr32(f + upper, 1);
-    wr32(f + upper + 4, ground);
+    kiln_put_u32le(f + upper, 1);
+    kiln_put_u32le(f + upper + 4, ground);
     refresh_crcs(f, len);
     snprintf(needle, sizeof needle,
              "node %u level 1 links to node %u, which is only on levels 0..0", u, ground);

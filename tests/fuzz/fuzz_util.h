@@ -1,6 +1,5 @@
 /* fuzz_util.h -- what every fuzz target needs around the reader it drives:
- * scratch file paths (removed at exit), whole-file read and write, one
- * context for the process, and little-endian field access. Each target is
+ * scratch file paths (removed at exit), one context for the process, and little-endian field access. Each target is
  * one translation unit, so these are static inline. */
 #ifndef KILN_FUZZ_UTIL_H
 #define KILN_FUZZ_UTIL_H
@@ -13,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../file_util.h"
 #include "../../graph/hnsw_internal.h"
 #include "../../host/le_internal.h"
 #include "kiln.h"
@@ -52,33 +52,6 @@ static inline const char *fuzz_path(const char *what) {
         }
     }
     abort(); /* a target asked for more scratch files than FUZZ_MAX_PATHS */
-}
-
-static inline bool write_file(const char *path, const uint8_t *data, size_t size) {
-    FILE *fp = fopen(path, "wb");
-    if (!fp)
-        return false;
-    const bool ok = (size == 0 || fwrite(data, 1, size, fp) == size);
-    return fclose(fp) == 0 && ok;
-}
-
-/* The whole file in a malloc'd buffer (NULL on failure). */
-static inline uint8_t *read_file(const char *path, size_t *size) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return NULL;
-    uint8_t *buf = NULL;
-    long n = -1;
-    if (fseek(fp, 0, SEEK_END) == 0 && (n = ftell(fp)) >= 0 && fseek(fp, 0, SEEK_SET) == 0) {
-        buf = malloc((size_t)n + 1);
-        if (buf && fread(buf, 1, (size_t)n, fp) != (size_t)n) {
-            free(buf);
-            buf = NULL;
-        }
-    }
-    fclose(fp);
-    *size = buf ? (size_t)n : 0;
-    return buf;
 }
 
 /* One context for the whole process (fuzzers never free it). */
