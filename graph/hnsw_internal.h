@@ -48,8 +48,9 @@ struct kiln_index {
     uint32_t *upper_pool; /* upper_len uint32_t */
     uint64_t upper_len;
 
-    void *scratch_pool;        /* graph/hnsw_search.c: reusable per-thread search state */
-    kiln_build_report *report; /* set by host/build.c; NULL for a loaded index */
+    _Atomic(void *) scratch_pool; /* graph/hnsw_search.c: reusable per-thread search state,
+                                     created once on first search */
+    kiln_build_report *report;    /* set by host/build.c; NULL for a loaded index */
 };
 
 static inline size_t kiln_links0_stride(const struct kiln_index *ix) { return (size_t)ix->M0 + 1; }

@@ -233,20 +233,24 @@ typedef struct scratch_pool {
     kiln_scratch *free_list;
 } scratch_pool;
 
-static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
-
+/* The pool of ix, created on first use. Every search calls this, so the
+ * common case is one atomic load; racing creators settle it by
+ * compare-and-swap and the loser frees its copy. */
 static scratch_pool *pool_of(const struct kiln_index *ix) {
     struct kiln_index *mix = (struct kiln_index *)(uintptr_t)ix;
-    pthread_mutex_lock(&pools_lock);
-    if (!mix->scratch_pool) {
-        scratch_pool *p = calloc(1, sizeof *p);
-        if (p) {
-            pthread_mutex_init(&p->lock, NULL);
-            mix->scratch_pool = p;
-        }
-    }
-    pthread_mutex_unlock(&pools_lock);
-    return mix->scratch_pool;
+    void *cur = atomic_load_explicit(&mix->scratch_pool, memory_order_acquire);
+    if (cur)
+        return cur;
+    scratch_pool *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    pthread_mutex_init(&p->lock, NULL);
+    if (atomic_compare_exchange_strong_explicit(&mix->scratch_pool, &cur, p, memory_order_acq_rel,
+                                                memory_order_acquire))
+        return p;
+    pthread_mutex_destroy(&p->lock);
+    free(p);
+    return cur;
 }
 
 static kiln_status scratch_take(const struct kiln_index *ix, uint32_t ef, kiln_scratch **out) {
@@ -269,7 +273,7 @@ static kiln_status scratch_take(const struct kiln_index *ix, uint32_t ef, kiln_s
 }
 
 static void scratch_give(const struct kiln_index *ix, kiln_scratch *sc) {
-    scratch_pool *p = ix->scratch_pool;
+    scratch_pool *p = pool_of(ix); /* exists: scratch_take made it */
     pthread_mutex_lock(&p->lock);
     sc->next_free = p->free_list;
     p->free_list = sc;
@@ -277,7 +281,7 @@ static void scratch_give(const struct kiln_index *ix, kiln_scratch *sc) {
 }
 
 void kiln_scratch_pool_free(struct kiln_index *ix) {
-    scratch_pool *p = ix->scratch_pool;
+    scratch_pool *p = atomic_load_explicit(&ix->scratch_pool, memory_order_acquire);
     if (!p)
         return;
     while (p->free_list) {
@@ -287,7 +291,7 @@ void kiln_scratch_pool_free(struct kiln_index *ix) {
     }
     pthread_mutex_destroy(&p->lock);
     free(p);
-    ix->scratch_pool = NULL;
+    atomic_store_explicit(&ix->scratch_pool, NULL, memory_order_release);
 }
 
 /* ==== Public ==== */
