@@ -26,6 +26,7 @@
 
 #include "../host/ctx_internal.h"
 #include "search_internal.h"
+#include "sort_internal.h"
 
 /* ==== Heaps ==== */
 
@@ -78,12 +79,9 @@ kiln_cand kiln_heap_pop(kiln_heap *h, bool is_max) {
     return top;
 }
 
-static int cand_cmp(const void *a, const void *b) {
-    kiln_cand x = *(const kiln_cand *)a, y = *(const kiln_cand *)b;
-    return cand_less(x, y) ? -1 : cand_less(y, x) ? 1 : 0;
-}
+KILN_DEFINE_SORT(cands_sort, kiln_cand, cand_less)
 
-void kiln_cands_sort(kiln_cand *v, uint32_t n) { qsort(v, n, sizeof *v, cand_cmp); }
+void kiln_cands_sort(kiln_cand *v, uint32_t n) { cands_sort(v, (ptrdiff_t)n); }
 
 /* ==== Scratch ==== */
 

@@ -42,11 +42,10 @@
 #include "../host/ctx_internal.h"
 #include "../host/progress_internal.h"
 #include "build_internal.h"
+#include "sort_internal.h"
 
-static int u32_cmp(const void *a, const void *b) {
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return x < y ? -1 : x > y;
-}
+#define U32_LESS(a, b) ((a) < (b))
+KILN_DEFINE_SORT(ids_sort, uint32_t, U32_LESS)
 
 /* The protected links of node i (decision 4): a level-1 node keeps its
  * level-1 links; any other node keeps the level-1 node that a greedy descent
@@ -83,7 +82,7 @@ static void select_forward(struct kiln_index *ix, const uint32_t *cand, uint32_t
         if (cand[j] != KILN_NO_NODE && cand[j] != i && cand[j] < ix->count)
             ids[n++] = cand[j];
     const uint32_t np = highway_links(ix, i, prot, ids, &n);
-    qsort(ids, n, sizeof *ids, u32_cmp);
+    ids_sort(ids, n);
     const float *v = kiln_vector(ix, i);
     uint32_t m = 0;
     for (uint32_t j = 0; j < n; j++) {

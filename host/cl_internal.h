@@ -90,12 +90,14 @@ struct kiln_cl_config {
     uint32_t dim;    /* KMEANS_ASSIGN: floats per vector */
     uint32_t top;    /* KMEANS_ASSIGN: nearest centroids per vector */
     int stage_local; /* kiln_cl_opts.stage_local */
+    int pair;        /* KNN_Q4: kiln_cl_opts.pair */
     /* chosen */
     const char *file;   /* kernel file in kiln_kernel_sources */
     const char *kernel; /* kernel function name */
     uint32_t lws;       /* work-group size */
     uint32_t chunk;     /* vectors per round through local memory */
     bool staged;        /* KILN_STAGE_LOCAL */
+    bool paired;        /* KNN_Q4: kiln_knn_q4_pair, one work-item per cluster */
     char options[KILN_CL_OPTIONS_MAX];
 };
 

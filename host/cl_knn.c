@@ -48,8 +48,12 @@
 #define KNN_MAX_BATCH ((size_t)1 << 20)
 /* Rows per k-means batch at most, for the same reason. */
 #define KMEANS_MAX_BATCH ((size_t)1 << 20)
-/* Events of one knn batch: five uploads, the kernel, the read-back. */
-#define KNN_EVENTS 7
+/* Events of one knn batch: six uploads, the kernel, the read-back. */
+#define KNN_EVENTS 8
+/* Persistent work-items of the pair kernel per compute unit (knn_q4.cl
+ * decision 8): more than one, so that a runtime handing several groups to
+ * one thread at a time still leaves every thread a running one. */
+#define PAIR_ITEMS_PER_UNIT 4
 
 _Static_assert(sizeof(kiln_q4_neighbor) == sizeof(cl_uint2),
                "kiln_q4_neighbor must match the kernel's uint2 (dist, id)");
@@ -119,6 +123,7 @@ struct knn_slot {
     uint32_t *h_tiles;   /* 2 * cap_tiles: (cluster, first slot) */
     size_t cap_members, cap_clusters, cap_tiles;
     cl_mem codes, norms, ids, offsets, tiles, out;
+    cl_mem next; /* pair kernel: the shared tile counter */
     cl_event events[KNN_EVENTS];
     cl_uint n_events;
     bool busy;             /* a batch is in flight */
@@ -136,6 +141,7 @@ struct knn_job {
     kiln_q4_neighbor *out;
     cl_kernel kernel;
     uint32_t lws;
+    bool paired;      /* kiln_knn_q4_pair: one tile (work-item) per cluster */
     size_t stride;    /* uint64 words per vector */
     size_t limit;     /* members per batch */
     uint32_t inject;  /* failures left to inject */
@@ -149,6 +155,7 @@ static void slot_release(struct knn_slot *sl) {
         clReleaseEvent(sl->events[i]);
     sl->n_events = 0;
     sl->busy = false;
+    release_mem(&sl->next);
     release_mem(&sl->out);
     release_mem(&sl->tiles);
     release_mem(&sl->offsets);
@@ -199,6 +206,8 @@ static kiln_status slot_reserve(struct knn_job *job, struct knn_slot *sl, size_t
     KILN_CL_CHECK((sl->tiles = clCreateBuffer(cx, CL_MEM_READ_ONLY, ct * 8, NULL, &clerr), clerr));
     KILN_CL_CHECK(
         (sl->out = clCreateBuffer(cx, CL_MEM_WRITE_ONLY, cm * job->k * 8, NULL, &clerr), clerr));
+    KILN_CL_CHECK(
+        (sl->next = clCreateBuffer(cx, CL_MEM_READ_WRITE, sizeof(cl_uint), NULL, &clerr), clerr));
     sl->cap_members = cm;
     sl->cap_clusters = cc;
     sl->cap_tiles = ct;
@@ -217,12 +226,21 @@ static size_t knn_plan(const struct knn_job *job, size_t c0, size_t *members, si
         if (c > c0 && (m + size > job->limit || c - c0 >= job->limit))
             break;
         m += size;
-        t += (size + job->lws - 1) / job->lws;
+        t += job->paired ? 1 : (size + job->lws - 1) / job->lws;
         c++;
     }
     *members = m;
     *tiles = t;
     return c;
+}
+
+/* Orders paired tiles by cluster size, largest first, then by cluster. */
+static int tile_cmp(const void *pa, const void *pb, void *user) {
+    const uint32_t *a = pa, *b = pb, *off = user;
+    const uint32_t sa = off[a[0] + 1] - off[a[0]], sb = off[b[0] + 1] - off[b[0]];
+    if (sa != sb)
+        return sa > sb ? -1 : 1;
+    return a[0] < b[0] ? -1 : a[0] > b[0];
 }
 
 /* Gathers clusters [c0, c1) into sl and enqueues upload, kernel and
@@ -255,7 +273,11 @@ static kiln_status knn_submit(struct knn_job *job, struct knn_slot *sl, cl_comma
             sl->h_tiles[2 * t] = (uint32_t)c;
             sl->h_tiles[2 * t + 1] = q;
             t++;
+            if (job->paired)
+                break;
         }
+    if (job->paired) /* decision 7: the longest work-items first */
+        qsort_r(sl->h_tiles, t, 2 * sizeof *sl->h_tiles, tile_cmp, sl->h_offsets);
     if (m == 0 || t == 0)
         goto cleanup; /* only empty clusters: nothing to compute */
     cl_event *const ev = sl->events;
@@ -272,7 +294,17 @@ static kiln_status knn_submit(struct knn_job *job, struct knn_slot *sl, cl_comma
     const cl_mem args[6] = {sl->tiles, sl->offsets, sl->codes, sl->norms, sl->ids, sl->out};
     for (cl_uint a = 0; a < 6; a++)
         KILN_CL_CHECK(clSetKernelArg(job->kernel, a, sizeof(cl_mem), &args[a]));
-    const size_t local = job->lws, global = t * job->lws;
+    size_t local = job->lws, global = t * job->lws;
+    if (job->paired) {
+        static const cl_uint zero = 0;
+        const cl_uint n_tiles = (cl_uint)t;
+        KILN_CL_CHECK(clEnqueueWriteBuffer(queue, sl->next, CL_FALSE, 0, sizeof zero, &zero, 0,
+                                           NULL, &ev[sl->n_events++]));
+        KILN_CL_CHECK(clSetKernelArg(job->kernel, 6, sizeof(cl_mem), &sl->next));
+        KILN_CL_CHECK(clSetKernelArg(job->kernel, 7, sizeof n_tiles, &n_tiles));
+        global = job->st->info.compute_units * (size_t)PAIR_ITEMS_PER_UNIT;
+        global = global < t ? global : t;
+    }
     KILN_CL_CHECK(clEnqueueNDRangeKernel(queue, job->kernel, 1, NULL, &global, &local, 0, NULL,
                                          &ev[sl->n_events++]));
     KILN_CL_CHECK(clEnqueueReadBuffer(queue, sl->out, CL_FALSE, 0, m * job->k * 8,
@@ -395,8 +427,11 @@ kiln_status kiln_cl_cluster_knn(kiln_ctx *ctx, const kiln_q4_set *set, const uin
     kiln_status status = kiln_cl_state(ctx, &st);
     if (status != KILN_OK)
         return status;
-    struct kiln_cl_config cfg = {
-        .kind = KILN_CL_KNN_Q4, .k = k, .words = set->words, .stage_local = opts->stage_local};
+    struct kiln_cl_config cfg = {.kind = KILN_CL_KNN_Q4,
+                                 .k = k,
+                                 .words = set->words,
+                                 .stage_local = opts->stage_local,
+                                 .pair = opts->pair};
     struct knn_job job = {.ctx = ctx,
                           .st = st,
                           .set = set,
@@ -414,6 +449,7 @@ kiln_status kiln_cl_cluster_knn(kiln_ctx *ctx, const kiln_q4_set *set, const uin
     if (status != KILN_OK)
         goto cleanup;
     job.lws = cfg.lws;
+    job.paired = cfg.paired;
     job.limit = knn_first_limit(st, job.stride, k, opts->max_batch);
     size_t done = 0;
     for (;;) {

@@ -523,6 +523,13 @@ kiln_status kiln_cl_configure(kiln_ctx *ctx, const struct kiln_device_state *st,
     }
     const size_t lws_want = st->info.type == KILN_DEVICE_GPU ? CL_LWS_GPU : CL_LWS_CPU;
     cfg->lws = floor_pow2(lws_want < st->max_work_group ? lws_want : st->max_work_group);
+    cfg->paired = cfg->kind == KILN_CL_KNN_Q4 &&
+                  (cfg->pair > 0 || (cfg->pair == 0 && st->info.type == KILN_DEVICE_CPU));
+    if (cfg->paired) {
+        cfg->kernel = "kiln_knn_q4_pair";
+        cfg->lws = 1;
+        cfg->stage_local = -1; /* no shared chunk to stage */
+    }
     const size_t budget =
         st->info.local_mem_bytes < CL_LOCAL_BUDGET ? st->info.local_mem_bytes : CL_LOCAL_BUDGET;
     const size_t fit = budget / per_vector;

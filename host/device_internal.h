@@ -30,6 +30,8 @@ typedef struct kiln_cl_opts {
                                  0 = sized from the device's memory */
     int stage_local;          /* 0 = by the device's local memory type,
                                  1 = stage in local memory, -1 = read in place */
+    int pair;                 /* knn kernel: 0 = by device type (CPU: pair), 1 = pair
+                                 kernel, -1 = tile kernel (kernels/knn_q4.cl decision 7) */
     uint32_t inject_failures; /* test hook: the first N batches that could be
                                  halved fail as CL_MEM_OBJECT_ALLOCATION_FAILURE */
 } kiln_cl_opts;

@@ -30,6 +30,29 @@
  *     cluster is never its own neighbour (members should be distinct).
  *  6. Every size is a -D option (host/cl_runtime.c composes them), so loops
  *     over W unroll and local arrays have static sizes.
+ *  7. kiln_knn_q4_pair is the same contract for CPU devices, where a
+ *     work-group is a loop on one core and private arrays are just stack:
+ *     one work-item owns a whole cluster and visits each unordered pair
+ *     once, offering the distance to both members' top-K lists (the
+ *     query's in a private array, the other's in place in `out`, guarded by
+ *     its last key). Half the distances of the tile kernel, which has to
+ *     compute every pair from both sides because work-items do not share
+ *     lists. The K best of a multiset of keys do not depend on the order
+ *     keys arrive, so the output is the same bytes. On a GPU one item per
+ *     cluster would leave the device idle; there the tile kernel runs.
+ *  8. The pair kernel's work-items are persistent: a handful per compute
+ *     unit, each taking the next cluster from an atomic counter, largest
+ *     clusters first (longest-processing-time scheduling), since a cluster's
+ *     cost grows as its size squared. One work-group per cluster left the
+ *     balance to the runtime, and PoCL hands a thread up to half the
+ *     remaining groups in one grab: on siftsmall (27 clusters) one core got
+ *     the 14 largest and 2 cores ran only 1.4x faster than 1.
+ *  9. The pair kernel's distance stays scalar. Tried: codes laid out lane
+ *     by lane in blocks of 8 members and ulong8 popcounts, one query against
+ *     8 members at a time. Without VPOPCNTQ (PoCL compiles for
+ *     skylake-avx512 even on Zen 4) a vector popcount is a nibble-table
+ *     shuffle sequence, and the kernel ran 25% slower on siftsmall than
+ *     scalar POPCNT.
  */
 
 /* The host passes every option (host/cl_runtime.c); these defaults only let
@@ -79,24 +102,46 @@ uint q4_popcount(ulong x) {
 #define q4_popcount(x) ((uint)popcount(x))
 #endif
 
-/* Must equal kiln_q4_dist_ref() bit for bit (decision 4). */
-uint q4_dist(const __global ulong *a, const uint na, const CAND_SPACE ulong *b, const uint nb) {
-    uint dot = 0;
-    for (int w = 0; w < KILN_W; w++) {
-        const ulong a0 = a[w], a1 = a[KILN_W + w], a2 = a[2 * KILN_W + w], a3 = a[3 * KILN_W + w];
-        const ulong b0 = b[w], b1 = b[KILN_W + w], b2 = b[2 * KILN_W + w], b3 = b[3 * KILN_W + w];
-        dot += q4_popcount(a0 & b0);
-        dot += (q4_popcount(a0 & b1) + q4_popcount(a1 & b0)) << 1;
-        dot += (q4_popcount(a0 & b2) + q4_popcount(a1 & b1) + q4_popcount(a2 & b0)) << 2;
-        dot += (q4_popcount(a0 & b3) + q4_popcount(a1 & b2) + q4_popcount(a2 & b1) +
-                q4_popcount(a3 & b0))
-               << 3;
-        dot += (q4_popcount(a1 & b3) + q4_popcount(a2 & b2) + q4_popcount(a3 & b1)) << 4;
-        dot += (q4_popcount(a2 & b3) + q4_popcount(a3 & b2)) << 5;
-        dot += q4_popcount(a3 & b3) << 6;
+/* The 4-bit distance between codes a and b, generated per pair of address
+ * spaces (OpenCL 1.2 has no generic pointers). Must equal kiln_q4_dist_ref()
+ * bit for bit (decision 4). Forced inline: PoCL defines `inline` away, and a
+ * call per distance reloads the query's planes every time. */
+#define Q4_DIST_FN(NAME, A_SPACE, B_SPACE)                                                         \
+    __attribute__((always_inline)) uint NAME(const A_SPACE ulong *a, const uint na,                \
+                                             const B_SPACE ulong *b, const uint nb) {              \
+        uint dot = 0;                                                                              \
+        for (int w = 0; w < KILN_W; w++) {                                                         \
+            const ulong a0 = a[w], a1 = a[KILN_W + w], a2 = a[2 * KILN_W + w],                     \
+                        a3 = a[3 * KILN_W + w];                                                    \
+            const ulong b0 = b[w], b1 = b[KILN_W + w], b2 = b[2 * KILN_W + w],                     \
+                        b3 = b[3 * KILN_W + w];                                                    \
+            dot += q4_popcount(a0 & b0);                                                           \
+            dot += (q4_popcount(a0 & b1) + q4_popcount(a1 & b0)) << 1;                             \
+            dot += (q4_popcount(a0 & b2) + q4_popcount(a1 & b1) + q4_popcount(a2 & b0)) << 2;      \
+            dot += (q4_popcount(a0 & b3) + q4_popcount(a1 & b2) + q4_popcount(a2 & b1) +           \
+                    q4_popcount(a3 & b0))                                                          \
+                   << 3;                                                                           \
+            dot += (q4_popcount(a1 & b3) + q4_popcount(a2 & b2) + q4_popcount(a3 & b1)) << 4;      \
+            dot += (q4_popcount(a2 & b3) + q4_popcount(a3 & b2)) << 5;                             \
+            dot += q4_popcount(a3 & b3) << 6;                                                      \
+        }                                                                                          \
+        return na + nb - 2u * dot;                                                                 \
     }
-    return na + nb - 2u * dot;
-}
+
+Q4_DIST_FN(q4_dist, __global, CAND_SPACE)
+Q4_DIST_FN(q4_dist_private, __private, __global)
+
+/* Inserts key into the ascending list best[0..K), dropping the last; the
+ * caller has checked key < best[K-1] (decision 3). */
+#define Q4_INSERT(best, key)                                                                       \
+    do {                                                                                           \
+        int p_ = KILN_K - 1;                                                                       \
+        while (p_ > 0 && (best)[p_ - 1] > (key)) {                                                 \
+            (best)[p_] = (best)[p_ - 1];                                                           \
+            p_--;                                                                                  \
+        }                                                                                          \
+        (best)[p_] = (key);                                                                        \
+    } while (0)
 
 __kernel __attribute__((reqd_work_group_size(KILN_LWS, 1, 1))) void
 kiln_knn_q4(__global const uint2 *restrict tiles, __global const uint *restrict offsets,
@@ -147,14 +192,8 @@ kiln_knn_q4(__global const uint2 *restrict tiles, __global const uint *restrict 
                 continue;
             const uint d = q4_dist(qc, qn, cc + (size_t)j * Q4_STRIDE, cn[j]);
             const ulong key = (ulong)d << 32 | cid;
-            if (key >= best[KILN_K - 1])
-                continue;
-            int p = KILN_K - 1;
-            while (p > 0 && best[p - 1] > key) {
-                best[p] = best[p - 1];
-                p--;
-            }
-            best[p] = key;
+            if (key < best[KILN_K - 1])
+                Q4_INSERT(best, key);
         }
     }
     if (!active)
@@ -162,4 +201,64 @@ kiln_knn_q4(__global const uint2 *restrict tiles, __global const uint *restrict 
     __global uint2 *const row = out + (size_t)q * KILN_K;
     for (int i = 0; i < KILN_K; i++)
         row[i] = (uint2)((uint)(best[i] >> 32), (uint)best[i]);
+}
+
+/* Decision 7: one work-item does cluster c whole, visiting each unordered
+ * pair once. Lists live in out as (dist, id) pairs; the query's row is kept
+ * as keys dist << 32 | id in a private array while it is the query. */
+void q4_pair_cluster(const uint c, __global const uint *restrict offsets,
+                     __global const ulong *restrict codes, __global const uint *restrict norms,
+                     __global const uint *restrict ids, __global uint2 *restrict out) {
+    const uint begin = offsets[c], end = offsets[c + 1];
+    for (size_t i = (size_t)begin * KILN_K; i < (size_t)end * KILN_K; i++)
+        out[i] = (uint2)(UINT_MAX, UINT_MAX);
+    for (uint q = begin; q < end; q++) {
+        ulong qc[Q4_STRIDE];
+        for (int i = 0; i < Q4_STRIDE; i++)
+            qc[i] = codes[(size_t)q * Q4_STRIDE + i];
+        const uint qn = norms[q], qid = ids[q];
+        __global uint2 *const qrow = out + (size_t)q * KILN_K;
+        ulong best[KILN_K];
+        for (int i = 0; i < KILN_K; i++)
+            best[i] = (ulong)qrow[i].x << 32 | qrow[i].y;
+        for (uint j = q + 1; j < end; j++) {
+            const uint cid = ids[j];
+            if (cid == qid)
+                continue;
+            const uint d = q4_dist_private(qc, qn, codes + (size_t)j * Q4_STRIDE, norms[j]);
+            const ulong key = (ulong)d << 32 | cid;
+            if (key < best[KILN_K - 1])
+                Q4_INSERT(best, key);
+            __global uint2 *const row = out + (size_t)j * KILN_K;
+            const uint2 last = row[KILN_K - 1];
+            if (d < last.x || (d == last.x && qid < last.y)) {
+                int p = KILN_K - 1;
+                for (; p > 0; p--) {
+                    const uint2 prev = row[p - 1];
+                    if (prev.x < d || (prev.x == d && prev.y <= qid))
+                        break;
+                    row[p] = prev;
+                }
+                row[p] = (uint2)(d, qid);
+            }
+        }
+        for (int i = 0; i < KILN_K; i++)
+            qrow[i] = (uint2)((uint)(best[i] >> 32), (uint)best[i]);
+    }
+}
+
+/* Decision 8: a few persistent work-items take clusters from a shared
+ * counter, in the order tiles[] lists them (largest first), until none are
+ * left. *next starts at 0. */
+__kernel __attribute__((reqd_work_group_size(1, 1, 1))) void
+kiln_knn_q4_pair(__global const uint2 *restrict tiles, __global const uint *restrict offsets,
+                 __global const ulong *restrict codes, __global const uint *restrict norms,
+                 __global const uint *restrict ids, __global uint2 *restrict out,
+                 __global volatile uint *next, const uint n_tiles) {
+    for (;;) {
+        const uint t = atomic_inc(next);
+        if (t >= n_tiles)
+            return;
+        q4_pair_cluster(tiles[t].x, offsets, codes, norms, ids, out);
+    }
 }

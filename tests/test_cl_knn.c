@@ -211,14 +211,22 @@ static void test_knn_dims(void) {
         char what[64];
         snprintf(what, sizeof what, "d=%zu k=8", dim);
         check_knn(&p, 8, NULL, what, NULL);
+        /* Both kernels whatever the device (knn_q4.cl decision 7). */
+        const kiln_cl_opts tile = {.pair = -1}, pair = {.pair = 1};
+        snprintf(what, sizeof what, "d=%zu k=8 tile kernel", dim);
+        check_knn(&p, 8, &tile, what, NULL);
+        snprintf(what, sizeof what, "d=%zu k=8 pair kernel", dim);
+        check_knn(&p, 8, &pair, what, NULL);
         if (dim == 1 || dim == 65 || dim == 784) {
-            const kiln_cl_opts staged = {.stage_local = 1};
-            snprintf(what, sizeof what, "d=%zu k=8 staged", dim);
+            const kiln_cl_opts staged = {.stage_local = 1, .pair = -1};
+            snprintf(what, sizeof what, "d=%zu k=8 staged tile kernel", dim);
             check_knn(&p, 8, &staged, what, NULL);
         }
         if (dim == 65) {
-            check_knn(&p, 1, NULL, "d=65 k=1", NULL);
-            check_knn(&p, 40, NULL, "d=65 k=40", NULL);
+            check_knn(&p, 1, &tile, "d=65 k=1 tile", NULL);
+            check_knn(&p, 1, &pair, "d=65 k=1 pair", NULL);
+            check_knn(&p, 40, &tile, "d=65 k=40 tile", NULL);
+            check_knn(&p, 40, &pair, "d=65 k=40 pair", NULL);
         }
         problem_free(&p);
         free(rows);
@@ -243,6 +251,10 @@ static void test_batches(void) {
     check_knn(&p, 8, &small, "batches of <= 90", &stats);
     CHECK_MSG(stats.batches >= 10 && stats.retries == 0 && stats.batch_limit == 90,
               "%u batches, %u retries, limit %zu", stats.batches, stats.retries, stats.batch_limit);
+    const kiln_cl_opts small_tile = {.max_batch = 90, .pair = -1};
+    check_knn(&p, 8, &small_tile, "batches of <= 90, tile kernel", &stats);
+    CHECK_MSG(stats.batches >= 10 && stats.retries == 0, "%u batches, %u retries", stats.batches,
+              stats.retries);
     const kiln_cl_opts failing = {.max_batch = 400, .inject_failures = 3};
     check_knn(&p, 8, &failing, "3 injected failures", &stats);
     CHECK_MSG(stats.retries == 3 && stats.batch_limit < 400 && stats.batch_limit >= 25,

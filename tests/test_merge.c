@@ -2,6 +2,7 @@
  * rerank and prune) plus the hierarchy by insertion on levels >= 1, with
  * candidates from exact kNN so the graph side is tested on its own. */
 #include "../graph/build_internal.h"
+#include "../host/rng_internal.h"
 #include "check.h"
 #include "recall.h"
 #include "kiln.h"
@@ -84,10 +85,45 @@ static void test_from_exact_candidates(kiln_ctx *ctx) {
     free(x);
 }
 
+static int cand_cmp(const void *a, const void *b) {
+    const kiln_cand *x = a, *y = b;
+    if (x->dist != y->dist)
+        return x->dist < y->dist ? -1 : 1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* kiln_cands_sort (graph/sort_internal.h) against qsort: every length from
+ * 0 through past the insertion-sort cutoff, few distinct distances (ties
+ * broken by id), sorted and reversed inputs. */
+static void test_cands_sort(void) {
+    kiln_rng rng;
+    kiln_rng_seed(&rng, 3);
+    kiln_cand a[300], b[300];
+    size_t bad = 0, cases = 0;
+    for (uint32_t n = 0; n <= 300; n += n < 64 ? 1 : 59) {
+        for (int shape = 0; shape < 4; shape++) {
+            for (uint32_t i = 0; i < n; i++) {
+                const uint32_t r = (uint32_t)kiln_rng_below(&rng, shape == 1 ? 4 : 1000);
+                a[i] = (kiln_cand){shape == 2   ? (float)i
+                                   : shape == 3 ? (float)(n - i)
+                                                : (float)r,
+                                   (uint32_t)kiln_rng_below(&rng, 50)};
+            }
+            memcpy(b, a, n * sizeof *a);
+            kiln_cands_sort(a, n);
+            qsort(b, n, sizeof *b, cand_cmp);
+            bad += n && memcmp(a, b, n * sizeof *a) != 0;
+            cases++;
+        }
+    }
+    CHECK_MSG(bad == 0, "%zu of %zu sorts differ from qsort", bad, cases);
+}
+
 int main(void) {
     kiln_ctx *ctx;
     REQUIRE(kiln_ctx_new(&ctx) == KILN_OK);
     kiln_ctx_set_progress(ctx, KILN_PROGRESS_OFF);
+    test_cands_sort();
     test_from_exact_candidates(ctx);
     kiln_ctx_free(ctx);
     return check_report("test_merge");
