@@ -45,6 +45,7 @@ struct kiln_device_state {
     size_t max_work_group;     /* CL_DEVICE_MAX_WORK_GROUP_SIZE */
     struct kiln_cl_program *programs; /* the program cache, n_programs entries */
     size_t n_programs;
+    uint32_t cache_hits; /* programs taken from the on-disk cache (host/cl_cache.c) */
 };
 
 /* Records a failed OpenCL call on ctx ("CALL failed with CL_NAME (code) at
@@ -110,6 +111,15 @@ kiln_status kiln_cl_configure(kiln_ctx *ctx, const struct kiln_device_state *st,
  * cached in st, which owns it. A failed build reports CL_PROGRAM_BUILD_LOG. */
 kiln_status kiln_cl_program(kiln_ctx *ctx, struct kiln_device_state *st, const char *file,
                             const char *options, cl_program *out);
+
+/* The on-disk cache of program binaries (host/cl_cache.c). load returns a
+ * program built from a cached binary of (st's device, file, text, options),
+ * or NULL on any miss; store records a built program's binary. Neither
+ * fails nor touches ctx: a cache problem only costs a build from source. */
+cl_program kiln_cl_cache_load(struct kiln_device_state *st, const char *file, const char *text,
+                              const char *options);
+void kiln_cl_cache_store(const struct kiln_device_state *st, const char *file, const char *text,
+                         const char *options, cl_program prog);
 
 /* true for the errors that a smaller batch may avoid. */
 static inline bool kiln_cl_retryable(cl_int err) {

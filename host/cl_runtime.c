@@ -16,8 +16,9 @@
  *     fallbacks (no -cl-std, no popcount()).
  *  4. Programs are cached per (device, file, options) for the life of the
  *     device state, since PoCL and GPU drivers take from 0.1 s to seconds to
- *     build one; kernels are created per call (cheap, and a cl_kernel's
- *     arguments are per-object state that must not be shared).
+ *     build one, and their binaries on disk across processes
+ *     (host/cl_cache.c); kernels are created per call (cheap, and a
+ *     cl_kernel's arguments are per-object state that must not be shared).
  *  5. A failed build reports the build log on one line, starting at its
  *     first "error", which is where the cause is.
  */
@@ -612,11 +613,16 @@ kiln_status kiln_cl_program(kiln_ctx *ctx, struct kiln_device_state *st, const c
     char *fdup = NULL, *odup = NULL;
     struct kiln_cl_program *grown = NULL;
     const char *text = src->text;
-    KILN_CL_CHECK((prog = clCreateProgramWithSource(st->context, 1, &text, NULL, &clerr), clerr));
-    clerr = clBuildProgram(prog, 1, &st->device, options, NULL, NULL);
-    if (clerr != CL_SUCCESS) {
-        status = build_failed(ctx, st, prog, file, options, clerr);
-        goto cleanup;
+    prog = kiln_cl_cache_load(st, file, text, options);
+    if (!prog) {
+        KILN_CL_CHECK(
+            (prog = clCreateProgramWithSource(st->context, 1, &text, NULL, &clerr), clerr));
+        clerr = clBuildProgram(prog, 1, &st->device, options, NULL, NULL);
+        if (clerr != CL_SUCCESS) {
+            status = build_failed(ctx, st, prog, file, options, clerr);
+            goto cleanup;
+        }
+        kiln_cl_cache_store(st, file, text, options, prog);
     }
     fdup = strdup(file);
     odup = strdup(options);
@@ -642,13 +648,20 @@ cleanup:
     return status;
 }
 
-kiln_status kiln_cl_program_check(kiln_ctx *ctx, const char *file, const char *options) {
+kiln_status kiln_cl_program_check(kiln_ctx *ctx, const char *file, const char *options,
+                                  bool *from_disk) {
+    if (from_disk)
+        *from_disk = false;
     if (!ctx || !file || !options)
         return kiln_fail(ctx, KILN_E_ARG, "kiln_cl_program_check: NULL argument");
     struct kiln_device_state *st;
     cl_program prog;
     kiln_status status = kiln_cl_state(ctx, &st);
-    if (status == KILN_OK)
-        status = kiln_cl_program(ctx, st, file, options, &prog);
+    if (status != KILN_OK)
+        return status;
+    const uint32_t hits = st->cache_hits;
+    status = kiln_cl_program(ctx, st, file, options, &prog);
+    if (from_disk)
+        *from_disk = st->cache_hits != hits;
     return status;
 }

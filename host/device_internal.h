@@ -74,8 +74,11 @@ kiln_status kiln_cl_nearest(void *user, kiln_ctx *ctx, const float *x, size_t n,
                             uint32_t *ids, float *dists);
 
 /* Builds kernels/<file> with the given options on ctx's device through the
- * program cache: KILN_OK, or KILN_E_DEVICE with the build log. For tests and
- * for checking a device before a long build. */
-kiln_status kiln_cl_program_check(kiln_ctx *ctx, const char *file, const char *options);
+ * program caches: KILN_OK, or KILN_E_DEVICE with the build log. For tests and
+ * for checking a device before a long build. from_disk (may be NULL) tells
+ * whether this call took the program from the on-disk binary cache
+ * (host/cl_cache.c). */
+kiln_status kiln_cl_program_check(kiln_ctx *ctx, const char *file, const char *options,
+                                  bool *from_disk);
 
 #endif /* KILN_DEVICE_INTERNAL_H */

@@ -61,7 +61,10 @@ kiln_status kiln_cl_nearest(void *user, kiln_ctx *ctx, const float *x, size_t n,
     return kiln_fail(ctx, KILN_E_NO_DEVICE, NO_OPENCL);
 }
 
-kiln_status kiln_cl_program_check(kiln_ctx *ctx, const char *file, const char *options) {
+kiln_status kiln_cl_program_check(kiln_ctx *ctx, const char *file, const char *options,
+                                  bool *from_disk) {
     (void)file, (void)options;
+    if (from_disk)
+        *from_disk = false;
     return kiln_fail(ctx, KILN_E_NO_DEVICE, NO_OPENCL);
 }

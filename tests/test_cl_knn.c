@@ -11,6 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "check.h"
 #include "kiln.h"
 #include "../host/device_internal.h"
@@ -184,14 +187,69 @@ static void test_devices(uint32_t n) {
 }
 
 static void test_build_errors(void) {
-    CHECK_FAILS(ctx, kiln_cl_program_check(ctx, "knn_q4.cl", "-DKILN_K=0"), KILN_E_DEVICE,
+    CHECK_FAILS(ctx, kiln_cl_program_check(ctx, "knn_q4.cl", "-DKILN_K=0", NULL), KILN_E_DEVICE,
                 "KILN_K out of range");
-    CHECK_FAILS(ctx, kiln_cl_program_check(ctx, "knn_q4.cl", "-DKILN_K=0"), KILN_E_DEVICE,
+    CHECK_FAILS(ctx, kiln_cl_program_check(ctx, "knn_q4.cl", "-DKILN_K=0", NULL), KILN_E_DEVICE,
                 "CL_BUILD_PROGRAM_FAILURE");
-    CHECK_FAILS(ctx, kiln_cl_program_check(ctx, "nope.cl", ""), KILN_E_INTERNAL,
+    CHECK_FAILS(ctx, kiln_cl_program_check(ctx, "nope.cl", "", NULL), KILN_E_INTERNAL,
                 "not among the embedded kernels");
-    CHECK_OK(ctx, kiln_cl_program_check(ctx, "knn_q4.cl", "-DKILN_K=4"));
-    CHECK_OK(ctx, kiln_cl_program_check(ctx, "kmeans_assign.cl", "-DKILN_DIM=3"));
+    CHECK_OK(ctx, kiln_cl_program_check(ctx, "knn_q4.cl", "-DKILN_K=4", NULL));
+    CHECK_OK(ctx, kiln_cl_program_check(ctx, "kmeans_assign.cl", "-DKILN_DIM=3", NULL));
+}
+
+/* The on-disk program cache (host/cl_cache.c): a second context starts from
+ * the stored binary; a damaged file is a miss that is rebuilt and rewritten;
+ * KILN_CACHE_DIR=off stores nothing. Each case uses fresh options, so
+ * nothing is left in the context's in-memory cache from before. */
+static size_t count_bins(const char *dir) {
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "ls %s 2>/dev/null | grep -c '\\.bin$'", dir);
+    FILE *p = popen(cmd, "r");
+    size_t n = 0;
+    if (p) {
+        if (fscanf(p, "%zu", &n) != 1)
+            n = 0;
+        pclose(p);
+    }
+    return n;
+}
+
+static bool check_in_new_ctx(const char *options, bool *from_disk) {
+    kiln_ctx *c2;
+    REQUIRE(kiln_ctx_new(&c2) == KILN_OK);
+    const kiln_status st = kiln_cl_program_check(c2, "knn_q4.cl", options, from_disk);
+    CHECK_OK(c2, st);
+    kiln_ctx_free(c2);
+    return st == KILN_OK;
+}
+
+static void test_program_cache(const char *dir) {
+    bool disk = true;
+    CHECK(count_bins(dir) == 0);
+    CHECK(check_in_new_ctx("-DKILN_K=3", &disk) && !disk);
+    CHECK_MSG(count_bins(dir) == 1, "%zu cached binaries after one build", count_bins(dir));
+    CHECK(check_in_new_ctx("-DKILN_K=3", &disk) && disk);
+    /* Damage the payload: a miss, rebuilt from source and stored again. */
+    char cmd[700];
+    snprintf(cmd, sizeof cmd,
+             "for f in %s/*.bin; do printf 'XXXX' | dd of=$f bs=1 seek=100 "
+             "conv=notrunc status=none; done",
+             dir);
+    CHECK(system(cmd) == 0);
+    CHECK(check_in_new_ctx("-DKILN_K=3", &disk) && !disk);
+    CHECK(check_in_new_ctx("-DKILN_K=3", &disk) && disk);
+    /* Truncated to its header: a miss too. */
+    snprintf(cmd, sizeof cmd, "for f in %s/*.bin; do truncate -s 32 $f; done", dir);
+    CHECK(system(cmd) == 0);
+    CHECK(check_in_new_ctx("-DKILN_K=3", &disk) && !disk);
+    /* Other options are another key; off stores nothing. */
+    CHECK(check_in_new_ctx("-DKILN_K=4", &disk) && !disk);
+    CHECK(count_bins(dir) == 2);
+    setenv("KILN_CACHE_DIR", "off", 1);
+    CHECK(check_in_new_ctx("-DKILN_K=5", &disk) && !disk);
+    CHECK(check_in_new_ctx("-DKILN_K=5", &disk) && !disk);
+    CHECK(count_bins(dir) == 2);
+    setenv("KILN_CACHE_DIR", dir, 1);
 }
 
 static void test_knn_dims(void) {
@@ -401,6 +459,14 @@ static void test_kmeans_assign(void) {
 }
 
 int main(void) {
+    /* A fresh program cache for this run (host/cl_cache.c). */
+    char cache[512];
+    const char *tmp = getenv("KILN_TEST_TMP");
+    snprintf(cache, sizeof cache, "%s/clcache-%ld", tmp && *tmp ? tmp : "/tmp", (long)getpid());
+    if (tmp && *tmp)
+        mkdir(tmp, 0755);
+    REQUIRE(mkdir(cache, 0755) == 0);
+    setenv("KILN_CACHE_DIR", cache, 1);
     REQUIRE(kiln_ctx_new(&ctx) == KILN_OK);
     uint32_t n = 0;
     const kiln_status st = kiln_device_count(ctx, &n);
@@ -413,11 +479,15 @@ int main(void) {
     CHECK_OK(ctx, st);
     REQUIRE(n > 0);
     test_devices(n);
+    test_program_cache(cache);
     test_build_errors();
     test_knn_dims();
     test_batches();
     test_siftsmall();
     test_kmeans_assign();
     kiln_ctx_free(ctx);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", cache);
+    CHECK(system(cmd) == 0);
     return check_report("test_cl_knn");
 }
