@@ -66,6 +66,15 @@ static inline const float *kiln_vector(const struct kiln_index *ix, uint32_t nod
     return ix->vectors + (size_t)node * ix->dim;
 }
 
+/* Asks for node's whole vector (up to its first 1 KiB) to be fetched into
+ * cache, for loops that know the next few nodes they will read. */
+static inline void kiln_prefetch_vector(const struct kiln_index *ix, uint32_t node) {
+    const char *p = (const char *)kiln_vector(ix, node);
+    const size_t bytes = (size_t)ix->dim * sizeof(float);
+    for (size_t off = 0; off < bytes && off < 1024; off += 64)
+        __builtin_prefetch(p + off);
+}
+
 /* Allocates an empty index of `count` nodes with the given per-node levels
  * (copied; NULL = all 0): vectors, labels, link blocks zeroed, upper_off laid
  * out. The caller fills vectors/labels and links. */

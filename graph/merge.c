@@ -35,6 +35,9 @@
  *     lost recall), and from the re-prune of full lists while reverse links
  *     are added; an entrance gets no reverse link. Measured, same data:
  *     ef=64 0.945 -> 0.986, ef=256 0.972 -> 1.000.
+ *  5. The rerank reads ~57 vectors per node from anywhere in the set, so it
+ *     is bound by memory latency (about 230 ns a distance at 200K x 128);
+ *     the next MERGE_PREFETCH candidates' vectors are prefetched whole.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +46,9 @@
 #include "../host/progress_internal.h"
 #include "build_internal.h"
 #include "sort_internal.h"
+
+/* Candidates whose vectors are requested ahead of their rerank distance. */
+#define MERGE_PREFETCH 4
 
 #define U32_LESS(a, b) ((a) < (b))
 KILN_DEFINE_SORT(ids_sort, uint32_t, U32_LESS)
@@ -83,8 +89,7 @@ static void select_forward(struct kiln_index *ix, const uint32_t *cand, uint32_t
             ids[n++] = cand[j];
     const uint32_t np = highway_links(ix, i, prot, ids, &n);
     ids_sort(ids, n);
-    const float *v = kiln_vector(ix, i);
-    uint32_t m = 0;
+    uint32_t u = 0; /* unique, unprotected candidates to the front */
     for (uint32_t j = 0; j < n; j++) {
         if (j > 0 && ids[j] == ids[j - 1])
             continue;
@@ -92,7 +97,18 @@ static void select_forward(struct kiln_index *ix, const uint32_t *cand, uint32_t
         for (uint32_t t = 0; t < np && !is_prot; t++)
             is_prot = prot[t] == ids[j];
         if (!is_prot)
-            cands[m++] = (kiln_cand){ix->dist(v, kiln_vector(ix, ids[j]), ix->dim), ids[j]};
+            ids[u++] = ids[j];
+    }
+    /* Decision 5: the vectors are scattered over the whole set, so each
+     * distance would wait on memory; fetch a few ahead. */
+    const float *v = kiln_vector(ix, i);
+    for (uint32_t j = 0; j < u && j < MERGE_PREFETCH; j++)
+        kiln_prefetch_vector(ix, ids[j]);
+    uint32_t m = 0;
+    for (uint32_t j = 0; j < u; j++) {
+        if (j + MERGE_PREFETCH < u)
+            kiln_prefetch_vector(ix, ids[j + MERGE_PREFETCH]);
+        cands[m++] = (kiln_cand){ix->dist(v, kiln_vector(ix, ids[j]), ix->dim), ids[j]};
     }
     kiln_cands_sort(cands, m);
     uint32_t *l = kiln_links(ix, i, 0);

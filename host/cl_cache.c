@@ -86,6 +86,20 @@ static uint64_t cache_key(const struct kiln_device_state *st, const char *file, 
 
 /* ==== Files ==== */
 
+/* mkdir -p: every missing folder on the way to path. */
+static bool make_dirs(char *path) {
+    for (char *p = path + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        const bool ok = mkdir(path, 0755) == 0 || errno == EEXIST;
+        *p = '/';
+        if (!ok)
+            return false;
+    }
+    return mkdir(path, 0755) == 0 || errno == EEXIST;
+}
+
 /* The cache folder (decision 5), created if missing; false when off or
  * unavailable. */
 static bool cache_dir(char *out, size_t cap) {
@@ -98,18 +112,11 @@ static bool cache_dir(char *out, size_t cap) {
     } else if ((env = getenv("XDG_CACHE_HOME")) && *env) {
         len = snprintf(out, cap, "%s/kiln", env);
     } else if ((env = getenv("HOME")) && *env) {
-        char parent[4096];
-        if (snprintf(parent, sizeof parent, "%s/.cache", env) >= (int)sizeof parent)
-            return false;
-        if (mkdir(parent, 0755) != 0 && errno != EEXIST)
-            return false;
-        len = snprintf(out, cap, "%s/kiln", parent);
+        len = snprintf(out, cap, "%s/.cache/kiln", env);
     } else {
         return false;
     }
-    if (len < 0 || (size_t)len >= cap)
-        return false;
-    return mkdir(out, 0755) == 0 || errno == EEXIST;
+    return len > 0 && (size_t)len < cap && make_dirs(out);
 }
 
 static bool cache_path(char *out, size_t cap, const char *file, uint64_t key) {

@@ -275,6 +275,8 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
     const uint32_t words = kiln_q4_words(ix->dim);
     const size_t code_bytes = kiln_q4_stride(words) * sizeof(uint64_t) + sizeof(uint32_t);
     size_t max_slots = DEVICE_GROUP_BYTES / (code_bytes + (size_t)K * sizeof(kiln_q4_neighbor));
+    if (max_slots > cl.offsets[cl.k]) /* small inputs: one group, no spare room to touch */
+        max_slots = (size_t)cl.offsets[cl.k];
     if (max_slots < cl.max_members)
         max_slots = cl.max_members;
     if (co.residual) {
