@@ -15,6 +15,10 @@
  *   ... cluster j is members[offsets[j] .. offsets[j+1]) ...
  *   kiln_clusters_free(&c);
  *
+ * From k = 256 up, kiln_clusters_build trains and assigns in two levels
+ * (hkmeans.c: coarse cells route every search), which is O(sqrt(k)) rather
+ * than O(k) per row; below, and in kiln_clusters_assign, it is flat.
+ *
  * Distances are squared L2 throughout. COS data must come normalised (L2 on
  * unit vectors ranks like cosine); for IP the clustering is an L2 heuristic.
  */
@@ -25,6 +29,7 @@
 #include <stdint.h>
 
 #include "kiln.h"
+#include "../host/progress_internal.h"
 
 /* ==== Parameters ==== */
 
@@ -91,6 +96,80 @@ kiln_status kiln_kmeans_train(kiln_ctx *ctx, const float *x, size_t n, uint32_t 
                               const kiln_kmeans_params *p, kiln_nearest_fn nearest, void *user,
                               float *centroids);
 
+/* ==== Two-level training and search (hkmeans.c) ==== */
+
+/* Coarse centroids that route searches over many fine centroids. A search
+ * files each fine centroid under its nearest coarse cells and looks for a
+ * row's nearest fine centroids only in the files of its nearest cells; the
+ * files are made per search, so any centroids can be searched (training
+ * moves them). cells == 0 is the flat case: searches go straight to the
+ * backend. Owned by the struct (kiln_kmeans_tree_free). */
+typedef struct kiln_kmeans_tree {
+    uint32_t cells; /* coarse centroids; 0 = flat */
+    uint32_t dim;
+    float *coarse; /* cells*dim; NULL when flat */
+} kiln_kmeans_tree;
+
+/* Trains k = kiln_kmeans_k(n, p) centroids, like kiln_kmeans_train, into
+ * centroids (k*dim floats, the caller's) and leaves in *tree (overwritten,
+ * not freed first; zeroed on failure) the coarse centroids that route
+ * searches over them. Below a threshold on k this is kiln_kmeans_train
+ * exactly and the tree is flat; above it, training runs in two levels
+ * (hkmeans.c). Same determinism as kiln_kmeans_train. */
+kiln_status kiln_kmeans_train_tree(kiln_ctx *ctx, const float *x, size_t n, uint32_t dim,
+                                   const kiln_kmeans_params *p, kiln_nearest_fn nearest, void *user,
+                                   float *centroids, kiln_kmeans_tree *tree);
+
+/* The r nearest of k centroids (k*dim floats) for each of the n rows x
+ * (tree->dim floats each), with the kiln_nearest_fn output contract, but
+ * searched only in the files of each row's `probes` nearest coarse cells,
+ * where every centroid is filed under its `copies` nearest cells and a file
+ * shorter than r is padded with the r centroids nearest its cell: the exact
+ * r nearest among the probed files, by the backend's distances and ties
+ * (hkmeans.c decisions 4 and 5). probes = copies = 0 picks the setting for
+ * candidate lists; one of them 0, a flat tree, or more than 64 of either
+ * makes it one flat backend call. The backend must give a (row, centroid)
+ * pair the same distance in every call. nearest NULL = kiln_nearest_cpu
+ * (user ignored); threads (0 = all cores) gather rows and merge lists, and
+ * drive the CPU backend. Deterministic like the backend, whatever threads
+ * is. */
+kiln_status kiln_kmeans_tree_nearest(kiln_ctx *ctx, const kiln_kmeans_tree *tree, uint32_t probes,
+                                     uint32_t copies, const float *x, size_t n,
+                                     const float *centroids, uint32_t k, uint32_t r,
+                                     kiln_nearest_fn nearest, void *user, uint32_t threads,
+                                     uint32_t *ids, float *dists);
+
+/* Frees the coarse centroids and zeroes *tree; NULL and a zeroed struct are
+ * no-ops. */
+void kiln_kmeans_tree_free(kiln_kmeans_tree *tree);
+
+/* Building blocks that kmeans.c shares with hkmeans.c. */
+
+/* The number of training rows for k centroids out of n (p->sample, else
+ * 256 k; at least k, at most n). */
+size_t kiln_kmeans_sample_rows(size_t n, uint32_t k, const kiln_kmeans_params *p);
+
+/* m <= n rows of x chosen uniformly by seeded selection sampling, copied in
+ * ascending id order to rows (m*dim floats, the caller's). */
+kiln_status kiln_kmeans_sample(kiln_ctx *ctx, const float *x, size_t n, uint32_t dim, size_t m,
+                               uint64_t seed, float *rows);
+
+/* k-means++ seeding and p->iters Lloyd iterations (p->threads) on exactly
+ * the m rows xs, 1 <= k <= m, drawing from seed; bar, when not NULL,
+ * advances by one per iteration. Deterministic like kiln_kmeans_train. */
+kiln_status kiln_kmeans_train_rows(kiln_ctx *ctx, const float *xs, size_t m, uint32_t dim,
+                                   uint32_t k, const kiln_kmeans_params *p, uint64_t seed,
+                                   kiln_nearest_fn nearest, void *user, kiln_progress_bar *bar,
+                                   float *centroids);
+
+/* Up to `iters` Lloyd iterations on the m rows xs from the k centroids as
+ * they are (no seeding), through nearest (not NULL), drawing splits from
+ * seed; bar as above. */
+kiln_status kiln_kmeans_refine_rows(kiln_ctx *ctx, const float *xs, size_t m, uint32_t dim,
+                                    uint32_t k, uint32_t iters, uint32_t threads, uint64_t seed,
+                                    kiln_nearest_fn nearest, void *user, kiln_progress_bar *bar,
+                                    float *centroids);
+
 /* ==== Capped multi-assignment ==== */
 
 /* Clusters as CSR. Filled by kiln_clusters_assign / kiln_clusters_build; the
@@ -117,7 +196,16 @@ kiln_status kiln_clusters_assign(kiln_ctx *ctx, const float *x, size_t n, uint32
                                  const float *centroids, uint32_t k, const kiln_kmeans_params *p,
                                  kiln_nearest_fn nearest, void *user, kiln_clusters *out);
 
-/* kiln_kmeans_k, kiln_kmeans_train, then kiln_clusters_assign of all n rows. */
+/* kiln_clusters_assign with candidate lists from kiln_kmeans_tree_nearest
+ * (its list setting; tree->dim == dim) instead of a flat search; the full
+ * ranking of decision 3 of assign.c stays flat over all k. */
+kiln_status kiln_clusters_assign_tree(kiln_ctx *ctx, const float *x, size_t n, uint32_t dim,
+                                      const float *centroids, uint32_t k,
+                                      const kiln_kmeans_tree *tree, const kiln_kmeans_params *p,
+                                      kiln_nearest_fn nearest, void *user, kiln_clusters *out);
+
+/* kiln_kmeans_k, kiln_kmeans_train_tree, then kiln_clusters_assign_tree of
+ * all n rows. */
 kiln_status kiln_clusters_build(kiln_ctx *ctx, const float *x, size_t n, uint32_t dim,
                                 const kiln_kmeans_params *p, kiln_nearest_fn nearest, void *user,
                                 kiln_clusters *out);

@@ -10,6 +10,13 @@
  * (every float sum is then exact, so ties are real ties) and within float
  * rounding otherwise.
  *
+ * The two-level path (cluster/hkmeans.c, k >= 256) is checked on seeded
+ * clustered data against the flat one: its search is the exact r nearest
+ * among the centroids it visits, so each of its distances is the brute-force
+ * distance of its id and never below the brute force's at the same rank; it
+ * must find the true nearest for nearly every row, and give the same bytes
+ * with 1 and 2 threads.
+ *
  * The main binary re-runs the backend tests in child processes with
  * KILN_SIMD=avx2 and KILN_SIMD=scalar, so every register-blocked kernel is
  * checked on a machine that has it. */
@@ -278,6 +285,39 @@ static void test_nearest(kiln_ctx *ctx) {
                 "1 <= r <= k");
     CHECK_FAILS(ctx, kiln_nearest_cpu(NULL, ctx, &one, 1, NULL, 1, 1, 1, &id, &d), KILN_E_ARG,
                 "NULL");
+}
+
+/* Few centroids per panel and r above the panel count: the selection
+ * bounds the r-th smallest by lane-group minima (kmeans.c decision 8). */
+static void test_nearest_small_k(kiln_ctx *ctx) {
+    static const struct {
+        size_t n;
+        uint32_t k, dim, r;
+    } shapes[] = {{300, 20, 24, 17}, {300, 50, 24, 10}, {200, 100, 40, 12}, {97, 150, 128, 10}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const size_t n = shapes[s].n;
+        const uint32_t k = shapes[s].k, dim = shapes[s].dim, r = shapes[s].r;
+        float *x = uniform_rows(600 + s, n, dim, -1.0, 1.0);
+        float *cent = uniform_rows(700 + s, k, dim, -1.0, 1.0);
+        test_nearest_case(ctx, x, n, cent, k, dim, r, 2, 0);
+        free(x);
+        free(cent);
+        x = integer_rows(800 + s, n, dim, 3);
+        cent = integer_rows(900 + s, k, dim, 3);
+        memcpy(cent + (size_t)(k - 1) * dim, cent + dim, dim * sizeof *cent);
+        test_nearest_case(ctx, x, n, cent, k, dim, r, 1, 1);
+        free(x);
+        free(cent);
+    }
+    /* A panel of padding only (k = 10 of 32 columns) and rows whose
+     * distances are all NaN: every centroid ties at +inf, so the window
+     * admits everything, and the padding must still never be read. */
+    float *x = uniform_rows(1000, 7, 24, -1.0, 1.0), *cent = uniform_rows(1001, 10, 24, -1.0, 1.0);
+    x[3 * 24 + 5] = NAN;
+    test_nearest_case(ctx, x, 7, cent, 10, 24, 10, 1, 0);
+    test_nearest_case(ctx, x, 7, cent, 10, 24, 9, 2, 0);
+    free(x);
+    free(cent);
 }
 
 /* ==== Training ==== */
@@ -653,6 +693,168 @@ static void test_backend_and_args(kiln_ctx *ctx) {
     free(x);
 }
 
+/* ==== Two-level k-means ==== */
+
+/* The invariants of one row's list from a search of r over k centroids:
+ * ids in range and distinct, distances nondecreasing, each the float
+ * brute-force distance of its id. Returns the failures. */
+static size_t check_list(const float *row, const float *cent, uint32_t k, uint32_t dim, uint32_t r,
+                         const uint32_t *ids, const float *dists) {
+    const kiln_dist_fn dist = kiln_distance_fn(KILN_METRIC_L2);
+    size_t bad = 0;
+    for (uint32_t j = 0; j < r; j++) {
+        if (ids[j] >= k) {
+            bad++;
+            continue;
+        }
+        for (uint32_t t = 0; t < j; t++)
+            bad += ids[t] == ids[j];
+        bad += j > 0 && dists[j] < dists[j - 1];
+        bad += dists[j] != dist(row, cent + (size_t)ids[j] * dim, dim);
+    }
+    return bad;
+}
+
+/* Seeded clustered data, k = 300 (two levels): training and assignment
+ * give the same bytes with 1 and 2 threads; the search agrees with brute
+ * force; the cap and the one-cluster floor hold. */
+static void test_tree(kiln_ctx *ctx) {
+    const size_t n = 40000;
+    const uint32_t dim = 16, k = 300, r = 3;
+    float *x = alloc_floats(n * dim);
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, dim, 120, 11, x));
+    kiln_kmeans_params p;
+    kiln_kmeans_params_init(&p);
+    p.clusters = k;
+    p.max_size = (uint32_t)(3 * (n * 2 / k)); /* the device build's 3x the fair share */
+    p.sample = 64 * k;
+    p.seed = 5;
+    p.threads = 1;
+    float *c1 = alloc_floats((size_t)k * dim), *c2 = alloc_floats((size_t)k * dim);
+    kiln_kmeans_tree t1, t2;
+    CHECK_OK(ctx, kiln_kmeans_train_tree(ctx, x, n, dim, &p, NULL, NULL, c1, &t1));
+    p.threads = 2;
+    CHECK_OK(ctx, kiln_kmeans_train_tree(ctx, x, n, dim, &p, NULL, NULL, c2, &t2));
+    REQUIRE(t1.coarse && t2.coarse);
+    CHECK_MSG(t1.cells > 1 && t1.cells <= 18, "%u coarse cells for k %u", t1.cells, k);
+    CHECK(t1.cells == t2.cells && t1.dim == dim);
+    CHECK(memcmp(t1.coarse, t2.coarse, (size_t)t1.cells * dim * sizeof(float)) == 0);
+    CHECK(memcmp(c1, c2, (size_t)k * dim * sizeof(float)) == 0);
+
+    /* The search against brute force, for the assignment's setting (0, 0)
+     * and the refining Lloyd's (3 probes, 1 copy), and one where centroids
+     * sit in several probed files (3, 3). */
+    const size_t q = 5000;
+    const float *const xq = x + (n - q) * dim;
+    uint32_t *fid = malloc(q * r * sizeof *fid), *tid = malloc(q * r * sizeof *tid),
+             *tid2 = malloc(q * r * sizeof *tid2);
+    float *fd = alloc_floats(q * r), *td = alloc_floats(q * r), *td2 = alloc_floats(q * r);
+    REQUIRE(fid && tid && tid2);
+    CHECK_OK(ctx, kiln_nearest_cpu(NULL, ctx, xq, q, c1, k, dim, r, fid, fd));
+    static const uint32_t settings[][2] = {{0, 0}, {3, 1}, {3, 3}};
+    for (size_t v = 0; v < 3; v++) {
+        const uint32_t probes = settings[v][0], copies = settings[v][1];
+        CHECK_OK(ctx, kiln_kmeans_tree_nearest(ctx, &t1, probes, copies, xq, q, c1, k, r, NULL,
+                                               NULL, 1, tid, td));
+        CHECK_OK(ctx, kiln_kmeans_tree_nearest(ctx, &t1, probes, copies, xq, q, c1, k, r, NULL,
+                                               NULL, 2, tid2, td2));
+        CHECK(memcmp(tid, tid2, q * r * sizeof *tid) == 0);
+        CHECK(memcmp(td, td2, q * r * sizeof *td) == 0);
+        size_t bad = 0, below = 0, first = 0, all = 0;
+        for (size_t i = 0; i < q; i++) {
+            bad += check_list(xq + i * dim, c1, k, dim, r, tid + i * r, td + i * r);
+            for (uint32_t j = 0; j < r; j++)
+                below += td[i * r + j] < fd[i * r + j];
+            first += tid[i * r] == fid[i * r];
+            all += memcmp(tid + i * r, fid + i * r, r * sizeof *tid) == 0;
+        }
+        const double share1 = (double)first / q, share_all = (double)all / q;
+        fprintf(stderr, "tree search probes %u copies %u: nearest %.4f, all %u %.4f\n", probes,
+                copies, share1, r, share_all);
+        CHECK_MSG(bad == 0, "probes %u copies %u: %zu bad list entries", probes, copies, bad);
+        CHECK_MSG(below == 0, "probes %u copies %u: %zu distances below brute force", probes,
+                  copies, below);
+        CHECK_MSG(share1 >= 0.95, "probes %u copies %u: nearest found for %.4f of rows", probes,
+                  copies, share1);
+        CHECK_MSG(share_all >= 0.80, "probes %u copies %u: all %u nearest for %.4f of rows", probes,
+                  copies, r, share_all);
+    }
+
+    /* The whole build, both thread counts: the same bytes, the cap held,
+     * every vector placed; as good a clustering as the flat code's. */
+    kiln_clusters a, b;
+    p.threads = 1;
+    CHECK_OK(ctx, kiln_clusters_build(ctx, x, n, dim, &p, NULL, NULL, &a));
+    p.threads = 2;
+    CHECK_OK(ctx, kiln_clusters_build(ctx, x, n, dim, &p, NULL, NULL, &b));
+    REQUIRE(a.members && b.members);
+    CHECK(a.k == k && b.k == k);
+    CHECK(memcmp(a.centroids, c1, (size_t)k * dim * sizeof(float)) == 0);
+    CHECK(memcmp(a.centroids, b.centroids, (size_t)k * dim * sizeof(float)) == 0);
+    CHECK(memcmp(a.offsets, b.offsets, (k + 1) * sizeof *a.offsets) == 0);
+    CHECK(memcmp(a.members, b.members, a.offsets[k] * sizeof *a.members) == 0);
+    CHECK(a.spilled_vectors == b.spilled_vectors && a.far_vectors == b.far_vectors &&
+          a.short_vectors == b.short_vectors);
+    CHECK(check_clusters(&a, n, p.max_size, 2) == 0);
+    CHECK(a.max_members <= p.max_size);
+    float *flat = alloc_floats((size_t)k * dim);
+    CHECK_OK(ctx, kiln_kmeans_train(ctx, x, n, dim, &p, NULL, NULL, flat));
+    const double s_tree = sse(x, n, dim, c1, k), s_flat = sse(x, n, dim, flat, k);
+    fprintf(stderr, "tree k=%u: SSE %.5g (flat %.5g), largest %u, spilled %llu, far %llu\n", k,
+            s_tree, s_flat, a.max_members, (unsigned long long)a.spilled_vectors,
+            (unsigned long long)a.far_vectors);
+    CHECK_MSG(s_tree < 1.05 * s_flat, "SSE %.5g two-level, %.5g flat", s_tree, s_flat);
+    kiln_clusters_free(&a);
+    kiln_clusters_free(&b);
+
+    /* A tight cap: the full-ranking fallback (assign.c decision 3) places
+     * what the lists cannot, and the cap still holds. */
+    p.max_size = (uint32_t)((n * 2 + k - 1) / k) + 2;
+    p.spare = 0;
+    CHECK_OK(ctx, kiln_clusters_build(ctx, x, n, dim, &p, NULL, NULL, &a));
+    REQUIRE(a.members);
+    CHECK(check_clusters(&a, n, p.max_size, 2) == 0);
+    CHECK_MSG(a.far_vectors > 0, "tight cap: no vector needed the full ranking");
+    kiln_clusters_free(&a);
+
+    /* Below the threshold the flat trainer runs, byte for byte. */
+    kiln_kmeans_params_init(&p);
+    p.clusters = 40;
+    p.seed = 5;
+    kiln_kmeans_tree t3;
+    CHECK_OK(ctx, kiln_kmeans_train_tree(ctx, x, n, dim, &p, NULL, NULL, c1, &t3));
+    CHECK_OK(ctx, kiln_kmeans_train(ctx, x, n, dim, &p, NULL, NULL, c2));
+    CHECK(t3.cells == 0 && t3.coarse == NULL && t3.dim == dim);
+    CHECK(memcmp(c1, c2, 40 * dim * sizeof(float)) == 0);
+    kiln_kmeans_tree_free(&t3);
+
+    /* A backend's bad answer inside the search fails loudly. */
+    counting_backend cb = {0, 1000000};
+    CHECK_FAILS(ctx,
+                kiln_kmeans_tree_nearest(ctx, &t1, 0, 0, xq, q, c1, k, r, counting_nearest, &cb, 2,
+                                         tid, td),
+                KILN_E_INTERNAL, "coarse cell 1000000");
+    CHECK_FAILS(
+        ctx, kiln_kmeans_tree_nearest(ctx, &t1, 0, 0, xq, q, c1, k, k + 1, NULL, NULL, 2, tid, td),
+        KILN_E_ARG, "1 <= r <= k");
+
+    kiln_kmeans_tree_free(&t1);
+    kiln_kmeans_tree_free(&t2);
+    CHECK(t1.coarse == NULL && t1.cells == 0);
+    kiln_kmeans_tree_free(&t1);
+    kiln_kmeans_tree_free(NULL);
+    free(fid);
+    free(tid);
+    free(tid2);
+    free(fd);
+    free(td);
+    free(td2);
+    free(flat);
+    free(c1);
+    free(c2);
+    free(x);
+}
+
 /* ==== Main ==== */
 
 /* Re-runs this binary's backend tests with a narrower KILN_SIMD (the
@@ -678,6 +880,7 @@ int main(int argc, char **argv) {
     kiln_ctx_set_progress(ctx, KILN_PROGRESS_OFF);
     fprintf(stderr, "simd: %s\n", kiln_simd_name());
     test_nearest(ctx);
+    test_nearest_small_k(ctx);
     if (argc > 1 && strcmp(argv[1], "--nearest-only") == 0) {
         kiln_ctx_free(ctx);
         return check_report("test_kmeans (child)");
@@ -688,6 +891,7 @@ int main(int argc, char **argv) {
     test_determinism(ctx);
     test_backend_and_args(ctx);
     test_siftsmall(ctx);
+    test_tree(ctx);
     kiln_ctx_free(ctx);
     if (!getenv("KILN_SIMD")) {
         run_child("/proc/self/exe", "avx2");

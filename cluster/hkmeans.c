@@ -1,0 +1,681 @@
+/* hkmeans.c -- two-level k-means for large k: coarse centroids that route
+ * every search over the k fine ones, fine centroids trained inside each
+ * coarse cell and then refined together, and the nearest fine centroids of
+ * a row searched only in the files of a few coarse cells. kmeans.c does the
+ * training at each level; the backend (kiln_nearest_fn) computes every
+ * distance, so a device backend still does the heavy part.
+ *
+ * Design decisions:
+ *  1. Flat training and assignment cost O(k) distances per row, so the
+ *     partitioning step grows as n k = n^2 replicas / target_size. At 1M x
+ *     128 (k = 2605: target 768, 2 replicas, 64 training rows per centroid)
+ *     that was 3.5G pairs of training and 2.6G of assignment, 9.5 s on 2
+ *     cores. Two levels of ~sqrt(k) cells cost O(sqrt(k)) per row: 2.1 s
+ *     (training 0.8 s, assignment 1.3 s), with recall@10 of the built index
+ *     within noise of the flat code's (mean of 6 builds, seeds 1-5: -0.002
+ *     at ef 10 and 32, -0.0004 at ef 64; builds of one seed differ by up to
+ *     0.006 run to run). Below TREE_MIN_K the flat code runs unchanged.
+ *  2. Training: k1 = ceil(sqrt(k)) coarse centroids by the flat code on
+ *     TREE_COARSE_PER_CELL rows each, drawn from the training sample, which
+ *     is then split by nearest coarse centroid. Each non-empty cell gets
+ *     fine centroids in proportion to its rows, by largest remainder on
+ *     exact integers (ties by smaller cell), so the counts sum to k and the
+ *     clusters come out about equally full, which the size cap wants. A cell
+ *     below one centroid's share is raised to 1 at the expense of the cell
+ *     with most (ties by smaller cell); none gets more centroids than rows,
+ *     since floor(k c / m) rounds up only when not whole and k <= m. Empty
+ *     cells are dropped. Each cell's centroids are trained by the flat code
+ *     on that cell's rows alone, with its own seed.
+ *  3. Cells trained apart leave junk: a cell of fringe rows from several
+ *     blobs gets centroids between them that are nobody's nearest (42 of
+ *     2605 on synth1m) or many rows' second, so the candidate lists asked
+ *     for 102.8K places beyond the size caps and 111.8K vectors spilled.
+ *     TREE_REFINE_ITERS Lloyd iterations on the whole sample follow, with
+ *     the search of decision 4 as the nearest function (probes
+ *     TREE_REFINE_PROBES, copies 1): dead centroids empty out and are split
+ *     into big clusters, junk moves. After two: 8 dead, 23.9K beyond the
+ *     caps, 24.5K spilled (flat code: 0, 16.6K, 18.2K).
+ *  4. Search: every fine centroid is filed under its `copies` nearest coarse
+ *     cells, and a file shorter than r gets the r centroids nearest its
+ *     cell's centroid, so every file holds r. One backend call gives each
+ *     row its `probes` nearest cells; the (row, cell) pairs are sorted by
+ *     cell and each cell gets one backend call over the rows probing it
+ *     (gathered in row order) and its file (ascending ids, so ties by local
+ *     id are ties by global id). Each row's lists are merged to its r best
+ *     on (distance, id), NaN as +inf, a centroid filed twice taken once
+ *     (its two entries are equal, hence adjacent in that order). Distances
+ *     and ties are the backend's: the answer is the exact r nearest among
+ *     the probed files, and only centroids outside them are missed. A GPU
+ *     backend gets 2 + cells calls per round of up to 256K rows.
+ *  5. Two settings of decision 4, because each list costs: the CPU backend
+ *     spends 0.7-0.9 us more per row at r = 10 than at r = 1 (ten exact
+ *     distances and their ranking; one thread, 50-150 centroids). Measured
+ *     on synth1m (1M x 128, k = 2605, 52 cells, 2 threads, per row; flat
+ *     search: 4.3 us at r = 10):
+ *       probes 3, copies 1: true nearest for 99.7%; 1.1 us at r = 1,
+ *         2.5 us at r = 10 (three lists per row);
+ *       probes 1, copies 3: 99.6%; 0.7 us at r = 1, 1.2 us at r = 10;
+ *       probes 1, copies 2 / 4: 99.0% / 99.8%; 1.1 / 1.4 us at r = 10.
+ *     The assignment's lists (r = replicas + spare) use probes 1, copies
+ *     TREE_LIST_COPIES: one list per row. Lloyd (r = 1) uses probes
+ *     TREE_REFINE_PROBES, copies 1, though dearer: refining through the
+ *     copies-3 files instead grew a hub, a central centroid present in many
+ *     files that collected the misrouted rows until it was the second
+ *     nearest of 60K vectors.
+ *  6. Determinism: every backend answer for a row depends only on that row
+ *     and the centroids passed; cells are trained one after another with
+ *     seeds drawn in cell order on one thread; gathers and merges are per
+ *     row. The bytes do not depend on threads or chunking.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../host/ctx_internal.h"
+#include "../host/progress_internal.h"
+#include "../host/rng_internal.h"
+#include "kmeans_internal.h"
+
+/* ==== Tunables ==== */
+
+/* The smallest k trained and searched in two levels (decision 1). On
+ * kiln_synth_clustered data shaped like synth1m (n = 384 k, d = 128, 2.6
+ * centroids per blob, device-build parameters) the two levels break even
+ * near k = 192 (0.088 s against 0.094 s flat), take 13% less at 256, 42%
+ * less at 512 and 62% less at 1024, at the same SSE (within 0.7%). Below,
+ * the flat code is as fast and exact. */
+#define TREE_MIN_K 256u
+/* Coarse training rows per coarse centroid (decision 2): the coarse cells
+ * only route, and 256 per centroid is the flat default (kmeans.c decision
+ * 3); training them on all 64 k rows cost 0.33 s at 1M for nothing. */
+#define TREE_COARSE_PER_CELL 256u
+/* Lloyd iterations over all cells after the per-cell training (decision
+ * 3), ~0.1 s each at 1M: vectors spilled past their 2 nearest on synth1m
+ * after 0 / 1 / 2 / 3 of them: 111.8K (8.4K of them needing the full
+ * ranking) / 32.6K / 24.5K / 31.9K. */
+#define TREE_REFINE_ITERS 2u
+/* The Lloyd search (decision 5): cells probed per row; 2 finds the true
+ * nearest for 99.1% of rows, 3 for 99.7%, 4 for 99.9%. */
+#define TREE_REFINE_PROBES 3u
+/* The assignment's candidate lists (decision 5): copies of each centroid
+ * among the files; 2 / 3 / 4 find the true nearest for 99.0 / 99.6 / 99.8%
+ * of rows at 1.1 / 1.2 / 1.4 us per row. */
+#define TREE_LIST_COPIES 3u
+/* Most probes or copies a search makes; beyond, it is flat (the per-row
+ * merge keeps its list heads on the stack). */
+#define TREE_MAX_PROBES 64u
+/* Rows per round of a search: bounds its scratch (20 + 8 r bytes per row
+ * and probe: 26 MiB for the assignment's lists, 22 MiB for Lloyd's three
+ * probes, plus the largest cell's gathered rows) while giving each cell's
+ * backend call thousands of rows; fewer, larger calls also mean fewer
+ * fork/joins (kmeans.c KMEANS_PARALLEL_MIN). */
+#define TREE_CHUNK_ROWS ((size_t)1 << 18)
+/* Rows below which a cell's gather stays on one thread (4 MiB at d = 128:
+ * a memcpy that size is ~0.3 ms, about what a fork/join can cost). */
+#define TREE_GATHER_PARALLEL 8192
+/* Stream constant mixed into the seed, so the two-level draws do not repeat
+ * the flat trainer's. */
+#define TREE_RNG_STREAM 0x686b6d65616e73ull
+
+/* ==== Types ==== */
+
+/* A cell's largest-remainder standing: the remainder of k count / m. */
+typedef struct tree_rem {
+    uint64_t rem;
+    uint32_t cell;
+} tree_rem;
+
+/* The files of decision 4, each packed for one backend call. */
+typedef struct tree_files {
+    uint64_t *at;  /* cells+1: cell g's file is ids[at[g] .. at[g+1]), >= r long */
+    uint32_t *ids; /* global ids, ascending within a file */
+    float *packed; /* the centroids of ids, in that order, dim floats each */
+} tree_files;
+
+/* One search round's scratch, sized for TREE_CHUNK_ROWS rows. */
+typedef struct tree_round {
+    uint32_t *cid;     /* n*P: probed cells, nearest first */
+    float *cdist;      /* n*P */
+    uint64_t *cell_at; /* cells+1: pairs of cell g are pairs[cell_at[g] ..] */
+    uint32_t *pairs;   /* n*P: pair index i*P + j, sorted by cell, then row */
+    size_t *list_at;   /* n*P: where pair i*P + j's list starts in ids/dists */
+    uint32_t *ids;     /* n*P*r: each pair's list, global ids */
+    float *dists;      /* n*P*r */
+    float *rows;       /* rows_cap*dim: one cell's gathered rows */
+    size_t rows_cap;
+} tree_round;
+
+/* The Lloyd search of decision 3 dressed as a kiln_nearest_fn. */
+typedef struct tree_route {
+    const kiln_kmeans_tree *tree;
+    kiln_nearest_fn nearest;
+    void *user;
+    uint32_t threads;
+} tree_route;
+
+/* ==== Training helpers ==== */
+
+/* ceil(sqrt(k)) in integers, so no libm rounding enters the choice. */
+static uint32_t tree_cells(uint32_t k) {
+    uint32_t c = (uint32_t)sqrt((double)k);
+    while ((uint64_t)c * c < k)
+        c++;
+    while (c > 1 && (uint64_t)(c - 1) * (c - 1) >= k)
+        c--;
+    return c;
+}
+
+/* Larger remainder first, then smaller cell. */
+static int tree_rem_cmp(const void *pa, const void *pb) {
+    const tree_rem *a = pa, *b = pb;
+    if (a->rem != b->rem)
+        return a->rem > b->rem ? -1 : 1;
+    return (a->cell > b->cell) - (a->cell < b->cell);
+}
+
+/* Fine centroids per cell (decision 2): count[c] rows of m, quotas summing
+ * to k, each in [1, count[c]]. rems is scratch of `cells` entries. Needs
+ * cells <= k <= m and every count >= 1. */
+static void tree_quota(const uint64_t *count, uint32_t cells, uint64_t m, uint32_t k,
+                       uint32_t *quota, tree_rem *rems) {
+    uint64_t given = 0;
+    for (uint32_t c = 0; c < cells; c++) {
+        const uint64_t share = count[c] * k; /* < 2^64: count <= m < 2^32, k < 2^32 */
+        quota[c] = (uint32_t)(share / m);
+        rems[c] = (tree_rem){share % m, c};
+        given += quota[c];
+    }
+    qsort(rems, cells, sizeof *rems, tree_rem_cmp);
+    for (uint64_t j = 0; given + j < k; j++)
+        quota[rems[j].cell]++;
+    for (uint32_t c = 0; c < cells; c++) {
+        if (quota[c] > 0)
+            continue;
+        uint32_t big = 0;
+        for (uint32_t b = 1; b < cells; b++)
+            if (quota[b] > quota[big])
+                big = b;
+        quota[big]--;
+        quota[c] = 1;
+    }
+}
+
+/* ==== Search helpers ==== */
+
+static void tree_files_free(tree_files *f) {
+    free(f->at);
+    free(f->ids);
+    free(f->packed);
+}
+
+static int tree_u32_cmp(const void *pa, const void *pb) {
+    const uint32_t a = *(const uint32_t *)pa, b = *(const uint32_t *)pb;
+    return (a > b) - (a < b);
+}
+
+/* Builds the files of decision 4: each of the k centroids under its
+ * `copies` nearest cells (one backend call), and a file shorter than r
+ * padded with the r centroids nearest its cell's centroid (one more call,
+ * only when some file is short). */
+static kiln_status tree_file(kiln_ctx *ctx, const kiln_kmeans_tree *tree, const float *centroids,
+                             uint32_t k, uint32_t copies, uint32_t r, kiln_nearest_fn nearest,
+                             void *user, tree_files *f) {
+    const uint32_t cells = tree->cells, dim = tree->dim;
+    const uint32_t q = copies < cells ? copies : cells;
+    uint32_t *near_cells = NULL, *near_fine = NULL;
+    float *dist = NULL;
+    uint64_t *cursor = NULL;
+    size_t filed, extra, most;
+    if (kiln_mul_size(k, q, &filed) || kiln_mul_size(cells, r, &extra) ||
+        kiln_add_size(filed, extra, &most))
+        return kiln_fail(ctx, KILN_E_ARG, "tree search: %u centroids x %u copies overflow", k, q);
+    kiln_status st =
+        kiln_alloc(ctx, filed * sizeof *near_cells, "centroid cells", (void **)&near_cells);
+    if (st == KILN_OK)
+        st = kiln_alloc(ctx, (filed > extra ? filed : extra) * sizeof *dist, "filing distances",
+                        (void **)&dist);
+    if (st == KILN_OK)
+        st = kiln_alloc(ctx, (size_t)cells * sizeof *cursor, "file cursors", (void **)&cursor);
+    if (st == KILN_OK)
+        st = kiln_calloc(ctx, ((size_t)cells + 1) * sizeof *f->at, "cell files", (void **)&f->at);
+    if (st == KILN_OK)
+        st = kiln_alloc(ctx, most * sizeof *f->ids, "cell file ids", (void **)&f->ids);
+    if (st == KILN_OK)
+        st = nearest(user, ctx, centroids, k, tree->coarse, cells, dim, q, near_cells, dist);
+    for (size_t j = 0; st == KILN_OK && j < filed; j++) {
+        if (near_cells[j] >= cells)
+            st = kiln_fail(ctx, KILN_E_INTERNAL,
+                           "nearest-centroid backend returned coarse cell %u >= %u", near_cells[j],
+                           cells);
+        else
+            f->at[near_cells[j] + 1]++;
+    }
+    bool short_file = false;
+    for (uint32_t g = 0; st == KILN_OK && g < cells; g++)
+        short_file |= f->at[g + 1] < r;
+    if (short_file) {
+        st = kiln_alloc(ctx, extra * sizeof *near_fine, "cell centroids", (void **)&near_fine);
+        if (st == KILN_OK)
+            st = nearest(user, ctx, tree->coarse, cells, centroids, k, dim, r, near_fine, dist);
+        for (size_t j = 0; st == KILN_OK && j < extra; j++)
+            if (near_fine[j] >= k)
+                st = kiln_fail(ctx, KILN_E_INTERNAL,
+                               "nearest-centroid backend returned centroid %u >= k %u",
+                               near_fine[j], k);
+    }
+    if (st != KILN_OK)
+        goto done;
+
+    /* Each file is laid out with room for its padding, filled in id
+     * order, then sorted and compacted leftwards without duplicates; at[g]
+     * becomes the compacted start. */
+    uint64_t *const at = f->at;
+    for (uint32_t g = 0; g < cells; g++) {
+        const uint32_t pad = at[g + 1] < r ? r : 0;
+        at[g + 1] += at[g] + pad;
+        if (pad)
+            memcpy(f->ids + at[g], near_fine + (size_t)g * r, pad * sizeof *f->ids);
+        cursor[g] = at[g] + pad;
+    }
+    for (uint32_t c = 0; c < k; c++)
+        for (uint32_t j = 0; j < q; j++)
+            f->ids[cursor[near_cells[(size_t)c * q + j]]++] = c;
+    uint64_t out = 0, raw_b = 0;
+    for (uint32_t g = 0; g < cells; g++) {
+        const uint64_t raw_e = at[g + 1];
+        if (short_file)
+            qsort(f->ids + raw_b, raw_e - raw_b, sizeof *f->ids, tree_u32_cmp);
+        at[g] = out;
+        for (uint64_t t = raw_b; t < raw_e; t++)
+            if (out == at[g] || f->ids[out - 1] != f->ids[t])
+                f->ids[out++] = f->ids[t];
+        raw_b = raw_e;
+    }
+    at[cells] = out;
+    st = kiln_alloc(ctx, (size_t)out * dim * sizeof *f->packed, "cell file centroids",
+                    (void **)&f->packed);
+    if (st != KILN_OK)
+        goto done;
+    for (uint64_t t = 0; t < out; t++)
+        memcpy(f->packed + t * dim, centroids + (size_t)f->ids[t] * dim, dim * sizeof *f->packed);
+
+done:
+    free(near_cells);
+    free(near_fine);
+    free(dist);
+    free(cursor);
+    return st;
+}
+
+/* (da, ia) ranks before (db, ib): distance with NaN as +inf, then id. */
+static inline bool tree_before(float da, uint32_t ia, float db, uint32_t ib) {
+    da = isnan(da) ? INFINITY : da;
+    db = isnan(db) ? INFINITY : db;
+    return da < db || (da == db && ia < ib);
+}
+
+/* One round of the search over rows x[0..n), n <= TREE_CHUNK_ROWS, with P
+ * probes (decision 4). */
+static kiln_status tree_search_round(kiln_ctx *ctx, const kiln_kmeans_tree *tree,
+                                     const tree_files *f, uint32_t P, const float *x, size_t n,
+                                     uint32_t r, kiln_nearest_fn nearest, void *user, int threads,
+                                     tree_round *s, uint32_t *ids, float *dists) {
+    const uint32_t cells = tree->cells, dim = tree->dim;
+    const size_t np = n * P;
+    kiln_status st = nearest(user, ctx, x, n, tree->coarse, cells, dim, P, s->cid, s->cdist);
+    if (st != KILN_OK)
+        return st;
+    memset(s->cell_at, 0, ((size_t)cells + 1) * sizeof *s->cell_at);
+    for (size_t q = 0; q < np; q++) {
+        if (s->cid[q] >= cells)
+            return kiln_fail(ctx, KILN_E_INTERNAL,
+                             "nearest-centroid backend returned coarse cell %u >= %u for row %zu",
+                             s->cid[q], cells, q / P);
+        s->cell_at[s->cid[q] + 1]++;
+    }
+    uint64_t most = 0;
+    for (uint32_t g = 0; g < cells; g++) {
+        most = s->cell_at[g + 1] > most ? s->cell_at[g + 1] : most;
+        s->cell_at[g + 1] += s->cell_at[g];
+    }
+    if (most > s->rows_cap) {
+        free(s->rows);
+        s->rows = NULL;
+        s->rows_cap = 0;
+        st = kiln_alloc(ctx, (size_t)most * dim * sizeof *s->rows, "probe rows", (void **)&s->rows);
+        if (st != KILN_OK)
+            return st;
+        s->rows_cap = (size_t)most;
+    }
+    for (size_t q = 0; q < np; q++)
+        s->pairs[s->cell_at[s->cid[q]]++] = (uint32_t)q;
+    for (uint32_t g = cells; g > 0; g--)
+        s->cell_at[g] = s->cell_at[g - 1];
+    s->cell_at[0] = 0;
+
+    /* Cell by cell: the rows probing it gathered, one backend call over its
+     * file, r ids and distances per pair in the cell's pair order. */
+    size_t at = 0;
+    for (uint32_t g = 0; g < cells && st == KILN_OK; g++) {
+        const uint64_t b = s->cell_at[g], e = s->cell_at[g + 1];
+        if (b == e)
+            continue;
+        const uint32_t kg = (uint32_t)(f->at[g + 1] - f->at[g]);
+        const uint32_t *const pg = s->pairs + b;
+        const long lcount = (long)(e - b);
+#pragma omp parallel for num_threads(threads) schedule(static) if (lcount >= TREE_GATHER_PARALLEL)
+        for (long t = 0; t < lcount; t++)
+            memcpy(s->rows + (size_t)t * dim, x + (size_t)(pg[t] / P) * dim, dim * sizeof *s->rows);
+        uint32_t *const gid = s->ids + at;
+        st = nearest(user, ctx, s->rows, (size_t)(e - b), f->packed + f->at[g] * dim, kg, dim, r,
+                     gid, s->dists + at);
+        const uint32_t *const file = f->ids + f->at[g];
+        for (size_t t = 0; st == KILN_OK && t < (size_t)(e - b) * r; t++) {
+            if (gid[t] >= kg)
+                st = kiln_fail(ctx, KILN_E_INTERNAL,
+                               "nearest-centroid backend returned centroid %u >= %u of cell %u's "
+                               "file",
+                               gid[t], kg, g);
+            else
+                gid[t] = file[gid[t]];
+        }
+        for (uint64_t t = 0; t < e - b; t++)
+            s->list_at[pg[t]] = at + (size_t)t * r;
+        at += (size_t)(e - b) * r;
+    }
+    if (st != KILN_OK)
+        return st;
+
+    /* Each row: a P-way merge of its lists to the r best, nearest first. */
+    const long ln = (long)n;
+    int repeated = 0;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long i = 0; i < ln; i++) {
+        uint32_t head[TREE_MAX_PROBES] = {0};
+        const size_t q0 = (size_t)i * P;
+        uint32_t *const out_ids = ids + (size_t)i * r;
+        float *const out_d = dists + (size_t)i * r;
+        for (uint32_t t = 0; t < r;) {
+            uint32_t best = 0, bid = 0;
+            float bd = 0.0f;
+            bool any = false;
+            for (uint32_t j = 0; j < P; j++) {
+                if (head[j] == r)
+                    continue;
+                const size_t w = s->list_at[q0 + j] + head[j];
+                if (!any || tree_before(s->dists[w], s->ids[w], bd, bid)) {
+                    any = true;
+                    best = j;
+                    bd = s->dists[w];
+                    bid = s->ids[w];
+                }
+            }
+            if (!any) {
+                /* Every list holds r distinct centroids, unless the backend
+                 * repeated one. */
+#pragma omp atomic write
+                repeated = 1;
+                break;
+            }
+            head[best]++;
+            if (t > 0 && out_ids[t - 1] == bid)
+                continue;
+            out_ids[t] = bid;
+            out_d[t++] = bd;
+        }
+    }
+    if (repeated)
+        return kiln_fail(ctx, KILN_E_INTERNAL,
+                         "nearest-centroid backend repeated a centroid in one row's list");
+    return KILN_OK;
+}
+
+/* kiln_nearest_fn over tree_route: the refining Lloyd's nearest centroid. */
+static kiln_status tree_route_nearest(void *user, kiln_ctx *ctx, const float *x, size_t n,
+                                      const float *centroids, uint32_t k, uint32_t dim, uint32_t r,
+                                      uint32_t *ids, float *dists) {
+    const tree_route *const t = user;
+    if (dim != t->tree->dim)
+        return kiln_fail(ctx, KILN_E_INTERNAL, "tree search: dim %u, tree dim %u", dim,
+                         t->tree->dim);
+    return kiln_kmeans_tree_nearest(ctx, t->tree, TREE_REFINE_PROBES, 1, x, n, centroids, k, r,
+                                    t->nearest, t->user, t->threads, ids, dists);
+}
+
+/* ==== Public ==== */
+
+kiln_status kiln_kmeans_train_tree(kiln_ctx *ctx, const float *x, size_t n, uint32_t dim,
+                                   const kiln_kmeans_params *p, kiln_nearest_fn nearest, void *user,
+                                   float *centroids, kiln_kmeans_tree *tree) {
+    if (!tree)
+        return kiln_fail(ctx, KILN_E_ARG, "k-means: tree must not be NULL");
+    memset(tree, 0, sizeof *tree);
+    uint32_t k;
+    kiln_status st = kiln_kmeans_k(ctx, n, p, &k);
+    if (st != KILN_OK)
+        return st;
+    if (!x || !centroids || dim == 0)
+        return kiln_fail(ctx, KILN_E_ARG, "k-means: need rows, centroids and dim >= 1");
+    if (k < TREE_MIN_K) {
+        tree->dim = dim;
+        return kiln_kmeans_train(ctx, x, n, dim, p, nearest, user, centroids);
+    }
+    kiln_nearest_cpu_opts cpu = {.threads = p->threads};
+    if (!nearest) {
+        nearest = kiln_nearest_cpu;
+        user = &cpu;
+    }
+    kiln_rng rng;
+    kiln_rng_seed(&rng, p->seed ^ TREE_RNG_STREAM);
+    const uint64_t sample_seed = kiln_rng_next(&rng), coarse_sample_seed = kiln_rng_next(&rng),
+                   coarse_seed = kiln_rng_next(&rng);
+    const size_t m = kiln_kmeans_sample_rows(n, k, p);
+    const uint32_t k1 = tree_cells(k);
+    const size_t m1 = (size_t)k1 * TREE_COARSE_PER_CELL < m ? (size_t)k1 * TREE_COARSE_PER_CELL : m;
+
+    float *copy = NULL, *coarse = NULL, *dist = NULL, *rows = NULL;
+    uint32_t *cell_of = NULL, *order = NULL, *quota = NULL, *remap = NULL, *first = NULL;
+    uint64_t *count = NULL;
+    tree_rem *rems = NULL;
+    const float *xs = x;
+    if (m < n) {
+        st = kiln_alloc(ctx, m * dim * sizeof *copy, "k-means sample rows", (void **)&copy);
+        if (st == KILN_OK)
+            st = kiln_kmeans_sample(ctx, x, n, dim, m, sample_seed, copy);
+        xs = copy;
+    }
+    if (st == KILN_OK)
+        st = kiln_alloc(ctx, (size_t)k1 * dim * sizeof *coarse, "coarse centroids",
+                        (void **)&coarse);
+    if (st == KILN_OK)
+        st = kiln_alloc(ctx, m * sizeof *cell_of, "coarse cells", (void **)&cell_of);
+    if (st == KILN_OK)
+        st = kiln_alloc(ctx, m * sizeof *dist, "coarse distances", (void **)&dist);
+    if (st == KILN_OK)
+        st = kiln_alloc(ctx, m * sizeof *order, "rows by cell", (void **)&order);
+    if (st == KILN_OK)
+        st = kiln_calloc(ctx, ((size_t)k1 + 1) * sizeof *count, "cell rows", (void **)&count);
+    if (st == KILN_OK)
+        st = kiln_alloc(ctx, (size_t)k1 * sizeof *quota, "cell quotas", (void **)&quota);
+    if (st == KILN_OK)
+        st = kiln_alloc(ctx, (size_t)k1 * sizeof *remap, "cell numbers", (void **)&remap);
+    if (st == KILN_OK)
+        st = kiln_alloc(ctx, (size_t)k1 * sizeof *rems, "cell remainders", (void **)&rems);
+    if (st == KILN_OK)
+        st = kiln_alloc(ctx, ((size_t)k1 + 1) * sizeof *first, "cell centroids", (void **)&first);
+    /* The coarse rows go where the cell rows will later (m1 <= m). */
+    if (st == KILN_OK)
+        st = kiln_alloc(ctx, m1 * dim * sizeof *rows, "coarse rows", (void **)&rows);
+    if (st == KILN_OK)
+        st = kiln_kmeans_sample(ctx, xs, m, dim, m1, coarse_sample_seed, rows);
+    if (st != KILN_OK)
+        goto done;
+
+    uint32_t cells = 0;
+    kiln_progress_bar bar;
+    kiln_progress_begin(&bar, ctx, "kmeans", (uint64_t)p->iters * (1 + k1) + TREE_REFINE_ITERS);
+    st =
+        kiln_kmeans_train_rows(ctx, rows, m1, dim, k1, p, coarse_seed, nearest, user, &bar, coarse);
+    if (st == KILN_OK)
+        st = nearest(user, ctx, xs, m, coarse, k1, dim, 1, cell_of, dist);
+    for (size_t i = 0; st == KILN_OK && i < m; i++) {
+        if (cell_of[i] >= k1)
+            st = kiln_fail(ctx, KILN_E_INTERNAL,
+                           "nearest-centroid backend returned coarse cell %u >= %u for row %zu",
+                           cell_of[i], k1, i);
+        else
+            count[cell_of[i]]++;
+    }
+    if (st != KILN_OK)
+        goto end_bar;
+
+    /* Drop empty cells, renumbering the rest in order (decision 2). */
+    for (uint32_t c = 0; c < k1; c++) {
+        if (count[c] == 0)
+            continue;
+        remap[c] = cells;
+        count[cells] = count[c];
+        if (cells != c)
+            memcpy(coarse + (size_t)cells * dim, coarse + (size_t)c * dim, dim * sizeof *coarse);
+        cells++;
+    }
+    kiln_progress_add(&bar, (uint64_t)p->iters * (k1 - cells));
+    tree_quota(count, cells, m, k, quota, rems);
+    first[0] = 0;
+    uint64_t most = 0;
+    for (uint32_t c = 0; c < cells; c++) {
+        first[c + 1] = first[c] + quota[c];
+        most = count[c] > most ? count[c] : most;
+    }
+    /* Rows by cell, in sample order: count becomes the cells' starts. */
+    for (uint32_t c = 0, start = 0; c < cells; c++) {
+        const uint64_t rows_c = count[c];
+        count[c] = start;
+        start += (uint32_t)rows_c;
+    }
+    for (size_t i = 0; i < m; i++)
+        order[count[remap[cell_of[i]]]++] = (uint32_t)i;
+    for (uint32_t c = cells; c > 0; c--)
+        count[c] = count[c - 1];
+    count[0] = 0;
+
+    if (most > m1) {
+        free(rows);
+        rows = NULL;
+        st = kiln_alloc(ctx, (size_t)most * dim * sizeof *rows, "cell rows", (void **)&rows);
+    }
+    for (uint32_t c = 0; c < cells && st == KILN_OK; c++) {
+        const uint64_t b = count[c], e = count[c + 1];
+        for (uint64_t t = b; t < e; t++)
+            memcpy(rows + (t - b) * dim, xs + (size_t)order[t] * dim, dim * sizeof *rows);
+        st = kiln_kmeans_train_rows(ctx, rows, (size_t)(e - b), dim, quota[c], p,
+                                    kiln_rng_next(&rng), nearest, user, &bar,
+                                    centroids + (size_t)first[c] * dim);
+    }
+    *tree = (kiln_kmeans_tree){.cells = cells, .dim = dim, .coarse = coarse};
+    if (st == KILN_OK) {
+        tree_route route = {tree, nearest, user, p->threads};
+        st = kiln_kmeans_refine_rows(ctx, xs, m, dim, k, TREE_REFINE_ITERS, p->threads,
+                                     kiln_rng_next(&rng), tree_route_nearest, &route, &bar,
+                                     centroids);
+    }
+    if (st == KILN_OK)
+        coarse = NULL;
+    else
+        memset(tree, 0, sizeof *tree);
+end_bar:
+    kiln_progress_end(&bar);
+
+done:
+    free(copy);
+    free(coarse);
+    free(dist);
+    free(rows);
+    free(cell_of);
+    free(order);
+    free(quota);
+    free(remap);
+    free(count);
+    free(rems);
+    free(first);
+    return st;
+}
+
+kiln_status kiln_kmeans_tree_nearest(kiln_ctx *ctx, const kiln_kmeans_tree *tree, uint32_t probes,
+                                     uint32_t copies, const float *x, size_t n,
+                                     const float *centroids, uint32_t k, uint32_t r,
+                                     kiln_nearest_fn nearest, void *user, uint32_t threads,
+                                     uint32_t *ids, float *dists) {
+    if (!tree || tree->dim == 0 || (tree->cells > 0 && !tree->coarse))
+        return kiln_fail(ctx, KILN_E_ARG, "tree search: no trained tree");
+    if (n == 0)
+        return KILN_OK;
+    if (!x || !centroids || !ids || !dists)
+        return kiln_fail(ctx, KILN_E_ARG, "tree search: NULL array");
+    if (k == 0 || r == 0 || r > k)
+        return kiln_fail(ctx, KILN_E_ARG, "tree search: need 1 <= r <= k (r %u, k %u)", r, k);
+    kiln_nearest_cpu_opts cpu = {.threads = threads};
+    if (!nearest) {
+        nearest = kiln_nearest_cpu;
+        user = &cpu;
+    }
+    if (probes == 0 && copies == 0) {
+        probes = 1;
+        copies = TREE_LIST_COPIES;
+    }
+    const uint32_t P = probes < tree->cells ? probes : tree->cells;
+    /* A flat tree, or so many probes or copies that the search would visit
+     * most centroids anyway: the flat search is cheaper, and exact. */
+    if (tree->cells == 0 || P == 0 || copies == 0 || P > TREE_MAX_PROBES ||
+        copies > TREE_MAX_PROBES)
+        return nearest(user, ctx, x, n, centroids, k, tree->dim, r, ids, dists);
+
+    tree_files f = {0};
+    kiln_status st = tree_file(ctx, tree, centroids, k, copies, r, nearest, user, &f);
+    const size_t chunk = n < TREE_CHUNK_ROWS ? n : TREE_CHUNK_ROWS;
+    const uint32_t dim = tree->dim;
+    size_t lists = 0;
+    if (st == KILN_OK && kiln_mul_size(chunk * P, r, &lists))
+        st = kiln_fail(ctx, KILN_E_ARG, "tree search: %u probes x %u nearest overflow", P, r);
+    tree_round s = {0};
+    if (st == KILN_OK)
+        st = kiln_alloc(ctx, chunk * P * sizeof *s.cid, "probed cells", (void **)&s.cid);
+    if (st == KILN_OK)
+        st = kiln_alloc(ctx, chunk * P * sizeof *s.cdist, "probe distances", (void **)&s.cdist);
+    if (st == KILN_OK)
+        st = kiln_alloc(ctx, ((size_t)tree->cells + 1) * sizeof *s.cell_at, "cell pairs",
+                        (void **)&s.cell_at);
+    if (st == KILN_OK)
+        st = kiln_alloc(ctx, chunk * P * sizeof *s.pairs, "probe pairs", (void **)&s.pairs);
+    if (st == KILN_OK)
+        st = kiln_alloc(ctx, chunk * P * sizeof *s.list_at, "probe lists", (void **)&s.list_at);
+    if (st == KILN_OK)
+        st = kiln_alloc(ctx, lists * sizeof *s.ids, "probe ids", (void **)&s.ids);
+    if (st == KILN_OK)
+        st = kiln_alloc(ctx, lists * sizeof *s.dists, "probe distances", (void **)&s.dists);
+    const int team = kiln_threads(threads);
+    for (size_t b = 0; b < n && st == KILN_OK; b += chunk) {
+        const size_t count = n - b < chunk ? n - b : chunk;
+        st = tree_search_round(ctx, tree, &f, P, x + b * dim, count, r, nearest, user, team, &s,
+                               ids + b * r, dists + b * r);
+    }
+    tree_files_free(&f);
+    free(s.cid);
+    free(s.cdist);
+    free(s.cell_at);
+    free(s.pairs);
+    free(s.list_at);
+    free(s.ids);
+    free(s.dists);
+    free(s.rows);
+    return st;
+}
+
+void kiln_kmeans_tree_free(kiln_kmeans_tree *tree) {
+    if (!tree)
+        return;
+    free(tree->coarse);
+    memset(tree, 0, sizeof *tree);
+}
