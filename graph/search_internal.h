@@ -29,6 +29,7 @@ typedef struct kiln_scratch {
     kiln_heap top;                  /* max-heap: the ef best so far */
     kiln_heap cand;                 /* min-heap: frontier */
     uint32_t *nbr;                  /* copy of one link list (construction) */
+    uint32_t *fresh;                /* the unvisited neighbours of the node expanded */
     float *qbuf;                    /* normalised query (COS) */
     struct kiln_scratch *next_free; /* pool link */
 } kiln_scratch;
