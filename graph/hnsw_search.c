@@ -28,7 +28,7 @@
 
 #include "../host/ctx_internal.h"
 #include "search_internal.h"
-#include "sort_internal.h"
+#include "../host/sort_internal.h"
 
 /* Neighbours whose vectors are requested ahead of their distance (decision 3). */
 #define SEARCH_PREFETCH 2

@@ -45,7 +45,7 @@
 #include "../host/ctx_internal.h"
 #include "../host/progress_internal.h"
 #include "build_internal.h"
-#include "sort_internal.h"
+#include "../host/sort_internal.h"
 
 /* Candidates whose vectors are requested ahead of their rerank distance. */
 #define MERGE_PREFETCH 4
