@@ -116,7 +116,7 @@ static void extreme_push(float *h, size_t *len, size_t cap, float x, float sign)
  * each value once instead of quickselect's partitions (15 ms -> 2 ms for
  * 16K x 128). NaNs are skipped; an all-NaN column gives NaN. */
 static void select_tails(const float *v, size_t n, size_t k, float *lo, float *hi) {
-    float small[Q4_EXTREME_MAX], large[Q4_EXTREME_MAX];
+    float small[Q4_EXTREME_MAX] = {0}, large[Q4_EXTREME_MAX] = {0};
     size_t ns = 0, nl = 0;
     const size_t cap = k + 1;
     for (size_t i = 0; i < n; i++) {
