@@ -107,13 +107,11 @@ static void stage(kiln_build_report *rep, const char *name, double seconds) {
 typedef struct codes {
     bool residual;
     const kiln_q4 *q;
-    kiln_q4_set global; /* IP: all n vectors */
-    kiln_q4_set group;  /* residual: one group's slots, capacity cap_slots */
-    uint32_t *identity; /* residual: 0..cap_slots-1, the "members" of a group */
-    float *rows;        /* residual: ENCODE_CHUNK residual rows */
+    kiln_q4_set global;  /* IP: all n vectors */
+    kiln_q4_set group;   /* residual: one group's slots, capacity cap_slots */
+    uint32_t *identity;  /* residual: 0..cap_slots-1, the "members" of a group */
+    uint32_t *center_of; /* residual: each slot's cluster, for one group */
 } codes;
-
-#define ENCODE_CHUNK 4096 /* residual rows encoded per call: a few MiB of floats */
 
 /* A residual training sample: up to Q4_SAMPLE slots spread evenly over all
  * slots of all clusters (deterministic), each x_v - centroid_c. The
@@ -146,32 +144,18 @@ static kiln_status train_residual(kiln_ctx *ctx, const struct kiln_index *ix,
     return st;
 }
 
-/* Encodes the residuals of slots [base, base+count) (clusters c0..) into
- * co->group. */
+/* Encodes the residuals of the slots of clusters [c0, c1) into co->group. */
 static kiln_status encode_group(kiln_ctx *ctx, const struct kiln_index *ix, const kiln_clusters *cl,
-                                uint32_t c0, uint64_t base, uint64_t count, codes *co,
-                                uint32_t threads) {
-    const size_t stride = kiln_q4_stride(co->q->words);
-    uint32_t c = c0;
-    for (uint64_t done = 0; done < count; done += ENCODE_CHUNK) {
-        uint64_t rows = count - done < ENCODE_CHUNK ? count - done : ENCODE_CHUNK;
-        for (uint64_t i = 0; i < rows; i++) {
-            uint64_t s = base + done + i;
-            while (cl->offsets[c + 1] <= s)
-                c++;
-            const float *x = kiln_vector(ix, cl->members[s]);
-            const float *cen = cl->centroids + (size_t)c * ix->dim;
-            float *r = co->rows + i * ix->dim;
-            for (uint32_t j = 0; j < ix->dim; j++)
-                r[j] = x[j] - cen[j];
-        }
-        kiln_status st = kiln_q4_encode(ctx, co->q, co->rows, rows, threads,
-                                        co->group.planes + done * stride, co->group.norms + done);
-        if (st)
-            return st;
-    }
+                                uint32_t c0, uint32_t c1, codes *co, uint32_t threads) {
+    const uint64_t base = cl->offsets[c0], count = cl->offsets[c1] - base;
+    for (uint32_t c = c0; c < c1; c++)
+        for (uint64_t s = cl->offsets[c]; s < cl->offsets[c + 1]; s++)
+            co->center_of[s - base] = c;
+    kiln_status st =
+        kiln_q4_encode_residuals(ctx, co->q, ix->vectors, cl->members + base, cl->centroids,
+                                 co->center_of, count, threads, co->group.planes, co->group.norms);
     co->group.count = count;
-    return KILN_OK;
+    return st;
 }
 
 /* ==== Per-cluster kNN into the candidate table ==== */
@@ -187,7 +171,7 @@ static kiln_status knn_group(kiln_ctx *ctx, const struct kiln_index *ix, codes *
     for (uint32_t c = c0; c <= c1; c++)
         offsets[c - c0] = cl->offsets[c] - base;
     kiln_status st;
-    if (co->residual && (st = encode_group(ctx, ix, cl, c0, base, slots, co, threads)))
+    if (co->residual && (st = encode_group(ctx, ix, cl, c0, c1, co, threads)))
         return st;
     kiln_cl_stats cs = {0};
     st = kiln_cl_cluster_knn(ctx, co->residual ? &co->group : &co->global, offsets, c1 - c0,
@@ -290,8 +274,8 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
                              (void **)&co.group.norms)) ||
             (st = kiln_alloc(ctx, max_slots * sizeof(uint32_t), "group slots",
                              (void **)&co.identity)) ||
-            (st = kiln_alloc(ctx, (size_t)ENCODE_CHUNK * ix->dim * sizeof(float), "residual rows",
-                             (void **)&co.rows)))
+            (st = kiln_alloc(ctx, max_slots * sizeof(uint32_t), "group slot clusters",
+                             (void **)&co.center_of)))
             goto cleanup;
         co.group.words = words;
         for (size_t i = 0; i < max_slots; i++)
@@ -366,7 +350,7 @@ cleanup:
     kiln_free_aligned(co.group.planes);
     free(co.group.norms);
     free(co.identity);
-    free(co.rows);
+    free(co.center_of);
     kiln_q4_set_release(&co.global);
     kiln_q4_free(q);
     return st;

@@ -11,6 +11,7 @@
 #ifndef KILN_DEVICE_INTERNAL_H
 #define KILN_DEVICE_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 

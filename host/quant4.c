@@ -43,6 +43,7 @@
 #include <string.h>
 
 #include "ctx_internal.h"
+#include "le_internal.h"
 #include "quant4_internal.h"
 #include "rng_internal.h"
 
@@ -298,14 +299,23 @@ void kiln_q4_codes(const kiln_q4 *q, const float *row, uint8_t *codes) {
         codes[i] = q4_code(row[i], q->lo[i], q->step);
 }
 
+/* Bit p of each of the 8 code bytes in x (byte k from the least significant
+ * end), packed so that byte k's bit lands at bit k: the mask leaves one bit
+ * per byte, and the multiply moves byte k's bit from position 8k to 56 + k
+ * (its partial products never overlap, so nothing carries). */
+static inline uint64_t q4_gather8(uint64_t x, unsigned p) {
+    return ((x >> p & 0x0101010101010101ull) * 0x0102040810204080ull) >> 56;
+}
+
 void kiln_q4_slice(const kiln_q4 *q, const uint8_t *codes, uint64_t *planes) {
     const uint32_t w = q->words;
     memset(planes, 0, kiln_q4_stride(w) * sizeof *planes);
-    for (uint32_t i = 0; i < q->dim; i++) {
-        const uint64_t bit = (uint64_t)1 << (i & 63);
+    for (uint32_t i = 0; i < q->dim; i += 8) {
+        uint8_t group[8] = {0};
+        memcpy(group, codes + i, q->dim - i < 8 ? q->dim - i : 8);
+        const uint64_t x = kiln_get_u64le(group);
         for (unsigned p = 0; p < KILN_Q4_BITS; p++)
-            if (codes[i] >> p & 1)
-                planes[p * w + i / 64] |= bit;
+            planes[p * w + i / 64] |= q4_gather8(x, p) << (i & 63);
     }
 }
 
@@ -332,10 +342,16 @@ void kiln_q4_decode(const kiln_q4 *q, const uint8_t *codes, float *row) {
         row[i] = q->lo[i] + (float)codes[i] * q->step;
 }
 
-kiln_status kiln_q4_encode(kiln_ctx *ctx, const kiln_q4 *q, const float *rows, size_t count,
-                           uint32_t threads, uint64_t *planes, uint32_t *norms) {
-    if (!q || (count && (!rows || !planes || !norms)))
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_q4_encode: NULL argument");
+/* Rows r of [0, count): row r is rows[r] (rows != NULL), or base[ids[r]] -
+ * centers[center_of[r]] (a residual, rows == NULL), each dim floats. */
+typedef struct encode_src {
+    const float *rows;
+    const float *base, *centers;
+    const uint32_t *ids, *center_of;
+} encode_src;
+
+static kiln_status encode(kiln_ctx *ctx, const kiln_q4 *q, const encode_src *src, size_t count,
+                          uint32_t threads, uint64_t *planes, uint32_t *norms) {
     if (count == 0)
         return KILN_OK;
     const int nt = kiln_threads(threads);
@@ -344,16 +360,41 @@ kiln_status kiln_q4_encode(kiln_ctx *ctx, const kiln_q4 *q, const float *rows, s
         kiln_alloc(ctx, (size_t)nt * q->dim, "quantizer codes", (void **)&scratch);
     if (st != KILN_OK)
         return st;
-    const size_t stride = kiln_q4_stride(q->words);
+    const size_t stride = kiln_q4_stride(q->words), dim = q->dim;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (ptrdiff_t r = 0; r < (ptrdiff_t)count; r++) {
-        uint8_t *const codes = scratch + (size_t)omp_get_thread_num() * q->dim;
-        kiln_q4_codes(q, rows + (size_t)r * q->dim, codes);
+        uint8_t *const codes = scratch + (size_t)omp_get_thread_num() * dim;
+        if (src->rows) {
+            kiln_q4_codes(q, src->rows + (size_t)r * dim, codes);
+        } else {
+            const float *x = src->base + (size_t)src->ids[r] * dim;
+            const float *c = src->centers + (size_t)src->center_of[r] * dim;
+            for (size_t i = 0; i < dim; i++)
+                codes[i] = q4_code(x[i] - c[i], q->lo[i], q->step);
+        }
         kiln_q4_slice(q, codes, planes + (size_t)r * stride);
         norms[r] = kiln_q4_norm(q, codes);
     }
     free(scratch);
     return KILN_OK;
+}
+
+kiln_status kiln_q4_encode(kiln_ctx *ctx, const kiln_q4 *q, const float *rows, size_t count,
+                           uint32_t threads, uint64_t *planes, uint32_t *norms) {
+    if (!q || (count && (!rows || !planes || !norms)))
+        return kiln_fail(ctx, KILN_E_ARG, "kiln_q4_encode: NULL argument");
+    const encode_src src = {.rows = rows};
+    return encode(ctx, q, &src, count, threads, planes, norms);
+}
+
+kiln_status kiln_q4_encode_residuals(kiln_ctx *ctx, const kiln_q4 *q, const float *base,
+                                     const uint32_t *ids, const float *centers,
+                                     const uint32_t *center_of, size_t count, uint32_t threads,
+                                     uint64_t *planes, uint32_t *norms) {
+    if (!q || (count && (!base || !ids || !centers || !center_of || !planes || !norms)))
+        return kiln_fail(ctx, KILN_E_ARG, "kiln_q4_encode_residuals: NULL argument");
+    const encode_src src = {.base = base, .centers = centers, .ids = ids, .center_of = center_of};
+    return encode(ctx, q, &src, count, threads, planes, norms);
 }
 
 kiln_status kiln_q4_set_encode(kiln_ctx *ctx, const kiln_q4 *q, const float *rows, size_t count,

@@ -72,6 +72,13 @@ void kiln_q4_decode(const kiln_q4 *q, const uint8_t *codes, float *row);
  * norms count values (both caller's). threads 0 = all. */
 kiln_status kiln_q4_encode(kiln_ctx *ctx, const kiln_q4 *q, const float *rows, size_t count,
                            uint32_t threads, uint64_t *planes, uint32_t *norms);
+/* kiln_q4_encode of the residuals base[ids[r]] - centers[center_of[r]]
+ * (rows of dim floats), without materialising them: the same codes as
+ * encoding the subtracted rows. */
+kiln_status kiln_q4_encode_residuals(kiln_ctx *ctx, const kiln_q4 *q, const float *base,
+                                     const uint32_t *ids, const float *centers,
+                                     const uint32_t *center_of, size_t count, uint32_t threads,
+                                     uint64_t *planes, uint32_t *norms);
 
 /* Encoded vectors: what the device kernels consume. */
 typedef struct kiln_q4_set {

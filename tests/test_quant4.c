@@ -208,6 +208,17 @@ static void test_sampling(void) {
     free(rows);
 }
 
+/* Bit-slicing written the plain way, one bit at a time: what
+ * kiln_q4_slice's packed version must equal. */
+static void slice_ref(const kiln_q4 *q, const uint8_t *codes, uint64_t *planes) {
+    const uint32_t w = q->words;
+    memset(planes, 0, kiln_q4_stride(w) * sizeof *planes);
+    for (uint32_t i = 0; i < q->dim; i++)
+        for (unsigned p = 0; p < 4; p++)
+            if (codes[i] >> p & 1)
+                planes[p * w + i / 64] |= (uint64_t)1 << (i & 63);
+}
+
 /* Random codes (extremes included) through both references, for one metric
  * and dimension; checks padding bits and the metric's own identity. */
 static void check_refs(kiln_metric metric, size_t dim, const float *rows, size_t n) {
@@ -218,11 +229,11 @@ static void check_refs(kiln_metric metric, size_t dim, const float *rows, size_t
     encoded e = encode_all(q, rows, n);
     const uint32_t w = q->words;
     int mismatches = 0, pad_bits = 0, identity = 0;
-    /* Slicing of the codes kiln_q4_codes gave equals kiln_q4_encode's. */
+    /* The plain slicing of the codes kiln_q4_codes gave equals kiln_q4_encode's. */
     uint64_t *pl = malloc(kiln_q4_stride(w) * sizeof *pl);
     REQUIRE(pl);
     for (size_t r = 0; r < n; r++) {
-        kiln_q4_slice(q, e.codes + r * dim, pl);
+        slice_ref(q, e.codes + r * dim, pl);
         mismatches += memcmp(pl, planes_of(&e.set, r), kiln_q4_stride(w) * sizeof *pl) != 0;
         mismatches += kiln_q4_norm(q, e.codes + r * dim) != e.set.norms[r];
         if (dim % 64)
@@ -311,6 +322,45 @@ static void test_refs_random(void) {
 
 /* A mean far larger than the spread overflows the IP weight term: the
  * symmetric fallback keeps norms and distances in range. */
+/* Residuals encoded in place equal the subtracted rows run through
+ * kiln_q4_encode, bit for bit, at dimensions on and off the 8-code groups. */
+static void test_encode_residuals(void) {
+    kiln_rng rng;
+    kiln_rng_seed(&rng, 11);
+    const size_t dims[] = {1, 7, 64, 100, 129};
+    for (size_t t = 0; t < sizeof dims / sizeof *dims; t++) {
+        const size_t dim = dims[t], n = 300, k = 5, count = 500;
+        float *base = random_rows(&rng, n, dim), *centers = random_rows(&rng, k, dim);
+        float *rows = malloc(count * dim * sizeof *rows);
+        uint32_t *ids = malloc(count * sizeof *ids), *center_of = malloc(count * sizeof *center_of);
+        REQUIRE(rows && ids && center_of);
+        for (size_t r = 0; r < count; r++) {
+            ids[r] = (uint32_t)kiln_rng_below(&rng, n);
+            center_of[r] = (uint32_t)kiln_rng_below(&rng, k);
+            for (size_t i = 0; i < dim; i++)
+                rows[r * dim + i] = base[ids[r] * dim + i] - centers[center_of[r] * dim + i];
+        }
+        kiln_q4 *q = NULL;
+        CHECK_OK(ctx, kiln_q4_train(ctx, rows, count, dim, KILN_METRIC_L2, 5, 2, &q));
+        REQUIRE(q);
+        const size_t words = count * kiln_q4_stride(q->words);
+        uint64_t *pa = malloc(words * 8), *pb = malloc(words * 8);
+        uint32_t *na = malloc(count * 4), *nb = malloc(count * 4);
+        REQUIRE(pa && pb && na && nb);
+        CHECK_OK(ctx, kiln_q4_encode(ctx, q, rows, count, 2, pa, na));
+        CHECK_OK(ctx,
+                 kiln_q4_encode_residuals(ctx, q, base, ids, centers, center_of, count, 2, pb, nb));
+        CHECK_MSG(memcmp(pa, pb, words * 8) == 0 && memcmp(na, nb, count * 4) == 0,
+                  "d=%zu: residual codes differ from the subtracted rows' codes", dim);
+        CHECK_FAILS(ctx,
+                    kiln_q4_encode_residuals(ctx, q, base, NULL, centers, center_of, 1, 1, pb, nb),
+                    KILN_E_ARG, "NULL argument");
+        free(pa), free(pb), free(na), free(nb);
+        kiln_q4_free(q);
+        free(base), free(centers), free(rows), free(ids), free(center_of);
+    }
+}
+
 static void test_ip_fallback(void) {
     kiln_rng rng;
     kiln_rng_seed(&rng, 8);
@@ -429,6 +479,7 @@ int main(void) {
     test_clipping();
     test_sampling();
     test_refs_random();
+    test_encode_residuals();
     test_ip_fallback();
     test_cluster_ref();
     test_dataset("siftsmall", KILN_METRIC_L2, 0.95);
