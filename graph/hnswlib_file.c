@@ -44,13 +44,11 @@
  *     importer would reject, and negative labels, which size_t cannot hold.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../host/afile_internal.h"
@@ -236,18 +234,10 @@ static kiln_status rd_open(kiln_ctx *ctx, const char *path, hl_reader *r) {
     memset(r, 0, sizeof *r);
     r->ctx = ctx;
     r->path = path;
-    r->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (r->fd < 0)
-        return kiln_fail(ctx, KILN_E_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(r->fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        const int err = errno;
-        close(r->fd);
-        return kiln_fail(ctx, KILN_E_IO, "%s: not a regular file%s%s", path, err ? ": " : "",
-                         err ? strerror(err) : "");
-    }
-    r->size = (uint64_t)sb.st_size;
-    kiln_status st = kiln_alloc(ctx, IO_CHUNK, "hnswlib read buffer", (void **)&r->buf);
+    kiln_status st = kiln_open_regular(ctx, path, &r->fd, &r->size);
+    if (st)
+        return st;
+    st = kiln_alloc(ctx, IO_CHUNK, "hnswlib read buffer", (void **)&r->buf);
     if (st)
         close(r->fd);
     return st;

@@ -33,12 +33,10 @@
  *     would reject (KILN_E_INVALID), so a bad index is never persisted.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../host/afile_internal.h"
@@ -406,21 +404,7 @@ static kiln_status read_at(const index_file *f, void *buf, size_t len, uint64_t 
 static kiln_status open_file(kiln_ctx *ctx, const char *path, index_file *f, uint64_t *size) {
     f->ctx = ctx;
     f->path = path;
-    f->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (f->fd < 0)
-        return kiln_fail(ctx, KILN_E_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(f->fd, &sb) != 0) {
-        const int e = errno;
-        close(f->fd);
-        return kiln_fail(ctx, KILN_E_IO, "%s: cannot stat: %s", path, strerror(e));
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        close(f->fd);
-        return kiln_fail(ctx, KILN_E_IO, "%s: not a regular file", path);
-    }
-    *size = (uint64_t)sb.st_size;
-    return KILN_OK;
+    return kiln_open_regular(ctx, path, &f->fd, size);
 }
 
 static kiln_status truncated_header(const index_file *f, uint64_t size) {

@@ -1,4 +1,4 @@
-/* afile.c -- atomic file output (see afile_internal.h).
+/* afile.c -- atomic file output, and opening a regular file for input (see afile_internal.h).
  *
  * Design decisions:
  *  1. The temporary file lives in the target's folder so rename() is atomic
@@ -143,4 +143,29 @@ void kiln_afile_abort(kiln_afile *af) {
         fclose(af->fp);
     unlink(af->tmp);
     afile_release(af);
+}
+
+/* ==== Input ==== */
+
+kiln_status kiln_open_regular(kiln_ctx *ctx, const char *path, int *fd, uint64_t *size) {
+    *fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (*fd < 0)
+        return kiln_fail(ctx, KILN_E_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    const char *what = NULL;
+    int err = 0;
+    if (fstat(*fd, &sb) != 0) {
+        what = "cannot stat";
+        err = errno;
+    } else if (!S_ISREG(sb.st_mode)) {
+        what = "not a regular file";
+    }
+    if (what) {
+        close(*fd);
+        *fd = -1;
+        return kiln_fail(ctx, KILN_E_IO, "%s: %s%s%s", path, what, err ? ": " : "",
+                         err ? strerror(err) : "");
+    }
+    *size = (uint64_t)sb.st_size;
+    return KILN_OK;
 }

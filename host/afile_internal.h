@@ -6,6 +6,7 @@
 #define KILN_AFILE_INTERNAL_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include "kiln.h"
@@ -26,5 +27,11 @@ kiln_status kiln_afile_pwrite(kiln_afile *af, const void *buf, size_t len, size_
 kiln_status kiln_afile_commit(kiln_afile *af);
 /* Removes the temporary file and frees af; NULL is a no-op. */
 void kiln_afile_abort(kiln_afile *af);
+
+/* The input side: opens path read-only (close-on-exec) and checks that it is
+ * a regular file; *fd is the caller's to close, *size its length in bytes.
+ * Fails with "PATH: cannot open: ...", "cannot stat: ..." or "not a regular
+ * file", leaving nothing open. */
+kiln_status kiln_open_regular(kiln_ctx *ctx, const char *path, int *fd, uint64_t *size);
 
 #endif /* KILN_AFILE_INTERNAL_H */

@@ -36,7 +36,6 @@
  *     rather than copy the file.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <float.h>
 #include <inttypes.h>
 #include <math.h>
@@ -47,7 +46,6 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "afile_internal.h"
@@ -170,29 +168,21 @@ static kiln_status format_from_path(kiln_ctx *ctx, const char *path, kiln_format
 /* ==== Open: mapping ==== */
 
 static kiln_status ds_map(kiln_dataset *ds) {
-    const int fd = open(ds->path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return kiln_fail(ds->ctx, KILN_E_IO, "%s: cannot open: %s", ds->path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        const int e = errno;
-        close(fd);
-        return kiln_fail(ds->ctx, KILN_E_IO, "%s: cannot stat: %s", ds->path, strerror(e));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return kiln_fail(ds->ctx, KILN_E_IO, "%s: not a regular file", ds->path);
-    }
-    if (st.st_size == 0) {
+    int fd;
+    uint64_t size;
+    const kiln_status status = kiln_open_regular(ds->ctx, ds->path, &fd, &size);
+    if (status != KILN_OK)
+        return status;
+    if (size == 0) {
         close(fd);
         return kiln_fail(ds->ctx, KILN_E_FORMAT, "%s: empty file", ds->path);
     }
-    if ((uintmax_t)st.st_size > SIZE_MAX) {
+    if (size > SIZE_MAX) {
         close(fd);
-        return kiln_fail(ds->ctx, KILN_E_RANGE, "%s: %jd bytes do not fit in the address space",
-                         ds->path, (intmax_t)st.st_size);
+        return kiln_fail(ds->ctx, KILN_E_RANGE, "%s: %ju bytes do not fit in the address space",
+                         ds->path, (uintmax_t)size);
     }
-    const size_t len = (size_t)st.st_size;
+    const size_t len = (size_t)size;
     void *const map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
     const int e = errno;
     close(fd); /* the mapping keeps the file open */
