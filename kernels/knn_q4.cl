@@ -147,6 +147,9 @@ uint q4_popcount(ulong x) {
 Q4_DIST_FN(q4_dist, __global, CAND_SPACE)
 Q4_DIST_FN(q4_dist_private, __private, __global)
 
+/* A key (decision 2) as the output's (dist, id) entry. */
+#define Q4_KEY_ENTRY(key) ((uint2)((uint)((key) >> 32), (uint)(key)))
+
 /* Inserts key into the ascending list best[0..K), dropping the last; the
  * caller has checked key < best[K-1] (decision 3). */
 #define Q4_INSERT(best, key)                                                                       \
@@ -216,7 +219,7 @@ kiln_knn_q4(__global const uint2 *restrict tiles, __global const uint *restrict 
         return;
     __global uint2 *const row = out + (size_t)q * KILN_K;
     for (int i = 0; i < KILN_K; i++)
-        row[i] = (uint2)((uint)(best[i] >> 32), (uint)best[i]);
+        row[i] = Q4_KEY_ENTRY(best[i]);
 }
 
 /* The pair kernel's insertion (decision 10), for lists of K a multiple of 8:
@@ -285,10 +288,8 @@ void q4_pair_cluster(const uint c, __global const uint *restrict offsets,
         for (int i = 0; i < KILN_K; i++)
             qrow[i] = best[i];
     }
-    for (size_t i = first; i < last; i++) {
-        const ulong key = keys[i];
-        out[i] = (uint2)((uint)(key >> 32), (uint)key);
-    }
+    for (size_t i = first; i < last; i++)
+        out[i] = Q4_KEY_ENTRY(keys[i]);
 }
 
 /* Decision 8: a few persistent work-items take clusters from a shared
