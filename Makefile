@@ -37,10 +37,10 @@ bench: build
 	bash bench/run.sh
 
 format:
-	clang-format -i include/*.h host/*.[ch] graph/*.[ch] cluster/*.[ch] cli/*.[ch] tests/*.[ch] tests/fuzz/*.c bench/*.cpp
+	clang-format -i include/*.h common/*.[ch] host/*.[ch] graph/*.[ch] cluster/*.[ch] cli/*.[ch] tests/*.[ch] tests/fuzz/*.c tests/install/*.c bench/*.cpp
 
 format-check:
-	clang-format --dry-run --Werror include/*.h host/*.[ch] graph/*.[ch] cluster/*.[ch] cli/*.[ch] tests/*.[ch] tests/fuzz/*.c bench/*.cpp
+	clang-format --dry-run --Werror include/*.h common/*.[ch] host/*.[ch] graph/*.[ch] cluster/*.[ch] cli/*.[ch] tests/*.[ch] tests/fuzz/*.c tests/install/*.c bench/*.cpp
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -44,8 +44,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../host/ctx_internal.h"
-#include "../host/progress_internal.h"
+#include "../common/ctx_internal.h"
+#include "../common/progress_internal.h"
 #include "kmeans_internal.h"
 
 /* ==== Tunables ==== */

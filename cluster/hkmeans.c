@@ -73,9 +73,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../host/ctx_internal.h"
-#include "../host/progress_internal.h"
-#include "../host/rng_internal.h"
+#include "../common/ctx_internal.h"
+#include "../common/progress_internal.h"
+#include "../common/rng_internal.h"
 #include "kmeans_internal.h"
 
 /* ==== Tunables ==== */

@@ -80,14 +80,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <immintrin.h>
-
-#include "../host/ctx_internal.h"
-#include "../host/distance_internal.h"
-#include "../host/progress_internal.h"
-#include "../host/rng_internal.h"
-#include "../host/sort_internal.h"
+#include "../common/ctx_internal.h"
+#include "../common/distance_internal.h"
+#include "../common/progress_internal.h"
+#include "../common/rng_internal.h"
+#include "../common/sort_internal.h"
 #include "kmeans_internal.h"
+
+#if KILN_SIMD_X86
+#include <immintrin.h>
+#endif
 
 /* ==== Tunables ==== */
 
@@ -192,6 +194,7 @@ typedef struct near_job {
 
 /* ==== Register-blocked kernels ==== */
 
+#if KILN_SIMD_X86
 /* Each writes a = (||x||^2 + ||c||^2) - 2 x.c with one rounding after the
  * dot products, each dot one FMA chain over the dimensions in order. */
 
@@ -285,6 +288,8 @@ __attribute__((target("avx2,fma"))) static void near_kernel_avx2(const float *xb
 #undef NEAR_STORE256
 }
 
+#endif /* KILN_SIMD_X86 */
+
 /* The portable kernel: one row against one panel. */
 static void near_kernel_scalar(const float *xb, const float *xn, size_t dim, const float *panels,
                                const float *cn, float *a, size_t lda) {
@@ -303,11 +308,13 @@ static void near_kernel_scalar(const float *xb, const float *xn, size_t dim, con
 /* The kernel for the instruction set kiln_distance_fn dispatches to, so
  * KILN_SIMD caps both alike. */
 static near_kernel near_pick_kernel(void) {
+#if KILN_SIMD_X86
     const char *const simd = kiln_simd_name();
     if (strcmp(simd, "avx512") == 0)
         return (near_kernel){near_kernel_avx512, 4, 2 * NEAR_PANEL};
     if (strcmp(simd, "avx2") == 0)
         return (near_kernel){near_kernel_avx2, 6, NEAR_PANEL};
+#endif
     return (near_kernel){near_kernel_scalar, 1, NEAR_PANEL};
 }
 
@@ -339,6 +346,7 @@ static void near_cand_sort_small(near_cand *c, uint32_t count) {
     }
 }
 
+#if KILN_SIMD_X86
 /* The smallest of v[0..NEAR_PANEL), NaN ignored (+inf when all are NaN):
  * SSE2, part of the x86-64 baseline, because compilers leave this loop
  * scalar and it touches every approximate distance. MINPS returns its second
@@ -374,6 +382,33 @@ static inline uint32_t near_panel_hits(const float *v, float thr) {
         hits |= (uint32_t)_mm_movemask_ps(_mm_cmpngt_ps(_mm_loadu_ps(v + l), t)) << l;
     return hits;
 }
+
+#else
+/* The portable forms of the three SSE2 helpers above, with the same NaN
+ * rules, for architectures without SSE2 (aarch64). */
+static inline float near_panel_min(const float *v) {
+    float m = INFINITY;
+    for (uint32_t l = 0; l < NEAR_PANEL; l++)
+        m = v[l] < m ? v[l] : m;
+    return m;
+}
+
+static inline void near_group_min(const float *v, float *out) {
+    for (uint32_t g = 0; g < NEAR_GROUPS; g++) {
+        float m = INFINITY;
+        for (uint32_t l = g; l < NEAR_PANEL; l += NEAR_GROUPS)
+            m = v[l] < m ? v[l] : m;
+        out[g] = m;
+    }
+}
+
+static inline uint32_t near_panel_hits(const float *v, float thr) {
+    uint32_t hits = 0;
+    for (uint32_t l = 0; l < NEAR_PANEL; l++)
+        hits |= (uint32_t) !(v[l] > thr) << l;
+    return hits;
+}
+#endif /* KILN_SIMD_X86 */
 
 /* The value of 0-based rank `rank` in v[0..count), reordering v (Wirth's
  * selection: linear on average, no NaN allowed). */

@@ -29,7 +29,7 @@
 #include <stdint.h>
 
 #include "kiln.h"
-#include "../host/progress_internal.h"
+#include "../common/progress_internal.h"
 
 /* ==== Parameters ==== */
 

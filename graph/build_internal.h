@@ -1,10 +1,11 @@
 /* build_internal.h -- graph construction pieces shared by the builders:
  * the HNSW neighbour-selection heuristic, insertion, and the level-0
- * reachability repair that every builder runs last. host/build.c drives them. */
+ * reachability repair that every builder runs last. graph/hnsw_build.c
+ * drives them, and host/device_build.c for the device method. */
 #ifndef KILN_BUILD_INTERNAL_H
 #define KILN_BUILD_INTERNAL_H
 
-#include "../host/progress_internal.h"
+#include "../common/progress_internal.h"
 #include "search_internal.h"
 
 /* Malkov & Yashunin's heuristic (algorithm 4, hnswlib's
@@ -44,5 +45,15 @@ kiln_status kiln_level0_from_candidates(struct kiln_index *ix, const uint32_t *c
  * (or, failing that, replaces that node's farthest link), then the BFS goes
  * on from it. Returns the number of links added in *repaired. */
 kiln_status kiln_repair_reachability(struct kiln_index *ix, uint32_t ef, uint64_t *repaired);
+
+/* The device method, on an index whose vectors are in place: graph/ declares
+ * it and the library it is linked into defines it, so graph/ never includes
+ * host/. In libkiln it is host/device_build.c; in libkiln-core, which has no
+ * device side, graph/device_absent.c answers KILN_E_NO_DEVICE. */
+kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
+                              kiln_build_report *rep);
+/* Whether kiln_build_device can run at all in this library (libkiln built
+ * with OpenCL): it decides the default method of kiln_build_params_init. */
+bool kiln_build_device_available(void);
 
 #endif /* KILN_BUILD_INTERNAL_H */

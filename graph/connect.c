@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../host/ctx_internal.h"
+#include "../common/ctx_internal.h"
 #include "build_internal.h"
 
 #define KILN_REPAIR_ROUNDS 3 /* one pass suffices (decision 1); the rest verify */

@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../host/ctx_internal.h"
-#include "../host/rng_internal.h"
+#include "../common/ctx_internal.h"
+#include "../common/rng_internal.h"
 #include "hnsw_internal.h"
 
 /* ==== Internal ==== */

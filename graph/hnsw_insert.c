@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../host/ctx_internal.h"
+#include "../common/ctx_internal.h"
 #include "build_internal.h"
 
 /* Inserts node q on levels bottom..levels[q]; the entry point is fixed

@@ -20,7 +20,7 @@
 #include <stdint.h>
 
 #include "kiln.h"
-#include "../host/distance_internal.h"
+#include "../common/distance_internal.h"
 
 #define KILN_NO_NODE  UINT32_MAX
 #define KILN_NO_UPPER UINT64_MAX

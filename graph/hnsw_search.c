@@ -26,9 +26,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../host/ctx_internal.h"
+#include "../common/ctx_internal.h"
 #include "search_internal.h"
-#include "../host/sort_internal.h"
+#include "../common/sort_internal.h"
 
 /* Neighbours whose vectors are requested ahead of their distance (decision 3). */
 #define SEARCH_PREFETCH 2

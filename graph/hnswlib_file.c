@@ -51,11 +51,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../host/afile_internal.h"
-#include "../host/ctx_internal.h"
+#include "../common/afile_internal.h"
+#include "../common/ctx_internal.h"
 #include "build_internal.h"
 #include "hnsw_internal.h"
-#include "../host/le_internal.h"
+#include "../common/le_internal.h"
 
 /* ==== Format constants (hnswlib's saveIndex) ==== */
 

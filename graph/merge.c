@@ -42,10 +42,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../host/ctx_internal.h"
-#include "../host/progress_internal.h"
+#include "../common/ctx_internal.h"
+#include "../common/progress_internal.h"
 #include "build_internal.h"
-#include "../host/sort_internal.h"
+#include "../common/sort_internal.h"
 
 /* Candidates whose vectors are requested ahead of their rerank distance. */
 #define MERGE_PREFETCH 4

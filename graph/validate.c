@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../host/ctx_internal.h"
+#include "../common/ctx_internal.h"
 #include "hnsw_internal.h"
 
 static kiln_status check_lists(const struct kiln_index *ix, uint32_t *stamp) {

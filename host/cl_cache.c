@@ -34,8 +34,8 @@
 #include <unistd.h>
 
 #include "cl_internal.h"
-#include "crc32c_internal.h"
-#include "le_internal.h"
+#include "../common/crc32c_internal.h"
+#include "../common/le_internal.h"
 
 #define CACHE_MAGIC      "KILNCLB1"
 #define CACHE_HEADER     32 /* magic 8, key 8, payload size 8, crc32c 4, reserved 4 */

@@ -12,7 +12,7 @@
 
 #include <CL/cl.h>
 
-#include "ctx_internal.h"
+#include "../common/ctx_internal.h"
 #include "device_internal.h"
 
 /* The kernels/ folder, embedded at build time by scripts/embed_kernels.cmake
@@ -32,8 +32,8 @@ struct kiln_cl_program {
     cl_program program;
 };
 
-/* ctx->device once a device is open. Owned by ctx, released by
- * kiln_device_state_free (ctx.c calls it from kiln_ctx_free). */
+/* ctx->device once a device is open. Owned by ctx, which releases it through
+ * the teardown cl_runtime.c registers with it (kiln_ctx_set_device). */
 struct kiln_device_state {
     kiln_device_info info;
     cl_platform_id platform;

@@ -38,7 +38,7 @@
 #include <string.h>
 
 #include "cl_internal.h"
-#include "progress_internal.h"
+#include "../common/progress_internal.h"
 
 /* ==== Tunables ==== */
 

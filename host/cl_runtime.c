@@ -371,6 +371,9 @@ static void state_release(struct kiln_device_state *st) {
     free(st);
 }
 
+/* The teardown registered on the context (kiln_ctx_set_device). */
+static void state_release_any(void *st) { state_release(st); }
+
 static kiln_status state_open(kiln_ctx *ctx, const dev_entry *e, uint32_t index,
                               struct kiln_device_state **out) {
     kiln_status status = KILN_OK;
@@ -408,13 +411,6 @@ static kiln_status state_open(kiln_ctx *ctx, const dev_entry *e, uint32_t index,
 cleanup:
     state_release(st);
     return status;
-}
-
-void kiln_device_state_free(kiln_ctx *ctx) {
-    if (!ctx)
-        return;
-    state_release(ctx->device);
-    ctx->device = NULL;
 }
 
 kiln_status kiln_cl_state(kiln_ctx *ctx, struct kiln_device_state **out) {
@@ -473,8 +469,7 @@ kiln_status kiln_device_select(kiln_ctx *ctx, const char *spec, kiln_device_info
     free(list);
     if (status != KILN_OK)
         return status;
-    kiln_device_state_free(ctx);
-    ctx->device = st;
+    kiln_ctx_set_device(ctx, st, state_release_any);
     if (out)
         *out = st->info;
     return KILN_OK;

@@ -29,7 +29,7 @@
  *     keeps the global codes. Residuals are encoded per group of clusters,
  *     slot by slot, so a vector's code differs per cluster it is in.
  *  5. Levels are sampled as for insertion but with base 4 instead of M
- *     (host/build.c KILN_DEVICE_LEVEL_BASE), so a quarter of the nodes are on
+ *     (graph/hnsw_build.c KILN_DEVICE_LEVEL_BASE), so a quarter of the nodes are on
  *     level 1; the upper levels are built by HNSW insertion restricted to
  *     levels >= 1, which gives search its entry point and level 0 its
  *     long-range links; so they are built before level 0.
@@ -40,9 +40,9 @@
 
 #include "../cluster/kmeans_internal.h"
 #include "../graph/build_internal.h"
-#include "ctx_internal.h"
+#include "../common/ctx_internal.h"
 #include "device_internal.h"
-#include "progress_internal.h"
+#include "../common/progress_internal.h"
 #include "quant4_internal.h"
 
 /* Target cluster size when the caller gives neither clusters nor size: the
@@ -58,7 +58,7 @@
  * the default 256. */
 #define DEVICE_KMEANS_PER_CENTROID 64
 /* Beam width for building the upper levels (at most ef_construction). With
- * level 1 at 1/4 of the nodes (host/build.c KILN_DEVICE_LEVEL_BASE) the
+ * level 1 at 1/4 of the nodes (graph/hnsw_build.c KILN_DEVICE_LEVEL_BASE) the
  * hierarchy is a quarter of an insertion build; 64 keeps it at 7.6 s of a 46 s
  * build at 1M x 128 with the recall in that note. */
 #define DEVICE_HIERARCHY_EF 64
@@ -197,8 +197,13 @@ static kiln_status knn_group(kiln_ctx *ctx, const struct kiln_index *ix, codes *
 
 /* ==== Pipeline ==== */
 
-kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
-                              kiln_build_report *rep);
+bool kiln_build_device_available(void) {
+#ifdef KILN_HAVE_OPENCL
+    return true;
+#else
+    return false;
+#endif
+}
 
 kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
                               kiln_build_report *rep) {

@@ -1,16 +1,12 @@
 /* device_stub.c -- stands in for host/cl_*.c in builds without OpenCL: every
  * device function reports KILN_E_NO_DEVICE with how to get an OpenCL
- * platform, and the context has no device state to free. */
+ * platform, and the context never gets device state. */
 #include <string.h>
 
-#include "ctx_internal.h"
+#include "../common/ctx_internal.h"
 #include "device_internal.h"
 
 #define NO_OPENCL "kiln was built without OpenCL; " KILN_OPENCL_HINT ", then rebuild"
-
-void kiln_device_state_free(kiln_ctx *ctx);
-
-void kiln_device_state_free(kiln_ctx *ctx) { (void)ctx; }
 
 kiln_status kiln_device_count(kiln_ctx *ctx, uint32_t *out) {
     if (out)

@@ -42,10 +42,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ctx_internal.h"
-#include "le_internal.h"
+#include "../common/ctx_internal.h"
+#include "../common/le_internal.h"
 #include "quant4_internal.h"
-#include "rng_internal.h"
+#include "../common/rng_internal.h"
 
 /* ==== Tunables ==== */
 

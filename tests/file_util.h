@@ -8,7 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "../host/le_internal.h"
+#include "../common/le_internal.h"
 
 static inline bool write_file(const char *path, const void *data, size_t size) {
     FILE *fp = fopen(path, "wb");

@@ -18,7 +18,7 @@
 #include "kiln.h"
 #include "../host/device_internal.h"
 #include "../host/quant4_internal.h"
-#include "../host/rng_internal.h"
+#include "../common/rng_internal.h"
 
 #define DATASETS "../shared/datasets"
 

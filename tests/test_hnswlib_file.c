@@ -43,7 +43,7 @@
 #include "file_util.h"
 #include "kiln.h"
 #include "../graph/hnsw_internal.h"
-#include "../host/rng_internal.h"
+#include "../common/rng_internal.h"
 
 /* ==== Tunables ==== */
 

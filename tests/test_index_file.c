@@ -36,8 +36,8 @@
 #include "file_util.h"
 #include "kiln.h"
 #include "../graph/hnsw_internal.h"
-#include "../host/crc32c_internal.h"
-#include "../host/rng_internal.h"
+#include "../common/crc32c_internal.h"
+#include "../common/rng_internal.h"
 
 /* ==== Tunables ==== */
 

@@ -30,8 +30,8 @@
 #include <unistd.h>
 
 #include "../cluster/kmeans_internal.h"
-#include "../host/distance_internal.h"
-#include "../host/rng_internal.h"
+#include "../common/distance_internal.h"
+#include "../common/rng_internal.h"
 #include "check.h"
 #include "kiln.h"
 

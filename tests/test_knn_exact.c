@@ -17,7 +17,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "../host/rng_internal.h"
+#include "../common/rng_internal.h"
 #include "check.h"
 #include "kiln.h"
 

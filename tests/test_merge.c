@@ -2,7 +2,7 @@
  * rerank and prune) plus the hierarchy by insertion on levels >= 1, with
  * candidates from exact kNN so the graph side is tested on its own. */
 #include "../graph/build_internal.h"
-#include "../host/rng_internal.h"
+#include "../common/rng_internal.h"
 #include "check.h"
 #include "recall.h"
 #include "kiln.h"

@@ -11,7 +11,7 @@
 #include "check.h"
 #include "kiln.h"
 #include "../host/quant4_internal.h"
-#include "../host/rng_internal.h"
+#include "../common/rng_internal.h"
 
 #define DATASETS "../shared/datasets"
 

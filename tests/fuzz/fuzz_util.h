@@ -14,7 +14,7 @@
 
 #include "../file_util.h"
 #include "../../graph/hnsw_internal.h"
-#include "../../host/le_internal.h"
+#include "../../common/le_internal.h"
 #include "kiln.h"
 
 #define FUZZ_MAX_PATHS 4

@@ -13,10 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../graph/build_internal.h"
-#include "ctx_internal.h"
-#include "dataset_internal.h"
-#include "progress_internal.h"
+#include "build_internal.h"
+#include "../common/ctx_internal.h"
+#include "../common/dataset_internal.h"
+#include "../common/progress_internal.h"
 
 #define KILN_LOAD_CHUNK 65536 /* rows per read: big enough to stream, small for progress */
 
@@ -28,10 +28,6 @@
  * recall@10 at ef=10/32/64 from 0.80/0.88/0.92 to 0.86/0.93/0.96 (hnswlib:
  * 0.82/0.93/0.96) and QPS with it; base 8 gave 0.80/0.89/0.95. */
 #define KILN_DEVICE_LEVEL_BASE 4
-
-/* host/device_build.c */
-kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
-                              kiln_build_report *rep);
 
 static void report_stage(kiln_build_report *rep, const char *name, double seconds) {
     if (rep->n_stages < KILN_REPORT_MAX_STAGES) {
@@ -56,7 +52,7 @@ void kiln_build_params_init(kiln_build_params *p) {
     p->metric = KILN_METRIC_L2;
     p->M = 16;
     p->ef_construction = 200;
-    p->method = KILN_METHOD_DEVICE;
+    p->method = kiln_build_device_available() ? KILN_METHOD_DEVICE : KILN_METHOD_INSERT;
     p->threads = 0;
     p->seed = 1;
     p->replicas = 2;

@@ -17,6 +17,14 @@
 
 #include "kiln.h"
 
+/* 1 where the x86 SIMD kernels exist (AVX2, AVX-512, SSE2 helpers); other
+ * architectures (aarch64) build the scalar references only. */
+#if defined(__x86_64__) || defined(__i386__)
+#define KILN_SIMD_X86 1
+#else
+#define KILN_SIMD_X86 0
+#endif
+
 typedef float (*kiln_dist_fn)(const float *a, const float *b, size_t dim);
 
 /* The dispatched distance for a metric (COS maps to IP). */
@@ -26,13 +34,16 @@ const char *kiln_simd_name(void);
 
 float kiln_l2sq_scalar(const float *a, const float *b, size_t dim);
 float kiln_ipdist_scalar(const float *a, const float *b, size_t dim);
-/* The SIMD variants, callable directly only where the CPU supports them. */
+/* The SIMD variants, callable directly only where the CPU supports them;
+ * on other architectures kiln_cpu_has_* are 0 and the variants are absent. */
+int kiln_cpu_has_avx2(void);
+int kiln_cpu_has_avx512(void);
+#if KILN_SIMD_X86
 float kiln_l2sq_avx2(const float *a, const float *b, size_t dim);
 float kiln_ipdist_avx2(const float *a, const float *b, size_t dim);
 float kiln_l2sq_avx512(const float *a, const float *b, size_t dim);
 float kiln_ipdist_avx512(const float *a, const float *b, size_t dim);
-int kiln_cpu_has_avx2(void);
-int kiln_cpu_has_avx512(void);
+#endif
 
 /* Scales v to unit L2 norm in place; a zero vector stays zero. */
 void kiln_normalize(float *v, size_t dim);

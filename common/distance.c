@@ -23,8 +23,12 @@
  *     The SIMD kernels sum in a different order, so they agree with it within
  *     floating-point rounding, not bit for bit (exactly, for integer-valued
  *     data such as SIFT, whose partial sums are all exact in float).
+ *  6. Off x86 (aarch64: Graviton, Grace) only the scalar reference is built,
+ *     behind KILN_SIMD_X86. NEON kernels are not written yet: no aarch64
+ *     machine is at hand to measure one against the scalar loop (qemu-user
+ *     runs the tests, but its timings say nothing about real cores), and an
+ *     unmeasured kernel is not worth its risk.
  */
-#include <immintrin.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -32,6 +36,10 @@
 #include <strings.h>
 
 #include "distance_internal.h"
+
+#if KILN_SIMD_X86
+#include <immintrin.h>
+#endif
 
 /* ==== Tunables ==== */
 
@@ -56,6 +64,8 @@ float kiln_ipdist_scalar(const float *a, const float *b, size_t dim) {
         dot += a[i] * b[i];
     return 1.0f - dot;
 }
+
+#if KILN_SIMD_X86
 
 /* ==== AVX2 + FMA ==== */
 
@@ -174,6 +184,8 @@ __attribute__((target("avx512f"))) float kiln_ipdist_avx512(const float *a, cons
     return 1.0f - _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
 }
 
+#endif /* KILN_SIMD_X86 */
+
 /* ==== Dispatch ==== */
 
 typedef struct dist_dispatch {
@@ -185,6 +197,7 @@ typedef struct dist_dispatch {
 static pthread_once_t dispatch_once = PTHREAD_ONCE_INIT;
 static dist_dispatch dispatch; /* written once under dispatch_once, then read-only */
 
+#if KILN_SIMD_X86
 int kiln_cpu_has_avx2(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -194,6 +207,10 @@ int kiln_cpu_has_avx512(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f");
 }
+#else
+int kiln_cpu_has_avx2(void) { return 0; }
+int kiln_cpu_has_avx512(void) { return 0; }
+#endif
 
 /* Widest level allowed by KILN_SIMD: 0 scalar, 1 avx2, 2 avx512. */
 static int simd_cap_from_env(void) {
@@ -209,11 +226,15 @@ static int simd_cap_from_env(void) {
 
 static void dispatch_init(void) {
     const int cap = simd_cap_from_env();
+#if KILN_SIMD_X86
     if (cap >= 2 && kiln_cpu_has_avx512())
         dispatch = (dist_dispatch){kiln_l2sq_avx512, kiln_ipdist_avx512, "avx512"};
     else if (cap >= 1 && kiln_cpu_has_avx2())
         dispatch = (dist_dispatch){kiln_l2sq_avx2, kiln_ipdist_avx2, "avx2"};
     else
+#else
+    (void)cap;
+#endif
         dispatch = (dist_dispatch){kiln_l2sq_scalar, kiln_ipdist_scalar, "scalar"};
 }
 

@@ -27,8 +27,14 @@ struct kiln_ctx {
     pthread_mutex_t lock;         /* guards errmsg */
     char errmsg[KILN_ERRMSG_MAX]; /* last failure, NUL-terminated */
     kiln_progress progress;       /* KILN_PROGRESS_* */
-    void *device; /* host/ OpenCL state (struct kiln_device_state), NULL until used */
+    /* Device state, owned by host/: set together with the function that frees
+     * it, so common/ never names the device side (kiln_core has none). */
+    void *device;                      /* NULL until a device is opened */
+    void (*device_free)(void *device); /* non-NULL whenever device is */
 };
+
+/* Hands ctx the device state and its teardown, freeing the state it held. */
+void kiln_ctx_set_device(kiln_ctx *ctx, void *device, void (*device_free)(void *device));
 
 /* Records a formatted message on ctx (may be NULL) and returns status. */
 kiln_status kiln_fail(kiln_ctx *ctx, kiln_status status, const char *fmt, ...)

@@ -55,13 +55,17 @@ kiln_status kiln_ctx_new(kiln_ctx **out) {
     return KILN_OK;
 }
 
-/* Implemented by host/cl_runtime.c (or device_stub.c): releases ctx->device. */
-void kiln_device_state_free(kiln_ctx *ctx);
+void kiln_ctx_set_device(kiln_ctx *ctx, void *device, void (*device_free)(void *device)) {
+    if (ctx->device_free)
+        ctx->device_free(ctx->device);
+    ctx->device = device;
+    ctx->device_free = device ? device_free : NULL;
+}
 
 void kiln_ctx_free(kiln_ctx *ctx) {
     if (!ctx)
         return;
-    kiln_device_state_free(ctx);
+    kiln_ctx_set_device(ctx, NULL, NULL);
     pthread_mutex_destroy(&ctx->lock);
     free(ctx);
 }
