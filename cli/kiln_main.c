@@ -106,8 +106,9 @@ static const cli_opt build_opts[] = {
     {"metric", 0, "l2|ip|cos", "l2", "distance"},
     {"M", 'M', "N", "16", "links per node on upper levels; 2M on level 0"},
     {"ef-construction", 0, "N", "200", "beam width while building"},
-    {"method", 0, "device|insert", "device",
-     "device: the OpenCL pipeline; insert: CPU HNSW insertion"},
+    {"method", 0, "device|insert", NULL,
+     "device: the OpenCL pipeline (the default where kiln has OpenCL); insert: CPU HNSW "
+     "insertion (the default otherwise)"},
     {"device", 0, "auto|cpu|gpu|P:D", NULL,
      "OpenCL device for --method device (default: $KILN_DEVICE, else auto = a GPU if any)"},
     {"clusters", 0, "N", "0", "device: k-means clusters; 0 = from n and --cluster-size"},
@@ -134,6 +135,8 @@ static int cmd_build(const cli_args *a) {
     kiln_build_params_init(&p);
     const char *out = cli_str(a, "output");
     const char *method = cli_str(a, "method");
+    if (!method) /* the library's default: device only where it has OpenCL */
+        method = p.method == KILN_METHOD_DEVICE ? "device" : "insert";
     if (!out) {
         fprintf(stderr, "kiln build: -o INDEX is required\n");
         return 2;

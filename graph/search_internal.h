@@ -38,12 +38,21 @@ typedef struct kiln_scratch {
  * when the graph is read-only. */
 typedef _Atomic uint8_t kiln_node_lock;
 
+/* The spin-wait hint of the architecture (PAUSE, YIELD), or nothing. */
+#if KILN_SIMD_X86
+#define KILN_CPU_RELAX() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define KILN_CPU_RELAX() __asm__ __volatile__("yield" ::: "memory")
+#else
+#define KILN_CPU_RELAX() ((void)0)
+#endif
+
 static inline void kiln_lock(kiln_node_lock *locks, uint32_t i) {
     if (!locks)
         return;
     while (atomic_exchange_explicit(&locks[i], 1, memory_order_acquire))
         while (atomic_load_explicit(&locks[i], memory_order_relaxed))
-            __builtin_ia32_pause();
+            KILN_CPU_RELAX();
 }
 static inline void kiln_unlock(kiln_node_lock *locks, uint32_t i) {
     if (locks)

@@ -6,7 +6,8 @@
 #include "../common/ctx_internal.h"
 #include "device_internal.h"
 
-#define NO_OPENCL "kiln was built without OpenCL; " KILN_OPENCL_HINT ", then rebuild"
+#define NO_OPENCL                                                                                  \
+    "this kiln was built without OpenCL (-DKILN_OPENCL=OFF); " KILN_OPENCL_HINT ", then rebuild"
 
 kiln_status kiln_device_count(kiln_ctx *ctx, uint32_t *out) {
     if (out)

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Installs the Debian packages kiln's build, tests, demo and benchmarks need.
+# Installs the Debian packages kiln's build, tests (the aarch64 cross-build
+# and qemu-user included), demo and benchmarks need.
 # Idempotent: does nothing when all are present. apt-get as root, sudo otherwise.
 set -euo pipefail
-PKGS=(build-essential cmake clang libomp-dev
+PKGS=(build-essential cmake pkg-config clang libomp-dev libclang-rt-14-dev
       ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo
-      libhnswlib-dev python3-hnswlib python3-faiss python3-numpy python3-matplotlib)
+      libhnswlib-dev python3-hnswlib python3-faiss python3-numpy python3-matplotlib
+      gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

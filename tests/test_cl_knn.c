@@ -345,7 +345,7 @@ static void test_batches(void) {
 static void test_siftsmall(void) {
     FILE *f = fopen(DATASETS "/siftsmall/siftsmall_base.fvecs", "rb");
     if (!f) {
-        fprintf(stderr, "note: " DATASETS "/siftsmall not found, dataset check skipped\n");
+        SKIP_PART(DATASETS "/siftsmall not found, dataset check skipped");
         return;
     }
     const size_t n = 10000, dim = 128;

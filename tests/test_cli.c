@@ -68,7 +68,7 @@ static void test_help(void) {
         CHECK_MSG(strstr(out_text, cmds[i]) != NULL, "kiln --help lacks %s", cmds[i]);
     CHECK(run("build --help") == 0);
     const char *opts[] = {"--metric",          "(default: l2)",  "-M",        "(default: 16)",
-                          "--ef-construction", "(default: 200)", "--method",  "(default: device)",
+                          "--ef-construction", "(default: 200)", "--method",  "the default where",
                           "--threads",         "--seed",         "--progress"};
     for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++)
         CHECK_MSG(strstr(out_text, opts[i]) != NULL, "kiln build --help lacks %s", opts[i]);
@@ -90,6 +90,10 @@ static void test_pipeline(void) {
     snprintf(a, sizeof a, "build %s/b.fvecs -o %s/i.kiln --threads 1 --seed 9 --json", tmp, tmp);
     CHECK_MSG(run(a) == 0, "%s", err_text);
     CHECK(strstr(out_text, "\"build_seconds\"") && strstr(out_text, "\"count\": 3000"));
+    /* The default method is the device pipeline only where kiln has OpenCL. */
+    CHECK_MSG(
+        strstr(out_text, KILN_TEST_OPENCL ? "\"method\": \"device\"" : "\"method\": \"insert\""),
+        "%s", out_text);
     snprintf(a, sizeof a, "build %s/b.fvecs -o %s/i2.kiln --threads 1 --seed 9", tmp, tmp);
     CHECK(run(a) == 0);
     snprintf(a, sizeof a, "cmp -s %s/i.kiln %s/i2.kiln", tmp, tmp);
@@ -148,8 +152,9 @@ static void test_bad_input(void) {
     CHECK(run(a) != 0 && strstr(err_text, "--format"));
     CHECK(!exists("bad.kiln"));
 
-    /* No OpenCL platform at all: the device method says how to get one and
-     * leaves nothing behind; --method insert still works. */
+    /* No OpenCL platform at all, or a kiln built without OpenCL: the device
+     * method says how to get one and leaves nothing behind; --method insert
+     * still works. */
     char env_kiln[1024];
     const char *saved = kiln;
     snprintf(env_kiln, sizeof env_kiln, "OCL_ICD_VENDORS=%s/no-vendors %s", tmp, saved);
@@ -158,6 +163,8 @@ static void test_bad_input(void) {
     CHECK(run(a) == 1);
     CHECK_MSG(strstr(err_text, "pocl-opencl-icd") && count_lines(err_text) == 1, "stderr: %s",
               err_text);
+    if (!KILN_TEST_OPENCL)
+        CHECK_MSG(strstr(err_text, "built without OpenCL"), "stderr: %s", err_text);
     CHECK(!exists("nodev.kiln"));
     CHECK(run("devices") == 1 && strstr(err_text, "pocl-opencl-icd"));
     snprintf(a, sizeof a, "build %s/b.fvecs -o %s/nodev.kiln --method insert", tmp, tmp);

@@ -746,8 +746,7 @@ static void test_siftsmall(void) {
     const char *base = "../shared/datasets/siftsmall/siftsmall_base.fvecs";
     const char *gt = "../shared/datasets/siftsmall/siftsmall_groundtruth.ivecs";
     if (access(base, R_OK) != 0 || access(gt, R_OK) != 0) {
-        fprintf(stderr, "test_dataset: ../shared/datasets/siftsmall absent, real-data part "
-                        "skipped\n");
+        SKIP_PART("../shared/datasets/siftsmall absent, real-data part skipped");
         return;
     }
     kiln_dataset *ds = NULL;

@@ -21,7 +21,7 @@ static void test_real(kiln_ctx *ctx, const char *name) {
     kiln_dataset *base = NULL, *qs = NULL, *gtds = NULL;
     snprintf(path, sizeof path, DATA "/%s/%s_base.fvecs", name, name);
     if (kiln_dataset_open(ctx, path, KILN_FORMAT_AUTO, 0, &base)) {
-        fprintf(stderr, "SKIP %s: %s (../shared/datasets absent)\n", name, kiln_errmsg(ctx));
+        SKIP_PART("%s: %s (../shared/datasets absent)", name, kiln_errmsg(ctx));
         return;
     }
     snprintf(path, sizeof path, DATA "/%s/%s_query.fvecs", name, name);

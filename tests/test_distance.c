@@ -166,7 +166,7 @@ static void test_variant(const variant *v) {
  * tested by running this program again with KILN_SIMD set. */
 static void child_simd(const char *self, const char *cap, char *out, size_t len) {
     char cmd[4200];
-    snprintf(cmd, sizeof cmd, "KILN_SIMD=%s '%s' --print-simd", cap, self);
+    snprintf(cmd, sizeof cmd, "KILN_SIMD=%s %s '%s' --print-simd", cap, check_emulator(), self);
     out[0] = '\0';
     FILE *p = popen(cmd, "r");
     REQUIRE(p);

@@ -25,7 +25,7 @@ static void insert_params(kiln_build_params *p) {
 static void test_siftsmall(kiln_ctx *ctx) {
     kiln_dataset *base = NULL, *qs = NULL, *gtds = NULL;
     if (kiln_dataset_open(ctx, SIFT_DIR "/siftsmall_base.fvecs", KILN_FORMAT_AUTO, 0, &base)) {
-        fprintf(stderr, "SKIP siftsmall: %s (../shared/datasets absent)\n", kiln_errmsg(ctx));
+        SKIP_PART("siftsmall: %s (../shared/datasets absent)", kiln_errmsg(ctx));
         return;
     }
     CHECK_OK(ctx,

@@ -297,8 +297,7 @@ static void test_sift_to_hnswlib(kiln_ctx *ctx) {
                           KILN_FORMAT_AUTO, 0, &base) != KILN_OK ||
         kiln_dataset_open(ctx, "../shared/datasets/siftsmall/siftsmall_query.fvecs",
                           KILN_FORMAT_AUTO, 0, &queries) != KILN_OK) {
-        fprintf(stderr, "SKIP part: siftsmall not found under ../shared/datasets (%s)\n",
-                kiln_errmsg(ctx));
+        SKIP_PART("siftsmall not found under ../shared/datasets (%s)", kiln_errmsg(ctx));
         kiln_dataset_free(base);
         return;
     }
@@ -761,7 +760,7 @@ static void test_damaged(kiln_ctx *ctx) {
 
 static int run_cli(const char *cli, const char *args, const char *capture) {
     char cmd[16384];
-    snprintf(cmd, sizeof cmd, "'%s' %s >'%s' 2>&1", cli, args, capture);
+    snprintf(cmd, sizeof cmd, "%s '%s' %s >'%s' 2>&1", check_emulator(), cli, args, capture);
     return system(cmd);
 }
 

@@ -716,7 +716,7 @@ static float *built_rows(kiln_ctx *ctx, size_t *n, size_t *dim, float **queries)
         return v;
     }
     kiln_dataset_free(ds);
-    fprintf(stderr, "note: siftsmall not found under ../shared/datasets; using random vectors\n");
+    SKIP_PART("siftsmall not found under ../shared/datasets; using random vectors");
     *n = BUILT_ROWS;
     *dim = 24;
     float *v = malloc((BUILT_ROWS + BUILT_QUERIES) * *dim * sizeof(float));

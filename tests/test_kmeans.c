@@ -426,7 +426,7 @@ static void test_determinism(kiln_ctx *ctx) {
 static void test_siftsmall(kiln_ctx *ctx) {
     struct stat sb;
     if (stat(SIFT_BASE, &sb) != 0) {
-        fprintf(stderr, "note: %s absent, siftsmall case skipped\n", SIFT_BASE);
+        SKIP_PART("%s absent, siftsmall case skipped", SIFT_BASE);
         return;
     }
     kiln_dataset *ds = NULL;

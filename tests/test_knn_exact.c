@@ -408,7 +408,7 @@ static void test_siftsmall(kiln_ctx *ctx) {
     float *queries = read_vecs(SIFT_DIR "/siftsmall_query.fvecs", &nq, &qdim);
     int32_t *gt = read_vecs(SIFT_DIR "/siftsmall_groundtruth.ivecs", &ngt, &gk);
     if (!base || !queries || !gt) {
-        fprintf(stderr, "note: %s absent, siftsmall check skipped\n", SIFT_DIR);
+        SKIP_PART("%s absent, siftsmall check skipped", SIFT_DIR);
         free(base);
         free(queries);
         free(gt);

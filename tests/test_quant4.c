@@ -416,7 +416,7 @@ static void test_dataset(const char *name, kiln_metric metric, double min_recall
     snprintf(path, sizeof path, DATASETS "/%s/%s_base.fvecs", name, name);
     float *base = read_fvecs(path, &n, &dim);
     if (!base) {
-        fprintf(stderr, "note: %s not found, dataset check skipped\n", path);
+        SKIP_PART("%s not found, dataset check skipped", path);
         return;
     }
     snprintf(path, sizeof path, DATASETS "/%s/%s_query.fvecs", name, name);
