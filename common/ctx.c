@@ -3,7 +3,8 @@
  *
  * Design decisions:
  *  1. The message buffer lives in the context (sqlite3_errmsg style) and is
- *     guarded by a mutex, so concurrent searches that fail cannot tear it.
+ *     guarded by a mutex, so concurrent searches that fail cannot tear it;
+ *     kiln_errmsg copies it out under that mutex into a buffer per thread.
  *  2. Allocation failures are ordinary errors with the size and purpose in
  *     the message; callers can shrink a batch and retry.
  */
@@ -70,7 +71,20 @@ void kiln_ctx_free(kiln_ctx *ctx) {
     free(ctx);
 }
 
-const char *kiln_errmsg(const kiln_ctx *ctx) { return ctx ? ctx->errmsg : "no context"; }
+/* Decision 1: the message is copied out under the lock into a buffer of the
+ * calling thread, so a reader never sees a message half overwritten by a
+ * failing search on another thread. The lock is taken through a cast that
+ * drops const: it guards the message, not the context's meaning. */
+const char *kiln_errmsg(const kiln_ctx *ctx) {
+    static _Thread_local char copy[KILN_ERRMSG_MAX];
+    if (!ctx)
+        return "no context";
+    kiln_ctx *const mctx = (kiln_ctx *)(uintptr_t)ctx;
+    pthread_mutex_lock(&mctx->lock);
+    memcpy(copy, ctx->errmsg, sizeof copy);
+    pthread_mutex_unlock(&mctx->lock);
+    return copy;
+}
 
 kiln_status kiln_ctx_set_progress(kiln_ctx *ctx, kiln_progress mode) {
     if (!ctx)

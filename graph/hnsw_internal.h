@@ -1,6 +1,7 @@
 /* hnsw_internal.h -- the in-memory HNSW graph behind kiln_index, shared by
- * the builders (graph/hnsw_insert.c, later the device pipeline), the search
- * module, the validator and the index file reader/writer.
+ * the builders (graph/hnsw_insert.c, and graph/merge.c for the device
+ * pipeline of host/device_build.c), the search module, the validator and
+ * the index file reader/writer.
  *
  * Layout (after hnswlib, with ids as uint32_t like its tableint):
  *  - vectors: count rows of dim floats, row-major, 64-byte aligned; COS rows

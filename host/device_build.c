@@ -20,19 +20,21 @@
  *  4. The cluster size cap is sized from the device: a cluster's codes must
  *     fit one work-group batch (kiln_cl_cluster_knn halves batches that fail,
  *     never a single cluster, so the cap is what guarantees progress).
+ *  5. Levels are sampled as for insertion but with base 4 instead of M
+ *     (graph/hnsw_build.c KILN_DEVICE_LEVEL_BASE), so a quarter of the
+ *     nodes are on level 1; the upper levels are built by HNSW insertion restricted to
+ *     levels >= 1, which gives search its entry point and level 0 its
+ *     long-range links; so they are built before level 0.
  *  6. For L2 and COS the device compares residuals x - centroid, quantized
  *     with a step trained on residuals (IVF-style): one global step over the
  *     raw data spends the 16 levels on the spread between clusters and
  *     leaves the neighbours inside a tight cluster nearly indistinguishable
- *     (measured: synthetic clustered L2 recall@10 at ef=64 rose from 0.955).
+ *     (measured when chosen: synthetic clustered L2 recall@10 at ef=64 was
+ *     0.955 with global codes and rose with residual ones; the figure after
+ *     was not recorded).
  *     Unit vectors rank the same by L2 as by IP, so COS qualifies; raw IP
  *     keeps the global codes. Residuals are encoded per group of clusters,
  *     slot by slot, so a vector's code differs per cluster it is in.
- *  5. Levels are sampled as for insertion but with base 4 instead of M
- *     (graph/hnsw_build.c KILN_DEVICE_LEVEL_BASE), so a quarter of the nodes are on
- *     level 1; the upper levels are built by HNSW insertion restricted to
- *     levels >= 1, which gives search its entry point and level 0 its
- *     long-range links; so they are built before level 0.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -115,9 +117,10 @@ typedef struct codes {
 
 /* A residual training sample: up to Q4_SAMPLE slots spread evenly over all
  * slots of all clusters (deterministic), each x_v - centroid_c. The
- * quantizer keeps two percentiles per dimension (0.1% and 99.9%), which
- * 16K rows pin to within a few hundredths of a percent; 64K rows cost
- * fmnist60k 0.40 s of quickselect over 784 dimensions. */
+ * quantizer keeps two percentiles per dimension (0.1% and 99.9%, from two
+ * small heaps per dimension in one pass: host/quant4.c), which 16K rows pin
+ * to within a few hundredths of a percent; the sample's cost grows with its
+ * rows (64K rows cost fmnist60k 0.40 s when it was chosen). */
 #define Q4_SAMPLE 16384
 static kiln_status train_residual(kiln_ctx *ctx, const struct kiln_index *ix,
                                   const kiln_clusters *cl, const kiln_build_params *p,

@@ -10,7 +10,7 @@
  *    named negative code. Results come back through trailing out-parameters,
  *    which are left NULL/0 on failure.
  *  - kiln_errmsg(ctx) gives the detail of the last failure on that context;
- *    it stays valid until the next call on that context.
+ *    it stays valid until the calling thread's next kiln_errmsg call.
  *  - Inputs are borrowed for the duration of the call; whatever kiln keeps
  *    is copied. kiln_<object>_free(NULL) is a no-op.
  *  - An index is read-only once built or loaded and may be searched from
@@ -74,9 +74,11 @@ typedef struct kiln_ctx kiln_ctx;
 KILN_API kiln_status kiln_ctx_new(kiln_ctx **out);
 KILN_API void kiln_ctx_free(kiln_ctx *ctx);
 
-/* Detail of the last failure on ctx ("" when none). Valid until the next call
- * that uses ctx. Thread-safe, but with several threads failing at once the
- * message is that of one of them: use a context per thread where it matters. */
+/* Detail of the last failure on ctx ("" when none), as a copy that belongs to
+ * the calling thread: valid until that thread's next kiln_errmsg call.
+ * Thread-safe (the copy is taken under the context's lock), but with several
+ * threads failing at once the message is that of one of them: use a context
+ * per thread where it matters. */
 KILN_API const char *kiln_errmsg(const kiln_ctx *ctx);
 
 typedef enum kiln_progress {
