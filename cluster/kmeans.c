@@ -327,7 +327,7 @@ static inline bool near_cand_less(near_cand a, near_cand b) {
     return a.dist < b.dist || (a.dist == b.dist && a.id < b.id);
 }
 /* Sorts by near_cand_less without a comparator call per comparison
- * (host/sort_internal.h): the full rankings of assign.c decision 3 sort k
+ * (common/sort_internal.h): the full rankings of assign.c decision 3 sort k
  * candidates per row, and qsort spent 2.5% of a 200K x 128 build there. */
 KILN_DEFINE_SORT(near_cands_sort, near_cand, near_cand_less)
 

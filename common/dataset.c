@@ -62,7 +62,7 @@
 /* ==== Tunables ==== */
 
 /* Largest dimension accepted, read or written. Equal to KILN_MAX_DIM in
- * graph/hnsw_internal.h (host/ does not include graph/), so every dataset
+ * graph/hnsw_internal.h (common/ does not include graph/), so every dataset
  * that opens can also be indexed; it also bounds a texmex record to 256 KiB. */
 #define DS_MAX_DIM 65536
 

@@ -1,4 +1,4 @@
-/* test_dataset.c -- dataset I/O (host/dataset.c): every format round-trips
+/* test_dataset.c -- dataset I/O (common/dataset.c): every format round-trips
  * every element type it can hold, AUTO picks formats by extension, each kind
  * of malformed input fails with its status and a message naming the file and
  * the place, and the real siftsmall files read back as a plain fread sees

@@ -1,5 +1,5 @@
 /* test_index_file.c -- the index file (graph/index_file.c, docs/FORMAT.md)
- * and CRC-32C (host/crc32c.c).
+ * and CRC-32C (common/crc32c.c).
  *
  * What is checked:
  *  1. CRC-32C: the standard check value and RFC 3720 vectors, chaining, and

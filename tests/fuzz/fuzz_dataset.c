@@ -1,4 +1,4 @@
-/* fuzz_dataset.c -- fuzz target for the dataset readers (host/dataset.c).
+/* fuzz_dataset.c -- fuzz target for the dataset readers (common/dataset.c).
  *
  * Each input is written to a temporary file and opened as every one of the
  * seven formats; whatever opens is read back whole (up to a cap) with
