@@ -568,10 +568,17 @@ static int cmd_check(const cli_args *a) {
         return 1;
     kiln_index *ix = NULL;
     int rc = 0;
-    if (kiln_index_load(ctx, a->pos[0], &ix) || kiln_index_check(ix))
+    kiln_index_stats s;
+    if (kiln_index_load(ctx, a->pos[0], &ix) || kiln_index_check(ix) ||
+        kiln_index_stats_get(ix, &s))
         rc = fail("check", ctx);
-    else
+    else if (s.nonfinite_vectors == 0)
         printf("%s: ok (%zu vectors, graph valid)\n", a->pos[0], kiln_index_count(ix));
+    else /* a finding, not a defect (graph/validate.c decision 1) */
+        printf("%s: ok (%zu vectors, graph valid); %llu vectors hold NaN or infinite values "
+               "(first: node %llu), search ranks them last\n",
+               a->pos[0], kiln_index_count(ix), (unsigned long long)s.nonfinite_vectors,
+               (unsigned long long)s.first_nonfinite);
     kiln_index_free(ix);
     kiln_ctx_free(ctx);
     return rc;

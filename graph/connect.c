@@ -48,7 +48,7 @@ static uint32_t farthest_link(const struct kiln_index *ix, uint32_t node) {
     uint32_t worst = 0;
     float worst_d = -1.0f;
     for (uint32_t i = 0; i < l[0]; i++) {
-        float d = ix->dist(v, kiln_vector(ix, l[1 + i]), ix->dim);
+        float d = kiln_node_dist(ix, v, l[1 + i]);
         if (d > worst_d) {
             worst_d = d;
             worst = i;
@@ -64,7 +64,7 @@ static void relink(struct kiln_index *ix, kiln_scratch *sc, const uint8_t *seen,
                    uint32_t ef) {
     const float *q = kiln_vector(ix, u);
     uint32_t cur = ix->entry_point;
-    float cur_dist = ix->dist(q, kiln_vector(ix, cur), ix->dim);
+    float cur_dist = kiln_node_dist(ix, q, cur);
     kiln_greedy_descend(ix, NULL, q, ix->max_level, 0, &cur, &cur_dist);
     kiln_search_level(ix, sc, NULL, q, cur, cur_dist, ef, 0);
     uint32_t n = sc->top.size;

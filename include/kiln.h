@@ -341,6 +341,11 @@ typedef struct kiln_index_stats {
     double avg_degree[KILN_MAX_LEVELS];        /* mean out-degree per level */
     uint32_t max_degree[KILN_MAX_LEVELS];
     uint64_t memory_bytes; /* heap bytes held by the index */
+    /* Vectors holding a NaN or an infinity (kiln build --allow-nonfinite):
+     * the validator's finding, not a defect of the graph. Search ranks them
+     * after every finite vector (their distance is taken as +inf). */
+    uint64_t nonfinite_vectors;
+    uint64_t first_nonfinite; /* node of the first one; UINT64_MAX when none */
 } kiln_index_stats;
 
 KILN_API kiln_status kiln_index_stats_get(const kiln_index *index, kiln_index_stats *out);
@@ -351,7 +356,9 @@ KILN_API kiln_metric kiln_index_metric(const kiln_index *index);
 /* Runs the graph validator: ids in range, no self or duplicate links, degree
  * bounds, the entry point on the top level, every node reachable from the
  * entry point on level 0, and upper-level links only between nodes present on
- * that level. KILN_E_INVALID with the first defect in the message. */
+ * that level. KILN_E_INVALID with the first defect in the message. Vectors
+ * with non-finite values are not a defect of the graph (search orders them
+ * last); kiln_index_stats_get counts them for the caller to report. */
 KILN_API kiln_status kiln_index_check(const kiln_index *index);
 
 /* ==== hnswlib interop ==== */
