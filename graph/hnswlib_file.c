@@ -24,6 +24,14 @@
  *     every level, count, id and label, before the value is used. The count
  *     is bounded by the file size before anything is allocated, so what is
  *     allocated is proportional to the file.
+ *  2a. "The file size" is what the file holds, not what it claims: a sparse
+ *     file (4 KB of header, then a hole to 3 GB) reads as gigabytes of zero
+ *     bytes, which is a valid-looking file of empty elements, and sized a
+ *     3 GB index. hnswlib writes its files whole, so a file of at least
+ *     SPARSE_MIN_BYTES whose data extents (SEEK_DATA/SEEK_HOLE) cover less
+ *     than 1/SPARSE_RATIO of it is refused before anything is sized from its
+ *     count. Where the file system cannot tell holes (no SEEK_DATA), nothing
+ *     is refused.
  *  3. Three sequential passes through one buffered reader: the upper-level
  *     sizes first (levels and the exact file size, needed before
  *     kiln_index_alloc), then the level-0 records straight into the index,
@@ -97,6 +105,15 @@ enum {
 #define REPAIR_EF_MIN 64u
 #define REPAIR_EF_MAX 1024u
 
+/* Sparse files (decision 2a): refused from this size when their data covers
+ * less than 1/SPARSE_RATIO of it. Below 64 MiB a hole costs at most that
+ * much memory, so small files are never questioned; 1/16 leaves room for a
+ * genuine file that a copy tool made partly sparse where it held zero
+ * blocks (unused link slots, zero vectors), while a forged hole of almost
+ * the whole file is far below it. */
+#define SPARSE_MIN_BYTES ((uint64_t)64 << 20)
+#define SPARSE_RATIO     16u
+
 /* ==== Types ==== */
 
 typedef struct hl_header {
@@ -115,6 +132,7 @@ typedef struct hl_reader {
     const char *path;
     int fd;
     uint64_t size; /* file size from fstat */
+    uint64_t data; /* bytes in data extents, <= size; size when unknown */
     uint8_t *buf;  /* IO_CHUNK bytes */
     uint64_t buf_off;
     size_t buf_len;
@@ -230,6 +248,29 @@ static kiln_status write_body(const struct kiln_index *ix, kiln_afile *af, uint8
 
 /* ==== Reader ==== */
 
+/* Bytes of the file's size (size) that lie in data extents rather than
+ * holes; size when the file system cannot say (decision 2a). */
+static uint64_t data_bytes(int fd, uint64_t size) {
+#if defined(SEEK_DATA) && defined(SEEK_HOLE)
+    uint64_t data = 0;
+    off_t at = 0;
+    while ((uint64_t)at < size) {
+        const off_t start = lseek(fd, at, SEEK_DATA);
+        if (start < 0)
+            return errno == ENXIO ? data : size; /* ENXIO: only a hole is left */
+        const off_t end = lseek(fd, start, SEEK_HOLE);
+        if (end < start)
+            return size;
+        data += (uint64_t)(end - start);
+        at = end;
+    }
+    return data;
+#else
+    (void)fd;
+    return size;
+#endif
+}
+
 static kiln_status rd_open(kiln_ctx *ctx, const char *path, hl_reader *r) {
     memset(r, 0, sizeof *r);
     r->ctx = ctx;
@@ -237,6 +278,7 @@ static kiln_status rd_open(kiln_ctx *ctx, const char *path, hl_reader *r) {
     kiln_status st = kiln_open_regular(ctx, path, &r->fd, &r->size);
     if (st)
         return st;
+    r->data = r->size >= SPARSE_MIN_BYTES ? data_bytes(r->fd, r->size) : r->size;
     st = kiln_alloc(ctx, IO_CHUNK, "hnswlib read buffer", (void **)&r->buf);
     if (st)
         close(r->fd);
@@ -332,6 +374,12 @@ static kiln_status check_header(const hl_reader *r, const hl_header *h, uint32_t
                          "file's %llu bytes (truncated?)",
                          path, (unsigned long long)h->count, (unsigned long long)h->size_data,
                          (unsigned long long)r->size);
+    if (h->count > 0 && r->data < r->size / SPARSE_RATIO)
+        return kiln_fail(ctx, KILN_E_FORMAT,
+                         "%s: the file is sparse: only %llu of its %llu bytes are data, the rest "
+                         "holes (cur_element_count %llu); hnswlib writes its files whole",
+                         path, (unsigned long long)r->data, (unsigned long long)r->size,
+                         (unsigned long long)h->count);
     if (h->count >= KILN_NO_NODE)
         return kiln_fail(ctx, KILN_E_RANGE, "%s: %llu elements exceed kiln's limit of %u", path,
                          (unsigned long long)h->count, KILN_NO_NODE - 1);
@@ -658,7 +706,9 @@ kiln_status kiln_index_import_hnswlib(kiln_ctx *ctx, const char *path, uint32_t 
     const uint32_t ef = ix->ef_construction < REPAIR_EF_MIN   ? REPAIR_EF_MIN
                         : ix->ef_construction > REPAIR_EF_MAX ? REPAIR_EF_MAX
                                                               : ix->ef_construction;
-    st = kiln_repair_reachability(ix, ef, &rep->repaired_links);
+    kiln_repair_stats rs;
+    st = kiln_repair_reachability(ix, ef, &rs);
+    rep->repaired_links = rs.links;
     report_stage(rep, "repair", kiln_now() - t_repair);
     rep->total_seconds = kiln_now() - t0;
 done:

@@ -275,9 +275,9 @@ static void test_validator(kiln_ctx *ctx) {
                 }
         }
     CHECK_FAILS(ctx, kiln_index_check(ix), KILN_E_INVALID, "unreachable");
-    uint64_t repaired = 0;
-    CHECK_OK(ctx, kiln_repair_reachability(ix, 64, &repaired));
-    CHECK(repaired >= 1);
+    kiln_repair_stats rs;
+    CHECK_OK(ctx, kiln_repair_reachability(ix, 64, &rs));
+    CHECK(rs.links >= 1 && rs.searches == rs.links);
     CHECK_OK(ctx, kiln_index_check(ix));
     kiln_index_free(ix);
     free(x);
@@ -388,6 +388,33 @@ static void test_nonfinite(kiln_ctx *ctx) {
         test_nonfinite_method(ctx, KILN_METHOD_DEVICE, "device");
 }
 
+/* ==== Repair work is bounded (issue 11 T12) ==== */
+
+/* A graph with no links at all (what a crafted hnswlib file gives): every
+ * node is its own island. The repair must make it whole with at most
+ * KILN_REPAIR_SEARCHES searches, never one per node. */
+static void test_repair_no_links(kiln_ctx *ctx) {
+    const size_t n = 32768, d = 16;
+    struct kiln_index *ix = NULL;
+    CHECK_OK(ctx, kiln_index_alloc(ctx, n, d, KILN_METRIC_L2, 16, NULL, &ix));
+    REQUIRE(ix);
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, d, 8, 29, ix->vectors));
+    ix->entry_point = 0;
+    ix->max_level = 0;
+    CHECK_FAILS(ctx, kiln_index_check(ix), KILN_E_INVALID, "unreachable");
+    kiln_repair_stats rs;
+    CHECK_OK(ctx, kiln_repair_reachability(ix, 64, &rs));
+    CHECK_OK(ctx, kiln_index_check(ix));
+    CHECK_MSG(rs.links == n - 1, "%llu links added for %zu singleton islands",
+              (unsigned long long)rs.links, n - 1);
+    CHECK_MSG(rs.searches <= rs.links && rs.searches <= KILN_REPAIR_SEARCHES(n),
+              "repair ran %llu searches for %zu nodes (bound %llu)",
+              (unsigned long long)rs.searches, n, (unsigned long long)KILN_REPAIR_SEARCHES(n));
+    /* More islands than the bound: it is used in full, the rest are chained. */
+    CHECK(rs.searches == KILN_REPAIR_SEARCHES(n));
+    kiln_index_free(ix);
+}
+
 int main(void) {
     kiln_ctx *ctx;
     REQUIRE(kiln_ctx_new(&ctx) == KILN_OK);
@@ -396,6 +423,7 @@ int main(void) {
     test_small_sizes(ctx);
     test_validator(ctx);
     test_nonfinite(ctx);
+    test_repair_no_links(ctx);
     test_determinism(ctx);
     test_metrics(ctx);
     test_siftsmall(ctx);

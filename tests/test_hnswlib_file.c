@@ -757,6 +757,86 @@ static void test_damaged(kiln_ctx *ctx) {
     free(v);
 }
 
+/* ==== 4b. Crafted files that cost work or memory (issue 11 T12) ==== */
+
+/* The bytes of an hnswlib file of n level-0 elements with no links at all,
+ * vectors from synth, labels i, maxM_ M. Caller frees. */
+static uint8_t *no_links_file(kiln_ctx *ctx, uint32_t n, uint32_t dim, uint32_t M, size_t *size) {
+    const uint64_t off_data = 4 + 8 * (uint64_t)M, label_off = off_data + 4 * (uint64_t)dim;
+    const uint64_t sde = label_off + 8;
+    *size = HL_HDR + (size_t)n * (sde + 4);
+    uint8_t *b = calloc(1, *size);
+    REQUIRE(b);
+    kiln_put_u64le(b + HL_MAX_ELEMS, n);
+    kiln_put_u64le(b + HL_COUNT, n);
+    kiln_put_u64le(b + HL_SIZE_DATA, sde);
+    kiln_put_u64le(b + HL_LABEL_OFF, label_off);
+    kiln_put_u64le(b + HL_OFF_DATA, off_data);
+    kiln_put_u32le(b + HL_MAX_LEVEL, 0);
+    kiln_put_u32le(b + HL_ENTRY, 0);
+    kiln_put_u64le(b + HL_MAX_M, M);
+    kiln_put_u64le(b + HL_MAX_M0, 2 * (uint64_t)M);
+    kiln_put_u64le(b + 72, M);  /* M_ */
+    kiln_put_u64le(b + 88, 64); /* ef_construction_ */
+    float *v = synth(ctx, n, dim, 41);
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t *rec = b + HL_HDR + (size_t)i * sde;
+        for (uint32_t d = 0; d < dim; d++)
+            kiln_put_f32le(rec + off_data + 4 * (size_t)d, v[(size_t)i * dim + d]);
+        kiln_put_u64le(rec + label_off, i);
+    }
+    free(v);
+    return b; /* the link sizes after the records are all 0: level 0 */
+}
+
+/* 32K elements and not one link: every element its own island. The repair
+ * must finish (its searches are bounded, graph/connect.c decision 3, and
+ * tests/test_hnsw.c counts them) and give a graph the validator passes. */
+static void test_import_no_links(kiln_ctx *ctx) {
+    const uint32_t n = 32768, dim = 16;
+    size_t size = 0;
+    uint8_t *b = no_links_file(ctx, n, dim, 16, &size);
+    const char *path = tpath("no_links.bin");
+    REQUIRE(write_file(path, b, size));
+    free(b);
+    kiln_index *ix = NULL;
+    CHECK_OK(ctx, kiln_index_import_hnswlib(ctx, path, dim, KILN_METRIC_L2, &ix));
+    if (ix) {
+        CHECK_OK(ctx, kiln_index_check(ix));
+        kiln_build_report rep;
+        CHECK_OK(ctx, kiln_index_build_report(ix, &rep));
+        CHECK_MSG(rep.repaired_links == n - 1, "%llu links repaired, want one per island (%u)",
+                  (unsigned long long)rep.repaired_links, n - 1);
+        int64_t lab[1];
+        kiln_search_params sp = {.k = 1, .ef = 16, .threads = 1};
+        CHECK_OK(ctx, kiln_index_search(ix, ix->vectors, 1, &sp, lab, NULL));
+    }
+    kiln_index_free(ix);
+}
+
+/* A file of 256 MiB whose sizes all add up but that holds only its header:
+ * the rest is a hole, read as zeros (a valid-looking file of empty,
+ * all-zero elements). It is refused before anything is sized from its
+ * count. */
+static void test_import_sparse(kiln_ctx *ctx) {
+    const uint32_t dim = 128, M = 16;
+    const uint64_t sde = 4 + 8 * (uint64_t)M + 4 * (uint64_t)dim + 8;
+    const uint64_t n = ((uint64_t)256 << 20) / (sde + 4);
+    size_t hsize = 0;
+    uint8_t *b = no_links_file(ctx, 1, dim, M, &hsize);
+    kiln_put_u64le(b + HL_MAX_ELEMS, n);
+    kiln_put_u64le(b + HL_COUNT, n);
+    const char *path = tpath("sparse.bin");
+    REQUIRE(write_file(path, b, HL_HDR));
+    free(b);
+    REQUIRE(truncate(path, (off_t)(HL_HDR + n * (sde + 4))) == 0);
+    kiln_index *ix = NULL;
+    CHECK_FAILS(ctx, kiln_index_import_hnswlib(ctx, path, dim, KILN_METRIC_L2, &ix), KILN_E_FORMAT,
+                "holes");
+    CHECK(ix == NULL && strstr(kiln_errmsg(ctx), "sparse.bin") != NULL);
+    unlink(path);
+}
+
 /* ==== 5. CLI ==== */
 
 static int run_cli(const char *cli, const char *args, const char *capture) {
@@ -834,6 +914,8 @@ int main(void) {
     test_round_trip(ctx, KILN_METRIC_L2, 0);
     test_import_repairs(ctx);
     test_damaged(ctx);
+    test_import_no_links(ctx);
+    test_import_sparse(ctx);
     test_cli(ctx);
 
     const bool have_python =

@@ -25,7 +25,8 @@
  *  3. Seeds are files kiln exported (count 0, 1 and a few dozen, M = 2..4,
  *     several levels), one with stale ids in the unused link slots as
  *     hnswlib leaves them, and one with an unreachable node, so the repair
- *     runs on import.
+ *     runs on import. Crafted ones (issue 11): a file with no links at all
+ *     (every element its own island: the repair's bounded worst case).
  *  4. Any broken promise calls abort(), which both libFuzzer and the replay
  *     driver report as a failure.
  */
@@ -151,7 +152,7 @@ int kiln_fuzz_seed(size_t i, uint8_t **buf, size_t *len) {
         size_t n;
         uint32_t dim, M;
     } seeds[] = {{0, 4, 2},  {1, 16, 2}, {40, 4, 3}, {60, 16, 2},
-                 {30, 4, 4}, {30, 4, 3}, {30, 4, 3}};
+                 {30, 4, 4}, {30, 4, 3}, {30, 4, 3}, {200, 4, 2}};
     if (i >= sizeof seeds / sizeof seeds[0])
         return 0;
     kiln_index *ix = seed_built(seeds[i].n, seeds[i].dim, seeds[i].M, 40 + i);
@@ -164,6 +165,10 @@ int kiln_fuzz_seed(size_t i, uint8_t **buf, size_t *len) {
                     b[j--] = b[b[0]--];
         }
     }
+    if (i == 7) /* no links on any level */
+        for (uint32_t u = 0; u < ix->count; u++)
+            for (unsigned l = 0; l <= ix->levels[u]; l++)
+                kiln_links(ix, u, l)[0] = 0;
     if (kiln_index_export_hnswlib(ix, fuzz_path("seed")) != KILN_OK)
         abort();
     *buf = read_file(fuzz_path("seed"), len);
