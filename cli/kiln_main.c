@@ -571,10 +571,17 @@ static int cmd_check(const cli_args *a) {
         return 1;
     kiln_index *ix = NULL;
     int rc = 0;
-    if (kiln_index_load(ctx, a->pos[0], &ix) || kiln_index_check(ix))
+    kiln_index_stats s;
+    if (kiln_index_load(ctx, a->pos[0], &ix) || kiln_index_check(ix) ||
+        kiln_index_stats_get(ix, &s))
         rc = fail("check", ctx);
-    else
+    else if (s.nonfinite_vectors == 0)
         printf("%s: ok (%zu vectors, graph valid)\n", a->pos[0], kiln_index_count(ix));
+    else /* a finding, not a defect (graph/validate.c decision 1) */
+        printf("%s: ok (%zu vectors, graph valid); %llu vectors hold NaN or infinite values "
+               "(first: node %llu), search ranks them last\n",
+               a->pos[0], kiln_index_count(ix), (unsigned long long)s.nonfinite_vectors,
+               (unsigned long long)s.first_nonfinite);
     kiln_index_free(ix);
     kiln_ctx_free(ctx);
     return rc;
@@ -596,13 +603,14 @@ static const cli_cmd export_cmd = {"export",
 static const cli_opt import_opts[] = {
     {"output", 'o', "INDEX", NULL, "kiln index file to write (required)"},
     {"format", 0, "hnswlib", "hnswlib", "format of FILE: hnswlib = a saveIndex file of floats"},
-    {"dim", 'd', "D", NULL, "vector dimension (required: hnswlib files do not store it)"},
+    {"dim", 'd', "D", NULL,
+     "vector dimension, checked against the file's (default: from the file)"},
     {"metric", 0, "l2|ip|cos", "l2",
      "distance the file was built with (hnswlib l2, ip, cosine); cos normalises vectors"},
     {NULL, 0, NULL, NULL, NULL}};
 static const cli_cmd import_cmd = {
     "import",
-    "FILE --format hnswlib --dim D [--metric l2|ip|cos] -o INDEX",
+    "FILE --format hnswlib [--dim D] [--metric l2|ip|cos] -o INDEX",
     "Convert another library's index file into a kiln index, repairing reachability.",
     import_opts,
     1,
@@ -654,12 +662,17 @@ static int cmd_import(const cli_args *a) {
     const char *out = cli_str(a, "output");
     uint32_t dim = 0;
     kiln_metric metric;
-    if (!out || !cli_str(a, "dim")) {
-        fprintf(stderr, "kiln import: need --dim D and -o INDEX\n");
+    if (!out) {
+        fprintf(stderr, "kiln import: need -o INDEX\n");
         return 2;
     }
-    if (!format_is_hnswlib(a) || !cli_u32(a, "dim", &dim) || !parse_metric(a, &metric))
+    if (!format_is_hnswlib(a) || (cli_str(a, "dim") && !cli_u32(a, "dim", &dim)) ||
+        !parse_metric(a, &metric))
         return 2;
+    if (cli_str(a, "dim") && dim == 0) {
+        fprintf(stderr, "kiln import: --dim: 0 is not a dimension\n");
+        return 2;
+    }
     kiln_ctx *ctx;
     if (setup(a, &ctx))
         return 1;
@@ -667,12 +680,18 @@ static int cmd_import(const cli_args *a) {
     kiln_build_report rep;
     int rc = 0;
     if (kiln_index_import_hnswlib(ctx, a->pos[0], dim, metric, &ix) ||
-        kiln_index_build_report(ix, &rep) || kiln_index_check(ix) || kiln_index_save(ix, out))
+        kiln_index_build_report(ix, &rep) || kiln_index_check(ix) || kiln_index_save(ix, out)) {
         rc = fail("import", ctx);
-    else
-        printf("%s: %zu vectors, dim %u, %s; reachability repair: %llu links added\n", out,
-               kiln_index_count(ix), dim, kiln_metric_name(metric),
+    } else {
+        if (rep.dropped_elements)
+            fprintf(stderr,
+                    "kiln import: %s: %llu elements marked deleted were dropped (kiln keeps no "
+                    "deleted elements); the graph was relinked without them\n",
+                    a->pos[0], (unsigned long long)rep.dropped_elements);
+        printf("%s: %zu vectors, dim %zu, %s; reachability repair: %llu links added\n", out,
+               kiln_index_count(ix), kiln_index_dim(ix), kiln_metric_name(metric),
                (unsigned long long)rep.repaired_links);
+    }
     kiln_index_free(ix);
     kiln_ctx_free(ctx);
     return rc;

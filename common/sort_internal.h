@@ -11,7 +11,8 @@
  *  2. One macro body, instantiated per element type with its "less": u32 ids
  *     and kiln_cand by (dist, id). Elements comparing neither way (a NaN
  *     distance) only make the order among them unspecified; the scans stop
- *     at the pivot itself, so they never run past the range.
+ *     at the pivot itself, so they never run past the range. graph/ never
+ *     sorts a NaN: its distances come from kiln_node_dist, NaN as +inf.
  */
 #ifndef KILN_SORT_INTERNAL_H
 #define KILN_SORT_INTERNAL_H

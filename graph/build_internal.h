@@ -40,11 +40,23 @@ kiln_status kiln_hnsw_insert_levels(struct kiln_index *ix, uint32_t ef_construct
 kiln_status kiln_level0_from_candidates(struct kiln_index *ix, const uint32_t *cand, uint32_t width,
                                         int threads);
 
-/* Makes every node reachable from the entry point on level 0: each node a
- * BFS does not reach is linked from its nearest reachable node that has room
- * (or, failing that, replaces that node's farthest link), then the BFS goes
- * on from it. Returns the number of links added in *repaired. */
-kiln_status kiln_repair_reachability(struct kiln_index *ix, uint32_t ef, uint64_t *repaired);
+/* What a reachability repair did. */
+typedef struct kiln_repair_stats {
+    uint64_t links;    /* links added: one per unreachable island */
+    uint64_t searches; /* beam searches run, <= KILN_REPAIR_SEARCHES(count) */
+} kiln_repair_stats;
+
+/* Searches one repair may run (graph/connect.c decision 3): far above what
+ * any built graph needs, linear in the node count. */
+#define KILN_REPAIR_SEARCHES(count) (1024 + (uint64_t)(count) / 16)
+
+/* Makes every node reachable from the entry point on level 0: each island a
+ * BFS does not reach is linked, at its first node in id order, from its
+ * nearest reachable node that has room (or, failing that, replaces that
+ * node's farthest link), then the BFS goes on from it. Past
+ * KILN_REPAIR_SEARCHES islands the link comes from the island repaired
+ * before instead of a search. *out says what was done. */
+kiln_status kiln_repair_reachability(struct kiln_index *ix, uint32_t ef, kiln_repair_stats *out);
 
 /* The device method, on an index whose vectors are in place: graph/ declares
  * it and the library it is linked into defines it, so graph/ never includes

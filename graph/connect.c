@@ -12,7 +12,19 @@
  *     none has room, a link r->w is rerouted r->u->w (see relink), so the
  *     reachable set only grows and one pass suffices; a second pass checks.
  *  2. After each repair the BFS continues from the repaired node, so a whole
- *     unreachable island costs one repair.
+ *     unreachable island costs one repair: the nodes the BFS has not reached
+ *     when the scan (in id order) comes to them are the islands' roots, and
+ *     only roots are searched for, never the rest of an island.
+ *  3. The searches are bounded: at most REPAIR_SEARCHES(count) roots get a
+ *     search (O(ef * M0) distances each); any root past that is linked from
+ *     the root repaired before it, which is reachable by then, with the
+ *     same fallback as decision 1 when that node is full. A graph that
+ *     needs more is not a graph a builder made (a crafted hnswlib file with
+ *     no links has an island per node: 32K elements took 5.1 s, 1M would
+ *     take minutes), so what matters there is that the work stays linear
+ *     and the result reachable, not that those links are good. Built graphs
+ *     and real hnswlib files need a handful of repairs per thousand nodes,
+ *     far inside the bound, and get every repair searched.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -48,13 +60,36 @@ static uint32_t farthest_link(const struct kiln_index *ix, uint32_t node) {
     uint32_t worst = 0;
     float worst_d = -1.0f;
     for (uint32_t i = 0; i < l[0]; i++) {
-        float d = ix->dist(v, kiln_vector(ix, l[1 + i]), ix->dim);
+        float d = kiln_node_dist(ix, v, l[1 + i]);
         if (d > worst_d) {
             worst_d = d;
             worst = i;
         }
     }
     return worst;
+}
+
+/* Makes reachable node r link to u. Where r is full, its farthest link r->w
+ * becomes r->u, and u->w is added (replacing u's own farthest link if u is
+ * full), so w stays reachable through u. Nothing reachable before is lost:
+ * the only link u drops led into u's unreachable island. */
+static void link_from(struct kiln_index *ix, uint32_t r, uint32_t u) {
+    uint32_t *l = kiln_links(ix, r, 0);
+    if (l[0] < ix->M0) {
+        l[1 + l[0]++] = u;
+        return;
+    }
+    uint32_t slot = farthest_link(ix, r);
+    uint32_t w = l[1 + slot];
+    l[1 + slot] = u;
+    uint32_t *lu = kiln_links(ix, u, 0);
+    for (uint32_t i = 0; i < lu[0]; i++)
+        if (lu[1 + i] == w)
+            return;
+    if (lu[0] < ix->M0)
+        lu[1 + lu[0]++] = w;
+    else
+        lu[1 + farthest_link(ix, u)] = w;
 }
 
 /* Links node u from a reachable node near it. The search may pass through
@@ -64,7 +99,7 @@ static void relink(struct kiln_index *ix, kiln_scratch *sc, const uint8_t *seen,
                    uint32_t ef) {
     const float *q = kiln_vector(ix, u);
     uint32_t cur = ix->entry_point;
-    float cur_dist = ix->dist(q, kiln_vector(ix, cur), ix->dim);
+    float cur_dist = kiln_node_dist(ix, q, cur);
     kiln_greedy_descend(ix, NULL, q, ix->max_level, 0, &cur, &cur_dist);
     kiln_search_level(ix, sc, NULL, q, cur, cur_dist, ef, 0);
     uint32_t n = sc->top.size;
@@ -82,31 +117,13 @@ static void relink(struct kiln_index *ix, kiln_scratch *sc, const uint8_t *seen,
             return;
         }
     }
-    /* Every reachable candidate is full: the nearest one's farthest link
-     * r->w becomes r->u, and u->w is added (replacing u's own farthest link
-     * if u is full), so w stays reachable through u. Nothing reachable
-     * before is lost: the only link u drops led into u's unreachable island. */
-    uint32_t *l = kiln_links(ix, nearest, 0);
-    if (l[0] < ix->M0) {
-        l[1 + l[0]++] = u;
-        return;
-    }
-    uint32_t slot = farthest_link(ix, nearest);
-    uint32_t w = l[1 + slot];
-    l[1 + slot] = u;
-    uint32_t *lu = kiln_links(ix, u, 0);
-    for (uint32_t i = 0; i < lu[0]; i++)
-        if (lu[1 + i] == w)
-            return;
-    if (lu[0] < ix->M0)
-        lu[1 + lu[0]++] = w;
-    else
-        lu[1 + farthest_link(ix, u)] = w;
+    /* Every reachable candidate is full: the nearest one makes room. */
+    link_from(ix, nearest, u);
 }
 
-kiln_status kiln_repair_reachability(struct kiln_index *ix, uint32_t ef, uint64_t *repaired) {
+kiln_status kiln_repair_reachability(struct kiln_index *ix, uint32_t ef, kiln_repair_stats *out) {
     kiln_ctx *ctx = ix->ctx;
-    *repaired = 0;
+    memset(out, 0, sizeof *out);
     if (ix->count <= 1)
         return KILN_OK;
     uint8_t *seen = NULL;
@@ -122,14 +139,21 @@ kiln_status kiln_repair_reachability(struct kiln_index *ix, uint32_t ef, uint64_
         memset(seen, 0, ix->count);
         bfs_mark(ix, seen, queue, ix->entry_point);
         uint64_t fixed = 0;
+        uint32_t prev = ix->entry_point; /* the last root linked in: reachable */
         for (uint32_t u = 0; u < ix->count; u++) {
             if (seen[u])
                 continue;
-            relink(ix, sc, seen, u, ef);
+            if (out->searches < KILN_REPAIR_SEARCHES(ix->count)) {
+                relink(ix, sc, seen, u, ef);
+                out->searches++;
+            } else {
+                link_from(ix, prev, u); /* decision 3 */
+            }
             fixed++;
+            prev = u;
             bfs_mark(ix, seen, queue, u);
         }
-        *repaired += fixed;
+        out->links += fixed;
         if (fixed == 0)
             goto cleanup;
     }

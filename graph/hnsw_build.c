@@ -128,7 +128,9 @@ static kiln_status build_graph(struct kiln_index *ix, const kiln_build_params *p
     if (st)
         return st;
     t = kiln_now();
-    st = kiln_repair_reachability(ix, p->ef_construction, &rep->repaired_links);
+    kiln_repair_stats rs;
+    st = kiln_repair_reachability(ix, p->ef_construction, &rs);
+    rep->repaired_links = rs.links;
     report_stage(rep, "repair", kiln_now() - t);
     rep->total_seconds = kiln_now() - t_start;
     report_print(ctx, rep);

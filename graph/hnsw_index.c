@@ -152,6 +152,7 @@ kiln_status kiln_index_stats_get(const kiln_index *ix, kiln_index_stats *out) {
     out->M0 = ix->M0;
     out->levels = ix->count ? ix->max_level + 1 : 0;
     out->memory_bytes = kiln_index_memory(ix);
+    out->nonfinite_vectors = kiln_index_nonfinite(ix, &out->first_nonfinite);
     uint64_t links[KILN_MAX_LEVELS] = {0};
     for (uint64_t i = 0; i < ix->count; i++) {
         for (uint32_t l = 0; l <= ix->levels[i]; l++) {

@@ -32,7 +32,7 @@ static void insert_one(struct kiln_index *ix, kiln_scratch *sc, kiln_node_lock *
     if (L < bottom)
         return;
     uint32_t cur = ep;
-    float cur_dist = ix->dist(qv, kiln_vector(ix, ep), ix->dim);
+    float cur_dist = kiln_node_dist(ix, qv, ep);
     kiln_greedy_descend(ix, locks, qv, ix->max_level, L, &cur, &cur_dist);
 
     uint32_t selected[KILN_MAX_M];

@@ -16,6 +16,7 @@
 #ifndef KILN_HNSW_INTERNAL_H
 #define KILN_HNSW_INTERNAL_H
 
+#include <math.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -67,6 +68,17 @@ static inline const float *kiln_vector(const struct kiln_index *ix, uint32_t nod
     return ix->vectors + (size_t)node * ix->dim;
 }
 
+/* The distance every graph comparison uses (search, insertion, pruning,
+ * merge, repair): the metric's, with NaN taken as +inf. A vector with a NaN
+ * component (kiln build --allow-nonfinite) then ranks after every finite
+ * one instead of making each comparison with it false, which poisoned the
+ * beam's bound. One compare and select per distance, measured free (see
+ * graph/hnsw_search.c decision 5). */
+static inline float kiln_node_dist(const struct kiln_index *ix, const float *q, uint32_t node) {
+    const float d = ix->dist(q, kiln_vector(ix, node), ix->dim);
+    return d == d ? d : (float)INFINITY;
+}
+
 /* Asks for node's whole vector (up to its first 1 KiB) to be fetched into
  * cache, for loops that know the next few nodes they will read. */
 static inline void kiln_prefetch_vector(const struct kiln_index *ix, uint32_t node) {
@@ -88,6 +100,10 @@ void kiln_sample_levels(uint8_t *levels, uint64_t count, uint32_t M, uint64_t se
 
 /* Frees the search scratch pool (kiln_index_free calls it). */
 void kiln_scratch_pool_free(struct kiln_index *ix);
+
+/* Vectors with a NaN or an infinity (graph/validate.c); *first gets the
+ * first such node, UINT64_MAX when none. */
+uint64_t kiln_index_nonfinite(const struct kiln_index *ix, uint64_t *first);
 
 /* Bytes of heap the index holds. */
 uint64_t kiln_index_memory(const struct kiln_index *ix);

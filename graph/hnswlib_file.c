@@ -24,15 +24,33 @@
  *     every level, count, id and label, before the value is used. The count
  *     is bounded by the file size before anything is allocated, so what is
  *     allocated is proportional to the file.
+ *  2a. "The file size" is what the file holds, not what it claims: a sparse
+ *     file (4 KB of header, then a hole to 3 GB) reads as gigabytes of zero
+ *     bytes, which is a valid-looking file of empty elements, and sized a
+ *     3 GB index. hnswlib writes its files whole, so a file of at least
+ *     SPARSE_MIN_BYTES whose data extents (SEEK_DATA/SEEK_HOLE) cover less
+ *     than 1/SPARSE_RATIO of it is refused before anything is sized from its
+ *     count. Where the file system cannot tell holes (no SEEK_DATA), nothing
+ *     is refused.
  *  3. Three sequential passes through one buffered reader: the upper-level
  *     sizes first (levels and the exact file size, needed before
  *     kiln_index_alloc), then the level-0 records straight into the index,
  *     then the upper-level blocks. The upper part is small (about 1/M of the
  *     nodes have one), so reading its sizes twice costs little, and nothing
  *     is held twice in memory.
- *  4. Elements marked deleted are refused (KILN_E_UNSUPPORTED) rather than
- *     dropped: dropping them renumbers nodes and can orphan the entry point,
- *     and a silently smaller index is worse than a clear error.
+ *  4. Elements marked deleted are dropped, and counted in the build
+ *     report's dropped_elements (kiln import prints the count), until kiln
+ *     has live indexes that can keep them as hnswlib does. Dropping renumbers
+ *     the survivors in file order, removes every link to a dropped element
+ *     on every level, and moves the entry point to the first survivor of the
+ *     highest level when it was dropped; the level-0 repair (decision 5)
+ *     then reconnects what the removed links cut off. Refusing the file, as
+ *     kiln did before, left no way to use it at all.
+ *  7. dim is not stored, but the file implies it: the vector span
+ *     label_offset_ - offsetData_ is 4 * dim bytes, with offsetData_ fixed
+ *     by maxM0_ and size_data_per_element_ = label_offset_ + 8. With dim 0
+ *     the importer takes dim from there (after the same consistency checks);
+ *     a dim given is checked against it.
  *  5. hnswlib leaves nodes unreachable on level 0 that kiln's validator
  *     rejects, so import ends with kiln's reachability repair, as every kiln
  *     build does; the links it added are in the index's build report. On a
@@ -97,6 +115,15 @@ enum {
 #define REPAIR_EF_MIN 64u
 #define REPAIR_EF_MAX 1024u
 
+/* Sparse files (decision 2a): refused from this size when their data covers
+ * less than 1/SPARSE_RATIO of it. Below 64 MiB a hole costs at most that
+ * much memory, so small files are never questioned; 1/16 leaves room for a
+ * genuine file that a copy tool made partly sparse where it held zero
+ * blocks (unused link slots, zero vectors), while a forged hole of almost
+ * the whole file is far below it. */
+#define SPARSE_MIN_BYTES ((uint64_t)64 << 20)
+#define SPARSE_RATIO     16u
+
 /* ==== Types ==== */
 
 typedef struct hl_header {
@@ -115,6 +142,7 @@ typedef struct hl_reader {
     const char *path;
     int fd;
     uint64_t size; /* file size from fstat */
+    uint64_t data; /* bytes in data extents, <= size; size when unknown */
     uint8_t *buf;  /* IO_CHUNK bytes */
     uint64_t buf_off;
     size_t buf_len;
@@ -230,6 +258,29 @@ static kiln_status write_body(const struct kiln_index *ix, kiln_afile *af, uint8
 
 /* ==== Reader ==== */
 
+/* Bytes of the file's size (size) that lie in data extents rather than
+ * holes; size when the file system cannot say (decision 2a). */
+static uint64_t data_bytes(int fd, uint64_t size) {
+#if defined(SEEK_DATA) && defined(SEEK_HOLE)
+    uint64_t data = 0;
+    off_t at = 0;
+    while ((uint64_t)at < size) {
+        const off_t start = lseek(fd, at, SEEK_DATA);
+        if (start < 0)
+            return errno == ENXIO ? data : size; /* ENXIO: only a hole is left */
+        const off_t end = lseek(fd, start, SEEK_HOLE);
+        if (end < start)
+            return size;
+        data += (uint64_t)(end - start);
+        at = end;
+    }
+    return data;
+#else
+    (void)fd;
+    return size;
+#endif
+}
+
 static kiln_status rd_open(kiln_ctx *ctx, const char *path, hl_reader *r) {
     memset(r, 0, sizeof *r);
     r->ctx = ctx;
@@ -237,6 +288,7 @@ static kiln_status rd_open(kiln_ctx *ctx, const char *path, hl_reader *r) {
     kiln_status st = kiln_open_regular(ctx, path, &r->fd, &r->size);
     if (st)
         return st;
+    r->data = r->size >= SPARSE_MIN_BYTES ? data_bytes(r->fd, r->size) : r->size;
     st = kiln_alloc(ctx, IO_CHUNK, "hnswlib read buffer", (void **)&r->buf);
     if (st)
         close(r->fd);
@@ -286,7 +338,7 @@ static kiln_status rd_take(hl_reader *r, size_t n, const uint8_t **out) {
 /* Every header field checked against the others, the caller's dim and the
  * file size, so that later reads never leave the file and counts never
  * exceed what it can hold. */
-static kiln_status check_header(const hl_reader *r, const hl_header *h, uint32_t dim) {
+static kiln_status check_header(const hl_reader *r, const hl_header *h, uint32_t *dim_io) {
     kiln_ctx *ctx = r->ctx;
     const char *path = r->path;
     if (h->offset_level0 != 0)
@@ -307,6 +359,18 @@ static kiln_status check_header(const hl_reader *r, const hl_header *h, uint32_t
                          "%s: offsetData_ is %llu, expected %llu for maxM0_ %llu", path,
                          (unsigned long long)h->offset_data, (unsigned long long)level0,
                          (unsigned long long)h->max_m0);
+    if (*dim_io == 0) { /* decision 7 */
+        const uint64_t span = h->label_offset - h->offset_data;
+        if (h->label_offset <= h->offset_data || span % sizeof(float) != 0 ||
+            span / sizeof(float) > KILN_MAX_DIM)
+            return kiln_fail(ctx, KILN_E_FORMAT,
+                             "%s: cannot infer dim: the vectors span label_offset_ %llu - "
+                             "offsetData_ %llu bytes, not 4 * dim for a dim in [1, %u]",
+                             path, (unsigned long long)h->label_offset,
+                             (unsigned long long)h->offset_data, KILN_MAX_DIM);
+        *dim_io = (uint32_t)(span / sizeof(float));
+    }
+    const uint32_t dim = *dim_io;
     const uint64_t want_data = (uint64_t)dim * sizeof(float);
     if (h->label_offset < h->offset_data || h->label_offset - h->offset_data != want_data)
         return kiln_fail(ctx, KILN_E_FORMAT,
@@ -332,6 +396,12 @@ static kiln_status check_header(const hl_reader *r, const hl_header *h, uint32_t
                          "file's %llu bytes (truncated?)",
                          path, (unsigned long long)h->count, (unsigned long long)h->size_data,
                          (unsigned long long)r->size);
+    if (h->count > 0 && r->data < r->size / SPARSE_RATIO)
+        return kiln_fail(ctx, KILN_E_FORMAT,
+                         "%s: the file is sparse: only %llu of its %llu bytes are data, the rest "
+                         "holes (cur_element_count %llu); hnswlib writes its files whole",
+                         path, (unsigned long long)r->data, (unsigned long long)r->size,
+                         (unsigned long long)h->count);
     if (h->count >= KILN_NO_NODE)
         return kiln_fail(ctx, KILN_E_RANGE, "%s: %llu elements exceed kiln's limit of %u", path,
                          (unsigned long long)h->count, KILN_NO_NODE - 1);
@@ -350,7 +420,7 @@ static kiln_status check_header(const hl_reader *r, const hl_header *h, uint32_t
     return KILN_OK;
 }
 
-static kiln_status read_header(hl_reader *r, hl_header *h, uint32_t dim) {
+static kiln_status read_header(hl_reader *r, hl_header *h, uint32_t *dim) {
     if (r->size < HL_HEADER_BYTES)
         return kiln_fail(r->ctx, KILN_E_FORMAT,
                          "%s: %llu bytes is too short for an hnswlib header (%u bytes)", r->path,
@@ -455,11 +525,6 @@ fail:
 static kiln_status block_count(const hl_reader *r, uint32_t word, uint64_t elem, unsigned level,
                                uint64_t at, uint32_t bound, uint32_t *out) {
     const uint32_t flags = word >> 16;
-    if (level == 0 && (flags & HL_DELETE_MARK))
-        return kiln_fail(r->ctx, KILN_E_UNSUPPORTED,
-                         "%s: element %llu is marked deleted (byte %llu); kiln cannot import "
-                         "hnswlib files with deleted elements",
-                         r->path, (unsigned long long)elem, (unsigned long long)(at + 2));
     if (flags & ~(level == 0 ? HL_DELETE_MARK : 0u))
         return kiln_fail(r->ctx, KILN_E_FORMAT,
                          "%s: element %llu level %u: unknown flag bits 0x%x in the link count at "
@@ -505,16 +570,21 @@ static kiln_status read_block(const hl_reader *r, const struct kiln_index *ix, c
     return KILN_OK;
 }
 
-/* Pass 2: level-0 links, vectors and labels, record by record. */
-static kiln_status read_level0(hl_reader *r, const hl_header *h, struct kiln_index *ix) {
+/* Pass 2: level-0 links, vectors and labels, record by record; deleted[i]
+ * is set for the elements marked deleted, *n_deleted counts them. */
+static kiln_status read_level0(hl_reader *r, const hl_header *h, struct kiln_index *ix,
+                               uint8_t *deleted, uint64_t *n_deleted) {
     const size_t rec_bytes = (size_t)h->size_data;
     rd_seek(r, HL_HEADER_BYTES);
+    *n_deleted = 0;
     for (uint32_t i = 0; i < ix->count; i++) {
         const uint64_t at = r->pos;
         const uint8_t *p;
         kiln_status st = rd_take(r, rec_bytes, &p);
         if (st || (st = read_block(r, ix, p, at, i, 0, kiln_links(ix, i, 0))))
             return st;
+        deleted[i] = (kiln_get_u32le(p) >> 16) & HL_DELETE_MARK;
+        *n_deleted += deleted[i];
         float *v = ix->vectors + (size_t)i * ix->dim;
         const uint8_t *src = p + h->offset_data;
         for (uint32_t d = 0; d < ix->dim; d++) {
@@ -563,6 +633,66 @@ static kiln_status read_upper(hl_reader *r, const hl_header *h, struct kiln_inde
         }
     }
     return KILN_OK;
+}
+
+/* Decision 4: a copy of ix without the elements marked in deleted (n_deleted
+ * of them), survivors renumbered in order and links to dropped elements
+ * removed. *out gets the copy (its report moved over from ix); ix is left
+ * for the caller to free. */
+static kiln_status drop_deleted(struct kiln_index *ix, const uint8_t *deleted, uint64_t n_deleted,
+                                struct kiln_index **out) {
+    kiln_ctx *ctx = ix->ctx;
+    const uint64_t n = ix->count - n_deleted;
+    uint32_t *remap = NULL;
+    uint8_t *levels = NULL;
+    struct kiln_index *nx = NULL;
+    kiln_status st;
+    if ((st = kiln_alloc(ctx, ix->count * sizeof *remap, "element renumbering", (void **)&remap)) ||
+        (st = kiln_alloc(ctx, n ? n : 1, "levels", (void **)&levels)))
+        goto done;
+    uint32_t next = 0, ep = KILN_NO_NODE;
+    for (uint32_t i = 0; i < ix->count; i++) {
+        remap[i] = deleted[i] ? KILN_NO_NODE : next;
+        if (deleted[i])
+            continue;
+        levels[next] = ix->levels[i];
+        if (ep == KILN_NO_NODE || levels[next] > levels[ep])
+            ep = next;
+        next++;
+    }
+    if ((st = kiln_index_alloc(ctx, n, ix->dim, ix->metric, ix->M, levels, &nx)))
+        goto done;
+    for (uint32_t i = 0; i < ix->count; i++) {
+        const uint32_t to = remap[i];
+        if (to == KILN_NO_NODE)
+            continue;
+        memcpy(nx->vectors + (size_t)to * ix->dim, kiln_vector(ix, i),
+               (size_t)ix->dim * sizeof(float));
+        nx->labels[to] = ix->labels[i];
+        for (unsigned l = 0; l <= ix->levels[i]; l++) {
+            const uint32_t *src = kiln_links(ix, i, l);
+            uint32_t *dst = kiln_links(nx, to, l);
+            dst[0] = 0;
+            for (uint32_t j = 1; j <= src[0]; j++)
+                if (remap[src[j]] != KILN_NO_NODE)
+                    dst[1 + dst[0]++] = remap[src[j]];
+        }
+    }
+    if (n) {
+        if (ix->entry_point < ix->count && remap[ix->entry_point] != KILN_NO_NODE)
+            ep = remap[ix->entry_point];
+        nx->entry_point = ep;
+        nx->max_level = levels[ep];
+    }
+    nx->ef_construction = ix->ef_construction;
+    nx->seed = ix->seed;
+    nx->report = ix->report;
+    ix->report = NULL;
+    *out = nx;
+done:
+    free(levels);
+    free(remap);
+    return st;
 }
 
 static void report_stage(kiln_build_report *rep, const char *name, double seconds) {
@@ -620,10 +750,11 @@ kiln_status kiln_index_import_hnswlib(kiln_ctx *ctx, const char *path, uint32_t 
     *out = NULL;
     if (!path || !*path)
         return kiln_fail(ctx, KILN_E_ARG, "kiln_index_import_hnswlib: empty path");
-    if (dim < 1 || dim > KILN_MAX_DIM)
+    if (dim > KILN_MAX_DIM)
         return kiln_fail(ctx, KILN_E_ARG,
-                         "kiln_index_import_hnswlib: dim %u is out of range [1, %u]", dim,
-                         KILN_MAX_DIM);
+                         "kiln_index_import_hnswlib: dim %u is out of range [1, %u] (0: from the "
+                         "file)",
+                         dim, KILN_MAX_DIM);
     if (!metric_valid(metric))
         return kiln_fail(ctx, KILN_E_ARG,
                          "kiln_index_import_hnswlib: metric %d is not l2, ip or cos", (int)metric);
@@ -634,16 +765,18 @@ kiln_status kiln_index_import_hnswlib(kiln_ctx *ctx, const char *path, uint32_t 
         return st;
     hl_header h;
     memset(&h, 0, sizeof h);
-    uint8_t *levels = NULL;
+    uint8_t *levels = NULL, *deleted = NULL;
+    uint64_t n_deleted = 0;
     struct kiln_index *ix = NULL;
-    if ((st = read_header(&r, &h, dim)) || (st = read_levels(&r, &h, &levels)))
+    if ((st = read_header(&r, &h, &dim)) || (st = read_levels(&r, &h, &levels)))
         goto done;
     st = kiln_index_alloc(ctx, h.count, dim, metric, (uint32_t)h.max_m, levels, &ix);
     free(levels);
     if (st ||
         (st = kiln_calloc(ctx, sizeof(kiln_build_report), "build report", (void **)&ix->report)))
         goto done;
-    if ((st = read_level0(&r, &h, ix)) || (st = read_upper(&r, &h, ix)))
+    if ((st = kiln_alloc(ctx, h.count ? h.count : 1, "deleted marks", (void **)&deleted)) ||
+        (st = read_level0(&r, &h, ix, deleted, &n_deleted)) || (st = read_upper(&r, &h, ix)))
         goto done;
     ix->ef_construction = (uint32_t)h.ef_construction;
     ix->seed = 0; /* not in hnswlib files */
@@ -651,17 +784,28 @@ kiln_status kiln_index_import_hnswlib(kiln_ctx *ctx, const char *path, uint32_t 
         ix->entry_point = h.entry_point;
         ix->max_level = (uint32_t)h.max_level;
     }
+    if (n_deleted) { /* decision 4 */
+        struct kiln_index *kept = NULL;
+        if ((st = drop_deleted(ix, deleted, n_deleted, &kept)))
+            goto done;
+        kiln_index_free(ix);
+        ix = kept;
+    }
     kiln_build_report *rep = ix->report;
+    rep->dropped_elements = n_deleted;
     rep->method = KILN_METHOD_INSERT; /* hnswlib builds by insertion */
     report_stage(rep, "read", kiln_now() - t0);
     const double t_repair = kiln_now();
     const uint32_t ef = ix->ef_construction < REPAIR_EF_MIN   ? REPAIR_EF_MIN
                         : ix->ef_construction > REPAIR_EF_MAX ? REPAIR_EF_MAX
                                                               : ix->ef_construction;
-    st = kiln_repair_reachability(ix, ef, &rep->repaired_links);
+    kiln_repair_stats rs;
+    st = kiln_repair_reachability(ix, ef, &rs);
+    rep->repaired_links = rs.links;
     report_stage(rep, "repair", kiln_now() - t_repair);
     rep->total_seconds = kiln_now() - t0;
 done:
+    free(deleted);
     rd_close(&r);
     if (st) {
         kiln_index_free(ix);

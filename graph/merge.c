@@ -68,7 +68,7 @@ static uint32_t highway_links(const struct kiln_index *ix, uint32_t i, uint32_t 
         return 0;
     const float *v = kiln_vector(ix, i);
     uint32_t cur = ix->entry_point;
-    float cur_dist = ix->dist(v, kiln_vector(ix, cur), ix->dim);
+    float cur_dist = kiln_node_dist(ix, v, cur);
     kiln_greedy_descend(ix, NULL, v, ix->max_level, 1, &cur, &cur_dist);
     const uint32_t *up = kiln_links(ix, cur, 1);
     for (uint32_t j = 0; j < up[0]; j++)
@@ -108,7 +108,7 @@ static void select_forward(struct kiln_index *ix, const uint32_t *cand, uint32_t
     for (uint32_t j = 0; j < u; j++) {
         if (j + MERGE_PREFETCH < u)
             kiln_prefetch_vector(ix, ids[j + MERGE_PREFETCH]);
-        cands[m++] = (kiln_cand){ix->dist(v, kiln_vector(ix, ids[j]), ix->dim), ids[j]};
+        cands[m++] = (kiln_cand){kiln_node_dist(ix, v, ids[j]), ids[j]};
     }
     kiln_cands_sort(cands, m);
     uint32_t *l = kiln_links(ix, i, 0);
@@ -153,8 +153,8 @@ static void link_add_keep(const struct kiln_index *ix, kiln_node_lock *locks, ui
     const float *fv = kiln_vector(ix, from);
     uint32_t m = 0;
     for (uint32_t j = keep; j < n; j++)
-        cands[m++] = (kiln_cand){ix->dist(fv, kiln_vector(ix, l[1 + j]), ix->dim), l[1 + j]};
-    cands[m++] = (kiln_cand){ix->dist(fv, kiln_vector(ix, to), ix->dim), to};
+        cands[m++] = (kiln_cand){kiln_node_dist(ix, fv, l[1 + j]), l[1 + j]};
+    cands[m++] = (kiln_cand){kiln_node_dist(ix, fv, to), to};
     kiln_cands_sort(cands, m);
     l[0] = keep + kiln_select_neighbors(ix, cands, m, ix->M0 - keep, l + 1 + keep);
     kiln_unlock(locks, from);

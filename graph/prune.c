@@ -25,7 +25,7 @@ uint32_t kiln_select_neighbors(const struct kiln_index *ix, const kiln_cand *sor
         const float *v = kiln_vector(ix, sorted[i].id);
         bool good = true;
         for (uint32_t j = 0; j < kept; j++) {
-            if (ix->dist(v, kiln_vector(ix, out[j]), ix->dim) < sorted[i].dist) {
+            if (kiln_node_dist(ix, v, out[j]) < sorted[i].dist) {
                 good = false;
                 break;
             }
@@ -57,8 +57,8 @@ void kiln_link_add(const struct kiln_index *ix, kiln_node_lock *locks, uint32_t 
     kiln_cand cands[2 * KILN_MAX_M + 1];
     const float *fv = kiln_vector(ix, from);
     for (uint32_t j = 0; j < n; j++)
-        cands[j] = (kiln_cand){ix->dist(fv, kiln_vector(ix, l[1 + j]), ix->dim), l[1 + j]};
-    cands[n] = (kiln_cand){ix->dist(fv, kiln_vector(ix, to), ix->dim), to};
+        cands[j] = (kiln_cand){kiln_node_dist(ix, fv, l[1 + j]), l[1 + j]};
+    cands[n] = (kiln_cand){kiln_node_dist(ix, fv, to), to};
     kiln_cands_sort(cands, n + 1);
     uint32_t kept[2 * KILN_MAX_M];
     uint32_t m = kiln_select_neighbors(ix, cands, n + 1, cap, kept);

@@ -8,7 +8,18 @@
  *     0, M above), ids in range, no self link, no duplicate link, and on
  *     upper levels only links to nodes present on that level.
  *  3. Every node is reachable from the entry point on level 0.
+ *
+ * Design decisions:
+ *  1. A vector with a NaN or an infinity is a finding, not a defect: the
+ *     graph around it is sound, every graph distance takes NaN as +inf
+ *     (kiln_node_dist) so search ranks such rows last, and kiln build
+ *     --allow-nonfinite makes them on purpose (failing the check would fail
+ *     that build). So kiln_index_check passes them, kiln_index_nonfinite
+ *     counts them, kiln_index_stats_get reports the count and the first
+ *     node, and `kiln check` prints it.
  */
+#include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -90,6 +101,20 @@ static kiln_status check_reachable(const struct kiln_index *ix, uint32_t *queue)
     }
     free(seen);
     return st;
+}
+
+uint64_t kiln_index_nonfinite(const struct kiln_index *ix, uint64_t *first) {
+    uint64_t n = 0;
+    *first = UINT64_MAX;
+    for (uint64_t i = 0; i < ix->count; i++) {
+        const float *v = kiln_vector(ix, (uint32_t)i);
+        bool bad = false;
+        for (uint32_t d = 0; d < ix->dim && !bad; d++)
+            bad = !isfinite(v[d]);
+        if (bad && n++ == 0)
+            *first = i;
+    }
+    return n;
 }
 
 kiln_status kiln_index_check(const kiln_index *ix) {

@@ -272,6 +272,9 @@ typedef struct kiln_build_report {
     } stages[KILN_REPORT_MAX_STAGES];
     double total_seconds;
     uint64_t repaired_links; /* links added to make level 0 reachable */
+    /* kiln_index_import_hnswlib: elements marked deleted in the file, left
+     * out of the index (not imported; 0 for a build) */
+    uint64_t dropped_elements;
     /* KILN_METHOD_DEVICE only: */
     char device_name[KILN_DEVICE_NAME_MAX];
     uint32_t clusters;
@@ -343,6 +346,11 @@ typedef struct kiln_index_stats {
     double avg_degree[KILN_MAX_LEVELS];        /* mean out-degree per level */
     uint32_t max_degree[KILN_MAX_LEVELS];
     uint64_t memory_bytes; /* heap bytes held by the index */
+    /* Vectors holding a NaN or an infinity (kiln build --allow-nonfinite):
+     * the validator's finding, not a defect of the graph. Search ranks them
+     * after every finite vector (their distance is taken as +inf). */
+    uint64_t nonfinite_vectors;
+    uint64_t first_nonfinite; /* node of the first one; UINT64_MAX when none */
 } kiln_index_stats;
 
 KILN_API kiln_status kiln_index_stats_get(const kiln_index *index, kiln_index_stats *out);
@@ -353,7 +361,9 @@ KILN_API kiln_metric kiln_index_metric(const kiln_index *index);
 /* Runs the graph validator: ids in range, no self or duplicate links, degree
  * bounds, the entry point on the top level, every node reachable from the
  * entry point on level 0, and upper-level links only between nodes present on
- * that level. KILN_E_INVALID with the first defect in the message. */
+ * that level. KILN_E_INVALID with the first defect in the message. Vectors
+ * with non-finite values are not a defect of the graph (search orders them
+ * last); kiln_index_stats_get counts them for the caller to report. */
 KILN_API kiln_status kiln_index_check(const kiln_index *index);
 
 /* ==== hnswlib interop ==== */
@@ -370,14 +380,18 @@ KILN_API kiln_status kiln_index_check(const kiln_index *index);
  * normalised ones). KILN_E_RANGE when a label is negative. The index is
  * borrowed; nothing is kept. */
 KILN_API kiln_status kiln_index_export_hnswlib(const kiln_index *index, const char *path);
-/* Reads an hnswlib saveIndex file of float vectors. dim and metric are not
- * stored there, so the caller gives them; dim must match the file's record
- * size. Every header field, level, link count, id and label is checked before
- * use, and a file whose size is not exactly what its header and link sizes
- * imply is rejected (KILN_E_FORMAT, with the byte offset). Also rejected:
- * maxM0_ != 2 * maxM_ and elements marked deleted (KILN_E_UNSUPPORTED),
- * levels above KILN_MAX_LEVELS - 1, labels above INT64_MAX, non-finite
- * values. COS vectors are normalised on import. The graph is then given
+/* Reads an hnswlib saveIndex file of float vectors. The metric is not
+ * stored there, so the caller gives it; dim 0 takes the dimension the file's
+ * record layout implies, any other dim must match it. Every header field,
+ * level, link count, id and label is checked before use, and a file whose
+ * size is not exactly what its header and link sizes imply is rejected
+ * (KILN_E_FORMAT, with the byte offset), as is a sparse file that holds far
+ * less data than its size. Also rejected: maxM0_ != 2 * maxM_
+ * (KILN_E_UNSUPPORTED), levels above KILN_MAX_LEVELS - 1, labels above
+ * INT64_MAX, non-finite values. Elements marked deleted are left out (the
+ * rest renumbered in file order, links to them removed), and counted in
+ * dropped_elements of the build report. COS vectors are normalised on
+ * import. The graph is then given
  * kiln's level-0 reachability repair, as every kiln build is, so the result
  * passes kiln_index_check; the links added are in repaired_links of the
  * index's kiln_index_build_report (method KILN_METHOD_INSERT, stages "read"

@@ -3,6 +3,11 @@
  * real and synthetic data for every metric, the validator after every build,
  * determinism with one thread, tiny inputs, and bad device specs. Skips when
  * no OpenCL platform is installed. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "../graph/hnsw_internal.h"
 #include "check.h"
 #include "recall.h"
@@ -146,6 +151,53 @@ static void test_small_and_bad(kiln_ctx *ctx) {
     CHECK_FAILS(ctx, kiln_index_build(ctx, x, 40, 3, &p, &ix), KILN_E_ARG, "replicas");
 }
 
+/* ef_construction changes the device build (issue 11 U1: above 64 it was
+ * ignored) and is what the index file and the hnswlib export record. */
+static void test_ef_construction(kiln_ctx *ctx) {
+    const size_t n = 4000, d = 24;
+    float *x = malloc(n * d * sizeof *x);
+    REQUIRE(x);
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, d, 12, 4, x));
+    const uint32_t efs[2] = {200, 400};
+    kiln_index *ix[2] = {NULL, NULL};
+    for (int i = 0; i < 2; i++) {
+        kiln_build_params p;
+        device_params(&p);
+        p.threads = 1;
+        p.ef_construction = efs[i];
+        CHECK_OK(ctx, kiln_index_build(ctx, x, n, d, &p, &ix[i]));
+        REQUIRE(ix[i]);
+        CHECK_OK(ctx, kiln_index_check(ix[i]));
+        CHECK_MSG(ix[i]->ef_construction == efs[i], "ef_construction %u recorded as %u", efs[i],
+                  ix[i]->ef_construction);
+        const char *dir = getenv("KILN_TEST_TMP");
+        char path[4096];
+        snprintf(path, sizeof path, "%s/device_efc.kiln", dir && *dir ? dir : "/tmp");
+        CHECK_OK(ctx, kiln_index_save(ix[i], path));
+        kiln_index_info info;
+        CHECK_OK(ctx, kiln_index_info_read(ctx, path, &info));
+        CHECK(info.ef_construction == efs[i]);
+        snprintf(path, sizeof path, "%s/device_efc.hnswlib", dir && *dir ? dir : "/tmp");
+        CHECK_OK(ctx, kiln_index_export_hnswlib(ix[i], path));
+        FILE *f = fopen(path, "rb");
+        uint8_t h[96];
+        REQUIRE(f && fread(h, 1, sizeof h, f) == sizeof h);
+        fclose(f);
+        uint64_t efc = 0;
+        for (int b = 7; b >= 0; b--)
+            efc = efc << 8 | h[88 + b]; /* hnswlib's ef_construction_ */
+        CHECK(efc == efs[i]);
+    }
+    CHECK_MSG(ix[0]->upper_len != ix[1]->upper_len ||
+                  memcmp(ix[0]->upper_pool, ix[1]->upper_pool,
+                         ix[0]->upper_len * sizeof(uint32_t)) != 0 ||
+                  memcmp(ix[0]->links0, ix[1]->links0, n * (ix[0]->M0 + 1) * sizeof(uint32_t)) != 0,
+              "ef_construction %u and %u gave the same graph", efs[0], efs[1]);
+    kiln_index_free(ix[0]);
+    kiln_index_free(ix[1]);
+    free(x);
+}
+
 int main(void) {
     kiln_ctx *ctx;
     REQUIRE(kiln_ctx_new(&ctx) == KILN_OK);
@@ -155,6 +207,7 @@ int main(void) {
         SKIP("no OpenCL device: %s", kiln_errmsg(ctx));
     test_small_and_bad(ctx);
     test_determinism(ctx);
+    test_ef_construction(ctx);
     test_metrics(ctx);
     test_real(ctx, "siftsmall");
     test_real(ctx, "fmnistsmall");

@@ -2,8 +2,11 @@
  * Recall is always measured against exact ground truth: the corpus's own
  * for siftsmall, kiln_knn_exact (itself tested against a scalar reference)
  * for synthetic sets. */
+#include <math.h>
 #include <omp.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "../graph/build_internal.h"
 #include "check.h"
@@ -272,12 +275,144 @@ static void test_validator(kiln_ctx *ctx) {
                 }
         }
     CHECK_FAILS(ctx, kiln_index_check(ix), KILN_E_INVALID, "unreachable");
-    uint64_t repaired = 0;
-    CHECK_OK(ctx, kiln_repair_reachability(ix, 64, &repaired));
-    CHECK(repaired >= 1);
+    kiln_repair_stats rs;
+    CHECK_OK(ctx, kiln_repair_reachability(ix, 64, &rs));
+    CHECK(rs.links >= 1 && rs.searches == rs.links);
     CHECK_OK(ctx, kiln_index_check(ix));
     kiln_index_free(ix);
     free(x);
+}
+
+/* ==== Non-finite vectors (issue 11 T4) ==== */
+
+/* Builds over n rows of which the listed ones hold one NaN component each,
+ * and returns recall@10 at ef = 16 against exact ground truth over the
+ * finite rows only. Also checks that the validator reports exactly those
+ * rows. bad[] ascending. */
+static double nan_recall(kiln_ctx *ctx, const float *x, size_t n, size_t d, const float *q,
+                         size_t nq, const size_t *bad, size_t nbad, kiln_method method) {
+    float *y = malloc(n * d * sizeof *y), *fin = malloc(n * d * sizeof *fin);
+    size_t *map = malloc(n * sizeof *map);
+    int64_t *gt = malloc(nq * 10 * sizeof *gt);
+    REQUIRE(y && fin && map && gt);
+    memcpy(y, x, n * d * sizeof *y);
+    for (size_t b = 0; b < nbad; b++)
+        y[bad[b] * d + (b * 7) % d] = NAN;
+    size_t nf = 0;
+    for (size_t i = 0, b = 0; i < n; i++) {
+        if (b < nbad && bad[b] == i) {
+            b++;
+            continue;
+        }
+        memcpy(fin + nf * d, y + i * d, d * sizeof *fin);
+        map[nf++] = i;
+    }
+    CHECK_OK(ctx, kiln_knn_exact(ctx, fin, nf, q, nq, d, KILN_METRIC_L2, 10, 0, gt, NULL));
+    for (size_t i = 0; i < nq * 10; i++)
+        gt[i] = (int64_t)map[gt[i]];
+    kiln_build_params p;
+    kiln_build_params_init(&p);
+    p.method = method;
+    p.threads = 1;
+    kiln_index *ix = NULL;
+    CHECK_OK(ctx, kiln_index_build(ctx, y, n, d, &p, &ix));
+    REQUIRE(ix);
+    CHECK_OK(ctx, kiln_index_check(ix));
+    kiln_index_stats s;
+    CHECK_OK(ctx, kiln_index_stats_get(ix, &s));
+    CHECK_MSG(s.nonfinite_vectors == nbad, "validator found %llu non-finite vectors, want %zu",
+              (unsigned long long)s.nonfinite_vectors, nbad);
+    CHECK(nbad == 0 ? s.first_nonfinite == UINT64_MAX : s.first_nonfinite == bad[0]);
+    double r = search_recall(ctx, ix, q, nq, gt, 10, 10, 16);
+    /* A NaN row is never ranked ahead of a finite one. */
+    int64_t lab[10];
+    float dist[10];
+    kiln_search_params sp = {.k = 10, .ef = 16, .threads = 1};
+    CHECK_OK(ctx, kiln_index_search(ix, q, 1, &sp, lab, dist));
+    for (int j = 0; j < 10; j++)
+        CHECK(!isnan(dist[j]) && (j == 0 || dist[j - 1] <= dist[j]));
+    kiln_index_free(ix);
+    free(y);
+    free(fin);
+    free(map);
+    free(gt);
+    return r;
+}
+
+static void test_nonfinite_method(kiln_ctx *ctx, kiln_method method, const char *name) {
+    const size_t n = 5000, nq = 200, d = 32;
+    float *x = malloc((n + nq) * d * sizeof *x);
+    REQUIRE(x);
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n + nq, d, 16, 23, x));
+    const float *q = x + n * d;
+    /* The entry point is fixed by (n, M, seed): poison it too in the
+     * 10-row case, the worst place for a NaN. */
+    kiln_build_params p;
+    kiln_build_params_init(&p);
+    p.method = method;
+    p.threads = 1;
+    kiln_index *clean = NULL;
+    CHECK_OK(ctx, kiln_index_build(ctx, x, n, d, &p, &clean));
+    REQUIRE(clean);
+    const size_t ep = clean->entry_point;
+    kiln_index_free(clean);
+    size_t one[1] = {n / 3}, ten[10];
+    bool ep_in = false;
+    for (size_t b = 0; b < 10; b++) {
+        ten[b] = 97 + 491 * b;
+        ep_in |= b < 9 && ten[b] == ep;
+    }
+    if (!ep_in)
+        ten[9] = ep;
+    for (size_t b = 1; b < 10; b++) /* ascending, as nan_recall wants */
+        for (size_t c = b; c > 0 && ten[c - 1] > ten[c]; c--) {
+            size_t t = ten[c];
+            ten[c] = ten[c - 1];
+            ten[c - 1] = t;
+        }
+    const double r0 = nan_recall(ctx, x, n, d, q, nq, NULL, 0, method);
+    const double r1 = nan_recall(ctx, x, n, d, q, nq, one, 1, method);
+    const double r10 = nan_recall(ctx, x, n, d, q, nq, ten, 10, method);
+    fprintf(stderr, "%s with NaN rows: recall@10 at ef=16 clean %.4f, 1 NaN row %.4f, 10 %.4f\n",
+            name, r0, r1, r10);
+    CHECK_MSG(r1 >= r0 - 0.02 && r10 >= r0 - 0.03,
+              "%s: NaN rows spoil search: recall %.4f clean, %.4f with 1, %.4f with 10", name, r0,
+              r1, r10);
+    free(x);
+}
+
+static void test_nonfinite(kiln_ctx *ctx) {
+    test_nonfinite_method(ctx, KILN_METHOD_INSERT, "insert");
+    uint32_t ndev = 0;
+    if (kiln_device_count(ctx, &ndev) == KILN_OK && ndev > 0)
+        test_nonfinite_method(ctx, KILN_METHOD_DEVICE, "device");
+}
+
+/* ==== Repair work is bounded (issue 11 T12) ==== */
+
+/* A graph with no links at all (what a crafted hnswlib file gives): every
+ * node is its own island. The repair must make it whole with at most
+ * KILN_REPAIR_SEARCHES searches, never one per node. */
+static void test_repair_no_links(kiln_ctx *ctx) {
+    const size_t n = 32768, d = 16;
+    struct kiln_index *ix = NULL;
+    CHECK_OK(ctx, kiln_index_alloc(ctx, n, d, KILN_METRIC_L2, 16, NULL, &ix));
+    REQUIRE(ix);
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, d, 8, 29, ix->vectors));
+    ix->entry_point = 0;
+    ix->max_level = 0;
+    CHECK_FAILS(ctx, kiln_index_check(ix), KILN_E_INVALID, "unreachable");
+    kiln_repair_stats rs;
+    CHECK_OK(ctx, kiln_repair_reachability(ix, 64, &rs));
+    CHECK_OK(ctx, kiln_index_check(ix));
+    CHECK_MSG(rs.links == n - 1, "%llu links added for %zu singleton islands",
+              (unsigned long long)rs.links, n - 1);
+    CHECK_MSG(rs.searches <= rs.links && rs.searches <= KILN_REPAIR_SEARCHES(n),
+              "repair ran %llu searches for %zu nodes (bound %llu)",
+              (unsigned long long)rs.searches, n, (unsigned long long)KILN_REPAIR_SEARCHES(n));
+    /* More islands than the bound: it is used in full, the rest are chained. */
+    CHECK(rs.searches == KILN_REPAIR_SEARCHES(n));
+    kiln_index_free(ix);
 }
 
 int main(void) {
@@ -287,6 +422,8 @@ int main(void) {
     test_bad_params(ctx);
     test_small_sizes(ctx);
     test_validator(ctx);
+    test_nonfinite(ctx);
+    test_repair_no_links(ctx);
     test_determinism(ctx);
     test_metrics(ctx);
     test_siftsmall(ctx);

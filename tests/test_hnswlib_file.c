@@ -427,14 +427,31 @@ static void test_hnswlib_to_kiln(kiln_ctx *ctx, kiln_metric metric, const char *
     free(v);
 }
 
+/* hnswlib's own file with element 17 marked deleted: imported without it
+ * (issue 11 U13), and the dim taken from the file. */
 static void test_hnswlib_deleted(kiln_ctx *ctx) {
     float *v = NULL;
     if (hnswlib_build("l2", "deleted", 17, &v)) {
         kiln_index *ix = NULL;
-        CHECK_FAILS(
-            ctx, kiln_index_import_hnswlib(ctx, tpath("deleted.bin"), SYN_DIM, KILN_METRIC_L2, &ix),
-            KILN_E_UNSUPPORTED, "element 17 is marked deleted");
-        CHECK(ix == NULL);
+        CHECK_OK(ctx, kiln_index_import_hnswlib(ctx, tpath("deleted.bin"), 0, KILN_METRIC_L2, &ix));
+        if (ix) {
+            CHECK(kiln_index_count(ix) == HL_N - 1 && kiln_index_dim(ix) == SYN_DIM);
+            CHECK_OK(ctx, kiln_index_check(ix));
+            kiln_build_report rep;
+            CHECK_OK(ctx, kiln_index_build_report(ix, &rep));
+            CHECK(rep.dropped_elements == 1);
+            for (uint32_t i = 0; i < ix->count; i++)
+                CHECK(ix->labels[i] == 1000 + i + (i >= 17));
+            /* Every survivor is found as its own nearest neighbour. */
+            int64_t *found = kiln_search(ix, v, HL_N);
+            size_t self = 0;
+            for (size_t i = 0; i < HL_N; i++)
+                self += i != 17 && found[i * K] == 1000 + (int64_t)i;
+            CHECK_MSG(self >= (HL_N - 1) * 99 / 100, "%zu of %d survivors find themselves", self,
+                      HL_N - 1);
+            free(found);
+        }
+        kiln_index_free(ix);
     }
     free(v);
 }
@@ -698,8 +715,8 @@ static void test_damaged(kiln_ctx *ctx) {
         kiln_put_u32le(b + rec_low, 9);
         expect_fail(ctx, b, f.size, dim, KILN_E_RANGE, "above the bound 8");
         memcpy(b, f.bytes, f.size);
-        b[rec_low + 2] |= 1;
-        expect_fail(ctx, b, f.size, dim, KILN_E_UNSUPPORTED, "marked deleted");
+        b[rec_low + 2] |= 1; /* deleted: dropped, not refused (test_import_deleted) */
+        CHECK_OK(ctx, import_bytes(ctx, b, f.size, dim));
         memcpy(b, f.bytes, f.size);
         b[rec_low + 3] = 0x80;
         expect_fail(ctx, b, f.size, dim, KILN_E_FORMAT, "unknown flag bits");
@@ -732,8 +749,8 @@ static void test_damaged(kiln_ctx *ctx) {
 
     /* Arguments and missing files. */
     kiln_index *out = NULL;
-    CHECK_FAILS(ctx, kiln_index_import_hnswlib(ctx, good, 0, KILN_METRIC_L2, &out), KILN_E_ARG,
-                "dim 0");
+    CHECK_FAILS(ctx, kiln_index_import_hnswlib(ctx, good, 70000, KILN_METRIC_L2, &out), KILN_E_ARG,
+                "dim 70000");
     CHECK_FAILS(ctx, kiln_index_import_hnswlib(ctx, good, dim, (kiln_metric)0, &out), KILN_E_ARG,
                 "metric");
     CHECK_FAILS(ctx,
@@ -752,6 +769,190 @@ static void test_damaged(kiln_ctx *ctx) {
     CHECK_FAILS(ctx, kiln_index_export_hnswlib(ix, tpath("no/such/dir/x.bin")), KILN_E_IO, "");
 
     free(f.bytes);
+    kiln_index_free(ix);
+    free(v);
+}
+
+/* ==== 4b. Crafted files that cost work or memory (issue 11 T12) ==== */
+
+/* The bytes of an hnswlib file of n level-0 elements with no links at all,
+ * vectors from synth, labels i, maxM_ M. Caller frees. */
+static uint8_t *no_links_file(kiln_ctx *ctx, uint32_t n, uint32_t dim, uint32_t M, size_t *size) {
+    const uint64_t off_data = 4 + 8 * (uint64_t)M, label_off = off_data + 4 * (uint64_t)dim;
+    const uint64_t sde = label_off + 8;
+    *size = HL_HDR + (size_t)n * (sde + 4);
+    uint8_t *b = calloc(1, *size);
+    REQUIRE(b);
+    kiln_put_u64le(b + HL_MAX_ELEMS, n);
+    kiln_put_u64le(b + HL_COUNT, n);
+    kiln_put_u64le(b + HL_SIZE_DATA, sde);
+    kiln_put_u64le(b + HL_LABEL_OFF, label_off);
+    kiln_put_u64le(b + HL_OFF_DATA, off_data);
+    kiln_put_u32le(b + HL_MAX_LEVEL, 0);
+    kiln_put_u32le(b + HL_ENTRY, 0);
+    kiln_put_u64le(b + HL_MAX_M, M);
+    kiln_put_u64le(b + HL_MAX_M0, 2 * (uint64_t)M);
+    kiln_put_u64le(b + 72, M);  /* M_ */
+    kiln_put_u64le(b + 88, 64); /* ef_construction_ */
+    float *v = synth(ctx, n, dim, 41);
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t *rec = b + HL_HDR + (size_t)i * sde;
+        for (uint32_t d = 0; d < dim; d++)
+            kiln_put_f32le(rec + off_data + 4 * (size_t)d, v[(size_t)i * dim + d]);
+        kiln_put_u64le(rec + label_off, i);
+    }
+    free(v);
+    return b; /* the link sizes after the records are all 0: level 0 */
+}
+
+/* 32K elements and not one link: every element its own island. The repair
+ * must finish (its searches are bounded, graph/connect.c decision 3, and
+ * tests/test_hnsw.c counts them) and give a graph the validator passes. */
+static void test_import_no_links(kiln_ctx *ctx) {
+    const uint32_t n = 32768, dim = 16;
+    size_t size = 0;
+    uint8_t *b = no_links_file(ctx, n, dim, 16, &size);
+    const char *path = tpath("no_links.bin");
+    REQUIRE(write_file(path, b, size));
+    free(b);
+    kiln_index *ix = NULL;
+    CHECK_OK(ctx, kiln_index_import_hnswlib(ctx, path, dim, KILN_METRIC_L2, &ix));
+    if (ix) {
+        CHECK_OK(ctx, kiln_index_check(ix));
+        kiln_build_report rep;
+        CHECK_OK(ctx, kiln_index_build_report(ix, &rep));
+        CHECK_MSG(rep.repaired_links == n - 1, "%llu links repaired, want one per island (%u)",
+                  (unsigned long long)rep.repaired_links, n - 1);
+        int64_t lab[1];
+        kiln_search_params sp = {.k = 1, .ef = 16, .threads = 1};
+        CHECK_OK(ctx, kiln_index_search(ix, ix->vectors, 1, &sp, lab, NULL));
+    }
+    kiln_index_free(ix);
+}
+
+/* A file of 256 MiB whose sizes all add up but that holds only its header:
+ * the rest is a hole, read as zeros (a valid-looking file of empty,
+ * all-zero elements). It is refused before anything is sized from its
+ * count. */
+static void test_import_sparse(kiln_ctx *ctx) {
+    const uint32_t dim = 128, M = 16;
+    const uint64_t sde = 4 + 8 * (uint64_t)M + 4 * (uint64_t)dim + 8;
+    const uint64_t n = ((uint64_t)256 << 20) / (sde + 4);
+    size_t hsize = 0;
+    uint8_t *b = no_links_file(ctx, 1, dim, M, &hsize);
+    kiln_put_u64le(b + HL_MAX_ELEMS, n);
+    kiln_put_u64le(b + HL_COUNT, n);
+    const char *path = tpath("sparse.bin");
+    REQUIRE(write_file(path, b, HL_HDR));
+    free(b);
+    REQUIRE(truncate(path, (off_t)(HL_HDR + n * (sde + 4))) == 0);
+    kiln_index *ix = NULL;
+    CHECK_FAILS(ctx, kiln_index_import_hnswlib(ctx, path, dim, KILN_METRIC_L2, &ix), KILN_E_FORMAT,
+                "holes");
+    CHECK(ix == NULL && strstr(kiln_errmsg(ctx), "sparse.bin") != NULL);
+    unlink(path);
+}
+
+/* ==== 4c. Deleted elements and the dim (issue 11 U13) ==== */
+
+/* A kiln export with elements marked deleted (the entry point among them):
+ * imported without them, survivors renumbered in order with their vectors
+ * and labels, no link to a dropped element, validator passing. */
+static void test_import_deleted(kiln_ctx *ctx) {
+    const uint32_t dim = 6, n = 500;
+    float *v = synth(ctx, n, dim, 13);
+    kiln_index *ix = build(ctx, v, n, dim, KILN_METRIC_L2, 4, 40);
+    const char *path = tpath("with_deleted.bin");
+    CHECK_OK(ctx, kiln_index_export_hnswlib(ix, path));
+    size_t size = 0;
+    uint8_t *b = read_file(path, &size);
+    REQUIRE(b);
+    const uint64_t sde = kiln_get_u64le(b + HL_SIZE_DATA);
+    uint8_t del[500] = {0};
+    uint32_t upper = 0; /* a deleted element on level >= 1 that is not the entry point */
+    while (upper == ix->entry_point || ix->levels[upper] == 0)
+        upper++;
+    const uint32_t marks[] = {ix->entry_point, 3, 4, upper, n - 1};
+    uint32_t ndel = 0;
+    for (size_t m = 0; m < sizeof marks / sizeof marks[0]; m++) {
+        ndel += !del[marks[m]];
+        del[marks[m]] = 1;
+        b[HL_HDR + marks[m] * sde + 2] |= 1; /* hnswlib's DELETE_MARK */
+    }
+    REQUIRE(write_file(path, b, size));
+    kiln_index *got = NULL;
+    CHECK_OK(ctx, kiln_index_import_hnswlib(ctx, path, dim, KILN_METRIC_L2, &got));
+    if (got) {
+        CHECK(got->count == n - ndel);
+        CHECK_OK(ctx, kiln_index_check(got));
+        kiln_build_report rep;
+        CHECK_OK(ctx, kiln_index_build_report(got, &rep));
+        CHECK_MSG(rep.dropped_elements == ndel, "%llu dropped, want %u",
+                  (unsigned long long)rep.dropped_elements, ndel);
+        CHECK(got->levels[got->entry_point] == got->max_level);
+        uint32_t j = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            if (del[i])
+                continue;
+            CHECK(got->labels[j] == ix->labels[i]);
+            CHECK(memcmp(kiln_vector(got, j), kiln_vector(ix, i), dim * sizeof(float)) == 0);
+            CHECK(got->levels[j] == ix->levels[i]);
+            j++;
+        }
+        /* Links among survivors are kept (on level 0, before the repair's
+         * additions): node 0's original list minus the dropped. */
+        const uint32_t *l0 = kiln_links(ix, 0, 0);
+        uint32_t kept = 0;
+        for (uint32_t t = 1; t <= l0[0]; t++)
+            kept += !del[l0[t]];
+        if (!del[0])
+            CHECK(kiln_links(got, 0, 0)[0] >= kept);
+    }
+    kiln_index_free(got);
+
+    /* All deleted: an empty index. */
+    for (uint32_t i = 0; i < n; i++)
+        b[HL_HDR + i * sde + 2] |= 1;
+    REQUIRE(write_file(path, b, size));
+    CHECK_OK(ctx, kiln_index_import_hnswlib(ctx, path, dim, KILN_METRIC_L2, &got));
+    if (got) {
+        CHECK(got->count == 0);
+        CHECK_OK(ctx, kiln_index_check(got));
+    }
+    kiln_index_free(got);
+    free(b);
+    kiln_index_free(ix);
+    free(v);
+}
+
+/* dim 0: taken from the record layout; a dim given must match it. */
+static void test_import_dim(kiln_ctx *ctx) {
+    const uint32_t dim = 12, n = 200;
+    float *v = synth(ctx, n, dim, 19);
+    kiln_index *ix = build(ctx, v, n, dim, KILN_METRIC_L2, 4, 40);
+    const char *path = tpath("dim.bin");
+    CHECK_OK(ctx, kiln_index_export_hnswlib(ix, path));
+    kiln_index *got = NULL;
+    CHECK_OK(ctx, kiln_index_import_hnswlib(ctx, path, 0, KILN_METRIC_L2, &got));
+    if (got) {
+        CHECK(kiln_index_dim(got) == dim);
+        check_same_index(ix, got, 0.0f);
+    }
+    kiln_index_free(got);
+    got = (kiln_index *)1;
+    CHECK_FAILS(ctx, kiln_index_import_hnswlib(ctx, path, dim + 1, KILN_METRIC_L2, &got),
+                KILN_E_FORMAT, "dim 13 as float32 needs 52");
+    CHECK(got == NULL);
+    /* A span that is no whole number of floats cannot give a dim. */
+    size_t size = 0;
+    uint8_t *b = read_file(path, &size);
+    REQUIRE(b);
+    kiln_put_u64le(b + HL_LABEL_OFF, kiln_get_u64le(b + HL_LABEL_OFF) - 2);
+    kiln_put_u64le(b + HL_SIZE_DATA, kiln_get_u64le(b + HL_SIZE_DATA) - 2);
+    REQUIRE(write_file(path, b, size));
+    CHECK_FAILS(ctx, kiln_index_import_hnswlib(ctx, path, 0, KILN_METRIC_L2, &got), KILN_E_FORMAT,
+                "cannot infer dim");
+    free(b);
     kiln_index_free(ix);
     free(v);
 }
@@ -792,9 +993,38 @@ static void test_cli(kiln_ctx *ctx) {
         check_same_index(ix, b, 0.0f);
     kiln_index_free(b);
 
-    /* Usage errors: missing --dim, wrong format, wrong dim. */
-    snprintf(args, sizeof args, "import '%s' --format hnswlib -o '%s'", hfile, back);
-    CHECK(run_cli(cli, args, log) != 0);
+    /* Without --dim the file's is used. */
+    snprintf(args, sizeof args, "import '%s' --format hnswlib --metric ip -o '%s'", hfile, back);
+    CHECK(run_cli(cli, args, log) == 0);
+    text = (char *)read_file(log, &size);
+    CHECK(text && strstr(text, "dim 8") != NULL);
+    free(text);
+
+    /* Deleted elements: dropped, with their count on stderr. */
+    {
+        uint8_t *hb = read_file(hfile, &size);
+        REQUIRE(hb);
+        const uint64_t sde = kiln_get_u64le(hb + HL_SIZE_DATA);
+        for (uint32_t e = 10; e < 13; e++)
+            hb[HL_HDR + e * sde + 2] |= 1;
+        const char *dfile = tpath("cli_deleted.bin");
+        REQUIRE(write_file(dfile, hb, size));
+        free(hb);
+        snprintf(args, sizeof args, "import '%s' --format hnswlib --metric ip -o '%s'", dfile,
+                 back);
+        CHECK(run_cli(cli, args, log) == 0);
+        text = (char *)read_file(log, &size);
+        CHECK(text && strstr(text, "3 elements marked deleted were dropped") != NULL &&
+              strstr(text, "497 vectors") != NULL);
+        free(text);
+        kiln_index *d = NULL;
+        CHECK_OK(ctx, kiln_index_load(ctx, back, &d));
+        if (d)
+            CHECK(kiln_index_count(d) == n - 3);
+        kiln_index_free(d);
+    }
+
+    /* Usage errors: wrong format, wrong dim. */
     snprintf(args, sizeof args, "export '%s' --format faiss -o '%s'", kfile, hfile);
     CHECK(run_cli(cli, args, log) != 0);
     snprintf(args, sizeof args, "import '%s' --format hnswlib --dim 9 -o '%s'", hfile, back);
@@ -805,7 +1035,7 @@ static void test_cli(kiln_ctx *ctx) {
 
     static const char *const helps[] = {"export", "import"};
     static const char *const want[][4] = {{"--format", "hnswlib", "--output", "default"},
-                                          {"--dim", "--metric", "--format", "default"}};
+                                          {"--dim", "--metric", "--format", "from the file"}};
     for (int i = 0; i < 2; i++) {
         snprintf(args, sizeof args, "%s --help", helps[i]);
         CHECK(run_cli(cli, args, log) == 0);
@@ -833,6 +1063,10 @@ int main(void) {
     test_round_trip(ctx, KILN_METRIC_L2, 0);
     test_import_repairs(ctx);
     test_damaged(ctx);
+    test_import_no_links(ctx);
+    test_import_sparse(ctx);
+    test_import_deleted(ctx);
+    test_import_dim(ctx);
     test_cli(ctx);
 
     const bool have_python =

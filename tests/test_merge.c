@@ -69,13 +69,13 @@ static void test_from_exact_candidates(kiln_ctx *ctx) {
               "%llu of %llu level-1 links are in level 0", (unsigned long long)embedded,
               (unsigned long long)up_links);
 
-    uint64_t repaired = 0;
-    CHECK_OK(ctx, kiln_repair_reachability(ix, 100, &repaired));
+    kiln_repair_stats rs;
+    CHECK_OK(ctx, kiln_repair_reachability(ix, 100, &rs));
     CHECK_OK(ctx, kiln_index_check(ix));
     double r = search_recall(ctx, ix, x + n * d, nq, gt, 10, 10, 64);
     CHECK_MSG(r >= 0.95, "recall@10 at ef=64 from exact candidates: %.4f", r);
     fprintf(stderr, "merge from exact 32-NN candidates: recall@10 ef64 %.4f, repaired %llu\n", r,
-            (unsigned long long)repaired);
+            (unsigned long long)rs.links);
 
     kiln_index_free(ix);
     free(levels);

@@ -25,7 +25,10 @@
  *  3. Seeds are files kiln exported (count 0, 1 and a few dozen, M = 2..4,
  *     several levels), one with stale ids in the unused link slots as
  *     hnswlib leaves them, and one with an unreachable node, so the repair
- *     runs on import.
+ *     runs on import. Crafted ones (issue 11): a file with no links at all
+ *     (every element its own island: the repair's bounded worst case), and
+ *     one with elements marked deleted, the entry point among them (dropped
+ *     on import).
  *  4. Any broken promise calls abort(), which both libFuzzer and the replay
  *     driver report as a failure.
  */
@@ -150,8 +153,8 @@ int kiln_fuzz_seed(size_t i, uint8_t **buf, size_t *len) {
     static const struct {
         size_t n;
         uint32_t dim, M;
-    } seeds[] = {{0, 4, 2},  {1, 16, 2}, {40, 4, 3}, {60, 16, 2},
-                 {30, 4, 4}, {30, 4, 3}, {30, 4, 3}};
+    } seeds[] = {{0, 4, 2},  {1, 16, 2}, {40, 4, 3},  {60, 16, 2}, {30, 4, 4},
+                 {30, 4, 3}, {30, 4, 3}, {200, 4, 2}, {40, 4, 3}};
     if (i >= sizeof seeds / sizeof seeds[0])
         return 0;
     kiln_index *ix = seed_built(seeds[i].n, seeds[i].dim, seeds[i].M, 40 + i);
@@ -164,11 +167,21 @@ int kiln_fuzz_seed(size_t i, uint8_t **buf, size_t *len) {
                     b[j--] = b[b[0]--];
         }
     }
+    if (i == 7) /* no links on any level */
+        for (uint32_t u = 0; u < ix->count; u++)
+            for (unsigned l = 0; l <= ix->levels[u]; l++)
+                kiln_links(ix, u, l)[0] = 0;
     if (kiln_index_export_hnswlib(ix, fuzz_path("seed")) != KILN_OK)
         abort();
     *buf = read_file(fuzz_path("seed"), len);
     if (!*buf)
         abort();
+    if (i == 8) { /* hnswlib's DELETE_MARK on the entry point and two more */
+        const uint64_t sde = kiln_get_u64le(*buf + 24);
+        const uint32_t marks[3] = {ix->entry_point, 1, 2};
+        for (int m = 0; m < 3; m++)
+            (*buf)[HL_HDR + marks[m] * sde + 2] |= 1;
+    }
     if (i == 5) {
         /* Stale ids past each level-0 count, as hnswlib leaves them after a
          * re-prune: the reader must ignore them. */
