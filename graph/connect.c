@@ -102,6 +102,9 @@ static void relink(struct kiln_index *ix, kiln_scratch *sc, const uint8_t *seen,
     float cur_dist = kiln_node_dist(ix, q, cur);
     kiln_greedy_descend(ix, NULL, q, ix->max_level, 0, &cur, &cur_dist);
     kiln_search_level(ix, sc, NULL, q, cur, cur_dist, ef, 0);
+    /* A search short of memory (kiln_heap_push) still ends on reachable
+     * nodes or the entry point, so the repair stays correct: no report. */
+    sc->cand.short_of_memory = false;
     uint32_t n = sc->top.size;
     kiln_cands_sort(sc->top.v, n);
     uint32_t nearest = ix->entry_point;

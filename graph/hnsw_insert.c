@@ -105,6 +105,13 @@ kiln_status kiln_hnsw_insert_levels(struct kiln_index *ix, uint32_t ef_construct
             if (!sc)
                 continue;
             insert_one(ix, sc, locks, order[i], ef_construction, bottom);
+            if (sc->cand.short_of_memory) { /* kiln_heap_push: links may be missing */
+                sc->cand.short_of_memory = false;
+#pragma omp critical(kiln_insert_error)
+                result = kiln_fail(ctx, KILN_E_NOMEM,
+                                   "insert: out of memory growing the candidate heap (ef %u)",
+                                   ef_construction);
+            }
             if (++since == 256) {
                 kiln_progress_add(&bar, since);
                 since = 0;

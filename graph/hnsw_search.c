@@ -43,6 +43,17 @@
 
 /* ==== Heaps ==== */
 
+_Atomic uint32_t kiln_fault_heap_grow;
+
+/* A growth that the fault hook lets through. */
+static bool heap_grow_allowed(void) {
+    uint32_t left = atomic_load_explicit(&kiln_fault_heap_grow, memory_order_relaxed);
+    while (left > 0)
+        if (atomic_compare_exchange_weak(&kiln_fault_heap_grow, &left, left - 1))
+            return false;
+    return true;
+}
+
 static inline bool cand_less(kiln_cand a, kiln_cand b) {
     return a.dist < b.dist || (a.dist == b.dist && a.id < b.id);
 }
@@ -55,9 +66,12 @@ static inline bool heap_above(kiln_cand a, kiln_cand b, bool is_max) {
 void kiln_heap_push(kiln_heap *h, kiln_cand c, bool is_max) {
     if (h->size == h->cap) {
         uint32_t cap = h->cap ? h->cap * 2 : 64;
-        kiln_cand *v = realloc(h->v, (size_t)cap * sizeof *v);
-        if (!v)
-            abort(); /* heaps grow only past ef on pathological graphs; tiny */
+        kiln_cand *v =
+            cap > h->cap && heap_grow_allowed() ? realloc(h->v, (size_t)cap * sizeof *v) : NULL;
+        if (!v) {
+            h->short_of_memory = true;
+            return;
+        }
         h->v = v;
         h->cap = cap;
     }
@@ -322,8 +336,9 @@ void kiln_search_params_init(kiln_search_params *p) {
     p->threads = 1;
 }
 
-/* One query: labels/dists rows of k. */
-static void search_one(const struct kiln_index *ix, kiln_scratch *sc, const float *query,
+/* One query: labels/dists rows of k. false when the candidate heap ran out
+ * of memory (kiln_heap_push), so the rows may miss neighbours. */
+static bool search_one(const struct kiln_index *ix, kiln_scratch *sc, const float *query,
                        uint32_t k, uint32_t ef, int64_t *labels, float *dists) {
     uint32_t found = 0;
     if (ix->count > 0) {
@@ -352,6 +367,16 @@ static void search_one(const struct kiln_index *ix, kiln_scratch *sc, const floa
         if (dists)
             dists[j] = INFINITY;
     }
+    const bool ok = !sc->cand.short_of_memory;
+    sc->cand.short_of_memory = false;
+    return ok;
+}
+
+static kiln_status search_short_of_memory(const struct kiln_index *ix, uint32_t ef) {
+    return kiln_fail(ix->ctx, KILN_E_NOMEM,
+                     "search: out of memory growing the candidate heap (ef %u); results are "
+                     "incomplete",
+                     ef);
 }
 
 kiln_status kiln_index_search(const kiln_index *ix, const float *queries, size_t nq,
@@ -373,14 +398,16 @@ kiln_status kiln_index_search(const kiln_index *ix, const float *queries, size_t
         kiln_status st = scratch_take(ix, ef, &sc);
         if (st)
             return st;
+        bool ok = true;
         for (size_t i = 0; i < nq; i++)
-            search_one(ix, sc, queries + i * ix->dim, k, ef, labels + i * k,
-                       distances ? distances + i * k : NULL);
+            ok &= search_one(ix, sc, queries + i * ix->dim, k, ef, labels + i * k,
+                             distances ? distances + i * k : NULL);
         scratch_give(ix, sc);
-        return KILN_OK;
+        return ok ? KILN_OK : search_short_of_memory(ix, ef);
     }
     kiln_status result = KILN_OK;
-#pragma omp parallel num_threads(threads)
+    bool ok = true;
+#pragma omp parallel num_threads(threads) reduction(& : ok)
     {
         kiln_scratch *sc = NULL;
         kiln_status st = scratch_take(ix, ef, &sc);
@@ -391,10 +418,10 @@ kiln_status kiln_index_search(const kiln_index *ix, const float *queries, size_t
 #pragma omp for schedule(dynamic, 16)
         for (size_t i = 0; i < nq; i++)
             if (sc)
-                search_one(ix, sc, queries + i * ix->dim, k, ef, labels + i * k,
-                           distances ? distances + i * k : NULL);
+                ok &= search_one(ix, sc, queries + i * ix->dim, k, ef, labels + i * k,
+                                 distances ? distances + i * k : NULL);
         if (sc)
             scratch_give(ix, sc);
     }
-    return result;
+    return result != KILN_OK ? result : ok ? KILN_OK : search_short_of_memory(ix, ef);
 }

@@ -18,6 +18,7 @@ typedef struct kiln_cand {
 typedef struct kiln_heap {
     kiln_cand *v;
     uint32_t size, cap;
+    bool short_of_memory; /* a push could not grow v and was dropped (sticky) */
 } kiln_heap;
 
 /* Per-thread search state, reused across queries. The visited set is a tag
@@ -77,7 +78,14 @@ void kiln_search_level(const struct kiln_index *ix, kiln_scratch *sc, kiln_node_
                        const float *q, uint32_t ep, float ep_dist, uint32_t ef, unsigned level);
 
 /* Heap operations (max-heap when is_max, else min-heap). */
+/* Pushes c, growing the heap as needed. When growing fails the candidate is
+ * dropped and h->short_of_memory set, so a search under memory exhaustion
+ * ends with a worse result that its caller reports as KILN_E_NOMEM instead
+ * of the process dying. */
 void kiln_heap_push(kiln_heap *h, kiln_cand c, bool is_max);
+/* Fault injection for tests: while non-zero, each heap growth fails (and
+ * counts it down), as a failed realloc would. */
+extern _Atomic uint32_t kiln_fault_heap_grow;
 kiln_cand kiln_heap_pop(kiln_heap *h, bool is_max);
 /* Sorts the heap's array ascending by (dist, id) in place; destroys the heap. */
 void kiln_cands_sort(kiln_cand *v, uint32_t n);

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "../graph/build_internal.h"
+#include "../graph/search_internal.h"
 #include "check.h"
 #include "recall.h"
 #include "kiln.h"
@@ -415,6 +416,37 @@ static void test_repair_no_links(kiln_ctx *ctx) {
     kiln_index_free(ix);
 }
 
+/* A candidate heap that cannot grow (a failed realloc, injected) makes the
+ * search report KILN_E_NOMEM instead of aborting the process, and the next
+ * search with memory is whole again. */
+static void test_heap_growth_failure(kiln_ctx *ctx) {
+    const size_t n = 4000, d = 16, nq = 20;
+    float *x = malloc((n + nq) * d * sizeof *x);
+    REQUIRE(x);
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n + nq, d, 8, 11, x));
+    kiln_build_params p;
+    insert_params(&p);
+    kiln_search_params sp;
+    kiln_search_params_init(&sp);
+    sp.ef = 10; /* heaps start at 2 * (ef + 2) candidates and must grow */
+    int64_t labels[20 * 10], again[20 * 10];
+    for (uint32_t threads = 1; threads <= 2; threads++) {
+        /* A new index each time: a pooled scratch keeps the heap it grew. */
+        kiln_index *ix = NULL;
+        CHECK_OK(ctx, kiln_index_build(ctx, x, n, d, &p, &ix));
+        REQUIRE(ix);
+        sp.threads = threads;
+        atomic_store(&kiln_fault_heap_grow, 1000000);
+        CHECK_FAILS(ctx, kiln_index_search(ix, x + n * d, nq, &sp, labels, NULL), KILN_E_NOMEM,
+                    "out of memory growing the candidate heap");
+        CHECK(atomic_load(&kiln_fault_heap_grow) < 1000000); /* growth was attempted */
+        atomic_store(&kiln_fault_heap_grow, 0);
+        CHECK_OK(ctx, kiln_index_search(ix, x + n * d, nq, &sp, again, NULL));
+        kiln_index_free(ix);
+    }
+    free(x);
+}
+
 int main(void) {
     kiln_ctx *ctx;
     REQUIRE(kiln_ctx_new(&ctx) == KILN_OK);
@@ -424,6 +456,7 @@ int main(void) {
     test_validator(ctx);
     test_nonfinite(ctx);
     test_repair_no_links(ctx);
+    test_heap_growth_failure(ctx);
     test_determinism(ctx);
     test_metrics(ctx);
     test_siftsmall(ctx);
