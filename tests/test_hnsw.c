@@ -78,7 +78,7 @@ static void test_metrics(kiln_ctx *ctx) {
     float *all = malloc((n + nq) * d * sizeof *all);
     int64_t *gt = malloc(nq * k * sizeof *gt);
     REQUIRE(all && gt);
-    CHECK_OK(ctx, kiln_synth_clustered(ctx, n + nq, d, 16, 11, all));
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n + nq, d, 16, 11, all, (size_t)(n + nq) * d));
     const float *q = all + n * d;
     const kiln_metric metrics[] = {KILN_METRIC_L2, KILN_METRIC_IP, KILN_METRIC_COS};
     for (size_t m = 0; m < 3; m++) {
@@ -114,7 +114,7 @@ static void test_determinism(kiln_ctx *ctx) {
     const size_t n = 3000, d = 24;
     float *x = malloc(n * d * sizeof *x);
     REQUIRE(x);
-    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, d, 8, 5, x));
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, d, 8, 5, x, (size_t)n * d));
     kiln_build_params p;
     insert_params(&p);
     p.threads = 1;
@@ -213,7 +213,7 @@ static void test_validator(kiln_ctx *ctx) {
     const size_t n = 500, d = 8;
     float *x = malloc(n * d * sizeof *x);
     REQUIRE(x);
-    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, d, 4, 3, x));
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, d, 4, 3, x, (size_t)n * d));
     kiln_build_params p;
     insert_params(&p);
     p.threads = 1;
