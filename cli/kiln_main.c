@@ -2,13 +2,34 @@
  * check, generate, export, import, devices. Uses the public API (kiln.h) only.
  *
  * Design decisions:
- *  1. Every failure prints one line "kiln CMD: what is wrong" on stderr and
- *     exits non-zero (2 for usage errors, 1 otherwise); outputs are written
- *     atomically by the library, so a failed command leaves nothing behind.
+ *  1. Every failure prints one line "kiln CMD: what is wrong" on stderr,
+ *     naming options and files, never a C function. Usage errors (a bad or
+ *     missing option or argument, a value out of range, an output name the
+ *     command cannot write) exit 2 and are found before any work starts;
+ *     data and runtime errors (a file that does not open or parse, a device
+ *     that fails, memory) exit 1. Library messages already say which
+ *     operation failed ("build: M = ..."); the command's prefix is not
+ *     repeated in front of the same word. Outputs are written atomically by
+ *     the library, so a failed command leaves nothing behind.
  *  2. Human-readable tables go to stdout; --json switches to one JSON object
- *     per line for scripts and benchmarks.
+ *     per line for scripts and benchmarks. Strings in JSON are escaped
+ *     (quote, backslash, control characters; other bytes pass through, so
+ *     UTF-8 names stay readable) and a number that is not finite is written
+ *     null, since JSON has no NaN or Inf.
  *  3. eval times queries one at a time, as a serving system sees them, after
  *     a warm-up pass; latency percentiles come from per-query timings.
+ *  4. Numeric options declare the range the library accepts (the CLI_MAX_*
+ *     tunables below mirror its limits), so an out-of-range value is a usage
+ *     error naming the option and the real range, not a runtime error.
+ *  5. Inputs read as vectors (build's BASE, the QUERIES of search, eval and
+ *     groundtruth, groundtruth's BASE) must hold vectors: an int32 file
+ *     (.ivecs, npy <i4) is ground-truth ids, and building or searching over
+ *     ids is refused rather than done without a word. No override: a user
+ *     with int32 vectors converts them, which is rarer than the mistake.
+ *  6. Every buffer size is computed with an overflow check; the synthesizer
+ *     is told the length of the buffer it fills.
+ *  7. search --json writes one object per query line ({"query": i, "ids":
+ *     [...], "distances": [...]}), so a script can stream the results.
  */
 #include <math.h>
 #include <omp.h>
@@ -20,7 +41,20 @@
 #include "cli_opts.h"
 #include "kiln.h"
 
-#define EVAL_MAX_EFS 32
+/* ==== Tunables ==== */
+
+/* Timed passes per ef: the median of 1000 is steady; more is a typo. */
+#define EVAL_MAX_EFS    32
+#define EVAL_MAX_REPEAT 1000
+
+/* Limits of the library that the option tables check (decision 4). Each
+ * mirrors a constant the CLI cannot include (it sees kiln.h only); test_cli
+ * builds at the edge so a change in the library shows there. */
+#define CLI_MAX_M       1024  /* KILN_MAX_M, graph/hnsw_internal.h */
+#define CLI_MAX_DIM     65536 /* KILN_MAX_DIM and the dataset readers' limit */
+#define CLI_MAX_REPLICA 16    /* build: replicas in [2, 16] */
+#define CLI_MAX_KNN_K   256   /* KILN_CL_MAX_K, the device kernel's bound */
+#define CLI_MAX_THREADS 4096  /* kiln_threads caps requests there */
 
 static double now_s(void) {
     struct timespec ts;
@@ -30,9 +64,51 @@ static double now_s(void) {
 
 /* ==== Shared helpers ==== */
 
+/* A runtime or data error from the library: exit 1. */
 static int fail(const char *cmd, kiln_ctx *ctx) {
-    fprintf(stderr, "kiln %s: %s\n", cmd, kiln_errmsg(ctx));
+    const char *msg = kiln_errmsg(ctx);
+    size_t len = strlen(cmd);
+    if (strncmp(msg, cmd, len) == 0 && msg[len] == ':' && msg[len + 1] == ' ')
+        msg += len + 2; /* "build: M = 3" under "kiln build:" (decision 1) */
+    fprintf(stderr, "kiln %s: %s\n", cmd, msg);
     return 1;
+}
+
+/* malloc of n * m elements of size bytes (at least one byte), NULL when the
+ * size overflows or memory is short. */
+static void *alloc_array(size_t n, size_t m, size_t size) {
+    size_t bytes;
+    if (__builtin_mul_overflow(n, m, &bytes) || __builtin_mul_overflow(bytes, size, &bytes))
+        return NULL;
+    return malloc(bytes ? bytes : 1);
+}
+
+/* A JSON string: quoted, with '"', '\\' and control characters escaped. */
+static void json_str(const char *s) {
+    putchar('"');
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        switch (*p) {
+        case '"': fputs("\\\"", stdout); break;
+        case '\\': fputs("\\\\", stdout); break;
+        case '\n': fputs("\\n", stdout); break;
+        case '\r': fputs("\\r", stdout); break;
+        case '\t': fputs("\\t", stdout); break;
+        default:
+            if (*p < 0x20 || *p == 0x7f)
+                printf("\\u%04x", *p);
+            else
+                putchar(*p);
+        }
+    }
+    putchar('"');
+}
+
+/* A JSON number printed with fmt; null when not finite. */
+static void json_num(double v, const char *fmt) {
+    if (isfinite(v))
+        printf(fmt, v);
+    else
+        fputs("null", stdout);
 }
 
 static int setup(const cli_args *a, kiln_ctx **ctx) {
@@ -64,30 +140,49 @@ static kiln_status open_ds(kiln_ctx *ctx, const cli_args *a, const char *path, k
     return kiln_dataset_open(ctx, path, fmt, flags, out);
 }
 
-/* Reads a whole dataset as floats (caller frees). */
-static kiln_status read_all_f32(kiln_ctx *ctx, const cli_args *a, const char *path, float **out,
-                                size_t *n, size_t *d) {
+/* Opens a dataset that must hold vectors (decision 5). Returns 0, or the
+ * exit code after printing the error. */
+static int open_vectors(kiln_ctx *ctx, const cli_args *a, const char *path, kiln_dataset **out) {
+    *out = NULL;
+    if (open_ds(ctx, a, path, out) != KILN_OK)
+        return fail(a->cmd->name, ctx);
+    if (kiln_dataset_dtype(*out) == KILN_DTYPE_I32) {
+        fprintf(stderr,
+                "kiln %s: %s holds int32 ids (%s, such as ground truth), not vectors; give a "
+                "file of float or byte vectors (fvecs, bvecs, fbin, u8bin, i8bin, npy)\n",
+                a->cmd->name, path, kiln_format_name(kiln_dataset_format(*out)));
+        kiln_dataset_free(*out);
+        *out = NULL;
+        return 1;
+    }
+    return 0;
+}
+
+/* Reads a whole file of vectors as floats (caller frees). Returns 0, or the
+ * exit code after printing the error. */
+static int read_all_f32(kiln_ctx *ctx, const cli_args *a, const char *path, float **out, size_t *n,
+                        size_t *d) {
     kiln_dataset *ds = NULL;
     *out = NULL;
-    kiln_status st = open_ds(ctx, a, path, &ds);
-    if (st)
-        return st;
+    int rc = open_vectors(ctx, a, path, &ds);
+    if (rc)
+        return rc;
     *n = kiln_dataset_count(ds);
     *d = kiln_dataset_dim(ds);
-    float *buf = malloc((*n ? *n : 1) * *d * sizeof(float));
+    float *buf = alloc_array(*n, *d, sizeof(float));
     if (!buf) {
         kiln_dataset_free(ds);
         fprintf(stderr, "kiln %s: out of memory reading %s\n", a->cmd->name, path);
-        exit(1);
+        return 1;
     }
-    st = kiln_dataset_read_f32(ds, 0, *n, buf);
+    kiln_status st = kiln_dataset_read_f32(ds, 0, *n, buf);
     kiln_dataset_free(ds);
     if (st) {
         free(buf);
-        return st;
+        return fail(a->cmd->name, ctx);
     }
     *out = buf;
-    return KILN_OK;
+    return 0;
 }
 
 static bool parse_metric(const cli_args *a, kiln_metric *m) {
@@ -102,33 +197,46 @@ static bool parse_metric(const cli_args *a, kiln_metric *m) {
 /* ==== build ==== */
 
 static const cli_opt build_opts[] = {
-    {"output", 'o', "INDEX", NULL, "index file to write (required)"},
-    {"metric", 0, "l2|ip|cos", "l2", "distance"},
-    {"M", 'M', "N", "16", "links per node on upper levels; 2M on level 0"},
-    {"ef-construction", 0, "N", "200", "beam width while building"},
+    {"output", 'o', "INDEX", NULL, "index file to write (required)", 0, 0},
+    {"metric", 0, "l2|ip|cos", "l2", "distance", 0, 0},
+    {"M", 'M', "N", "16", "links per node on upper levels; 2M on level 0", 2, CLI_MAX_M},
+    {"ef-construction", 0, "N", "200", "beam width while building", 1, UINT32_MAX},
     {"method", 0, "device|insert", NULL,
      "device: the OpenCL pipeline (the default where kiln has OpenCL); insert: CPU HNSW "
-     "insertion (the default otherwise)"},
+     "insertion (the default otherwise)",
+     0, 0},
     {"device", 0, "auto|cpu|gpu|P:D", NULL,
-     "OpenCL device for --method device (default: $KILN_DEVICE, else auto = a GPU if any)"},
-    {"clusters", 0, "N", "0", "device: k-means clusters; 0 = from n and --cluster-size"},
-    {"cluster-size", 0, "N", "768", "device: target members per cluster"},
-    {"replicas", 0, "N", "2", "device: nearest clusters each vector joins (>= 2)"},
-    {"knn-k", 0, "N", "0", "device: neighbours kept per vector per cluster; 0 = 2M"},
-    {"threads", 't', "N", "0", "build threads; 0 = all cores"},
-    {"seed", 0, "N", "1", "seed of the level sampling and every other random choice"},
+     "OpenCL device for --method device (default: $KILN_DEVICE, else auto = a GPU if any)", 0, 0},
+    {"clusters", 0, "N", "0", "device: k-means clusters; 0 = from n and --cluster-size", 0, 0},
+    {"cluster-size", 0, "N", "768", "device: target members per cluster", 0, 0},
+    {"replicas", 0, "N", "2", "device: nearest clusters each vector joins (2 to 16)", 2,
+     CLI_MAX_REPLICA},
+    {"knn-k", 0, "N", "0", "device: neighbours kept per vector per cluster; 0 = 2M", 0,
+     CLI_MAX_KNN_K},
+    {"threads", 't', "N", "0", "build threads; 0 = all cores", 0, CLI_MAX_THREADS},
+    {"seed", 0, "N", "1", "seed of the level sampling and every other random choice", 0, 0},
     {"format", 0, "FMT", "auto",
-     "input format: auto (by extension), fvecs, bvecs, fbin, u8bin, i8bin, npy"},
-    {"allow-nonfinite", 0, NULL, NULL, "accept NaN/Inf values instead of rejecting the file"},
-    {"progress", 0, NULL, NULL, "show progress on stderr even when it is not a terminal"},
-    {"json", 0, NULL, NULL, "print the summary as one JSON line"},
-    {NULL, 0, NULL, NULL, NULL}};
+     "input format: auto (by extension), fvecs, bvecs, fbin, u8bin, i8bin, npy", 0, 0},
+    {"allow-nonfinite", 0, NULL, NULL, "accept NaN/Inf values instead of rejecting the file", 0, 0},
+    {"progress", 0, NULL, NULL, "show progress on stderr even when it is not a terminal", 0, 0},
+    {"json", 0, NULL, NULL, "print the summary as one JSON line", 0, 0},
+    {NULL, 0, NULL, NULL, NULL, 0, 0}};
 static const cli_cmd build_cmd = {"build",
                                   "BASE -o INDEX [options]",
                                   "Build an HNSW index over the vectors in BASE.",
                                   build_opts,
                                   1,
                                   1};
+
+/* A --device value is auto, cpu, gpu or P:D (decimal); which devices exist
+ * is for the library to say. */
+static bool device_spec_ok(const char *spec) {
+    if (!spec || strcmp(spec, "auto") == 0 || strcmp(spec, "cpu") == 0 || strcmp(spec, "gpu") == 0)
+        return true;
+    size_t p = strspn(spec, "0123456789");
+    return p > 0 && spec[p] == ':' && spec[p + 1] &&
+           strspn(spec + p + 1, "0123456789") == strlen(spec + p + 1);
+}
 
 static int cmd_build(const cli_args *a) {
     kiln_build_params p;
@@ -148,6 +256,10 @@ static int cmd_build(const cli_args *a) {
         !cli_u32(a, "knn-k", &p.knn_k))
         return 2;
     p.device = cli_str(a, "device");
+    if (!device_spec_ok(p.device)) {
+        fprintf(stderr, "kiln build: --device: '%s' is not auto, cpu, gpu or P:D\n", p.device);
+        return 2;
+    }
     if (strcmp(method, "insert") == 0)
         p.method = KILN_METHOD_INSERT;
     else if (strcmp(method, "device") == 0)
@@ -163,7 +275,9 @@ static int cmd_build(const cli_args *a) {
     kiln_index *ix = NULL;
     int rc = 0;
     double t0 = now_s();
-    if (open_ds(ctx, a, a->pos[0], &ds) || kiln_index_build_dataset(ctx, ds, &p, &ix)) {
+    if ((rc = open_vectors(ctx, a, a->pos[0], &ds)))
+        goto done;
+    if (kiln_index_build_dataset(ctx, ds, &p, &ix)) {
         rc = fail("build", ctx);
         goto done;
     }
@@ -182,25 +296,40 @@ static int cmd_build(const cli_args *a) {
     kiln_index_stats_get(ix, &s);
     kiln_build_report rep;
     kiln_index_build_report(ix, &rep);
-    char stages[1024] = "";
-    size_t used = 0;
-    for (uint32_t i = 0; i < rep.n_stages && used < sizeof stages; i++)
-        used += (size_t)snprintf(stages + used, sizeof stages - used, "%s\"%s\": %.4f",
-                                 i ? ", " : "", rep.stages[i].name, rep.stages[i].seconds);
     if (cli_flag(a, "json")) {
-        printf("{\"build_seconds\": %.4f, \"save_seconds\": %.4f, \"count\": %llu, \"dim\": %u, "
-               "\"metric\": \"%s\", \"M\": %u, \"ef_construction\": %u, \"method\": \"%s\", "
-               "\"threads\": %u, \"seed\": %llu, \"levels\": %u, \"avg_degree0\": %.3f, "
-               "\"repaired_links\": %llu, \"stages\": {%s}",
-               t_build, t_save, (unsigned long long)s.count, s.dim, kiln_metric_name(p.metric), p.M,
-               p.ef_construction, method, p.threads, (unsigned long long)p.seed, s.levels,
-               s.avg_degree[0], (unsigned long long)rep.repaired_links, stages);
-        if (p.method == KILN_METHOD_DEVICE)
-            printf(", \"device\": \"%s\", \"clusters\": %u, \"max_cluster_size\": %u, "
-                   "\"device_batches\": %u, \"batch_retries\": %u, \"candidates_per_vector\": %.2f",
-                   rep.device_name, rep.clusters, rep.max_cluster_size, rep.device_batches,
-                   rep.batch_retries, rep.candidates_per_vector);
-        printf(", \"version\": \"%s\"}\n", kiln_version_string());
+        printf("{\"input\": ");
+        json_str(a->pos[0]);
+        printf(", \"output\": ");
+        json_str(out);
+        printf(", \"build_seconds\": ");
+        json_num(t_build, "%.4f");
+        printf(", \"save_seconds\": ");
+        json_num(t_save, "%.4f");
+        printf(", \"count\": %llu, \"dim\": %u, \"metric\": \"%s\", \"M\": %u, "
+               "\"ef_construction\": %u, \"method\": \"%s\", \"threads\": %u, \"seed\": %llu, "
+               "\"levels\": %u, \"avg_degree0\": ",
+               (unsigned long long)s.count, s.dim, kiln_metric_name(p.metric), p.M,
+               p.ef_construction, method, p.threads, (unsigned long long)p.seed, s.levels);
+        json_num(s.avg_degree[0], "%.3f");
+        printf(", \"repaired_links\": %llu, \"stages\": {", (unsigned long long)rep.repaired_links);
+        for (uint32_t i = 0; i < rep.n_stages; i++) {
+            printf("%s", i ? ", " : "");
+            json_str(rep.stages[i].name);
+            printf(": ");
+            json_num(rep.stages[i].seconds, "%.4f");
+        }
+        printf("}");
+        if (p.method == KILN_METHOD_DEVICE) {
+            printf(", \"device\": ");
+            json_str(rep.device_name);
+            printf(", \"clusters\": %u, \"max_cluster_size\": %u, \"device_batches\": %u, "
+                   "\"batch_retries\": %u, \"candidates_per_vector\": ",
+                   rep.clusters, rep.max_cluster_size, rep.device_batches, rep.batch_retries);
+            json_num(rep.candidates_per_vector, "%.2f");
+        }
+        printf(", \"version\": ");
+        json_str(kiln_version_string());
+        printf("}\n");
     } else {
         printf("built %s: %llu vectors, dim %u, %s, M=%u, ef_construction=%u, method %s, "
                "%u levels, %.2f s build, %.2f s write\n",
@@ -209,7 +338,10 @@ static int cmd_build(const cli_args *a) {
         if (p.method == KILN_METHOD_DEVICE)
             printf("device %s: %u clusters (largest %u), %u batches, %u retries\n", rep.device_name,
                    rep.clusters, rep.max_cluster_size, rep.device_batches, rep.batch_retries);
-        printf("stages (s): %s\n", stages);
+        printf("stages (s):");
+        for (uint32_t i = 0; i < rep.n_stages; i++)
+            printf("%s \"%s\": %.4f", i ? "," : "", rep.stages[i].name, rep.stages[i].seconds);
+        putchar('\n');
     }
 done:
     kiln_index_free(ix);
@@ -221,14 +353,18 @@ done:
 /* ==== search ==== */
 
 static const cli_opt search_opts[] = {
-    {"k", 'k', "N", "10", "neighbours per query"},
-    {"ef", 0, "N", "64", "search beam width (raised to k when smaller)"},
-    {"output", 'o', "RESULT.ivecs", NULL, "write ids as .ivecs (default: print them)"},
-    {"distances", 0, "DIST.fvecs", NULL, "also write distances as .fvecs"},
-    {"threads", 't', "N", "0", "search threads; 0 = all cores"},
-    {"format", 0, "FMT", "auto", "query file format"},
-    {"allow-nonfinite", 0, NULL, NULL, "accept NaN/Inf query values"},
-    {NULL, 0, NULL, NULL, NULL}};
+    {"k", 'k', "N", "10", "neighbours per query", 1, UINT32_MAX},
+    {"ef", 0, "N", "64", "search beam width (raised to k when smaller)", 0, UINT32_MAX},
+    {"output", 'o', "RESULT.ivecs", NULL, "write ids as .ivecs (default: print them)", 0, 0},
+    {"distances", 0, "DIST.fvecs", NULL, "also write distances as .fvecs", 0, 0},
+    {"threads", 't', "N", "0", "search threads; 0 = all cores", 0, CLI_MAX_THREADS},
+    {"format", 0, "FMT", "auto", "query file format", 0, 0},
+    {"allow-nonfinite", 0, NULL, NULL, "accept NaN/Inf query values", 0, 0},
+    {"json", 0, NULL, NULL,
+     "print one JSON object per query, {\"query\": i, \"ids\": [...], \"distances\": [...]}, "
+     "nearest first; padding when the index has fewer than k vectors is id -1, distance null",
+     0, 0},
+    {NULL, 0, NULL, NULL, NULL, 0, 0}};
 static const cli_cmd search_cmd = {"search",
                                    "INDEX QUERIES [options]",
                                    "Search INDEX for the k nearest neighbours of each query.",
@@ -241,10 +377,6 @@ static int cmd_search(const cli_args *a) {
     kiln_search_params_init(&sp);
     if (!cli_u32(a, "k", &sp.k) || !cli_u32(a, "ef", &sp.ef) || !cli_u32(a, "threads", &sp.threads))
         return 2;
-    if (sp.k == 0) {
-        fprintf(stderr, "kiln search: -k must be at least 1\n");
-        return 2;
-    }
     kiln_ctx *ctx;
     if (setup(a, &ctx))
         return 1;
@@ -254,21 +386,23 @@ static int cmd_search(const cli_args *a) {
     int32_t *ids = NULL;
     size_t nq = 0, d = 0;
     int rc = 0;
-    if (kiln_index_load(ctx, a->pos[0], &ix) || read_all_f32(ctx, a, a->pos[1], &q, &nq, &d)) {
+    if (kiln_index_load(ctx, a->pos[0], &ix)) {
         rc = fail("search", ctx);
         goto done;
     }
+    if ((rc = read_all_f32(ctx, a, a->pos[1], &q, &nq, &d)))
+        goto done;
     if (d != kiln_index_dim(ix)) {
         fprintf(stderr, "kiln search: %s has dim %zu but the index has dim %zu\n", a->pos[1], d,
                 kiln_index_dim(ix));
         rc = 1;
         goto done;
     }
-    labels = malloc((nq ? nq : 1) * sp.k * sizeof *labels);
-    dist = malloc((nq ? nq : 1) * sp.k * sizeof *dist);
-    ids = malloc((nq ? nq : 1) * sp.k * sizeof *ids);
+    labels = alloc_array(nq, sp.k, sizeof *labels);
+    dist = alloc_array(nq, sp.k, sizeof *dist);
+    ids = alloc_array(nq, sp.k, sizeof *ids);
     if (!labels || !dist || !ids) {
-        fprintf(stderr, "kiln search: out of memory for %zu results\n", nq * sp.k);
+        fprintf(stderr, "kiln search: out of memory for %zu x %u results\n", nq, sp.k);
         rc = 1;
         goto done;
     }
@@ -287,7 +421,19 @@ static int cmd_search(const cli_args *a) {
         rc = fail("search", ctx);
         goto done;
     }
-    if (!out) {
+    if (cli_flag(a, "json")) {
+        for (size_t i = 0; i < nq; i++) {
+            printf("{\"query\": %zu, \"ids\": [", i);
+            for (uint32_t j = 0; j < sp.k; j++)
+                printf("%s%lld", j ? ", " : "", (long long)labels[i * sp.k + j]);
+            printf("], \"distances\": [");
+            for (uint32_t j = 0; j < sp.k; j++) {
+                printf("%s", j ? ", " : "");
+                json_num(dist[i * sp.k + j], "%.9g");
+            }
+            printf("]}\n");
+        }
+    } else if (!out) {
         for (size_t i = 0; i < nq; i++) {
             printf("%zu:", i);
             for (uint32_t j = 0; j < sp.k; j++)
@@ -308,14 +454,15 @@ done:
 /* ==== eval ==== */
 
 static const cli_opt eval_opts[] = {
-    {"k", 'k', "N", "10", "recall@k"},
-    {"ef", 0, "LIST", "10,16,32,64,128", "comma-separated beam widths to sweep"},
-    {"threads", 't', "N", "1", "query threads (queries are still sent one at a time)"},
-    {"repeat", 0, "N", "1", "timed passes per ef; the median QPS is reported"},
-    {"format", 0, "FMT", "auto", "query file format"},
+    {"k", 'k', "N", "10", "recall@k", 1, UINT32_MAX},
+    {"ef", 0, "LIST", "10,16,32,64,128", "comma-separated beam widths to sweep", 1, UINT32_MAX},
+    {"threads", 't', "N", "1",
+     "query threads (queries are still sent one at a time); 0 = all cores", 0, CLI_MAX_THREADS},
+    {"repeat", 0, "N", "1", "timed passes per ef; the median QPS is reported", 1, EVAL_MAX_REPEAT},
+    {"format", 0, "FMT", "auto", "query file format", 0, 0},
     {"json", 0, NULL, NULL,
-     "one JSON object per ef (keys ef, k, recall, qps, mean_ms, p99_ms, threads)"},
-    {NULL, 0, NULL, NULL, NULL}};
+     "one JSON object per ef (keys ef, k, recall, qps, mean_ms, p99_ms, threads)", 0, 0},
+    {NULL, 0, NULL, NULL, NULL, 0, 0}};
 static const cli_cmd eval_cmd = {"eval",
                                  "INDEX QUERIES GROUNDTRUTH [options]",
                                  "Measure recall@k, QPS and latency of INDEX over a sweep of ef.",
@@ -334,10 +481,6 @@ static int cmd_eval(const cli_args *a) {
     if (!cli_u32(a, "k", &k) || !cli_u32(a, "threads", &threads) ||
         !cli_u32(a, "repeat", &repeat) || !cli_u32_list(a, "ef", efs, EVAL_MAX_EFS, &nef))
         return 2;
-    if (k == 0 || repeat == 0) {
-        fprintf(stderr, "kiln eval: -k and --repeat must be at least 1\n");
-        return 2;
-    }
     if (threads == 0)
         threads = (uint32_t)omp_get_num_procs();
     kiln_ctx *ctx;
@@ -351,24 +494,40 @@ static int cmd_eval(const cli_args *a) {
     double *lat = NULL, *qps_runs = NULL;
     size_t nq = 0, d = 0;
     int rc = 0;
-    if (kiln_index_load(ctx, a->pos[0], &ix) || read_all_f32(ctx, a, a->pos[1], &q, &nq, &d) ||
-        kiln_dataset_open(ctx, a->pos[2], KILN_FORMAT_AUTO, 0, &gtds)) {
+    const char *gtpath = a->pos[2];
+    if (kiln_index_load(ctx, a->pos[0], &ix)) {
+        rc = fail("eval", ctx);
+        goto done;
+    }
+    if ((rc = read_all_f32(ctx, a, a->pos[1], &q, &nq, &d)))
+        goto done;
+    if (kiln_dataset_open(ctx, gtpath, KILN_FORMAT_AUTO, 0, &gtds)) {
         rc = fail("eval", ctx);
         goto done;
     }
     size_t gk = kiln_dataset_dim(gtds);
-    if (d != kiln_index_dim(ix) || kiln_dataset_count(gtds) != nq || gk < k) {
+    rc = 1;
+    if (d != kiln_index_dim(ix))
+        fprintf(stderr, "kiln eval: %s has dim %zu but the index %s has dim %zu\n", a->pos[1], d,
+                a->pos[0], kiln_index_dim(ix));
+    else if (kiln_dataset_dtype(gtds) == KILN_DTYPE_F32)
         fprintf(stderr,
-                "kiln eval: mismatch: queries %zu x %zu, index dim %zu, ground truth %zu x %zu "
-                "(needs %zu rows of at least k=%u)\n",
-                nq, d, kiln_index_dim(ix), kiln_dataset_count(gtds), gk, nq, k);
-        rc = 1;
+                "kiln eval: %s holds float vectors, not ground-truth ids (an ivecs file as kiln "
+                "groundtruth writes)\n",
+                gtpath);
+    else if (kiln_dataset_count(gtds) != nq)
+        fprintf(stderr, "kiln eval: %s has %zu rows but %s has %zu queries\n", gtpath,
+                kiln_dataset_count(gtds), a->pos[1], nq);
+    else if (gk < k)
+        fprintf(stderr, "kiln eval: %s has %zu ids per query, fewer than -k %u\n", gtpath, gk, k);
+    else
+        rc = 0;
+    if (rc)
         goto done;
-    }
-    gt = malloc((nq ? nq : 1) * gk * sizeof *gt);
-    labels = malloc((nq ? nq : 1) * k * sizeof *labels);
-    lat = malloc((nq ? nq : 1) * sizeof *lat);
-    qps_runs = malloc(repeat * sizeof *qps_runs);
+    gt = alloc_array(nq, gk, sizeof *gt);
+    labels = alloc_array(nq, k, sizeof *labels);
+    lat = alloc_array(nq, 1, sizeof *lat);
+    qps_runs = alloc_array(repeat, 1, sizeof *qps_runs);
     if (!gt || !labels || !lat || !qps_runs) {
         fprintf(stderr, "kiln eval: out of memory\n");
         rc = 1;
@@ -384,7 +543,7 @@ static int cmd_eval(const cli_args *a) {
     for (size_t e = 0; e < nef; e++) {
         kiln_search_params sp = {.k = k, .ef = efs[e], .threads = 1};
         kiln_status st = KILN_OK;
-        for (uint32_t pass = 0; pass <= repeat; pass++) { /* pass 0 warms up */
+        for (size_t pass = 0; pass <= (size_t)repeat; pass++) { /* pass 0 warms up */
             double t0 = now_s();
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
             for (size_t i = 0; i < nq; i++) {
@@ -420,11 +579,17 @@ static int cmd_eval(const cli_args *a) {
         double p99 = nq ? lat[(size_t)ceil(0.99 * nq) - 1] : 0;
         qsort(qps_runs, repeat, sizeof *qps_runs, cmp_double);
         double qps = qps_runs[repeat / 2];
-        if (json)
-            printf("{\"ef\": %u, \"k\": %u, \"recall\": %.6f, \"qps\": %.1f, \"mean_ms\": %.5f, "
-                   "\"p99_ms\": %.5f, \"threads\": %u}\n",
-                   efs[e], k, recall, qps, mean * 1e3, p99 * 1e3, threads);
-        else
+        if (json) {
+            printf("{\"ef\": %u, \"k\": %u, \"recall\": ", efs[e], k);
+            json_num(recall, "%.6f");
+            printf(", \"qps\": ");
+            json_num(qps, "%.1f");
+            printf(", \"mean_ms\": ");
+            json_num(mean * 1e3, "%.5f");
+            printf(", \"p99_ms\": ");
+            json_num(p99 * 1e3, "%.5f");
+            printf(", \"threads\": %u}\n", threads);
+        } else
             printf("%-6u %-10.4f %-12.1f %-10.4f %-10.4f\n", efs[e], recall, qps, mean * 1e3,
                    p99 * 1e3);
         fflush(stdout);
@@ -444,15 +609,15 @@ done:
 /* ==== groundtruth ==== */
 
 static const cli_opt gt_opts[] = {
-    {"k", 'k', "N", "100", "neighbours per query"},
-    {"output", 'o', "GT.ivecs", NULL, "ids to write as .ivecs (required)"},
-    {"distances", 0, "DIST.fvecs", NULL, "also write the distances as .fvecs"},
-    {"metric", 0, "l2|ip|cos", "l2", "distance"},
-    {"threads", 't', "N", "0", "threads; 0 = all cores"},
-    {"format", 0, "FMT", "auto", "input format of BASE and QUERIES"},
-    {"allow-nonfinite", 0, NULL, NULL, "accept NaN/Inf values"},
-    {"progress", 0, NULL, NULL, "show progress on stderr even when it is not a terminal"},
-    {NULL, 0, NULL, NULL, NULL}};
+    {"k", 'k', "N", "100", "neighbours per query", 1, UINT32_MAX},
+    {"output", 'o', "GT.ivecs", NULL, "ids to write as .ivecs (required)", 0, 0},
+    {"distances", 0, "DIST.fvecs", NULL, "also write the distances as .fvecs", 0, 0},
+    {"metric", 0, "l2|ip|cos", "l2", "distance", 0, 0},
+    {"threads", 't', "N", "0", "threads; 0 = all cores", 0, CLI_MAX_THREADS},
+    {"format", 0, "FMT", "auto", "input format of BASE and QUERIES", 0, 0},
+    {"allow-nonfinite", 0, NULL, NULL, "accept NaN/Inf values", 0, 0},
+    {"progress", 0, NULL, NULL, "show progress on stderr even when it is not a terminal", 0, 0},
+    {NULL, 0, NULL, NULL, NULL, 0, 0}};
 static const cli_cmd gt_cmd = {"groundtruth",
                                "BASE QUERIES -o GT.ivecs [options]",
                                "Exact k nearest neighbours by brute force (the recall oracle).",
@@ -466,8 +631,8 @@ static int cmd_groundtruth(const cli_args *a) {
     const char *out = cli_str(a, "output"), *dout = cli_str(a, "distances");
     if (!cli_u32(a, "k", &k) || !cli_u32(a, "threads", &threads) || !parse_metric(a, &metric))
         return 2;
-    if (!out || k == 0) {
-        fprintf(stderr, "kiln groundtruth: -o GT.ivecs is required and -k must be at least 1\n");
+    if (!out) {
+        fprintf(stderr, "kiln groundtruth: -o GT.ivecs is required\n");
         return 2;
     }
     kiln_ctx *ctx;
@@ -478,14 +643,19 @@ static int cmd_groundtruth(const cli_args *a) {
     float *dist = NULL;
     int32_t *ids = NULL;
     int rc = 0;
-    if (open_ds(ctx, a, a->pos[0], &base) || open_ds(ctx, a, a->pos[1], &qs)) {
-        rc = fail("groundtruth", ctx);
+    if ((rc = open_vectors(ctx, a, a->pos[0], &base)) ||
+        (rc = open_vectors(ctx, a, a->pos[1], &qs)))
+        goto done;
+    if (kiln_dataset_dim(qs) != kiln_dataset_dim(base)) {
+        fprintf(stderr, "kiln groundtruth: %s has dim %zu but %s has dim %zu\n", a->pos[1],
+                kiln_dataset_dim(qs), a->pos[0], kiln_dataset_dim(base));
+        rc = 1;
         goto done;
     }
     size_t nq = kiln_dataset_count(qs);
-    labels = malloc((nq ? nq : 1) * k * sizeof *labels);
-    dist = malloc((nq ? nq : 1) * k * sizeof *dist);
-    ids = malloc((nq ? nq : 1) * k * sizeof *ids);
+    labels = alloc_array(nq, k, sizeof *labels);
+    dist = alloc_array(nq, k, sizeof *dist);
+    ids = alloc_array(nq, k, sizeof *ids);
     if (!labels || !dist || !ids) {
         fprintf(stderr, "kiln groundtruth: out of memory for %zu x %u results\n", nq, k);
         rc = 1;
@@ -514,11 +684,11 @@ done:
 
 /* ==== info, check ==== */
 
-static const cli_opt no_opts[] = {{NULL, 0, NULL, NULL, NULL}};
+static const cli_opt no_opts[] = {{NULL, 0, NULL, NULL, NULL, 0, 0}};
 static const cli_opt info_opts[] = {
     {"header", 0, NULL, NULL,
-     "read the header alone (constant time for any size); no per-level stats"},
-    {NULL, 0, NULL, NULL, NULL}};
+     "read the header alone (constant time for any size); no per-level stats", 0, 0},
+    {NULL, 0, NULL, NULL, NULL, 0, 0}};
 static const cli_cmd info_cmd = {
     "info", "INDEX [--header]", "Show an index's header, levels, degrees and size.", info_opts, 1,
     1};
@@ -590,10 +760,10 @@ static int cmd_check(const cli_args *a) {
 /* ==== export, import ==== */
 
 static const cli_opt export_opts[] = {
-    {"output", 'o', "FILE", NULL, "file to write (required)"},
+    {"output", 'o', "FILE", NULL, "file to write (required)", 0, 0},
     {"format", 0, "hnswlib", "hnswlib",
-     "file format: hnswlib = HierarchicalNSW::saveIndex layout (see docs/FORMAT.md)"},
-    {NULL, 0, NULL, NULL, NULL}};
+     "file format: hnswlib = HierarchicalNSW::saveIndex layout (see docs/FORMAT.md)", 0, 0},
+    {NULL, 0, NULL, NULL, NULL, 0, 0}};
 static const cli_cmd export_cmd = {"export",
                                    "INDEX --format hnswlib -o FILE",
                                    "Write a kiln index in another library's file format.",
@@ -601,13 +771,14 @@ static const cli_cmd export_cmd = {"export",
                                    1,
                                    1};
 static const cli_opt import_opts[] = {
-    {"output", 'o', "INDEX", NULL, "kiln index file to write (required)"},
-    {"format", 0, "hnswlib", "hnswlib", "format of FILE: hnswlib = a saveIndex file of floats"},
-    {"dim", 'd', "D", NULL,
-     "vector dimension, checked against the file's (default: from the file)"},
+    {"output", 'o', "INDEX", NULL, "kiln index file to write (required)", 0, 0},
+    {"format", 0, "hnswlib", "hnswlib", "format of FILE: hnswlib = a saveIndex file of floats", 0,
+     0},
+    {"dim", 'd', "D", NULL, "vector dimension, checked against the file's (default: from the file)",
+     1, CLI_MAX_DIM},
     {"metric", 0, "l2|ip|cos", "l2",
-     "distance the file was built with (hnswlib l2, ip, cosine); cos normalises vectors"},
-    {NULL, 0, NULL, NULL, NULL}};
+     "distance the file was built with (hnswlib l2, ip, cosine); cos normalises vectors", 0, 0},
+    {NULL, 0, NULL, NULL, NULL, 0, 0}};
 static const cli_cmd import_cmd = {
     "import",
     "FILE --format hnswlib [--dim D] [--metric l2|ip|cos] -o INDEX",
@@ -668,11 +839,7 @@ static int cmd_import(const cli_args *a) {
     }
     if (!format_is_hnswlib(a) || (cli_str(a, "dim") && !cli_u32(a, "dim", &dim)) ||
         !parse_metric(a, &metric))
-        return 2;
-    if (cli_str(a, "dim") && dim == 0) {
-        fprintf(stderr, "kiln import: --dim: 0 is not a dimension\n");
-        return 2;
-    }
+        return 2; /* --dim's range in the table refuses 0 */
     kiln_ctx *ctx;
     if (setup(a, &ctx))
         return 1;
@@ -740,14 +907,16 @@ static int cmd_devices(const cli_args *a) {
 /* ==== generate ==== */
 
 static const cli_opt gen_opts[] = {
-    {"n", 'n', "N", "10000", "base vectors"},
-    {"dim", 'd', "D", "128", "dimension"},
-    {"clusters", 0, "C", "64", "mixture components"},
-    {"seed", 0, "N", "1", "seed"},
-    {"output", 'o', "BASE", NULL, "base file to write (required; format from extension)"},
-    {"queries", 0, "NQ", "0", "held-out queries drawn from the same mixture"},
-    {"queries-out", 0, "FILE", NULL, "query file to write (required when --queries > 0)"},
-    {NULL, 0, NULL, NULL, NULL}};
+    {"n", 'n', "N", "10000", "base vectors", 1, UINT32_MAX},
+    {"dim", 'd', "D", "128", "dimension", 1, CLI_MAX_DIM},
+    {"clusters", 0, "C", "64", "mixture components", 1, UINT32_MAX},
+    {"seed", 0, "N", "1", "seed", 0, 0},
+    {"output", 'o', "BASE", NULL,
+     "base file to write (required): .fvecs, .fbin or .npy, the format from the extension", 0, 0},
+    {"queries", 0, "NQ", "0", "held-out queries drawn from the same mixture", 0, UINT32_MAX},
+    {"queries-out", 0, "FILE", NULL,
+     "query file to write (required when --queries > 0): .fvecs, .fbin or .npy", 0, 0},
+    {NULL, 0, NULL, NULL, NULL, 0, 0}};
 static const cli_cmd gen_cmd = {"generate",
                                 "-o BASE [options]",
                                 "Write a seeded clustered synthetic dataset (fvecs, fbin or npy).",
@@ -763,6 +932,22 @@ static kiln_status write_f32(kiln_ctx *ctx, const char *path, const float *v, si
     return kiln_dataset_write(ctx, path, fmt, KILN_DTYPE_F32, v, n, d);
 }
 
+/* generate writes float32 rows, which fvecs, fbin and npy hold; the format
+ * comes from the extension, so any other name is refused before any work. */
+static bool float_output_ok(const cli_args *a, const char *option) {
+    const char *path = cli_str(a, option);
+    const char *dot = strrchr(path, '.'), *slash = strrchr(path, '/');
+    kiln_format fmt;
+    if (dot && (!slash || dot > slash) && kiln_format_parse(dot + 1, &fmt) == KILN_OK &&
+        (fmt == KILN_FORMAT_FVECS || fmt == KILN_FORMAT_FBIN || fmt == KILN_FORMAT_NPY))
+        return true;
+    fprintf(stderr,
+            "kiln generate: %s: '%s' does not end in .fvecs, .fbin or .npy (the format comes "
+            "from the extension)\n",
+            cli_opt_label(a, option), path);
+    return false;
+}
+
 static int cmd_generate(const cli_args *a) {
     uint64_t n, nq, seed;
     uint32_t d, clusters;
@@ -770,21 +955,30 @@ static int cmd_generate(const cli_args *a) {
     if (!cli_u64(a, "n", &n) || !cli_u32(a, "dim", &d) || !cli_u32(a, "clusters", &clusters) ||
         !cli_u64(a, "seed", &seed) || !cli_u64(a, "queries", &nq))
         return 2;
-    if (!out || (nq && !qout) || d == 0 || clusters == 0) {
-        fprintf(stderr, "kiln generate: need -o BASE, --queries-out with --queries, dim >= 1, "
-                        "clusters >= 1\n");
+    if (!out) {
+        fprintf(stderr, "kiln generate: -o BASE is required\n");
         return 2;
     }
+    if (nq && !qout) {
+        fprintf(stderr, "kiln generate: --queries %llu needs --queries-out FILE\n",
+                (unsigned long long)nq);
+        return 2;
+    }
+    if (!float_output_ok(a, "output") || (nq && !float_output_ok(a, "queries-out")))
+        return 2;
     kiln_ctx *ctx;
     if (setup(a, &ctx))
         return 1;
-    float *v = malloc((size_t)(n + nq ? n + nq : 1) * d * sizeof(float));
+    /* n and nq are at most UINT32_MAX each (their ranges), so the sum fits. */
+    size_t rows = (size_t)(n + nq), len;
+    float *v = NULL;
+    if (!__builtin_mul_overflow(rows, (size_t)d, &len))
+        v = alloc_array(len, 1, sizeof(float));
     int rc = 0;
     if (!v) {
-        fprintf(stderr, "kiln generate: out of memory for %llu x %u\n",
-                (unsigned long long)(n + nq), d);
+        fprintf(stderr, "kiln generate: out of memory for %zu x %u floats\n", rows, d);
         rc = 1;
-    } else if (kiln_synth_clustered(ctx, n + nq, d, clusters, seed, v) ||
+    } else if (kiln_synth_clustered(ctx, rows, d, clusters, seed, v, len) ||
                write_f32(ctx, out, v, n, d) || (nq && write_f32(ctx, qout, v + n * d, nq, d))) {
         rc = fail("generate", ctx);
     }
@@ -808,45 +1002,74 @@ static const command commands[] = {
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
+/* The short usage: bare `kiln` and an unknown command print it on stderr. */
+static void usage_short(FILE *to) {
+    fprintf(to, "usage: kiln COMMAND [options] (commands:");
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        fprintf(to, " %s", commands[i].cmd->name);
+    fprintf(to, "); kiln help [COMMAND] for help, kiln --version for the version\n");
+}
+
 static void usage(FILE *to) {
     fprintf(to,
             "kiln %s -- batch HNSW index builder\n\nusage: kiln COMMAND [options]\n\ncommands:\n",
             kiln_version_string());
     for (size_t i = 0; i < NCOMMANDS; i++)
         fprintf(to, "  %-12s %s\n", commands[i].cmd->name, commands[i].cmd->summary);
-    fprintf(to, "  %-12s %s\n", "version", "Print the version.");
-    fprintf(to, "\nRun 'kiln COMMAND --help' for the options of a command, with their defaults.\n");
+    fprintf(to, "  %-12s %s\n", "help [CMD]", "Show this help, or that of one command.");
+    fprintf(to, "  %-12s %s\n", "version", "Print the version (also -V, --version).");
+    fprintf(to, "\nRun 'kiln help COMMAND' or 'kiln COMMAND --help' for the options of a command, "
+                "with their defaults.\n");
     for (size_t i = 0; i < NCOMMANDS; i++) {
         fputc('\n', to);
         cli_help(commands[i].cmd, to);
     }
 }
 
+static const command *find_command(const char *name) {
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        if (strcmp(name, commands[i].cmd->name) == 0)
+            return &commands[i];
+    return NULL;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
-        usage(stderr);
+        usage_short(stderr);
         return 2;
     }
-    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
-        strcmp(argv[1], "help") == 0) {
-        usage(stdout);
+    const char *word = argv[1];
+    if (strcmp(word, "--help") == 0 || strcmp(word, "-h") == 0 || strcmp(word, "help") == 0) {
+        if (argc == 2) {
+            usage(stdout);
+            return 0;
+        }
+        const command *c = find_command(argv[2]);
+        if (!c || argc > 3) {
+            fprintf(stderr, "kiln help: %s '%s' (see kiln help)\n",
+                    c ? "unexpected argument" : "unknown command", c ? argv[3] : argv[2]);
+            return 2;
+        }
+        cli_help(c->cmd, stdout);
         return 0;
     }
-    if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0) {
+    if (strcmp(word, "version") == 0 || strcmp(word, "--version") == 0 || strcmp(word, "-V") == 0) {
+        if (argc > 2) {
+            fprintf(stderr, "kiln version: unexpected argument '%s'\n", argv[2]);
+            return 2;
+        }
         printf("kiln %s\n", kiln_version_string());
         return 0;
     }
-    for (size_t i = 0; i < NCOMMANDS; i++) {
-        if (strcmp(argv[1], commands[i].cmd->name) == 0) {
-            cli_args a;
-            int r = cli_parse(commands[i].cmd, argc - 2, argv + 2, &a);
-            if (r == 1)
-                return 0;
-            if (r == 2)
-                return 2;
-            return commands[i].run(&a);
-        }
+    const command *c = find_command(word);
+    if (!c) {
+        fprintf(stderr, "kiln: unknown command '%s' (see kiln help)\n", word);
+        return 2;
     }
-    fprintf(stderr, "kiln: unknown command '%s' (see kiln --help)\n", argv[1]);
-    return 2;
+    cli_args a;
+    switch (cli_parse(c->cmd, argc - 2, argv + 2, stderr, &a)) {
+    case CLI_OK: return c->run(&a);
+    case CLI_HELP: cli_help(c->cmd, stdout); return 0;
+    default: return 2;
+    }
 }

@@ -717,10 +717,10 @@ kiln_status kiln_format_parse(const char *name, kiln_format *out) {
 kiln_status kiln_dataset_open(kiln_ctx *ctx, const char *path, kiln_format format, unsigned flags,
                               kiln_dataset **out) {
     if (!out)
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_dataset_open: out is NULL");
+        return kiln_fail(ctx, KILN_E_ARG, "opening a dataset: the result pointer is NULL");
     *out = NULL;
     if (!path || !*path)
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_dataset_open: empty dataset path");
+        return kiln_fail(ctx, KILN_E_ARG, "opening a dataset: empty path");
     if (flags & ~KILN_OPEN_ALLOW_NONFINITE)
         return kiln_fail(ctx, KILN_E_ARG, "%s: unknown open flags 0x%x", path,
                          flags & ~KILN_OPEN_ALLOW_NONFINITE);
@@ -804,7 +804,7 @@ kiln_status kiln_dataset_read_i32(const kiln_dataset *ds, size_t first, size_t c
         return KILN_E_ARG;
     if (ds->dtype == KILN_DTYPE_F32)
         return kiln_fail(ds->ctx, KILN_E_ARG,
-                         "%s: float32 data cannot be read as int32 (use kiln_dataset_read_f32)",
+                         "%s: float32 data cannot be read as int32 ids (it holds vectors)",
                          ds->path);
     kiln_status st = check_rows(ds, first, count, out);
     if (st != KILN_OK)
@@ -821,7 +821,7 @@ kiln_status kiln_dataset_read_i32(const kiln_dataset *ds, size_t first, size_t c
 kiln_status kiln_dataset_write(kiln_ctx *ctx, const char *path, kiln_format format,
                                kiln_dtype dtype, const void *data, size_t n, size_t d) {
     if (!path || !*path)
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_dataset_write: empty dataset path");
+        return kiln_fail(ctx, KILN_E_ARG, "writing a dataset: empty path");
     kiln_status st;
     if (format == KILN_FORMAT_AUTO && (st = format_from_path(ctx, path, &format)) != KILN_OK)
         return st;

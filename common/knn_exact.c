@@ -364,7 +364,7 @@ static kiln_status normalized_copy(kiln_ctx *ctx, const float *src, size_t nq, s
 kiln_status kiln_knn_exact(kiln_ctx *ctx, const float *base, size_t n, const float *queries,
                            size_t nq, size_t dim, kiln_metric metric, uint32_t k, uint32_t threads,
                            int64_t *labels, float *distances) {
-    static const char fn[] = "kiln_knn_exact";
+    static const char fn[] = "exact kNN";
     kiln_status st = check_common(ctx, fn, metric, k, labels, nq);
     if (st != KILN_OK)
         return st;
@@ -401,7 +401,7 @@ kiln_status kiln_knn_exact(kiln_ctx *ctx, const float *base, size_t n, const flo
 kiln_status kiln_knn_exact_dataset(kiln_ctx *ctx, const kiln_dataset *base,
                                    const kiln_dataset *queries, kiln_metric metric, uint32_t k,
                                    uint32_t threads, int64_t *labels, float *distances) {
-    static const char fn[] = "kiln_knn_exact_dataset";
+    static const char fn[] = "exact kNN";
     if (!base || !queries)
         return kiln_fail(ctx, KILN_E_ARG, "%s: %s dataset is NULL", fn, base ? "queries" : "base");
     const size_t n = kiln_dataset_count(base), dim = kiln_dataset_dim(base);

@@ -5,8 +5,14 @@
  *     terminal, so logs and CI stay quiet unless --progress is given.
  *  2. Any thread may report; printing is rate-limited to ~4 lines a second
  *     by a compare-and-swap on the last print time, so workers never wait.
- *  3. On a terminal the line is redrawn with \r; otherwise each print is its
- *     own line, so a log shows the history.
+ *  3. On a terminal the line is redrawn with \r and erased to its end
+ *     (\033[K), so a shorter line leaves nothing of the longer one before
+ *     it; otherwise each print is its own line with no control codes, so a
+ *     log shows the history.
+ *  4. kiln_progress_end shows the total: ending a stage means its work is
+ *     done, and callers add in batches (1024 nodes at a time in the merge)
+ *     that need not divide the total, so the count of the last print would
+ *     end short of it (49152/50000).
  */
 #include <stdio.h>
 #include <time.h>
@@ -37,14 +43,17 @@ static void progress_print(const kiln_progress_bar *bar, uint64_t done, double n
     double el = now - bar->t_start;
     double rate = el > 0 ? (double)done / el : 0.0;
     double eta = (rate > 0 && bar->total > done) ? (double)(bar->total - done) / rate : 0.0;
-    const char *end = last ? "\n" : (isatty(STDERR_FILENO) ? "\r" : "\n");
+    /* On a terminal each line starts at column 0 and erases what is left of
+     * the line before it; only the final one moves on to the next line. */
+    const char *start = bar->tty ? "\r\033[K" : "";
+    const char *end = bar->tty && !last ? "" : "\n";
     if (last)
-        fprintf(stderr, "\r[kiln] %-12s %llu/%llu  %.0f/s  %.2fs%s", bar->stage,
+        fprintf(bar->out, "%s[kiln] %-12s %llu/%llu  %.0f/s  %.2fs%s", start, bar->stage,
                 (unsigned long long)done, (unsigned long long)bar->total, rate, el, end);
     else
-        fprintf(stderr, "[kiln] %-12s %llu/%llu  %.0f/s  ETA %.0fs   %s", bar->stage,
+        fprintf(bar->out, "%s[kiln] %-12s %llu/%llu  %.0f/s  ETA %.0fs%s", start, bar->stage,
                 (unsigned long long)done, (unsigned long long)bar->total, rate, eta, end);
-    fflush(stderr);
+    fflush(bar->out);
 }
 
 void kiln_progress_begin(kiln_progress_bar *bar, const kiln_ctx *ctx, const char *stage,
@@ -55,6 +64,8 @@ void kiln_progress_begin(kiln_progress_bar *bar, const kiln_ctx *ctx, const char
     bar->t_start = kiln_now();
     atomic_store(&bar->t_last, bar->t_start);
     bar->enabled = kiln_progress_enabled(ctx);
+    bar->out = stderr;
+    bar->tty = isatty(STDERR_FILENO);
 }
 
 void kiln_progress_add(kiln_progress_bar *bar, uint64_t n) {
@@ -71,7 +82,8 @@ void kiln_progress_add(kiln_progress_bar *bar, uint64_t n) {
 
 double kiln_progress_end(kiln_progress_bar *bar) {
     double now = kiln_now();
+    uint64_t done = atomic_load(&bar->done);
     if (bar->enabled)
-        progress_print(bar, atomic_load(&bar->done), now, true);
+        progress_print(bar, done > bar->total ? done : bar->total, now, true);
     return now - bar->t_start;
 }

@@ -7,6 +7,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "kiln.h"
 
@@ -17,6 +18,8 @@ typedef struct kiln_progress_bar {
     double t_start;        /* kiln_now() at begin */
     _Atomic double t_last; /* last print */
     bool enabled;
+    FILE *out; /* stderr, set by begin (tests point it elsewhere) */
+    bool tty;  /* out is a terminal: redraw one line instead of appending lines */
 } kiln_progress_bar;
 
 /* Monotonic seconds. */
@@ -26,7 +29,9 @@ void kiln_progress_begin(kiln_progress_bar *bar, const kiln_ctx *ctx, const char
                          uint64_t total);
 /* Adds n to done; prints at most ~4 times a second. Thread-safe. */
 void kiln_progress_add(kiln_progress_bar *bar, uint64_t n);
-/* Prints the final line; returns seconds since begin. */
+/* Ends the stage: prints its final line, which shows the total (the stage
+ * is done, whatever remainder its batched adds left out); returns seconds
+ * since begin. */
 double kiln_progress_end(kiln_progress_bar *bar);
 
 #endif /* KILN_PROGRESS_INTERNAL_H */

@@ -7,6 +7,10 @@
  *     equidistant, which tests nothing that users see).
  *  2. Row i is generated from its own PRNG stream (seed, i), so rows can be
  *     made in parallel and any prefix is stable.
+ *  3. The caller gives the length of out in floats, and n * dim is checked
+ *     against it (with an overflow check) before anything is written: a
+ *     wrapped size upstream (kiln generate once computed (n + q) * d * 4 = 0
+ *     for n = 2^62) becomes an error here instead of a write past the end.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -26,13 +30,26 @@ static float gauss(kiln_rng *r) {
 }
 
 kiln_status kiln_synth_clustered(kiln_ctx *ctx, size_t n, size_t dim, uint32_t clusters,
-                                 uint64_t seed, float *out) {
-    if (!out || dim == 0 || clusters == 0)
-        return kiln_fail(ctx, KILN_E_ARG, "synth: need dim >= 1, clusters >= 1 and an output");
+                                 uint64_t seed, float *out, size_t out_len) {
+    if (dim == 0 || clusters == 0)
+        return kiln_fail(ctx, KILN_E_ARG, "synthetic data: need dim >= 1 and clusters >= 1");
+    size_t need;
+    if (kiln_mul_size(n, dim, &need))
+        return kiln_fail(ctx, KILN_E_RANGE, "synthetic data: %zu rows of dim %zu overflow size_t",
+                         n, dim);
+    if (need > 0 && !out)
+        return kiln_fail(ctx, KILN_E_ARG, "synthetic data: no output buffer for %zu floats", need);
+    if (need > out_len)
+        return kiln_fail(
+            ctx, KILN_E_ARG,
+            "synthetic data: %zu rows of dim %zu need %zu floats, the buffer holds %zu", n, dim,
+            need, out_len);
+    if (need == 0)
+        return KILN_OK;
     size_t per = dim * (1 + SYNTH_LATENT), total;
     if (kiln_mul_size(per, clusters, &total) || kiln_mul_size(total, sizeof(float), &total))
-        return kiln_fail(ctx, KILN_E_RANGE, "synth: %u clusters of dim %zu are too many", clusters,
-                         dim);
+        return kiln_fail(ctx, KILN_E_RANGE, "synthetic data: %u clusters of dim %zu are too many",
+                         clusters, dim);
     float *model = NULL;
     kiln_status st = kiln_alloc(ctx, total, "synthetic mixture", (void **)&model);
     if (st)

@@ -714,7 +714,7 @@ kiln_status kiln_index_export_hnswlib(const kiln_index *index, const char *path)
         return KILN_E_ARG;
     kiln_ctx *ctx = index->ctx;
     if (!path || !*path)
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_index_export_hnswlib: empty output path");
+        return kiln_fail(ctx, KILN_E_ARG, "hnswlib export: empty output path");
     kiln_status st = check_exportable(index, path);
     if (st)
         return st;
@@ -746,18 +746,17 @@ kiln_status kiln_index_export_hnswlib(const kiln_index *index, const char *path)
 kiln_status kiln_index_import_hnswlib(kiln_ctx *ctx, const char *path, uint32_t dim,
                                       kiln_metric metric, kiln_index **out) {
     if (!out)
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_index_import_hnswlib: out is NULL");
+        return kiln_fail(ctx, KILN_E_ARG, "hnswlib import: the result pointer is NULL");
     *out = NULL;
     if (!path || !*path)
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_index_import_hnswlib: empty path");
+        return kiln_fail(ctx, KILN_E_ARG, "hnswlib import: empty path");
     if (dim > KILN_MAX_DIM)
         return kiln_fail(ctx, KILN_E_ARG,
-                         "kiln_index_import_hnswlib: dim %u is out of range [1, %u] (0: from the "
-                         "file)",
-                         dim, KILN_MAX_DIM);
+                         "hnswlib import: dim %u is out of range [1, %u] (0: from the file)", dim,
+                         KILN_MAX_DIM);
     if (!metric_valid(metric))
-        return kiln_fail(ctx, KILN_E_ARG,
-                         "kiln_index_import_hnswlib: metric %d is not l2, ip or cos", (int)metric);
+        return kiln_fail(ctx, KILN_E_ARG, "hnswlib import: metric %d is not l2, ip or cos",
+                         (int)metric);
     const double t0 = kiln_now();
     hl_reader r;
     kiln_status st = rd_open(ctx, path, &r);

@@ -712,7 +712,7 @@ kiln_status kiln_index_save(const kiln_index *index, const char *path) {
     if (!index)
         return KILN_E_ARG;
     if (!path || !*path)
-        return kiln_fail(index->ctx, KILN_E_ARG, "kiln_index_save: empty output path");
+        return kiln_fail(index->ctx, KILN_E_ARG, "saving an index: empty output path");
     writer w = {.ix = index, .ctx = index->ctx, .path = path};
     kiln_status st = check_savable(&w);
     if (st)
@@ -737,10 +737,10 @@ kiln_status kiln_index_save(const kiln_index *index, const char *path) {
 
 kiln_status kiln_index_load(kiln_ctx *ctx, const char *path, kiln_index **out) {
     if (!out)
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_index_load: out is NULL");
+        return kiln_fail(ctx, KILN_E_ARG, "loading an index: the result pointer is NULL");
     *out = NULL;
     if (!path || !*path)
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_index_load: empty path");
+        return kiln_fail(ctx, KILN_E_ARG, "loading an index: empty path");
     index_file f;
     kiln_status st = open_index_file(ctx, path, &f);
     if (st)
@@ -778,10 +778,10 @@ done:
 
 kiln_status kiln_index_info_read(kiln_ctx *ctx, const char *path, kiln_index_info *out) {
     if (!out)
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_index_info_read: out is NULL");
+        return kiln_fail(ctx, KILN_E_ARG, "reading an index header: the result pointer is NULL");
     memset(out, 0, sizeof *out);
     if (!path || !*path)
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_index_info_read: empty path");
+        return kiln_fail(ctx, KILN_E_ARG, "reading an index header: empty path");
     index_file f;
     kiln_status st = open_index_file(ctx, path, &f);
     if (st)

@@ -197,6 +197,7 @@ kiln_status kiln_level0_from_candidates(struct kiln_index *ix, const uint32_t *c
         free(ids);
         free(cands);
     }
+    kiln_progress_add(&bar, n & 1023); /* the last partial batch */
     kiln_progress_end(&bar);
     if (result == KILN_OK) {
         /* Snapshot forward lists: reverse links change the live ones. */
@@ -211,6 +212,7 @@ kiln_status kiln_level0_from_candidates(struct kiln_index *ix, const uint32_t *c
             if ((i & 1023) == 1023)
                 kiln_progress_add(&bar, 1024);
         }
+        kiln_progress_add(&bar, n & 1023);
         kiln_progress_end(&bar);
     }
     free(fwd_mem);

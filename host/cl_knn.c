@@ -402,9 +402,9 @@ kiln_status kiln_cl_cluster_knn(kiln_ctx *ctx, const kiln_q4_set *set, const uin
     if (stats)
         memset(stats, 0, sizeof *stats);
     if (!set || !offsets)
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_cl_cluster_knn: NULL argument");
+        return kiln_fail(ctx, KILN_E_ARG, "device cluster kNN: NULL argument");
     if (k < 1 || k > KILN_CL_MAX_K)
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_cl_cluster_knn: k = %u is outside 1..%d",
+        return kiln_fail(ctx, KILN_E_ARG, "device cluster kNN: k = %u is outside 1..%d",
                          (unsigned)k, KILN_CL_MAX_K);
     for (size_t c = 0; c < n_clusters; c++) {
         if (offsets[c + 1] < offsets[c])
@@ -414,7 +414,7 @@ kiln_status kiln_cl_cluster_knn(kiln_ctx *ctx, const kiln_q4_set *set, const uin
                              c, (unsigned long long)(offsets[c + 1] - offsets[c]));
     }
     if (offsets[n_clusters] > offsets[0] && (!members || !out))
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_cl_cluster_knn: NULL members or out");
+        return kiln_fail(ctx, KILN_E_ARG, "device cluster kNN: NULL members or output");
     for (size_t s = offsets[0]; s < offsets[n_clusters]; s++)
         if (members[s] >= set->count)
             return kiln_fail(ctx, KILN_E_RANGE,
@@ -567,12 +567,14 @@ kiln_status kiln_cl_kmeans_assign(kiln_ctx *ctx, const float *rows, size_t n, si
     if (stats)
         memset(stats, 0, sizeof *stats);
     if ((n && (!rows || !ids || !dists)) || !centroids || k == 0)
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_cl_kmeans_assign: NULL argument or no centroids");
+        return kiln_fail(ctx, KILN_E_ARG,
+                         "device cluster assignment: NULL argument or no centroids");
     if (dim == 0 || dim > KILN_Q4_MAX_DIM)
-        return kiln_fail(ctx, KILN_E_RANGE, "kiln_cl_kmeans_assign: dimension %zu is outside 1..%d",
-                         dim, KILN_Q4_MAX_DIM);
+        return kiln_fail(ctx, KILN_E_RANGE,
+                         "device cluster assignment: dimension %zu is outside 1..%d", dim,
+                         KILN_Q4_MAX_DIM);
     if (r == 0 || r > KILN_CL_MAX_TOP)
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_cl_kmeans_assign: r = %u is outside 1..%d",
+        return kiln_fail(ctx, KILN_E_ARG, "device cluster assignment: r = %u is outside 1..%d",
                          (unsigned)r, KILN_CL_MAX_TOP);
     if (n == 0)
         return KILN_OK;

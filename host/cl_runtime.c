@@ -426,7 +426,7 @@ kiln_status kiln_cl_state(kiln_ctx *ctx, struct kiln_device_state **out) {
 
 kiln_status kiln_device_count(kiln_ctx *ctx, uint32_t *out) {
     if (!out)
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_device_count: out is NULL");
+        return kiln_fail(ctx, KILN_E_ARG, "counting devices: the result pointer is NULL");
     *out = 0;
     dev_entry *list;
     uint32_t n;
@@ -439,7 +439,7 @@ kiln_status kiln_device_count(kiln_ctx *ctx, uint32_t *out) {
 
 kiln_status kiln_device_info_get(kiln_ctx *ctx, uint32_t index, kiln_device_info *out) {
     if (!out)
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_device_info_get: out is NULL");
+        return kiln_fail(ctx, KILN_E_ARG, "describing a device: the result pointer is NULL");
     memset(out, 0, sizeof *out);
     dev_entry *list;
     uint32_t n;
@@ -648,7 +648,7 @@ kiln_status kiln_cl_program_check(kiln_ctx *ctx, const char *file, const char *o
     if (from_disk)
         *from_disk = false;
     if (!ctx || !file || !options)
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_cl_program_check: NULL argument");
+        return kiln_fail(ctx, KILN_E_ARG, "device program check: NULL argument");
     struct kiln_device_state *st;
     cl_program prog;
     kiln_status status = kiln_cl_state(ctx, &st);

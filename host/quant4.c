@@ -230,15 +230,15 @@ static void derive_symmetric(kiln_q4 *q, const float *plo, const float *phi) {
 kiln_status kiln_q4_train(kiln_ctx *ctx, const float *rows, size_t n, size_t dim,
                           kiln_metric metric, uint64_t seed, uint32_t threads, kiln_q4 **out) {
     if (!out)
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_q4_train: out is NULL");
+        return kiln_fail(ctx, KILN_E_ARG, "quantizer training: the result pointer is NULL");
     *out = NULL;
     if (!rows || n == 0)
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_q4_train: no rows to train the quantizer on");
+        return kiln_fail(ctx, KILN_E_ARG, "quantizer training: no rows to train on");
     if (dim == 0 || dim > KILN_Q4_MAX_DIM)
-        return kiln_fail(ctx, KILN_E_RANGE, "kiln_q4_train: dimension %zu is outside 1..%d", dim,
-                         KILN_Q4_MAX_DIM);
+        return kiln_fail(ctx, KILN_E_RANGE, "quantizer training: dimension %zu is outside 1..%d",
+                         dim, KILN_Q4_MAX_DIM);
     if (!metric_valid(metric))
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_q4_train: metric %d is not L2, IP or COS",
+        return kiln_fail(ctx, KILN_E_ARG, "quantizer training: metric %d is not L2, IP or COS",
                          (int)metric);
     const size_t m = n < Q4_SAMPLE_ROWS ? n : Q4_SAMPLE_ROWS;
     kiln_q4 *q = NULL;
@@ -382,7 +382,7 @@ static kiln_status encode(kiln_ctx *ctx, const kiln_q4 *q, const encode_src *src
 kiln_status kiln_q4_encode(kiln_ctx *ctx, const kiln_q4 *q, const float *rows, size_t count,
                            uint32_t threads, uint64_t *planes, uint32_t *norms) {
     if (!q || (count && (!rows || !planes || !norms)))
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_q4_encode: NULL argument");
+        return kiln_fail(ctx, KILN_E_ARG, "quantized encoding: NULL argument");
     const encode_src src = {.rows = rows};
     return encode(ctx, q, &src, count, threads, planes, norms);
 }
@@ -392,7 +392,7 @@ kiln_status kiln_q4_encode_residuals(kiln_ctx *ctx, const kiln_q4 *q, const floa
                                      const uint32_t *center_of, size_t count, uint32_t threads,
                                      uint64_t *planes, uint32_t *norms) {
     if (!q || (count && (!base || !ids || !centers || !center_of || !planes || !norms)))
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_q4_encode_residuals: NULL argument");
+        return kiln_fail(ctx, KILN_E_ARG, "quantized residual encoding: NULL argument");
     const encode_src src = {.base = base, .centers = centers, .ids = ids, .center_of = center_of};
     return encode(ctx, q, &src, count, threads, planes, norms);
 }
@@ -400,7 +400,7 @@ kiln_status kiln_q4_encode_residuals(kiln_ctx *ctx, const kiln_q4 *q, const floa
 kiln_status kiln_q4_set_encode(kiln_ctx *ctx, const kiln_q4 *q, const float *rows, size_t count,
                                uint32_t threads, kiln_q4_set *out) {
     if (!q || !out)
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_q4_set_encode: NULL argument");
+        return kiln_fail(ctx, KILN_E_ARG, "quantized set encoding: NULL argument");
     memset(out, 0, sizeof *out);
     size_t words, bytes;
     if (kiln_mul_size(count, kiln_q4_stride(q->words), &words) ||
@@ -456,7 +456,7 @@ kiln_status kiln_q4_cluster_knn_ref(kiln_ctx *ctx, const kiln_q4_set *set, const
                                     size_t n_clusters, const uint32_t *members, uint32_t k,
                                     uint32_t threads, kiln_q4_neighbor *out) {
     if (!set || !offsets || k == 0)
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_q4_cluster_knn_ref: NULL argument or k = 0");
+        return kiln_fail(ctx, KILN_E_ARG, "reference cluster kNN: NULL argument or k = 0");
     size_t largest = 0;
     for (size_t c = 0; c < n_clusters; c++) {
         if (offsets[c + 1] < offsets[c])
@@ -465,7 +465,7 @@ kiln_status kiln_q4_cluster_knn_ref(kiln_ctx *ctx, const kiln_q4_set *set, const
             largest = offsets[c + 1] - offsets[c];
     }
     if (offsets[n_clusters] > offsets[0] && (!members || !out))
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_q4_cluster_knn_ref: NULL members or out");
+        return kiln_fail(ctx, KILN_E_ARG, "reference cluster kNN: NULL members or output");
     for (size_t s = offsets[0]; s < offsets[n_clusters]; s++)
         if (members[s] >= set->count)
             return kiln_fail(ctx, KILN_E_RANGE,

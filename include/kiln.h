@@ -176,14 +176,16 @@ KILN_API kiln_status kiln_knn_exact_dataset(kiln_ctx *ctx, const kiln_dataset *b
 
 /* ==== Synthetic data ==== */
 
-/* Fills out (n*dim floats, caller's) with a seeded clustered dataset: a
- * mixture of `clusters` components, each a random low-rank (12 latent
- * dimensions) Gaussian around a random centre plus a little isotropic noise,
- * so neighbourhoods look like real embeddings rather than uniform noise.
- * Row i depends only on (seed, i, dim, clusters): any prefix of a larger set
- * is the smaller set, and rows [n, n+q) make held-out queries. */
+/* Fills out (caller's, out_len floats, at least n*dim) with a seeded
+ * clustered dataset: a mixture of `clusters` components, each a random
+ * low-rank (12 latent dimensions) Gaussian around a random centre plus a
+ * little isotropic noise, so neighbourhoods look like real embeddings rather
+ * than uniform noise. Row i depends only on (seed, i, dim, clusters): any
+ * prefix of a larger set is the smaller set, and rows [n, n+q) make held-out
+ * queries. KILN_E_RANGE when n*dim overflows, KILN_E_ARG when it exceeds
+ * out_len; nothing is written then. */
 KILN_API kiln_status kiln_synth_clustered(kiln_ctx *ctx, size_t n, size_t dim, uint32_t clusters,
-                                          uint64_t seed, float *out);
+                                          uint64_t seed, float *out, size_t out_len);
 
 /* ==== Devices ==== */
 

@@ -75,7 +75,7 @@ static void test_metrics(kiln_ctx *ctx) {
     float *x = malloc((n + nq) * d * sizeof *x);
     int64_t *gt = malloc(nq * 10 * sizeof *gt);
     REQUIRE(x && gt);
-    CHECK_OK(ctx, kiln_synth_clustered(ctx, n + nq, d, 24, 17, x));
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n + nq, d, 24, 17, x, (size_t)(n + nq) * d));
     const kiln_metric metrics[] = {KILN_METRIC_L2, KILN_METRIC_IP, KILN_METRIC_COS};
     for (size_t m = 0; m < 3; m++) {
         CHECK_OK(ctx, kiln_knn_exact(ctx, x, n, x + n * d, nq, d, metrics[m], 10, 0, gt, NULL));
@@ -101,7 +101,7 @@ static void test_determinism(kiln_ctx *ctx) {
     const size_t n = 3000, d = 20;
     float *x = malloc(n * d * sizeof *x);
     REQUIRE(x);
-    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, d, 10, 2, x));
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, d, 10, 2, x, (size_t)n * d));
     kiln_build_params p;
     device_params(&p);
     p.threads = 1;
@@ -157,7 +157,7 @@ static void test_ef_construction(kiln_ctx *ctx) {
     const size_t n = 4000, d = 24;
     float *x = malloc(n * d * sizeof *x);
     REQUIRE(x);
-    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, d, 12, 4, x));
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, d, 12, 4, x, n * d));
     const uint32_t efs[2] = {200, 400};
     kiln_index *ix[2] = {NULL, NULL};
     for (int i = 0; i < 2; i++) {

@@ -82,7 +82,7 @@ static void test_metrics(kiln_ctx *ctx) {
     float *all = malloc((n + nq) * d * sizeof *all);
     int64_t *gt = malloc(nq * k * sizeof *gt);
     REQUIRE(all && gt);
-    CHECK_OK(ctx, kiln_synth_clustered(ctx, n + nq, d, 16, 11, all));
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n + nq, d, 16, 11, all, (size_t)(n + nq) * d));
     const float *q = all + n * d;
     const kiln_metric metrics[] = {KILN_METRIC_L2, KILN_METRIC_IP, KILN_METRIC_COS};
     for (size_t m = 0; m < 3; m++) {
@@ -118,7 +118,7 @@ static void test_determinism(kiln_ctx *ctx) {
     const size_t n = 3000, d = 24;
     float *x = malloc(n * d * sizeof *x);
     REQUIRE(x);
-    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, d, 8, 5, x));
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, d, 8, 5, x, (size_t)n * d));
     kiln_build_params p;
     insert_params(&p);
     p.threads = 1;
@@ -217,7 +217,7 @@ static void test_validator(kiln_ctx *ctx) {
     const size_t n = 500, d = 8;
     float *x = malloc(n * d * sizeof *x);
     REQUIRE(x);
-    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, d, 4, 3, x));
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, d, 4, 3, x, (size_t)n * d));
     kiln_build_params p;
     insert_params(&p);
     p.threads = 1;
@@ -344,7 +344,7 @@ static void test_nonfinite_method(kiln_ctx *ctx, kiln_method method, const char 
     const size_t n = 5000, nq = 200, d = 32;
     float *x = malloc((n + nq) * d * sizeof *x);
     REQUIRE(x);
-    CHECK_OK(ctx, kiln_synth_clustered(ctx, n + nq, d, 16, 23, x));
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n + nq, d, 16, 23, x, (n + nq) * d));
     const float *q = x + n * d;
     /* The entry point is fixed by (n, M, seed): poison it too in the
      * 10-row case, the worst place for a NaN. */
@@ -399,7 +399,7 @@ static void test_repair_no_links(kiln_ctx *ctx) {
     struct kiln_index *ix = NULL;
     CHECK_OK(ctx, kiln_index_alloc(ctx, n, d, KILN_METRIC_L2, 16, NULL, &ix));
     REQUIRE(ix);
-    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, d, 8, 29, ix->vectors));
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, d, 8, 29, ix->vectors, (size_t)n * d));
     ix->entry_point = 0;
     ix->max_level = 0;
     CHECK_FAILS(ctx, kiln_index_check(ix), KILN_E_INVALID, "unreachable");
@@ -423,7 +423,7 @@ static void test_heap_growth_failure(kiln_ctx *ctx) {
     const size_t n = 4000, d = 16, nq = 20;
     float *x = malloc((n + nq) * d * sizeof *x);
     REQUIRE(x);
-    CHECK_OK(ctx, kiln_synth_clustered(ctx, n + nq, d, 8, 11, x));
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n + nq, d, 8, 11, x, (n + nq) * d));
     kiln_build_params p;
     insert_params(&p);
     kiln_search_params sp;

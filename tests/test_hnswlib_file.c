@@ -220,7 +220,7 @@ static int64_t *kiln_search(const kiln_index *ix, const float *q, size_t nq) {
 static float *synth(kiln_ctx *ctx, size_t n, size_t dim, uint64_t seed) {
     float *v = malloc(n * dim * sizeof *v);
     REQUIRE(v);
-    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, dim, 16, seed, v));
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, dim, 16, seed, v, (size_t)n * dim));
     return v;
 }
 

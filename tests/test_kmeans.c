@@ -722,7 +722,7 @@ static void test_tree(kiln_ctx *ctx) {
     const size_t n = 40000;
     const uint32_t dim = 16, k = 300, r = 3;
     float *x = alloc_floats(n * dim);
-    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, dim, 120, 11, x));
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, dim, 120, 11, x, (size_t)n * dim));
     kiln_kmeans_params p;
     kiln_kmeans_params_init(&p);
     p.clusters = k;

@@ -14,7 +14,7 @@ static void test_from_exact_candidates(kiln_ctx *ctx) {
     int64_t *nn = malloc(n * 33 * sizeof *nn), *gt = malloc(nq * 10 * sizeof *gt);
     uint32_t *cand = malloc(n * width * sizeof *cand);
     REQUIRE(x && nn && gt && cand);
-    CHECK_OK(ctx, kiln_synth_clustered(ctx, n + nq, d, 20, 21, x));
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n + nq, d, 20, 21, x, (size_t)(n + nq) * d));
     CHECK_OK(ctx, kiln_knn_exact(ctx, x, n, x, n, d, KILN_METRIC_L2, 33, 0, nn, NULL));
     CHECK_OK(ctx, kiln_knn_exact(ctx, x, n, x + n * d, nq, d, KILN_METRIC_L2, 10, 0, gt, NULL));
     for (size_t i = 0; i < n; i++) {
