@@ -178,6 +178,41 @@ static void test_commit_all(void) {
     CHECK(count_temps() == 0);
 }
 
+/* kiln_dataset_write_all: int64 .npy and .ibin, and all-or-nothing. */
+static void test_dataset_outputs(void) {
+    const int64_t ids[6] = {0, 1, (int64_t)1 << 40, -1, INT64_MIN, 5};
+    const int32_t ids32[6] = {0, 1, 2, -1, 7, 5};
+    const kiln_dataset_output outs[2] = {
+        {at("ids.npy"), KILN_FORMAT_AUTO, KILN_DTYPE_I64, ids, 2, 3},
+        {at("ids.ibin"), KILN_FORMAT_AUTO, KILN_DTYPE_I32, ids32, 2, 3}};
+    CHECK_OK(ctx, kiln_dataset_write_all(ctx, outs, 2));
+    size_t n;
+    uint8_t *npy = read_file(at("ids.npy"), &n);
+    REQUIRE(npy);
+    CHECK(n == 128 + sizeof ids && memcmp(npy + 128, ids, sizeof ids) == 0);
+    CHECK(strstr((const char *)npy + 10, "'descr': '<i8'") &&
+          strstr((const char *)npy + 10, "'shape': (2, 3)"));
+    free(npy);
+    kiln_dataset *ds;
+    CHECK_OK(ctx, kiln_dataset_open(ctx, at("ids.ibin"), KILN_FORMAT_AUTO, 0, &ds));
+    int32_t back[6] = {0};
+    CHECK(ds && kiln_dataset_count(ds) == 2 && kiln_dataset_dim(ds) == 3);
+    CHECK_OK(ctx, kiln_dataset_read_i32(ds, 0, 2, back));
+    CHECK(memcmp(back, ids32, sizeof back) == 0);
+    kiln_dataset_free(ds);
+    /* int64 fits no other format; the refusal touches neither file. */
+    REQUIRE(write_file(at("keep.ivecs"), "old", 3));
+    const kiln_dataset_output bad[2] = {
+        {at("ids.npy"), KILN_FORMAT_AUTO, KILN_DTYPE_I32, ids32, 2, 3},
+        {at("keep.ivecs"), KILN_FORMAT_AUTO, KILN_DTYPE_I64, ids, 2, 3}};
+    CHECK_FAILS(ctx, kiln_dataset_write_all(ctx, bad, 2), KILN_E_ARG, "holds int32, not int64");
+    CHECK(content_is(at("keep.ivecs"), "old"));
+    npy = read_file(at("ids.npy"), &n);
+    CHECK(npy && strstr((const char *)npy + 10, "'descr': '<i8'"));
+    free(npy);
+    CHECK(count_temps() == 0);
+}
+
 /* T8: a writer killed by sig while its output is open leaves no temporary
  * and dies of sig (the default action is kept). */
 static void check_killed(int sig) {
@@ -252,6 +287,7 @@ int main(void) {
     test_modes();
     test_symlink();
     test_commit_all();
+    test_dataset_outputs();
     check_killed(SIGTERM);
     check_killed(SIGINT);
     test_stale();
