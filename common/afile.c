@@ -177,7 +177,7 @@ static bool parse_temp_name(const char *name, const char *base, long *pid) {
     char *end;
     errno = 0;
     const long v = strtol(p, &end, 10);
-    if (end == p || *end != '.' || errno || v <= 0 || strlen(end + 1) != 6)
+    if (end == p || *end != '.' || errno || v <= 0 || v > INT_MAX || strlen(end + 1) != 6)
         return false;
     *pid = v;
     return true;
@@ -436,9 +436,12 @@ kiln_status kiln_afile_pwrite(kiln_afile *af, const void *buf, size_t len, size_
 kiln_status kiln_afile_commit_all(kiln_afile *const *afs, size_t count) {
     kiln_status st = KILN_OK;
     for (size_t i = 0; i < count; i++) {
-        const kiln_status s = afile_finish(afs[i]);
-        if (st == KILN_OK)
-            st = s;
+        if (st == KILN_OK) {
+            st = afile_finish(afs[i]);
+        } else { /* the first failure is the one reported */
+            fclose(afs[i]->fp);
+            afs[i]->fp = NULL;
+        }
     }
     size_t renamed = 0;
     for (; st == KILN_OK && renamed < count; renamed++) {
