@@ -30,13 +30,31 @@
  *     is told the length of the buffer it fills.
  *  7. search --json writes one object per query line ({"query": i, "ids":
  *     [...], "distances": [...]}), so a script can stream the results.
+ *  8. Every output is checked before the work starts (check_outputs): its
+ *     folder exists and is writable, it is not a directory or another
+ *     non-regular file, and it is not the same file (device and inode, so
+ *     through symbolic and hard links) as an input or another output. A
+ *     symbolic link as output is written through to its target, as the
+ *     library does. The checks are early reports only; the library's
+ *     atomic write still decides at the end.
+ *  9. Result files take their format from the extension: ids .npy (int64),
+ *     .ivecs or .ibin (int32), distances .npy, .fvecs or .fbin (float32);
+ *     anything else is refused with that list. An id that does not fit the
+ *     int32 formats is refused, naming the query, instead of being truncated
+ *     (-1 is also "no result"). The outputs of one command are committed
+ *     together (kiln_dataset_write_all): all or none.
  */
+#include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli_opts.h"
 #include "kiln.h"
@@ -194,6 +212,167 @@ static bool parse_metric(const cli_args *a, kiln_metric *m) {
     return true;
 }
 
+/* ==== Outputs ==== */
+
+/* An output option of a command and the file it names (NULL: not given). */
+typedef struct out_spec {
+    const char *opt;
+    const char *path;
+} out_spec;
+
+/* The name that identifies path's file: realpath when it exists, else the
+ * realpath of its folder plus its last component; NULL when the folder is
+ * missing or memory ran out. */
+static char *canonical(const char *path) {
+    char *r = realpath(path, NULL);
+    if (r || errno != ENOENT)
+        return r;
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+    char *rdir = dir ? realpath(dir, NULL) : NULL;
+    const char *base = slash ? slash + 1 : path;
+    char *out = rdir ? malloc(strlen(rdir) + strlen(base) + 2) : NULL;
+    if (out)
+        sprintf(out, "%s/%s", rdir, base);
+    free(dir);
+    free(rdir);
+    return out;
+}
+
+/* One output's own checks (decision 4); 0, or the exit code after the
+ * message. */
+static int check_output_path(const char *cmd, const out_spec *o) {
+    struct stat sb, lsb;
+    if (!*o->path) {
+        fprintf(stderr, "kiln %s: %s: empty file name\n", cmd, o->opt);
+        return 2;
+    }
+    if (stat(o->path, &sb) == 0) {
+        if (S_ISDIR(sb.st_mode)) {
+            fprintf(stderr, "kiln %s: %s %s: is a directory; name a file\n", cmd, o->opt, o->path);
+            return 2;
+        }
+        if (!S_ISREG(sb.st_mode)) {
+            fprintf(stderr, "kiln %s: %s %s: exists and is not a regular file\n", cmd, o->opt,
+                    o->path);
+            return 1;
+        }
+    } else if (lstat(o->path, &lsb) == 0 && S_ISLNK(lsb.st_mode)) {
+        fprintf(stderr, "kiln %s: %s %s: is a symbolic link to a missing file\n", cmd, o->opt,
+                o->path);
+        return 1;
+    }
+    /* The folder that will hold the file (the link target's, for a link). */
+    char *target = realpath(o->path, NULL);
+    const char *t = target ? target : o->path;
+    const char *slash = strrchr(t, '/');
+    char *dir = slash ? strndup(t, slash == t ? 1 : (size_t)(slash - t)) : strdup(".");
+    free(target);
+    if (!dir) {
+        fprintf(stderr, "kiln %s: out of memory\n", cmd);
+        return 1;
+    }
+    int rc = 0;
+    if (stat(dir, &sb) != 0) {
+        fprintf(stderr, "kiln %s: %s %s: folder %s does not exist\n", cmd, o->opt, o->path, dir);
+        rc = 1;
+    } else if (!S_ISDIR(sb.st_mode)) {
+        fprintf(stderr, "kiln %s: %s %s: %s is not a folder\n", cmd, o->opt, o->path, dir);
+        rc = 1;
+    } else if (access(dir, W_OK | X_OK) != 0) {
+        fprintf(stderr, "kiln %s: %s %s: folder %s is not writable\n", cmd, o->opt, o->path, dir);
+        rc = 1;
+    }
+    free(dir);
+    return rc;
+}
+
+/* Decision 4, before any work: each given output on its own, then against
+ * the inputs (same device and inode) and the other outputs. */
+static int check_outputs(const char *cmd, const out_spec *outs, size_t nout, const char *const *ins,
+                         size_t nin) {
+    for (size_t i = 0; i < nout; i++) {
+        if (!outs[i].path)
+            continue;
+        int rc = check_output_path(cmd, &outs[i]);
+        if (rc)
+            return rc;
+        struct stat ob, ib;
+        if (stat(outs[i].path, &ob) == 0) {
+            for (size_t j = 0; j < nin; j++) {
+                if (stat(ins[j], &ib) == 0 && ib.st_dev == ob.st_dev && ib.st_ino == ob.st_ino) {
+                    fprintf(stderr, "kiln %s: %s %s: is the same file as the input %s\n", cmd,
+                            outs[i].opt, outs[i].path, ins[j]);
+                    return 2;
+                }
+            }
+        }
+        char *ci = canonical(outs[i].path);
+        for (size_t j = 0; j < i && ci; j++) {
+            char *cj = outs[j].path ? canonical(outs[j].path) : NULL;
+            const bool same = cj && strcmp(ci, cj) == 0;
+            free(cj);
+            if (same) {
+                fprintf(stderr, "kiln %s: %s and %s name the same file %s\n", cmd, outs[j].opt,
+                        outs[i].opt, outs[i].path);
+                free(ci);
+                return 2;
+            }
+        }
+        free(ci);
+    }
+    return 0;
+}
+
+/* The extension of path's last component (after its last dot), or "". */
+static const char *extension(const char *path) {
+    const char *slash = strrchr(path, '/');
+    const char *dot = strrchr(slash ? slash + 1 : path, '.');
+    return dot ? dot + 1 : "";
+}
+
+/* Format and dtype of a result file from its extension (decision 5); false
+ * after a usage message. ids: the id formats, else the distance ones. */
+static bool result_format(const char *cmd, const out_spec *o, bool ids, kiln_format *fmt,
+                          kiln_dtype *dtype) {
+    const char *ext = extension(o->path);
+    *dtype = ids ? KILN_DTYPE_I32 : KILN_DTYPE_F32;
+    if (strcasecmp(ext, "npy") == 0) {
+        *fmt = KILN_FORMAT_NPY;
+        *dtype = ids ? KILN_DTYPE_I64 : KILN_DTYPE_F32;
+    } else if (strcasecmp(ext, ids ? "ivecs" : "fvecs") == 0) {
+        *fmt = ids ? KILN_FORMAT_IVECS : KILN_FORMAT_FVECS;
+    } else if (strcasecmp(ext, ids ? "ibin" : "fbin") == 0) {
+        *fmt = ids ? KILN_FORMAT_IBIN : KILN_FORMAT_FBIN;
+    } else {
+        fprintf(stderr, "kiln %s: %s %s: unknown extension; use %s\n", cmd, o->opt, o->path,
+                ids ? ".npy (int64 ids), .ivecs or .ibin (int32 ids)"
+                    : ".npy, .fvecs or .fbin (float32 distances)");
+        return false;
+    }
+    return true;
+}
+
+/* The ids of a result as the output's dtype wants them: the labels
+ * themselves for int64, else narrowed into ids32 after checking that each
+ * fits. False after a message naming the first that does not. */
+static bool narrow_ids(const char *cmd, const out_spec *o, kiln_dtype dtype, const int64_t *labels,
+                       size_t nq, uint32_t k, int32_t *ids32) {
+    if (dtype == KILN_DTYPE_I64)
+        return true;
+    for (size_t i = 0; i < nq * k; i++) {
+        if (labels[i] < INT32_MIN || labels[i] > INT32_MAX) {
+            fprintf(stderr,
+                    "kiln %s: %s %s: id %lld (query %zu, rank %zu) does not fit int32; write the "
+                    "ids as .npy (int64)\n",
+                    cmd, o->opt, o->path, (long long)labels[i], i / k, i % k);
+            return false;
+        }
+        ids32[i] = (int32_t)labels[i];
+    }
+    return true;
+}
+
 /* ==== build ==== */
 
 static const cli_opt build_opts[] = {
@@ -268,6 +447,10 @@ static int cmd_build(const cli_args *a) {
         fprintf(stderr, "kiln build: --method: '%s' is not insert or device\n", method);
         return 2;
     }
+    const out_spec outs[] = {{"-o", out}};
+    int crc = check_outputs("build", outs, 1, a->pos, 1);
+    if (crc)
+        return crc;
     kiln_ctx *ctx;
     if (setup(a, &ctx))
         return 1;
@@ -355,8 +538,9 @@ done:
 static const cli_opt search_opts[] = {
     {"k", 'k', "N", "10", "neighbours per query", 1, UINT32_MAX},
     {"ef", 0, "N", "64", "search beam width (raised to k when smaller)", 0, UINT32_MAX},
-    {"output", 'o', "RESULT.ivecs", NULL, "write ids as .ivecs (default: print them)", 0, 0},
-    {"distances", 0, "DIST.fvecs", NULL, "also write distances as .fvecs", 0, 0},
+    {"output", 'o', "RESULT", NULL,
+     "write ids: .npy (int64), .ivecs or .ibin (int32) (default: print them)", 0, 0},
+    {"distances", 0, "DIST", NULL, "also write distances: .npy, .fvecs or .fbin", 0, 0},
     {"threads", 't', "N", "0", "search threads; 0 = all cores", 0, CLI_MAX_THREADS},
     {"format", 0, "FMT", "auto", "query file format", 0, 0},
     {"allow-nonfinite", 0, NULL, NULL, "accept NaN/Inf query values", 0, 0},
@@ -377,6 +561,20 @@ static int cmd_search(const cli_args *a) {
     kiln_search_params_init(&sp);
     if (!cli_u32(a, "k", &sp.k) || !cli_u32(a, "ef", &sp.ef) || !cli_u32(a, "threads", &sp.threads))
         return 2;
+    const out_spec outs[] = {{"-o", cli_str(a, "output")},
+                             {"--distances", cli_str(a, "distances")}};
+    kiln_dataset_output files[2];
+    size_t nfiles = 0;
+    for (size_t i = 0; i < 2; i++) {
+        if (outs[i].path &&
+            !result_format("search", &outs[i], i == 0, &files[nfiles].format, &files[nfiles].dtype))
+            return 2;
+        if (outs[i].path)
+            files[nfiles++].path = outs[i].path;
+    }
+    int crc = check_outputs("search", outs, 2, a->pos, 2);
+    if (crc)
+        return crc;
     kiln_ctx *ctx;
     if (setup(a, &ctx))
         return 1;
@@ -410,14 +608,22 @@ static int cmd_search(const cli_args *a) {
         rc = fail("search", ctx);
         goto done;
     }
-    for (size_t i = 0; i < nq * sp.k; i++)
-        ids[i] = labels[i] > INT32_MAX ? -1 : (int32_t)labels[i];
-    const char *out = cli_str(a, "output"), *dout = cli_str(a, "distances");
-    if (out && kiln_dataset_write(ctx, out, KILN_FORMAT_IVECS, KILN_DTYPE_I32, ids, nq, sp.k)) {
-        rc = fail("search", ctx);
-        goto done;
+    size_t f = 0;
+    if (outs[0].path) {
+        if (!narrow_ids("search", &outs[0], files[0].dtype, labels, nq, sp.k, ids)) {
+            rc = 1;
+            goto done;
+        }
+        files[f++].data =
+            files[0].dtype == KILN_DTYPE_I64 ? (const void *)labels : (const void *)ids;
     }
-    if (dout && kiln_dataset_write(ctx, dout, KILN_FORMAT_FVECS, KILN_DTYPE_F32, dist, nq, sp.k)) {
+    if (outs[1].path)
+        files[f++].data = dist;
+    for (size_t i = 0; i < nfiles; i++) {
+        files[i].n = nq;
+        files[i].d = sp.k;
+    }
+    if (nfiles && kiln_dataset_write_all(ctx, files, nfiles)) {
         rc = fail("search", ctx);
         goto done;
     }
@@ -433,7 +639,7 @@ static int cmd_search(const cli_args *a) {
             }
             printf("]}\n");
         }
-    } else if (!out) {
+    } else if (!outs[0].path) {
         for (size_t i = 0; i < nq; i++) {
             printf("%zu:", i);
             for (uint32_t j = 0; j < sp.k; j++)
@@ -610,8 +816,9 @@ done:
 
 static const cli_opt gt_opts[] = {
     {"k", 'k', "N", "100", "neighbours per query", 1, UINT32_MAX},
-    {"output", 'o', "GT.ivecs", NULL, "ids to write as .ivecs (required)", 0, 0},
-    {"distances", 0, "DIST.fvecs", NULL, "also write the distances as .fvecs", 0, 0},
+    {"output", 'o', "GT.ivecs", NULL, "ids to write (required): .ivecs, .ibin or .npy (int64)", 0,
+     0},
+    {"distances", 0, "DIST.fvecs", NULL, "also write the distances: .fvecs, .fbin or .npy", 0, 0},
     {"metric", 0, "l2|ip|cos", "l2", "distance", 0, 0},
     {"threads", 't', "N", "0", "threads; 0 = all cores", 0, CLI_MAX_THREADS},
     {"format", 0, "FMT", "auto", "input format of BASE and QUERIES", 0, 0},
@@ -635,6 +842,14 @@ static int cmd_groundtruth(const cli_args *a) {
         fprintf(stderr, "kiln groundtruth: -o GT.ivecs is required\n");
         return 2;
     }
+    const out_spec outs[] = {{"-o", out}, {"--distances", dout}};
+    kiln_dataset_output files[2] = {{.path = out}, {.path = dout}};
+    if (!result_format("groundtruth", &outs[0], true, &files[0].format, &files[0].dtype) ||
+        (dout && !result_format("groundtruth", &outs[1], false, &files[1].format, &files[1].dtype)))
+        return 2;
+    int crc = check_outputs("groundtruth", outs, 2, a->pos, 2);
+    if (crc)
+        return crc;
     kiln_ctx *ctx;
     if (setup(a, &ctx))
         return 1;
@@ -665,10 +880,15 @@ static int cmd_groundtruth(const cli_args *a) {
         rc = fail("groundtruth", ctx);
         goto done;
     }
-    for (size_t i = 0; i < nq * k; i++)
-        ids[i] = (int32_t)labels[i];
-    if (kiln_dataset_write(ctx, out, KILN_FORMAT_IVECS, KILN_DTYPE_I32, ids, nq, k) ||
-        (dout && kiln_dataset_write(ctx, dout, KILN_FORMAT_FVECS, KILN_DTYPE_F32, dist, nq, k))) {
+    if (!narrow_ids("groundtruth", &outs[0], files[0].dtype, labels, nq, k, ids)) {
+        rc = 1;
+        goto done;
+    }
+    files[0].data = files[0].dtype == KILN_DTYPE_I64 ? (const void *)labels : (const void *)ids;
+    files[1].data = dist;
+    files[0].n = files[1].n = nq;
+    files[0].d = files[1].d = k;
+    if (kiln_dataset_write_all(ctx, files, dout ? 2 : 1)) {
         rc = fail("groundtruth", ctx);
         goto done;
     }
@@ -810,6 +1030,10 @@ static int cmd_export(const cli_args *a) {
     }
     if (!format_is_hnswlib(a))
         return 2;
+    const out_spec outs[] = {{"-o", out}};
+    int crc = check_outputs("export", outs, 1, a->pos, 1);
+    if (crc)
+        return crc;
     kiln_ctx *ctx;
     if (setup(a, &ctx))
         return 1;
@@ -840,6 +1064,10 @@ static int cmd_import(const cli_args *a) {
     if (!format_is_hnswlib(a) || (cli_str(a, "dim") && !cli_u32(a, "dim", &dim)) ||
         !parse_metric(a, &metric))
         return 2; /* --dim's range in the table refuses 0 */
+    const out_spec outs[] = {{"-o", out}};
+    int crc = check_outputs("import", outs, 1, a->pos, 1);
+    if (crc)
+        return crc;
     kiln_ctx *ctx;
     if (setup(a, &ctx))
         return 1;
@@ -924,27 +1152,14 @@ static const cli_cmd gen_cmd = {"generate",
                                 0,
                                 0};
 
-static kiln_status write_f32(kiln_ctx *ctx, const char *path, const float *v, size_t n, size_t d) {
-    kiln_format fmt = KILN_FORMAT_FVECS;
-    const char *dot = strrchr(path, '.');
-    if (dot && kiln_format_parse(dot + 1, &fmt) != KILN_OK)
-        fmt = KILN_FORMAT_FVECS;
-    return kiln_dataset_write(ctx, path, fmt, KILN_DTYPE_F32, v, n, d);
-}
-
-/* generate writes float32 rows, which fvecs, fbin and npy hold; the format
- * comes from the extension, so any other name is refused before any work. */
-static bool float_output_ok(const cli_args *a, const char *option) {
-    const char *path = cli_str(a, option);
-    const char *dot = strrchr(path, '.'), *slash = strrchr(path, '/');
-    kiln_format fmt;
-    if (dot && (!slash || dot > slash) && kiln_format_parse(dot + 1, &fmt) == KILN_OK &&
-        (fmt == KILN_FORMAT_FVECS || fmt == KILN_FORMAT_FBIN || fmt == KILN_FORMAT_NPY))
+/* The float format named by o's extension; false after a usage message. */
+static bool vector_format(const out_spec *o, kiln_format *fmt) {
+    const char *ext = extension(o->path);
+    if (kiln_format_parse(ext, fmt) == KILN_OK &&
+        (*fmt == KILN_FORMAT_FVECS || *fmt == KILN_FORMAT_FBIN || *fmt == KILN_FORMAT_NPY))
         return true;
-    fprintf(stderr,
-            "kiln generate: %s: '%s' does not end in .fvecs, .fbin or .npy (the format comes "
-            "from the extension)\n",
-            cli_opt_label(a, option), path);
+    fprintf(stderr, "kiln generate: %s %s: unknown extension; use .fvecs, .fbin or .npy\n", o->opt,
+            o->path);
     return false;
 }
 
@@ -964,8 +1179,15 @@ static int cmd_generate(const cli_args *a) {
                 (unsigned long long)nq);
         return 2;
     }
-    if (!float_output_ok(a, "output") || (nq && !float_output_ok(a, "queries-out")))
+    const out_spec outs[] = {{"-o", out}, {"--queries-out", nq ? qout : NULL}};
+    kiln_dataset_output files[2] = {{.path = out, .dtype = KILN_DTYPE_F32, .n = n, .d = d},
+                                    {.path = qout, .dtype = KILN_DTYPE_F32, .n = nq, .d = d}};
+    if (!vector_format(&outs[0], &files[0].format) ||
+        (nq && !vector_format(&outs[1], &files[1].format)))
         return 2;
+    int crc = check_outputs("generate", outs, 2, NULL, 0);
+    if (crc)
+        return crc;
     kiln_ctx *ctx;
     if (setup(a, &ctx))
         return 1;
@@ -978,9 +1200,12 @@ static int cmd_generate(const cli_args *a) {
     if (!v) {
         fprintf(stderr, "kiln generate: out of memory for %zu x %u floats\n", rows, d);
         rc = 1;
-    } else if (kiln_synth_clustered(ctx, rows, d, clusters, seed, v, len) ||
-               write_f32(ctx, out, v, n, d) || (nq && write_f32(ctx, qout, v + n * d, nq, d))) {
-        rc = fail("generate", ctx);
+    } else {
+        files[0].data = v;
+        files[1].data = v + n * d;
+        if (kiln_synth_clustered(ctx, rows, d, clusters, seed, v, len) ||
+            kiln_dataset_write_all(ctx, files, nq ? 2 : 1))
+            rc = fail("generate", ctx);
     }
     free(v);
     kiln_ctx_free(ctx);

@@ -1,7 +1,10 @@
 /* afile_internal.h -- atomic file output: write to a temporary file beside
  * the target, fsync, rename over the target, fsync the folder. A crash or a
  * failure at any point leaves either the old file or nothing under the final
- * name, never a half-written one. */
+ * name, never a half-written one. Several outputs can be committed together
+ * (all replaced, or none). Temporaries are removed on failure, on SIGHUP,
+ * SIGINT, SIGTERM and SIGXFSZ, and, when a writer was killed outright, by the
+ * next open of the same output. */
 #ifndef KILN_AFILE_INTERNAL_H
 #define KILN_AFILE_INTERNAL_H
 
@@ -13,7 +16,11 @@
 
 typedef struct kiln_afile kiln_afile;
 
-/* Creates "<path>.tmp.XXXXXX" in path's folder. */
+/* Creates ".<name>.kiln-tmp.<pid>.<random>" beside path (beside its target
+ * when path is a symbolic link), removing stale temporaries of path left by
+ * dead processes. A new file gets 0666 minus the umask, a replaced one keeps
+ * its mode. Fails when path exists and is not a regular file, or is a
+ * symbolic link that does not resolve. */
 kiln_status kiln_afile_open(kiln_ctx *ctx, const char *path, kiln_afile **out);
 /* Buffered write; errors are sticky and reported here and by commit. */
 kiln_status kiln_afile_write(kiln_afile *af, const void *buf, size_t len);
@@ -25,13 +32,19 @@ size_t kiln_afile_offset(const kiln_afile *af);
 kiln_status kiln_afile_pwrite(kiln_afile *af, const void *buf, size_t len, size_t offset);
 /* Flush, fsync, rename, fsync folder; frees af in every case. */
 kiln_status kiln_afile_commit(kiln_afile *af);
+/* Commits count files together: all are flushed, fsynced and closed, and
+ * only when every one succeeded are they renamed into place; otherwise no
+ * target is touched and every temporary is removed. Frees every afs[i] in
+ * every case. */
+kiln_status kiln_afile_commit_all(kiln_afile *const *afs, size_t count);
 /* Removes the temporary file and frees af; NULL is a no-op. */
 void kiln_afile_abort(kiln_afile *af);
 
-/* The input side: opens path read-only (close-on-exec) and checks that it is
- * a regular file; *fd is the caller's to close, *size its length in bytes.
- * Fails with "PATH: cannot open: ...", "cannot stat: ..." or "not a regular
- * file", leaving nothing open. */
+/* The input side: opens path read-only (close-on-exec, and without blocking
+ * on a FIFO) and checks that it is a regular file; *fd is the caller's to
+ * close, *size its length in bytes. Fails with "PATH: cannot open: ...",
+ * "cannot stat: ..." or "not a regular file (a FIFO)" and the like, leaving
+ * nothing open. */
 kiln_status kiln_open_regular(kiln_ctx *ctx, const char *path, int *fd, uint64_t *size);
 
 #endif /* KILN_AFILE_INTERNAL_H */

@@ -99,9 +99,10 @@ static const ds_format_info ds_formats[] = {
     {KILN_FORMAT_U8BIN, "u8bin", KILN_DTYPE_U8, DS_BIGANN},
     {KILN_FORMAT_I8BIN, "i8bin", KILN_DTYPE_I8, DS_BIGANN},
     {KILN_FORMAT_NPY, "npy", (kiln_dtype)0, DS_NPY},
+    {KILN_FORMAT_IBIN, "ibin", KILN_DTYPE_I32, DS_BIGANN},
 };
 
-#define DS_FORMAT_LIST "fvecs|bvecs|ivecs|fbin|u8bin|i8bin|npy"
+#define DS_FORMAT_LIST "fvecs|bvecs|ivecs|fbin|u8bin|i8bin|npy|ibin"
 
 static const uint8_t npy_magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
 
@@ -139,6 +140,7 @@ static size_t dtype_size(kiln_dtype dtype) {
     case KILN_DTYPE_U8: return 1;
     case KILN_DTYPE_I8: return 1;
     case KILN_DTYPE_I32: return 4;
+    case KILN_DTYPE_I64: return 8;
     }
     return 0;
 }
@@ -601,6 +603,7 @@ static void row_to_f32(const kiln_dataset *ds, size_t row, float *dst) {
             dst[j] = (float)v;
         }
         break;
+    case KILN_DTYPE_I64: break; /* no file opens as int64 */
     }
 }
 
@@ -618,6 +621,7 @@ static void row_to_i32(const kiln_dataset *ds, size_t row, int32_t *dst) {
             dst[j] = (int8_t)src[j];
         break;
     case KILN_DTYPE_F32: break; /* refused by the caller */
+    case KILN_DTYPE_I64: break; /* no file opens as int64 */
     }
 }
 
@@ -659,6 +663,7 @@ static const char *npy_descr_of(kiln_dtype dtype) {
     case KILN_DTYPE_U8: return "|u1";
     case KILN_DTYPE_I8: return "|i1";
     case KILN_DTYPE_I32: return "<i4";
+    case KILN_DTYPE_I64: return "<i8";
     }
     return "";
 }
@@ -818,22 +823,26 @@ kiln_status kiln_dataset_read_i32(const kiln_dataset *ds, size_t first, size_t c
 
 /* ==== Public: write ==== */
 
-kiln_status kiln_dataset_write(kiln_ctx *ctx, const char *path, kiln_format format,
-                               kiln_dtype dtype, const void *data, size_t n, size_t d) {
+/* Checks one output and resolves its format; *bytes is its data size. */
+static kiln_status check_output(kiln_ctx *ctx, const kiln_dataset_output *o,
+                                const ds_format_info **fi_out, size_t *bytes) {
+    const char *const path = o->path;
     if (!path || !*path)
         return kiln_fail(ctx, KILN_E_ARG, "writing a dataset: empty path");
     kiln_status st;
+    kiln_format format = o->format;
     if (format == KILN_FORMAT_AUTO && (st = format_from_path(ctx, path, &format)) != KILN_OK)
         return st;
     const ds_format_info *const fi = format_info(format);
     if (!fi)
         return kiln_fail(ctx, KILN_E_ARG, "%s: format %d is not a kiln_format", path, (int)format);
-    const size_t esz = dtype_size(dtype);
+    const size_t esz = dtype_size(o->dtype);
     if (esz == 0)
-        return kiln_fail(ctx, KILN_E_ARG, "%s: dtype %d is not a kiln_dtype", path, (int)dtype);
-    if (fi->dtype != 0 && fi->dtype != dtype)
+        return kiln_fail(ctx, KILN_E_ARG, "%s: dtype %d is not a kiln_dtype", path, (int)o->dtype);
+    if (fi->dtype != 0 && fi->dtype != o->dtype)
         return kiln_fail(ctx, KILN_E_ARG, "%s: format %s holds %s, not %s", path, fi->name,
-                         kiln_dtype_name(fi->dtype), kiln_dtype_name(dtype));
+                         kiln_dtype_name(fi->dtype), kiln_dtype_name(o->dtype));
+    const size_t n = o->n, d = o->d;
     if (d == 0)
         return kiln_fail(ctx, KILN_E_ARG, "%s: dimension 0", path);
     if (d > DS_MAX_DIM)
@@ -842,22 +851,26 @@ kiln_status kiln_dataset_write(kiln_ctx *ctx, const char *path, kiln_format form
     if (fi->layout == DS_BIGANN && n > UINT32_MAX)
         return kiln_fail(ctx, KILN_E_RANGE, "%s: %zu rows exceed the %s limit of %" PRIu32, path, n,
                          fi->name, UINT32_MAX);
-    size_t elems, bytes;
-    if (kiln_mul_size(n, d, &elems) || kiln_mul_size(elems, esz, &bytes))
+    size_t elems;
+    if (kiln_mul_size(n, d, &elems) || kiln_mul_size(elems, esz, bytes))
         return kiln_fail(ctx, KILN_E_RANGE, "%s: %zu rows of dimension %zu overflow size_t", path,
                          n, d);
-    if (bytes > 0 && !data)
+    if (*bytes > 0 && !o->data)
         return kiln_fail(ctx, KILN_E_ARG, "%s: data is NULL", path);
+    *fi_out = fi;
+    return KILN_OK;
+}
 
-    kiln_afile *af;
-    if ((st = kiln_afile_open(ctx, path, &af)) != KILN_OK)
-        return st;
-    const uint8_t *const src = data;
+static kiln_status write_body(kiln_afile *af, const kiln_dataset_output *o,
+                              const ds_format_info *fi, size_t bytes) {
+    const uint8_t *const src = o->data;
+    const size_t n = o->n, d = o->d;
+    kiln_status st = KILN_OK;
     switch (fi->layout) {
     case DS_TEXMEX: {
         uint8_t hdr[4];
         kiln_put_u32le(hdr, (uint32_t)d);
-        const size_t row_bytes = d * esz;
+        const size_t row_bytes = d * dtype_size(o->dtype);
         for (size_t i = 0; i < n && st == KILN_OK; i++) {
             st = kiln_afile_write(af, hdr, sizeof hdr);
             if (st == KILN_OK)
@@ -875,14 +888,52 @@ kiln_status kiln_dataset_write(kiln_ctx *ctx, const char *path, kiln_format form
         break;
     }
     case DS_NPY:
-        st = write_npy_header(af, dtype, n, d);
+        st = write_npy_header(af, o->dtype, n, d);
         if (st == KILN_OK)
             st = kiln_afile_write(af, src, bytes);
         break;
     }
-    if (st != KILN_OK) {
-        kiln_afile_abort(af);
-        return st;
+    return st;
+}
+
+kiln_status kiln_dataset_write_all(kiln_ctx *ctx, const kiln_dataset_output *outputs,
+                                   size_t count) {
+    if (count && !outputs)
+        return kiln_fail(ctx, KILN_E_ARG, "kiln_dataset_write_all: outputs is NULL");
+    kiln_status st = KILN_OK;
+    for (size_t i = 0; i < count && st == KILN_OK; i++) {
+        const ds_format_info *fi = NULL;
+        size_t bytes = 0;
+        st = check_output(ctx, &outputs[i], &fi, &bytes);
     }
-    return kiln_afile_commit(af);
+    if (st != KILN_OK)
+        return st;
+    kiln_afile **afs;
+    if ((st = kiln_calloc(ctx, (count ? count : 1) * sizeof *afs, "output list", (void **)&afs)))
+        return st;
+    size_t opened = 0;
+    for (; opened < count && st == KILN_OK; opened++) {
+        const ds_format_info *fi = NULL;
+        size_t bytes = 0;
+        st = check_output(ctx, &outputs[opened], &fi, &bytes);
+        if (st == KILN_OK)
+            st = kiln_afile_open(ctx, outputs[opened].path, &afs[opened]);
+        if (st != KILN_OK)
+            break;
+        st = write_body(afs[opened], &outputs[opened], fi, bytes);
+    }
+    if (st == KILN_OK) {
+        st = kiln_afile_commit_all(afs, count);
+    } else {
+        for (size_t i = 0; i < opened; i++)
+            kiln_afile_abort(afs[i]);
+    }
+    free(afs);
+    return st;
+}
+
+kiln_status kiln_dataset_write(kiln_ctx *ctx, const char *path, kiln_format format,
+                               kiln_dtype dtype, const void *data, size_t n, size_t d) {
+    const kiln_dataset_output o = {path, format, dtype, data, n, d};
+    return kiln_dataset_write_all(ctx, &o, 1);
 }

@@ -104,7 +104,8 @@ typedef enum kiln_dtype {
     KILN_DTYPE_F32 = 1,
     KILN_DTYPE_U8 = 2,
     KILN_DTYPE_I8 = 3,
-    KILN_DTYPE_I32 = 4
+    KILN_DTYPE_I32 = 4,
+    KILN_DTYPE_I64 = 5 /* written only (.npy result ids); no file opens as int64 */
 } kiln_dtype;
 
 KILN_API const char *kiln_dtype_name(kiln_dtype dtype);
@@ -119,11 +120,12 @@ typedef enum kiln_format {
     KILN_FORMAT_FBIN = 5,  /* big-ann: uint32 n, uint32 d, n*d float32 */
     KILN_FORMAT_U8BIN = 6, /* big-ann: uint32 n, uint32 d, n*d uint8 */
     KILN_FORMAT_I8BIN = 7, /* big-ann: uint32 n, uint32 d, n*d int8 */
-    KILN_FORMAT_NPY = 8    /* NumPy .npy v1-v3, 2-D, C order, <f4 |u1 |i1 <i4 */
+    KILN_FORMAT_NPY = 8,   /* NumPy .npy v1-v3, 2-D, C order, <f4 |u1 |i1 <i4 (and <i8 written) */
+    KILN_FORMAT_IBIN = 9   /* big-ann: uint32 n, uint32 d, n*d int32 */
 } kiln_format;
 
 KILN_API const char *kiln_format_name(kiln_format format);
-/* Parses "fvecs", "bvecs", "ivecs", "fbin", "u8bin", "i8bin", "npy", "auto". */
+/* Parses "fvecs", "bvecs", "ivecs", "fbin", "u8bin", "i8bin", "npy", "ibin", "auto". */
 KILN_API kiln_status kiln_format_parse(const char *name, kiln_format *out);
 
 /* Flags for kiln_dataset_open. */
@@ -156,6 +158,26 @@ KILN_API kiln_status kiln_dataset_read_i32(const kiln_dataset *ds, size_t first,
  * left under path. The format must be able to hold dtype. */
 KILN_API kiln_status kiln_dataset_write(kiln_ctx *ctx, const char *path, kiln_format format,
                                         kiln_dtype dtype, const void *data, size_t n, size_t d);
+
+/* One file of kiln_dataset_write_all: n rows of d elements of dtype. */
+typedef struct kiln_dataset_output {
+    const char *path;
+    kiln_format format; /* KILN_FORMAT_AUTO: from path's extension */
+    kiln_dtype dtype;
+    const void *data; /* n*d elements, row-major; borrowed for the call */
+    size_t n, d;
+} kiln_dataset_output;
+
+/* Writes several datasets as one unit (a command's ids and distances): every
+ * file is written and fsynced beside its target first, and only when all
+ * succeeded are they renamed into place. On failure no target is replaced
+ * and no temporary is left. Every atomic write (this, kiln_dataset_write,
+ * kiln_index_save, kiln_index_export_hnswlib) also removes its temporary when
+ * the process gets SIGHUP, SIGINT, SIGTERM or SIGXFSZ: the first write
+ * installs a handler that cleans up and re-raises, for each of those signals
+ * still at its default action (a handler of the application's is kept). */
+KILN_API kiln_status kiln_dataset_write_all(kiln_ctx *ctx, const kiln_dataset_output *outputs,
+                                            size_t count);
 
 /* ==== Exact k-nearest neighbours (the recall oracle) ==== */
 

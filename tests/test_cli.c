@@ -44,6 +44,21 @@ static bool exists(const char *name) {
     return stat(p, &sb) == 0;
 }
 
+static bool write_text(const char *name, const char *text) {
+    char p[700];
+    snprintf(p, sizeof p, "%s/%s", tmp, name);
+    FILE *f = fopen(p, "wb");
+    bool ok = f && fputs(text, f) >= 0;
+    return f && fclose(f) == 0 && ok;
+}
+
+static bool file_is(const char *name, const char *text) {
+    char p[700], buf[256];
+    snprintf(p, sizeof p, "%s/%s", tmp, name);
+    slurp(p, buf, sizeof buf);
+    return strcmp(buf, text) == 0;
+}
+
 static size_t count_lines(const char *s) {
     size_t n = 0;
     for (; *s; s++)
@@ -51,13 +66,38 @@ static size_t count_lines(const char *s) {
     return n;
 }
 
-/* No "*.tmp.*" files left in the scratch folder. */
+/* Runs "PRE kiln ARGS" through sh (PRE: shell commands ending in exec). */
+static int run_sh(const char *pre, const char *args) {
+    const char *saved = kiln;
+    char k[1400];
+    snprintf(k, sizeof k, "%s %s", pre, saved);
+    kiln = k;
+    int rc = run(args);
+    kiln = saved;
+    return rc;
+}
+
+static bool same_bytes(const char *a, const char *b) {
+    char c[1500];
+    snprintf(c, sizeof c, "cmp -s %s/%s %s/%s", tmp, a, tmp, b);
+    return system(c) == 0;
+}
+
+static mode_t mode_of(const char *name) {
+    char p[700];
+    struct stat sb;
+    snprintf(p, sizeof p, "%s/%s", tmp, name);
+    return stat(p, &sb) == 0 ? sb.st_mode & 0777 : (mode_t)-1;
+}
+
+/* No afile temporaries (".NAME.kiln-tmp.PID.XXXXXX") left in the scratch
+ * folder. */
 static bool no_temp_files(void) {
     DIR *d = opendir(tmp);
     struct dirent *de;
     bool clean = true;
     while (d && (de = readdir(d)))
-        if (strstr(de->d_name, ".tmp."))
+        if (strstr(de->d_name, ".kiln-tmp."))
             clean = false;
     if (d)
         closedir(d);
@@ -316,6 +356,217 @@ static void test_exit_codes(void) {
     }
 }
 
+/* T2: a FIFO as input fails at once with a message, in every reader. */
+static void test_fifo_input(void) {
+    char a[4096], p[700];
+    snprintf(p, sizeof p, "%s/fifo.fvecs", tmp);
+    REQUIRE(mkfifo(p, 0600) == 0);
+    const char *cmds[] = {"build %s -o %s/f.kiln", "info %s", "check %s", "search %s/i2.kiln %s",
+                          "export %s -o %s/f.bin"};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        if (i == 3)
+            snprintf(a, sizeof a, cmds[i], tmp, p);
+        else
+            snprintf(a, sizeof a, cmds[i], p, tmp);
+        int rc = run_sh("exec timeout 20", a);
+        CHECK_MSG(rc == 1 && strstr(err_text, "FIFO") && count_lines(err_text) == 1,
+                  "kiln %s: exit %d (124 = hung), stderr: %s", a, rc, err_text);
+    }
+    unlink(p);
+}
+
+/* T10, U5: outputs are checked before the work: a missing folder, a
+ * directory, an input, or two outputs naming one file. */
+static void test_output_checks(void) {
+    char a[4096];
+    /* The input is bad too: the output's error comes first, so it was
+     * checked before the input was read. */
+    snprintf(a, sizeof a, "build %s/trunc-missing.fvecs -o %s/nosuch/i.kiln", tmp, tmp);
+    CHECK(run(a) == 1);
+    CHECK_MSG(strstr(err_text, "-o") && strstr(err_text, "nosuch") &&
+                  strstr(err_text, "does not exist") && count_lines(err_text) == 1,
+              "stderr: %s", err_text);
+    snprintf(a, sizeof a, "generate -n 10 -d 4 -o %s/nosuch/b.fvecs", tmp);
+    CHECK(run(a) == 1 && strstr(err_text, "nosuch"));
+    snprintf(a, sizeof a, "search %s/i2.kiln %s/q.fvecs -o %s/nosuch/r.ivecs", tmp, tmp, tmp);
+    CHECK(run(a) == 1 && strstr(err_text, "nosuch"));
+    snprintf(a, sizeof a, "build %s/b.fvecs -o %s", tmp, tmp);
+    CHECK(run(a) == 2 && strstr(err_text, "is a directory"));
+
+    /* The output is an input: directly, through a symlink, through a hard
+     * link. The dataset is untouched. */
+    char c[4096];
+    snprintf(c, sizeof c,
+             "cp %s/b.fvecs %s/b.copy && ln -sf b.fvecs %s/b-link.kiln && ln -f %s/b.fvecs "
+             "%s/b-hard.kiln",
+             tmp, tmp, tmp, tmp, tmp);
+    REQUIRE(system(c) == 0);
+    const char *same[] = {"b.fvecs", "b-link.kiln", "b-hard.kiln"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(a, sizeof a, "build %s/b.fvecs -o %s/%s --method insert", tmp, tmp, same[i]);
+        CHECK_MSG(run(a) == 2 && strstr(err_text, "same file as the input"), "-o %s: %s", same[i],
+                  err_text);
+    }
+    CHECK(same_bytes("b.fvecs", "b.copy"));
+    snprintf(a, sizeof a, "search %s/i2.kiln %s/q.fvecs --distances %s/q.fvecs", tmp, tmp, tmp);
+    CHECK(run(a) == 2 && strstr(err_text, "same file as the input"));
+    snprintf(a, sizeof a, "export %s/i2.kiln -o %s/i2.kiln", tmp, tmp);
+    CHECK(run(a) == 2 && strstr(err_text, "same file as the input"));
+    snprintf(a, sizeof a, "search %s/i2.kiln %s/q.fvecs -o %s/r.npy --distances %s/r.npy", tmp, tmp,
+             tmp, tmp);
+    CHECK(run(a) == 2 && strstr(err_text, "name the same file") && !exists("r.npy"));
+    CHECK(no_temp_files());
+}
+
+static uint32_t u32_at(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* U2: result files in the format their extension names. */
+static void test_result_formats(void) {
+    char a[4096], p[700];
+    snprintf(a, sizeof a, "search %s/i2.kiln %s/q.fvecs -k 5 -o %s/r.npy --distances %s/d.npy", tmp,
+             tmp, tmp, tmp);
+    CHECK_MSG(run(a) == 0, "%s", err_text);
+    uint8_t buf[256];
+    snprintf(p, sizeof p, "%s/r.npy", tmp);
+    FILE *f = fopen(p, "rb");
+    size_t got = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f)
+        fclose(f);
+    buf[got] = 0;
+    CHECK(got >= 128 && memcmp(buf, "\x93NUMPY", 6) == 0 && strstr((char *)buf + 10, "'<i8'") &&
+          strstr((char *)buf + 10, "(50, 5)"));
+    struct stat sb;
+    CHECK(stat(p, &sb) == 0 && sb.st_size == 128 + 50 * 5 * 8);
+    snprintf(p, sizeof p, "%s/d.npy", tmp);
+    f = fopen(p, "rb");
+    got = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f)
+        fclose(f);
+    buf[got] = 0;
+    CHECK(got >= 128 && strstr((char *)buf + 10, "'<f4'"));
+    snprintf(a, sizeof a, "search %s/i2.kiln %s/q.fvecs -k 5 -o %s/r.ibin --distances %s/d.fbin",
+             tmp, tmp, tmp, tmp);
+    CHECK_MSG(run(a) == 0, "%s", err_text);
+    snprintf(p, sizeof p, "%s/r.ibin", tmp);
+    f = fopen(p, "rb");
+    got = f ? fread(buf, 1, 8, f) : 0;
+    if (f)
+        fclose(f);
+    CHECK(got == 8 && u32_at(buf) == 50 && u32_at(buf + 4) == 5);
+    CHECK(stat(p, &sb) == 0 && sb.st_size == 8 + 50 * 5 * 4);
+    /* The ibin ids are the ivecs ids. */
+    snprintf(a, sizeof a, "search %s/i2.kiln %s/q.fvecs -k 5 -o %s/r5.ivecs", tmp, tmp, tmp);
+    CHECK(run(a) == 0);
+    snprintf(a, sizeof a, "eval %s/i2.kiln %s/q.fvecs %s/r.ibin -k 5 --ef 64 --json", tmp, tmp,
+             tmp);
+    CHECK_MSG(run(a) == 0 && strstr(out_text, "\"recall\": 1.0"), "%s%s", out_text, err_text);
+    snprintf(a, sizeof a, "search %s/i2.kiln %s/q.fvecs -o %s/r.txt", tmp, tmp, tmp);
+    CHECK(run(a) == 2 && strstr(err_text, ".npy") && strstr(err_text, ".ibin") && !exists("r.txt"));
+    snprintf(a, sizeof a, "search %s/i2.kiln %s/q.fvecs -o %s/r2.ivecs --distances %s/d.ivecs", tmp,
+             tmp, tmp, tmp);
+    CHECK(run(a) == 2 && strstr(err_text, ".fvecs") && !exists("r2.ivecs"));
+    snprintf(a, sizeof a, "groundtruth %s/b.fvecs %s/q.fvecs -k 5 -o %s/gt5.npy", tmp, tmp, tmp);
+    CHECK_MSG(run(a) == 0 && exists("gt5.npy"), "%s", err_text);
+    snprintf(a, sizeof a, "generate -n 10 -d 4 -o %s/g.u8bin", tmp);
+    CHECK(run(a) == 2 && strstr(err_text, ".fvecs, .fbin or .npy") && !exists("g.u8bin"));
+}
+
+/* T5: labels beyond int32 (an imported hnswlib file with such labels) are
+ * refused for .ivecs and written whole to .npy. */
+static void test_wide_labels(void) {
+    char a[4096], p[700];
+    snprintf(a, sizeof a, "export %s/i2.kiln -o %s/h.bin", tmp, tmp);
+    REQUIRE(run(a) == 0);
+    snprintf(p, sizeof p, "%s/h.bin", tmp);
+    FILE *f = fopen(p, "r+b");
+    REQUIRE(f);
+    uint8_t h[96];
+    REQUIRE(fread(h, 1, sizeof h, f) == sizeof h);
+    uint64_t size_data = 0, label_offset = 0;
+    memcpy(&size_data, h + 24, 8);
+    memcpy(&label_offset, h + 32, 8);
+    const int64_t big[2] = {((int64_t)1 << 31) + 5, (int64_t)1 << 40};
+    for (int i = 0; i < 2; i++) {
+        REQUIRE(fseek(f, (long)(96 + (uint64_t)i * size_data + label_offset), SEEK_SET) == 0);
+        REQUIRE(fwrite(&big[i], 8, 1, f) == 1);
+    }
+    fclose(f);
+    snprintf(a, sizeof a, "import %s/h.bin --dim 16 -o %s/wide.kiln", tmp, tmp);
+    REQUIRE(run(a) == 0);
+    /* The base rows as queries: rows 0 and 1 find their own nodes. */
+    snprintf(a, sizeof a, "search %s/wide.kiln %s/b.fvecs -k 1 -o %s/w.ivecs", tmp, tmp, tmp);
+    CHECK_MSG(run(a) == 1 && strstr(err_text, "does not fit int32") && strstr(err_text, ".npy"),
+              "%s", err_text);
+    CHECK(!exists("w.ivecs"));
+    snprintf(a, sizeof a, "search %s/wide.kiln %s/b.fvecs -k 1 -o %s/w.npy", tmp, tmp, tmp);
+    CHECK_MSG(run(a) == 0, "%s", err_text);
+    snprintf(p, sizeof p, "%s/w.npy", tmp);
+    f = fopen(p, "rb");
+    int64_t ids[2] = {0, 0};
+    CHECK(f && fseek(f, 128, SEEK_SET) == 0 && fread(ids, 8, 2, f) == 2);
+    if (f)
+        fclose(f);
+    CHECK_MSG(ids[0] == big[0] && ids[1] == big[1], "ids %lld %lld", (long long)ids[0],
+              (long long)ids[1]);
+}
+
+/* T7: with two outputs, a failure writing the second (the file size limit)
+ * replaces neither. */
+static void test_outputs_together(void) {
+    char a[4096];
+    REQUIRE(write_text("gb.fvecs", "old base") && write_text("gq.fvecs", "old queries"));
+    snprintf(a, sizeof a,
+             "generate -n 10 -d 16 -o %s/gb.fvecs --queries 2000 --queries-out %s/gq.fvecs", tmp,
+             tmp);
+    CHECK(run_sh("trap '' XFSZ; ulimit -f 64; exec", a) == 1);
+    CHECK_MSG(strstr(err_text, "gq.fvecs") && count_lines(err_text) == 1, "%s", err_text);
+    CHECK(file_is("gb.fvecs", "old base") && file_is("gq.fvecs", "old queries"));
+    CHECK(no_temp_files());
+    CHECK(run(a) == 0 && !file_is("gb.fvecs", "old base"));
+}
+
+/* T8: a build killed while writing (SIGXFSZ from the size limit) leaves no
+ * temporary; a dead process's stale temporary goes at the next build. */
+static void test_killed_and_stale(void) {
+    char a[4096], p[700];
+    snprintf(a, sizeof a, "build %s/b.fvecs -o %s/killed.kiln --method insert", tmp, tmp);
+    CHECK(run_sh("ulimit -c 0; ulimit -f 64; exec", a) == 128);
+    CHECK(!exists("killed.kiln") && no_temp_files());
+    pid_t dead = fork();
+    REQUIRE(dead >= 0);
+    if (dead == 0)
+        _exit(0);
+    REQUIRE(waitpid(dead, NULL, 0) == dead);
+    snprintf(p, sizeof p, ".killed.kiln.kiln-tmp.%ld.Zz9Zz9", (long)dead);
+    REQUIRE(write_text(p, "left by a killed run"));
+    CHECK(!no_temp_files());
+    CHECK_MSG(run(a) == 0, "%s", err_text);
+    CHECK(exists("killed.kiln") && no_temp_files());
+}
+
+/* T9: modes follow the umask or the replaced file; a symlink output is
+ * written through. */
+static void test_modes_links(void) {
+    char a[4096];
+    snprintf(a, sizeof a, "build %s/b.fvecs -o %s/m.kiln --method insert", tmp, tmp);
+    CHECK(run_sh("umask 077; exec", a) == 0 && mode_of("m.kiln") == 0600);
+    char p[700];
+    snprintf(p, sizeof p, "%s/m.kiln", tmp);
+    REQUIRE(chmod(p, 0640) == 0);
+    CHECK(run_sh("umask 000; exec", a) == 0 && mode_of("m.kiln") == 0640);
+    snprintf(p, sizeof p, "%s/m-link.kiln", tmp);
+    REQUIRE(symlink("m.kiln", p) == 0);
+    REQUIRE(write_text("m.kiln", "old"));
+    snprintf(a, sizeof a, "build %s/b.fvecs -o %s/m-link.kiln --method insert", tmp, tmp);
+    CHECK_MSG(run(a) == 0, "%s", err_text);
+    struct stat sb;
+    CHECK(lstat(p, &sb) == 0 && S_ISLNK(sb.st_mode));
+    snprintf(a, sizeof a, "check %s/m.kiln", tmp);
+    CHECK(run(a) == 0);
+}
+
 static void test_bad_input(void) {
     char a[4096], p[700];
     /* A truncated fvecs file: one line naming it, non-zero exit, no index. */
@@ -402,6 +653,13 @@ int main(void) {
     test_conventions();
     test_json();
     test_exit_codes();
+    test_fifo_input();
+    test_output_checks();
+    test_result_formats();
+    test_wide_labels();
+    test_outputs_together();
+    test_killed_and_stale();
+    test_modes_links();
     test_bad_input();
     return check_report("test_cli");
 }

@@ -116,14 +116,14 @@ static int file_exists(const char *path) {
     return stat(path, &sb) == 0;
 }
 
-/* Entries of test_dir whose name contains ".tmp." (afile's temporaries). */
+/* Entries of test_dir whose name contains ".kiln-tmp." (afile's temporaries). */
 static int count_temp_files(void) {
     DIR *d = opendir(test_dir);
     REQUIRE(d);
     int n = 0;
     const struct dirent *e;
     while ((e = readdir(d)))
-        if (strstr(e->d_name, ".tmp."))
+        if (strstr(e->d_name, ".kiln-tmp."))
             n++;
     closedir(d);
     return n;
