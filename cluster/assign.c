@@ -67,6 +67,26 @@ typedef struct assign_slot {
     uint32_t vec;
 } assign_slot;
 
+/* One assignment call: what kiln_clusters_assign(_tree) were given, with
+ * what assign_all derives from it. */
+typedef struct assign_job {
+    kiln_rows rows;
+    kiln_centroids cent;          /* cent.dim == rows.dim */
+    const kiln_kmeans_tree *tree; /* NULL: flat candidate lists */
+    kiln_nearest_backend nearest; /* fn not NULL */
+    uint32_t threads;             /* p->threads */
+    uint32_t rep;                 /* replicas, clamped to k */
+    uint32_t cap;                 /* members per cluster at most; UINT32_MAX = no cap */
+    uint32_t L;                   /* candidates per vector: rep + spare, clamped to k */
+} assign_job;
+
+/* The clusters each vector is in so far, and the clusters' sizes. */
+typedef struct assign_lists {
+    uint32_t *vcl;  /* n*rep: vector v's clusters are vcl[v*rep .. v*rep + vcnt[v]) */
+    uint32_t *vcnt; /* n */
+    uint32_t *size; /* k: members per cluster */
+} assign_lists;
+
 /* The state of deferred acceptance. */
 typedef struct assign_state {
     size_t n;
@@ -162,34 +182,36 @@ static void defer_accept(assign_state *s) {
 /* ==== Helpers ==== */
 
 /* Candidate lists for all rows, chunk by chunk through the backend, flat
- * or, with a tree, by its two-level search (decision 5). */
-static kiln_status candidates(kiln_ctx *ctx, const float *x, size_t n, uint32_t dim,
-                              const float *centroids, uint32_t k, const kiln_kmeans_tree *tree,
-                              uint32_t L, kiln_nearest_fn nearest, void *user, uint32_t threads,
-                              uint32_t *ids, float *dists) {
+ * or, with a tree, by its two-level search (decision 5): job->L per row
+ * into out. */
+static kiln_status candidates(kiln_ctx *ctx, const assign_job *job, kiln_nearest_out out) {
+    const size_t n = job->rows.n;
+    const uint32_t dim = job->rows.dim, k = job->cent.k, L = job->L;
+    const kiln_kmeans_tree_search search = {
+        .tree = job->tree, .nearest = job->nearest, .threads = job->threads};
     kiln_progress_bar bar;
     kiln_progress_begin(&bar, ctx, "assign", n);
     kiln_status st = KILN_OK;
     for (size_t b = 0; b < n && st == KILN_OK; b += ASSIGN_CHUNK_ROWS) {
         const size_t count = n - b < ASSIGN_CHUNK_ROWS ? n - b : ASSIGN_CHUNK_ROWS;
-        if (tree)
-            st = kiln_kmeans_tree_nearest(ctx, tree, 0, 0, x + b * dim, count, centroids, k, L,
-                                          nearest, user, threads, ids + b * L, dists + b * L);
+        const kiln_rows chunk = {job->rows.x + b * dim, count, dim};
+        const kiln_nearest_out lists = {out.ids + b * L, out.dists + b * L};
+        if (job->tree)
+            st = kiln_kmeans_tree_nearest(ctx, &search, chunk, job->cent, L, lists);
         else
-            st = nearest(user, ctx, x + b * dim, count, centroids, k, dim, L, ids + b * L,
-                         dists + b * L);
+            st = job->nearest.fn(job->nearest.user, ctx, chunk, job->cent, L, lists);
         kiln_progress_add(&bar, count);
     }
     kiln_progress_end(&bar);
     if (st != KILN_OK)
         return st;
     for (size_t i = 0; i < n * L; i++) {
-        if (ids[i] >= k)
+        if (out.ids[i] >= k)
             return kiln_fail(ctx, KILN_E_INTERNAL,
                              "nearest-centroid backend returned centroid id %u >= k %u for row %zu",
-                             ids[i], k, i / L);
-        if (isnan(dists[i]))
-            dists[i] = INFINITY;
+                             out.ids[i], k, i / L);
+        if (isnan(out.dists[i]))
+            out.dists[i] = INFINITY;
     }
     return KILN_OK;
 }
@@ -201,14 +223,14 @@ static bool has_cluster(const uint32_t *list, uint32_t len, uint32_t c) {
     return false;
 }
 
-/* Decision 3: vectors with open slots, in id order, take the nearest
- * clusters with room over all k. vcl/vcnt/size are updated in place; *far
- * counts the vectors that gained a cluster. */
-static kiln_status place_leftovers(kiln_ctx *ctx, const float *x, uint32_t dim,
-                                   const float *centroids, uint32_t k, uint32_t rep, uint32_t cap,
-                                   kiln_nearest_fn nearest, void *user, const uint32_t *left,
-                                   size_t nleft, uint32_t *vcl, uint32_t *vcnt, uint32_t *size,
-                                   uint64_t *far) {
+/* Decision 3: the vectors left[0..nleft), which have open slots, in id
+ * order, take the nearest clusters with room over all k. lists are updated
+ * in place; *far counts the vectors that gained a cluster. */
+static kiln_status place_leftovers(kiln_ctx *ctx, const assign_job *job, const uint32_t *left,
+                                   size_t nleft, assign_lists *lists, uint64_t *far) {
+    const float *const x = job->rows.x;
+    const uint32_t dim = job->rows.dim, k = job->cent.k, rep = job->rep, cap = job->cap;
+    uint32_t *const vcl = lists->vcl, *const vcnt = lists->vcnt, *const size = lists->size;
     size_t chunk = ASSIGN_RANK_BYTES / ((size_t)k * (sizeof(uint32_t) + sizeof(float)));
     if (chunk == 0)
         chunk = 1;
@@ -225,7 +247,8 @@ static kiln_status place_leftovers(kiln_ctx *ctx, const float *x, uint32_t dim,
         const size_t count = nleft - b < chunk ? nleft - b : chunk;
         for (size_t i = 0; i < count; i++)
             memcpy(rows + i * dim, x + (size_t)left[b + i] * dim, dim * sizeof *rows);
-        st = nearest(user, ctx, rows, count, centroids, k, dim, k, ids, dists);
+        st = job->nearest.fn(job->nearest.user, ctx, (kiln_rows){rows, count, dim}, job->cent, k,
+                             (kiln_nearest_out){ids, dists});
         for (size_t i = 0; st == KILN_OK && i < count; i++) {
             const uint32_t v = left[b + i];
             uint32_t *const mine = vcl + (size_t)v * rep;
@@ -253,17 +276,23 @@ static kiln_status place_leftovers(kiln_ctx *ctx, const float *x, uint32_t dim,
 
 /* ==== Assignment ==== */
 
-/* kiln_clusters_assign, with candidate lists from tree when not NULL. */
-static kiln_status assign_all(kiln_ctx *ctx, const float *x, size_t n, uint32_t dim,
-                              const float *centroids, uint32_t k, const kiln_kmeans_tree *tree,
-                              const kiln_kmeans_params *p, kiln_nearest_fn nearest, void *user,
+/* kiln_clusters_assign, with candidate lists from given->tree when not
+ * NULL; given holds the rows, centroids, tree and backend (fn NULL = CPU). */
+static kiln_status assign_all(kiln_ctx *ctx, const assign_job *given, const kiln_kmeans_params *p,
                               kiln_clusters *out) {
     if (!out)
         return kiln_fail(ctx, KILN_E_ARG, "cluster assignment: out must not be NULL");
     memset(out, 0, sizeof *out);
+    const float *const x = given->rows.x, *const centroids = given->cent.c;
+    const size_t n = given->rows.n;
+    const uint32_t dim = given->rows.dim, k = given->cent.k;
     if (!p || !centroids || (n > 0 && !x) || k == 0 || dim == 0)
         return kiln_fail(ctx, KILN_E_ARG,
                          "cluster assignment: need params, centroids, rows, k >= 1 and dim >= 1");
+    if (given->cent.dim != dim)
+        return kiln_fail(ctx, KILN_E_ARG,
+                         "cluster assignment: centroids of dim %u for rows of dim %u",
+                         given->cent.dim, dim);
     if (n > UINT32_MAX)
         return kiln_fail(ctx, KILN_E_ARG,
                          "cluster assignment: %zu vectors exceed the 32-bit id range", n);
@@ -278,10 +307,12 @@ static kiln_status assign_all(kiln_ctx *ctx, const float *x, size_t n, uint32_t 
                          k, cap, (unsigned long long)((uint64_t)k * cap), n, rep);
     const uint32_t L = (uint64_t)rep + p->spare < k ? rep + p->spare : k;
     kiln_nearest_cpu_opts cpu = {.threads = p->threads};
-    if (!nearest) {
-        nearest = kiln_nearest_cpu;
-        user = &cpu;
-    }
+    assign_job job = *given;
+    job.nearest = kiln_nearest_or_cpu(&given->nearest, &cpu);
+    job.threads = p->threads;
+    job.rep = rep;
+    job.cap = cap;
+    job.L = L;
     size_t nL, nrep;
     if (kiln_mul_size(n, L, &nL) || kiln_mul_size(n, rep, &nrep))
         return kiln_fail(ctx, KILN_E_ARG,
@@ -322,8 +353,7 @@ static kiln_status assign_all(kiln_ctx *ctx, const float *x, size_t n, uint32_t 
     if (st == KILN_OK)
         st = kiln_alloc(ctx, (size_t)k * sizeof *fill, "cluster fill", (void **)&fill);
     if (st == KILN_OK)
-        st = candidates(ctx, x, n, dim, centroids, k, tree, L, nearest, user, p->threads, cand_ids,
-                        cand_dist);
+        st = candidates(ctx, &job, (kiln_nearest_out){cand_ids, cand_dist});
     if (st != KILN_OK)
         goto done;
     s.cand_ids = cand_ids;
@@ -374,8 +404,8 @@ static kiln_status assign_all(kiln_ctx *ctx, const float *x, size_t n, uint32_t 
     s.stack = NULL;
     if (nleft > 0) {
         out->spilled_vectors += nleft;
-        st = place_leftovers(ctx, x, dim, centroids, k, rep, cap, nearest, user, left, nleft, vcl,
-                             vcnt, s.heap_len, &out->far_vectors);
+        assign_lists lists = {vcl, vcnt, s.heap_len};
+        st = place_leftovers(ctx, &job, left, nleft, &lists, &out->far_vectors);
         if (st != KILN_OK)
             goto done;
         for (size_t i = 0; i < nleft; i++)
@@ -434,43 +464,49 @@ done:
 
 /* ==== Public ==== */
 
-kiln_status kiln_clusters_assign(kiln_ctx *ctx, const float *x, size_t n, uint32_t dim,
-                                 const float *centroids, uint32_t k, const kiln_kmeans_params *p,
-                                 kiln_nearest_fn nearest, void *user, kiln_clusters *out) {
-    return assign_all(ctx, x, n, dim, centroids, k, NULL, p, nearest, user, out);
+kiln_status kiln_clusters_assign(kiln_ctx *ctx, kiln_rows rows, kiln_centroids cent,
+                                 const kiln_kmeans_params *p, const kiln_nearest_backend *nearest,
+                                 kiln_clusters *out) {
+    const assign_job given = {
+        .rows = rows, .cent = cent, .nearest = nearest ? *nearest : (kiln_nearest_backend){0}};
+    return assign_all(ctx, &given, p, out);
 }
 
-kiln_status kiln_clusters_assign_tree(kiln_ctx *ctx, const float *x, size_t n, uint32_t dim,
-                                      const float *centroids, uint32_t k,
+kiln_status kiln_clusters_assign_tree(kiln_ctx *ctx, kiln_rows rows, kiln_centroids cent,
                                       const kiln_kmeans_tree *tree, const kiln_kmeans_params *p,
-                                      kiln_nearest_fn nearest, void *user, kiln_clusters *out) {
+                                      const kiln_nearest_backend *nearest, kiln_clusters *out) {
     if (out)
         memset(out, 0, sizeof *out);
-    if (!tree || tree->dim != dim)
+    if (!tree || tree->dim != rows.dim)
         return kiln_fail(ctx, KILN_E_ARG,
-                         "cluster assignment: need a centroid tree of the rows' dim %u", dim);
-    return assign_all(ctx, x, n, dim, centroids, k, tree, p, nearest, user, out);
+                         "cluster assignment: need a centroid tree of the rows' dim %u", rows.dim);
+    const assign_job given = {.rows = rows,
+                              .cent = cent,
+                              .tree = tree,
+                              .nearest = nearest ? *nearest : (kiln_nearest_backend){0}};
+    return assign_all(ctx, &given, p, out);
 }
 
-kiln_status kiln_clusters_build(kiln_ctx *ctx, const float *x, size_t n, uint32_t dim,
-                                const kiln_kmeans_params *p, kiln_nearest_fn nearest, void *user,
-                                kiln_clusters *out) {
+kiln_status kiln_clusters_build(kiln_ctx *ctx, kiln_rows rows, const kiln_kmeans_params *p,
+                                const kiln_nearest_backend *nearest, kiln_clusters *out) {
     if (!out)
         return kiln_fail(ctx, KILN_E_ARG, "clusters: out must not be NULL");
     memset(out, 0, sizeof *out);
     uint32_t k;
-    kiln_status st = kiln_kmeans_k(ctx, n, p, &k);
+    kiln_status st = kiln_kmeans_k(ctx, rows.n, p, &k);
     if (st != KILN_OK)
         return st;
+    const uint32_t dim = rows.dim;
     if (dim == 0)
         return kiln_fail(ctx, KILN_E_ARG, "clusters: dim must be >= 1");
     float *centroids = NULL;
     kiln_kmeans_tree tree = {0};
     st = kiln_alloc(ctx, (size_t)k * dim * sizeof *centroids, "centroids", (void **)&centroids);
     if (st == KILN_OK)
-        st = kiln_kmeans_train_tree(ctx, x, n, dim, p, nearest, user, centroids, &tree);
+        st = kiln_kmeans_train_tree(ctx, rows, p, nearest, centroids, &tree);
     if (st == KILN_OK)
-        st = kiln_clusters_assign_tree(ctx, x, n, dim, centroids, k, &tree, p, nearest, user, out);
+        st = kiln_clusters_assign_tree(ctx, rows, (kiln_centroids){centroids, k, dim}, &tree, p,
+                                       nearest, out);
     kiln_kmeans_tree_free(&tree);
     free(centroids);
     return st;

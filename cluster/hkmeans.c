@@ -147,13 +147,16 @@ typedef struct tree_round {
     size_t rows_cap;
 } tree_round;
 
-/* The Lloyd search of decision 3 dressed as a kiln_nearest_fn. */
-typedef struct tree_route {
-    const kiln_kmeans_tree *tree;
-    kiln_nearest_fn nearest;
-    void *user;
-    uint32_t threads;
-} tree_route;
+/* One kiln_kmeans_tree_nearest call, checked and resolved. */
+typedef struct tree_job {
+    const kiln_kmeans_tree *tree; /* cells >= 1 */
+    kiln_centroids cent;          /* the fine centroids searched, dim tree->dim */
+    kiln_nearest_backend nearest; /* fn not NULL */
+    uint32_t P;                   /* probes per row, 1..min(cells, TREE_MAX_PROBES) */
+    uint32_t copies;              /* files per centroid, 1..TREE_MAX_PROBES */
+    uint32_t r;                   /* nearest per row, 1..cent.k */
+    int threads;                  /* team size, >= 1 */
+} tree_job;
 
 /* ==== Training helpers ==== */
 
@@ -219,10 +222,13 @@ static int tree_u32_cmp(const void *pa, const void *pb) {
  * `copies` nearest cells (one backend call), and a file shorter than r
  * padded with the r centroids nearest its cell's centroid (one more call,
  * only when some file is short). */
-static kiln_status tree_file(kiln_ctx *ctx, const kiln_kmeans_tree *tree, const float *centroids,
-                             uint32_t k, uint32_t copies, uint32_t r, kiln_nearest_fn nearest,
-                             void *user, tree_files *f) {
+static kiln_status tree_file(kiln_ctx *ctx, const tree_job *job, tree_files *f) {
+    const kiln_kmeans_tree *const tree = job->tree;
+    const kiln_nearest_backend nearest = job->nearest;
+    const float *const centroids = job->cent.c;
+    const uint32_t k = job->cent.k, copies = job->copies, r = job->r;
     const uint32_t cells = tree->cells, dim = tree->dim;
+    const kiln_centroids coarse = {tree->coarse, cells, dim};
     const uint32_t q = copies < cells ? copies : cells;
     uint32_t *near_cells = NULL, *near_fine = NULL;
     float *dist = NULL;
@@ -243,7 +249,8 @@ static kiln_status tree_file(kiln_ctx *ctx, const kiln_kmeans_tree *tree, const 
     if (st == KILN_OK)
         st = kiln_alloc(ctx, most * sizeof *f->ids, "cell file ids", (void **)&f->ids);
     if (st == KILN_OK)
-        st = nearest(user, ctx, centroids, k, tree->coarse, cells, dim, q, near_cells, dist);
+        st = nearest.fn(nearest.user, ctx, (kiln_rows){centroids, k, dim}, coarse, q,
+                        (kiln_nearest_out){near_cells, dist});
     for (size_t j = 0; st == KILN_OK && j < filed; j++) {
         if (near_cells[j] >= cells)
             st = kiln_fail(ctx, KILN_E_INTERNAL,
@@ -258,7 +265,8 @@ static kiln_status tree_file(kiln_ctx *ctx, const kiln_kmeans_tree *tree, const 
     if (short_file) {
         st = kiln_alloc(ctx, extra * sizeof *near_fine, "cell centroids", (void **)&near_fine);
         if (st == KILN_OK)
-            st = nearest(user, ctx, tree->coarse, cells, centroids, k, dim, r, near_fine, dist);
+            st = nearest.fn(nearest.user, ctx, (kiln_rows){tree->coarse, cells, dim}, job->cent, r,
+                            (kiln_nearest_out){near_fine, dist});
         for (size_t j = 0; st == KILN_OK && j < extra; j++)
             if (near_fine[j] >= k)
                 st = kiln_fail(ctx, KILN_E_INTERNAL,
@@ -316,15 +324,22 @@ static inline bool tree_before(float da, uint32_t ia, float db, uint32_t ib) {
     return da < db || (da == db && ia < ib);
 }
 
-/* One round of the search over rows x[0..n), n <= TREE_CHUNK_ROWS, with P
- * probes (decision 4). */
-static kiln_status tree_search_round(kiln_ctx *ctx, const kiln_kmeans_tree *tree,
-                                     const tree_files *f, uint32_t P, const float *x, size_t n,
-                                     uint32_t r, kiln_nearest_fn nearest, void *user, int threads,
-                                     tree_round *s, uint32_t *ids, float *dists) {
+/* One round of the search over rows.n <= TREE_CHUNK_ROWS rows with job->P
+ * probes (decision 4), through the files f, into out. */
+static kiln_status tree_search_round(kiln_ctx *ctx, const tree_job *job, const tree_files *f,
+                                     kiln_rows rows, tree_round *s, kiln_nearest_out out) {
+    const kiln_kmeans_tree *const tree = job->tree;
+    const kiln_nearest_backend nearest = job->nearest;
+    const uint32_t P = job->P, r = job->r;
+    const int threads = job->threads;
+    const float *const x = rows.x;
+    const size_t n = rows.n;
+    uint32_t *const ids = out.ids;
+    float *const dists = out.dists;
     const uint32_t cells = tree->cells, dim = tree->dim;
     const size_t np = n * P;
-    kiln_status st = nearest(user, ctx, x, n, tree->coarse, cells, dim, P, s->cid, s->cdist);
+    kiln_status st = nearest.fn(nearest.user, ctx, rows, (kiln_centroids){tree->coarse, cells, dim},
+                                P, (kiln_nearest_out){s->cid, s->cdist});
     if (st != KILN_OK)
         return st;
     memset(s->cell_at, 0, ((size_t)cells + 1) * sizeof *s->cell_at);
@@ -369,8 +384,9 @@ static kiln_status tree_search_round(kiln_ctx *ctx, const kiln_kmeans_tree *tree
         for (long t = 0; t < lcount; t++)
             memcpy(s->rows + (size_t)t * dim, x + (size_t)(pg[t] / P) * dim, dim * sizeof *s->rows);
         uint32_t *const gid = s->ids + at;
-        st = nearest(user, ctx, s->rows, (size_t)(e - b), f->packed + f->at[g] * dim, kg, dim, r,
-                     gid, s->dists + at);
+        st = nearest.fn(nearest.user, ctx, (kiln_rows){s->rows, (size_t)(e - b), dim},
+                        (kiln_centroids){f->packed + f->at[g] * dim, kg, dim}, r,
+                        (kiln_nearest_out){gid, s->dists + at});
         const uint32_t *const file = f->ids + f->at[g];
         for (size_t t = 0; st == KILN_OK && t < (size_t)(e - b) * r; t++) {
             if (gid[t] >= kg)
@@ -432,23 +448,21 @@ static kiln_status tree_search_round(kiln_ctx *ctx, const kiln_kmeans_tree *tree
     return KILN_OK;
 }
 
-/* kiln_nearest_fn over tree_route: the refining Lloyd's nearest centroid. */
-static kiln_status tree_route_nearest(void *user, kiln_ctx *ctx, const float *x, size_t n,
-                                      const float *centroids, uint32_t k, uint32_t dim, uint32_t r,
-                                      uint32_t *ids, float *dists) {
-    const tree_route *const t = user;
-    if (dim != t->tree->dim)
-        return kiln_fail(ctx, KILN_E_INTERNAL, "tree search: dim %u, tree dim %u", dim,
-                         t->tree->dim);
-    return kiln_kmeans_tree_nearest(ctx, t->tree, TREE_REFINE_PROBES, 1, x, n, centroids, k, r,
-                                    t->nearest, t->user, t->threads, ids, dists);
+/* kiln_nearest_fn over a const kiln_kmeans_tree_search *: the refining
+ * Lloyd's nearest centroid (decision 3). */
+static kiln_status tree_route_nearest(void *user, kiln_ctx *ctx, kiln_rows rows,
+                                      kiln_centroids cent, uint32_t r, kiln_nearest_out out) {
+    return kiln_kmeans_tree_nearest(ctx, user, rows, cent, r, out);
 }
 
 /* ==== Public ==== */
 
-kiln_status kiln_kmeans_train_tree(kiln_ctx *ctx, const float *x, size_t n, uint32_t dim,
-                                   const kiln_kmeans_params *p, kiln_nearest_fn nearest, void *user,
-                                   float *centroids, kiln_kmeans_tree *tree) {
+kiln_status kiln_kmeans_train_tree(kiln_ctx *ctx, kiln_rows data, const kiln_kmeans_params *p,
+                                   const kiln_nearest_backend *backend, float *centroids,
+                                   kiln_kmeans_tree *tree) {
+    const float *const x = data.x;
+    const size_t n = data.n;
+    const uint32_t dim = data.dim;
     if (!tree)
         return kiln_fail(ctx, KILN_E_ARG, "k-means: tree must not be NULL");
     memset(tree, 0, sizeof *tree);
@@ -460,13 +474,10 @@ kiln_status kiln_kmeans_train_tree(kiln_ctx *ctx, const float *x, size_t n, uint
         return kiln_fail(ctx, KILN_E_ARG, "k-means: need rows, centroids and dim >= 1");
     if (k < TREE_MIN_K) {
         tree->dim = dim;
-        return kiln_kmeans_train(ctx, x, n, dim, p, nearest, user, centroids);
+        return kiln_kmeans_train(ctx, data, p, backend, centroids);
     }
     kiln_nearest_cpu_opts cpu = {.threads = p->threads};
-    if (!nearest) {
-        nearest = kiln_nearest_cpu;
-        user = &cpu;
-    }
+    const kiln_nearest_backend nearest = kiln_nearest_or_cpu(backend, &cpu);
     kiln_rng rng;
     kiln_rng_seed(&rng, p->seed ^ TREE_RNG_STREAM);
     const uint64_t sample_seed = kiln_rng_next(&rng), coarse_sample_seed = kiln_rng_next(&rng),
@@ -483,7 +494,7 @@ kiln_status kiln_kmeans_train_tree(kiln_ctx *ctx, const float *x, size_t n, uint
     if (m < n) {
         st = kiln_alloc(ctx, m * dim * sizeof *copy, "k-means sample rows", (void **)&copy);
         if (st == KILN_OK)
-            st = kiln_kmeans_sample(ctx, x, n, dim, m, sample_seed, copy);
+            st = kiln_kmeans_sample(ctx, data, m, sample_seed, copy);
         xs = copy;
     }
     if (st == KILN_OK)
@@ -509,17 +520,22 @@ kiln_status kiln_kmeans_train_tree(kiln_ctx *ctx, const float *x, size_t n, uint
     if (st == KILN_OK)
         st = kiln_alloc(ctx, m1 * dim * sizeof *rows, "coarse rows", (void **)&rows);
     if (st == KILN_OK)
-        st = kiln_kmeans_sample(ctx, xs, m, dim, m1, coarse_sample_seed, rows);
+        st = kiln_kmeans_sample(ctx, (kiln_rows){xs, m, dim}, m1, coarse_sample_seed, rows);
     if (st != KILN_OK)
         goto done;
 
     uint32_t cells = 0;
     kiln_progress_bar bar;
     kiln_progress_begin(&bar, ctx, "kmeans", (uint64_t)p->iters * (1 + k1) + TREE_REFINE_ITERS);
-    st =
-        kiln_kmeans_train_rows(ctx, rows, m1, dim, k1, p, coarse_seed, nearest, user, &bar, coarse);
+    kiln_kmeans_run run = {.iters = p->iters,
+                           .threads = p->threads,
+                           .seed = coarse_seed,
+                           .nearest = nearest,
+                           .bar = &bar};
+    st = kiln_kmeans_train_rows(ctx, (kiln_rows){rows, m1, dim}, k1, &run, coarse);
     if (st == KILN_OK)
-        st = nearest(user, ctx, xs, m, coarse, k1, dim, 1, cell_of, dist);
+        st = nearest.fn(nearest.user, ctx, (kiln_rows){xs, m, dim},
+                        (kiln_centroids){coarse, k1, dim}, 1, (kiln_nearest_out){cell_of, dist});
     for (size_t i = 0; st == KILN_OK && i < m; i++) {
         if (cell_of[i] >= k1)
             st = kiln_fail(ctx, KILN_E_INTERNAL,
@@ -570,16 +586,23 @@ kiln_status kiln_kmeans_train_tree(kiln_ctx *ctx, const float *x, size_t n, uint
         const uint64_t b = count[c], e = count[c + 1];
         for (uint64_t t = b; t < e; t++)
             memcpy(rows + (t - b) * dim, xs + (size_t)order[t] * dim, dim * sizeof *rows);
-        st = kiln_kmeans_train_rows(ctx, rows, (size_t)(e - b), dim, quota[c], p,
-                                    kiln_rng_next(&rng), nearest, user, &bar,
+        run.seed = kiln_rng_next(&rng);
+        st = kiln_kmeans_train_rows(ctx, (kiln_rows){rows, (size_t)(e - b), dim}, quota[c], &run,
                                     centroids + (size_t)first[c] * dim);
     }
     *tree = (kiln_kmeans_tree){.cells = cells, .dim = dim, .coarse = coarse};
     if (st == KILN_OK) {
-        tree_route route = {tree, nearest, user, p->threads};
-        st = kiln_kmeans_refine_rows(ctx, xs, m, dim, k, TREE_REFINE_ITERS, p->threads,
-                                     kiln_rng_next(&rng), tree_route_nearest, &route, &bar,
-                                     centroids);
+        kiln_kmeans_tree_search route = {.tree = tree,
+                                         .probes = TREE_REFINE_PROBES,
+                                         .copies = 1,
+                                         .nearest = nearest,
+                                         .threads = p->threads};
+        run = (kiln_kmeans_run){.iters = TREE_REFINE_ITERS,
+                                .threads = p->threads,
+                                .seed = kiln_rng_next(&rng),
+                                .nearest = {tree_route_nearest, &route},
+                                .bar = &bar};
+        st = kiln_kmeans_refine_rows(ctx, (kiln_rows){xs, m, dim}, k, &run, centroids);
     }
     if (st == KILN_OK)
         coarse = NULL;
@@ -603,24 +626,27 @@ done:
     return st;
 }
 
-kiln_status kiln_kmeans_tree_nearest(kiln_ctx *ctx, const kiln_kmeans_tree *tree, uint32_t probes,
-                                     uint32_t copies, const float *x, size_t n,
-                                     const float *centroids, uint32_t k, uint32_t r,
-                                     kiln_nearest_fn nearest, void *user, uint32_t threads,
-                                     uint32_t *ids, float *dists) {
+kiln_status kiln_kmeans_tree_nearest(kiln_ctx *ctx, const kiln_kmeans_tree_search *search,
+                                     kiln_rows rows, kiln_centroids cent, uint32_t r,
+                                     kiln_nearest_out out) {
+    const kiln_kmeans_tree *const tree = search ? search->tree : NULL;
     if (!tree || tree->dim == 0 || (tree->cells > 0 && !tree->coarse))
         return kiln_fail(ctx, KILN_E_ARG, "tree search: no trained tree");
+    const size_t n = rows.n;
+    const uint32_t k = cent.k;
     if (n == 0)
         return KILN_OK;
-    if (!x || !centroids || !ids || !dists)
+    if (!rows.x || !cent.c || !out.ids || !out.dists)
         return kiln_fail(ctx, KILN_E_ARG, "tree search: NULL array");
     if (k == 0 || r == 0 || r > k)
         return kiln_fail(ctx, KILN_E_ARG, "tree search: need 1 <= r <= k (r %u, k %u)", r, k);
-    kiln_nearest_cpu_opts cpu = {.threads = threads};
-    if (!nearest) {
-        nearest = kiln_nearest_cpu;
-        user = &cpu;
-    }
+    if (rows.dim != tree->dim || cent.dim != tree->dim)
+        return kiln_fail(ctx, KILN_E_ARG,
+                         "tree search: rows of dim %u and centroids of dim %u, tree of dim %u",
+                         rows.dim, cent.dim, tree->dim);
+    kiln_nearest_cpu_opts cpu = {.threads = search->threads};
+    const kiln_nearest_backend nearest = kiln_nearest_or_cpu(&search->nearest, &cpu);
+    uint32_t probes = search->probes, copies = search->copies;
     if (probes == 0 && copies == 0) {
         probes = 1;
         copies = TREE_LIST_COPIES;
@@ -630,10 +656,17 @@ kiln_status kiln_kmeans_tree_nearest(kiln_ctx *ctx, const kiln_kmeans_tree *tree
      * most centroids anyway: the flat search is cheaper, and exact. */
     if (tree->cells == 0 || P == 0 || copies == 0 || P > TREE_MAX_PROBES ||
         copies > TREE_MAX_PROBES)
-        return nearest(user, ctx, x, n, centroids, k, tree->dim, r, ids, dists);
+        return nearest.fn(nearest.user, ctx, rows, cent, r, out);
 
+    const tree_job job = {.tree = tree,
+                          .cent = cent,
+                          .nearest = nearest,
+                          .P = P,
+                          .copies = copies,
+                          .r = r,
+                          .threads = kiln_threads(search->threads)};
     tree_files f = {0};
-    kiln_status st = tree_file(ctx, tree, centroids, k, copies, r, nearest, user, &f);
+    kiln_status st = tree_file(ctx, &job, &f);
     const size_t chunk = n < TREE_CHUNK_ROWS ? n : TREE_CHUNK_ROWS;
     const uint32_t dim = tree->dim;
     size_t lists = 0;
@@ -655,11 +688,10 @@ kiln_status kiln_kmeans_tree_nearest(kiln_ctx *ctx, const kiln_kmeans_tree *tree
         st = kiln_alloc(ctx, lists * sizeof *s.ids, "probe ids", (void **)&s.ids);
     if (st == KILN_OK)
         st = kiln_alloc(ctx, lists * sizeof *s.dists, "probe distances", (void **)&s.dists);
-    const int team = kiln_threads(threads);
     for (size_t b = 0; b < n && st == KILN_OK; b += chunk) {
         const size_t count = n - b < chunk ? n - b : chunk;
-        st = tree_search_round(ctx, tree, &f, P, x + b * dim, count, r, nearest, user, team, &s,
-                               ids + b * r, dists + b * r);
+        st = tree_search_round(ctx, &job, &f, (kiln_rows){rows.x + b * dim, count, dim}, &s,
+                               (kiln_nearest_out){out.ids + b * r, out.dists + b * r});
     }
     tree_files_free(&f);
     free(s.cid);

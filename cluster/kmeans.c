@@ -9,16 +9,23 @@
  *  1. The heavy step -- the nearest centroid(s) of many vectors -- is a
  *     callback (kiln_nearest_fn), so the host can run it on the device while
  *     everything else stays here; kiln_nearest_cpu is the CPU implementation.
- *     Everything around the callback is cheap (O(n d) per iteration).
+ *     Everything around the callback is cheap (O(n d) per iteration). The
+ *     callback, and every function of cluster/, takes the rows, the
+ *     centroids, the output lists and the backend as the small structs of
+ *     kmeans_internal.h rather than as 10-15 loose parameters, and each
+ *     call's derived state (the static helpers' *_job structs) travels the
+ *     same way: no function here takes more than 7 parameters.
  *  2. k, when not given, is ceil(n * replicas / target_size): the pipeline
- *     wants clusters of about target_size members after replication. The
- *     default target_size of 2048 comes from the device step: a cluster's
- *     all-pairs costs size^2 4-bit distances, so the total is
- *     n * replicas * size distances -- 4096 per vector at 2048, the same order
- *     as the distance evaluations of one HNSW insertion at ef_construction
- *     200 -- while 2048 codes of 128-d 4-bit vectors are 128 KiB, a tile that
- *     still fits a GPU's shared memory. Larger clusters hold more true
- *     neighbours (recall) for linearly more device work. k is raised to
+ *     wants clusters of about target_size members after replication. A
+ *     cluster's all-pairs costs size^2 4-bit distances, so the device does
+ *     n * replicas * size of them: larger clusters hold more true
+ *     neighbours (recall) for linearly more device work, smaller ones mean
+ *     a larger k and more k-means work. The device build chooses: its
+ *     target is --cluster-size, default 768 (host/device_build.c
+ *     DEVICE_TARGET_CLUSTER, measured there), 1536 distances per vector
+ *     at 2 replicas. kiln_kmeans_params_init's 2048 (KMEANS_DEFAULT_TARGET)
+ *     is only the default of a direct caller that sets neither clusters
+ *     nor target_size, such as the tests. k is raised to
  *     ceil(n * replicas / max_size) when a cap is set, so the automatic k is
  *     always feasible, and to `replicas` so a vector can have that many.
  *  3. Training uses a sample of min(n, 256 k) rows chosen by selection
@@ -93,7 +100,8 @@
 
 /* ==== Tunables ==== */
 
-/* Defaults of kiln_kmeans_params_init; decision 2 for target_size. spare 8:
+/* Defaults of kiln_kmeans_params_init; decision 2 for target_size (the
+ * device build passes its own, 768). spare 8:
  * the cap spills a vector past its `replicas` nearest, and 8 more keeps the
  * spill local (cost n * (replicas + 8) ids) while leaving room for skew. */
 #define KMEANS_DEFAULT_TARGET   2048u
@@ -191,6 +199,28 @@ typedef struct near_job {
     uint32_t *ids;
     float *dists;
 } near_job;
+
+/* One training run on given rows, shared by seeding and Lloyd. */
+typedef struct train_job {
+    kiln_rows rows;               /* the m training rows */
+    uint32_t k;                   /* 1 <= k <= rows.n */
+    uint32_t iters;               /* Lloyd iterations at most */
+    int threads;                  /* team size, >= 1 */
+    kiln_rng *rng;                /* every draw of the run */
+    kiln_nearest_backend nearest; /* fn not NULL */
+    kiln_progress_bar *bar;       /* NULL, or advanced by one per iteration */
+} train_job;
+
+/* Lloyd's scratch, sized by m rows and k centroids. */
+typedef struct lloyd_scratch {
+    uint32_t *assign, *prev; /* m: this iteration's and the last one's nearest centroid */
+    float *dists;            /* m */
+    uint32_t *order;         /* m: rows by cluster, in sample order within one */
+    uint64_t *offsets;       /* k+1: cluster c's rows are order[offsets[c] .. offsets[c+1]) */
+    uint64_t *est;           /* k: split size estimates */
+    uint32_t *src;           /* k: the cluster whose rows a split centroid came from */
+    double *acc;             /* threads*dim: per-thread sums */
+} lloyd_scratch;
 
 /* ==== Register-blocked kernels ==== */
 
@@ -455,9 +485,12 @@ static float near_threshold(const near_job *job, float xn, float bound) {
  * smallest t from above. Only panels reaching below threshold(u) are read;
  * among their distances below it, t is found, and only those below
  * threshold(t) get an exact distance. Padding columns are +inf. */
-static void near_select(const near_job *job, near_scratch *sc, const float *xrow, float xn,
-                        const float *arow, uint32_t *ids, float *dists) {
+static void near_select(const near_job *job, near_scratch *sc, size_t row, float xn,
+                        const float *arow) {
     const uint32_t k = job->k, r = job->r;
+    const float *const xrow = job->x + row * job->dim;
+    uint32_t *const ids = job->ids + row * r;
+    float *const dists = job->dists + row * r;
     const uint32_t panels = (uint32_t)(job->kpad / NEAR_PANEL);
     float least = INFINITY;
     for (uint32_t q = 0; q < panels; q++) {
@@ -548,11 +581,8 @@ static void near_block(const near_job *job, near_scratch *sc, size_t b0, size_t 
                 kern.fn(xb + i * dim, xn + i, dim, job->panels + c * dim, job->cn + c,
                         a + i * kpad + c, kpad);
     }
-    for (size_t i = 0; i < count; i++) {
-        const size_t row = b0 + i;
-        near_select(job, sc, job->x + row * dim, xn[i], a + i * kpad, job->ids + row * job->r,
-                    job->dists + row * job->r);
-    }
+    for (size_t i = 0; i < count; i++)
+        near_select(job, sc, b0 + i, xn[i], a + i * kpad);
 }
 
 /* ==== Training helpers ==== */
@@ -568,10 +598,13 @@ static void sample_sorted(kiln_rng *rng, size_t n, size_t m, uint32_t *out) {
     }
 }
 
-/* k-means++ on the m rows pts[0..m) (decision 4): k seeds into centroids. */
-static kiln_status kmeanspp(kiln_ctx *ctx, const float *x, const uint32_t *pts, size_t m,
-                            uint32_t k, uint32_t dim, int threads, kiln_rng *rng,
+/* k-means++ on the m rows pts[0..m) of job->rows (decision 4): job->k
+ * seeds into centroids. */
+static kiln_status kmeanspp(kiln_ctx *ctx, const train_job *job, const uint32_t *pts, size_t m,
                             float *centroids) {
+    const float *const x = job->rows.x;
+    const uint32_t k = job->k, dim = job->rows.dim;
+    kiln_rng *const rng = job->rng;
     if (m == k) {
         for (uint32_t c = 0; c < k; c++)
             memcpy(centroids + (size_t)c * dim, x + (size_t)pts[c] * dim, dim * sizeof(float));
@@ -587,7 +620,7 @@ static kiln_status kmeanspp(kiln_ctx *ctx, const float *x, const uint32_t *pts, 
         return st;
     }
     const kiln_dist_fn dist = kiln_distance_fn(KILN_METRIC_L2);
-    const int team = m * dim >= KMEANS_PARALLEL_MIN ? threads : 1;
+    const int team = m * dim >= KMEANS_PARALLEL_MIN ? job->threads : 1;
     size_t pick = (size_t)kiln_rng_below(rng, m);
     for (uint32_t c = 0;; c++) {
         chosen[pick] = true;
@@ -645,13 +678,17 @@ static kiln_status check_ids(kiln_ctx *ctx, const uint32_t *ids, size_t count, u
     return KILN_OK;
 }
 
-/* One Lloyd update: each centroid becomes the double-precision mean of its
- * rows in sample order (decision 5); empty clusters keep their centroid and
- * are reported through counts[c] == 0. order/offsets come out as the CSR of
- * rows by cluster. */
-static void lloyd_update(const float *xs, size_t m, uint32_t dim, uint32_t k,
-                         const uint32_t *assign, int threads, uint64_t *offsets, uint32_t *order,
-                         double *acc_all, float *centroids) {
+/* One Lloyd update from s->assign: each centroid becomes the
+ * double-precision mean of its rows in sample order (decision 5); empty
+ * clusters keep their centroid and are reported through an empty range.
+ * s->order/offsets come out as the CSR of rows by cluster. */
+static void lloyd_update(const train_job *job, lloyd_scratch *s, float *centroids) {
+    const float *const xs = job->rows.x;
+    const size_t m = job->rows.n;
+    const uint32_t dim = job->rows.dim, k = job->k;
+    const uint32_t *const assign = s->assign;
+    uint64_t *const offsets = s->offsets;
+    uint32_t *const order = s->order;
     memset(offsets, 0, (k + 1) * sizeof *offsets);
     for (size_t i = 0; i < m; i++)
         offsets[assign[i] + 1]++;
@@ -663,13 +700,13 @@ static void lloyd_update(const float *xs, size_t m, uint32_t dim, uint32_t k,
         offsets[c] = offsets[c - 1];
     offsets[0] = 0;
     const long lk = (long)k;
-    const int team = m * dim >= KMEANS_PARALLEL_MIN ? threads : 1;
+    const int team = m * dim >= KMEANS_PARALLEL_MIN ? job->threads : 1;
 #pragma omp parallel for num_threads(team) schedule(dynamic, 16)
     for (long c = 0; c < lk; c++) {
         const uint64_t b = offsets[c], e = offsets[c + 1];
         if (b == e)
             continue;
-        double *const acc = acc_all + (size_t)omp_get_thread_num() * dim;
+        double *const acc = s->acc + (size_t)omp_get_thread_num() * dim;
         memset(acc, 0, dim * sizeof *acc);
         for (uint64_t t = b; t < e; t++) {
             const float *const row = xs + (size_t)order[t] * dim;
@@ -682,11 +719,16 @@ static void lloyd_update(const float *xs, size_t m, uint32_t dim, uint32_t k,
     }
 }
 
-/* Splits the largest cluster into every empty one (decision 7). est and src
- * are scratch of k entries. Returns the number of clusters re-seeded. */
-static uint32_t reseed_empty(const float *xs, uint32_t dim, uint32_t k, const uint64_t *offsets,
-                             const uint32_t *order, kiln_rng *rng, uint64_t *est, uint32_t *src,
-                             float *centroids) {
+/* Splits the largest cluster into every empty one (decision 7), from the
+ * CSR that lloyd_update left in s. Returns the number of clusters
+ * re-seeded. */
+static uint32_t reseed_empty(const train_job *job, lloyd_scratch *s, float *centroids) {
+    const float *const xs = job->rows.x;
+    const uint32_t dim = job->rows.dim, k = job->k;
+    const uint64_t *const offsets = s->offsets;
+    const uint32_t *const order = s->order;
+    uint64_t *const est = s->est;
+    uint32_t *const src = s->src;
     uint32_t reseeded = 0;
     for (uint32_t c = 0; c < k; c++) {
         est[c] = offsets[c + 1] - offsets[c];
@@ -702,7 +744,7 @@ static uint32_t reseed_empty(const float *xs, uint32_t dim, uint32_t k, const ui
         const uint64_t members = offsets[src[big] + 1] - offsets[src[big]];
         if (est[big] < 2 || members == 0)
             break;
-        const uint32_t pick = order[offsets[src[big]] + kiln_rng_below(rng, members)];
+        const uint32_t pick = order[offsets[src[big]] + kiln_rng_below(job->rng, members)];
         const float *const pv = xs + (size_t)pick * dim;
         float *const cb = centroids + (size_t)big * dim, *const cj = centroids + (size_t)j * dim;
         for (uint32_t t = 0; t < dim; t++) {
@@ -771,10 +813,14 @@ kiln_status kiln_kmeans_k(kiln_ctx *ctx, size_t n, const kiln_kmeans_params *p, 
 
 /* ==== Public: CPU backend ==== */
 
-kiln_status kiln_nearest_cpu(void *user, kiln_ctx *ctx, const float *x, size_t n,
-                             const float *centroids, uint32_t k, uint32_t dim, uint32_t r,
-                             uint32_t *ids, float *dists) {
+kiln_status kiln_nearest_cpu(void *user, kiln_ctx *ctx, kiln_rows rows, kiln_centroids cent,
+                             uint32_t r, kiln_nearest_out out) {
     const kiln_nearest_cpu_opts *const opts = user;
+    const float *const x = rows.x, *const centroids = cent.c;
+    const size_t n = rows.n;
+    const uint32_t k = cent.k, dim = rows.dim;
+    uint32_t *const ids = out.ids;
+    float *const dists = out.dists;
     if (n == 0)
         return KILN_OK;
     if (!x || !centroids || !ids || !dists)
@@ -784,6 +830,9 @@ kiln_status kiln_nearest_cpu(void *user, kiln_ctx *ctx, const float *x, size_t n
                          "nearest centroids: need k >= 1, dim >= 1, 1 <= r <= k (k %u, dim %u, "
                          "r %u)",
                          k, dim, r);
+    if (cent.dim != dim)
+        return kiln_fail(ctx, KILN_E_ARG, "nearest centroids: rows of dim %u, centroids of dim %u",
+                         dim, cent.dim);
     near_job job = {.x = x,
                     .centroids = centroids,
                     .n = n,
@@ -889,78 +938,78 @@ kiln_status kiln_nearest_cpu(void *user, kiln_ctx *ctx, const float *x, size_t n
 
 /* ==== Training core ==== */
 
-/* Up to `iters` Lloyd iterations on the m rows xs from the k centroids as
- * they are, drawing splits from rng; bar, when not NULL, advances by one per
- * iteration. */
-static kiln_status lloyd_rows(kiln_ctx *ctx, const float *xs, size_t m, uint32_t dim, uint32_t k,
-                              uint32_t iters, int threads, kiln_rng *rng, kiln_nearest_fn nearest,
-                              void *user, kiln_progress_bar *bar, float *centroids) {
+/* Up to job->iters Lloyd iterations on job->rows from the job->k centroids
+ * as they are, drawing splits from job->rng. */
+static kiln_status lloyd_rows(kiln_ctx *ctx, const train_job *job, float *centroids) {
     /* Everything is sized by m, whose rows the caller already holds. */
-    uint32_t *assign = NULL, *prev = NULL, *order = NULL, *src = NULL;
-    float *dists = NULL;
-    uint64_t *offsets = NULL, *est = NULL;
-    double *acc = NULL;
-    kiln_status st = kiln_alloc(ctx, m * sizeof *assign, "k-means assignment", (void **)&assign);
+    const size_t m = job->rows.n;
+    const uint32_t dim = job->rows.dim, k = job->k, iters = job->iters;
+    lloyd_scratch s = {0};
+    kiln_status st =
+        kiln_alloc(ctx, m * sizeof *s.assign, "k-means assignment", (void **)&s.assign);
     if (st == KILN_OK)
-        st = kiln_alloc(ctx, m * sizeof *prev, "k-means assignment", (void **)&prev);
+        st = kiln_alloc(ctx, m * sizeof *s.prev, "k-means assignment", (void **)&s.prev);
     if (st == KILN_OK)
-        st = kiln_alloc(ctx, m * sizeof *dists, "k-means distances", (void **)&dists);
+        st = kiln_alloc(ctx, m * sizeof *s.dists, "k-means distances", (void **)&s.dists);
     if (st == KILN_OK)
-        st = kiln_alloc(ctx, m * sizeof *order, "k-means order", (void **)&order);
+        st = kiln_alloc(ctx, m * sizeof *s.order, "k-means order", (void **)&s.order);
     if (st == KILN_OK)
-        st = kiln_alloc(ctx, ((size_t)k + 1) * sizeof *offsets, "k-means offsets",
-                        (void **)&offsets);
+        st = kiln_alloc(ctx, ((size_t)k + 1) * sizeof *s.offsets, "k-means offsets",
+                        (void **)&s.offsets);
     if (st == KILN_OK)
-        st = kiln_alloc(ctx, (size_t)k * sizeof *est, "k-means sizes", (void **)&est);
+        st = kiln_alloc(ctx, (size_t)k * sizeof *s.est, "k-means sizes", (void **)&s.est);
     if (st == KILN_OK)
-        st = kiln_alloc(ctx, (size_t)k * sizeof *src, "k-means split sources", (void **)&src);
+        st = kiln_alloc(ctx, (size_t)k * sizeof *s.src, "k-means split sources", (void **)&s.src);
     if (st == KILN_OK)
-        st = kiln_alloc(ctx, (size_t)threads * dim * sizeof *acc, "k-means sums", (void **)&acc);
+        st = kiln_alloc(ctx, (size_t)job->threads * dim * sizeof *s.acc, "k-means sums",
+                        (void **)&s.acc);
     if (st != KILN_OK)
         goto done;
 
+    const kiln_centroids cent = {centroids, k, dim};
     uint32_t reseeded = 0;
     for (uint32_t it = 0; it < iters; it++) {
-        st = nearest(user, ctx, xs, m, centroids, k, dim, 1, assign, dists);
+        st = job->nearest.fn(job->nearest.user, ctx, job->rows, cent, 1,
+                             (kiln_nearest_out){s.assign, s.dists});
         if (st == KILN_OK)
-            st = check_ids(ctx, assign, m, k);
+            st = check_ids(ctx, s.assign, m, k);
         if (st != KILN_OK)
             break;
         /* Same assignment as last time, and no split since: the means
          * would come out the same, so the centroids have converged. */
-        if (it > 0 && reseeded == 0 && memcmp(assign, prev, m * sizeof *assign) == 0) {
-            if (bar)
-                kiln_progress_add(bar, iters - it);
+        if (it > 0 && reseeded == 0 && memcmp(s.assign, s.prev, m * sizeof *s.assign) == 0) {
+            if (job->bar)
+                kiln_progress_add(job->bar, iters - it);
             break;
         }
-        lloyd_update(xs, m, dim, k, assign, threads, offsets, order, acc, centroids);
-        reseeded = reseed_empty(xs, dim, k, offsets, order, rng, est, src, centroids);
-        uint32_t *const t = prev;
-        prev = assign;
-        assign = t;
-        if (bar)
-            kiln_progress_add(bar, 1);
+        lloyd_update(job, &s, centroids);
+        reseeded = reseed_empty(job, &s, centroids);
+        uint32_t *const t = s.prev;
+        s.prev = s.assign;
+        s.assign = t;
+        if (job->bar)
+            kiln_progress_add(job->bar, 1);
     }
 
 done:
-    free(assign);
-    free(prev);
-    free(dists);
-    free(order);
-    free(offsets);
-    free(est);
-    free(src);
-    free(acc);
+    free(s.assign);
+    free(s.prev);
+    free(s.dists);
+    free(s.order);
+    free(s.offsets);
+    free(s.est);
+    free(s.src);
+    free(s.acc);
     return st;
 }
 
-/* k-means++ seeding (decision 4) and Lloyd on exactly the m rows xs
- * (1 <= k <= m), drawing from rng. */
-static kiln_status train_rows(kiln_ctx *ctx, const float *xs, size_t m, uint32_t dim, uint32_t k,
-                              uint32_t iters, int threads, kiln_rng *rng, kiln_nearest_fn nearest,
-                              void *user, kiln_progress_bar *bar, float *centroids) {
+/* k-means++ seeding (decision 4) and Lloyd on exactly job->rows
+ * (1 <= k <= m), drawing from job->rng. */
+static kiln_status train_rows(kiln_ctx *ctx, const train_job *job, float *centroids) {
+    const size_t m = job->rows.n;
+    const uint32_t k = job->k;
     assert(k >= 1 && k <= m);
-    uint64_t mpp = KMEANS_PP_WORK / ((uint64_t)k * dim);
+    uint64_t mpp = KMEANS_PP_WORK / ((uint64_t)k * job->rows.dim);
     if (mpp > (uint64_t)KMEANS_PP_PER_CLUSTER * k)
         mpp = (uint64_t)KMEANS_PP_PER_CLUSTER * k;
     if (mpp < k)
@@ -971,11 +1020,11 @@ static kiln_status train_rows(kiln_ctx *ctx, const float *xs, size_t m, uint32_t
     kiln_status st = kiln_alloc(ctx, mpp * sizeof *pp_ids, "k-means++ rows", (void **)&pp_ids);
     if (st != KILN_OK)
         return st;
-    sample_sorted(rng, m, mpp, pp_ids);
-    st = kmeanspp(ctx, xs, pp_ids, mpp, k, dim, threads, rng, centroids);
+    sample_sorted(job->rng, m, mpp, pp_ids);
+    st = kmeanspp(ctx, job, pp_ids, mpp, centroids);
     free(pp_ids);
     if (st == KILN_OK)
-        st = lloyd_rows(ctx, xs, m, dim, k, iters, threads, rng, nearest, user, bar, centroids);
+        st = lloyd_rows(ctx, job, centroids);
     return st;
 }
 
@@ -990,8 +1039,8 @@ size_t kiln_kmeans_sample_rows(size_t n, uint32_t k, const kiln_kmeans_params *p
     return (size_t)m;
 }
 
-kiln_status kiln_kmeans_sample(kiln_ctx *ctx, const float *x, size_t n, uint32_t dim, size_t m,
-                               uint64_t seed, float *rows) {
+kiln_status kiln_kmeans_sample(kiln_ctx *ctx, kiln_rows rows, size_t m, uint64_t seed, float *out) {
+    const size_t n = rows.n, dim = rows.dim;
     if (m > n)
         return kiln_fail(ctx, KILN_E_ARG, "k-means sample: %zu rows out of %zu", m, n);
     uint32_t *ids = NULL;
@@ -1002,60 +1051,62 @@ kiln_status kiln_kmeans_sample(kiln_ctx *ctx, const float *x, size_t n, uint32_t
     kiln_rng_seed(&rng, seed ^ KMEANS_RNG_STREAM);
     sample_sorted(&rng, n, m, ids);
     for (size_t i = 0; i < m; i++)
-        memcpy(rows + i * dim, x + (size_t)ids[i] * dim, dim * sizeof *rows);
+        memcpy(out + i * dim, rows.x + (size_t)ids[i] * dim, dim * sizeof *out);
     free(ids);
     return KILN_OK;
 }
 
-kiln_status kiln_kmeans_train_rows(kiln_ctx *ctx, const float *xs, size_t m, uint32_t dim,
-                                   uint32_t k, const kiln_kmeans_params *p, uint64_t seed,
-                                   kiln_nearest_fn nearest, void *user, kiln_progress_bar *bar,
-                                   float *centroids) {
-    if (!xs || !centroids || !p || dim == 0 || k == 0 || k > m)
+kiln_status kiln_kmeans_train_rows(kiln_ctx *ctx, kiln_rows rows, uint32_t k,
+                                   const kiln_kmeans_run *run, float *centroids) {
+    if (!rows.x || !centroids || !run || rows.dim == 0 || k == 0 || k > rows.n)
         return kiln_fail(ctx, KILN_E_ARG,
-                         "k-means: need rows, centroids, params, dim >= 1 and 1 <= k <= rows "
+                         "k-means: need rows, centroids, run settings, dim >= 1 and 1 <= k <= rows "
                          "(k %u, rows %zu)",
-                         k, m);
-    kiln_nearest_cpu_opts cpu = {.threads = p->threads};
-    if (!nearest) {
-        nearest = kiln_nearest_cpu;
-        user = &cpu;
-    }
+                         k, rows.n);
+    kiln_nearest_cpu_opts cpu = {.threads = run->threads};
     kiln_rng rng;
-    kiln_rng_seed(&rng, seed ^ KMEANS_RNG_STREAM);
-    return train_rows(ctx, xs, m, dim, k, p->iters, kiln_threads(p->threads), &rng, nearest, user,
-                      bar, centroids);
+    kiln_rng_seed(&rng, run->seed ^ KMEANS_RNG_STREAM);
+    const train_job job = {.rows = rows,
+                           .k = k,
+                           .iters = run->iters,
+                           .threads = kiln_threads(run->threads),
+                           .rng = &rng,
+                           .nearest = kiln_nearest_or_cpu(&run->nearest, &cpu),
+                           .bar = run->bar};
+    return train_rows(ctx, &job, centroids);
 }
 
-kiln_status kiln_kmeans_refine_rows(kiln_ctx *ctx, const float *xs, size_t m, uint32_t dim,
-                                    uint32_t k, uint32_t iters, uint32_t threads, uint64_t seed,
-                                    kiln_nearest_fn nearest, void *user, kiln_progress_bar *bar,
-                                    float *centroids) {
-    if (!xs || !centroids || !nearest || dim == 0 || k == 0 || k > m)
+kiln_status kiln_kmeans_refine_rows(kiln_ctx *ctx, kiln_rows rows, uint32_t k,
+                                    const kiln_kmeans_run *run, float *centroids) {
+    if (!rows.x || !centroids || !run || rows.dim == 0 || k == 0 || k > rows.n)
         return kiln_fail(ctx, KILN_E_ARG,
-                         "k-means: need rows, centroids, a backend, dim >= 1 and 1 <= k <= rows "
+                         "k-means: need rows, centroids, run settings, dim >= 1 and 1 <= k <= rows "
                          "(k %u, rows %zu)",
-                         k, m);
+                         k, rows.n);
+    kiln_nearest_cpu_opts cpu = {.threads = run->threads};
     kiln_rng rng;
-    kiln_rng_seed(&rng, seed ^ KMEANS_RNG_STREAM);
-    return lloyd_rows(ctx, xs, m, dim, k, iters, kiln_threads(threads), &rng, nearest, user, bar,
-                      centroids);
+    kiln_rng_seed(&rng, run->seed ^ KMEANS_RNG_STREAM);
+    const train_job job = {.rows = rows,
+                           .k = k,
+                           .iters = run->iters,
+                           .threads = kiln_threads(run->threads),
+                           .rng = &rng,
+                           .nearest = kiln_nearest_or_cpu(&run->nearest, &cpu),
+                           .bar = run->bar};
+    return lloyd_rows(ctx, &job, centroids);
 }
 
-kiln_status kiln_kmeans_train(kiln_ctx *ctx, const float *x, size_t n, uint32_t dim,
-                              const kiln_kmeans_params *p, kiln_nearest_fn nearest, void *user,
-                              float *centroids) {
+kiln_status kiln_kmeans_train(kiln_ctx *ctx, kiln_rows rows, const kiln_kmeans_params *p,
+                              const kiln_nearest_backend *nearest, float *centroids) {
+    const size_t n = rows.n;
+    const uint32_t dim = rows.dim;
     uint32_t k;
     kiln_status st = kiln_kmeans_k(ctx, n, p, &k);
     if (st != KILN_OK)
         return st;
-    if (!x || !centroids || dim == 0)
+    if (!rows.x || !centroids || dim == 0)
         return kiln_fail(ctx, KILN_E_ARG, "k-means: need rows, centroids and dim >= 1");
     kiln_nearest_cpu_opts cpu = {.threads = p->threads};
-    if (!nearest) {
-        nearest = kiln_nearest_cpu;
-        user = &cpu;
-    }
     kiln_rng rng;
     kiln_rng_seed(&rng, p->seed ^ KMEANS_RNG_STREAM);
     const size_t m = kiln_kmeans_sample_rows(n, k, p);
@@ -1064,7 +1115,7 @@ kiln_status kiln_kmeans_train(kiln_ctx *ctx, const float *x, size_t n, uint32_t 
      * so the sequence of draws is sample, k-means++ rows, seeds, splits. */
     uint32_t *sample_ids = NULL;
     float *copy = NULL;
-    const float *xs = x;
+    const float *xs = rows.x;
     if (m < n) {
         st = kiln_alloc(ctx, m * sizeof *sample_ids, "k-means sample ids", (void **)&sample_ids);
         if (st == KILN_OK)
@@ -1073,13 +1124,19 @@ kiln_status kiln_kmeans_train(kiln_ctx *ctx, const float *x, size_t n, uint32_t 
             goto done;
         sample_sorted(&rng, n, m, sample_ids);
         for (size_t i = 0; i < m; i++)
-            memcpy(copy + i * dim, x + (size_t)sample_ids[i] * dim, dim * sizeof *copy);
+            memcpy(copy + i * dim, rows.x + (size_t)sample_ids[i] * dim, dim * sizeof *copy);
         xs = copy;
     }
     kiln_progress_bar bar;
     kiln_progress_begin(&bar, ctx, "kmeans", p->iters);
-    st = train_rows(ctx, xs, m, dim, k, p->iters, kiln_threads(p->threads), &rng, nearest, user,
-                    &bar, centroids);
+    const train_job job = {.rows = {xs, m, dim},
+                           .k = k,
+                           .iters = p->iters,
+                           .threads = kiln_threads(p->threads),
+                           .rng = &rng,
+                           .nearest = kiln_nearest_or_cpu(nearest, &cpu),
+                           .bar = &bar};
+    st = train_rows(ctx, &job, centroids);
     kiln_progress_end(&bar);
 
 done:

@@ -11,9 +11,14 @@
  *   kiln_kmeans_params p;  kiln_kmeans_params_init(&p);
  *   p.max_size = device_batch_rows;  p.threads = threads;  p.seed = seed;
  *   kiln_clusters c;
- *   st = kiln_clusters_build(ctx, x, n, dim, &p, NULL, NULL, &c);   (NULL = CPU)
+ *   st = kiln_clusters_build(ctx, (kiln_rows){x, n, dim}, &p, NULL, &c);   (NULL = CPU)
  *   ... cluster j is members[offsets[j] .. offsets[j+1]) ...
  *   kiln_clusters_free(&c);
+ *
+ * What travels together travels as one struct: the rows (kiln_rows), the
+ * centroids (kiln_centroids), the output lists (kiln_nearest_out) -- borrowed
+ * views, passed by value -- and the backend (kiln_nearest_backend, a
+ * function with its user pointer), passed by pointer, NULL meaning the CPU.
  *
  * From k = 256 up, kiln_clusters_build trains and assigns in two levels
  * (hkmeans.c: coarse cells route every search), which is O(sqrt(k)) rather
@@ -35,7 +40,8 @@
 
 typedef struct kiln_kmeans_params {
     uint32_t clusters;    /* k; 0 = choose from n, replicas and target_size (kiln_kmeans_k) */
-    uint32_t target_size; /* wanted members per cluster when clusters == 0; default 2048 */
+    uint32_t target_size; /* wanted members per cluster when clusters == 0; default 2048
+                             (the device build passes its own, default 768) */
     uint32_t max_size;    /* hard cap on members per cluster after assignment; 0 = no cap;
                              default 0 (the pipeline sets it from the device batch) */
     uint32_t replicas;    /* clusters per vector, >= 1; clamped to k; default 2 */
@@ -58,18 +64,47 @@ void kiln_kmeans_params_init(kiln_kmeans_params *p);
  * also when the cap cannot be met (k * max_size < n * min(replicas, k)). */
 kiln_status kiln_kmeans_k(kiln_ctx *ctx, size_t n, const kiln_kmeans_params *p, uint32_t *k);
 
-/* ==== Nearest-centroid backend ==== */
+/* ==== Rows, centroids, backend ==== */
 
-/* For each of the n vectors x (row-major, dim floats), the r nearest of the k
- * centroids (row-major, k*dim floats), 1 <= r <= k: ids[i*r + j] and
- * dists[i*r + j] (squared L2), nearest first, ties by smaller id, a NaN
- * distance ranking as +inf. Must be deterministic: the same inputs give the
- * same bytes whatever the batch split or thread count, because training and
- * assignment are only as repeatable as this. All buffers are the caller's;
- * errors go to ctx. */
-typedef kiln_status (*kiln_nearest_fn)(void *user, kiln_ctx *ctx, const float *x, size_t n,
-                                       const float *centroids, uint32_t k, uint32_t dim, uint32_t r,
-                                       uint32_t *ids, float *dists);
+/* n rows of dim floats, row-major: the vectors clustered or searched. A
+ * borrowed view. */
+typedef struct kiln_rows {
+    const float *x; /* n*dim; may be NULL when n == 0 */
+    size_t n;
+    uint32_t dim;
+} kiln_rows;
+
+/* k centroids of dim floats, row-major. A borrowed view; where rows are
+ * searched against it, its dim must be theirs. */
+typedef struct kiln_centroids {
+    const float *c; /* k*dim */
+    uint32_t k;
+    uint32_t dim;
+} kiln_centroids;
+
+/* The r nearest of each of n rows: ids[i*r + j] and dists[i*r + j] (squared
+ * L2), n*r entries each, the caller's. */
+typedef struct kiln_nearest_out {
+    uint32_t *ids;
+    float *dists;
+} kiln_nearest_out;
+
+/* For each of the rows, the r nearest of the centroids (rows.dim ==
+ * cent.dim), 1 <= r <= cent.k, into out: nearest first, ties by smaller id,
+ * a NaN distance ranking as +inf. Must be deterministic: the same inputs
+ * give the same bytes whatever the batch split or thread count, because
+ * training and assignment are only as repeatable as this. All buffers are
+ * the caller's; errors go to ctx. */
+typedef kiln_status (*kiln_nearest_fn)(void *user, kiln_ctx *ctx, kiln_rows rows,
+                                       kiln_centroids cent, uint32_t r, kiln_nearest_out out);
+
+/* A nearest-centroid backend: fn called with user. Wherever one is taken, a
+ * NULL backend or a NULL fn means kiln_nearest_cpu with the call's threads
+ * (user ignored). */
+typedef struct kiln_nearest_backend {
+    kiln_nearest_fn fn;
+    void *user;
+} kiln_nearest_backend;
 
 /* user for kiln_nearest_cpu; NULL means all cores. */
 typedef struct kiln_nearest_cpu_opts {
@@ -81,20 +116,27 @@ typedef struct kiln_nearest_cpu_opts {
  * values kiln_knn_exact reports, and the ranking is exact for them; the
  * blocked ||x||^2 - 2 x.c + ||c||^2 form only chooses which centroids get an
  * exact distance (kmeans.c decision 6). */
-kiln_status kiln_nearest_cpu(void *user, kiln_ctx *ctx, const float *x, size_t n,
-                             const float *centroids, uint32_t k, uint32_t dim, uint32_t r,
-                             uint32_t *ids, float *dists);
+kiln_status kiln_nearest_cpu(void *user, kiln_ctx *ctx, kiln_rows rows, kiln_centroids cent,
+                             uint32_t r, kiln_nearest_out out);
+
+/* The backend b, or, when b or b->fn is NULL, kiln_nearest_cpu with cpu
+ * (whose threads the caller has set; it must outlive the backend's use). */
+static inline kiln_nearest_backend kiln_nearest_or_cpu(const kiln_nearest_backend *b,
+                                                       kiln_nearest_cpu_opts *cpu) {
+    if (b && b->fn)
+        return *b;
+    return (kiln_nearest_backend){kiln_nearest_cpu, cpu};
+}
 
 /* ==== Training ==== */
 
-/* Trains k = kiln_kmeans_k(n, p) centroids on a seeded sample of x (n rows of
- * dim floats, borrowed) and writes them to centroids (k*dim floats, the
- * caller's). nearest NULL = kiln_nearest_cpu with p->threads (user ignored).
- * The result depends only on (x, p minus threads, the backend's answers):
- * any thread count gives the same bytes. */
-kiln_status kiln_kmeans_train(kiln_ctx *ctx, const float *x, size_t n, uint32_t dim,
-                              const kiln_kmeans_params *p, kiln_nearest_fn nearest, void *user,
-                              float *centroids);
+/* Trains k = kiln_kmeans_k(rows.n, p) centroids on a seeded sample of the
+ * rows and writes them to centroids (k*rows.dim floats, the caller's).
+ * nearest NULL = kiln_nearest_cpu with p->threads. The result depends only
+ * on (rows, p minus threads, the backend's answers): any thread count gives
+ * the same bytes. */
+kiln_status kiln_kmeans_train(kiln_ctx *ctx, kiln_rows rows, const kiln_kmeans_params *p,
+                              const kiln_nearest_backend *nearest, float *centroids);
 
 /* ==== Two-level training and search (hkmeans.c) ==== */
 
@@ -110,34 +152,40 @@ typedef struct kiln_kmeans_tree {
     float *coarse; /* cells*dim; NULL when flat */
 } kiln_kmeans_tree;
 
-/* Trains k = kiln_kmeans_k(n, p) centroids, like kiln_kmeans_train, into
- * centroids (k*dim floats, the caller's) and leaves in *tree (overwritten,
+/* Trains k = kiln_kmeans_k(rows.n, p) centroids, like kiln_kmeans_train,
+ * into centroids (k*rows.dim floats, the caller's) and leaves in *tree (overwritten,
  * not freed first; zeroed on failure) the coarse centroids that route
  * searches over them. Below a threshold on k this is kiln_kmeans_train
  * exactly and the tree is flat; above it, training runs in two levels
  * (hkmeans.c). Same determinism as kiln_kmeans_train. */
-kiln_status kiln_kmeans_train_tree(kiln_ctx *ctx, const float *x, size_t n, uint32_t dim,
-                                   const kiln_kmeans_params *p, kiln_nearest_fn nearest, void *user,
-                                   float *centroids, kiln_kmeans_tree *tree);
+kiln_status kiln_kmeans_train_tree(kiln_ctx *ctx, kiln_rows rows, const kiln_kmeans_params *p,
+                                   const kiln_nearest_backend *nearest, float *centroids,
+                                   kiln_kmeans_tree *tree);
 
-/* The r nearest of k centroids (k*dim floats) for each of the n rows x
- * (tree->dim floats each), with the kiln_nearest_fn output contract, but
- * searched only in the files of each row's `probes` nearest coarse cells,
- * where every centroid is filed under its `copies` nearest cells and a file
+/* How kiln_kmeans_tree_nearest searches. */
+typedef struct kiln_kmeans_tree_search {
+    const kiln_kmeans_tree *tree;
+    uint32_t probes;              /* coarse cells searched per row */
+    uint32_t copies;              /* cells each centroid is filed under; probes = copies = 0:
+                                     the setting for candidate lists */
+    kiln_nearest_backend nearest; /* fn NULL = kiln_nearest_cpu with threads */
+    uint32_t threads;             /* gather rows and merge lists, and drive the CPU backend;
+                                     0 = all cores */
+} kiln_kmeans_tree_search;
+
+/* The r nearest of the centroids for each of the rows (rows.dim == cent.dim
+ * == s->tree->dim), with the kiln_nearest_fn output contract, but searched
+ * only in the files of each row's s->probes nearest coarse cells, where
+ * every centroid is filed under its s->copies nearest cells and a file
  * shorter than r is padded with the r centroids nearest its cell: the exact
  * r nearest among the probed files, by the backend's distances and ties
- * (hkmeans.c decisions 4 and 5). probes = copies = 0 picks the setting for
- * candidate lists; one of them 0, a flat tree, or more than 64 of either
- * makes it one flat backend call. The backend must give a (row, centroid)
- * pair the same distance in every call. nearest NULL = kiln_nearest_cpu
- * (user ignored); threads (0 = all cores) gather rows and merge lists, and
- * drive the CPU backend. Deterministic like the backend, whatever threads
- * is. */
-kiln_status kiln_kmeans_tree_nearest(kiln_ctx *ctx, const kiln_kmeans_tree *tree, uint32_t probes,
-                                     uint32_t copies, const float *x, size_t n,
-                                     const float *centroids, uint32_t k, uint32_t r,
-                                     kiln_nearest_fn nearest, void *user, uint32_t threads,
-                                     uint32_t *ids, float *dists);
+ * (hkmeans.c decisions 4 and 5). One of probes and copies 0 (not both), a
+ * flat tree, or more than 64 of either makes it one flat backend call. The
+ * backend must give a (row, centroid) pair the same distance in every call.
+ * Deterministic like the backend, whatever s->threads is. */
+kiln_status kiln_kmeans_tree_nearest(kiln_ctx *ctx, const kiln_kmeans_tree_search *s,
+                                     kiln_rows rows, kiln_centroids cent, uint32_t r,
+                                     kiln_nearest_out out);
 
 /* Frees the coarse centroids and zeroes *tree; NULL and a zeroed struct are
  * no-ops. */
@@ -149,26 +197,30 @@ void kiln_kmeans_tree_free(kiln_kmeans_tree *tree);
  * 256 k; at least k, at most n). */
 size_t kiln_kmeans_sample_rows(size_t n, uint32_t k, const kiln_kmeans_params *p);
 
-/* m <= n rows of x chosen uniformly by seeded selection sampling, copied in
- * ascending id order to rows (m*dim floats, the caller's). */
-kiln_status kiln_kmeans_sample(kiln_ctx *ctx, const float *x, size_t n, uint32_t dim, size_t m,
-                               uint64_t seed, float *rows);
+/* m <= rows.n of the rows chosen uniformly by seeded selection sampling,
+ * copied in ascending id order to out (m*rows.dim floats, the caller's). */
+kiln_status kiln_kmeans_sample(kiln_ctx *ctx, kiln_rows rows, size_t m, uint64_t seed, float *out);
 
-/* k-means++ seeding and p->iters Lloyd iterations (p->threads) on exactly
- * the m rows xs, 1 <= k <= m, drawing from seed; bar, when not NULL,
- * advances by one per iteration. Deterministic like kiln_kmeans_train. */
-kiln_status kiln_kmeans_train_rows(kiln_ctx *ctx, const float *xs, size_t m, uint32_t dim,
-                                   uint32_t k, const kiln_kmeans_params *p, uint64_t seed,
-                                   kiln_nearest_fn nearest, void *user, kiln_progress_bar *bar,
-                                   float *centroids);
+/* One run of kiln_kmeans_train_rows or kiln_kmeans_refine_rows: what
+ * hkmeans.c sets per call. */
+typedef struct kiln_kmeans_run {
+    uint32_t iters;               /* Lloyd iterations at most */
+    uint32_t threads;             /* 0 = all cores */
+    uint64_t seed;                /* the run's draws */
+    kiln_nearest_backend nearest; /* fn NULL = kiln_nearest_cpu with threads */
+    kiln_progress_bar *bar;       /* NULL, or advanced by one per iteration */
+} kiln_kmeans_run;
 
-/* Up to `iters` Lloyd iterations on the m rows xs from the k centroids as
- * they are (no seeding), through nearest (not NULL), drawing splits from
- * seed; bar as above. */
-kiln_status kiln_kmeans_refine_rows(kiln_ctx *ctx, const float *xs, size_t m, uint32_t dim,
-                                    uint32_t k, uint32_t iters, uint32_t threads, uint64_t seed,
-                                    kiln_nearest_fn nearest, void *user, kiln_progress_bar *bar,
-                                    float *centroids);
+/* k-means++ seeding and run->iters Lloyd iterations on exactly the rows,
+ * 1 <= k <= rows.n, into centroids (k*rows.dim floats, the caller's).
+ * Deterministic like kiln_kmeans_train. */
+kiln_status kiln_kmeans_train_rows(kiln_ctx *ctx, kiln_rows rows, uint32_t k,
+                                   const kiln_kmeans_run *run, float *centroids);
+
+/* Up to run->iters Lloyd iterations on the rows from the k centroids as they
+ * are (no seeding), 1 <= k <= rows.n. */
+kiln_status kiln_kmeans_refine_rows(kiln_ctx *ctx, kiln_rows rows, uint32_t k,
+                                    const kiln_kmeans_run *run, float *centroids);
 
 /* ==== Capped multi-assignment ==== */
 
@@ -186,29 +238,28 @@ typedef struct kiln_clusters {
     uint64_t short_vectors;   /* vectors in fewer than `replicas` clusters (best effort) */
 } kiln_clusters;
 
-/* Puts every vector into its `replicas` nearest clusters, distinct, without
+/* Puts every row into its `replicas` nearest clusters, distinct, without
  * any cluster exceeding p->max_size (assign.c explains how overflow spills).
  * The cap is a guarantee and every vector lands in at least one cluster;
  * replicas is best effort (short_vectors counts the misses, normally 0).
- * k = number of centroids (k*dim floats, borrowed); p->clusters is ignored
- * here. *out is overwritten (not freed first); on failure it is zeroed. */
-kiln_status kiln_clusters_assign(kiln_ctx *ctx, const float *x, size_t n, uint32_t dim,
-                                 const float *centroids, uint32_t k, const kiln_kmeans_params *p,
-                                 kiln_nearest_fn nearest, void *user, kiln_clusters *out);
+ * cent: the k clusters' centroids (cent.dim == rows.dim); p->clusters is
+ * ignored here. nearest NULL = kiln_nearest_cpu with p->threads. *out is
+ * overwritten (not freed first); on failure it is zeroed. */
+kiln_status kiln_clusters_assign(kiln_ctx *ctx, kiln_rows rows, kiln_centroids cent,
+                                 const kiln_kmeans_params *p, const kiln_nearest_backend *nearest,
+                                 kiln_clusters *out);
 
 /* kiln_clusters_assign with candidate lists from kiln_kmeans_tree_nearest
- * (its list setting; tree->dim == dim) instead of a flat search; the full
- * ranking of decision 3 of assign.c stays flat over all k. */
-kiln_status kiln_clusters_assign_tree(kiln_ctx *ctx, const float *x, size_t n, uint32_t dim,
-                                      const float *centroids, uint32_t k,
+ * (its list setting; tree->dim == rows.dim) instead of a flat search; the
+ * full ranking of decision 3 of assign.c stays flat over all k. */
+kiln_status kiln_clusters_assign_tree(kiln_ctx *ctx, kiln_rows rows, kiln_centroids cent,
                                       const kiln_kmeans_tree *tree, const kiln_kmeans_params *p,
-                                      kiln_nearest_fn nearest, void *user, kiln_clusters *out);
+                                      const kiln_nearest_backend *nearest, kiln_clusters *out);
 
 /* kiln_kmeans_k, kiln_kmeans_train_tree, then kiln_clusters_assign_tree of
- * all n rows. */
-kiln_status kiln_clusters_build(kiln_ctx *ctx, const float *x, size_t n, uint32_t dim,
-                                const kiln_kmeans_params *p, kiln_nearest_fn nearest, void *user,
-                                kiln_clusters *out);
+ * all the rows. */
+kiln_status kiln_clusters_build(kiln_ctx *ctx, kiln_rows rows, const kiln_kmeans_params *p,
+                                const kiln_nearest_backend *nearest, kiln_clusters *out);
 
 /* Frees the arrays and zeroes *c; NULL and a zeroed struct are no-ops. */
 void kiln_clusters_free(kiln_clusters *c);

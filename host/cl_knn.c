@@ -656,9 +656,12 @@ cleanup:
     return status;
 }
 
-kiln_status kiln_cl_nearest(void *user, kiln_ctx *ctx, const float *x, size_t n,
-                            const float *centroids, uint32_t k, uint32_t dim, uint32_t r,
-                            uint32_t *ids, float *dists) {
-    return kiln_cl_kmeans_assign(ctx, x, n, dim, centroids, k, r, (const kiln_cl_opts *)user, ids,
-                                 dists, NULL);
+kiln_status kiln_cl_nearest(void *user, kiln_ctx *ctx, kiln_rows rows, kiln_centroids cent,
+                            uint32_t r, kiln_nearest_out out) {
+    if (rows.dim != cent.dim)
+        return kiln_fail(ctx, KILN_E_ARG,
+                         "nearest centroids on the device: rows of dim %u, centroids of dim %u",
+                         rows.dim, cent.dim);
+    return kiln_cl_kmeans_assign(ctx, rows.x, rows.n, rows.dim, cent.c, cent.k, r,
+                                 (const kiln_cl_opts *)user, out.ids, out.dists, NULL);
 }

@@ -91,13 +91,12 @@ typedef struct nearest_user {
  * full ranking (r = k) when a vector found no cluster with room; the device
  * kernel keeps at most KILN_CL_MAX_TOP per row, so that rare case runs on the
  * CPU with the same ranking rule (ties by smaller id). */
-static kiln_status nearest_backend(void *user, kiln_ctx *ctx, const float *x, size_t n,
-                                   const float *centroids, uint32_t k, uint32_t dim, uint32_t r,
-                                   uint32_t *ids, float *dists) {
+static kiln_status nearest_backend(void *user, kiln_ctx *ctx, kiln_rows rows, kiln_centroids cent,
+                                   uint32_t r, kiln_nearest_out out) {
     nearest_user *u = user;
     if (!u->on_device || r > KILN_CL_MAX_TOP)
-        return kiln_nearest_cpu(&u->cpu, ctx, x, n, centroids, k, dim, r, ids, dists);
-    return kiln_cl_nearest(NULL, ctx, x, n, centroids, k, dim, r, ids, dists);
+        return kiln_nearest_cpu(&u->cpu, ctx, rows, cent, r, out);
+    return kiln_cl_nearest(NULL, ctx, rows, cent, r, out);
 }
 
 /* ==== Report ==== */
@@ -268,7 +267,8 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
         kp.max_size = (uint32_t)(cap < n ? cap : n);
     }
     nearest_user nu = {.cpu = {.threads = p->threads}, .on_device = info.type != KILN_DEVICE_CPU};
-    if ((st = kiln_clusters_build(ctx, ix->vectors, n, ix->dim, &kp, nearest_backend, &nu, &cl)))
+    const kiln_nearest_backend backend = {nearest_backend, &nu};
+    if ((st = kiln_clusters_build(ctx, (kiln_rows){ix->vectors, n, ix->dim}, &kp, &backend, &cl)))
         goto cleanup;
     rep->clusters = cl.k;
     rep->max_cluster_size = cl.max_members;

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "kiln.h"
+#include "../cluster/kmeans_internal.h"
 #include "quant4_internal.h"
 
 #define KILN_CL_MAX_K 256 /* bound of KILN_K in kernels/knn_q4.cl */
@@ -70,9 +71,8 @@ kiln_status kiln_cl_kmeans_assign(kiln_ctx *ctx, const float *rows, size_t n, si
 /* kiln_cl_kmeans_assign in the shape of kiln_nearest_fn (cluster/
  * kmeans_internal.h), so k-means can run its assignment on the device:
  * user is a const kiln_cl_opts * or NULL. r must be <= k there. */
-kiln_status kiln_cl_nearest(void *user, kiln_ctx *ctx, const float *x, size_t n,
-                            const float *centroids, uint32_t k, uint32_t dim, uint32_t r,
-                            uint32_t *ids, float *dists);
+kiln_status kiln_cl_nearest(void *user, kiln_ctx *ctx, kiln_rows rows, kiln_centroids cent,
+                            uint32_t r, kiln_nearest_out out);
 
 /* Builds kernels/<file> with the given options on ctx's device through the
  * program caches: KILN_OK, or KILN_E_DEVICE with the build log. For tests and

@@ -50,11 +50,9 @@ kiln_status kiln_cl_kmeans_assign(kiln_ctx *ctx, const float *rows, size_t n, si
     return kiln_fail(ctx, KILN_E_NO_DEVICE, NO_OPENCL);
 }
 
-kiln_status kiln_cl_nearest(void *user, kiln_ctx *ctx, const float *x, size_t n,
-                            const float *centroids, uint32_t k, uint32_t dim, uint32_t r,
-                            uint32_t *ids, float *dists) {
-    (void)user, (void)x, (void)n, (void)centroids, (void)k, (void)dim, (void)r;
-    (void)ids, (void)dists;
+kiln_status kiln_cl_nearest(void *user, kiln_ctx *ctx, kiln_rows rows, kiln_centroids cent,
+                            uint32_t r, kiln_nearest_out out) {
+    (void)user, (void)rows, (void)cent, (void)r, (void)out;
     return kiln_fail(ctx, KILN_E_NO_DEVICE, NO_OPENCL);
 }
 

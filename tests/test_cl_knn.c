@@ -443,7 +443,9 @@ static void test_kmeans_assign(void) {
     check_assign(rows, n, dim, cent, 3, 5, NULL, "assign, r > k");
     uint32_t l[4];
     float d[4];
-    CHECK_OK(ctx, kiln_cl_nearest(NULL, ctx, cent + 3 * dim, 1, cent, k, (uint32_t)dim, 2, l, d));
+    CHECK_OK(ctx, kiln_cl_nearest(NULL, ctx, (kiln_rows){cent + 3 * dim, 1, (uint32_t)dim},
+                                  (kiln_centroids){cent, k, (uint32_t)dim}, 2,
+                                  (kiln_nearest_out){l, d}));
     CHECK(l[0] == 3 && d[0] == 0 && l[1] == 7 && d[1] == 0);
     CHECK_OK(ctx,
              kiln_cl_kmeans_assign(ctx, rows + 11 * dim, 1, dim, cent, k, 4, NULL, l, d, NULL));

@@ -197,7 +197,9 @@ static void test_nearest_case(kiln_ctx *ctx, const float *x, size_t n, const flo
     ref_pair *fr = malloc(k * sizeof *fr), *dr = malloc(k * sizeof *dr);
     REQUIRE(ids && fr && dr);
     kiln_nearest_cpu_opts opts = {.threads = threads};
-    CHECK_OK(ctx, kiln_nearest_cpu(&opts, ctx, x, n, cent, k, dim, r, ids, dists));
+    CHECK_OK(ctx,
+             kiln_nearest_cpu(&opts, ctx, (kiln_rows){x, n, dim}, (kiln_centroids){cent, k, dim}, r,
+                              (kiln_nearest_out){ids, dists}));
     size_t exact_bad = 0, ref_bad = 0;
     for (size_t i = 0; i < n; i++) {
         const float *const row = x + i * dim;
@@ -281,10 +283,14 @@ static void test_nearest(kiln_ctx *ctx) {
     /* Argument errors. */
     uint32_t id;
     float d, one = 0.0f;
-    CHECK_FAILS(ctx, kiln_nearest_cpu(NULL, ctx, &one, 1, &one, 1, 1, 2, &id, &d), KILN_E_ARG,
-                "1 <= r <= k");
-    CHECK_FAILS(ctx, kiln_nearest_cpu(NULL, ctx, &one, 1, NULL, 1, 1, 1, &id, &d), KILN_E_ARG,
-                "NULL");
+    CHECK_FAILS(ctx,
+                kiln_nearest_cpu(NULL, ctx, (kiln_rows){&one, 1, 1}, (kiln_centroids){&one, 1, 1},
+                                 2, (kiln_nearest_out){&id, &d}),
+                KILN_E_ARG, "1 <= r <= k");
+    CHECK_FAILS(ctx,
+                kiln_nearest_cpu(NULL, ctx, (kiln_rows){&one, 1, 1}, (kiln_centroids){NULL, 1, 1},
+                                 1, (kiln_nearest_out){&id, &d}),
+                KILN_E_ARG, "NULL");
 }
 
 /* Few centroids per panel and r above the panel count: the selection
@@ -339,9 +345,10 @@ static void test_blobs(kiln_ctx *ctx) {
     CHECK_OK(ctx, kiln_kmeans_k(ctx, n, &p, &k));
     REQUIRE(k == 3);
     float cent[3 * 8];
-    CHECK_OK(ctx, kiln_kmeans_train(ctx, x, n, (uint32_t)dim, &p, NULL, NULL, cent));
+    CHECK_OK(ctx, kiln_kmeans_train(ctx, (kiln_rows){x, n, (uint32_t)dim}, &p, NULL, cent));
     kiln_clusters c;
-    CHECK_OK(ctx, kiln_clusters_assign(ctx, x, n, (uint32_t)dim, cent, k, &p, NULL, NULL, &c));
+    CHECK_OK(ctx, kiln_clusters_assign(ctx, (kiln_rows){x, n, (uint32_t)dim},
+                                       (kiln_centroids){cent, k, (uint32_t)dim}, &p, NULL, &c));
     REQUIRE(c.members);
     CHECK(check_clusters(&c, n, 0, 1) == 0);
     CHECK(memcmp(c.centroids, cent, sizeof cent) == 0);
@@ -373,7 +380,7 @@ static void test_blobs(kiln_ctx *ctx) {
     /* More clusters than blobs: training still leaves none empty. */
     p.clusters = 20;
     p.sample = 1000;
-    CHECK_OK(ctx, kiln_clusters_build(ctx, x, n, (uint32_t)dim, &p, NULL, NULL, &c));
+    CHECK_OK(ctx, kiln_clusters_build(ctx, (kiln_rows){x, n, (uint32_t)dim}, &p, NULL, &c));
     REQUIRE(c.members);
     uint32_t empty = 0;
     for (uint32_t j = 0; j < c.k; j++)
@@ -400,9 +407,9 @@ static void test_determinism(kiln_ctx *ctx) {
     p.seed = 77;
     kiln_clusters a, b;
     p.threads = 1;
-    CHECK_OK(ctx, kiln_clusters_build(ctx, x, n, (uint32_t)dim, &p, NULL, NULL, &a));
+    CHECK_OK(ctx, kiln_clusters_build(ctx, (kiln_rows){x, n, (uint32_t)dim}, &p, NULL, &a));
     p.threads = 2;
-    CHECK_OK(ctx, kiln_clusters_build(ctx, x, n, (uint32_t)dim, &p, NULL, NULL, &b));
+    CHECK_OK(ctx, kiln_clusters_build(ctx, (kiln_rows){x, n, (uint32_t)dim}, &p, NULL, &b));
     REQUIRE(a.members && b.members);
     CHECK(check_clusters(&a, n, p.max_size, 2) == 0);
     CHECK(a.k == b.k && a.max_members <= p.max_size);
@@ -414,7 +421,7 @@ static void test_determinism(kiln_ctx *ctx) {
 
     /* A different seed gives different centroids (the seed is used). */
     p.seed = 78;
-    CHECK_OK(ctx, kiln_clusters_build(ctx, x, n, (uint32_t)dim, &p, NULL, NULL, &b));
+    CHECK_OK(ctx, kiln_clusters_build(ctx, (kiln_rows){x, n, (uint32_t)dim}, &p, NULL, &b));
     REQUIRE(b.centroids);
     CHECK(memcmp(a.centroids, b.centroids, (size_t)a.k * dim * sizeof(float)) != 0);
     kiln_clusters_free(&a);
@@ -444,13 +451,14 @@ static void test_siftsmall(kiln_ctx *ctx) {
     p.threads = 2;
     float *seeds = alloc_floats(8 * dim), *trained = alloc_floats(8 * dim);
     p.iters = 0;
-    CHECK_OK(ctx, kiln_kmeans_train(ctx, x, n, (uint32_t)dim, &p, NULL, NULL, seeds));
+    CHECK_OK(ctx, kiln_kmeans_train(ctx, (kiln_rows){x, n, (uint32_t)dim}, &p, NULL, seeds));
     p.iters = 8;
-    CHECK_OK(ctx, kiln_kmeans_train(ctx, x, n, (uint32_t)dim, &p, NULL, NULL, trained));
+    CHECK_OK(ctx, kiln_kmeans_train(ctx, (kiln_rows){x, n, (uint32_t)dim}, &p, NULL, trained));
     const double s0 = sse(x, n, dim, seeds, 8), s1 = sse(x, n, dim, trained, 8);
     CHECK_MSG(s1 < 0.95 * s0, "SSE %.4g after training, %.4g at the seeds", s1, s0);
     kiln_clusters c;
-    CHECK_OK(ctx, kiln_clusters_assign(ctx, x, n, (uint32_t)dim, trained, 8, &p, NULL, NULL, &c));
+    CHECK_OK(ctx, kiln_clusters_assign(ctx, (kiln_rows){x, n, (uint32_t)dim},
+                                       (kiln_centroids){trained, 8, (uint32_t)dim}, &p, NULL, &c));
     REQUIRE(c.members);
     CHECK(check_clusters(&c, n, 0, 1) == 0);
     for (uint32_t j = 0; j < 8; j++)
@@ -463,7 +471,7 @@ static void test_siftsmall(kiln_ctx *ctx) {
     p.target_size = 1000;
     p.max_size = 1500;
     p.threads = 2;
-    CHECK_OK(ctx, kiln_clusters_build(ctx, x, n, (uint32_t)dim, &p, NULL, NULL, &c));
+    CHECK_OK(ctx, kiln_clusters_build(ctx, (kiln_rows){x, n, (uint32_t)dim}, &p, NULL, &c));
     REQUIRE(c.members);
     CHECK(c.k == 20 && c.replicas == 2);
     CHECK(check_clusters(&c, n, 1500, 2) == 0);
@@ -490,7 +498,8 @@ static void test_replicas(kiln_ctx *ctx) {
     p.max_size = (uint32_t)n; /* generous: never binds */
     p.threads = 2;
     kiln_clusters c;
-    CHECK_OK(ctx, kiln_clusters_assign(ctx, x, n, dim, cent, k, &p, NULL, NULL, &c));
+    CHECK_OK(ctx, kiln_clusters_assign(ctx, (kiln_rows){x, n, dim}, (kiln_centroids){cent, k, dim},
+                                       &p, NULL, &c));
     REQUIRE(c.members);
     CHECK(check_clusters(&c, n, 0, 2) == 0);
     CHECK(c.offsets[k] == 2 * n);
@@ -498,7 +507,8 @@ static void test_replicas(kiln_ctx *ctx) {
     uint32_t *ids = malloc(n * 2 * sizeof *ids);
     float *d = alloc_floats(n * 2);
     REQUIRE(ids);
-    CHECK_OK(ctx, kiln_nearest_cpu(NULL, ctx, x, n, cent, k, dim, 2, ids, d));
+    CHECK_OK(ctx, kiln_nearest_cpu(NULL, ctx, (kiln_rows){x, n, dim},
+                                   (kiln_centroids){cent, k, dim}, 2, (kiln_nearest_out){ids, d}));
     size_t wrong = 0;
     for (uint32_t j = 0; j < k; j++)
         for (uint64_t t = c.offsets[j]; t < c.offsets[j + 1]; t++) {
@@ -509,7 +519,8 @@ static void test_replicas(kiln_ctx *ctx) {
     kiln_clusters_free(&c);
 
     /* No vectors: k empty clusters. */
-    CHECK_OK(ctx, kiln_clusters_assign(ctx, NULL, 0, dim, cent, k, &p, NULL, NULL, &c));
+    CHECK_OK(ctx, kiln_clusters_assign(ctx, (kiln_rows){NULL, 0, dim},
+                                       (kiln_centroids){cent, k, dim}, &p, NULL, &c));
     REQUIRE(c.offsets);
     CHECK(c.k == k && c.offsets[k] == 0 && c.max_members == 0);
     kiln_clusters_free(&c);
@@ -517,7 +528,8 @@ static void test_replicas(kiln_ctx *ctx) {
     /* replicas above k is clamped to k: everyone in every cluster. */
     p.replicas = 20;
     p.max_size = 0;
-    CHECK_OK(ctx, kiln_clusters_assign(ctx, x, 40, dim, cent, 3, &p, NULL, NULL, &c));
+    CHECK_OK(ctx, kiln_clusters_assign(ctx, (kiln_rows){x, 40, dim}, (kiln_centroids){cent, 3, dim},
+                                       &p, NULL, &c));
     REQUIRE(c.members);
     CHECK(c.replicas == 3 && c.offsets[3] == 120 && check_clusters(&c, 40, 0, 3) == 0);
     kiln_clusters_free(&c);
@@ -551,7 +563,8 @@ static void test_cap(kiln_ctx *ctx) {
     p.max_size = 800;
     p.threads = 2;
     kiln_clusters c;
-    CHECK_OK(ctx, kiln_clusters_assign(ctx, x, n, dim, cent, k, &p, NULL, NULL, &c));
+    CHECK_OK(ctx, kiln_clusters_assign(ctx, (kiln_rows){x, n, dim}, (kiln_centroids){cent, k, dim},
+                                       &p, NULL, &c));
     REQUIRE(c.members);
     CHECK(check_clusters(&c, n, 800, 1) == 0);
     CHECK(c.max_members == 800 && c.offsets[1] - c.offsets[0] == 800);
@@ -578,7 +591,8 @@ static void test_cap(kiln_ctx *ctx) {
     /* Two replicas and a cap that leaves no slack for the big blob. */
     p.replicas = 2;
     p.max_size = 1000;
-    CHECK_OK(ctx, kiln_clusters_assign(ctx, x, n, dim, cent, k, &p, NULL, NULL, &c));
+    CHECK_OK(ctx, kiln_clusters_assign(ctx, (kiln_rows){x, n, dim}, (kiln_centroids){cent, k, dim},
+                                       &p, NULL, &c));
     REQUIRE(c.members);
     CHECK(check_clusters(&c, n, 1000, 2) == 0);
     CHECK(c.max_members <= 1000);
@@ -589,7 +603,8 @@ static void test_cap(kiln_ctx *ctx) {
     p.replicas = 1;
     p.spare = 0;
     p.max_size = 500;
-    CHECK_OK(ctx, kiln_clusters_assign(ctx, x, n, dim, cent, k, &p, NULL, NULL, &c));
+    CHECK_OK(ctx, kiln_clusters_assign(ctx, (kiln_rows){x, n, dim}, (kiln_centroids){cent, k, dim},
+                                       &p, NULL, &c));
     REQUIRE(c.members);
     CHECK(check_clusters(&c, n, 500, 1) == 0);
     CHECK(c.offsets[k] == n && c.max_members == 500 && c.far_vectors > 0 && c.short_vectors == 0);
@@ -600,7 +615,7 @@ static void test_cap(kiln_ctx *ctx) {
     p.clusters = 6;
     p.max_size = 1100;
     p.threads = 2;
-    CHECK_OK(ctx, kiln_clusters_build(ctx, x, n, dim, &p, NULL, NULL, &c));
+    CHECK_OK(ctx, kiln_clusters_build(ctx, (kiln_rows){x, n, dim}, &p, NULL, &c));
     REQUIRE(c.members);
     CHECK(check_clusters(&c, n, 1100, 2) == 0);
     kiln_clusters_free(&c);
@@ -614,14 +629,13 @@ typedef struct counting_backend {
     uint32_t bad_id; /* nonzero: return this id, to test the check */
 } counting_backend;
 
-static kiln_status counting_nearest(void *user, kiln_ctx *ctx, const float *x, size_t n,
-                                    const float *centroids, uint32_t k, uint32_t dim, uint32_t r,
-                                    uint32_t *ids, float *dists) {
+static kiln_status counting_nearest(void *user, kiln_ctx *ctx, kiln_rows rows, kiln_centroids cent,
+                                    uint32_t r, kiln_nearest_out out) {
     counting_backend *const cb = user;
     cb->calls++;
-    kiln_status st = kiln_nearest_cpu(NULL, ctx, x, n, centroids, k, dim, r, ids, dists);
-    if (cb->bad_id && n > 0)
-        ids[0] = cb->bad_id;
+    kiln_status st = kiln_nearest_cpu(NULL, ctx, rows, cent, r, out);
+    if (cb->bad_id && rows.n > 0)
+        out.ids[0] = cb->bad_id;
     return st;
 }
 
@@ -635,15 +649,16 @@ static void test_backend_and_args(kiln_ctx *ctx) {
     p.iters = 3;
     counting_backend cb = {0, 0};
     kiln_clusters a, b;
-    CHECK_OK(ctx, kiln_clusters_build(ctx, x, n, dim, &p, counting_nearest, &cb, &a));
+    const kiln_nearest_backend counting = {counting_nearest, &cb};
+    CHECK_OK(ctx, kiln_clusters_build(ctx, (kiln_rows){x, n, dim}, &p, &counting, &a));
     CHECK(cb.calls >= 2);
-    CHECK_OK(ctx, kiln_clusters_build(ctx, x, n, dim, &p, NULL, NULL, &b));
+    CHECK_OK(ctx, kiln_clusters_build(ctx, (kiln_rows){x, n, dim}, &p, NULL, &b));
     REQUIRE(a.members && b.members);
     CHECK(memcmp(a.members, b.members, a.offsets[a.k] * sizeof *a.members) == 0);
     kiln_clusters_free(&a);
     kiln_clusters_free(&b);
     cb.bad_id = 5;
-    CHECK_FAILS(ctx, kiln_clusters_build(ctx, x, n, dim, &p, counting_nearest, &cb, &a),
+    CHECK_FAILS(ctx, kiln_clusters_build(ctx, (kiln_rows){x, n, dim}, &p, &counting, &a),
                 KILN_E_INTERNAL, "returned centroid id 5 >= k 5");
     CHECK(a.members == NULL && a.offsets == NULL);
 
@@ -663,7 +678,7 @@ static void test_backend_and_args(kiln_ctx *ctx) {
 
     /* One vector. */
     kiln_clusters c;
-    CHECK_OK(ctx, kiln_clusters_build(ctx, x, 1, dim, &p, NULL, NULL, &c));
+    CHECK_OK(ctx, kiln_clusters_build(ctx, (kiln_rows){x, 1, dim}, &p, NULL, &c));
     REQUIRE(c.members);
     CHECK(c.k == 1 && c.offsets[1] == 1 && c.members[0] == 0 && c.replicas == 1);
     CHECK(memcmp(c.centroids, x, dim * sizeof *x) == 0);
@@ -673,11 +688,13 @@ static void test_backend_and_args(kiln_ctx *ctx) {
     p.clusters = 4;
     p.max_size = 150;
     CHECK_FAILS(ctx, kiln_kmeans_k(ctx, n, &p, &k), KILN_E_ARG, "cluster cap too small");
-    CHECK_FAILS(ctx, kiln_clusters_build(ctx, x, n, dim, &p, NULL, NULL, &c), KILN_E_ARG,
+    CHECK_FAILS(ctx, kiln_clusters_build(ctx, (kiln_rows){x, n, dim}, &p, NULL, &c), KILN_E_ARG,
                 "4 clusters x max_size 150 = 600 slots < 400 vectors x 2 replicas");
     float cent[4 * 6] = {0};
-    CHECK_FAILS(ctx, kiln_clusters_assign(ctx, x, n, dim, cent, 4, &p, NULL, NULL, &c), KILN_E_ARG,
-                "cluster cap too small");
+    CHECK_FAILS(ctx,
+                kiln_clusters_assign(ctx, (kiln_rows){x, n, dim}, (kiln_centroids){cent, 4, dim},
+                                     &p, NULL, &c),
+                KILN_E_ARG, "cluster cap too small");
     CHECK(c.members == NULL);
     p.max_size = 0;
     p.clusters = 401;
@@ -732,9 +749,9 @@ static void test_tree(kiln_ctx *ctx) {
     p.threads = 1;
     float *c1 = alloc_floats((size_t)k * dim), *c2 = alloc_floats((size_t)k * dim);
     kiln_kmeans_tree t1, t2;
-    CHECK_OK(ctx, kiln_kmeans_train_tree(ctx, x, n, dim, &p, NULL, NULL, c1, &t1));
+    CHECK_OK(ctx, kiln_kmeans_train_tree(ctx, (kiln_rows){x, n, dim}, &p, NULL, c1, &t1));
     p.threads = 2;
-    CHECK_OK(ctx, kiln_kmeans_train_tree(ctx, x, n, dim, &p, NULL, NULL, c2, &t2));
+    CHECK_OK(ctx, kiln_kmeans_train_tree(ctx, (kiln_rows){x, n, dim}, &p, NULL, c2, &t2));
     REQUIRE(t1.coarse && t2.coarse);
     CHECK_MSG(t1.cells > 1 && t1.cells <= 18, "%u coarse cells for k %u", t1.cells, k);
     CHECK(t1.cells == t2.cells && t1.dim == dim);
@@ -750,14 +767,17 @@ static void test_tree(kiln_ctx *ctx) {
              *tid2 = malloc(q * r * sizeof *tid2);
     float *fd = alloc_floats(q * r), *td = alloc_floats(q * r), *td2 = alloc_floats(q * r);
     REQUIRE(fid && tid && tid2);
-    CHECK_OK(ctx, kiln_nearest_cpu(NULL, ctx, xq, q, c1, k, dim, r, fid, fd));
+    const kiln_rows rq = {xq, q, dim};
+    const kiln_centroids cq = {c1, k, dim};
+    CHECK_OK(ctx, kiln_nearest_cpu(NULL, ctx, rq, cq, r, (kiln_nearest_out){fid, fd}));
     static const uint32_t settings[][2] = {{0, 0}, {3, 1}, {3, 3}};
     for (size_t v = 0; v < 3; v++) {
         const uint32_t probes = settings[v][0], copies = settings[v][1];
-        CHECK_OK(ctx, kiln_kmeans_tree_nearest(ctx, &t1, probes, copies, xq, q, c1, k, r, NULL,
-                                               NULL, 1, tid, td));
-        CHECK_OK(ctx, kiln_kmeans_tree_nearest(ctx, &t1, probes, copies, xq, q, c1, k, r, NULL,
-                                               NULL, 2, tid2, td2));
+        kiln_kmeans_tree_search ts = {.tree = &t1, .probes = probes, .copies = copies};
+        ts.threads = 1;
+        CHECK_OK(ctx, kiln_kmeans_tree_nearest(ctx, &ts, rq, cq, r, (kiln_nearest_out){tid, td}));
+        ts.threads = 2;
+        CHECK_OK(ctx, kiln_kmeans_tree_nearest(ctx, &ts, rq, cq, r, (kiln_nearest_out){tid2, td2}));
         CHECK(memcmp(tid, tid2, q * r * sizeof *tid) == 0);
         CHECK(memcmp(td, td2, q * r * sizeof *td) == 0);
         size_t bad = 0, below = 0, first = 0, all = 0;
@@ -784,9 +804,9 @@ static void test_tree(kiln_ctx *ctx) {
      * every vector placed; as good a clustering as the flat code's. */
     kiln_clusters a, b;
     p.threads = 1;
-    CHECK_OK(ctx, kiln_clusters_build(ctx, x, n, dim, &p, NULL, NULL, &a));
+    CHECK_OK(ctx, kiln_clusters_build(ctx, (kiln_rows){x, n, dim}, &p, NULL, &a));
     p.threads = 2;
-    CHECK_OK(ctx, kiln_clusters_build(ctx, x, n, dim, &p, NULL, NULL, &b));
+    CHECK_OK(ctx, kiln_clusters_build(ctx, (kiln_rows){x, n, dim}, &p, NULL, &b));
     REQUIRE(a.members && b.members);
     CHECK(a.k == k && b.k == k);
     CHECK(memcmp(a.centroids, c1, (size_t)k * dim * sizeof(float)) == 0);
@@ -798,7 +818,7 @@ static void test_tree(kiln_ctx *ctx) {
     CHECK(check_clusters(&a, n, p.max_size, 2) == 0);
     CHECK(a.max_members <= p.max_size);
     float *flat = alloc_floats((size_t)k * dim);
-    CHECK_OK(ctx, kiln_kmeans_train(ctx, x, n, dim, &p, NULL, NULL, flat));
+    CHECK_OK(ctx, kiln_kmeans_train(ctx, (kiln_rows){x, n, dim}, &p, NULL, flat));
     const double s_tree = sse(x, n, dim, c1, k), s_flat = sse(x, n, dim, flat, k);
     fprintf(stderr, "tree k=%u: SSE %.5g (flat %.5g), largest %u, spilled %llu, far %llu\n", k,
             s_tree, s_flat, a.max_members, (unsigned long long)a.spilled_vectors,
@@ -811,7 +831,7 @@ static void test_tree(kiln_ctx *ctx) {
      * what the lists cannot, and the cap still holds. */
     p.max_size = (uint32_t)((n * 2 + k - 1) / k) + 2;
     p.spare = 0;
-    CHECK_OK(ctx, kiln_clusters_build(ctx, x, n, dim, &p, NULL, NULL, &a));
+    CHECK_OK(ctx, kiln_clusters_build(ctx, (kiln_rows){x, n, dim}, &p, NULL, &a));
     REQUIRE(a.members);
     CHECK(check_clusters(&a, n, p.max_size, 2) == 0);
     CHECK_MSG(a.far_vectors > 0, "tight cap: no vector needed the full ranking");
@@ -822,21 +842,22 @@ static void test_tree(kiln_ctx *ctx) {
     p.clusters = 40;
     p.seed = 5;
     kiln_kmeans_tree t3;
-    CHECK_OK(ctx, kiln_kmeans_train_tree(ctx, x, n, dim, &p, NULL, NULL, c1, &t3));
-    CHECK_OK(ctx, kiln_kmeans_train(ctx, x, n, dim, &p, NULL, NULL, c2));
+    CHECK_OK(ctx, kiln_kmeans_train_tree(ctx, (kiln_rows){x, n, dim}, &p, NULL, c1, &t3));
+    CHECK_OK(ctx, kiln_kmeans_train(ctx, (kiln_rows){x, n, dim}, &p, NULL, c2));
     CHECK(t3.cells == 0 && t3.coarse == NULL && t3.dim == dim);
     CHECK(memcmp(c1, c2, 40 * dim * sizeof(float)) == 0);
     kiln_kmeans_tree_free(&t3);
 
     /* A backend's bad answer inside the search fails loudly. */
     counting_backend cb = {0, 1000000};
-    CHECK_FAILS(ctx,
-                kiln_kmeans_tree_nearest(ctx, &t1, 0, 0, xq, q, c1, k, r, counting_nearest, &cb, 2,
-                                         tid, td),
+    const kiln_kmeans_tree_search bad = {
+        .tree = &t1, .nearest = {counting_nearest, &cb}, .threads = 2};
+    CHECK_FAILS(ctx, kiln_kmeans_tree_nearest(ctx, &bad, rq, cq, r, (kiln_nearest_out){tid, td}),
                 KILN_E_INTERNAL, "coarse cell 1000000");
-    CHECK_FAILS(
-        ctx, kiln_kmeans_tree_nearest(ctx, &t1, 0, 0, xq, q, c1, k, k + 1, NULL, NULL, 2, tid, td),
-        KILN_E_ARG, "1 <= r <= k");
+    const kiln_kmeans_tree_search lists = {.tree = &t1, .threads = 2};
+    CHECK_FAILS(ctx,
+                kiln_kmeans_tree_nearest(ctx, &lists, rq, cq, k + 1, (kiln_nearest_out){tid, td}),
+                KILN_E_ARG, "1 <= r <= k");
 
     kiln_kmeans_tree_free(&t1);
     kiln_kmeans_tree_free(&t2);
