@@ -1,6 +1,10 @@
 /* replay_main.c -- runs a fuzz target without libFuzzer: each seed as given,
- * then KILN_FUZZ_ITERS (default 2000) mutations of the seeds from a fixed
- * PRNG seed, so failures reproduce. A crash or sanitizer report fails ctest. */
+ * every file of its committed corpus (tests/fuzz/corpus/<target>/, grown by
+ * libFuzzer runs and minimised with -merge=1), then KILN_FUZZ_ITERS (default
+ * 2000) mutations of the seeds from a fixed PRNG seed, so failures
+ * reproduce. A crash or sanitizer report fails ctest. */
+#include <dirent.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +61,43 @@ static size_t mutate(uint8_t *buf, size_t len, size_t cap) {
     return len;
 }
 
+/* Runs the target on every regular file of dir (absent: none); returns the
+ * count, or -1 when a file cannot be read. */
+static long replay_corpus(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    long count = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.')
+            continue;
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        FILE *f = fopen(path, "rb");
+        if (!f) {
+            count = -1;
+            break;
+        }
+        fseek(f, 0, SEEK_END);
+        const long len = ftell(f);
+        fseek(f, 0, SEEK_SET);
+        uint8_t *buf = malloc(len > 0 ? (size_t)len : 1);
+        const bool ok = buf && len >= 0 && fread(buf, 1, (size_t)len, f) == (size_t)len;
+        fclose(f);
+        if (!ok) {
+            free(buf);
+            count = -1;
+            break;
+        }
+        LLVMFuzzerTestOneInput(buf, (size_t)len);
+        free(buf);
+        count++;
+    }
+    closedir(d);
+    return count;
+}
+
 int main(void) {
     const char *env = getenv("KILN_FUZZ_ITERS");
     long iters = env ? atol(env) : 2000;
@@ -71,6 +112,11 @@ int main(void) {
     }
     for (size_t i = 0; i < nseeds; i++)
         LLVMFuzzerTestOneInput(seeds[i], lens[i]);
+    const long corpus = replay_corpus("tests/fuzz/corpus/" KILN_FUZZ_NAME);
+    if (corpus < 0) {
+        fprintf(stderr, "fuzz replay: cannot read tests/fuzz/corpus/" KILN_FUZZ_NAME "\n");
+        return 1;
+    }
     for (long it = 0; it < iters; it++) {
         size_t s = replay_next() % nseeds;
         size_t cap = lens[s] + 256;
@@ -93,6 +139,7 @@ int main(void) {
     }
     for (size_t i = 0; i < nseeds; i++)
         free(seeds[i]);
-    fprintf(stderr, "fuzz replay: %zu seeds, %ld mutations, no crash\n", nseeds, iters);
+    fprintf(stderr, "fuzz replay: %zu seeds, %ld corpus files, %ld mutations, no crash\n", nseeds,
+            corpus, iters);
     return 0;
 }
