@@ -110,6 +110,18 @@ int main(void) {
         fprintf(stderr, "fuzz replay: target has no seeds\n");
         return 1;
     }
+    /* KILN_FUZZ_DUMP_SEEDS=DIR writes the seeds as files, the starting corpus
+     * of a libFuzzer run (which never calls kiln_fuzz_seed). */
+    const char *dump = getenv("KILN_FUZZ_DUMP_SEEDS");
+    for (size_t i = 0; dump && i < nseeds; i++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/seed-%02zu", dump, i);
+        FILE *f = fopen(path, "wb");
+        if (!f || fwrite(seeds[i], 1, lens[i], f) != lens[i] || fclose(f) != 0) {
+            fprintf(stderr, "fuzz replay: cannot write %s\n", path);
+            return 1;
+        }
+    }
     for (size_t i = 0; i < nseeds; i++)
         LLVMFuzzerTestOneInput(seeds[i], lens[i]);
     const long corpus = replay_corpus("tests/fuzz/corpus/" KILN_FUZZ_NAME);
