@@ -323,6 +323,33 @@ static void test_batches(void) {
     CHECK_MSG(strstr(kiln_errmsg(ctx), "failed with CL_MEM_OBJECT_ALLOCATION_FAILURE (-4) at "
                                        "cl_knn.c:") != NULL,
               "message: %s", kiln_errmsg(ctx));
+    /* Every allocation of the batch path, host or device, that fails is
+     * absorbed by halving, and the result stays bit-identical. */
+    for (uint32_t site = 1; site <= KILN_CL_ALLOC_SITES; site++) {
+        const kiln_cl_opts alloc = {
+            .max_batch = 400, .inject_alloc_site = site, .inject_alloc_count = 2};
+        char what[64];
+        snprintf(what, sizeof what, "allocation %u fails twice", site);
+        check_knn(&p, 8, &alloc, what, &stats);
+        CHECK_MSG(stats.retries == 2 && stats.batch_limit < 400, "%s: %u retries, limit %zu", what,
+                  stats.retries, stats.batch_limit);
+    }
+    /* An allocation that always fails ends at batches of one cluster, named. */
+    kiln_q4_neighbor *sink = malloc(p.offsets[p.n_clusters] * 8 * sizeof *sink);
+    REQUIRE(sink);
+    const kiln_cl_opts never = {
+        .max_batch = 400, .inject_alloc_site = 1, .inject_alloc_count = 1000};
+    CHECK_FAILS(ctx,
+                kiln_cl_cluster_knn(ctx, &p.set, p.offsets, p.n_clusters, p.members, 8, &never,
+                                    sink, &stats),
+                KILN_E_DEVICE, "even in a batch of its own");
+    const kiln_cl_opts never_dev = {
+        .max_batch = 400, .inject_alloc_site = 6, .inject_alloc_count = 1000};
+    CHECK_FAILS(ctx,
+                kiln_cl_cluster_knn(ctx, &p.set, p.offsets, p.n_clusters, p.members, 8, &never_dev,
+                                    sink, &stats),
+                KILN_E_DEVICE, "CL_MEM_OBJECT_ALLOCATION_FAILURE");
+    free(sink);
     /* Nothing to do: no clusters, only empty ones. */
     const uint64_t empty[3] = {0, 0, 0};
     CHECK_OK(ctx, kiln_cl_cluster_knn(ctx, &p.set, empty, 0, p.members, 4, NULL, NULL, NULL));
