@@ -116,6 +116,9 @@ const char *kiln_dtype_name(kiln_dtype dtype) {
     case KILN_DTYPE_U8: return "uint8";
     case KILN_DTYPE_I8: return "int8";
     case KILN_DTYPE_I32: return "int32";
+    case KILN_DTYPE_F64: return "float64";
+    case KILN_DTYPE_F16: return "float16";
+    case KILN_DTYPE_I64: return "int64";
     }
     return "invalid";
 }
