@@ -310,6 +310,7 @@ static const cli_opt eval_opts[] = {
     {"threads", 't', "N", "1", "query threads (queries are still sent one at a time)"},
     {"repeat", 0, "N", "1", "timed passes per ef; the median QPS is reported"},
     {"format", 0, "FMT", "auto", "query file format"},
+    {"gt-format", 0, "FMT", "auto", "ground-truth file format (ivecs, ibin = big-ann .gt, npy)"},
     {"json", 0, NULL, NULL,
      "one JSON object per ef (keys ef, k, recall, qps, mean_ms, p99_ms, threads)"},
     {NULL, 0, NULL, NULL, NULL}};
@@ -337,6 +338,14 @@ static int cmd_eval(const cli_args *a) {
     }
     if (threads == 0)
         threads = (uint32_t)omp_get_num_procs();
+    kiln_format gt_format;
+    if (kiln_format_parse(cli_str(a, "gt-format"), &gt_format) != KILN_OK) {
+        fprintf(stderr,
+                "kiln eval: --gt-format: '%s' is not one of auto, fvecs, bvecs, ivecs, fbin, "
+                "u8bin, i8bin, npy, ibin\n",
+                cli_str(a, "gt-format"));
+        return 2;
+    }
     kiln_ctx *ctx;
     if (setup(a, &ctx))
         return 1;
@@ -348,9 +357,14 @@ static int cmd_eval(const cli_args *a) {
     double *lat = NULL, *qps_runs = NULL;
     size_t nq = 0, d = 0;
     int rc = 0;
-    if (kiln_index_load(ctx, a->pos[0], &ix) || read_all_f32(ctx, a, a->pos[1], &q, &nq, &d) ||
-        kiln_dataset_open(ctx, a->pos[2], KILN_FORMAT_AUTO, 0, &gtds)) {
+    if (kiln_index_load(ctx, a->pos[0], &ix) || read_all_f32(ctx, a, a->pos[1], &q, &nq, &d)) {
         rc = fail("eval", ctx);
+        goto done;
+    }
+    if (kiln_dataset_open(ctx, a->pos[2], gt_format, 0, &gtds)) {
+        fprintf(stderr, "kiln eval: %s%s\n", kiln_errmsg(ctx),
+                gt_format == KILN_FORMAT_AUTO ? " (for the ground truth: --gt-format)" : "");
+        rc = 1;
         goto done;
     }
     size_t gk = kiln_dataset_dim(gtds);
