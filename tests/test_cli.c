@@ -252,6 +252,52 @@ static void test_bad_input(void) {
     CHECK(no_temp_files());
 }
 
+#if !defined(__SANITIZE_ADDRESS__)
+/* run() under `ulimit -v mb MB` in a subshell, with 16 MB thread stacks so
+ * that what fits does not depend on the machine's stack limit. */
+static int run_limited(unsigned mb, const char *args) {
+    char cmd[8192], o[600], e[600];
+    snprintf(o, sizeof o, "%s/stdout.txt", tmp);
+    snprintf(e, sizeof e, "%s/stderr.txt", tmp);
+    snprintf(cmd, sizeof cmd, "(ulimit -v %u && OMP_STACKSIZE=16M exec %s %s) >%s 2>%s </dev/null",
+             mb * 1024, kiln, args, o, e);
+    int st = system(cmd);
+    slurp(o, out_text, sizeof out_text);
+    slurp(e, err_text, sizeof err_text);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+#endif
+
+/* Too small an address-space limit is named as the cause, on one line, not
+ * reported as a missing OpenCL platform or a libgomp abort. ASan reserves
+ * terabytes of shadow memory, so its builds cannot run under ulimit -v. */
+static void test_memory_limits(void) {
+#if defined(__SANITIZE_ADDRESS__)
+    fprintf(stderr, "note: ASan build, ulimit -v checks skipped\n");
+#else
+    char a[4096];
+    static const unsigned mbs[] = {128, 256};
+    for (size_t i = 0; i < 2; i++) {
+        char want[64];
+        snprintf(want, sizeof want, "the %u MB address-space limit (ulimit -v)", mbs[i]);
+        const int rc = run_limited(mbs[i], "devices");
+        if (rc == 0)
+            continue; /* an OpenCL runtime small enough to start: nothing to report */
+        CHECK_MSG(rc == 1 && strstr(err_text, want) && !strstr(err_text, "install") &&
+                      count_lines(err_text) == 1,
+                  "devices under %u MB: rc %d: %s", mbs[i], rc, err_text);
+    }
+    /* 64 threads of 16 MB stacks do not fit in 448 MB. */
+    snprintf(a, sizeof a, "build %s/b.fvecs -o %s/lim.kiln --method insert --threads 64", tmp, tmp);
+    const int rc = run_limited(448, a);
+    CHECK_MSG(rc == 1 && strstr(err_text, "cannot start 64 threads") &&
+                  strstr(err_text, "448 MB address-space limit (ulimit -v)") &&
+                  !strstr(err_text, "libgomp") && count_lines(err_text) == 1,
+              "build under 448 MB: rc %d: %s", rc, err_text);
+    CHECK(!exists("lim.kiln"));
+#endif
+}
+
 int main(void) {
     kiln = getenv("KILN_CLI");
     if (!kiln)
@@ -264,5 +310,6 @@ int main(void) {
     test_help();
     test_pipeline();
     test_bad_input();
+    test_memory_limits();
     return check_report("test_cli");
 }
