@@ -15,7 +15,9 @@
  *     header versions and in every element type, float64, float16 and int64
  *     with values at the edges of their conversions; ground truth with and
  *     without distances) built byte by byte here, so the replay driver's
- *     mutations start from inputs that reach past the header checks.
+ *     mutations start from inputs that reach past the header checks. The
+ *     seeds of the newer types are also files in tests/fuzz/corpus/
+ *     fuzz_dataset, for libFuzzer runs.
  */
 #include <stdbool.h>
 #include <stdint.h>
