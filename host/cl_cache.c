@@ -44,6 +44,9 @@
  *       its CRC -- is a miss, never loaded.
  *     Out of scope: someone who can read the user's files or run as the
  *     user (they can forge entries, but could equally run code directly).
+ *     Only the cache folder itself is checked, not its parents: a folder
+ *     that someone else swaps in through a parent they can write is theirs,
+ *     and the owner check refuses it.
  */
 #include <errno.h>
 #include <fcntl.h>
