@@ -681,6 +681,17 @@ static void test_npy_f64(void) {
     CHECK(memcmp(got, want + 8, 4 * sizeof *got) == 0);
     CHECK_FAILS(ctx, kiln_dataset_read_i32(ds, 0, 3, x), KILN_E_ARG, "cannot be read as int32");
     kiln_dataset_free(ds);
+    /* The writer keeps the type: the same values come back. */
+    char wpath[PATH_CAP];
+    tmp_path(wpath, "w8.npy");
+    CHECK_OK(ctx, kiln_dataset_write(ctx, wpath, KILN_FORMAT_NPY, KILN_DTYPE_F64, v, 3, 4));
+    ds = open_ok(wpath, 0, KILN_DTYPE_F64);
+    CHECK_OK(ctx, kiln_dataset_read_f32(ds, 0, 3, got));
+    CHECK(memcmp(got, want, sizeof got) == 0);
+    kiln_dataset_free(ds);
+    unlink(wpath);
+    CHECK_FAILS(ctx, kiln_dataset_write(ctx, wpath, KILN_FORMAT_FBIN, KILN_DTYPE_F64, v, 3, 4),
+                KILN_E_ARG, "holds float32, not float64");
     /* Too large for float32: refused even where non-finite values are
      * allowed, since it is not what the file says. */
     v[6] = -1e300;
