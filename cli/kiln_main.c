@@ -666,6 +666,8 @@ static const cli_opt eval_opts[] = {
      "query threads (queries are still sent one at a time); 0 = all cores", 0, CLI_MAX_THREADS},
     {"repeat", 0, "N", "1", "timed passes per ef; the median QPS is reported", 1, EVAL_MAX_REPEAT},
     {"format", 0, "FMT", "auto", "query file format", 0, 0},
+    {"gt-format", 0, "FMT", "auto", "ground-truth file format (ivecs, ibin = big-ann .gt, npy)", 0,
+     0},
     {"json", 0, NULL, NULL,
      "one JSON object per ef (keys ef, k, recall, qps, mean_ms, p99_ms, threads)", 0, 0},
     {NULL, 0, NULL, NULL, NULL, 0, 0}};
@@ -689,6 +691,14 @@ static int cmd_eval(const cli_args *a) {
         return 2;
     if (threads == 0)
         threads = (uint32_t)omp_get_num_procs();
+    kiln_format gt_format;
+    if (kiln_format_parse(cli_str(a, "gt-format"), &gt_format) != KILN_OK) {
+        fprintf(stderr,
+                "kiln eval: --gt-format: '%s' is not one of auto, fvecs, bvecs, ivecs, fbin, "
+                "u8bin, i8bin, npy, ibin\n",
+                cli_str(a, "gt-format"));
+        return 2;
+    }
     kiln_ctx *ctx;
     if (setup(a, &ctx))
         return 1;
@@ -707,8 +717,10 @@ static int cmd_eval(const cli_args *a) {
     }
     if ((rc = read_all_f32(ctx, a, a->pos[1], &q, &nq, &d)))
         goto done;
-    if (kiln_dataset_open(ctx, gtpath, KILN_FORMAT_AUTO, 0, &gtds)) {
-        rc = fail("eval", ctx);
+    if (kiln_dataset_open(ctx, gtpath, gt_format, 0, &gtds)) {
+        fprintf(stderr, "kiln eval: %s%s\n", kiln_errmsg(ctx),
+                gt_format == KILN_FORMAT_AUTO ? " (for the ground truth: --gt-format)" : "");
+        rc = 1;
         goto done;
     }
     size_t gk = kiln_dataset_dim(gtds);
@@ -716,11 +728,12 @@ static int cmd_eval(const cli_args *a) {
     if (d != kiln_index_dim(ix))
         fprintf(stderr, "kiln eval: %s has dim %zu but the index %s has dim %zu\n", a->pos[1], d,
                 a->pos[0], kiln_index_dim(ix));
-    else if (kiln_dataset_dtype(gtds) == KILN_DTYPE_F32)
+    else if (kiln_dataset_dtype(gtds) != KILN_DTYPE_I32 &&
+             kiln_dataset_dtype(gtds) != KILN_DTYPE_I64)
         fprintf(stderr,
-                "kiln eval: %s holds float vectors, not ground-truth ids (an ivecs file as kiln "
+                "kiln eval: %s holds %s vectors, not ground-truth ids (an ivecs file as kiln "
                 "groundtruth writes)\n",
-                gtpath);
+                gtpath, kiln_dtype_name(kiln_dataset_dtype(gtds)));
     else if (kiln_dataset_count(gtds) != nq)
         fprintf(stderr, "kiln eval: %s has %zu rows but %s has %zu queries\n", gtpath,
                 kiln_dataset_count(gtds), a->pos[1], nq);

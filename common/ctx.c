@@ -7,12 +7,22 @@
  *     kiln_errmsg copies it out under that mutex into a buffer per thread.
  *  2. Allocation failures are ordinary errors with the size and purpose in
  *     the message; callers can shrink a batch and retry.
+ *  3. libgomp cannot report a thread it fails to start: it prints "Thread
+ *     creation failed" and exits. Under an address-space limit (ulimit -v)
+ *     that is what many threads' stacks run into, so kiln_threads_check
+ *     first starts the team's worth of threads itself, as libgomp would
+ *     (default attributes, or OMP_STACKSIZE), holds them all at once and
+ *     joins them; a failure becomes an error that names the limit. Without
+ *     a limit it does nothing, so ordinary runs pay nothing.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "ctx_internal.h"
@@ -130,6 +140,8 @@ const char *kiln_dtype_name(kiln_dtype dtype) {
     case KILN_DTYPE_U8: return "uint8";
     case KILN_DTYPE_I8: return "int8";
     case KILN_DTYPE_I32: return "int32";
+    case KILN_DTYPE_F64: return "float64";
+    case KILN_DTYPE_F16: return "float16";
     case KILN_DTYPE_I64: return "int64";
     }
     return "invalid";
@@ -196,4 +208,75 @@ int kiln_threads(uint32_t threads) {
         return threads > 4096 ? 4096 : (int)threads;
     int n = omp_get_num_procs();
     return n > 0 ? n : 1;
+}
+
+/* Threads of kiln_threads_check wait here until all exist (decision 3). */
+struct thread_gate {
+    pthread_mutex_t lock;
+    pthread_cond_t open;
+    bool go;
+};
+
+static void *gate_wait(void *arg) {
+    struct thread_gate *g = arg;
+    pthread_mutex_lock(&g->lock);
+    while (!g->go)
+        pthread_cond_wait(&g->open, &g->lock);
+    pthread_mutex_unlock(&g->lock);
+    return NULL;
+}
+
+/* OMP_STACKSIZE (or GOMP_STACKSIZE) as libgomp reads it: a size with an
+ * optional B, K, M or G suffix, K when none; 0 when unset or unreadable. */
+static size_t omp_stacksize(void) {
+    const char *env = getenv("OMP_STACKSIZE");
+    if (!env || !*env)
+        env = getenv("GOMP_STACKSIZE");
+    if (!env || !*env)
+        return 0;
+    char *end;
+    const unsigned long long v = strtoull(env, &end, 10);
+    while (isspace((unsigned char)*end))
+        end++;
+    const int unit = toupper((unsigned char)*end);
+    const unsigned shift = unit == 'B' ? 0 : unit == 'M' ? 20 : unit == 'G' ? 30 : 10;
+    return end == env || v > (SIZE_MAX >> shift) ? 0 : (size_t)v << shift;
+}
+
+kiln_status kiln_threads_check(kiln_ctx *ctx, int threads) {
+    struct rlimit rl;
+    if (threads <= 1 || getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+        return KILN_OK;
+    pthread_t *ids = calloc((size_t)threads, sizeof *ids);
+    if (!ids)
+        return kiln_fail(ctx, KILN_E_NOMEM, "out of memory checking that %d threads can start",
+                         threads);
+    struct thread_gate g = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false};
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    const size_t want = omp_stacksize();
+    if (want)
+        pthread_attr_setstacksize(&attr, want);
+    size_t stack = 0;
+    pthread_attr_getstacksize(&attr, &stack);
+    int started = 0, err = 0;
+    while (started < threads - 1 &&
+           (err = pthread_create(&ids[started], &attr, gate_wait, &g)) == 0)
+        started++;
+    pthread_mutex_lock(&g.lock);
+    g.go = true;
+    pthread_cond_broadcast(&g.open);
+    pthread_mutex_unlock(&g.lock);
+    for (int i = 0; i < started; i++)
+        pthread_join(ids[i], NULL);
+    pthread_attr_destroy(&attr);
+    free(ids);
+    if (started == threads - 1)
+        return KILN_OK;
+    return kiln_fail(ctx, KILN_E_NOMEM,
+                     "cannot start %d threads: only %d could (%s) under the %llu MB "
+                     "address-space limit (ulimit -v), with %zu MB of stack each; use at most "
+                     "%d threads or raise the limit",
+                     threads, started + 1, strerror(err), (unsigned long long)(rl.rlim_cur >> 20),
+                     stack >> 20, started + 1);
 }

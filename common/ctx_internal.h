@@ -61,4 +61,9 @@ static inline bool kiln_add_size(size_t a, size_t b, size_t *out) {
 /* Threads to use for a request of `threads` (0 = all online cores). */
 int kiln_threads(uint32_t threads);
 
+/* Under an address-space limit (RLIMIT_AS), checks that `threads` threads
+ * can exist at once before an OpenMP team of that size is asked for (ctx.c
+ * decision 3): KILN_OK, or KILN_E_NOMEM naming the limit. */
+kiln_status kiln_threads_check(kiln_ctx *ctx, int threads);
+
 #endif /* KILN_CTX_INTERNAL_H */

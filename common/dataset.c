@@ -1,10 +1,12 @@
 /* dataset.c -- vector datasets on disk: texmex .fvecs/.bvecs/.ivecs, big-ann
- * .fbin/.u8bin/.i8bin and NumPy .npy, read through a memory mapping and
- * written atomically.
+ * .fbin/.u8bin/.i8bin, big-ann ground truth .ibin and NumPy .npy, read
+ * through a memory mapping and written atomically.
  *
  * Layouts (every integer little-endian):
  *   texmex  per record: int32 d, then d elements; every record has the same d
  *   big-ann uint32 n, uint32 d, then n*d elements; nothing after them
+ *   ibin    big-ann ground truth: uint32 n, uint32 k, n*k int32 ids, then
+ *           n*k float32 distances (files without them are accepted too)
  *   npy     "\x93NUMPY", major, minor, header length (uint16 for 1.0, uint32
  *           for 2.0 and 3.0), a Python dict literal with 'descr',
  *           'fortran_order' and 'shape', then the array in C order
@@ -34,7 +36,22 @@
  *  7. A file truncated by another process while mapped raises SIGBUS on the
  *     next access to the lost pages; like every mmap reader we accept that
  *     rather than copy the file.
+ *  8. npy float64, float16 and int64 are converted on read, like the other
+ *     element types, never at open. float16 widens exactly. float64 narrows
+ *     with rounding; a finite value beyond float32's range is refused as
+ *     KILN_E_RANGE naming its place, whatever KILN_OPEN_ALLOW_NONFINITE says,
+ *     since an infinity would not be what the file holds. int64 is meant for
+ *     ground-truth ids (numpy's default integer): read_i32 refuses a value
+ *     outside int32 by name, read_f32 rounds like any integer.
+ *  9. big-ann ground truth (ibin) is read-only: n and k from the header, the
+ *     ids as an n x k int32 dataset; the distances that follow are allowed
+ *     but not read (kiln compares ids). The file must be exactly ids, or ids
+ *     and distances. AUTO picks it for .ibin and .gt, and for .bin when the
+ *     name says ground truth ("groundtruth" anywhere, or "gt" as a word),
+ *     which is how big-ann-benchmarks names them; other .bin files must be
+ *     named with --format, since .bin alone says nothing.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <float.h>
 #include <inttypes.h>
@@ -82,7 +99,7 @@
 
 /* ==== Types ==== */
 
-typedef enum ds_layout { DS_TEXMEX = 1, DS_BIGANN = 2, DS_NPY = 3 } ds_layout;
+typedef enum ds_layout { DS_TEXMEX = 1, DS_BIGANN = 2, DS_NPY = 3, DS_GT = 4 } ds_layout;
 
 typedef struct ds_format_info {
     kiln_format format;
@@ -99,7 +116,7 @@ static const ds_format_info ds_formats[] = {
     {KILN_FORMAT_U8BIN, "u8bin", KILN_DTYPE_U8, DS_BIGANN},
     {KILN_FORMAT_I8BIN, "i8bin", KILN_DTYPE_I8, DS_BIGANN},
     {KILN_FORMAT_NPY, "npy", (kiln_dtype)0, DS_NPY},
-    {KILN_FORMAT_IBIN, "ibin", KILN_DTYPE_I32, DS_BIGANN},
+    {KILN_FORMAT_IBIN, "ibin", KILN_DTYPE_I32, DS_GT},
 };
 
 #define DS_FORMAT_LIST "fvecs|bvecs|ivecs|fbin|u8bin|i8bin|npy|ibin"
@@ -140,9 +157,29 @@ static size_t dtype_size(kiln_dtype dtype) {
     case KILN_DTYPE_U8: return 1;
     case KILN_DTYPE_I8: return 1;
     case KILN_DTYPE_I32: return 4;
+    case KILN_DTYPE_F64: return 8;
+    case KILN_DTYPE_F16: return 2;
     case KILN_DTYPE_I64: return 8;
     }
     return 0;
+}
+
+static bool dtype_is_float(kiln_dtype dtype) {
+    return dtype == KILN_DTYPE_F32 || dtype == KILN_DTYPE_F64 || dtype == KILN_DTYPE_F16;
+}
+
+/* Decision 9: a ".bin" whose name says ground truth: "groundtruth"
+ * anywhere, or "gt" as a word of its own ("GT.public.10K.bin",
+ * "msspacev-gt-10M.bin"), in any case. */
+static bool gt_name(const char *base) {
+    for (const char *p = base; *p; p++) {
+        if (strncasecmp(p, "groundtruth", 11) == 0)
+            return true;
+        if (strncasecmp(p, "gt", 2) == 0 && (p == base || !isalnum((unsigned char)p[-1])) &&
+            !isalnum((unsigned char)p[2]))
+            return true;
+    }
+    return false;
 }
 
 /* Resolves KILN_FORMAT_AUTO from the extension of path's last component. */
@@ -160,6 +197,10 @@ static kiln_status format_from_path(kiln_ctx *ctx, const char *path, kiln_format
             *out = ds_formats[i].format;
             return KILN_OK;
         }
+    }
+    if (strcasecmp(dot + 1, "gt") == 0 || (strcasecmp(dot + 1, "bin") == 0 && gt_name(base))) {
+        *out = KILN_FORMAT_IBIN;
+        return KILN_OK;
     }
     return kiln_fail(
         ctx, KILN_E_ARG,
@@ -289,6 +330,44 @@ static kiln_status parse_bigann(kiln_dataset *ds) {
     ds->dim = d;
     ds->data_offset = 8;
     ds->row_stride = (size_t)d * ds->elem_size;
+    return KILN_OK;
+}
+
+/* ==== Open: big-ann ground truth ==== */
+
+static kiln_status parse_gt(kiln_dataset *ds) {
+    const size_t size = ds->map_len;
+    if (size < 8)
+        return kiln_fail(ds->ctx, KILN_E_FORMAT,
+                         "%s: truncated header: needs 8 bytes (uint32 n, uint32 k), file has %zu",
+                         ds->path, size);
+    const uint32_t n = kiln_get_u32le(ds->map);
+    const uint32_t k = kiln_get_u32le(ds->map + 4);
+    if (k == 0)
+        return kiln_fail(ds->ctx, KILN_E_FORMAT,
+                         "%s: ground-truth header has k = 0 neighbours (n = %" PRIu32 ")", ds->path,
+                         n);
+    size_t elems, ids, both, with_ids, with_both;
+    if (kiln_mul_size(n, k, &elems) || kiln_mul_size(elems, 4, &ids) ||
+        kiln_mul_size(ids, 2, &both) || kiln_add_size(both, 8, &with_both))
+        return kiln_fail(ds->ctx, KILN_E_RANGE,
+                         "%s: ground-truth header n = %" PRIu32 ", k = %" PRIu32
+                         ": n * k * 8 bytes overflows size_t",
+                         ds->path, n, k);
+    with_ids = 8 + ids; /* <= with_both */
+    if (k > DS_MAX_DIM)
+        return kiln_fail(ds->ctx, KILN_E_RANGE,
+                         "%s: ground-truth header k = %" PRIu32 " exceeds the limit %d", ds->path,
+                         k, DS_MAX_DIM);
+    if (size != with_both && size != with_ids)
+        return kiln_fail(ds->ctx, KILN_E_FORMAT,
+                         "%s: size mismatch: header n = %" PRIu32 ", k = %" PRIu32
+                         " needs %zu bytes (ids and distances) or %zu (ids only), file has %zu",
+                         ds->path, n, k, with_both, with_ids, size);
+    ds->n = n;
+    ds->dim = k;
+    ds->data_offset = 8;
+    ds->row_stride = (size_t)k * 4;
     return KILN_OK;
 }
 
@@ -468,6 +547,18 @@ static bool npy_dtype(const char *descr, kiln_dtype *out) {
         *out = KILN_DTYPE_I32;
         return true;
     }
+    if (strcmp(descr, "<f8") == 0) {
+        *out = KILN_DTYPE_F64;
+        return true;
+    }
+    if (strcmp(descr, "<f2") == 0) {
+        *out = KILN_DTYPE_F16;
+        return true;
+    }
+    if (strcmp(descr, "<i8") == 0) {
+        *out = KILN_DTYPE_I64;
+        return true;
+    }
     if (strlen(descr) == 3 && strchr("|<>=", descr[0]) && descr[2] == '1') {
         if (descr[1] == 'u') {
             *out = KILN_DTYPE_U8;
@@ -526,7 +617,8 @@ static kiln_status parse_npy(kiln_dataset *ds) {
     kiln_dtype dtype;
     if (!npy_dtype(h.descr, &dtype))
         return kiln_fail(ds->ctx, KILN_E_FORMAT,
-                         "%s: unsupported npy dtype '%s' (kiln reads '<f4', '<i4', '|u1', '|i1')",
+                         "%s: unsupported npy dtype '%s' (kiln reads '<f4', '<f8', '<f2', '<i4', "
+                         "'<i8', '|u1', '|i1')",
                          ds->path, h.descr);
     if (h.fortran_order)
         return kiln_fail(ds->ctx, KILN_E_FORMAT,
@@ -583,9 +675,30 @@ static kiln_status check_rows(const kiln_dataset *ds, size_t first, size_t count
     return KILN_OK;
 }
 
-static void row_to_f32(const kiln_dataset *ds, size_t row, float *dst) {
+/* float16 bits to float32, exactly: every half is a float. */
+static float half_to_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    uint32_t bits;
+    if (exp == 0x1f) { /* infinity or NaN, payload kept */
+        bits = sign | 0x7f800000u | man << 13;
+    } else if (exp != 0) { /* normal: rebias 15 -> 127 */
+        bits = sign | (exp + 112) << 23 | man << 13;
+    } else { /* zero or subnormal: man * 2^-24, exact in float */
+        const float f = (float)man * 0x1p-24f;
+        return sign ? -f : f;
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* Converts one row into dst; 1 when a float64 value was finite but beyond
+ * float32's range (decision 8), else 0. */
+static int row_to_f32(const kiln_dataset *ds, size_t row, float *dst) {
     const uint8_t *const src = kiln_dataset_row(ds, row);
     const size_t d = ds->dim;
+    int range = 0;
     switch (ds->dtype) {
     case KILN_DTYPE_F32: memcpy(dst, src, d * sizeof(float)); break;
     case KILN_DTYPE_U8:
@@ -603,13 +716,43 @@ static void row_to_f32(const kiln_dataset *ds, size_t row, float *dst) {
             dst[j] = (float)v;
         }
         break;
-    case KILN_DTYPE_I64: break; /* no file opens as int64 */
+    case KILN_DTYPE_F64:
+        for (size_t j = 0; j < d; j++) {
+            double v;
+            memcpy(&v, src + 8 * j, sizeof v);
+            /* A finite value past FLT_MAX (even one that would round down
+             * to it) is out of range; the cast is kept to representable
+             * values, infinities and NaN. */
+            const double a = fabs(v);
+            const int over = (a > FLT_MAX) & (a <= DBL_MAX);
+            range |= over;
+            dst[j] = over ? (v < 0 ? -FLT_MAX : FLT_MAX) : (float)v;
+        }
+        break;
+    case KILN_DTYPE_F16:
+        for (size_t j = 0; j < d; j++) {
+            uint16_t h;
+            memcpy(&h, src + 2 * j, sizeof h);
+            dst[j] = half_to_float(h);
+        }
+        break;
+    case KILN_DTYPE_I64:
+        for (size_t j = 0; j < d; j++) {
+            int64_t v;
+            memcpy(&v, src + 8 * j, sizeof v);
+            dst[j] = (float)v;
+        }
+        break;
     }
+    return range;
 }
 
-static void row_to_i32(const kiln_dataset *ds, size_t row, int32_t *dst) {
+/* Converts one integer row into dst; 1 when an int64 value did not fit
+ * int32 (decision 8), else 0. Float types are refused by the caller. */
+static int row_to_i32(const kiln_dataset *ds, size_t row, int32_t *dst) {
     const uint8_t *const src = kiln_dataset_row(ds, row);
     const size_t d = ds->dim;
+    int range = 0;
     switch (ds->dtype) {
     case KILN_DTYPE_I32: memcpy(dst, src, d * sizeof(int32_t)); break;
     case KILN_DTYPE_U8:
@@ -620,9 +763,54 @@ static void row_to_i32(const kiln_dataset *ds, size_t row, int32_t *dst) {
         for (size_t j = 0; j < d; j++)
             dst[j] = (int8_t)src[j];
         break;
-    case KILN_DTYPE_F32: break; /* refused by the caller */
-    case KILN_DTYPE_I64: break; /* no file opens as int64 */
+    case KILN_DTYPE_I64:
+        for (size_t j = 0; j < d; j++) {
+            int64_t v;
+            memcpy(&v, src + 8 * j, sizeof v);
+            range |= v < INT32_MIN || v > INT32_MAX;
+            dst[j] = (int32_t)(v < INT32_MIN ? INT32_MIN : v > INT32_MAX ? INT32_MAX : v);
+        }
+        break;
+    case KILN_DTYPE_F32:
+    case KILN_DTYPE_F64:
+    case KILN_DTYPE_F16: break; /* refused by the caller */
     }
+    return range;
+}
+
+/* Byte offset of component j of row in the file. */
+static size_t elem_offset(const kiln_dataset *ds, size_t row, size_t j) {
+    return ds->data_offset + row * ds->row_stride + j * ds->elem_size;
+}
+
+/* Names the first value of rows first.. that row_to_f32 (float64) or
+ * row_to_i32 (int64) found out of range. */
+static kiln_status report_range(const kiln_dataset *ds, size_t first, size_t count) {
+    for (size_t r = first; r < first + count; r++) {
+        const uint8_t *const src = kiln_dataset_row(ds, r);
+        for (size_t j = 0; j < ds->dim; j++) {
+            if (ds->dtype == KILN_DTYPE_F64) {
+                double v;
+                memcpy(&v, src + 8 * j, sizeof v);
+                if (!(fabs(v) > FLT_MAX && fabs(v) <= DBL_MAX))
+                    continue;
+                return kiln_fail(ds->ctx, KILN_E_RANGE,
+                                 "%s: float64 value %g is outside the float32 range: record %zu, "
+                                 "component %zu, byte offset %zu",
+                                 ds->path, v, r, j, elem_offset(ds, r, j));
+            }
+            int64_t v;
+            memcpy(&v, src + 8 * j, sizeof v);
+            if (v >= INT32_MIN && v <= INT32_MAX)
+                continue;
+            return kiln_fail(ds->ctx, KILN_E_RANGE,
+                             "%s: int64 value %" PRId64 " does not fit int32: record %zu, "
+                             "component %zu, byte offset %zu",
+                             ds->path, v, r, j, elem_offset(ds, r, j));
+        }
+    }
+    return kiln_fail(ds->ctx, KILN_E_INTERNAL, "%s: out-of-range value reported but not found",
+                     ds->path);
 }
 
 /* 1 when any of v[0..d) is NaN or infinite. Branch-free so it vectorises:
@@ -644,7 +832,7 @@ static kiln_status report_nonfinite(const kiln_dataset *ds, size_t first, size_t
             if (fabsf(v) <= FLT_MAX)
                 continue;
             const size_t row = first + r;
-            const size_t offset = ds->data_offset + row * ds->row_stride + j * ds->elem_size;
+            const size_t offset = elem_offset(ds, row, j);
             return kiln_fail(ds->ctx, KILN_E_FORMAT,
                              "%s: non-finite value %g: record %zu, component %zu, byte offset "
                              "%zu (open with KILN_OPEN_ALLOW_NONFINITE to accept it)",
@@ -663,6 +851,8 @@ static const char *npy_descr_of(kiln_dtype dtype) {
     case KILN_DTYPE_U8: return "|u1";
     case KILN_DTYPE_I8: return "|i1";
     case KILN_DTYPE_I32: return "<i4";
+    case KILN_DTYPE_F64: return "<f8";
+    case KILN_DTYPE_F16: return "<f2";
     case KILN_DTYPE_I64: return "<i8";
     }
     return "";
@@ -757,6 +947,7 @@ kiln_status kiln_dataset_open(kiln_ctx *ctx, const char *path, kiln_format forma
         case DS_TEXMEX: st = parse_texmex(ds); break;
         case DS_BIGANN: st = parse_bigann(ds); break;
         case DS_NPY: st = parse_npy(ds); break;
+        case DS_GT: st = parse_gt(ds); break;
         }
     }
     if (st != KILN_OK) {
@@ -791,15 +982,17 @@ kiln_status kiln_dataset_read_f32(const kiln_dataset *ds, size_t first, size_t c
     if (st != KILN_OK)
         return st;
     const size_t d = ds->dim;
-    const bool check = ds->dtype == KILN_DTYPE_F32 && !(ds->flags & KILN_OPEN_ALLOW_NONFINITE);
-    int bad = 0;
-#pragma omp parallel for schedule(static) reduction(| : bad) if (count > DS_PARALLEL_ROWS)
+    const bool check = dtype_is_float(ds->dtype) && !(ds->flags & KILN_OPEN_ALLOW_NONFINITE);
+    int bad = 0, range = 0;
+#pragma omp parallel for schedule(static) reduction(| : bad, range) if (count > DS_PARALLEL_ROWS)
     for (size_t r = 0; r < count; r++) {
         float *const dst = out + r * d;
-        row_to_f32(ds, first + r, dst);
+        range |= row_to_f32(ds, first + r, dst);
         if (check)
             bad |= row_has_nonfinite(dst, d);
     }
+    if (range)
+        return report_range(ds, first, count);
     return bad ? report_nonfinite(ds, first, count, out) : KILN_OK;
 }
 
@@ -807,18 +1000,19 @@ kiln_status kiln_dataset_read_i32(const kiln_dataset *ds, size_t first, size_t c
                                   int32_t *out) {
     if (!ds)
         return KILN_E_ARG;
-    if (ds->dtype == KILN_DTYPE_F32)
+    if (dtype_is_float(ds->dtype))
         return kiln_fail(ds->ctx, KILN_E_ARG,
-                         "%s: float32 data cannot be read as int32 ids (it holds vectors)",
-                         ds->path);
+                         "%s: %s data cannot be read as int32 ids (it holds vectors)", ds->path,
+                         kiln_dtype_name(ds->dtype));
     kiln_status st = check_rows(ds, first, count, out);
     if (st != KILN_OK)
         return st;
     const size_t d = ds->dim;
-#pragma omp parallel for schedule(static) if (count > DS_PARALLEL_ROWS)
+    int range = 0;
+#pragma omp parallel for schedule(static) reduction(| : range) if (count > DS_PARALLEL_ROWS)
     for (size_t r = 0; r < count; r++)
-        row_to_i32(ds, first + r, out + r * d);
-    return KILN_OK;
+        range |= row_to_i32(ds, first + r, out + r * d);
+    return range ? report_range(ds, first, count) : KILN_OK;
 }
 
 /* ==== Public: write ==== */
@@ -848,7 +1042,7 @@ static kiln_status check_output(kiln_ctx *ctx, const kiln_dataset_output *o,
     if (d > DS_MAX_DIM)
         return kiln_fail(ctx, KILN_E_RANGE, "%s: dimension %zu exceeds the limit %d", path, d,
                          DS_MAX_DIM);
-    if (fi->layout == DS_BIGANN && n > UINT32_MAX)
+    if ((fi->layout == DS_BIGANN || fi->layout == DS_GT) && n > UINT32_MAX)
         return kiln_fail(ctx, KILN_E_RANGE, "%s: %zu rows exceed the %s limit of %" PRIu32, path, n,
                          fi->name, UINT32_MAX);
     size_t elems;
@@ -878,7 +1072,8 @@ static kiln_status write_body(kiln_afile *af, const kiln_dataset_output *o,
         }
         break;
     }
-    case DS_BIGANN: {
+    case DS_BIGANN:
+    case DS_GT: { /* ids only: a valid ground-truth file without distances */
         uint8_t hdr[8];
         kiln_put_u32le(hdr, (uint32_t)n);
         kiln_put_u32le(hdr + 4, (uint32_t)d);

@@ -117,7 +117,9 @@ static kiln_status build_graph(struct kiln_index *ix, const kiln_build_params *p
     if (ix->metric == KILN_METRIC_COS)
         for (uint64_t i = 0; i < ix->count; i++)
             kiln_normalize(ix->vectors + i * ix->dim, ix->dim);
-    kiln_status st;
+    kiln_status st = kiln_threads_check(ctx, kiln_threads(p->threads));
+    if (st)
+        return st;
     double t = kiln_now();
     if (p->method == KILN_METHOD_DEVICE) {
         st = kiln_build_device(ix, p, rep);

@@ -113,9 +113,11 @@ kiln_status kiln_cl_program(kiln_ctx *ctx, struct kiln_device_state *st, const c
                             const char *options, cl_program *out);
 
 /* The on-disk cache of program binaries (host/cl_cache.c). load returns a
- * program built from a cached binary of (st's device, file, text, options),
- * or NULL on any miss; store records a built program's binary. Neither
- * fails nor touches ctx: a cache problem only costs a build from source. */
+ * program built from a cached binary of (st's device, file, text, options)
+ * whose MAC checks out, or NULL on any miss; store records a built
+ * program's binary. Neither fails nor touches ctx: a cache problem only
+ * costs a build from source (a folder that is not private also prints one
+ * note on stderr per process). */
 cl_program kiln_cl_cache_load(struct kiln_device_state *st, const char *file, const char *text,
                               const char *options);
 void kiln_cl_cache_store(const struct kiln_device_state *st, const char *file, const char *text,

@@ -32,6 +32,14 @@
  *     the centroids stay on the device, each row crosses the bus once and
  *     the kernel's O(k * dim) work per row dominates, so overlap would buy
  *     little. Exhaustion halves the row batch as in decision 3.
+ *  7. Every allocation of a batch is made real before the batch is used, so
+ *     each failure is a code that decision 3 sees: host staging failures
+ *     become CL_OUT_OF_HOST_MEMORY; device buffers are created with
+ *     CL_MEM_ALLOC_HOST_PTR on CPU devices (PoCL then allocates at creation
+ *     instead of at the first command, where a failure aborts the process
+ *     inside PoCL) and are committed with a blocking write of a few bytes
+ *     elsewhere. A test hook (kiln_cl_opts.inject_alloc_site) fails each of
+ *     these allocations in turn.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,6 +99,24 @@ static size_t grow(size_t need, size_t have, size_t ceiling) {
     return cap > top ? top : cap;
 }
 
+/* A buffer whose memory exists when this returns (decision 7), so that
+ * running out of it is an error code here rather than later: PoCL allocates
+ * lazily at the first command and then aborts on failure. On CPU devices
+ * CL_MEM_ALLOC_HOST_PTR makes the runtime allocate at creation; elsewhere a
+ * blocking write of a few bytes on queue (idle) makes the driver commit it. */
+static cl_int device_buffer(const struct kiln_device_state *st, cl_command_queue queue,
+                            cl_mem_flags flags, size_t bytes, cl_mem *out) {
+    static const cl_ulong zero = 0;
+    const bool host = st->info.type == KILN_DEVICE_CPU;
+    cl_int err = CL_SUCCESS;
+    *out =
+        clCreateBuffer(st->context, flags | (host ? CL_MEM_ALLOC_HOST_PTR : 0), bytes, NULL, &err);
+    if (err != CL_SUCCESS || host)
+        return err;
+    return clEnqueueWriteBuffer(queue, *out, CL_TRUE, 0, bytes < sizeof zero ? bytes : sizeof zero,
+                                &zero, 0, NULL, NULL);
+}
+
 /* Stand-in for an allocation failure, for tests of decision 3. */
 static cl_int injected_failure(uint32_t *left, size_t units) {
     if (*left == 0 || units < 2)
@@ -141,11 +167,12 @@ struct knn_job {
     kiln_q4_neighbor *out;
     cl_kernel kernel;
     uint32_t lws;
-    bool paired;      /* kiln_knn_q4_pair: one tile (work-item) per cluster */
-    size_t stride;    /* uint64 words per vector */
-    size_t limit;     /* members per batch */
-    uint32_t inject;  /* failures left to inject */
-    uint32_t batches; /* completed */
+    bool paired;                         /* kiln_knn_q4_pair: one tile (work-item) per cluster */
+    size_t stride;                       /* uint64 words per vector */
+    size_t limit;                        /* members per batch */
+    uint32_t inject;                     /* failures left to inject */
+    uint32_t inject_site, inject_allocs; /* allocation failures left to inject */
+    uint32_t batches;                    /* completed */
 };
 
 /* ==== Per-cluster top-k: batches ==== */
@@ -170,50 +197,77 @@ static void slot_release(struct knn_slot *sl) {
     memset(sl, 0, sizeof *sl);
 }
 
-/* Room for a batch of m members, nc clusters and nt tiles in sl. */
-static kiln_status slot_reserve(struct knn_job *job, struct knn_slot *sl, size_t m, size_t nc,
-                                size_t nt) {
+/* Allocation number site (1..KILN_CL_ALLOC_SITES) of slot_reserve: true
+ * while the test hook says it should fail. */
+static bool alloc_injected(struct knn_job *job, uint32_t site) {
+    if (job->inject_site != site || job->inject_allocs == 0)
+        return false;
+    job->inject_allocs--;
+    return true;
+}
+
+/* Host staging memory for slot_reserve; a failure is retryable. */
+static kiln_status host_alloc(struct knn_job *job, uint32_t site, size_t bytes, bool aligned,
+                              const char *what, void **out) {
+    if (alloc_injected(job, site)) {
+        *out = NULL;
+        return kiln_fail(job->ctx, KILN_E_NOMEM,
+                         "out of memory allocating %zu bytes for %s (injected)", bytes, what);
+    }
+    return aligned ? kiln_alloc_aligned(job->ctx, bytes, what, out)
+                   : kiln_alloc(job->ctx, bytes, what, out);
+}
+
+/* Room for a batch of m members, nc clusters and nt tiles in sl; queue is
+ * the slot's, idle. On failure *clerr_out holds the code that decides the
+ * retry (decision 3), CL_OUT_OF_HOST_MEMORY for host memory. */
+static kiln_status slot_reserve(struct knn_job *job, struct knn_slot *sl, cl_command_queue queue,
+                                size_t m, size_t nc, size_t nt, cl_int *clerr_out) {
     kiln_ctx *ctx = job->ctx;
     kiln_status status = KILN_OK;
     cl_int clerr = CL_SUCCESS;
-    const cl_context cx = job->st->context;
+    const struct kiln_device_state *const st = job->st;
     if (m <= sl->cap_members && nc <= sl->cap_clusters && nt <= sl->cap_tiles)
         return KILN_OK;
     const size_t cm = grow(m, sl->cap_members, job->limit);
     const size_t cc = grow(nc, sl->cap_clusters, job->limit);
     const size_t ct = grow(nt, sl->cap_tiles, job->limit / job->lws + job->limit);
     slot_release(sl);
-    status = kiln_alloc_aligned(ctx, cm * job->stride * 8, "batch codes", (void **)&sl->h_codes);
+    status = host_alloc(job, 1, cm * job->stride * 8, true, "batch codes", (void **)&sl->h_codes);
     if (status == KILN_OK)
-        status = kiln_alloc(ctx, cm * 4, "batch norms", (void **)&sl->h_norms);
+        status = host_alloc(job, 2, cm * 4, false, "batch norms", (void **)&sl->h_norms);
     if (status == KILN_OK)
-        status = kiln_alloc(ctx, cm * 4, "batch ids", (void **)&sl->h_ids);
+        status = host_alloc(job, 3, cm * 4, false, "batch ids", (void **)&sl->h_ids);
     if (status == KILN_OK)
-        status = kiln_alloc(ctx, (cc + 1) * 4, "batch offsets", (void **)&sl->h_offsets);
+        status = host_alloc(job, 4, (cc + 1) * 4, false, "batch offsets", (void **)&sl->h_offsets);
     if (status == KILN_OK)
-        status = kiln_alloc(ctx, ct * 8, "batch tiles", (void **)&sl->h_tiles);
+        status = host_alloc(job, 5, ct * 8, false, "batch tiles", (void **)&sl->h_tiles);
     if (status != KILN_OK) {
         clerr = CL_OUT_OF_HOST_MEMORY; /* retryable, like the device's own */
         goto cleanup;
     }
-    KILN_CL_CHECK(
-        (sl->codes = clCreateBuffer(cx, CL_MEM_READ_ONLY, cm * job->stride * 8, NULL, &clerr),
-         clerr));
-    KILN_CL_CHECK((sl->norms = clCreateBuffer(cx, CL_MEM_READ_ONLY, cm * 4, NULL, &clerr), clerr));
-    KILN_CL_CHECK((sl->ids = clCreateBuffer(cx, CL_MEM_READ_ONLY, cm * 4, NULL, &clerr), clerr));
-    KILN_CL_CHECK(
-        (sl->offsets = clCreateBuffer(cx, CL_MEM_READ_ONLY, (cc + 1) * 4, NULL, &clerr), clerr));
-    KILN_CL_CHECK((sl->tiles = clCreateBuffer(cx, CL_MEM_READ_ONLY, ct * 8, NULL, &clerr), clerr));
-    KILN_CL_CHECK(
-        (sl->out = clCreateBuffer(cx, CL_MEM_WRITE_ONLY, cm * job->k * 8, NULL, &clerr), clerr));
-    KILN_CL_CHECK(
-        (sl->next = clCreateBuffer(cx, CL_MEM_READ_WRITE, sizeof(cl_uint), NULL, &clerr), clerr));
+    const struct {
+        cl_mem *mem;
+        cl_mem_flags flags;
+        size_t bytes;
+    } bufs[7] = {{&sl->codes, CL_MEM_READ_ONLY, cm * job->stride * 8},
+                 {&sl->norms, CL_MEM_READ_ONLY, cm * 4},
+                 {&sl->ids, CL_MEM_READ_ONLY, cm * 4},
+                 {&sl->offsets, CL_MEM_READ_ONLY, (cc + 1) * 4},
+                 {&sl->tiles, CL_MEM_READ_ONLY, ct * 8},
+                 {&sl->out, CL_MEM_WRITE_ONLY, cm * job->k * 8},
+                 {&sl->next, CL_MEM_READ_WRITE, sizeof(cl_uint)}};
+    for (uint32_t b = 0; b < 7; b++)
+        KILN_CL_CHECK(alloc_injected(job, 6 + b)
+                          ? CL_MEM_OBJECT_ALLOCATION_FAILURE
+                          : device_buffer(st, queue, bufs[b].flags, bufs[b].bytes, bufs[b].mem));
     sl->cap_members = cm;
     sl->cap_clusters = cc;
     sl->cap_tiles = ct;
 cleanup:
     if (status != KILN_OK)
         slot_release(sl);
+    *clerr_out = clerr;
     return status;
 }
 
@@ -252,7 +306,7 @@ static kiln_status knn_submit(struct knn_job *job, struct knn_slot *sl, cl_comma
     cl_int clerr = CL_SUCCESS;
     const size_t nc = c1 - c0, s0 = job->offsets[c0];
     KILN_CL_CHECK(injected_failure(&job->inject, nc));
-    status = slot_reserve(job, sl, m, nc, nt);
+    status = slot_reserve(job, sl, queue, m, nc, nt, &clerr);
     if (status != KILN_OK)
         goto cleanup;
     sl->busy = true;
@@ -441,7 +495,9 @@ kiln_status kiln_cl_cluster_knn(kiln_ctx *ctx, const kiln_q4_set *set, const uin
                           .k = k,
                           .out = out,
                           .stride = kiln_q4_stride(set->words),
-                          .inject = opts->inject_failures};
+                          .inject = opts->inject_failures,
+                          .inject_site = opts->inject_alloc_site,
+                          .inject_allocs = opts->inject_alloc_count};
     struct knn_slot slots[2];
     memset(slots, 0, sizeof slots);
     uint32_t retries = 0;
@@ -524,19 +580,15 @@ static kiln_status kmeans_batch(struct kmeans_job *job, size_t r0, size_t m, cl_
     kiln_status status = KILN_OK;
     cl_int clerr = CL_SUCCESS;
     struct kmeans_bufs *const b = &job->bufs;
-    const cl_context cx = job->st->context;
     const cl_command_queue q = job->st->queue[0];
     const size_t out_bytes = m * job->r * 4;
     const cl_uint mm = (cl_uint)m;
     KILN_CL_CHECK(injected_failure(&job->inject, m));
     if (b->cap < m) {
         kmeans_release(b);
-        KILN_CL_CHECK((
-            b->rows = clCreateBuffer(cx, CL_MEM_READ_ONLY, m * job->dim * 4, NULL, &clerr), clerr));
-        KILN_CL_CHECK(
-            (b->ids = clCreateBuffer(cx, CL_MEM_WRITE_ONLY, out_bytes, NULL, &clerr), clerr));
-        KILN_CL_CHECK(
-            (b->dists = clCreateBuffer(cx, CL_MEM_WRITE_ONLY, out_bytes, NULL, &clerr), clerr));
+        KILN_CL_CHECK(device_buffer(job->st, q, CL_MEM_READ_ONLY, m * job->dim * 4, &b->rows));
+        KILN_CL_CHECK(device_buffer(job->st, q, CL_MEM_WRITE_ONLY, out_bytes, &b->ids));
+        KILN_CL_CHECK(device_buffer(job->st, q, CL_MEM_WRITE_ONLY, out_bytes, &b->dists));
         b->cap = m;
     }
     KILN_CL_CHECK(clEnqueueWriteBuffer(q, b->rows, CL_FALSE, 0, m * job->dim * 4,
@@ -619,8 +671,7 @@ kiln_status kiln_cl_kmeans_assign(kiln_ctx *ctx, const float *rows, size_t n, si
     if (status != KILN_OK)
         goto cleanup;
     job.lws = cfg.lws;
-    KILN_CL_CHECK(
-        (cent = clCreateBuffer(st->context, CL_MEM_READ_ONLY, cent_bytes, NULL, &clerr), clerr));
+    KILN_CL_CHECK(device_buffer(st, st->queue[0], CL_MEM_READ_ONLY, cent_bytes, &cent));
     KILN_CL_CHECK(
         clEnqueueWriteBuffer(st->queue[0], cent, CL_TRUE, 0, cent_bytes, centroids, 0, NULL, NULL));
     KILN_CL_CHECK(clSetKernelArg(job.kernel, 2, sizeof cent, &cent));

@@ -21,12 +21,20 @@
  *     cl_kernel's arguments are per-object state that must not be shared).
  *  5. A failed build reports the build log on one line, starting at its
  *     first "error", which is where the cause is.
+ *  6. Under an address-space limit (ulimit -v, RLIMIT_AS) an OpenCL runtime
+ *     that cannot map its libraries (PoCL loads LLVM) reports no platform
+ *     at all, or CL_OUT_OF_HOST_MEMORY while listing devices; "install
+ *     PoCL" would then be wrong advice. So when the listing finds nothing or
+ *     runs out of host memory, or opening the device does, and a limit is
+ *     set, the message names the limit instead. Without a limit the answer
+ *     stays as it was.
  */
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 
 #include "cl_internal.h"
 
@@ -131,6 +139,18 @@ static kiln_status no_platform(kiln_ctx *ctx) {
     return kiln_fail(ctx, KILN_E_NO_DEVICE, "no OpenCL platform found; " KILN_OPENCL_HINT);
 }
 
+/* Decision 6: the runtime did not start; name the address-space limit when
+ * one is set, else keep status and its message. */
+static kiln_status runtime_start_failed(kiln_ctx *ctx, kiln_status status) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+        return status;
+    return kiln_fail(ctx, KILN_E_NO_DEVICE,
+                     "the OpenCL runtime could not start: the %llu MB address-space limit "
+                     "(ulimit -v) may be too small; raise it (ulimit -v unlimited)",
+                     (unsigned long long)(rl.rlim_cur >> 20));
+}
+
 /* ==== Enumeration ==== */
 
 /* One device of the flat list: index i of kiln_device_info_get. */
@@ -217,6 +237,8 @@ static kiln_status list_devices(kiln_ctx *ctx, dev_entry **out, uint32_t *count)
 cleanup:
     free(devs);
     free(plats);
+    if (status != KILN_OK && (np == 0 || clerr == CL_OUT_OF_HOST_MEMORY))
+        status = runtime_start_failed(ctx, status);
     if (status == KILN_OK) {
         *out = list;
         *count = (uint32_t)n;
@@ -410,6 +432,8 @@ static kiln_status state_open(kiln_ctx *ctx, const dev_entry *e, uint32_t index,
     st = NULL;
 cleanup:
     state_release(st);
+    if (clerr == CL_OUT_OF_HOST_MEMORY)
+        status = runtime_start_failed(ctx, status);
     return status;
 }
 

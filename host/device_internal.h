@@ -28,15 +28,26 @@
 
 /* Optional knobs; all zero (or a NULL pointer) means the defaults. */
 typedef struct kiln_cl_opts {
-    size_t max_batch;         /* member slots (knn) or rows (k-means) per batch;
-                                 0 = sized from the device's memory */
-    int stage_local;          /* 0 = by the device's local memory type,
-                                 1 = stage in local memory, -1 = read in place */
-    int pair;                 /* knn kernel: 0 = by device type (CPU: pair), 1 = pair
-                                 kernel, -1 = tile kernel (kernels/knn_q4.cl decision 7) */
-    uint32_t inject_failures; /* test hook: the first N batches that could be
-                                 halved fail as CL_MEM_OBJECT_ALLOCATION_FAILURE */
+    size_t max_batch;            /* member slots (knn) or rows (k-means) per batch;
+                                    0 = sized from the device's memory */
+    int stage_local;             /* 0 = by the device's local memory type,
+                                    1 = stage in local memory, -1 = read in place */
+    int pair;                    /* knn kernel: 0 = by device type (CPU: pair), 1 = pair
+                                    kernel, -1 = tile kernel (kernels/knn_q4.cl decision 7) */
+    uint32_t inject_failures;    /* test hook: the first N batches that could be
+                                    halved fail as CL_MEM_OBJECT_ALLOCATION_FAILURE */
+    uint32_t inject_alloc_site;  /* test hook: one allocation of a knn batch,
+                                    1..KILN_CL_ALLOC_SITES (host/cl_knn.c
+                                    slot_reserve, in its order), fails ... */
+    uint32_t inject_alloc_count; /* ... this many times: host memory as
+                                    KILN_E_NOMEM, a device buffer as
+                                    CL_MEM_OBJECT_ALLOCATION_FAILURE */
 } kiln_cl_opts;
+
+/* Allocations of one knn batch slot: five host staging arrays (codes, norms,
+ * ids, offsets, tiles), then seven device buffers (the same five, the
+ * results and the pair kernel's counter). */
+#define KILN_CL_ALLOC_SITES 12
 
 typedef struct kiln_cl_stats {
     uint32_t batches;   /* batches completed */

@@ -105,7 +105,10 @@ typedef enum kiln_dtype {
     KILN_DTYPE_U8 = 2,
     KILN_DTYPE_I8 = 3,
     KILN_DTYPE_I32 = 4,
-    KILN_DTYPE_I64 = 5 /* written only (.npy result ids); no file opens as int64 */
+    KILN_DTYPE_I64 = 5, /* npy only: result ids written, ground-truth ids read as int32 where
+                           they fit */
+    KILN_DTYPE_F64 = 6, /* npy only; read as float32, refused where out of its range */
+    KILN_DTYPE_F16 = 7  /* npy only; read as float32 exactly */
 } kiln_dtype;
 
 KILN_API const char *kiln_dtype_name(kiln_dtype dtype);
@@ -120,8 +123,10 @@ typedef enum kiln_format {
     KILN_FORMAT_FBIN = 5,  /* big-ann: uint32 n, uint32 d, n*d float32 */
     KILN_FORMAT_U8BIN = 6, /* big-ann: uint32 n, uint32 d, n*d uint8 */
     KILN_FORMAT_I8BIN = 7, /* big-ann: uint32 n, uint32 d, n*d int8 */
-    KILN_FORMAT_NPY = 8,   /* NumPy .npy v1-v3, 2-D, C order, <f4 |u1 |i1 <i4 (and <i8 written) */
-    KILN_FORMAT_IBIN = 9   /* big-ann: uint32 n, uint32 d, n*d int32 */
+    KILN_FORMAT_NPY = 8,   /* NumPy .npy v1-v3, 2-D, C order, <f4 |u1 |i1 <i4 <f8 <f2 <i8 */
+    KILN_FORMAT_IBIN = 9   /* big-ann int32: uint32 n, uint32 k, n*k int32 ids, then for ground
+                              truth n*k float32 distances (optional, not read); written ids
+                              only; AUTO for .ibin, .gt, and .bin named "groundtruth" or "gt" */
 } kiln_format;
 
 KILN_API const char *kiln_format_name(kiln_format format);
@@ -146,10 +151,12 @@ KILN_API kiln_format kiln_dataset_format(const kiln_dataset *ds);
 /* Copies rows [first, first+count) into out (count*dim floats, caller's),
  * converting from the file's element type. Non-finite values are rejected
  * with KILN_E_FORMAT naming the record and byte offset unless the dataset was
- * opened with KILN_OPEN_ALLOW_NONFINITE. */
+ * opened with KILN_OPEN_ALLOW_NONFINITE; a float64 value beyond float32's
+ * range is KILN_E_RANGE whatever the flags. */
 KILN_API kiln_status kiln_dataset_read_f32(const kiln_dataset *ds, size_t first, size_t count,
                                            float *out);
-/* The same for integer data (ivecs ground truth); float files are refused. */
+/* The same for integer data (ivecs ground truth); float files are refused,
+ * and an int64 value outside int32 is KILN_E_RANGE naming its place. */
 KILN_API kiln_status kiln_dataset_read_i32(const kiln_dataset *ds, size_t first, size_t count,
                                            int32_t *out);
 

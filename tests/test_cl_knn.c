@@ -15,7 +15,10 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "file_util.h"
 #include "kiln.h"
+#include "../common/crc32c_internal.h"
+#include "../host/cache_entry_internal.h"
 #include "../host/device_internal.h"
 #include "../host/quant4_internal.h"
 #include "../common/rng_internal.h"
@@ -223,6 +226,95 @@ static bool check_in_new_ctx(const char *options, bool *from_disk) {
     return st == KILN_OK;
 }
 
+/* An entry changed by someone without the secret, with its CRC recomputed
+ * so that only the MAC can tell (cl_cache.c decision 6): never loaded, and
+ * rebuilt. */
+static void test_cache_forged(const char *dir) {
+    bool disk = false;
+    char path[600];
+    CHECK(check_in_new_ctx("-DKILN_K=6", &disk) && !disk);
+    CHECK(check_in_new_ctx("-DKILN_K=6", &disk) && disk);
+    /* Every entry is forged, so the one K=6 uses is among them. */
+    size_t len = 0;
+    uint8_t *bytes = NULL;
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "ls %s/*.bin", dir);
+    FILE *ls = popen(cmd, "r");
+    REQUIRE(ls);
+    size_t forged = 0;
+    while (fgets(path, sizeof path, ls)) {
+        path[strcspn(path, "\n")] = '\0';
+        bytes = read_file(path, &len);
+        REQUIRE(bytes && len > KILN_CACHE_HEADER + 200);
+        CHECK(memcmp(bytes, KILN_CACHE_MAGIC, 8) == 0);
+        bytes[KILN_CACHE_HEADER + len / 2 - KILN_CACHE_HEADER / 2] ^= 0x5a;
+        const uint32_t crc = kiln_crc32c(0, bytes + KILN_CACHE_HEADER, len - KILN_CACHE_HEADER);
+        for (int b = 0; b < 4; b++)
+            bytes[24 + b] = (uint8_t)(crc >> (8 * b));
+        REQUIRE(write_file(path, bytes, len));
+        free(bytes);
+        forged++;
+    }
+    pclose(ls);
+    CHECK(forged >= 1);
+    CHECK(check_in_new_ctx("-DKILN_K=6", &disk) && !disk);
+    CHECK(check_in_new_ctx("-DKILN_K=6", &disk) && disk);
+}
+
+/* Runs check_in_new_ctx with stderr going to a file; the text into note. */
+static bool check_capturing(const char *options, bool *from_disk, char *note, size_t cap) {
+    char path[600];
+    const char *tmp = getenv("KILN_TEST_TMP");
+    snprintf(path, sizeof path, "%s/stderr-%ld", tmp && *tmp ? tmp : "/tmp", (long)getpid());
+    fflush(stderr);
+    const int saved = dup(2);
+    FILE *f = fopen(path, "w+");
+    REQUIRE(saved >= 0 && f);
+    dup2(fileno(f), 2);
+    const bool ok = check_in_new_ctx(options, from_disk);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    rewind(f);
+    const size_t n = fread(note, 1, cap - 1, f);
+    note[n] = '\0';
+    fclose(f);
+    unlink(path);
+    return ok;
+}
+
+/* A cache folder others can write, or a key file others can read, is not
+ * used (cl_cache.c decision 6): the build still succeeds, from source. */
+static void test_cache_unsafe(const char *dir) {
+    char open_dir[600], cmd[700], note[1024];
+    bool disk = true;
+    snprintf(open_dir, sizeof open_dir, "%s/shared", dir);
+    REQUIRE(mkdir(open_dir, 0700) == 0 && chmod(open_dir, 0777) == 0);
+    setenv("KILN_CACHE_DIR", open_dir, 1);
+    CHECK(check_capturing("-DKILN_K=7", &disk, note, sizeof note) && !disk);
+    CHECK_MSG(strstr(note, "not used") && strstr(note, "writable by others") &&
+                  strstr(note, open_dir),
+              "note: %s", note);
+    CHECK(check_in_new_ctx("-DKILN_K=7", &disk) && !disk);
+    CHECK(count_bins(open_dir) == 0);
+    /* Private again: used; then a key file readable by others is refused. */
+    REQUIRE(chmod(open_dir, 0700) == 0);
+    CHECK(check_in_new_ctx("-DKILN_K=7", &disk) && !disk);
+    CHECK(check_in_new_ctx("-DKILN_K=7", &disk) && disk);
+    snprintf(cmd, sizeof cmd, "chmod 644 %s/key", open_dir);
+    CHECK(system(cmd) == 0);
+    CHECK(check_in_new_ctx("-DKILN_K=7", &disk) && !disk);
+    snprintf(cmd, sizeof cmd, "chmod 600 %s/key", open_dir);
+    CHECK(system(cmd) == 0);
+    CHECK(check_in_new_ctx("-DKILN_K=7", &disk) && disk);
+    /* Another key (another account's cache copied in): every entry a miss. */
+    snprintf(cmd, sizeof cmd, "rm %s/key", open_dir);
+    CHECK(system(cmd) == 0);
+    CHECK(check_in_new_ctx("-DKILN_K=7", &disk) && !disk);
+    CHECK(check_in_new_ctx("-DKILN_K=7", &disk) && disk);
+    setenv("KILN_CACHE_DIR", dir, 1);
+}
+
 static void test_program_cache(const char *dir) {
     bool disk = true;
     CHECK(count_bins(dir) == 0);
@@ -250,6 +342,8 @@ static void test_program_cache(const char *dir) {
     CHECK(check_in_new_ctx("-DKILN_K=5", &disk) && !disk);
     CHECK(count_bins(dir) == 2);
     setenv("KILN_CACHE_DIR", dir, 1);
+    test_cache_forged(dir);
+    test_cache_unsafe(dir);
 }
 
 static void test_knn_dims(void) {
@@ -323,6 +417,33 @@ static void test_batches(void) {
     CHECK_MSG(strstr(kiln_errmsg(ctx), "failed with CL_MEM_OBJECT_ALLOCATION_FAILURE (-4) at "
                                        "cl_knn.c:") != NULL,
               "message: %s", kiln_errmsg(ctx));
+    /* Every allocation of the batch path, host or device, that fails is
+     * absorbed by halving, and the result stays bit-identical. */
+    for (uint32_t site = 1; site <= KILN_CL_ALLOC_SITES; site++) {
+        const kiln_cl_opts alloc = {
+            .max_batch = 400, .inject_alloc_site = site, .inject_alloc_count = 2};
+        char what[64];
+        snprintf(what, sizeof what, "allocation %u fails twice", site);
+        check_knn(&p, 8, &alloc, what, &stats);
+        CHECK_MSG(stats.retries == 2 && stats.batch_limit < 400, "%s: %u retries, limit %zu", what,
+                  stats.retries, stats.batch_limit);
+    }
+    /* An allocation that always fails ends at batches of one cluster, named. */
+    kiln_q4_neighbor *sink = malloc(p.offsets[p.n_clusters] * 8 * sizeof *sink);
+    REQUIRE(sink);
+    const kiln_cl_opts never = {
+        .max_batch = 400, .inject_alloc_site = 1, .inject_alloc_count = 1000};
+    CHECK_FAILS(ctx,
+                kiln_cl_cluster_knn(ctx, &p.set, p.offsets, p.n_clusters, p.members, 8, &never,
+                                    sink, &stats),
+                KILN_E_DEVICE, "even in a batch of its own");
+    const kiln_cl_opts never_dev = {
+        .max_batch = 400, .inject_alloc_site = 6, .inject_alloc_count = 1000};
+    CHECK_FAILS(ctx,
+                kiln_cl_cluster_knn(ctx, &p.set, p.offsets, p.n_clusters, p.members, 8, &never_dev,
+                                    sink, &stats),
+                KILN_E_DEVICE, "CL_MEM_OBJECT_ALLOCATION_FAILURE");
+    free(sink);
     /* Nothing to do: no clusters, only empty ones. */
     const uint64_t empty[3] = {0, 0, 0};
     CHECK_OK(ctx, kiln_cl_cluster_knn(ctx, &p.set, empty, 0, p.members, 4, NULL, NULL, NULL));
@@ -460,6 +581,39 @@ static void test_kmeans_assign(void) {
     free(cent);
 }
 
+/* SipHash-2-4 against the reference vector of its paper (appendix A) and
+ * the first and last entries of its vectors.h table. */
+static void test_siphash(void) {
+    uint8_t key[KILN_CACHE_SECRET], msg[64];
+    for (int i = 0; i < KILN_CACHE_SECRET; i++)
+        key[i] = (uint8_t)i;
+    for (int i = 0; i < 64; i++)
+        msg[i] = (uint8_t)i;
+    CHECK(kiln_siphash24(key, msg, 15) == 0xa129ca6149be45e5ULL);
+    CHECK(kiln_siphash24(key, msg, 0) == 0x726fdb47dd0e0e31ULL);
+    CHECK(kiln_siphash24(key, msg, 63) == 0x958a324ceb064572ULL);
+    /* Header and parser agree, and one changed byte anywhere is refused. */
+    uint8_t entry[KILN_CACHE_HEADER + 64];
+    memcpy(entry + KILN_CACHE_HEADER, msg, 64);
+    kiln_cache_entry_header(entry, 42, msg, 64, key);
+    const uint8_t *payload;
+    size_t size;
+    CHECK(kiln_cache_entry_parse(entry, sizeof entry, 42, key, &payload, &size) && size == 64 &&
+          payload == entry + KILN_CACHE_HEADER);
+    CHECK(!kiln_cache_entry_parse(entry, sizeof entry, 43, key, &payload, &size) && !payload);
+    CHECK(!kiln_cache_entry_parse(entry, sizeof entry - 1, 42, key, &payload, &size));
+    size_t refused = 0;
+    for (size_t i = 0; i < sizeof entry; i++) {
+        entry[i] ^= 1;
+        refused += !kiln_cache_entry_parse(entry, sizeof entry, 42, key, &payload, &size);
+        entry[i] ^= 1;
+    }
+    CHECK_MSG(refused == sizeof entry, "%zu of %zu one-byte changes refused", refused,
+              sizeof entry);
+    key[0] ^= 1;
+    CHECK(!kiln_cache_entry_parse(entry, sizeof entry, 42, key, &payload, &size));
+}
+
 int main(void) {
     /* A fresh program cache for this run (host/cl_cache.c). */
     char cache[512];
@@ -469,6 +623,7 @@ int main(void) {
         mkdir(tmp, 0755);
     REQUIRE(mkdir(cache, 0755) == 0);
     setenv("KILN_CACHE_DIR", cache, 1);
+    test_siphash();
     REQUIRE(kiln_ctx_new(&ctx) == KILN_OK);
     uint32_t n = 0;
     const kiln_status st = kiln_device_count(ctx, &n);

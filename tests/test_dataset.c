@@ -92,7 +92,7 @@ static float expected_value(kiln_dtype dtype, size_t i, size_t j) {
     case KILN_DTYPE_U8: return (float)(h & 0xff);
     case KILN_DTYPE_I8: return (float)((int)(h & 0xff) - 128);
     case KILN_DTYPE_I32: return (float)((int32_t)(h % 2000001) - 1000000);
-    case KILN_DTYPE_I64: break; /* write-only: not in the read tests */
+    default: break; /* the npy-only types have tests of their own */
     }
     return 0;
 }
@@ -114,7 +114,7 @@ static void *make_data(kiln_dtype dtype, size_t n, size_t d) {
                 memcpy(buf + 4 * k, &x, 4);
                 break;
             }
-            case KILN_DTYPE_I64: break;
+            default: REQUIRE(!"a type of round_trip");
             }
         }
     }
@@ -126,7 +126,7 @@ static void *make_data(kiln_dtype dtype, size_t n, size_t d) {
 static void test_names(void) {
     static const kiln_format all[] = {KILN_FORMAT_AUTO,  KILN_FORMAT_FVECS, KILN_FORMAT_BVECS,
                                       KILN_FORMAT_IVECS, KILN_FORMAT_FBIN,  KILN_FORMAT_U8BIN,
-                                      KILN_FORMAT_I8BIN, KILN_FORMAT_NPY};
+                                      KILN_FORMAT_I8BIN, KILN_FORMAT_NPY,   KILN_FORMAT_IBIN};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         kiln_format f = (kiln_format)0;
         CHECK(kiln_format_parse(kiln_format_name(all[i]), &f) == KILN_OK);
@@ -138,6 +138,10 @@ static void test_names(void) {
     kiln_format f = (kiln_format)0;
     CHECK(kiln_format_parse("U8BIN", &f) == KILN_OK && f == KILN_FORMAT_U8BIN);
     CHECK(kiln_format_parse("bin", &f) == KILN_E_ARG);
+    CHECK(kiln_format_parse("ibin", &f) == KILN_OK && f == KILN_FORMAT_IBIN);
+    CHECK(strcmp(kiln_dtype_name(KILN_DTYPE_F64), "float64") == 0);
+    CHECK(strcmp(kiln_dtype_name(KILN_DTYPE_F16), "float16") == 0);
+    CHECK(strcmp(kiln_dtype_name(KILN_DTYPE_I64), "int64") == 0);
     CHECK(kiln_format_parse(NULL, &f) == KILN_E_ARG);
 }
 
@@ -563,8 +567,10 @@ static void test_npy(void) {
                       "not an npy file: bad magic");
     expect_npy_fails(4, "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }", true, f4, fb,
                      KILN_E_VERSION, "npy version 4.0 at byte offset 6 is not supported");
-    expect_npy_fails(1, "{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }", true, f4, fb,
-                     KILN_E_FORMAT, "unsupported npy dtype '<f8'");
+    expect_npy_fails(1, "{'descr': '>f8', 'fortran_order': False, 'shape': (3, 4), }", true, f4, fb,
+                     KILN_E_FORMAT, "unsupported npy dtype '>f8'");
+    expect_npy_fails(1, "{'descr': '<c8', 'fortran_order': False, 'shape': (3, 4), }", true, f4, fb,
+                     KILN_E_FORMAT, "unsupported npy dtype '<c8'");
     expect_npy_fails(1, "{'descr': '>f4', 'fortran_order': False, 'shape': (3, 4), }", true, f4, fb,
                      KILN_E_FORMAT, "unsupported npy dtype '>f4'");
     expect_npy_fails(1, "{'descr': '<f4', 'fortran_order': True, 'shape': (3, 4), }", true, f4, fb,
@@ -622,6 +628,288 @@ static void test_npy(void) {
     free(u1);
     free(i1);
     free(i4);
+}
+
+/* ==== Wide and narrow npy types (converted on read) ==== */
+
+/* Writes an npy of the given descr and shape (3, 4) holding data; returns
+ * the byte offset of the data. */
+static size_t write_npy(const char *path, const char *descr, const void *data, size_t len) {
+    uint8_t buf[1024];
+    char dict[128];
+    snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (3, 4), }",
+             descr);
+    REQUIRE(len <= 800);
+    const size_t total = make_npy(buf, 1, dict, true, data, len);
+    write_bytes(path, buf, total);
+    return total - len;
+}
+
+/* The message read_*: "<what>: record R, component C, byte offset O" for
+ * element e of a (3, 4) array of es-byte elements at data offset off. */
+static const char *where(const char *what, size_t off, size_t es, size_t e) {
+    static char buf[256];
+    snprintf(buf, sizeof buf, "%s: record %zu, component %zu, byte offset %zu", what, e / 4, e % 4,
+             off + e * es);
+    return buf;
+}
+
+static kiln_dataset *open_ok(const char *path, unsigned flags, kiln_dtype dtype) {
+    kiln_dataset *ds = NULL;
+    CHECK_OK(ctx, kiln_dataset_open(ctx, path, KILN_FORMAT_AUTO, flags, &ds));
+    REQUIRE(ds);
+    CHECK(kiln_dataset_count(ds) == 3 && kiln_dataset_dim(ds) == 4);
+    CHECK_MSG(kiln_dataset_dtype(ds) == dtype, "dtype %s", kiln_dtype_name(kiln_dataset_dtype(ds)));
+    return ds;
+}
+
+static void test_npy_f64(void) {
+    char path[PATH_CAP];
+    tmp_path(path, "f8.npy");
+    double v[12];
+    float want[12], got[12];
+    int32_t x[12];
+    for (int i = 0; i < 12; i++) {
+        v[i] = (i - 5) * 0.375 + (i == 7 ? 1e-40 : 0) + (i == 3 ? 1e30 : 0);
+        want[i] = (float)v[i];
+    }
+    const size_t off = write_npy(path, "<f8", v, sizeof v);
+    kiln_dataset *ds = open_ok(path, 0, KILN_DTYPE_F64);
+    CHECK_OK(ctx, kiln_dataset_read_f32(ds, 0, 3, got));
+    CHECK(memcmp(got, want, sizeof got) == 0);
+    CHECK_OK(ctx, kiln_dataset_read_f32(ds, 2, 1, got));
+    CHECK(memcmp(got, want + 8, 4 * sizeof *got) == 0);
+    CHECK_FAILS(ctx, kiln_dataset_read_i32(ds, 0, 3, x), KILN_E_ARG, "cannot be read as int32");
+    kiln_dataset_free(ds);
+    /* The writer keeps the type: the same values come back. */
+    char wpath[PATH_CAP];
+    tmp_path(wpath, "w8.npy");
+    CHECK_OK(ctx, kiln_dataset_write(ctx, wpath, KILN_FORMAT_NPY, KILN_DTYPE_F64, v, 3, 4));
+    ds = open_ok(wpath, 0, KILN_DTYPE_F64);
+    CHECK_OK(ctx, kiln_dataset_read_f32(ds, 0, 3, got));
+    CHECK(memcmp(got, want, sizeof got) == 0);
+    kiln_dataset_free(ds);
+    unlink(wpath);
+    CHECK_FAILS(ctx, kiln_dataset_write(ctx, wpath, KILN_FORMAT_FBIN, KILN_DTYPE_F64, v, 3, 4),
+                KILN_E_ARG, "holds float32, not float64");
+    /* Too large for float32: refused even where non-finite values are
+     * allowed, since it is not what the file says. */
+    v[6] = -1e300;
+    write_npy(path, "<f8", v, sizeof v);
+    for (unsigned flags = 0; flags <= KILN_OPEN_ALLOW_NONFINITE; flags++) {
+        ds = open_ok(path, flags, KILN_DTYPE_F64);
+        CHECK_FAILS(ctx, kiln_dataset_read_f32(ds, 0, 3, got), KILN_E_RANGE,
+                    where("float64 value -1e+300 is outside the float32 range", off, 8, 6));
+        CHECK_OK(ctx, kiln_dataset_read_f32(ds, 2, 1, got));
+        kiln_dataset_free(ds);
+    }
+    /* NaN and infinity: non-finite, refused unless allowed. */
+    v[6] = NAN;
+    v[11] = -INFINITY;
+    write_npy(path, "<f8", v, sizeof v);
+    ds = open_ok(path, 0, KILN_DTYPE_F64);
+    CHECK_FAILS(ctx, kiln_dataset_read_f32(ds, 0, 3, got), KILN_E_FORMAT,
+                where("non-finite value nan", off, 8, 6));
+    CHECK_FAILS(ctx, kiln_dataset_read_f32(ds, 2, 1, got), KILN_E_FORMAT,
+                where("non-finite value -inf", off, 8, 11));
+    kiln_dataset_free(ds);
+    ds = open_ok(path, KILN_OPEN_ALLOW_NONFINITE, KILN_DTYPE_F64);
+    CHECK_OK(ctx, kiln_dataset_read_f32(ds, 0, 3, got));
+    CHECK(isnan(got[6]) && isinf(got[11]) && got[11] < 0);
+    kiln_dataset_free(ds);
+    unlink(path);
+    /* Truncated by one byte, or by a whole element. */
+    char msg[128];
+    snprintf(msg, sizeof msg, "needs %zu bytes (%zu + 96), file has %zu", off + 96, off, off + 95);
+    expect_npy_fails(1, "{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }", true, v,
+                     sizeof v - 1, KILN_E_FORMAT, msg);
+    expect_npy_fails(1, "{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }", true, v,
+                     sizeof v - 8, KILN_E_FORMAT, "(truncated)");
+}
+
+static void test_npy_f16(void) {
+    /* 1, -2, 1/3 rounded, the smallest subnormal, the largest finite, -0,
+     * 0.5 + one ulp, a larger subnormal, -65504, 2^-14, 1024, 0. */
+    static const uint16_t h[12] = {0x3c00, 0xc000, 0x3555, 0x0001, 0x7bff, 0x8000,
+                                   0x3801, 0x03ff, 0xfbff, 0x0400, 0x6400, 0x0000};
+    static const float want[12] = {1.0f,
+                                   -2.0f,
+                                   0.333251953125f,
+                                   5.9604644775390625e-08f,
+                                   65504.0f,
+                                   -0.0f,
+                                   0.500488281250f,
+                                   6.0975551605224609375e-05f,
+                                   -65504.0f,
+                                   6.103515625e-05f,
+                                   1024.0f,
+                                   0.0f};
+    char path[PATH_CAP];
+    tmp_path(path, "f2.npy");
+    const size_t off = write_npy(path, "<f2", h, sizeof h);
+    float got[12];
+    kiln_dataset *ds = open_ok(path, 0, KILN_DTYPE_F16);
+    CHECK_OK(ctx, kiln_dataset_read_f32(ds, 0, 3, got));
+    size_t wrong = 0;
+    for (int i = 0; i < 12; i++)
+        if (memcmp(&got[i], &want[i], sizeof got[i]) != 0) {
+            wrong++;
+            fprintf(stderr, "float16 0x%04x: got %.10g, want %.10g\n", h[i], (double)got[i],
+                    (double)want[i]);
+        }
+    CHECK(wrong == 0);
+    kiln_dataset_free(ds);
+    /* Infinity and NaN in float16 are non-finite. */
+    uint16_t bad[12];
+    memcpy(bad, h, sizeof bad);
+    bad[5] = 0x7c00;
+    bad[9] = 0x7e00;
+    write_npy(path, "<f2", bad, sizeof bad);
+    ds = open_ok(path, 0, KILN_DTYPE_F16);
+    CHECK_FAILS(ctx, kiln_dataset_read_f32(ds, 0, 3, got), KILN_E_FORMAT,
+                where("non-finite value inf", off, 2, 5));
+    CHECK_FAILS(ctx, kiln_dataset_read_f32(ds, 2, 1, got), KILN_E_FORMAT,
+                where("non-finite value nan", off, 2, 9));
+    kiln_dataset_free(ds);
+    ds = open_ok(path, KILN_OPEN_ALLOW_NONFINITE, KILN_DTYPE_F16);
+    CHECK_OK(ctx, kiln_dataset_read_f32(ds, 0, 3, got));
+    CHECK(isinf(got[5]) && got[5] > 0 && isnan(got[9]));
+    kiln_dataset_free(ds);
+    unlink(path);
+    char msg[128];
+    snprintf(msg, sizeof msg, "needs %zu bytes (%zu + 24), file has %zu", off + 24, off, off + 23);
+    expect_npy_fails(1, "{'descr': '<f2', 'fortran_order': False, 'shape': (3, 4), }", true, h,
+                     sizeof h - 1, KILN_E_FORMAT, msg);
+}
+
+static void test_npy_i64(void) {
+    int64_t ids[12];
+    for (int i = 0; i < 12; i++)
+        ids[i] = (int64_t)i * 1000003 - 7;
+    ids[4] = INT32_MAX;
+    ids[5] = INT32_MIN;
+    char path[PATH_CAP];
+    tmp_path(path, "i8.npy");
+    const size_t off = write_npy(path, "<i8", ids, sizeof ids);
+    int32_t x[12];
+    float f[12];
+    kiln_dataset *ds = open_ok(path, 0, KILN_DTYPE_I64);
+    CHECK_OK(ctx, kiln_dataset_read_i32(ds, 0, 3, x));
+    size_t wrong = 0;
+    for (int i = 0; i < 12; i++)
+        wrong += x[i] != ids[i];
+    CHECK(wrong == 0);
+    CHECK_OK(ctx, kiln_dataset_read_f32(ds, 0, 3, f));
+    CHECK(f[1] == (float)ids[1] && f[11] == (float)ids[11]);
+    kiln_dataset_free(ds);
+    /* An id past int32: named, for reading as int32 only. */
+    ids[10] = (int64_t)INT32_MAX + 1;
+    ids[3] = INT64_MIN;
+    write_npy(path, "<i8", ids, sizeof ids);
+    ds = open_ok(path, 0, KILN_DTYPE_I64);
+    CHECK_FAILS(ctx, kiln_dataset_read_i32(ds, 0, 3, x), KILN_E_RANGE,
+                where("int64 value -9223372036854775808 does not fit int32", off, 8, 3));
+    CHECK_FAILS(ctx, kiln_dataset_read_i32(ds, 1, 2, x), KILN_E_RANGE,
+                where("int64 value 2147483648 does not fit int32", off, 8, 10));
+    CHECK_OK(ctx, kiln_dataset_read_i32(ds, 1, 1, x));
+    CHECK_OK(ctx, kiln_dataset_read_f32(ds, 0, 3, f));
+    kiln_dataset_free(ds);
+    unlink(path);
+    expect_npy_fails(1, "{'descr': '<i8', 'fortran_order': False, 'shape': (3, 4), }", true, ids,
+                     sizeof ids - 3, KILN_E_FORMAT, "(truncated)");
+    expect_npy_fails(1, "{'descr': '>i8', 'fortran_order': False, 'shape': (3, 4), }", true, ids,
+                     sizeof ids, KILN_E_FORMAT, "unsupported npy dtype '>i8'");
+}
+
+/* ==== big-ann ground truth (.ibin) ==== */
+
+/* n, k, n*k int32 ids and, with dists, n*k float32 distances. */
+static size_t make_gt(uint8_t *buf, uint32_t n, uint32_t k, bool dists) {
+    put_le32(buf, n);
+    put_le32(buf + 4, k);
+    size_t off = 8;
+    for (uint32_t i = 0; i < n * k; i++, off += 4)
+        put_le32(buf + off, i * 7919u % 100000u);
+    for (uint32_t i = 0; dists && i < n * k; i++, off += 4)
+        put_f32(buf + off, (float)i * 0.25f);
+    return off;
+}
+
+static void test_gt_bin(void) {
+    uint8_t buf[1024];
+    char path[PATH_CAP];
+    int32_t x[40];
+    /* With distances and without; found by .gt, .ibin or a groundtruth
+     * name, or named with the format. */
+    static const char *const names[] = {"a.gt", "b.ibin", "groundtruth.public.10K.bin",
+                                        "GT.10M.bin", "msspacev-gt-10M.bin"};
+    for (int variant = 0; variant < 2; variant++)
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+            tmp_path(path, names[i]);
+            write_bytes(path, buf, make_gt(buf, 5, 8, variant == 0));
+            for (int how = 0; how < 2; how++) {
+                kiln_dataset *ds = NULL;
+                CHECK_OK(ctx, kiln_dataset_open(ctx, path,
+                                                how ? KILN_FORMAT_IBIN : KILN_FORMAT_AUTO, 0, &ds));
+                if (!ds)
+                    continue;
+                CHECK(kiln_dataset_count(ds) == 5 && kiln_dataset_dim(ds) == 8);
+                CHECK(kiln_dataset_format(ds) == KILN_FORMAT_IBIN);
+                CHECK(kiln_dataset_dtype(ds) == KILN_DTYPE_I32);
+                CHECK_OK(ctx, kiln_dataset_read_i32(ds, 0, 5, x));
+                size_t wrong = 0;
+                for (uint32_t j = 0; j < 40; j++)
+                    wrong += x[j] != (int32_t)(j * 7919u % 100000u);
+                CHECK_MSG(wrong == 0, "%s: %zu ids differ", names[i], wrong);
+                CHECK_OK(ctx, kiln_dataset_read_i32(ds, 4, 1, x));
+                CHECK(x[0] == (int32_t)(32 * 7919u % 100000u));
+                kiln_dataset_free(ds);
+            }
+            unlink(path);
+        }
+    /* Other .bin names are not guessed. */
+    tmp_path(path, "gtx.vectors.bin");
+    write_bytes(path, buf, make_gt(buf, 5, 8, true));
+    kiln_dataset *ds = NULL;
+    CHECK_FAILS(ctx, kiln_dataset_open(ctx, path, KILN_FORMAT_AUTO, 0, &ds), KILN_E_ARG,
+                "unknown file extension \".bin\"");
+    unlink(path);
+    /* Malformed: every count and size checked before use. */
+    const size_t full = make_gt(buf, 5, 8, true);
+    expect_open_fails("short.gt", buf, 7, KILN_FORMAT_AUTO, KILN_E_FORMAT,
+                      "truncated header: needs 8 bytes (uint32 n, uint32 k), file has 7");
+    expect_open_fails("cut.gt", buf, full - 1, KILN_FORMAT_AUTO, KILN_E_FORMAT,
+                      "size mismatch: header n = 5, k = 8 needs 328 bytes (ids and distances) or "
+                      "168 (ids only), file has 327");
+    expect_open_fails("cut2.gt", buf, 100, KILN_FORMAT_AUTO, KILN_E_FORMAT, "file has 100");
+    uint8_t big[400];
+    memcpy(big, buf, full);
+    memset(big + full, 0, sizeof big - full);
+    expect_open_fails("long.gt", big, full + 4, KILN_FORMAT_AUTO, KILN_E_FORMAT, "file has 332");
+    put_le32(buf + 4, 0);
+    expect_open_fails("k0.gt", buf, full, KILN_FORMAT_AUTO, KILN_E_FORMAT, "k = 0");
+    put_le32(buf, 0xffffffffu);
+    put_le32(buf + 4, 0xffffffffu);
+    expect_open_fails("huge.gt", buf, full, KILN_FORMAT_AUTO, KILN_E_RANGE, "overflows");
+    put_le32(buf, 1);
+    put_le32(buf + 4, 70000);
+    expect_open_fails("wide.gt", buf, full, KILN_FORMAT_AUTO, KILN_E_RANGE,
+                      "k = 70000 exceeds the limit 65536");
+    /* kiln writes ids only (search and groundtruth -o R.ibin): the same
+     * layout without the distances, which reads back as written. */
+    for (uint32_t i = 0; i < 40; i++)
+        x[i] = (int32_t)(i * 31u + 5u);
+    tmp_path(path, "w.gt");
+    CHECK_OK(ctx, kiln_dataset_write(ctx, path, KILN_FORMAT_IBIN, KILN_DTYPE_I32, x, 5, 8));
+    kiln_dataset *back = NULL;
+    CHECK_OK(ctx, kiln_dataset_open(ctx, path, KILN_FORMAT_AUTO, 0, &back));
+    if (back) {
+        int32_t y[40] = {0};
+        CHECK(kiln_dataset_count(back) == 5 && kiln_dataset_dim(back) == 8);
+        CHECK_OK(ctx, kiln_dataset_read_i32(back, 0, 5, y));
+        CHECK(memcmp(x, y, sizeof x) == 0);
+        kiln_dataset_free(back);
+    }
 }
 
 /* ==== Non-finite values and row ranges ==== */
@@ -807,6 +1095,10 @@ int main(void) {
     test_bad_texmex();
     test_bad_bigann();
     test_npy();
+    test_npy_f64();
+    test_npy_f16();
+    test_npy_i64();
+    test_gt_bin();
     test_nonfinite();
     test_ranges();
     test_siftsmall();

@@ -1,7 +1,7 @@
 /* fuzz_dataset.c -- fuzz target for the dataset readers (common/dataset.c).
  *
  * Each input is written to a temporary file and opened as every one of the
- * seven formats; whatever opens is read back whole (up to a cap) with
+ * eight formats; whatever opens is read back whole (up to a cap) with
  * kiln_dataset_read_f32, and with kiln_dataset_read_i32 where the data is
  * integer. Failing cleanly is fine, crashing or reading outside the mapping
  * is not.
@@ -12,8 +12,12 @@
  *  2. The file is named by pid in $KILN_TEST_TMP (else /tmp) so parallel
  *     ctest runs and libFuzzer workers do not share it.
  *  3. Seeds are small well-formed files of each format (npy in all three
- *     header versions) built byte by byte here, so the replay driver's
- *     mutations start from inputs that reach past the header checks.
+ *     header versions and in every element type, float64, float16 and int64
+ *     with values at the edges of their conversions; ground truth with and
+ *     without distances) built byte by byte here, so the replay driver's
+ *     mutations start from inputs that reach past the header checks. The
+ *     seeds of the newer types are also files in tests/fuzz/corpus/
+ *     fuzz_dataset, for libFuzzer runs.
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -38,7 +42,11 @@
 
 static const kiln_format fuzz_formats[] = {KILN_FORMAT_FVECS, KILN_FORMAT_BVECS, KILN_FORMAT_IVECS,
                                            KILN_FORMAT_FBIN,  KILN_FORMAT_U8BIN, KILN_FORMAT_I8BIN,
-                                           KILN_FORMAT_NPY};
+                                           KILN_FORMAT_NPY,   KILN_FORMAT_IBIN};
+
+static bool is_float(kiln_dtype t) {
+    return t == KILN_DTYPE_F32 || t == KILN_DTYPE_F64 || t == KILN_DTYPE_F16;
+}
 
 /* Reads up to FUZZ_MAX_ROWS rows every way the dataset allows, plus reads
  * that must be refused. */
@@ -59,7 +67,7 @@ static void exercise(const kiln_dataset *ds) {
     if (n > 0)
         kiln_dataset_read_f32(ds, n - 1, 1, f);
     kiln_dataset_read_f32(ds, n, 1, f);
-    if (kiln_dataset_dtype(ds) != KILN_DTYPE_F32) {
+    if (!is_float(kiln_dataset_dtype(ds))) {
         kiln_dataset_read_i32(ds, 0, rows, x);
         kiln_dataset_read_i32(ds, n, 1, x);
     }
@@ -81,11 +89,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             kiln_dataset *ds = NULL;
             if (kiln_dataset_open(ctx, path, fuzz_formats[i], flags, &ds) != KILN_OK)
                 continue;
-            const bool is_float = kiln_dataset_dtype(ds) == KILN_DTYPE_F32;
+            const bool floats = is_float(kiln_dataset_dtype(ds));
             exercise(ds);
             kiln_dataset_free(ds);
             /* Integer data ignores the flag: one pass is enough. */
-            if (!is_float)
+            if (!floats)
                 break;
         }
     }
@@ -112,9 +120,25 @@ static void put_le32(seed_buf *b, uint32_t v) {
     put(b, bytes, 4);
 }
 
-/* Element k of a seed, as its bytes (4 or 1), varied and finite. */
+static void put_le64(seed_buf *b, uint64_t v) {
+    put_le32(b, (uint32_t)v);
+    put_le32(b, (uint32_t)(v >> 32));
+}
+
+/* Element k of a seed, as its bytes (8, 4, 2 or 1), varied; the 8- and
+ * 2-byte ones include values at the edge of their conversion (float64
+ * beyond float32, float16 subnormals and infinity, int64 past int32). */
 static void put_elem(seed_buf *b, size_t es, bool is_float, size_t k) {
-    if (es == 1) {
+    if (es == 8 && is_float) {
+        const double v = k == 4 ? 1e39 : k == 5 ? -3.5e38 : (double)k * 0.25 - 1.0;
+        put(b, &v, 8);
+    } else if (es == 8) {
+        put_le64(b, k == 7 ? (uint64_t)1 << 31 : (uint64_t)(k * 104729));
+    } else if (es == 2) {
+        static const uint16_t halves[] = {0x3c00, 0x0001, 0x7bff, 0xc000, 0x7c00, 0x3555};
+        const uint16_t h = halves[k % 6];
+        put(b, &h, 2);
+    } else if (es == 1) {
         const uint8_t v = (uint8_t)(k * 37 + 11);
         put(b, &v, 1);
     } else if (is_float) {
@@ -129,8 +153,9 @@ static void put_elem(seed_buf *b, size_t es, bool is_float, size_t k) {
 #define SEED_N 5
 
 int kiln_fuzz_seed(size_t i, uint8_t **buf, size_t *len) {
-    /* texmex x3, big-ann x3, npy: v1 <f4, v2 |u1, v3 <i4, v1 |i1 */
-    if (i >= 10)
+    /* texmex x3, big-ann x3, npy: v1 <f4, v2 |u1, v3 <i4, v1 |i1, v1 <f8,
+     * v2 <f2, v1 <i8; ground truth with distances and without */
+    if (i >= 15)
         return 0;
     seed_buf b = {malloc(512), 0};
     if (!b.p)
@@ -148,11 +173,19 @@ int kiln_fuzz_seed(size_t i, uint8_t **buf, size_t *len) {
         put_le32(&b, (uint32_t)d);
         for (size_t k = 0; k < SEED_N * d; k++)
             put_elem(&b, es, i == 3, k);
+    } else if (i >= 13) {
+        put_le32(&b, SEED_N);
+        put_le32(&b, 3);
+        for (size_t k = 0; k < SEED_N * 3; k++)
+            put_le32(&b, (uint32_t)(k * 7));
+        for (size_t k = 0; i == 13 && k < SEED_N * 3; k++)
+            put_elem(&b, 4, true, k);
     } else {
-        static const char *const descr[] = {"<f4", "|u1", "<i4", "|i1"};
-        const size_t v = i - 6; /* 0..3 */
-        const int major = v == 3 ? 1 : (int)v + 1;
-        const size_t es = descr[v][2] == '4' ? 4 : 1, d = es == 4 ? 3 : 6;
+        static const char *const descr[] = {"<f4", "|u1", "<i4", "|i1", "<f8", "<f2", "<i8"};
+        static const int majors[] = {1, 2, 3, 1, 1, 2, 1};
+        const size_t v = i - 6; /* 0..6 */
+        const int major = majors[v];
+        const size_t es = (size_t)(descr[v][2] - '0'), d = es == 1 ? 6 : 3;
         char dict[128];
         const int dl = snprintf(dict, sizeof dict,
                                 "{'descr': '%s', 'fortran_order': False, 'shape': (%d, %zu), }",
@@ -174,7 +207,7 @@ int kiln_fuzz_seed(size_t i, uint8_t **buf, size_t *len) {
             put(&b, " ", 1);
         put(&b, "\n", 1);
         for (size_t k = 0; k < SEED_N * d; k++)
-            put_elem(&b, es, v == 0, k);
+            put_elem(&b, es, descr[v][1] == 'f', k);
     }
     *buf = b.p;
     *len = b.len;
