@@ -1056,8 +1056,10 @@ kiln_status kiln_kmeans_sample(kiln_ctx *ctx, kiln_rows rows, size_t m, uint64_t
     return KILN_OK;
 }
 
-kiln_status kiln_kmeans_train_rows(kiln_ctx *ctx, kiln_rows rows, uint32_t k,
-                                   const kiln_kmeans_run *run, float *centroids) {
+/* The checks and the job of one run; refine = Lloyd steps from the given
+ * centroids (kiln_kmeans_refine_rows), else seeding first. */
+static kiln_status run_rows(kiln_ctx *ctx, kiln_rows rows, uint32_t k, const kiln_kmeans_run *run,
+                            float *centroids, bool refine) {
     if (!rows.x || !centroids || !run || rows.dim == 0 || k == 0 || k > rows.n)
         return kiln_fail(ctx, KILN_E_ARG,
                          "k-means: need rows, centroids, run settings, dim >= 1 and 1 <= k <= rows "
@@ -1073,27 +1075,17 @@ kiln_status kiln_kmeans_train_rows(kiln_ctx *ctx, kiln_rows rows, uint32_t k,
                            .rng = &rng,
                            .nearest = kiln_nearest_or_cpu(&run->nearest, &cpu),
                            .bar = run->bar};
-    return train_rows(ctx, &job, centroids);
+    return refine ? lloyd_rows(ctx, &job, centroids) : train_rows(ctx, &job, centroids);
+}
+
+kiln_status kiln_kmeans_train_rows(kiln_ctx *ctx, kiln_rows rows, uint32_t k,
+                                   const kiln_kmeans_run *run, float *centroids) {
+    return run_rows(ctx, rows, k, run, centroids, false);
 }
 
 kiln_status kiln_kmeans_refine_rows(kiln_ctx *ctx, kiln_rows rows, uint32_t k,
                                     const kiln_kmeans_run *run, float *centroids) {
-    if (!rows.x || !centroids || !run || rows.dim == 0 || k == 0 || k > rows.n)
-        return kiln_fail(ctx, KILN_E_ARG,
-                         "k-means: need rows, centroids, run settings, dim >= 1 and 1 <= k <= rows "
-                         "(k %u, rows %zu)",
-                         k, rows.n);
-    kiln_nearest_cpu_opts cpu = {.threads = run->threads};
-    kiln_rng rng;
-    kiln_rng_seed(&rng, run->seed ^ KMEANS_RNG_STREAM);
-    const train_job job = {.rows = rows,
-                           .k = k,
-                           .iters = run->iters,
-                           .threads = kiln_threads(run->threads),
-                           .rng = &rng,
-                           .nearest = kiln_nearest_or_cpu(&run->nearest, &cpu),
-                           .bar = run->bar};
-    return lloyd_rows(ctx, &job, centroids);
+    return run_rows(ctx, rows, k, run, centroids, true);
 }
 
 kiln_status kiln_kmeans_train(kiln_ctx *ctx, kiln_rows rows, const kiln_kmeans_params *p,
