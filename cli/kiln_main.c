@@ -43,6 +43,11 @@
  *     int32 formats is refused, naming the query, instead of being truncated
  *     (-1 is also "no result"). The outputs of one command are committed
  *     together (kiln_dataset_write_all): all or none.
+ * 10. eval's recall compares the labels search returns with the ground
+ *     truth's ids. For a kiln build they are row numbers, as kiln groundtruth
+ *     writes; an index with labels of its own (imported) needs ground truth
+ *     in its labels, and eval refuses ground truth that cannot be (no id in
+ *     the labels' range) rather than report a silent recall of 0.
  */
 #include <errno.h>
 #include <limits.h>
@@ -683,6 +688,40 @@ static int cmp_double(const void *x, const void *y) {
     return a < b ? -1 : a > b;
 }
 
+/* Recall compares the labels search returns with the ground truth's ids
+ * (decision 10). An index whose labels are not its row numbers (an imported
+ * hnswlib file) needs ground truth in those labels: when none of the ids
+ * the recall reads falls inside the labels' range, that is said and eval
+ * stops (1) instead of reporting recall 0; otherwise a note says so. */
+static int check_gt_labels(const kiln_index *ix, const char *ixpath, const char *gtpath,
+                           const int32_t *gt, size_t nq, size_t gk, uint32_t k) {
+    kiln_index_stats s;
+    if (kiln_index_stats_get(ix, &s) != KILN_OK || s.labels_are_rows || s.count == 0)
+        return 0;
+    int64_t lo = INT64_MAX, hi = INT64_MIN;
+    size_t inside = 0;
+    for (size_t i = 0; i < nq; i++)
+        for (size_t j = 0; j < k; j++) {
+            const int64_t id = gt[i * gk + j];
+            lo = id < lo ? id : lo;
+            hi = id > hi ? id : hi;
+            inside += id >= s.label_min && id <= s.label_max;
+        }
+    if (nq && inside == 0) {
+        fprintf(stderr,
+                "kiln eval: %s has labels of its own (%lld..%lld), but the ids of %s span "
+                "%lld..%lld: recall compares labels with ids, so the ground truth must be in "
+                "the index's labels\n",
+                ixpath, (long long)s.label_min, (long long)s.label_max, gtpath, (long long)lo,
+                (long long)hi);
+        return 1;
+    }
+    fprintf(stderr,
+            "kiln eval: note: %s has labels of its own; recall compares them with the ids of %s\n",
+            ixpath, gtpath);
+    return 0;
+}
+
 static int cmd_eval(const cli_args *a) {
     uint32_t k, threads, repeat, efs[EVAL_MAX_EFS];
     size_t nef;
@@ -756,6 +795,8 @@ static int cmd_eval(const cli_args *a) {
         rc = fail("eval", ctx);
         goto done;
     }
+    if ((rc = check_gt_labels(ix, a->pos[0], gtpath, gt, nq, gk, k)))
+        goto done;
     bool json = cli_flag(a, "json");
     if (!json)
         printf("%-6s %-10s %-12s %-10s %-10s\n", "ef", "recall@k", "QPS", "mean_ms", "p99_ms");

@@ -154,7 +154,14 @@ kiln_status kiln_index_stats_get(const kiln_index *ix, kiln_index_stats *out) {
     out->memory_bytes = kiln_index_memory(ix);
     out->nonfinite_vectors = kiln_index_nonfinite(ix, &out->first_nonfinite);
     uint64_t links[KILN_MAX_LEVELS] = {0};
+    out->labels_are_rows = 1;
+    if (ix->count)
+        out->label_min = out->label_max = ix->labels[0];
     for (uint64_t i = 0; i < ix->count; i++) {
+        const int64_t lab = ix->labels[i];
+        out->labels_are_rows &= lab == (int64_t)i;
+        out->label_min = lab < out->label_min ? lab : out->label_min;
+        out->label_max = lab > out->label_max ? lab : out->label_max;
         for (uint32_t l = 0; l <= ix->levels[i]; l++) {
             uint32_t deg = kiln_links(ix, (uint32_t)i, l)[0];
             out->nodes_per_level[l]++;

@@ -382,6 +382,11 @@ typedef struct kiln_index_stats {
      * after every finite vector (their distance is taken as +inf). */
     uint64_t nonfinite_vectors;
     uint64_t first_nonfinite; /* node of the first one; UINT64_MAX when none */
+    /* Labels: 1 when every node's label is its row number (a kiln build's
+     * default), 0 when they are the user's (an imported hnswlib file);
+     * their range, both 0 when the index is empty. */
+    int labels_are_rows;
+    int64_t label_min, label_max;
 } kiln_index_stats;
 
 KILN_API kiln_status kiln_index_stats_get(const kiln_index *index, kiln_index_stats *out);

@@ -576,6 +576,39 @@ static void test_wide_labels(void) {
               (long long)ids[1]);
 }
 
+/* U8: eval on an index with labels of its own refuses ground truth whose
+ * ids cannot be those labels, instead of a silent recall of 0. */
+static void test_custom_labels(void) {
+    char a[4096], p[700];
+    snprintf(a, sizeof a, "export %s/i2.kiln -o %s/lab.bin", tmp, tmp);
+    REQUIRE(run(a) == 0);
+    snprintf(p, sizeof p, "%s/lab.bin", tmp);
+    FILE *f = fopen(p, "r+b");
+    REQUIRE(f);
+    uint8_t h[96];
+    REQUIRE(fread(h, 1, sizeof h, f) == sizeof h);
+    uint64_t count = 0, size_data = 0, label_offset = 0;
+    memcpy(&count, h + 16, 8);
+    memcpy(&size_data, h + 24, 8);
+    memcpy(&label_offset, h + 32, 8);
+    REQUIRE(count == 3000);
+    for (uint64_t i = 0; i < count; i++) {
+        const int64_t label = (int64_t)i + 1000000;
+        REQUIRE(fseek(f, (long)(96 + i * size_data + label_offset), SEEK_SET) == 0);
+        REQUIRE(fwrite(&label, 8, 1, f) == 1);
+    }
+    fclose(f);
+    snprintf(a, sizeof a, "import %s/lab.bin -o %s/lab.kiln", tmp, tmp);
+    REQUIRE(run(a) == 0);
+    snprintf(a, sizeof a, "eval %s/lab.kiln %s/q.fvecs %s/gt.ivecs --ef 64", tmp, tmp, tmp);
+    CHECK_MSG(run(a) == 1 && strstr(err_text, "labels of its own (1000000..1002999)") &&
+                  count_lines(err_text) == 1,
+              "%s", err_text);
+    /* Row-number labels (the default) give no note. */
+    snprintf(a, sizeof a, "eval %s/i2.kiln %s/q.fvecs %s/gt.ivecs --ef 64", tmp, tmp, tmp);
+    CHECK_MSG(run(a) == 0 && !strstr(err_text, "labels of its own"), "%s", err_text);
+}
+
 /* T7: with two outputs, a failure writing the second (the file size limit)
  * replaces neither. */
 static void test_outputs_together(void) {
@@ -767,6 +800,7 @@ int main(void) {
     test_output_checks();
     test_result_formats();
     test_wide_labels();
+    test_custom_labels();
     test_outputs_together();
     test_killed_and_stale();
     test_modes_links();
