@@ -4,10 +4,11 @@
  * Design decisions:
  *  1. Every failure prints one line "kiln CMD: what is wrong" on stderr,
  *     naming options and files, never a C function. Usage errors (a bad or
- *     missing option or argument, a value out of range, an output name the
- *     command cannot write) exit 2 and are found before any work starts;
- *     data and runtime errors (a file that does not open or parse, a device
- *     that fails, memory) exit 1. Library messages already say which
+ *     missing option or argument, a value out of range, an output that names
+ *     a directory, an unknown extension or one of the inputs) exit 2 and are
+ *     found before any work starts; data and runtime errors (a file that
+ *     does not open or parse, an output folder that is missing or not
+ *     writable, a device that fails, memory) exit 1. Library messages already say which
  *     operation failed ("build: M = ..."); the command's prefix is not
  *     repeated in front of the same word. Outputs are written atomically by
  *     the library, so a failed command leaves nothing behind.
@@ -155,7 +156,7 @@ static kiln_status open_ds(kiln_ctx *ctx, const cli_args *a, const char *path, k
     if (f && kiln_format_parse(f, &fmt) != KILN_OK) {
         fprintf(stderr,
                 "kiln %s: --format: '%s' is not one of auto, fvecs, bvecs, ivecs, fbin, "
-                "u8bin, i8bin, npy\n",
+                "u8bin, i8bin, npy, ibin\n",
                 a->cmd->name, f);
         exit(2);
     }
@@ -169,11 +170,13 @@ static int open_vectors(kiln_ctx *ctx, const cli_args *a, const char *path, kiln
     *out = NULL;
     if (open_ds(ctx, a, path, out) != KILN_OK)
         return fail(a->cmd->name, ctx);
-    if (kiln_dataset_dtype(*out) == KILN_DTYPE_I32) {
+    const kiln_dtype dt = kiln_dataset_dtype(*out);
+    if (dt == KILN_DTYPE_I32 || dt == KILN_DTYPE_I64) {
         fprintf(stderr,
-                "kiln %s: %s holds int32 ids (%s, such as ground truth), not vectors; give a "
+                "kiln %s: %s holds %s ids (%s, such as ground truth), not vectors; give a "
                 "file of float or byte vectors (fvecs, bvecs, fbin, u8bin, i8bin, npy)\n",
-                a->cmd->name, path, kiln_format_name(kiln_dataset_format(*out)));
+                a->cmd->name, path, kiln_dtype_name(dt),
+                kiln_format_name(kiln_dataset_format(*out)));
         kiln_dataset_free(*out);
         *out = NULL;
         return 1;

@@ -8,10 +8,10 @@
  *  2. Write errors are sticky: the first one is reported and every later
  *     call, commit included, fails, so callers may check only at the end.
  *  3. Several outputs of one command commit together
- *     (kiln_afile_commit_all): every temporary is flushed, fsynced and
- *     closed first, and only when all of them succeeded are they renamed, one
- *     after the other; any failure before that removes every temporary and
- *     replaces nothing. A rename that fails after an earlier one succeeded
+ *     (kiln_afile_commit_all): every temporary is flushed and fsynced first
+ *     (and stays open, so locked, until its rename: decision 4), and only
+ *     when all of them succeeded are they renamed, one after the other; any failure before that
+ * removes every temporary and replaces nothing. A rename that fails after an earlier one succeeded
  *     (a dying disk: the temporaries are already written in the target's own
  *     folder) is reported, and the later temporaries are removed.
  *  4. Temporaries of killed runs are cleaned up twice over. While a file is
@@ -94,9 +94,11 @@ struct kiln_afile {
 };
 
 /* Signal-time registry of open temporaries (decision 4). A slot is FREE,
- * BUSY while its name is being written, or LIVE; the handler reads LIVE
- * names only. */
-enum { SLOT_FREE = 0, SLOT_BUSY = 1, SLOT_LIVE = 2 };
+ * BUSY while its name is being written, LIVE, or CLAIMED by the signal
+ * handler: the handler moves LIVE to CLAIMED before it reads the name, and a
+ * thread frees only a slot it can move from LIVE, so a name is never reused
+ * while the handler reads it. */
+enum { SLOT_FREE = 0, SLOT_BUSY = 1, SLOT_LIVE = 2, SLOT_CLAIMED = 3 };
 static struct {
     atomic_int state;
     char name[PATH_MAX];
@@ -109,9 +111,11 @@ static const int cleanup_signals[] = {SIGHUP, SIGINT, SIGTERM, SIGXFSZ};
 
 static void on_signal(int sig) {
     const int saved = errno;
-    for (int i = 0; i < AFILE_SLOTS; i++)
-        if (atomic_load(&registry[i].state) == SLOT_LIVE)
-            unlink(registry[i].name);
+    for (int i = 0; i < AFILE_SLOTS; i++) {
+        int expect = SLOT_LIVE;
+        if (atomic_compare_exchange_strong(&registry[i].state, &expect, SLOT_CLAIMED))
+            unlink(registry[i].name); /* the process ends: the slot stays claimed */
+    }
     /* SA_RESETHAND restored the default action; the raised signal is
      * delivered when the handler returns. */
     raise(sig);
@@ -148,8 +152,9 @@ static int registry_add(const char *name) {
 }
 
 static void registry_remove(int slot) {
-    if (slot >= 0)
-        atomic_store(&registry[slot].state, SLOT_FREE);
+    int expect = SLOT_LIVE;
+    if (slot >= 0) /* fails only when the handler claimed it, as the process ends */
+        atomic_compare_exchange_strong(&registry[slot].state, &expect, SLOT_FREE);
 }
 
 /* ==== Helpers: names ==== */
@@ -328,14 +333,13 @@ static kiln_status afile_error(kiln_afile *af, int e) {
     return af->err;
 }
 
-/* Flush, fsync and close; the temporary stays for the rename. */
+/* Flush and fsync. The file stays open, and so locked (decision 4), until
+ * it is renamed into place: a sweep by another writer never sees it
+ * unlocked while a group commit fsyncs the others. */
 static kiln_status afile_finish(kiln_afile *af) {
     kiln_status st = af->err;
     if (st == KILN_OK && (fflush(af->fp) != 0 || fsync(fileno(af->fp)) != 0))
         st = afile_error(af, errno);
-    if (fclose(af->fp) != 0 && st == KILN_OK)
-        st = afile_error(af, errno);
-    af->fp = NULL;
     return st;
 }
 
@@ -435,14 +439,8 @@ kiln_status kiln_afile_pwrite(kiln_afile *af, const void *buf, size_t len, size_
 
 kiln_status kiln_afile_commit_all(kiln_afile *const *afs, size_t count) {
     kiln_status st = KILN_OK;
-    for (size_t i = 0; i < count; i++) {
-        if (st == KILN_OK) {
-            st = afile_finish(afs[i]);
-        } else { /* the first failure is the one reported */
-            fclose(afs[i]->fp);
-            afs[i]->fp = NULL;
-        }
-    }
+    for (size_t i = 0; i < count && st == KILN_OK; i++)
+        st = afile_finish(afs[i]); /* the first failure is the one reported */
     size_t renamed = 0;
     for (; st == KILN_OK && renamed < count; renamed++) {
         kiln_afile *af = afs[renamed];
@@ -456,10 +454,16 @@ kiln_status kiln_afile_commit_all(kiln_afile *const *afs, size_t count) {
         sync_folder(af->target);
     }
     for (size_t i = 0; i < count; i++) {
-        if (i < renamed)
+        if (i < renamed) {
+            /* fsynced already: a failing close loses nothing, but says so */
+            if (fclose(afs[i]->fp) != 0 && st == KILN_OK)
+                st = kiln_fail(afs[i]->ctx, KILN_E_IO, "%s: close failed after the rename: %s",
+                               afs[i]->path, strerror(errno));
+            afs[i]->fp = NULL;
             afile_release(afs[i]);
-        else
+        } else {
             afile_discard(afs[i]);
+        }
     }
     return st;
 }

@@ -2,7 +2,8 @@
  * the target, fsync, rename over the target, fsync the folder. A crash or a
  * failure at any point leaves either the old file or nothing under the final
  * name, never a half-written one. Several outputs can be committed together
- * (all replaced, or none). Temporaries are removed on failure, on SIGHUP,
+ * (all replaced, or none, unless a rename fails after an earlier one
+ * succeeded: afile.c decision 3). Temporaries are removed on failure, on SIGHUP,
  * SIGINT, SIGTERM and SIGXFSZ, and, when a writer was killed outright, by the
  * next open of the same output. */
 #ifndef KILN_AFILE_INTERNAL_H
@@ -32,10 +33,12 @@ size_t kiln_afile_offset(const kiln_afile *af);
 kiln_status kiln_afile_pwrite(kiln_afile *af, const void *buf, size_t len, size_t offset);
 /* Flush, fsync, rename, fsync folder; frees af in every case. */
 kiln_status kiln_afile_commit(kiln_afile *af);
-/* Commits count files together: all are flushed, fsynced and closed, and
- * only when every one succeeded are they renamed into place; otherwise no
- * target is touched and every temporary is removed. Frees every afs[i] in
- * every case. */
+/* Commits count files together: all are flushed and fsynced, and only when
+ * every one succeeded are they renamed into place (each closed, and so
+ * unlocked, after its rename); otherwise no target is touched and every
+ * temporary is removed. A rename failing after an earlier one succeeded
+ * leaves that earlier target replaced (afile.c decision 3). Frees every
+ * afs[i] in every case. */
 kiln_status kiln_afile_commit_all(kiln_afile *const *afs, size_t count);
 /* Removes the temporary file and frees af; NULL is a no-op. */
 void kiln_afile_abort(kiln_afile *af);

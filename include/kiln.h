@@ -177,8 +177,10 @@ typedef struct kiln_dataset_output {
 
 /* Writes several datasets as one unit (a command's ids and distances): every
  * file is written and fsynced beside its target first, and only when all
- * succeeded are they renamed into place. On failure no target is replaced
- * and no temporary is left. Every atomic write (this, kiln_dataset_write,
+ * succeeded are they renamed into place. A failure while writing replaces
+ * no target and leaves no temporary; only a rename that fails after an
+ * earlier one succeeded (a failing disk) leaves the earlier targets
+ * replaced, and says so. Every atomic write (this, kiln_dataset_write,
  * kiln_index_save, kiln_index_export_hnswlib) also removes its temporary when
  * the process gets SIGHUP, SIGINT, SIGTERM or SIGXFSZ: the first write
  * installs a handler that cleans up and re-raises, for each of those signals
