@@ -571,7 +571,7 @@ static int cmd_search(const cli_args *a) {
         return 2;
     const out_spec outs[] = {{"-o", cli_str(a, "output")},
                              {"--distances", cli_str(a, "distances")}};
-    kiln_dataset_output files[2];
+    kiln_dataset_output files[2] = {{0}};
     size_t nfiles = 0;
     for (size_t i = 0; i < 2; i++) {
         if (outs[i].path &&
@@ -622,8 +622,10 @@ static int cmd_search(const cli_args *a) {
             rc = 1;
             goto done;
         }
-        files[f++].data =
-            files[0].dtype == KILN_DTYPE_I64 ? (const void *)labels : (const void *)ids;
+        files[f].data = files[0].dtype == KILN_DTYPE_I64 ? (const void *)labels : (const void *)ids;
+        if (files[f].format == KILN_FORMAT_IBIN) /* big-ann's layout: ids, then distances */
+            files[f].distances = dist;
+        f++;
     }
     if (outs[1].path)
         files[f++].data = dist;
@@ -942,6 +944,8 @@ static int cmd_groundtruth(const cli_args *a) {
         goto done;
     }
     files[0].data = files[0].dtype == KILN_DTYPE_I64 ? (const void *)labels : (const void *)ids;
+    if (files[0].format == KILN_FORMAT_IBIN) /* big-ann ground truth: ids, then distances */
+        files[0].distances = dist;
     files[1].data = dist;
     files[0].n = files[1].n = nq;
     files[0].d = files[1].d = k;

@@ -43,11 +43,12 @@
  *     since an infinity would not be what the file holds. int64 is meant for
  *     ground-truth ids (numpy's default integer): read_i32 refuses a value
  *     outside int32 by name, read_f32 rounds like any integer.
- *  9. big-ann ground truth (ibin) is read-only: n and k from the header, the
- *     ids as an n x k int32 dataset; the distances that follow are allowed
- *     but not read (kiln compares ids). The file must be exactly ids, or ids
- *     and distances. AUTO picks it for .ibin and .gt, and for .bin when the
- *     name says ground truth ("groundtruth" anywhere, or "gt" as a word),
+ *  9. big-ann ground truth (ibin): n and k from the header, the ids as an
+ *     n x k int32 dataset; the distances that follow are allowed but not
+ *     read (kiln compares ids). The file must be exactly ids, or ids and
+ *     distances. kiln writes it with the distances whenever it has them
+ *     (search and groundtruth -o X.ibin), so its files are big-ann's. AUTO picks it for .ibin and
+ * .gt, and for .bin when the name says ground truth ("groundtruth" anywhere, or "gt" as a word),
  *     which is how big-ann-benchmarks names them; other .bin files must be
  *     named with --format, since .bin alone says nothing.
  */
@@ -1051,6 +1052,9 @@ static kiln_status check_output(kiln_ctx *ctx, const kiln_dataset_output *o,
                          n, d);
     if (*bytes > 0 && !o->data)
         return kiln_fail(ctx, KILN_E_ARG, "%s: data is NULL", path);
+    if (o->distances && fi->layout != DS_GT)
+        return kiln_fail(ctx, KILN_E_ARG, "%s: format %s holds no distances after its ids", path,
+                         fi->name);
     *fi_out = fi;
     return KILN_OK;
 }
@@ -1073,13 +1077,15 @@ static kiln_status write_body(kiln_afile *af, const kiln_dataset_output *o,
         break;
     }
     case DS_BIGANN:
-    case DS_GT: { /* ids only: a valid ground-truth file without distances */
+    case DS_GT: { /* ground truth: the ids, then the distances when given */
         uint8_t hdr[8];
         kiln_put_u32le(hdr, (uint32_t)n);
         kiln_put_u32le(hdr + 4, (uint32_t)d);
         st = kiln_afile_write(af, hdr, sizeof hdr);
         if (st == KILN_OK)
             st = kiln_afile_write(af, src, bytes);
+        if (st == KILN_OK && o->distances) /* n*d floats: as many bytes as the int32 ids */
+            st = kiln_afile_write(af, o->distances, n * d * sizeof(float));
         break;
     }
     case DS_NPY:
@@ -1094,28 +1100,24 @@ static kiln_status write_body(kiln_afile *af, const kiln_dataset_output *o,
 kiln_status kiln_dataset_write_all(kiln_ctx *ctx, const kiln_dataset_output *outputs,
                                    size_t count) {
     if (count && !outputs)
-        return kiln_fail(ctx, KILN_E_ARG, "kiln_dataset_write_all: outputs is NULL");
-    kiln_status st = KILN_OK;
-    for (size_t i = 0; i < count && st == KILN_OK; i++) {
-        const ds_format_info *fi = NULL;
-        size_t bytes = 0;
-        st = check_output(ctx, &outputs[i], &fi, &bytes);
-    }
-    if (st != KILN_OK)
-        return st;
-    kiln_afile **afs;
-    if ((st = kiln_calloc(ctx, (count ? count : 1) * sizeof *afs, "output list", (void **)&afs)))
-        return st;
+        return kiln_fail(ctx, KILN_E_ARG, "writing datasets: the list of outputs is NULL");
+    /* Every output is checked before any file is created. */
+    kiln_afile **afs = NULL;
+    const ds_format_info **fis = NULL;
+    size_t *bytes = NULL;
+    const size_t slots = count ? count : 1;
+    kiln_status st;
+    if ((st = kiln_calloc(ctx, slots * sizeof *afs, "output list", (void **)&afs)) ||
+        (st = kiln_calloc(ctx, slots * sizeof *fis, "output list", (void **)&fis)) ||
+        (st = kiln_calloc(ctx, slots * sizeof *bytes, "output list", (void **)&bytes)))
+        goto done;
+    for (size_t i = 0; i < count && st == KILN_OK; i++)
+        st = check_output(ctx, &outputs[i], &fis[i], &bytes[i]);
     size_t opened = 0;
     for (; opened < count && st == KILN_OK; opened++) {
-        const ds_format_info *fi = NULL;
-        size_t bytes = 0;
-        st = check_output(ctx, &outputs[opened], &fi, &bytes);
-        if (st == KILN_OK)
-            st = kiln_afile_open(ctx, outputs[opened].path, &afs[opened]);
-        if (st != KILN_OK)
+        if ((st = kiln_afile_open(ctx, outputs[opened].path, &afs[opened])))
             break;
-        st = write_body(afs[opened], &outputs[opened], fi, bytes);
+        st = write_body(afs[opened], &outputs[opened], fis[opened], bytes[opened]);
     }
     if (st == KILN_OK) {
         st = kiln_afile_commit_all(afs, count);
@@ -1123,12 +1125,15 @@ kiln_status kiln_dataset_write_all(kiln_ctx *ctx, const kiln_dataset_output *out
         for (size_t i = 0; i < opened; i++)
             kiln_afile_abort(afs[i]);
     }
+done:
+    free(bytes);
+    free(fis);
     free(afs);
     return st;
 }
 
 kiln_status kiln_dataset_write(kiln_ctx *ctx, const char *path, kiln_format format,
                                kiln_dtype dtype, const void *data, size_t n, size_t d) {
-    const kiln_dataset_output o = {path, format, dtype, data, n, d};
+    const kiln_dataset_output o = {path, format, dtype, data, n, d, NULL};
     return kiln_dataset_write_all(ctx, &o, 1);
 }

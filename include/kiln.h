@@ -173,6 +173,10 @@ typedef struct kiln_dataset_output {
     kiln_dtype dtype;
     const void *data; /* n*d elements, row-major; borrowed for the call */
     size_t n, d;
+    /* KILN_FORMAT_IBIN only, may be NULL: n*d float32 distances written after
+     * the ids, which makes the file big-ann ground truth (ids, then
+     * distances); borrowed for the call. */
+    const float *distances;
 } kiln_dataset_output;
 
 /* Writes several datasets as one unit (a command's ids and distances): every

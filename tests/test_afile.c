@@ -183,8 +183,8 @@ static void test_dataset_outputs(void) {
     const int64_t ids[6] = {0, 1, (int64_t)1 << 40, -1, INT64_MIN, 5};
     const int32_t ids32[6] = {0, 1, 2, -1, 7, 5};
     const kiln_dataset_output outs[2] = {
-        {at("ids.npy"), KILN_FORMAT_AUTO, KILN_DTYPE_I64, ids, 2, 3},
-        {at("ids.ibin"), KILN_FORMAT_AUTO, KILN_DTYPE_I32, ids32, 2, 3}};
+        {at("ids.npy"), KILN_FORMAT_AUTO, KILN_DTYPE_I64, ids, 2, 3, NULL},
+        {at("ids.ibin"), KILN_FORMAT_AUTO, KILN_DTYPE_I32, ids32, 2, 3, NULL}};
     CHECK_OK(ctx, kiln_dataset_write_all(ctx, outs, 2));
     size_t n;
     uint8_t *npy = read_file(at("ids.npy"), &n);
@@ -203,8 +203,8 @@ static void test_dataset_outputs(void) {
     /* int64 fits no other format; the refusal touches neither file. */
     REQUIRE(write_file(at("keep.ivecs"), "old", 3));
     const kiln_dataset_output bad[2] = {
-        {at("ids.npy"), KILN_FORMAT_AUTO, KILN_DTYPE_I32, ids32, 2, 3},
-        {at("keep.ivecs"), KILN_FORMAT_AUTO, KILN_DTYPE_I64, ids, 2, 3}};
+        {at("ids.npy"), KILN_FORMAT_AUTO, KILN_DTYPE_I32, ids32, 2, 3, NULL},
+        {at("keep.ivecs"), KILN_FORMAT_AUTO, KILN_DTYPE_I64, ids, 2, 3, NULL}};
     CHECK_FAILS(ctx, kiln_dataset_write_all(ctx, bad, 2), KILN_E_ARG, "holds int32, not int64");
     CHECK(content_is(at("keep.ivecs"), "old"));
     npy = read_file(at("ids.npy"), &n);

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "file_util.h"
 
 static const char *kiln;
 static char tmp[512];
@@ -522,7 +523,19 @@ static void test_result_formats(void) {
     if (f)
         fclose(f);
     CHECK(got == 8 && u32_at(buf) == 50 && u32_at(buf + 4) == 5);
-    CHECK(stat(p, &sb) == 0 && sb.st_size == 8 + 50 * 5 * 4);
+    /* big-ann's layout: the ids, then the distances, which are d.fbin's. */
+    CHECK(stat(p, &sb) == 0 && sb.st_size == 8 + 50 * 5 * 4 * 2);
+    {
+        size_t rlen = 0, dlen = 0;
+        char dpath[700];
+        snprintf(dpath, sizeof dpath, "%s/d.fbin", tmp);
+        uint8_t *r = read_file(p, &rlen), *dd = read_file(dpath, &dlen);
+        CHECK_MSG(r && dd && rlen == 8 + 2000 && dlen == 8 + 1000 &&
+                      memcmp(r + 8 + 1000, dd + 8, 1000) == 0,
+                  "r.ibin %zu bytes, d.fbin %zu", rlen, dlen);
+        free(r);
+        free(dd);
+    }
     /* The ibin ids are the ivecs ids. */
     snprintf(a, sizeof a, "search %s/i2.kiln %s/q.fvecs -k 5 -o %s/r5.ivecs", tmp, tmp, tmp);
     CHECK(run(a) == 0);
