@@ -24,7 +24,7 @@
  *     every level, count, id and label, before the value is used. The count
  *     is bounded by the file size before anything is allocated, so what is
  *     allocated is proportional to the file.
- *  2a. "The file size" is what the file holds, not what it claims: a sparse
+ *  3. "The file size" is what the file holds, not what it claims: a sparse
  *     file (4 KB of header, then a hole to 3 GB) reads as gigabytes of zero
  *     bytes, which is a valid-looking file of empty elements, and sized a
  *     3 GB index. hnswlib writes its files whole, so a file of at least
@@ -32,31 +32,32 @@
  *     than 1/SPARSE_RATIO of it is refused before anything is sized from its
  *     count. Where the file system cannot tell holes (no SEEK_DATA), nothing
  *     is refused.
- *  3. Three sequential passes through one buffered reader: the upper-level
+ *  4. Three sequential passes through one buffered reader: the upper-level
  *     sizes first (levels and the exact file size, needed before
  *     kiln_index_alloc), then the level-0 records straight into the index,
  *     then the upper-level blocks. The upper part is small (about 1/M of the
  *     nodes have one), so reading its sizes twice costs little, and nothing
- *     is held twice in memory.
- *  4. Elements marked deleted are dropped, and counted in the build
+ *     is held twice in memory, except when elements are dropped (decision
+ *     5), which builds the renumbered index beside the one read.
+ *  5. Elements marked deleted are dropped, and counted in the build
  *     report's dropped_elements (kiln import prints the count), until kiln
  *     has live indexes that can keep them as hnswlib does. Dropping renumbers
  *     the survivors in file order, removes every link to a dropped element
  *     on every level, and moves the entry point to the first survivor of the
- *     highest level when it was dropped; the level-0 repair (decision 5)
+ *     highest level when it was dropped; the level-0 repair (decision 7)
  *     then reconnects what the removed links cut off. Refusing the file, as
  *     kiln did before, left no way to use it at all.
- *  7. dim is not stored, but the file implies it: the vector span
+ *  6. dim is not stored, but the file implies it: the vector span
  *     label_offset_ - offsetData_ is 4 * dim bytes, with offsetData_ fixed
  *     by maxM0_ and size_data_per_element_ = label_offset_ + 8. With dim 0
  *     the importer takes dim from there (after the same consistency checks);
  *     a dim given is checked against it.
- *  5. hnswlib leaves nodes unreachable on level 0 that kiln's validator
+ *  7. hnswlib leaves nodes unreachable on level 0 that kiln's validator
  *     rejects, so import ends with kiln's reachability repair, as every kiln
  *     build does; the links it added are in the index's build report. On a
  *     graph kiln built and exported the repair adds nothing, so kiln ->
  *     hnswlib -> kiln gives back the same graph.
- *  6. Export writes canonical bytes: unused link slots are zero (hnswlib
+ *  8. Export writes canonical bytes: unused link slots are zero (hnswlib
  *     leaves stale ids there), max_elements_ = cur_element_count, and
  *     mult_ = 1/ln(M), what hnswlib would have used. It refuses a graph the
  *     importer would reject, and negative labels, which size_t cannot hold.
@@ -115,7 +116,7 @@ enum {
 #define REPAIR_EF_MIN 64u
 #define REPAIR_EF_MAX 1024u
 
-/* Sparse files (decision 2a): refused from this size when their data covers
+/* Sparse files (decision 3): refused from this size when their data covers
  * less than 1/SPARSE_RATIO of it. Below 64 MiB a hole costs at most that
  * much memory, so small files are never questioned; 1/16 leaves room for a
  * genuine file that a copy tool made partly sparse where it held zero
@@ -259,7 +260,7 @@ static kiln_status write_body(const struct kiln_index *ix, kiln_afile *af, uint8
 /* ==== Reader ==== */
 
 /* Bytes of the file's size (size) that lie in data extents rather than
- * holes; size when the file system cannot say (decision 2a). */
+ * holes; size when the file system cannot say (decision 3). */
 static uint64_t data_bytes(int fd, uint64_t size) {
 #if defined(SEEK_DATA) && defined(SEEK_HOLE)
     uint64_t data = 0;
@@ -359,7 +360,7 @@ static kiln_status check_header(const hl_reader *r, const hl_header *h, uint32_t
                          "%s: offsetData_ is %llu, expected %llu for maxM0_ %llu", path,
                          (unsigned long long)h->offset_data, (unsigned long long)level0,
                          (unsigned long long)h->max_m0);
-    if (*dim_io == 0) { /* decision 7 */
+    if (*dim_io == 0) { /* decision 6 */
         const uint64_t span = h->label_offset - h->offset_data;
         if (h->label_offset <= h->offset_data || span % sizeof(float) != 0 ||
             span / sizeof(float) > KILN_MAX_DIM)
@@ -783,7 +784,7 @@ kiln_status kiln_index_import_hnswlib(kiln_ctx *ctx, const char *path, uint32_t 
         ix->entry_point = h.entry_point;
         ix->max_level = (uint32_t)h.max_level;
     }
-    if (n_deleted) { /* decision 4 */
+    if (n_deleted) { /* decision 5 */
         struct kiln_index *kept = NULL;
         if ((st = drop_deleted(ix, deleted, n_deleted, &kept)))
             goto done;
