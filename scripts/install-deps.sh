@@ -6,7 +6,7 @@ set -euo pipefail
 PKGS=(build-essential cmake pkg-config clang libomp-dev libclang-rt-14-dev
       ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo
       libhnswlib-dev python3-hnswlib python3-faiss python3-numpy python3-matplotlib
-      gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
+      gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user strace)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
