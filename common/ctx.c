@@ -6,7 +6,9 @@
  *     guarded by a mutex, so concurrent searches that fail cannot tear it;
  *     kiln_errmsg copies it out under that mutex into a buffer per thread.
  *  2. Allocation failures are ordinary errors with the size and purpose in
- *     the message; callers can shrink a batch and retry.
+ *     the message, and the address-space limit when one is set (ulimit -v:
+ *     then the limit, not the machine, is what ran out); callers can shrink
+ *     a batch and retry.
  *  3. libgomp cannot report a thread it fails to start: it prints "Thread
  *     creation failed" and exits. Under an address-space limit (ulimit -v)
  *     that is what many threads' stacks run into, so kiln_threads_check
@@ -174,20 +176,26 @@ void kiln_clear_error(kiln_ctx *ctx) {
     pthread_mutex_unlock(&ctx->lock);
 }
 
+/* Decision 2's message, naming the address-space limit (ulimit -v) when one
+ * is set: under it "out of memory" is the limit, not the machine. */
+static kiln_status out_of_memory(kiln_ctx *ctx, size_t bytes, const char *what) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        return kiln_fail(ctx, KILN_E_NOMEM,
+                         "out of memory allocating %zu bytes for %s under the %llu MB "
+                         "address-space limit (ulimit -v)",
+                         bytes, what, (unsigned long long)(rl.rlim_cur >> 20));
+    return kiln_fail(ctx, KILN_E_NOMEM, "out of memory allocating %zu bytes for %s", bytes, what);
+}
+
 kiln_status kiln_alloc(kiln_ctx *ctx, size_t bytes, const char *what, void **out) {
     *out = malloc(bytes ? bytes : 1);
-    if (!*out)
-        return kiln_fail(ctx, KILN_E_NOMEM, "out of memory allocating %zu bytes for %s", bytes,
-                         what);
-    return KILN_OK;
+    return *out ? KILN_OK : out_of_memory(ctx, bytes, what);
 }
 
 kiln_status kiln_calloc(kiln_ctx *ctx, size_t bytes, const char *what, void **out) {
     *out = calloc(1, bytes ? bytes : 1);
-    if (!*out)
-        return kiln_fail(ctx, KILN_E_NOMEM, "out of memory allocating %zu bytes for %s", bytes,
-                         what);
-    return KILN_OK;
+    return *out ? KILN_OK : out_of_memory(ctx, bytes, what);
 }
 
 kiln_status kiln_alloc_aligned(kiln_ctx *ctx, size_t bytes, const char *what, void **out) {
@@ -195,8 +203,7 @@ kiln_status kiln_alloc_aligned(kiln_ctx *ctx, size_t bytes, const char *what, vo
     *out = NULL;
     if (rounded < bytes || posix_memalign(out, 64, rounded ? rounded : 64) != 0) {
         *out = NULL;
-        return kiln_fail(ctx, KILN_E_NOMEM, "out of memory allocating %zu bytes for %s", bytes,
-                         what);
+        return out_of_memory(ctx, bytes, what);
     }
     return KILN_OK;
 }

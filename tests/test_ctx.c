@@ -3,6 +3,9 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "kiln.h"
@@ -80,8 +83,48 @@ static void test_basics(void) {
     kiln_ctx_free(NULL);
 }
 
+/* An allocation that fails under ulimit -v names the limit (in a child, so
+ * the limit does not outlive the check; not under ASan, which needs more
+ * address space than any such limit leaves). */
+static void test_nomem_names_limit(void) {
+#if defined(__SANITIZE_ADDRESS__)
+    fprintf(stderr, "note: ASan build, RLIMIT_AS check skipped\n");
+#else
+    kiln_ctx *ctx = NULL;
+    void *p = NULL;
+    CHECK(kiln_ctx_new(&ctx) == KILN_OK);
+    CHECK_FAILS(ctx, kiln_alloc(ctx, SIZE_MAX / 2, "a test", &p), KILN_E_NOMEM,
+                "out of memory allocating");
+    int fds[2];
+    REQUIRE(pipe(fds) == 0);
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        struct rlimit rl = {512ull << 20, 512ull << 20};
+        setrlimit(RLIMIT_AS, &rl);
+        kiln_status st = kiln_alloc(ctx, (size_t)1 << 32, "a test", &p);
+        const char *m = kiln_errmsg(ctx);
+        if (write(fds[1], m, strlen(m)) < 0)
+            _exit(3);
+        _exit(st == KILN_E_NOMEM ? 0 : 2);
+    }
+    close(fds[1]);
+    char msg[1024] = {0};
+    const ssize_t got = read(fds[0], msg, sizeof msg - 1);
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK_MSG(got > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0 &&
+                  strstr(msg, "under the 512 MB address-space limit (ulimit -v)"),
+              "child: %s", msg);
+    kiln_ctx_free(ctx);
+#endif
+}
+
 int main(void) {
     test_basics();
+    test_nomem_names_limit();
     test_errmsg_concurrent();
     return check_report("test_ctx");
 }
