@@ -299,29 +299,43 @@ static kiln_status parse_texmex(kiln_dataset *ds) {
 
 /* ==== Open: big-ann ==== */
 
-static kiln_status parse_bigann(kiln_dataset *ds) {
+/* big-ann's layout: uint32 n, uint32 d, then n*d elements. Ground truth (gt,
+ * format ibin; decision 9) calls d k, and may carry n*k float32 distances
+ * after the ids: the one difference, so both share every check. */
+static kiln_status parse_bigann(kiln_dataset *ds, bool gt) {
     const size_t size = ds->map_len;
+    const char dn = gt ? 'k' : 'd';
     if (size < 8)
         return kiln_fail(ds->ctx, KILN_E_FORMAT,
-                         "%s: truncated header: needs 8 bytes (uint32 n, uint32 d), file has %zu",
-                         ds->path, size);
+                         "%s: truncated header: needs 8 bytes (uint32 n, uint32 %c), file has %zu",
+                         ds->path, dn, size);
     const uint32_t n = kiln_get_u32le(ds->map);
     const uint32_t d = kiln_get_u32le(ds->map + 4);
     if (d == 0)
-        return kiln_fail(ds->ctx, KILN_E_FORMAT, "%s: header has dimension 0 (n = %" PRIu32 ")",
+        return kiln_fail(ds->ctx, KILN_E_FORMAT,
+                         gt ? "%s: ground-truth header has k = 0 neighbours (n = %" PRIu32 ")"
+                            : "%s: header has dimension 0 (n = %" PRIu32 ")",
                          ds->path, n);
-    size_t elems, bytes, total;
+    /* bytes: the elements; total: with the header; more: with gt's float32
+     * distances too, as many bytes as its int32 ids */
+    size_t elems, bytes, total, more = 0;
     if (kiln_mul_size(n, d, &elems) || kiln_mul_size(elems, ds->elem_size, &bytes) ||
-        kiln_add_size(bytes, 8, &total))
+        kiln_add_size(bytes, 8, &total) || (gt && kiln_add_size(total, bytes, &more)))
         return kiln_fail(ds->ctx, KILN_E_RANGE,
-                         "%s: header n = %" PRIu32 ", d = %" PRIu32
-                         ": n * d * %zu bytes overflows size_t",
-                         ds->path, n, d, ds->elem_size);
+                         "%s: header n = %" PRIu32 ", %c = %" PRIu32
+                         ": n * %c * %zu bytes overflows size_t",
+                         ds->path, n, dn, d, dn, gt ? ds->elem_size + 4 : ds->elem_size);
     if (d > DS_MAX_DIM)
         return kiln_fail(ds->ctx, KILN_E_RANGE,
-                         "%s: header dimension %" PRIu32 " exceeds the limit %d", ds->path, d,
-                         DS_MAX_DIM);
-    if (total != size)
+                         gt ? "%s: ground-truth header k = %" PRIu32 " exceeds the limit %d"
+                            : "%s: header dimension %" PRIu32 " exceeds the limit %d",
+                         ds->path, d, DS_MAX_DIM);
+    if (gt && size != total && size != more)
+        return kiln_fail(ds->ctx, KILN_E_FORMAT,
+                         "%s: size mismatch: header n = %" PRIu32 ", k = %" PRIu32
+                         " needs %zu bytes (ids and distances) or %zu (ids only), file has %zu",
+                         ds->path, n, d, more, total, size);
+    if (!gt && size != total)
         return kiln_fail(ds->ctx, KILN_E_FORMAT,
                          "%s: size mismatch: header n = %" PRIu32 ", d = %" PRIu32
                          " needs %zu bytes (8 + %zu), file has %zu (%s)",
@@ -331,44 +345,6 @@ static kiln_status parse_bigann(kiln_dataset *ds) {
     ds->dim = d;
     ds->data_offset = 8;
     ds->row_stride = (size_t)d * ds->elem_size;
-    return KILN_OK;
-}
-
-/* ==== Open: big-ann ground truth ==== */
-
-static kiln_status parse_gt(kiln_dataset *ds) {
-    const size_t size = ds->map_len;
-    if (size < 8)
-        return kiln_fail(ds->ctx, KILN_E_FORMAT,
-                         "%s: truncated header: needs 8 bytes (uint32 n, uint32 k), file has %zu",
-                         ds->path, size);
-    const uint32_t n = kiln_get_u32le(ds->map);
-    const uint32_t k = kiln_get_u32le(ds->map + 4);
-    if (k == 0)
-        return kiln_fail(ds->ctx, KILN_E_FORMAT,
-                         "%s: ground-truth header has k = 0 neighbours (n = %" PRIu32 ")", ds->path,
-                         n);
-    size_t elems, ids, both, with_ids, with_both;
-    if (kiln_mul_size(n, k, &elems) || kiln_mul_size(elems, 4, &ids) ||
-        kiln_mul_size(ids, 2, &both) || kiln_add_size(both, 8, &with_both))
-        return kiln_fail(ds->ctx, KILN_E_RANGE,
-                         "%s: ground-truth header n = %" PRIu32 ", k = %" PRIu32
-                         ": n * k * 8 bytes overflows size_t",
-                         ds->path, n, k);
-    with_ids = 8 + ids; /* <= with_both */
-    if (k > DS_MAX_DIM)
-        return kiln_fail(ds->ctx, KILN_E_RANGE,
-                         "%s: ground-truth header k = %" PRIu32 " exceeds the limit %d", ds->path,
-                         k, DS_MAX_DIM);
-    if (size != with_both && size != with_ids)
-        return kiln_fail(ds->ctx, KILN_E_FORMAT,
-                         "%s: size mismatch: header n = %" PRIu32 ", k = %" PRIu32
-                         " needs %zu bytes (ids and distances) or %zu (ids only), file has %zu",
-                         ds->path, n, k, with_both, with_ids, size);
-    ds->n = n;
-    ds->dim = k;
-    ds->data_offset = 8;
-    ds->row_stride = (size_t)k * 4;
     return KILN_OK;
 }
 
@@ -946,9 +922,9 @@ kiln_status kiln_dataset_open(kiln_ctx *ctx, const char *path, kiln_format forma
     if (st == KILN_OK) {
         switch (fi->layout) {
         case DS_TEXMEX: st = parse_texmex(ds); break;
-        case DS_BIGANN: st = parse_bigann(ds); break;
+        case DS_BIGANN: st = parse_bigann(ds, false); break;
         case DS_NPY: st = parse_npy(ds); break;
-        case DS_GT: st = parse_gt(ds); break;
+        case DS_GT: st = parse_bigann(ds, true); break;
         }
     }
     if (st != KILN_OK) {
