@@ -553,28 +553,37 @@ static void test_result_formats(void) {
     CHECK(run(a) == 2 && strstr(err_text, ".fvecs, .fbin or .npy") && !exists("g.u8bin"));
 }
 
-/* T5: labels beyond int32 (an imported hnswlib file with such labels) are
- * refused for .ivecs and written whole to .npy. */
-static void test_wide_labels(void) {
+/* Exports i2.kiln as hnswlib NAME.bin, gives its first n elements the
+ * labels labels[0..n), and imports that as NAME.kiln. */
+static void import_relabelled(const char *name, const int64_t *labels, uint64_t n) {
     char a[4096], p[700];
-    snprintf(a, sizeof a, "export %s/i2.kiln -o %s/h.bin", tmp, tmp);
+    snprintf(a, sizeof a, "export %s/i2.kiln -o %s/%s.bin", tmp, tmp, name);
     REQUIRE(run(a) == 0);
-    snprintf(p, sizeof p, "%s/h.bin", tmp);
+    snprintf(p, sizeof p, "%s/%s.bin", tmp, name);
     FILE *f = fopen(p, "r+b");
     REQUIRE(f);
     uint8_t h[96];
     REQUIRE(fread(h, 1, sizeof h, f) == sizeof h);
-    uint64_t size_data = 0, label_offset = 0;
+    uint64_t count = 0, size_data = 0, label_offset = 0;
+    memcpy(&count, h + 16, 8);
     memcpy(&size_data, h + 24, 8);
     memcpy(&label_offset, h + 32, 8);
-    const int64_t big[2] = {((int64_t)1 << 31) + 5, (int64_t)1 << 40};
-    for (int i = 0; i < 2; i++) {
-        REQUIRE(fseek(f, (long)(96 + (uint64_t)i * size_data + label_offset), SEEK_SET) == 0);
-        REQUIRE(fwrite(&big[i], 8, 1, f) == 1);
+    REQUIRE(n <= count);
+    for (uint64_t i = 0; i < n; i++) {
+        REQUIRE(fseek(f, (long)(96 + i * size_data + label_offset), SEEK_SET) == 0);
+        REQUIRE(fwrite(&labels[i], 8, 1, f) == 1);
     }
     fclose(f);
-    snprintf(a, sizeof a, "import %s/h.bin --dim 16 -o %s/wide.kiln", tmp, tmp);
+    snprintf(a, sizeof a, "import %s/%s.bin -o %s/%s.kiln", tmp, name, tmp, name);
     REQUIRE(run(a) == 0);
+}
+
+/* T5: labels beyond int32 (an imported hnswlib file with such labels) are
+ * refused for .ivecs and written whole to .npy. */
+static void test_wide_labels(void) {
+    char a[4096], p[700];
+    const int64_t big[2] = {((int64_t)1 << 31) + 5, (int64_t)1 << 40};
+    import_relabelled("wide", big, 2);
     /* The base rows as queries: rows 0 and 1 find their own nodes. */
     snprintf(a, sizeof a, "search %s/wide.kiln %s/b.fvecs -k 1 -o %s/w.ivecs", tmp, tmp, tmp);
     CHECK_MSG(run(a) == 1 && strstr(err_text, "does not fit int32") && strstr(err_text, ".npy"),
@@ -583,7 +592,7 @@ static void test_wide_labels(void) {
     snprintf(a, sizeof a, "search %s/wide.kiln %s/b.fvecs -k 1 -o %s/w.npy", tmp, tmp, tmp);
     CHECK_MSG(run(a) == 0, "%s", err_text);
     snprintf(p, sizeof p, "%s/w.npy", tmp);
-    f = fopen(p, "rb");
+    FILE *f = fopen(p, "rb");
     int64_t ids[2] = {0, 0};
     CHECK(f && fseek(f, 128, SEEK_SET) == 0 && fread(ids, 8, 2, f) == 2);
     if (f)
@@ -623,27 +632,11 @@ static void test_write_buffer(void) {
 /* U8: eval on an index with labels of its own refuses ground truth whose
  * ids cannot be those labels, instead of a silent recall of 0. */
 static void test_custom_labels(void) {
-    char a[4096], p[700];
-    snprintf(a, sizeof a, "export %s/i2.kiln -o %s/lab.bin", tmp, tmp);
-    REQUIRE(run(a) == 0);
-    snprintf(p, sizeof p, "%s/lab.bin", tmp);
-    FILE *f = fopen(p, "r+b");
-    REQUIRE(f);
-    uint8_t h[96];
-    REQUIRE(fread(h, 1, sizeof h, f) == sizeof h);
-    uint64_t count = 0, size_data = 0, label_offset = 0;
-    memcpy(&count, h + 16, 8);
-    memcpy(&size_data, h + 24, 8);
-    memcpy(&label_offset, h + 32, 8);
-    REQUIRE(count == 3000);
-    for (uint64_t i = 0; i < count; i++) {
-        const int64_t label = (int64_t)i + 1000000;
-        REQUIRE(fseek(f, (long)(96 + i * size_data + label_offset), SEEK_SET) == 0);
-        REQUIRE(fwrite(&label, 8, 1, f) == 1);
-    }
-    fclose(f);
-    snprintf(a, sizeof a, "import %s/lab.bin -o %s/lab.kiln", tmp, tmp);
-    REQUIRE(run(a) == 0);
+    char a[4096];
+    static int64_t labels[3000];
+    for (uint64_t i = 0; i < 3000; i++)
+        labels[i] = (int64_t)i + 1000000;
+    import_relabelled("lab", labels, 3000);
     snprintf(a, sizeof a, "eval %s/lab.kiln %s/q.fvecs %s/gt.ivecs --ef 64", tmp, tmp, tmp);
     CHECK_MSG(run(a) == 1 && strstr(err_text, "labels of its own (1000000..1002999)") &&
                   count_lines(err_text) == 1,
