@@ -604,10 +604,12 @@ static int cmd_search(const cli_args *a) {
         rc = 1;
         goto done;
     }
+    /* int32 copies of the ids only for an int32 result file */
+    const bool narrow = outs[0].path && files[0].dtype == KILN_DTYPE_I32;
     labels = alloc_array(nq, sp.k, sizeof *labels);
     dist = alloc_array(nq, sp.k, sizeof *dist);
-    ids = alloc_array(nq, sp.k, sizeof *ids);
-    if (!labels || !dist || !ids) {
+    ids = narrow ? alloc_array(nq, sp.k, sizeof *ids) : NULL;
+    if (!labels || !dist || (narrow && !ids)) {
         fprintf(stderr, "kiln search: out of memory for %zu x %u results\n", nq, sp.k);
         rc = 1;
         goto done;
@@ -927,10 +929,11 @@ static int cmd_groundtruth(const cli_args *a) {
         goto done;
     }
     size_t nq = kiln_dataset_count(qs);
+    const bool narrow = files[0].dtype == KILN_DTYPE_I32; /* as in search */
     labels = alloc_array(nq, k, sizeof *labels);
     dist = alloc_array(nq, k, sizeof *dist);
-    ids = alloc_array(nq, k, sizeof *ids);
-    if (!labels || !dist || !ids) {
+    ids = narrow ? alloc_array(nq, k, sizeof *ids) : NULL;
+    if (!labels || !dist || (narrow && !ids)) {
         fprintf(stderr, "kiln groundtruth: out of memory for %zu x %u results\n", nq, k);
         rc = 1;
         goto done;
