@@ -64,6 +64,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "afile_internal.h"
@@ -994,6 +995,16 @@ kiln_status kiln_dataset_read_i32(const kiln_dataset *ds, size_t first, size_t c
 
 /* ==== Public: write ==== */
 
+/* Whether a and b name one file: the same name, or (both existing) the same
+ * device and inode, as through a link. */
+static bool same_file(const char *a, const char *b) {
+    struct stat sa, sb;
+    if (strcmp(a, b) == 0)
+        return true;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
+}
+
 /* Checks one output and resolves its format; *bytes is its data size. */
 static kiln_status check_output(kiln_ctx *ctx, const kiln_dataset_output *o,
                                 const ds_format_info **fi_out, size_t *bytes) {
@@ -1089,6 +1100,11 @@ kiln_status kiln_dataset_write_all(kiln_ctx *ctx, const kiln_dataset_output *out
         goto done;
     for (size_t i = 0; i < count && st == KILN_OK; i++)
         st = check_output(ctx, &outputs[i], &fis[i], &bytes[i]);
+    for (size_t i = 0; i < count && st == KILN_OK; i++) /* one file twice: the last would win */
+        for (size_t j = i + 1; j < count && st == KILN_OK; j++)
+            if (same_file(outputs[i].path, outputs[j].path))
+                st = kiln_fail(ctx, KILN_E_ARG, "%s: named twice among the outputs (as %s)",
+                               outputs[j].path, outputs[i].path);
     size_t opened = 0;
     for (; opened < count && st == KILN_OK; opened++) {
         if ((st = kiln_afile_open(ctx, outputs[opened].path, &afs[opened])))

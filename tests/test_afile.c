@@ -206,6 +206,11 @@ static void test_dataset_outputs(void) {
         {at("ids.npy"), KILN_FORMAT_AUTO, KILN_DTYPE_I32, ids32, 2, 3, NULL},
         {at("keep.ivecs"), KILN_FORMAT_AUTO, KILN_DTYPE_I64, ids, 2, 3, NULL}};
     CHECK_FAILS(ctx, kiln_dataset_write_all(ctx, bad, 2), KILN_E_ARG, "holds int32, not int64");
+    /* One file named twice: refused before either is written. */
+    const kiln_dataset_output twice[2] = {
+        {at("keep.ivecs"), KILN_FORMAT_AUTO, KILN_DTYPE_I32, ids32, 2, 3, NULL},
+        {at("keep.ivecs"), KILN_FORMAT_AUTO, KILN_DTYPE_I32, ids32, 2, 3, NULL}};
+    CHECK_FAILS(ctx, kiln_dataset_write_all(ctx, twice, 2), KILN_E_ARG, "named twice");
     CHECK(content_is(at("keep.ivecs"), "old"));
     npy = read_file(at("ids.npy"), &n);
     CHECK(npy && strstr((const char *)npy + 10, "'descr': '<i8'"));
