@@ -298,8 +298,10 @@ cl_program kiln_cl_cache_load(struct kiln_device_state *st, const char *file, co
     size_t len = 0, size = 0;
     const uint8_t *payload = NULL;
     uint8_t *buf = NULL;
-    if (!cache_place(file, key, dir, path, secret) || !(buf = read_file(path, &len)) ||
-        !kiln_cache_entry_parse(buf, len, key, secret, &payload, &size)) {
+    const bool found = cache_place(file, key, dir, path, secret) && (buf = read_file(path, &len)) &&
+                       kiln_cache_entry_parse(buf, len, key, secret, &payload, &size);
+    explicit_bzero(secret, sizeof secret); /* the key stays in its file only */
+    if (!found) {
         free(buf);
         return NULL;
     }
@@ -326,11 +328,14 @@ void kiln_cl_cache_store(const struct kiln_device_state *st, const char *file, c
     size_t size = 0;
     if (!cache_place(file, key, dir, path, secret) ||
         clGetProgramInfo(prog, CL_PROGRAM_BINARY_SIZES, sizeof size, &size, NULL) != CL_SUCCESS ||
-        size == 0 || size > KILN_CACHE_MAX_BINARY)
+        size == 0 || size > KILN_CACHE_MAX_BINARY) {
+        explicit_bzero(secret, sizeof secret);
         return;
+    }
     unsigned char *bin = malloc(size);
     unsigned char *bins[1] = {bin};
     if (bin && clGetProgramInfo(prog, CL_PROGRAM_BINARIES, sizeof bins, bins, NULL) == CL_SUCCESS)
         write_entry(dir, path, key, bin, size, secret);
+    explicit_bzero(secret, sizeof secret);
     free(bin);
 }
