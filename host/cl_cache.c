@@ -137,8 +137,12 @@ static bool make_dirs(char *path) {
 static bool dir_private(const char *dir) {
     struct stat sb;
     char why[96];
-    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+    if (stat(dir, &sb) != 0)
+        return false; /* mkdir_p failed already: nothing to say twice */
+    if (!S_ISDIR(sb.st_mode)) {
+        note_refused(dir, "it is not a folder");
         return false;
+    }
     if (sb.st_uid != geteuid()) {
         snprintf(why, sizeof why, "it belongs to uid %ld, not to you", (long)sb.st_uid);
         note_refused(dir, why);
