@@ -149,17 +149,27 @@ static int setup(const cli_args *a, kiln_ctx **ctx) {
     return 0;
 }
 
-/* Opens a dataset with the --format/--allow-nonfinite options of a. */
+/* --format of a command that reads datasets: false after the usage message,
+ * so a bad value is refused before any work (decision 1). */
+static bool format_ok(const cli_args *a, kiln_format *fmt) {
+    const char *f = cli_str(a, "format");
+    *fmt = KILN_FORMAT_AUTO;
+    if (!f || kiln_format_parse(f, fmt) == KILN_OK)
+        return true;
+    fprintf(stderr,
+            "kiln %s: --format: '%s' is not one of auto, fvecs, bvecs, ivecs, fbin, u8bin, "
+            "i8bin, npy, ibin\n",
+            a->cmd->name, f);
+    return false;
+}
+
+/* Opens a dataset with the --format/--allow-nonfinite options of a (the
+ * format already checked by format_ok). */
 static kiln_status open_ds(kiln_ctx *ctx, const cli_args *a, const char *path, kiln_dataset **out) {
     kiln_format fmt = KILN_FORMAT_AUTO;
     const char *f = cli_str(a, "format");
-    if (f && kiln_format_parse(f, &fmt) != KILN_OK) {
-        fprintf(stderr,
-                "kiln %s: --format: '%s' is not one of auto, fvecs, bvecs, ivecs, fbin, "
-                "u8bin, i8bin, npy, ibin\n",
-                a->cmd->name, f);
-        exit(2);
-    }
+    if (f)
+        (void)kiln_format_parse(f, &fmt); /* refused before any work by format_ok */
     unsigned flags = cli_flag(a, "allow-nonfinite") ? KILN_OPEN_ALLOW_NONFINITE : 0;
     return kiln_dataset_open(ctx, path, fmt, flags, out);
 }
@@ -426,6 +436,7 @@ static bool device_spec_ok(const char *spec) {
 }
 
 static int cmd_build(const cli_args *a) {
+    kiln_format fmt;
     kiln_build_params p;
     kiln_build_params_init(&p);
     const char *out = cli_str(a, "output");
@@ -440,7 +451,7 @@ static int cmd_build(const cli_args *a) {
         !cli_u32(a, "ef-construction", &p.ef_construction) || !cli_u32(a, "threads", &p.threads) ||
         !cli_u64(a, "seed", &p.seed) || !cli_u32(a, "clusters", &p.clusters) ||
         !cli_u32(a, "cluster-size", &p.cluster_size) || !cli_u32(a, "replicas", &p.replicas) ||
-        !cli_u32(a, "knn-k", &p.knn_k))
+        !cli_u32(a, "knn-k", &p.knn_k) || !format_ok(a, &fmt))
         return 2;
     p.device = cli_str(a, "device");
     if (!device_spec_ok(p.device)) {
@@ -567,7 +578,9 @@ static const cli_cmd search_cmd = {"search",
 static int cmd_search(const cli_args *a) {
     kiln_search_params sp;
     kiln_search_params_init(&sp);
-    if (!cli_u32(a, "k", &sp.k) || !cli_u32(a, "ef", &sp.ef) || !cli_u32(a, "threads", &sp.threads))
+    kiln_format fmt;
+    if (!cli_u32(a, "k", &sp.k) || !cli_u32(a, "ef", &sp.ef) ||
+        !cli_u32(a, "threads", &sp.threads) || !format_ok(a, &fmt))
         return 2;
     const out_spec outs[] = {{"-o", cli_str(a, "output")},
                              {"--distances", cli_str(a, "distances")}};
@@ -732,8 +745,10 @@ static int check_gt_labels(const kiln_index *ix, const char *ixpath, const char 
 static int cmd_eval(const cli_args *a) {
     uint32_t k, threads, repeat, efs[EVAL_MAX_EFS];
     size_t nef;
+    kiln_format fmt;
     if (!cli_u32(a, "k", &k) || !cli_u32(a, "threads", &threads) ||
-        !cli_u32(a, "repeat", &repeat) || !cli_u32_list(a, "ef", efs, EVAL_MAX_EFS, &nef))
+        !cli_u32(a, "repeat", &repeat) || !cli_u32_list(a, "ef", efs, EVAL_MAX_EFS, &nef) ||
+        !format_ok(a, &fmt))
         return 2;
     if (threads == 0)
         threads = (uint32_t)omp_get_num_procs();
@@ -897,7 +912,9 @@ static int cmd_groundtruth(const cli_args *a) {
     uint32_t k, threads;
     kiln_metric metric;
     const char *out = cli_str(a, "output"), *dout = cli_str(a, "distances");
-    if (!cli_u32(a, "k", &k) || !cli_u32(a, "threads", &threads) || !parse_metric(a, &metric))
+    kiln_format fmt;
+    if (!cli_u32(a, "k", &k) || !cli_u32(a, "threads", &threads) || !parse_metric(a, &metric) ||
+        !format_ok(a, &fmt))
         return 2;
     if (!out) {
         fprintf(stderr, "kiln groundtruth: -o GT.ivecs is required\n");

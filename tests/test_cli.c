@@ -386,6 +386,8 @@ static void test_exit_codes(void) {
         {"import %1$s/nothing.bin --dim 0 -o %1$s/x.kiln", 2, "--dim"},
         {"groundtruth %1$s/b.fvecs %1$s/q.fvecs -o %1$s/x.ivecs -k 0", 2, "-k"},
         {"build %1$s/nonexistent.fvecs -o %1$s/x.kiln", 1, "nonexistent.fvecs"},
+        /* a bad --format is a usage error before the index loads */
+        {"search %1$s/nonexistent.kiln %1$s/q.fvecs --format bogus", 2, "--format"},
         {"build %1$s/gt.ivecs -o %1$s/x.kiln", 1, "gt.ivecs"},
         /* The device method, the default where kiln has OpenCL, opens --device. */
         {KILN_TEST_OPENCL ? "build %1$s/b.fvecs -o %1$s/x.kiln --device 99:99"
