@@ -247,18 +247,33 @@ static bool parse_num(const cli_args *a, int i, const char *s, size_t len, uint6
     return true;
 }
 
+/* The value of option `name` and its index, or NULL after the message. */
+static const char *opt_value(const cli_args *a, const char *name, int *index) {
+    *index = opt_index(a->cmd, name);
+    const char *s = cli_str(a, name);
+    if (*index < 0 || !s) {
+        fprintf(a->err, "kiln %s: --%s needs a value\n", a->cmd->name, name);
+        return NULL;
+    }
+    return s;
+}
+
+/* The range option i declares, else [dflt_min, dflt_max]; capped at dflt_max. */
+static void opt_range(const cli_args *a, int i, uint64_t dflt_min, uint64_t dflt_max, uint64_t *lo,
+                      uint64_t *hi) {
+    const cli_opt *o = &a->cmd->opts[i];
+    *lo = o->max ? o->min : dflt_min;
+    *hi = o->max && o->max < dflt_max ? o->max : dflt_max;
+}
+
 /* The value of option `name` in its declared range (else [0, dflt_max]). */
 static bool opt_num(const cli_args *a, const char *name, uint64_t dflt_max, uint64_t *out) {
-    int i = opt_index(a->cmd, name);
-    const char *s = cli_str(a, name);
-    if (i < 0 || !s) {
-        fprintf(a->err, "kiln %s: --%s needs a value\n", a->cmd->name, name);
+    int i;
+    const char *s = opt_value(a, name, &i);
+    if (!s)
         return false;
-    }
-    const cli_opt *o = &a->cmd->opts[i];
-    uint64_t min = o->max ? o->min : 0, max = o->max ? o->max : dflt_max;
-    if (max > dflt_max)
-        max = dflt_max;
+    uint64_t min, max;
+    opt_range(a, i, 0, dflt_max, &min, &max);
     return parse_num(a, i, s, strlen(s), min, max, out);
 }
 
@@ -275,16 +290,13 @@ bool cli_u32(const cli_args *a, const char *name, uint32_t *out) {
 }
 
 bool cli_u32_list(const cli_args *a, const char *name, uint32_t *out, size_t max, size_t *n) {
-    int i = opt_index(a->cmd, name);
-    const char *s = cli_str(a, name);
+    int i;
+    const char *s = opt_value(a, name, &i);
     *n = 0;
-    if (i < 0 || !s) {
-        fprintf(a->err, "kiln %s: --%s needs a value\n", a->cmd->name, name);
+    if (!s)
         return false;
-    }
-    const cli_opt *o = &a->cmd->opts[i];
-    const uint64_t lo = o->max ? o->min : 1,
-                   hi = o->max && o->max < UINT32_MAX ? o->max : UINT32_MAX;
+    uint64_t lo, hi;
+    opt_range(a, i, 1, UINT32_MAX, &lo, &hi);
     for (const char *tok = s;; tok++) {
         const char *comma = strchr(tok, ',');
         size_t len = comma ? (size_t)(comma - tok) : strlen(tok);
