@@ -289,6 +289,68 @@ bool cli_u32(const cli_args *a, const char *name, uint32_t *out) {
     return true;
 }
 
+bool cli_size(const cli_args *a, const char *name, uint64_t *out) {
+    int i;
+    const char *s = opt_value(a, name, &i);
+    if (!s)
+        return false;
+    const char *p = s;
+    uint64_t whole = 0;
+    double frac = 0, scale = 0.1;
+    bool digits = false, ok = true;
+    while (*p >= '0' && *p <= '9') {
+        if (whole > (UINT64_MAX - 9) / 10)
+            ok = false;
+        whole = whole * 10 + (uint64_t)(*p++ - '0');
+        digits = true;
+    }
+    if (*p == '.') {
+        p++;
+        while (*p >= '0' && *p <= '9') {
+            frac += scale * (*p++ - '0');
+            scale /= 10;
+            digits = true;
+        }
+    }
+    unsigned shift = 0;
+    switch (*p) {
+    case 'k':
+    case 'K':
+        shift = 10;
+        p++;
+        break;
+    case 'm':
+    case 'M':
+        shift = 20;
+        p++;
+        break;
+    case 'g':
+    case 'G':
+        shift = 30;
+        p++;
+        break;
+    case 't':
+    case 'T':
+        shift = 40;
+        p++;
+        break;
+    default: break;
+    }
+    if (shift && (*p == 'i' || *p == 'I'))
+        p++;
+    if (*p == 'b' || *p == 'B')
+        p++;
+    const double bytes = ((double)whole + frac) * (double)((uint64_t)1 << shift);
+    if (!digits || *p || !ok || bytes < 1 || bytes >= 18446744073709551615.0) {
+        fprintf(a->err,
+                "kiln %s: %s: '%s' is not a size of at least 1 byte (e.g. 4G, 1.5G, 512M)\n",
+                a->cmd->name, a->label[i], s);
+        return false;
+    }
+    *out = (uint64_t)bytes;
+    return true;
+}
+
 bool cli_u32_list(const cli_args *a, const char *name, uint32_t *out, size_t max, size_t *n) {
     int i;
     const char *s = opt_value(a, name, &i);

@@ -66,6 +66,11 @@ const char *cli_opt_label(const cli_args *a, const char *name);
  * naming the option and the accepted range and return false. */
 bool cli_u32(const cli_args *a, const char *name, uint32_t *out);
 bool cli_u64(const cli_args *a, const char *name, uint64_t *out);
+/* A size in bytes: a whole or decimal number with an optional binary
+ * suffix K, M, G or T (also KB/KiB and the like; lower case too), e.g. 4G,
+ * 1.5G, 512M, 1073741824. At least 1; on a bad value print an error naming
+ * the option and return false. */
+bool cli_size(const cli_args *a, const char *name, uint64_t *out);
 /* A comma-separated list of numbers in the table's range (default [1,
  * UINT32_MAX]), at most max entries, no empty entry. */
 bool cli_u32_list(const cli_args *a, const char *name, uint32_t *out, size_t max, size_t *n);

@@ -412,6 +412,14 @@ static const cli_opt build_opts[] = {
      CLI_MAX_KNN_K},
     {"threads", 't', "N", "0", "build threads; 0 = all cores", 0, CLI_MAX_THREADS},
     {"seed", 0, "N", "1", "seed of the level sampling and every other random choice", 0, 0},
+    {"memory-limit", 0, "SIZE", NULL,
+     "bound on the build's own resident memory, e.g. 4G or 512M (default: half of physical "
+     "memory); a budget the input cannot fit in is refused up front",
+     0, 0},
+    {"work-dir", 0, "DIR", NULL,
+     "device: folder for the intermediates, removed after success (default: INDEX.work)", 0, 0},
+    {"resume", 0, NULL, NULL,
+     "device: continue a killed build from its work dir's last finished batch", 0, 0},
     {"format", 0, "FMT", "auto",
      "input format: auto (by extension), fvecs, bvecs, fbin, u8bin, i8bin, npy", 0, 0},
     {"allow-nonfinite", 0, NULL, NULL, "accept NaN/Inf values instead of rejecting the file", 0, 0},
@@ -451,9 +459,11 @@ static int cmd_build(const cli_args *a) {
         !cli_u32(a, "ef-construction", &p.ef_construction) || !cli_u32(a, "threads", &p.threads) ||
         !cli_u64(a, "seed", &p.seed) || !cli_u32(a, "clusters", &p.clusters) ||
         !cli_u32(a, "cluster-size", &p.cluster_size) || !cli_u32(a, "replicas", &p.replicas) ||
-        !cli_u32(a, "knn-k", &p.knn_k) || !format_ok(a, &fmt))
+        !cli_u32(a, "knn-k", &p.knn_k) || !format_ok(a, &fmt) ||
+        (cli_str(a, "memory-limit") && !cli_size(a, "memory-limit", &p.memory_limit)))
         return 2;
     p.device = cli_str(a, "device");
+    p.resume = cli_flag(a, "resume");
     if (!device_spec_ok(p.device)) {
         fprintf(stderr, "kiln build: --device: '%s' is not auto, cpu, gpu or P:D\n", p.device);
         return 2;
@@ -465,6 +475,23 @@ static int cmd_build(const cli_args *a) {
     else {
         fprintf(stderr, "kiln build: --method: '%s' is not insert or device\n", method);
         return 2;
+    }
+    if (p.method == KILN_METHOD_INSERT && (p.resume || cli_str(a, "work-dir"))) {
+        fprintf(stderr, "kiln build: %s applies to --method device only\n",
+                p.resume ? "--resume" : "--work-dir");
+        return 2;
+    }
+    /* The work dir: beside the output unless given (decision: a resumable
+     * build needs a folder that outlives the process). */
+    char work_default[4096];
+    p.work_dir = cli_str(a, "work-dir");
+    if (p.method == KILN_METHOD_DEVICE && !p.work_dir) {
+        if (snprintf(work_default, sizeof work_default, "%s.work", out) >=
+            (int)sizeof work_default) {
+            fprintf(stderr, "kiln build: -o: the path is too long\n");
+            return 2;
+        }
+        p.work_dir = work_default;
     }
     const out_spec outs[] = {{"-o", out}};
     int crc = check_outputs("build", outs, 1, a->pos, 1);
@@ -493,6 +520,9 @@ static int cmd_build(const cli_args *a) {
         rc = fail("build", ctx);
         goto done;
     }
+    /* Only now is the work done: a build killed while saving resumes. */
+    if (p.work_dir && kiln_work_dir_remove(ctx, p.work_dir) != KILN_OK)
+        fprintf(stderr, "kiln build: warning: %s\n", kiln_errmsg(ctx));
     double t_save = now_s() - t1;
     kiln_index_stats s;
     kiln_index_stats_get(ix, &s);
@@ -528,7 +558,14 @@ static int cmd_build(const cli_args *a) {
                    "\"batch_retries\": %u, \"candidates_per_vector\": ",
                    rep.clusters, rep.max_cluster_size, rep.device_batches, rep.batch_retries);
             json_num(rep.candidates_per_vector, "%.2f");
+            printf(", \"batches\": %u, \"partitions\": %u, \"resumed_batches\": %u, "
+                   "\"resumed_steps\": %u, \"memory_limit\": %llu, \"work_bytes_written\": "
+                   "%llu, \"work_bytes_read\": %llu",
+                   rep.batches, rep.partitions, rep.resumed_batches, rep.resumed_steps,
+                   (unsigned long long)rep.memory_limit, (unsigned long long)rep.work_bytes_written,
+                   (unsigned long long)rep.work_bytes_read);
         }
+        printf(", \"peak_rss_anon\": %llu", (unsigned long long)rep.peak_rss_anon);
         printf(", \"version\": ");
         json_str(kiln_version_string());
         printf("}\n");
@@ -537,9 +574,16 @@ static int cmd_build(const cli_args *a) {
                "%u levels, %.2f s build, %.2f s write\n",
                out, (unsigned long long)s.count, s.dim, kiln_metric_name(p.metric), p.M,
                p.ef_construction, method, s.levels, t_build, t_save);
-        if (p.method == KILN_METHOD_DEVICE)
-            printf("device %s: %u clusters (largest %u), %u batches, %u retries\n", rep.device_name,
-                   rep.clusters, rep.max_cluster_size, rep.device_batches, rep.batch_retries);
+        if (p.method == KILN_METHOD_DEVICE) {
+            printf("device %s: %u clusters (largest %u), %u device batches, %u retries\n",
+                   rep.device_name, rep.clusters, rep.max_cluster_size, rep.device_batches,
+                   rep.batch_retries);
+            printf("work: %u cluster batches (%u resumed), %u partitions, %.1f MiB written, "
+                   "%.1f MiB read; memory limit %.1f MiB, peak anonymous RSS %.1f MiB\n",
+                   rep.batches, rep.resumed_batches, rep.partitions,
+                   rep.work_bytes_written / 1048576.0, rep.work_bytes_read / 1048576.0,
+                   rep.memory_limit / 1048576.0, rep.peak_rss_anon / 1048576.0);
+        }
         printf("stages (s):");
         for (uint32_t i = 0; i < rep.n_stages; i++)
             printf("%s \"%s\": %.4f", i ? "," : "", rep.stages[i].name, rep.stages[i].seconds);

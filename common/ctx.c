@@ -24,6 +24,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -286,4 +288,61 @@ kiln_status kiln_threads_check(kiln_ctx *ctx, int threads) {
                      "%d threads or raise the limit",
                      threads, started + 1, strerror(err), (unsigned long long)(rl.rlim_cur >> 20),
                      stack >> 20, started + 1);
+}
+
+/* ==== Test kill points and memory figures ==== */
+
+void kiln_fault_point(const char *name) {
+    static _Atomic uint64_t hits;
+    const char *spec = getenv("KILN_TEST_KILL_AT");
+    if (!spec)
+        return;
+    const char *colon = strrchr(spec, ':');
+    const size_t len = strlen(name);
+    if (!colon || (size_t)(colon - spec) != len || strncmp(spec, name, len) != 0)
+        return;
+    const uint64_t n = strtoull(colon + 1, NULL, 10);
+    if (atomic_fetch_add(&hits, 1) + 1 == n)
+        raise(SIGKILL);
+}
+
+/* The first number after `key` in a /proc or /sys file, times unit; 0 when
+ * absent. */
+static uint64_t file_number(const char *path, const char *key, uint64_t unit) {
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return 0;
+    char line[256];
+    uint64_t v = 0;
+    const size_t kl = strlen(key);
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, key, kl) == 0) {
+            v = strtoull(line + kl, NULL, 10) * unit;
+            break;
+        }
+    }
+    fclose(f);
+    return v;
+}
+
+uint64_t kiln_physical_memory(void) {
+    uint64_t mem = file_number("/proc/meminfo", "MemTotal:", 1024);
+    /* cgroup v2, then v1; "max" parses as 0 and is ignored. */
+    uint64_t cg = file_number("/sys/fs/cgroup/memory.max", "", 1);
+    if (!cg)
+        cg = file_number("/sys/fs/cgroup/memory/memory.limit_in_bytes", "", 1);
+    if (cg && (mem == 0 || cg < mem))
+        mem = cg;
+    return mem;
+}
+
+uint64_t kiln_rss_anon(void) { return file_number("/proc/self/status", "RssAnon:", 1024); }
+
+uint64_t kiln_peak_rss_anon(void) {
+    static _Atomic uint64_t peak;
+    const uint64_t now = kiln_rss_anon();
+    uint64_t seen = atomic_load(&peak);
+    while (now > seen && !atomic_compare_exchange_weak(&peak, &seen, now))
+        ;
+    return now > seen ? now : seen;
 }

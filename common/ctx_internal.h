@@ -42,6 +42,22 @@ kiln_status kiln_fail(kiln_ctx *ctx, kiln_status status, const char *fmt, ...)
 kiln_status kiln_vfail(kiln_ctx *ctx, kiln_status status, const char *fmt, va_list ap);
 void kiln_clear_error(kiln_ctx *ctx);
 
+/* A point where a test may kill the process outright: with the environment
+ * variable KILN_TEST_KILL_AT=NAME:N, the N-th time (from 1) point NAME is
+ * passed the process raises SIGKILL, as kill -9 or a power cut would. A
+ * no-op otherwise. */
+void kiln_fault_point(const char *name);
+
+/* Physical memory, or the cgroup's memory limit when lower; 0 when
+ * unknown. */
+uint64_t kiln_physical_memory(void);
+/* The peak anonymous resident memory of this process so far, from /proc
+ * (the larger of RssAnon now and the highest seen by earlier calls); 0 when
+ * /proc cannot be read. */
+uint64_t kiln_peak_rss_anon(void);
+/* The anonymous resident memory of this process now; 0 when unknown. */
+uint64_t kiln_rss_anon(void);
+
 /* Allocation that reports "out of memory allocating N bytes for WHAT". *out
  * is NULL on failure. kiln_alloc_aligned memory is 64-byte aligned and freed
  * with kiln_free_aligned. kiln_calloc zeroes. */

@@ -40,6 +40,40 @@ kiln_status kiln_hnsw_insert_levels(struct kiln_index *ix, uint32_t ef_construct
 kiln_status kiln_level0_from_candidates(struct kiln_index *ix, const uint32_t *cand, uint32_t width,
                                         int threads);
 
+/* A block of consecutive nodes [first, first + count) with a list of
+ * candidates each: node first+i's are cands[offsets[i] .. offsets[i+1]),
+ * each with its exact distance from the node (graph/merge.c decision 6). */
+typedef struct kiln_l0_block {
+    uint32_t first, count;
+    const uint64_t *offsets; /* count + 1 */
+    const kiln_cand *cands;
+} kiln_l0_block;
+
+/* A level-0 link seen from its target: source -> target at distance dist. */
+typedef struct kiln_edge {
+    uint32_t to, from;
+    float dist;
+} kiln_edge;
+
+/* Length of the longest list of a block. */
+uint64_t kiln_l0_block_max(const kiln_l0_block *b);
+
+/* Forward pass over a block (duplicates and self allowed among the
+ * candidates): each node's list is deduplicated, pruned with the heuristic
+ * to at most M0 after the protected highway links, and written to its
+ * level-0 block. rev (room for count * M0) gets every link that wants a
+ * reverse link, in node order; *n_rev their number. Build the upper levels
+ * first. */
+kiln_status kiln_l0_forward(struct kiln_index *ix, const kiln_l0_block *b, int threads,
+                            kiln_edge *rev, uint64_t *n_rev);
+/* Reverse pass over a block of targets whose candidates are their incoming
+ * edges (id = source): each is added to the target's list nearest first,
+ * re-pruning a full list (never its protected links). scratch has room for
+ * offsets[count] entries. Deterministic: the same block gives the same
+ * lists whatever the threads. */
+kiln_status kiln_l0_reverse(struct kiln_index *ix, const kiln_l0_block *b, kiln_cand *scratch,
+                            int threads);
+
 /* What a reachability repair did. */
 typedef struct kiln_repair_stats {
     uint64_t links;    /* links added: one per unreachable island */

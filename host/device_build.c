@@ -14,9 +14,9 @@
  *     runs on the host's SIMD backend instead: same silicon, exact same
  *     ranking rule, and measured 14x faster on siftsmall (0.15 s vs 0.011 s,
  *     PoCL's per-launch overhead dominating small Lloyd steps).
- *  3. Clusters go to the device in groups whose member slots fit a bounded
- *     host buffer, so host memory for device output stays O(group) while the
- *     candidate table is O(n * replicas * K) uint32 ids.
+ *  3. Clusters go to the device in batches of consecutive clusters whose
+ *     member slots fit the plan's bound (decision 8), so host memory for
+ *     the device's input and output is O(batch), whatever n is.
  *  4. The cluster size cap is sized from the device: a cluster's codes must
  *     fit one work-group batch (kiln_cl_cluster_knn halves batches that fail,
  *     never a single cluster, so the cap is what guarantees progress).
@@ -35,16 +35,52 @@
  *     Unit vectors rank the same by L2 as by IP, so COS qualifies; raw IP
  *     keeps the global codes. Residuals are encoded per group of clusters,
  *     slot by slot, so a vector's code differs per cluster it is in.
+ *  7. Batches carry their own vectors. A batch gathers its members'
+ *     vectors (from the index's storage: with a mapped input these are
+ *     sequential reads per cluster), encodes them, runs the device kNN and
+ *     reranks every member's K candidates with exact distances while the
+ *     vectors are resident, then writes one work file of compact records
+ *     (owner, n, n x (distance, id)) and frees everything. A finished batch
+ *     file is a checkpoint: --resume skips it. Clusters, the hierarchy and
+ *     level 0 are checkpoints too; the quantizer and the plan are
+ *     recomputed (deterministic, and cheap).
+ *  8. The plan: a batch holds at most DEVICE_GROUP_BYTES of slots
+ *     (slot_bytes: vector, codes twice, device output, record) and a
+ *     partition of the streaming passes DEVICE_PART_BYTES of nodes
+ *     (node_bytes); with a memory limit, whatever the index and clusters
+ *     leave of it is split between the two, each at least what the
+ *     largest cluster / 1024 nodes need, else the build is refused up front
+ *     with the figures. Neither size changes the result: a cluster's kNN
+ *     does not depend on its batch, and a node's candidates are the same
+ *     set whichever partition reads them, so any budget gives the same
+ *     bytes (tests/test_device_build.c checks it).
+ *  9. Level 0 is made by two streaming passes over partitions of node ids
+ *     (graph/merge.c decision 6): the forward pass reads its nodes'
+ *     segments of every batch file, prunes, and writes the reverse edges as
+ *     a work file with one segment per target partition; the reverse pass
+ *     reads its segment of every such file and applies them. Memory is one
+ *     partition's records; disk is about 8 bytes per candidate plus 12 per
+ *     link, written once and read once.
+ * 10. The work dir's fingerprint covers everything that changes the bytes:
+ *     the vectors (CRC-32C), n, dim, metric, M, ef_construction, seed,
+ *     replicas, knn_k, clusters, cluster_size, the byte order and
+ *     DEVICE_PIPELINE_VERSION. Threads and the memory limit are not in it:
+ *     neither changes the result.
  */
+#include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../cluster/kmeans_internal.h"
 #include "../graph/build_internal.h"
 #include "../common/ctx_internal.h"
 #include "device_internal.h"
+#include "../common/crc32c_internal.h"
 #include "../common/progress_internal.h"
+#include "../common/workdir_internal.h"
 #include "quant4_internal.h"
 
 /* Target cluster size when the caller gives neither clusters nor size: the
@@ -78,7 +114,12 @@
 /* Host bytes per group of clusters sent to kiln_cl_cluster_knn (codes and
  * top-K output per member slot): bounds host memory whatever n is, and is
  * large enough that PoCL's per-call overhead is amortised. */
-#define DEVICE_GROUP_BYTES ((size_t)256 << 20)
+#define DEVICE_GROUP_BYTES ((uint64_t)128 << 20)
+/* Bytes of one partition of the streaming passes (decision 8). */
+#define DEVICE_PART_BYTES ((uint64_t)128 << 20)
+/* Bumped whenever the pipeline's output for the same input changes, so an
+ * older work dir is refused instead of mixed in (decision 10). */
+#define DEVICE_PIPELINE_VERSION 2
 
 /* ==== Nearest-centroid backend ==== */
 
@@ -99,9 +140,32 @@ static kiln_status nearest_backend(void *user, kiln_ctx *ctx, kiln_rows rows, ki
     return kiln_cl_nearest(NULL, ctx, rows, cent, r, out);
 }
 
-/* ==== Report ==== */
+/* ==== The pipeline's state ==== */
+
+/* Everything one device build holds between its stages. */
+typedef struct pipeline {
+    kiln_ctx *ctx;
+    struct kiln_index *ix;
+    const kiln_build_params *p;
+    kiln_build_report *rep;
+    int threads;
+    uint32_t K;       /* device neighbours per member per cluster */
+    bool residual;    /* decision 6 */
+    kiln_clusters cl; /* step 1 */
+    kiln_q4 *q;       /* step 2 */
+    kiln_workdir *wd; /* decision 7 */
+    bool temp_wd;     /* a private dir of this call, removed at its end */
+    /* The plan (decision 8): */
+    size_t max_slots;   /* member slots per batch */
+    uint32_t n_batches; /* batch b is clusters [batch_first[b], batch_first[b + 1]) */
+    uint32_t *batch_first;
+    uint32_t part_nodes; /* nodes per partition of the streaming passes */
+    uint32_t parts;
+    uint64_t candidates; /* read by the forward pass, for the report */
+} pipeline;
 
 static void stage(kiln_build_report *rep, const char *name, double seconds) {
+    rep->peak_rss_anon = kiln_peak_rss_anon();
     if (rep->n_stages < KILN_REPORT_MAX_STAGES) {
         rep->stages[rep->n_stages].name = name;
         rep->stages[rep->n_stages].seconds = seconds;
@@ -109,35 +173,589 @@ static void stage(kiln_build_report *rep, const char *name, double seconds) {
     }
 }
 
-/* ==== Codes ==== */
+/* Bytes of one member slot while its batch is resident: its vector, its
+ * codes (and the device's copy: on a CPU device the buffers are host memory
+ * too), its cluster, its device top-K, and its reranked record. */
+static size_t slot_bytes(const pipeline *pl) {
+    const size_t code = kiln_q4_stride(kiln_q4_words(pl->ix->dim)) * sizeof(uint64_t) + 4;
+    return (size_t)pl->ix->dim * sizeof(float) + 2 * code + 2 * sizeof(uint32_t) +
+           2 * (size_t)pl->K * sizeof(kiln_q4_neighbor) + 2 * sizeof(uint32_t) +
+           (size_t)pl->K * sizeof(kiln_cand);
+}
 
-/* Decision 6: what the device compares. With residual codes (L2, COS) each
- * member slot of a group is encoded as x_v - centroid_c; otherwise (IP) the
- * global codes of every vector are used as they are. */
-typedef struct codes {
-    bool residual;
-    const kiln_q4 *q;
-    kiln_q4_set global;  /* IP: all n vectors */
-    kiln_q4_set group;   /* residual: one group's slots, capacity cap_slots */
-    uint32_t *identity;  /* residual: 0..cap_slots-1, the "members" of a group */
-    uint32_t *center_of; /* residual: each slot's cluster, for one group */
-} codes;
+/* Bytes per node of a partition in the streaming passes: its candidates
+ * (every replica's K) and offsets, then its reverse edges out and in. */
+static size_t node_bytes(const pipeline *pl) {
+    return (size_t)pl->cl.replicas * pl->K * sizeof(kiln_cand) + 2 * sizeof(uint64_t) +
+           (size_t)pl->ix->M0 * (2 * sizeof(kiln_edge) + sizeof(float) + 2 * sizeof(kiln_cand));
+}
+
+/* ==== Work files ==== */
+
+/* Step 1's clusters as a work file: counts, offsets, members, centroids. */
+static kiln_status clusters_put(pipeline *pl) {
+    const kiln_clusters *c = &pl->cl;
+    const uint64_t head[8] = {c->k,           c->dim,           c->replicas,
+                              c->max_members, c->offsets[c->k], c->spilled_vectors,
+                              c->far_vectors, c->short_vectors};
+    const kiln_work_seg segs[4] = {{head, sizeof head},
+                                   {c->offsets, ((size_t)c->k + 1) * sizeof *c->offsets},
+                                   {c->members, (size_t)c->offsets[c->k] * sizeof *c->members},
+                                   {c->centroids, (size_t)c->k * c->dim * sizeof *c->centroids}};
+    return kiln_workdir_put(pl->wd, "clusters", segs, 4);
+}
+
+static kiln_status clusters_get(pipeline *pl) {
+    kiln_ctx *ctx = pl->ctx;
+    kiln_clusters *c = &pl->cl;
+    kiln_workfile *wf = NULL;
+    uint64_t head[8];
+    kiln_status st = kiln_workfile_open(pl->wd, "clusters", 4, &wf);
+    if (st == KILN_OK && kiln_workfile_seg_len(wf, 0) != sizeof head)
+        st = kiln_fail(ctx, KILN_E_FORMAT, "work file clusters.kw: bad header segment");
+    if (st == KILN_OK)
+        st = kiln_workfile_read(wf, 0, head);
+    const uint64_t n = pl->ix->count;
+    if (st == KILN_OK && (head[0] < 1 || head[0] > n || head[1] != pl->ix->dim || head[2] < 1 ||
+                          head[2] > 16 || head[4] > n * head[2] || head[3] > head[4] ||
+                          kiln_workfile_seg_len(wf, 1) != (head[0] + 1) * sizeof(uint64_t) ||
+                          kiln_workfile_seg_len(wf, 2) != head[4] * sizeof(uint32_t) ||
+                          kiln_workfile_seg_len(wf, 3) != head[0] * head[1] * sizeof(float)))
+        st = kiln_fail(ctx, KILN_E_FORMAT, "work file clusters.kw: counts do not fit the input");
+    if (st == KILN_OK) {
+        c->k = (uint32_t)head[0];
+        c->dim = (uint32_t)head[1];
+        c->replicas = (uint32_t)head[2];
+        c->max_members = (uint32_t)head[3];
+        c->spilled_vectors = head[5];
+        c->far_vectors = head[6];
+        c->short_vectors = head[7];
+    }
+    if (st == KILN_OK && ((st = kiln_alloc(ctx, kiln_workfile_seg_len(wf, 1), "cluster offsets",
+                                           (void **)&c->offsets)) ||
+                          (st = kiln_alloc(ctx, kiln_workfile_seg_len(wf, 2) + 1, "cluster members",
+                                           (void **)&c->members)) ||
+                          (st = kiln_alloc(ctx, kiln_workfile_seg_len(wf, 3), "centroids",
+                                           (void **)&c->centroids)) ||
+                          (st = kiln_workfile_read(wf, 1, c->offsets)) ||
+                          (st = kiln_workfile_read(wf, 2, c->members)) ||
+                          (st = kiln_workfile_read(wf, 3, c->centroids)))) {
+        /* st says what failed */
+    }
+    /* What the batches index by must hold even for a damaged file. */
+    for (uint32_t j = 0; st == KILN_OK && j < c->k; j++)
+        if (c->offsets[0] != 0 || c->offsets[j + 1] < c->offsets[j] ||
+            c->offsets[j + 1] - c->offsets[j] > c->max_members)
+            st = kiln_fail(ctx, KILN_E_FORMAT, "work file clusters.kw: offsets out of order");
+    if (st == KILN_OK && c->offsets[c->k] != head[4])
+        st = kiln_fail(ctx, KILN_E_FORMAT, "work file clusters.kw: offsets out of order");
+    for (uint64_t s = 0; st == KILN_OK && s < head[4]; s++)
+        if (c->members[s] >= n)
+            st = kiln_fail(ctx, KILN_E_FORMAT, "work file clusters.kw: member %llu out of range",
+                           (unsigned long long)s);
+    kiln_workfile_close(wf);
+    if (st)
+        kiln_clusters_free(c);
+    return st;
+}
+
+/* The hierarchy (levels >= 1) as a work file: entry point, top level, pool. */
+static kiln_status hierarchy_put(pipeline *pl) {
+    const struct kiln_index *ix = pl->ix;
+    const uint64_t head[3] = {ix->entry_point, ix->max_level, ix->upper_len};
+    const kiln_work_seg segs[2] = {{head, sizeof head},
+                                   {ix->upper_pool, ix->upper_len * sizeof(uint32_t)}};
+    return kiln_workdir_put(pl->wd, "hierarchy", segs, 2);
+}
+
+static kiln_status hierarchy_get(pipeline *pl) {
+    struct kiln_index *ix = pl->ix;
+    kiln_workfile *wf = NULL;
+    uint64_t head[3];
+    kiln_status st = kiln_workfile_open(pl->wd, "hierarchy", 2, &wf);
+    if (st == KILN_OK && kiln_workfile_seg_len(wf, 0) != sizeof head)
+        st = kiln_fail(pl->ctx, KILN_E_FORMAT, "work file hierarchy.kw: bad header segment");
+    if (st == KILN_OK && (st = kiln_workfile_read(wf, 0, head)) == KILN_OK &&
+        (head[0] >= ix->count || head[2] != ix->upper_len ||
+         kiln_workfile_seg_len(wf, 1) != ix->upper_len * sizeof(uint32_t) ||
+         ix->levels[head[0]] != head[1]))
+        st = kiln_fail(pl->ctx, KILN_E_FORMAT, "work file hierarchy.kw: does not fit the levels");
+    if (st == KILN_OK && (st = kiln_workfile_read(wf, 1, ix->upper_pool)) == KILN_OK) {
+        ix->entry_point = (uint32_t)head[0];
+        ix->max_level = (uint32_t)head[1];
+    }
+    kiln_workfile_close(wf);
+    /* The links themselves are checked by the validator after the build. */
+    return st;
+}
+
+/* ==== The batches (decision 7) ==== */
+
+/* One batch's resident state: the members' vectors and codes, the device's
+ * output and the reranked records. */
+typedef struct batch_buf {
+    float *vec;            /* max_slots * dim */
+    kiln_q4_set codes;     /* max_slots */
+    uint32_t *identity;    /* 0..max_slots-1: the device's "members" */
+    uint32_t *center_of;   /* each slot's cluster */
+    uint64_t *offsets;     /* the batch's clusters, slot offsets from 0 */
+    kiln_q4_neighbor *out; /* max_slots * K */
+    uint32_t *rec;         /* records, partition by partition (decision 9) */
+    uint64_t *part_len, *part_fill;
+} batch_buf;
+
+static kiln_status batch_buf_new(pipeline *pl, batch_buf *b) {
+    kiln_ctx *ctx = pl->ctx;
+    const size_t S = pl->max_slots, d = pl->ix->dim;
+    const uint32_t words = kiln_q4_words(d);
+    memset(b, 0, sizeof *b);
+    b->codes.words = words;
+    kiln_status st;
+    if ((st = kiln_alloc_aligned(ctx, S * d * sizeof(float), "batch vectors", (void **)&b->vec)) ||
+        (st = kiln_alloc_aligned(ctx, S * kiln_q4_stride(words) * sizeof(uint64_t), "batch codes",
+                                 (void **)&b->codes.planes)) ||
+        (st = kiln_alloc(ctx, S * sizeof(uint32_t), "batch norms", (void **)&b->codes.norms)) ||
+        (st = kiln_alloc(ctx, S * sizeof(uint32_t), "batch slots", (void **)&b->identity)) ||
+        (st = kiln_alloc(ctx, S * sizeof(uint32_t), "batch slot clusters",
+                         (void **)&b->center_of)) ||
+        (st = kiln_alloc(ctx, ((size_t)pl->cl.max_members + S + 1) * sizeof(uint64_t),
+                         "batch offsets", (void **)&b->offsets)) ||
+        (st = kiln_alloc(ctx, S * pl->K * sizeof *b->out, "device results", (void **)&b->out)) ||
+        (st = kiln_alloc(ctx, S * (2 + 2 * (size_t)pl->K) * sizeof(uint32_t), "batch records",
+                         (void **)&b->rec)) ||
+        (st = kiln_alloc(ctx, ((size_t)pl->parts + 1) * sizeof(uint64_t), "partition sizes",
+                         (void **)&b->part_len)) ||
+        (st = kiln_alloc(ctx, ((size_t)pl->parts + 1) * sizeof(uint64_t), "partition sizes",
+                         (void **)&b->part_fill)))
+        return st;
+    for (size_t i = 0; i < S; i++)
+        b->identity[i] = (uint32_t)i;
+    return KILN_OK;
+}
+
+static void batch_buf_free(batch_buf *b) {
+    kiln_free_aligned(b->vec);
+    kiln_free_aligned(b->codes.planes);
+    free(b->codes.norms);
+    free(b->identity);
+    free(b->center_of);
+    free(b->offsets);
+    free(b->out);
+    free(b->rec);
+    free(b->part_len);
+    free(b->part_fill);
+    memset(b, 0, sizeof *b);
+}
+
+/* The K device candidates of slot s, reranked by exact distance (NaN as
+ * +inf, graph/hnsw_internal.h) into res (global ids, nearest first, ties by
+ * id); returns how many. */
+static uint32_t rerank_slot(const pipeline *pl, const batch_buf *b, uint64_t base, uint64_t s,
+                            kiln_cand *res) {
+    const struct kiln_index *ix = pl->ix;
+    const uint32_t d = ix->dim;
+    const float *v = b->vec + s * d;
+    uint32_t m = 0;
+    for (uint32_t j = 0; j < pl->K; j++) {
+        const uint32_t t = b->out[s * pl->K + j].id;
+        if (t == KILN_Q4_NO_ID || t == s)
+            continue;
+        float dist = ix->dist(v, b->vec + (size_t)t * d, d);
+        res[m++] = (kiln_cand){dist == dist ? dist : (float)INFINITY, pl->cl.members[base + t]};
+    }
+    kiln_cands_sort(res, m);
+    return m;
+}
+
+static void batch_name(char *name, size_t cap, uint32_t b) { snprintf(name, cap, "batch-%06u", b); }
+
+/* Runs batch bi: gathers its members' vectors, encodes them, runs the
+ * device kNN, reranks every member's candidates exactly, and writes the
+ * records as one work file with a segment per partition (decision 9). */
+static kiln_status run_batch(pipeline *pl, batch_buf *b, uint32_t bi) {
+    kiln_ctx *ctx = pl->ctx;
+    const struct kiln_index *ix = pl->ix;
+    const kiln_clusters *cl = &pl->cl;
+    const uint32_t c0 = pl->batch_first[bi], c1 = pl->batch_first[bi + 1], d = ix->dim;
+    const uint64_t base = cl->offsets[c0], S = cl->offsets[c1] - base;
+    for (uint32_t c = c0; c <= c1; c++)
+        b->offsets[c - c0] = cl->offsets[c] - base;
+    for (uint32_t c = c0; c < c1; c++)
+        for (uint64_t s = cl->offsets[c]; s < cl->offsets[c + 1]; s++)
+            b->center_of[s - base] = c;
+#pragma omp parallel for num_threads(pl->threads) schedule(static)
+    for (uint64_t s = 0; s < S; s++)
+        memcpy(b->vec + s * d, kiln_vector(ix, cl->members[base + s]), d * sizeof(float));
+    kiln_status st =
+        pl->residual
+            ? kiln_q4_encode_residuals(ctx, pl->q, b->vec, b->identity, cl->centroids, b->center_of,
+                                       S, pl->p->threads, b->codes.planes, b->codes.norms)
+            : kiln_q4_encode(ctx, pl->q, b->vec, S, pl->p->threads, b->codes.planes,
+                             b->codes.norms);
+    if (st)
+        return st;
+    b->codes.count = S;
+    kiln_cl_stats cs = {0};
+    st = kiln_cl_cluster_knn(ctx, &b->codes, b->offsets, c1 - c0, b->identity, pl->K, NULL, b->out,
+                             &cs);
+    pl->rep->device_batches += cs.batches;
+    pl->rep->batch_retries += cs.retries;
+    if (st)
+        return st;
+
+    /* Records [owner, n, n x (dist, id)] in uint32 words, grouped by the
+     * owner's partition; slots in order within a partition. */
+    const uint32_t P = pl->parts, rec_words = 2 + 2 * pl->K;
+    memset(b->part_len, 0, ((size_t)P + 1) * sizeof *b->part_len);
+    for (uint64_t s = 0; s < S; s++)
+        b->part_len[cl->members[base + s] / pl->part_nodes + 1]++;
+    for (uint32_t q = 0; q < P; q++)
+        b->part_len[q + 1] += b->part_len[q]; /* first slot index of each partition */
+    memcpy(b->part_fill, b->part_len, ((size_t)P + 1) * sizeof *b->part_fill);
+    /* Rerank into fixed-width records in partition order, in parallel; the
+     * position of each slot is fixed first, so the bytes do not depend on
+     * the threads. */
+    uint64_t *pos = NULL;
+    if ((st = kiln_alloc(ctx, (S + 1) * sizeof *pos, "batch record positions", (void **)&pos)))
+        return st;
+    for (uint64_t s = 0; s < S; s++)
+        pos[s] = b->part_fill[cl->members[base + s] / pl->part_nodes]++;
+#pragma omp parallel for num_threads(pl->threads) schedule(dynamic, 64)
+    for (uint64_t s = 0; s < S; s++) {
+        uint32_t *r = b->rec + pos[s] * rec_words;
+        r[0] = cl->members[base + s];
+        r[1] = rerank_slot(pl, b, base, s, (kiln_cand *)(r + 2));
+    }
+    free(pos);
+    /* Compact each record to its length, partition by partition. */
+    kiln_work_seg *segs = NULL;
+    if ((st = kiln_alloc(ctx, (size_t)P * sizeof *segs, "batch segments", (void **)&segs)))
+        return st;
+    uint64_t w = 0;
+    for (uint32_t q = 0; q < P; q++) {
+        const uint64_t w0 = w;
+        for (uint64_t i = b->part_len[q]; i < b->part_len[q + 1]; i++) {
+            const uint32_t *r = b->rec + i * rec_words;
+            const uint64_t len = 2 + 2 * (uint64_t)r[1];
+            memmove(b->rec + w, r, len * sizeof(uint32_t));
+            w += len;
+        }
+        segs[q] = (kiln_work_seg){b->rec + w0, (w - w0) * sizeof(uint32_t)};
+    }
+    char name[32];
+    batch_name(name, sizeof name, bi);
+    st = kiln_workdir_put(pl->wd, name, segs, P);
+    free(segs);
+    return st;
+}
+
+/* ==== The streaming passes (decision 9) ==== */
+
+/* Reads segment q of every work file named by name_of(0..count) into one
+ * buffer (*buf, *len bytes; the caller frees). */
+typedef void (*name_fn)(char *name, size_t cap, uint32_t i);
+
+static kiln_status gather_segment(pipeline *pl, name_fn name_of, uint32_t count, uint32_t q,
+                                  uint8_t **buf, uint64_t *len) {
+    kiln_ctx *ctx = pl->ctx;
+    *buf = NULL;
+    *len = 0;
+    kiln_workfile **wf = NULL;
+    kiln_status st = kiln_calloc(ctx, ((size_t)count + 1) * sizeof *wf, "work files", (void **)&wf);
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < count && st == KILN_OK; i++) {
+        char name[32];
+        name_of(name, sizeof name, i);
+        if ((st = kiln_workfile_open(pl->wd, name, pl->parts, &wf[i])) == KILN_OK)
+            total += kiln_workfile_seg_len(wf[i], q);
+    }
+    if (st == KILN_OK &&
+        (st = kiln_alloc(ctx, (size_t)total + 1, "partition records", (void **)buf)) == KILN_OK) {
+        uint64_t at = 0;
+        for (uint32_t i = 0; i < count && st == KILN_OK; i++) {
+            st = kiln_workfile_read(wf[i], q, *buf + at);
+            at += kiln_workfile_seg_len(wf[i], q);
+        }
+        *len = total;
+    }
+    for (uint32_t i = 0; wf && i < count; i++)
+        kiln_workfile_close(wf[i]);
+    free(wf);
+    if (st) {
+        free(*buf);
+        *buf = NULL;
+    }
+    return st;
+}
+
+static void batch_name_fn(char *name, size_t cap, uint32_t i) { batch_name(name, cap, i); }
+
+static void rev_name(char *name, size_t cap, uint32_t i) { snprintf(name, cap, "rev-%05u", i); }
+
+/* Nodes [first, first + count) of partition q. */
+static void part_range(const pipeline *pl, uint32_t q, uint32_t *first, uint32_t *count) {
+    const uint64_t a = (uint64_t)q * pl->part_nodes, e = a + pl->part_nodes;
+    *first = (uint32_t)a;
+    *count = (uint32_t)((e < pl->ix->count ? e : pl->ix->count) - a);
+}
+
+/* The forward pass over partition q: its nodes' records from every batch,
+ * grouped by node (in batch order), then kiln_l0_forward; the reverse edges
+ * go to work file rev-q, a segment per target partition. */
+static kiln_status forward_part(pipeline *pl, uint32_t q) {
+    kiln_ctx *ctx = pl->ctx;
+    uint32_t first, count;
+    part_range(pl, q, &first, &count);
+    uint8_t *raw = NULL;
+    uint64_t raw_len = 0;
+    uint64_t *off = NULL;
+    kiln_cand *cands = NULL;
+    kiln_edge *rev = NULL, *sorted = NULL;
+    uint64_t *at = NULL;
+    kiln_work_seg *segs = NULL;
+    kiln_status st = gather_segment(pl, batch_name_fn, pl->n_batches, q, &raw, &raw_len);
+    if (st == KILN_OK && raw_len % sizeof(uint32_t))
+        st = kiln_fail(ctx, KILN_E_FORMAT, "batch records of partition %u are cut short", q);
+    if (st ||
+        (st = kiln_calloc(ctx, ((size_t)count + 2) * sizeof *off, "node offsets", (void **)&off)))
+        goto done;
+    /* Pass 1: check every record and count candidates per node. */
+    const uint32_t *w = (const uint32_t *)raw;
+    const uint64_t words = raw_len / sizeof(uint32_t);
+    uint64_t total = 0;
+    for (uint64_t i = 0; i < words;) {
+        if (words - i < 2 || w[i] < first || w[i] - first >= count || w[i + 1] > pl->K ||
+            words - i - 2 < 2 * (uint64_t)w[i + 1]) {
+            st = kiln_fail(ctx, KILN_E_FORMAT,
+                           "batch records of partition %u: record at word %llu is malformed", q,
+                           (unsigned long long)i);
+            goto done;
+        }
+        off[w[i] - first + 1] += w[i + 1];
+        total += w[i + 1];
+        i += 2 + 2 * (uint64_t)w[i + 1];
+    }
+    for (uint32_t i = 0; i < count; i++)
+        off[i + 1] += off[i];
+    if ((st = kiln_alloc(ctx, (total + 1) * sizeof *cands, "partition candidates",
+                         (void **)&cands)) ||
+        (st = kiln_alloc(ctx, ((size_t)count + 1) * sizeof *at, "node fill", (void **)&at)))
+        goto done;
+    memcpy(at, off, (size_t)count * sizeof *at);
+    for (uint64_t i = 0; i < words;) {
+        const uint32_t node = w[i] - first, n = w[i + 1];
+        const kiln_cand *c = (const kiln_cand *)(w + i + 2);
+        for (uint32_t j = 0; j < n; j++) {
+            kiln_cand x = c[j];
+            if (x.id >= pl->ix->count || x.dist != x.dist) {
+                st = kiln_fail(ctx, KILN_E_FORMAT,
+                               "batch records of partition %u: candidate id %u out of range", q,
+                               x.id);
+                goto done;
+            }
+            cands[at[node]++] = x;
+        }
+        i += 2 + 2 * (uint64_t)n;
+    }
+    pl->candidates += total;
+    free(raw);
+    raw = NULL;
+    free(at);
+    at = NULL;
+    const kiln_l0_block blk = {first, count, off, cands};
+    uint64_t n_rev = 0;
+    if ((st = kiln_alloc(ctx, ((size_t)count * pl->ix->M0 + 1) * sizeof *rev, "reverse edges",
+                         (void **)&rev)) ||
+        (st = kiln_l0_forward(pl->ix, &blk, pl->threads, rev, &n_rev)))
+        goto done;
+    free(cands);
+    cands = NULL;
+    /* Group by target partition (counting sort, stable). */
+    const uint32_t P = pl->parts;
+    if ((st = kiln_calloc(ctx, ((size_t)P + 1) * sizeof *at, "partition sizes", (void **)&at)) ||
+        (st = kiln_alloc(ctx, (n_rev + 1) * sizeof *sorted, "sorted reverse edges",
+                         (void **)&sorted)) ||
+        (st = kiln_alloc(ctx, (size_t)P * sizeof *segs, "reverse segments", (void **)&segs)))
+        goto done;
+    for (uint64_t e = 0; e < n_rev; e++)
+        at[rev[e].to / pl->part_nodes + 1]++;
+    for (uint32_t t = 0; t < P; t++)
+        at[t + 1] += at[t];
+    for (uint32_t t = 0; t < P; t++)
+        segs[t] = (kiln_work_seg){sorted + at[t], (at[t + 1] - at[t]) * sizeof *sorted};
+    for (uint64_t e = 0; e < n_rev; e++)
+        sorted[at[rev[e].to / pl->part_nodes]++] = rev[e];
+    char name[32];
+    rev_name(name, sizeof name, q);
+    st = kiln_workdir_put(pl->wd, name, segs, P);
+done:
+    free(segs);
+    free(sorted);
+    free(rev);
+    free(at);
+    free(cands);
+    free(off);
+    free(raw);
+    return st;
+}
+
+/* The reverse pass over partition q: the edges into its nodes from every
+ * rev file, grouped by target in file order, then kiln_l0_reverse. */
+static kiln_status reverse_part(pipeline *pl, uint32_t q) {
+    kiln_ctx *ctx = pl->ctx;
+    uint32_t first, count;
+    part_range(pl, q, &first, &count);
+    uint8_t *raw = NULL;
+    uint64_t raw_len = 0, *off = NULL, *at = NULL;
+    kiln_cand *in = NULL, *scratch = NULL;
+    kiln_status st = gather_segment(pl, rev_name, pl->parts, q, &raw, &raw_len);
+    if (st == KILN_OK && raw_len % sizeof(kiln_edge))
+        st = kiln_fail(ctx, KILN_E_FORMAT, "reverse edges of partition %u are cut short", q);
+    const kiln_edge *e = (const kiln_edge *)raw;
+    const uint64_t n = raw_len / sizeof(kiln_edge);
+    if (st ||
+        (st = kiln_calloc(ctx, ((size_t)count + 2) * sizeof *off, "node offsets", (void **)&off)))
+        goto done;
+    for (uint64_t i = 0; i < n; i++) {
+        if (e[i].to < first || e[i].to - first >= count || e[i].from >= pl->ix->count) {
+            st = kiln_fail(ctx, KILN_E_FORMAT,
+                           "reverse edges of partition %u: edge %llu is out of range", q,
+                           (unsigned long long)i);
+            goto done;
+        }
+        off[e[i].to - first + 1]++;
+    }
+    for (uint32_t i = 0; i < count; i++)
+        off[i + 1] += off[i];
+    if ((st = kiln_alloc(ctx, (n + 1) * sizeof *in, "incoming edges", (void **)&in)) ||
+        (st = kiln_alloc(ctx, (n + 1) * sizeof *scratch, "incoming scratch", (void **)&scratch)) ||
+        (st = kiln_alloc(ctx, ((size_t)count + 1) * sizeof *at, "node fill", (void **)&at)))
+        goto done;
+    memcpy(at, off, (size_t)count * sizeof *at);
+    for (uint64_t i = 0; i < n; i++)
+        in[at[e[i].to - first]++] = (kiln_cand){e[i].dist, e[i].from};
+    const kiln_l0_block blk = {first, count, off, in};
+    st = kiln_l0_reverse(pl->ix, &blk, scratch, pl->threads);
+done:
+    free(at);
+    free(scratch);
+    free(in);
+    free(off);
+    free(raw);
+    return st;
+}
+
+/* ==== Steps ==== */
+
+bool kiln_build_device_available(void) {
+#ifdef KILN_HAVE_OPENCL
+    return true;
+#else
+    return false;
+#endif
+}
+
+/* What the build holds whatever the plan: the index and the clusters (k
+ * clusters, max_members the largest). */
+static uint64_t held_bytes(const pipeline *pl, uint64_t k, uint64_t slots) {
+    return kiln_index_memory(pl->ix) + slots * sizeof(uint32_t) + (k + 1) * sizeof(uint64_t) +
+           k * pl->ix->dim * sizeof(float);
+}
+
+/* Refuses a budget the input cannot fit in: the index and clusters, one
+ * batch of the largest cluster, one partition of 1024 nodes. Before
+ * clustering (up front) with the cluster cap as the largest size, after it
+ * with the real one. */
+static kiln_status check_budget(pipeline *pl, uint64_t k, uint64_t slots, uint64_t max_members,
+                                uint64_t *room) {
+    const uint64_t phys = kiln_physical_memory();
+    const uint64_t limit = pl->p->memory_limit ? pl->p->memory_limit : phys / 2;
+    pl->rep->memory_limit = limit;
+    /* What is resident now (the index, the OpenCL runtime, anything of the
+     * caller's) counts as well, plus the clusters when not yet made. */
+    uint64_t held = held_bytes(pl, k, slots);
+    const uint64_t now = kiln_rss_anon() + (pl->cl.offsets ? 0 : held - kiln_index_memory(pl->ix));
+    if (now > held)
+        held = now;
+    const uint64_t min_batch = max_members * slot_bytes(pl);
+    const uint64_t min_part = 1024 * (uint64_t)node_bytes(pl);
+    *room = limit > held ? limit - held : 0;
+    if (limit && *room < min_batch + min_part)
+        return kiln_fail(
+            pl->ctx, KILN_E_RANGE,
+            "build: a memory limit of %.1f MiB%s is too small for this input: it "
+            "needs at least %.1f MiB (%.1f MiB already resident with the index and clusters, %.1f "
+            "MiB for the largest cluster's batch, %.1f MiB for the streaming "
+            "passes)",
+            limit / 1048576.0, pl->p->memory_limit ? "" : " (the default, half of physical memory)",
+            (held + min_batch + min_part) / 1048576.0, held / 1048576.0, min_batch / 1048576.0,
+            min_part / 1048576.0);
+    return KILN_OK;
+}
+
+/* Step 1: k-means with replicas under a size cap, or the clusters of the
+ * work dir. */
+static kiln_status step_clusters(pipeline *pl, const kiln_device_info *info) {
+    if (kiln_workdir_has(pl->wd, "clusters")) {
+        pl->rep->resumed_steps++;
+        return clusters_get(pl);
+    }
+    const kiln_build_params *p = pl->p;
+    const size_t n = pl->ix->count;
+    kiln_kmeans_params kp;
+    kiln_kmeans_params_init(&kp);
+    kp.clusters = p->clusters;
+    kp.target_size = p->cluster_size ? p->cluster_size : DEVICE_TARGET_CLUSTER;
+    kp.replicas = pl->cl.replicas = p->replicas ? p->replicas : 2;
+    kp.seed = p->seed;
+    kp.threads = p->threads;
+    uint32_t k;
+    kiln_status st = kiln_kmeans_k(pl->ctx, n, &kp, &k);
+    if (st)
+        return st;
+    uint64_t sample = (uint64_t)k * DEVICE_KMEANS_PER_CENTROID;
+    kp.sample = (uint32_t)(sample < n ? sample : n);
+    uint64_t fair = ((uint64_t)n * kp.replicas + k - 1) / k;
+    uint64_t cap = fair * DEVICE_CAP_FACTOR;
+    kp.max_size = (uint32_t)(cap < n ? cap : n);
+    /* Up front: the budget against the cap, and the k-means sample. */
+    uint64_t room;
+    if ((st = check_budget(pl, k, (uint64_t)n * kp.replicas, kp.max_size, &room)))
+        return st;
+    if (pl->rep->memory_limit && (uint64_t)kp.sample * pl->ix->dim * sizeof(float) * 2 > room)
+        return kiln_fail(pl->ctx, KILN_E_RANGE,
+                         "build: a memory limit of %.1f MiB is too small for the k-means "
+                         "sample of %u rows (%.1f MiB more needed)",
+                         pl->rep->memory_limit / 1048576.0, kp.sample,
+                         ((uint64_t)kp.sample * pl->ix->dim * sizeof(float) * 2 - room) /
+                             1048576.0);
+    nearest_user nu = {.cpu = {.threads = p->threads}, .on_device = info->type != KILN_DEVICE_CPU};
+    const kiln_nearest_backend backend = {nearest_backend, &nu};
+    if ((st = kiln_clusters_build(pl->ctx, (kiln_rows){pl->ix->vectors, n, pl->ix->dim}, &kp,
+                                  &backend, &pl->cl)))
+        return st;
+    return clusters_put(pl);
+}
 
 /* A residual training sample: up to Q4_SAMPLE slots spread evenly over all
  * slots of all clusters (deterministic), each x_v - centroid_c. The
  * quantizer keeps two percentiles per dimension (0.1% and 99.9%, from two
  * small heaps per dimension in one pass: host/quant4.c), which 16K rows pin
  * to within a few hundredths of a percent; the sample's cost grows with its
- * rows (64K rows cost fmnist60k 0.40 s when it was chosen). */
+ * rows (64K rows cost fmnist60k 0.40 s when it was chosen). IP trains on
+ * the vectors themselves (global codes, decision 6; kiln_q4_train samples). */
 #define Q4_SAMPLE 16384
-static kiln_status train_residual(kiln_ctx *ctx, const struct kiln_index *ix,
-                                  const kiln_clusters *cl, const kiln_build_params *p,
-                                  kiln_q4 **out) {
+static kiln_status step_quantizer(pipeline *pl) {
+    const struct kiln_index *ix = pl->ix;
+    if (!pl->residual)
+        return kiln_q4_train(pl->ctx, ix->vectors, ix->count, ix->dim, ix->metric, pl->p->seed,
+                             pl->p->threads, &pl->q);
+    const kiln_clusters *cl = &pl->cl;
     const uint64_t slots = cl->offsets[cl->k];
     const size_t m = slots < Q4_SAMPLE ? (size_t)slots : Q4_SAMPLE;
     float *rows = NULL;
     kiln_status st =
-        kiln_alloc(ctx, m * ix->dim * sizeof(float), "quantizer sample", (void **)&rows);
+        kiln_alloc(pl->ctx, m * ix->dim * sizeof(float), "quantizer sample", (void **)&rows);
     if (st)
         return st;
     uint32_t c = 0;
@@ -150,83 +768,196 @@ static kiln_status train_residual(kiln_ctx *ctx, const struct kiln_index *ix,
         for (uint32_t j = 0; j < ix->dim; j++)
             rows[i * ix->dim + j] = x[j] - cen[j];
     }
-    st = kiln_q4_train(ctx, rows, m, ix->dim, KILN_METRIC_L2, p->seed, p->threads, out);
+    st = kiln_q4_train(pl->ctx, rows, m, ix->dim, KILN_METRIC_L2, pl->p->seed, pl->p->threads,
+                       &pl->q);
     free(rows);
     return st;
 }
 
-/* Encodes the residuals of the slots of clusters [c0, c1) into co->group. */
-static kiln_status encode_group(kiln_ctx *ctx, const struct kiln_index *ix, const kiln_clusters *cl,
-                                uint32_t c0, uint32_t c1, codes *co, uint32_t threads) {
-    const uint64_t base = cl->offsets[c0], count = cl->offsets[c1] - base;
-    for (uint32_t c = c0; c < c1; c++)
-        for (uint64_t s = cl->offsets[c]; s < cl->offsets[c + 1]; s++)
-            co->center_of[s - base] = c;
-    kiln_status st =
-        kiln_q4_encode_residuals(ctx, co->q, ix->vectors, cl->members + base, cl->centroids,
-                                 co->center_of, count, threads, co->group.planes, co->group.norms);
-    co->group.count = count;
+/* Decision 8: batch and partition sizes from the memory budget. */
+static kiln_status step_plan(pipeline *pl) {
+    kiln_ctx *ctx = pl->ctx;
+    const kiln_clusters *cl = &pl->cl;
+    const struct kiln_index *ix = pl->ix;
+    const uint64_t limit = pl->rep->memory_limit;
+    const uint64_t min_batch = (uint64_t)cl->max_members * slot_bytes(pl);
+    uint64_t room;
+    kiln_status st = check_budget(pl, cl->k, cl->offsets[cl->k], cl->max_members, &room);
+    if (st)
+        return st;
+    /* Without a limit, the fixed bounds of decision 8; with one, half the
+     * room each, never above those bounds. */
+    uint64_t batch_bytes = DEVICE_GROUP_BYTES, part_bytes = DEVICE_PART_BYTES;
+    if (limit) {
+        if (batch_bytes > room / 2)
+            batch_bytes = room / 2 > min_batch ? room / 2 : min_batch;
+        if (part_bytes > room - batch_bytes)
+            part_bytes = room - batch_bytes;
+    }
+    size_t S = (size_t)(batch_bytes / slot_bytes(pl));
+    if (S > cl->offsets[cl->k])
+        S = (size_t)cl->offsets[cl->k];
+    if (S < cl->max_members)
+        S = cl->max_members;
+    pl->max_slots = S;
+    uint64_t nodes = part_bytes / node_bytes(pl);
+    if (nodes > ix->count)
+        nodes = ix->count;
+    if (nodes < 1)
+        nodes = 1;
+    pl->part_nodes = (uint32_t)nodes;
+    pl->parts = (uint32_t)((ix->count + nodes - 1) / nodes);
+    /* Batches: consecutive clusters while their slots fit. */
+    st = kiln_alloc(ctx, ((size_t)cl->k + 2) * sizeof *pl->batch_first, "batch plan",
+                    (void **)&pl->batch_first);
+    if (st)
+        return st;
+    uint32_t nb = 0, c0 = 0;
+    while (c0 < cl->k) {
+        uint32_t c1 = c0 + 1;
+        while (c1 < cl->k && cl->offsets[c1 + 1] - cl->offsets[c0] <= S)
+            c1++;
+        pl->batch_first[nb++] = c0;
+        c0 = c1;
+    }
+    pl->batch_first[nb] = cl->k;
+    pl->n_batches = nb;
+    /* Disk: the batch records and the reverse edges, with a margin. */
+    const uint64_t need = ((uint64_t)cl->offsets[cl->k] * (2 + 2 * (uint64_t)pl->K) * 4 +
+                           ix->count * (uint64_t)ix->M0 * sizeof(kiln_edge) +
+                           ix->count * kiln_links0_stride(ix) * 4) /
+                              10 * 11 +
+                          ((uint64_t)pl->parts * pl->n_batches + pl->parts) * 4096;
+    const uint64_t free_bytes = kiln_workdir_free_bytes(pl->wd);
+    if (free_bytes != UINT64_MAX && free_bytes < need)
+        return kiln_fail(ctx, KILN_E_IO,
+                         "build: work dir %s has %.1f MiB free, and this build needs up to "
+                         "%.1f MiB there (choose another --work-dir)",
+                         kiln_workdir_path(pl->wd), free_bytes / 1048576.0, need / 1048576.0);
+    pl->rep->batches = nb;
+    pl->rep->partitions = pl->parts;
+    return KILN_OK;
+}
+
+/* Step 3: every batch not already in the work dir (decision 7). */
+static kiln_status step_batches(pipeline *pl) {
+    batch_buf b;
+    kiln_status st = batch_buf_new(pl, &b);
+    kiln_progress_bar bar;
+    kiln_progress_begin(&bar, pl->ctx, "cluster knn", pl->n_batches);
+    for (uint32_t i = 0; i < pl->n_batches && st == KILN_OK; i++) {
+        char name[32];
+        batch_name(name, sizeof name, i);
+        if (kiln_workdir_has(pl->wd, name)) {
+            pl->rep->resumed_batches++;
+        } else {
+            st = run_batch(pl, &b, i);
+            pl->rep->peak_rss_anon = kiln_peak_rss_anon();
+            kiln_fault_point("batch");
+        }
+        kiln_progress_add(&bar, 1);
+    }
+    kiln_progress_end(&bar);
+    batch_buf_free(&b);
     return st;
 }
 
-/* ==== Per-cluster kNN into the candidate table ==== */
-
-/* Runs clusters [c0, c1) on the device and scatters each member's top-K ids
- * into cand (row v has width = replicas * K slots; fill[v] counts the
- * replicas already written). */
-static kiln_status knn_group(kiln_ctx *ctx, const struct kiln_index *ix, codes *co,
-                             const kiln_clusters *cl, uint32_t c0, uint32_t c1, uint32_t K,
-                             uint32_t width, uint32_t *cand, uint8_t *fill, uint64_t *offsets,
-                             kiln_q4_neighbor *out, uint32_t threads, kiln_build_report *rep) {
-    const uint64_t base = cl->offsets[c0], slots = cl->offsets[c1] - base;
-    for (uint32_t c = c0; c <= c1; c++)
-        offsets[c - c0] = cl->offsets[c] - base;
-    kiln_status st;
-    if (co->residual && (st = encode_group(ctx, ix, cl, c0, c1, co, threads)))
+/* Step 5: the streaming passes, or the level 0 of the work dir. */
+static kiln_status step_level0(pipeline *pl) {
+    struct kiln_index *ix = pl->ix;
+    const size_t bytes = ix->count * kiln_links0_stride(ix) * sizeof(uint32_t);
+    if (kiln_workdir_has(pl->wd, "level0")) {
+        kiln_workfile *wf = NULL;
+        kiln_status st = kiln_workfile_open(pl->wd, "level0", 1, &wf);
+        if (st == KILN_OK && kiln_workfile_seg_len(wf, 0) != bytes)
+            st = kiln_fail(pl->ctx, KILN_E_FORMAT, "work file level0.kw does not fit the input");
+        if (st == KILN_OK)
+            st = kiln_workfile_read(wf, 0, ix->links0);
+        kiln_workfile_close(wf);
+        pl->rep->resumed_steps++;
         return st;
-    kiln_cl_stats cs = {0};
-    st = kiln_cl_cluster_knn(ctx, co->residual ? &co->group : &co->global, offsets, c1 - c0,
-                             co->residual ? co->identity : cl->members + base, K, NULL, out, &cs);
-    rep->device_batches += cs.batches;
-    rep->batch_retries += cs.retries;
-    if (st)
-        return st;
-    for (uint64_t s = 0; s < slots; s++) {
-        uint32_t v = cl->members[base + s];
-        uint32_t *row = cand + (size_t)v * width + (size_t)fill[v] * K;
-        fill[v]++;
-        for (uint32_t j = 0; j < K; j++) {
-            uint32_t id = out[s * K + j].id;
-            /* Residual codes are numbered by slot within the group. */
-            row[j] = id == KILN_Q4_NO_ID ? KILN_NO_NODE
-                     : co->residual      ? cl->members[base + id]
-                                         : id;
-        }
     }
-    return KILN_OK;
+    kiln_status st = KILN_OK;
+    kiln_progress_bar bar;
+    kiln_progress_begin(&bar, pl->ctx, "rerank+prune", 2 * (uint64_t)pl->parts);
+    for (uint32_t q = 0; q < pl->parts && st == KILN_OK; q++) {
+        st = forward_part(pl, q);
+        kiln_progress_add(&bar, 1);
+    }
+    kiln_fault_point("forward");
+    for (uint32_t q = 0; q < pl->parts && st == KILN_OK; q++) {
+        st = reverse_part(pl, q);
+        kiln_progress_add(&bar, 1);
+    }
+    kiln_progress_end(&bar);
+    if (st == KILN_OK) {
+        const kiln_work_seg seg = {ix->links0, bytes};
+        st = kiln_workdir_put(pl->wd, "level0", &seg, 1);
+        kiln_fault_point("level0");
+    }
+    return st;
+}
+
+/* ==== Work dir and fingerprint ==== */
+
+/* Decision 10: what a work dir must match to be resumed. */
+static uint64_t fingerprint(const pipeline *pl, char *desc, size_t cap) {
+    const struct kiln_index *ix = pl->ix;
+    const kiln_build_params *p = pl->p;
+    const uint16_t one = 1;
+    const bool little = *(const uint8_t *)&one == 1;
+    snprintf(desc, cap,
+             "device build v%d of %llu x %u %s vectors (crc32c %08x), M %u, ef_construction "
+             "%u, seed %llu, replicas %u, knn_k %u, clusters %u, cluster_size %u, %s-endian",
+             DEVICE_PIPELINE_VERSION, (unsigned long long)ix->count, ix->dim,
+             kiln_metric_name(ix->metric),
+             kiln_crc32c(0, ix->vectors, ix->count * ix->dim * sizeof(float)), ix->M,
+             p->ef_construction, (unsigned long long)p->seed, pl->cl.replicas, pl->K, p->clusters,
+             p->cluster_size, little ? "little" : "big");
+    const uint32_t a = kiln_crc32c(0, desc, strlen(desc));
+    const uint32_t b = kiln_crc32c(0x9e3779b9u, desc, strlen(desc));
+    return (uint64_t)a << 32 | b;
+}
+
+static kiln_status open_workdir(pipeline *pl) {
+    char desc[512];
+    const uint64_t fp = fingerprint(pl, desc, sizeof desc);
+    const char *dir = pl->p->work_dir;
+    char tmp[4096];
+    if (!dir) {
+        const char *base = getenv("TMPDIR");
+        snprintf(tmp, sizeof tmp, "%s/kiln-work-XXXXXX", base && *base ? base : "/tmp");
+        if (!mkdtemp(tmp))
+            return kiln_fail(pl->ctx, KILN_E_IO, "build: cannot create a work dir in %s: %s",
+                             base && *base ? base : "/tmp", strerror(errno));
+        dir = tmp;
+        pl->temp_wd = true;
+    }
+    kiln_status st = kiln_workdir_open(pl->ctx, dir, fp, desc, pl->p->resume != 0, &pl->wd);
+    if (st && pl->temp_wd)
+        rmdir(tmp);
+    return st;
 }
 
 /* ==== Pipeline ==== */
 
-bool kiln_build_device_available(void) {
-#ifdef KILN_HAVE_OPENCL
-    return true;
-#else
-    return false;
-#endif
-}
-
 kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
                               kiln_build_report *rep) {
     kiln_ctx *ctx = ix->ctx;
-    const int threads = kiln_threads(p->threads);
-    const uint32_t K = p->knn_k ? p->knn_k : 2 * p->M;
-    const uint32_t replicas = p->replicas ? p->replicas : 2;
-    if (K > KILN_CL_MAX_K)
-        return kiln_fail(ctx, KILN_E_ARG, "build: knn_k = %u is above the device limit %d", K,
+    pipeline pl = {.ctx = ctx,
+                   .ix = ix,
+                   .p = p,
+                   .rep = rep,
+                   .threads = kiln_threads(p->threads),
+                   .K = p->knn_k ? p->knn_k : 2 * p->M,
+                   .residual = ix->metric != KILN_METRIC_IP};
+    pl.cl.replicas = p->replicas ? p->replicas : 2;
+    if (pl.K > KILN_CL_MAX_K)
+        return kiln_fail(ctx, KILN_E_ARG, "build: knn_k = %u is above the device limit %d", pl.K,
                          KILN_CL_MAX_K);
-    if (replicas < 2 || replicas > 16)
-        return kiln_fail(ctx, KILN_E_ARG, "build: replicas = %u is out of range [2, 16]", replicas);
+    if (pl.cl.replicas < 2 || pl.cl.replicas > 16)
+        return kiln_fail(ctx, KILN_E_ARG, "build: replicas = %u is out of range [2, 16]",
+                         pl.cl.replicas);
 
     kiln_device_info info;
     kiln_status st = kiln_device_select(ctx, p->device, &info);
@@ -236,141 +967,67 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
         return KILN_OK;
     snprintf(rep->device_name, sizeof rep->device_name, "%.60s / %.60s", info.platform_name,
              info.device_name);
-
-    kiln_q4 *q = NULL;
-    codes co = {.residual = ix->metric != KILN_METRIC_IP};
-    kiln_clusters cl = {0};
-    uint32_t *cand = NULL;
-    uint64_t *offsets = NULL;
-    uint8_t *fill = NULL;
-    kiln_q4_neighbor *out = NULL;
-    const size_t n = ix->count;
-    double t;
+    if ((st = open_workdir(&pl)))
+        return st;
+    double t = kiln_now();
 
     /* 1. Cluster and assign with replicas under a size cap. */
-    t = kiln_now();
-    kiln_kmeans_params kp;
-    kiln_kmeans_params_init(&kp);
-    kp.clusters = p->clusters;
-    kp.target_size = p->cluster_size ? p->cluster_size : DEVICE_TARGET_CLUSTER;
-    kp.replicas = replicas;
-    kp.seed = p->seed;
-    kp.threads = p->threads;
-    uint32_t k;
-    if ((st = kiln_kmeans_k(ctx, n, &kp, &k)))
+    if ((st = step_clusters(&pl, &info)))
         goto cleanup;
-    {
-        uint64_t sample = (uint64_t)k * DEVICE_KMEANS_PER_CENTROID;
-        kp.sample = (uint32_t)(sample < n ? sample : n);
-        uint64_t fair = ((uint64_t)n * replicas + k - 1) / k;
-        uint64_t cap = fair * DEVICE_CAP_FACTOR;
-        kp.max_size = (uint32_t)(cap < n ? cap : n);
-    }
-    nearest_user nu = {.cpu = {.threads = p->threads}, .on_device = info.type != KILN_DEVICE_CPU};
-    const kiln_nearest_backend backend = {nearest_backend, &nu};
-    if ((st = kiln_clusters_build(ctx, (kiln_rows){ix->vectors, n, ix->dim}, &kp, &backend, &cl)))
-        goto cleanup;
-    rep->clusters = cl.k;
-    rep->max_cluster_size = cl.max_members;
+    rep->clusters = pl.cl.k;
+    rep->max_cluster_size = pl.cl.max_members;
     stage(rep, "kmeans+assign", kiln_now() - t);
+    kiln_fault_point("clusters");
 
-    /* 2. Quantize: train, and for IP encode every vector once. */
+    /* 2. Quantizer and plan. */
     t = kiln_now();
-    const uint32_t words = kiln_q4_words(ix->dim);
-    const size_t code_bytes = kiln_q4_stride(words) * sizeof(uint64_t) + sizeof(uint32_t);
-    size_t max_slots = DEVICE_GROUP_BYTES / (code_bytes + (size_t)K * sizeof(kiln_q4_neighbor));
-    if (max_slots > cl.offsets[cl.k]) /* small inputs: one group, no spare room to touch */
-        max_slots = (size_t)cl.offsets[cl.k];
-    if (max_slots < cl.max_members)
-        max_slots = cl.max_members;
-    if (co.residual) {
-        if ((st = train_residual(ctx, ix, &cl, p, &q)) ||
-            (st = kiln_alloc_aligned(ctx, max_slots * kiln_q4_stride(words) * sizeof(uint64_t),
-                                     "group codes", (void **)&co.group.planes)) ||
-            (st = kiln_alloc(ctx, max_slots * sizeof(uint32_t), "group norms",
-                             (void **)&co.group.norms)) ||
-            (st = kiln_alloc(ctx, max_slots * sizeof(uint32_t), "group slots",
-                             (void **)&co.identity)) ||
-            (st = kiln_alloc(ctx, max_slots * sizeof(uint32_t), "group slot clusters",
-                             (void **)&co.center_of)))
-            goto cleanup;
-        co.group.words = words;
-        for (size_t i = 0; i < max_slots; i++)
-            co.identity[i] = (uint32_t)i;
-    } else if ((st = kiln_q4_train(ctx, ix->vectors, n, ix->dim, ix->metric, p->seed, p->threads,
-                                   &q)) ||
-               (st = kiln_q4_set_encode(ctx, q, ix->vectors, n, p->threads, &co.global))) {
+    if ((st = step_quantizer(&pl)) || (st = step_plan(&pl)))
         goto cleanup;
-    }
-    co.q = q;
     stage(rep, "quantize", kiln_now() - t);
 
-    /* 3. Per-cluster kNN on the device, group by group. */
+    /* 3. The batches: per-cluster kNN on the device, reranked in place. */
     t = kiln_now();
-    const uint32_t width = cl.replicas * K;
-    size_t cand_len;
-    if (kiln_mul_size(n, width, &cand_len)) {
-        st = kiln_fail(ctx, KILN_E_RANGE, "build: candidate table of %zu x %u overflows", n, width);
+    if ((st = step_batches(&pl)))
         goto cleanup;
-    }
-    if ((st = kiln_alloc(ctx, cand_len * sizeof *cand, "candidate table", (void **)&cand)) ||
-        (st = kiln_calloc(ctx, n, "replica counts", (void **)&fill)) ||
-        (st = kiln_alloc(ctx, ((size_t)cl.k + 1) * sizeof *offsets, "cluster offsets",
-                         (void **)&offsets)) ||
-        (st = kiln_alloc(ctx, max_slots * K * sizeof *out, "device results", (void **)&out)))
-        goto cleanup;
-    memset(cand, 0xff, cand_len * sizeof *cand);
-    {
-        kiln_progress_bar bar;
-        kiln_progress_begin(&bar, ctx, "cluster knn", cl.k);
-        uint32_t c0 = 0;
-        while (c0 < cl.k && st == KILN_OK) {
-            uint32_t c1 = c0 + 1;
-            while (c1 < cl.k && cl.offsets[c1 + 1] - cl.offsets[c0] <= max_slots)
-                c1++;
-            st = knn_group(ctx, ix, &co, &cl, c0, c1, K, width, cand, fill, offsets, out,
-                           p->threads, rep);
-            kiln_progress_add(&bar, c1 - c0);
-            c0 = c1;
-        }
-        kiln_progress_end(&bar);
-        if (st)
-            goto cleanup;
-    }
     stage(rep, "device knn", kiln_now() - t);
 
-    /* 4. Hierarchy, first: its level-1 links seed level 0 (graph/merge.c). */
+    /* 4. Hierarchy, before level 0: its level-1 links seed it
+     * (graph/merge.c). */
     t = kiln_now();
-    const uint64_t hier_ef =
-        ((uint64_t)p->ef_construction * DEVICE_HIERARCHY_EF + DEVICE_HIERARCHY_OF - 1) /
-        DEVICE_HIERARCHY_OF;
-    if ((st = kiln_hnsw_insert_levels(ix, (uint32_t)hier_ef, threads, 1)))
-        goto cleanup;
-    ix->ef_construction = p->ef_construction; /* what the header records: the parameter */
-    stage(rep, "hierarchy", kiln_now() - t);
-
-    /* 5. Union, exact rerank, prune, reverse links. */
-    t = kiln_now();
-    {
-        uint64_t filled = 0;
-        for (size_t i = 0; i < cand_len; i++)
-            filled += cand[i] != KILN_NO_NODE;
-        rep->candidates_per_vector = (double)filled / (double)n;
+    if (kiln_workdir_has(pl.wd, "hierarchy")) {
+        rep->resumed_steps++;
+        st = hierarchy_get(&pl);
+    } else {
+        const uint64_t hier_ef =
+            ((uint64_t)p->ef_construction * DEVICE_HIERARCHY_EF + DEVICE_HIERARCHY_OF - 1) /
+            DEVICE_HIERARCHY_OF;
+        if ((st = kiln_hnsw_insert_levels(ix, (uint32_t)hier_ef, pl.threads, 1)) == KILN_OK)
+            st = hierarchy_put(&pl);
     }
-    st = kiln_level0_from_candidates(ix, cand, width, threads);
+    ix->ef_construction = p->ef_construction; /* what the header records: the parameter */
+    if (st)
+        goto cleanup;
+    stage(rep, "hierarchy", kiln_now() - t);
+    kiln_fault_point("hierarchy");
+
+    /* 5. Union, prune, reverse links: streamed by partition of node ids. */
+    t = kiln_now();
+    st = step_level0(&pl);
+    rep->candidates_per_vector = (double)pl.candidates / (double)ix->count;
     stage(rep, "merge+prune", kiln_now() - t);
 
-cleanup:
-    free(out);
-    free(offsets);
-    free(fill);
-    free(cand);
-    kiln_clusters_free(&cl);
-    kiln_free_aligned(co.group.planes);
-    free(co.group.norms);
-    free(co.identity);
-    free(co.center_of);
-    kiln_q4_set_release(&co.global);
-    kiln_q4_free(q);
+cleanup:;
+    const kiln_workdir_stats ws = kiln_workdir_stats_get(pl.wd);
+    rep->work_bytes_written = ws.bytes_written;
+    rep->work_bytes_read = ws.bytes_read;
+    /* A private dir goes at the end, and so does one that failed before any
+     * checkpoint beyond the manifest: nothing in it to resume. */
+    if (pl.temp_wd || (st && ws.files_written <= 1 && rep->resumed_steps == 0))
+        kiln_workdir_remove(pl.wd);
+    else
+        kiln_workdir_close(pl.wd);
+    free(pl.batch_first);
+    kiln_clusters_free(&pl.cl);
+    kiln_q4_free(pl.q);
     return st;
 }

@@ -293,6 +293,22 @@ typedef struct kiln_build_params {
     uint32_t replicas;     /* nearest clusters each vector joins, >= 2; default 2 */
     uint32_t knn_k;        /* neighbours kept per vector per cluster on the device;
                               0 = 2M; default 0 */
+    /* Bytes the build's own resident memory may reach (the index being
+     * built, clusters, batch and partition buffers; pages of memory-mapped
+     * files the kernel can drop do not count). 0 = half of physical memory
+     * (or of the cgroup's limit). A budget the input cannot fit in is
+     * refused up front with what it needs. Default 0. */
+    uint64_t memory_limit;
+    /* Folder for the intermediates (created when absent, mode 0700): with
+     * it the build can be resumed, and it is kept after the build for
+     * kiln_work_dir_remove once the caller has saved the index. NULL = a
+     * private folder under $TMPDIR (or /tmp), removed when the build ends,
+     * which cannot be resumed. Borrowed for the call. Default NULL. */
+    const char *work_dir;
+    /* Non-zero: continue the build in work_dir from its last finished
+     * batch; a work dir of other inputs or parameters is refused. Zero: a
+     * work dir holding an unfinished build is refused. Default 0. */
+    int resume;
 } kiln_build_params;
 
 KILN_API void kiln_build_params_init(kiln_build_params *params);
@@ -320,7 +336,21 @@ typedef struct kiln_build_report {
     uint32_t batch_retries;       /* batches halved after running out of resources */
     double candidates_per_vector; /* candidate ids per vector from the device, before
                                      removing duplicates across clusters, mean */
+    uint32_t batches;             /* cluster batches, each with its members' vectors */
+    uint32_t partitions;          /* node-id partitions of the streaming passes */
+    uint32_t resumed_batches;     /* batches taken from the work dir, not run */
+    uint32_t resumed_steps;       /* other steps taken from the work dir */
+    uint64_t memory_limit;        /* the budget the build planned for, bytes */
+    uint64_t work_bytes_written;  /* bytes written to the work dir */
+    uint64_t work_bytes_read;     /* bytes read back from it */
+    uint64_t peak_rss_anon;       /* the process's peak anonymous resident bytes, sampled
+                                     from /proc at each stage's end (0 where unknown) */
 } kiln_build_report;
+
+/* Removes a build's work dir (kiln_build_params.work_dir) once its index is
+ * saved: every work file (*.kw), their temporaries and the lock, then the
+ * folder when nothing else is in it. Fails when another build holds it. */
+KILN_API kiln_status kiln_work_dir_remove(kiln_ctx *ctx, const char *dir);
 
 /* The report of the build that made index; KILN_E_ARG for a loaded index. */
 KILN_API kiln_status kiln_index_build_report(const kiln_index *index, kiln_build_report *out);
