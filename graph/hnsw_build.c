@@ -8,10 +8,21 @@
  *  2. Cosine vectors are normalised on the way in (Redis vector sets do the
  *     same), so from here on COS is IP on unit vectors.
  *  3. Stage times go to ctx for the one-line breakdown the CLI prints.
+ *  4. A device build from a dataset with a work dir keeps the vectors and
+ *     level 0 in shared mappings of unnamed files there
+ *     (kiln_index_spill_storage): the kernel can write their pages back and
+ *     drop them, so a build bounded by --memory-limit holds only the
+ *     smaller arrays (labels, levels, upper levels) and its batches in
+ *     anonymous memory, and the input can be larger than the budget.
+ *     Reads from the page cache cost about what reads from the heap do
+ *     while the files fit in memory; beyond that the random reads of the
+ *     hierarchy and the prune go to disk (docs/SCALE.md).
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "build_internal.h"
 #include "../common/ctx_internal.h"
@@ -173,6 +184,15 @@ kiln_status kiln_index_build_dataset(kiln_ctx *ctx, const kiln_dataset *ds,
     struct kiln_index *ix = NULL;
     if (st || (st = index_new(ctx, n, dim, p, &ix)))
         return st;
+    /* Decision 4: with a work dir, the vectors and level 0 live in files. */
+    if (p->method == KILN_METHOD_DEVICE && p->work_dir &&
+        ((mkdir(p->work_dir, 0700) != 0 && errno != EEXIST &&
+          (st = kiln_fail(ctx, KILN_E_IO, "work dir %s: cannot create: %s", p->work_dir,
+                          strerror(errno)))) ||
+         (st = kiln_index_spill_storage(ix, p->work_dir)))) {
+        kiln_index_free(ix);
+        return st;
+    }
     kiln_progress_bar bar;
     kiln_progress_begin(&bar, ctx, "load", n);
     for (size_t first = 0; first < n && st == KILN_OK; first += KILN_LOAD_CHUNK) {

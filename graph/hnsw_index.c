@@ -9,9 +9,14 @@
  *  2. mL = 1/ln(M) (Malkov & Yashunin); levels are capped at
  *     KILN_MAX_LEVELS-1, which no realistic n reaches for M >= 2.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "../common/ctx_internal.h"
 #include "../common/rng_internal.h"
@@ -104,11 +109,64 @@ kiln_status kiln_index_alloc(kiln_ctx *ctx, uint64_t count, uint32_t dim, kiln_m
 }
 
 uint64_t kiln_index_memory(const struct kiln_index *ix) {
-    return sizeof *ix +
-           ix->count *
-               ((uint64_t)ix->dim * sizeof(float) + kiln_links0_stride(ix) * sizeof(uint32_t) +
-                sizeof(int64_t) + 1 + sizeof(uint64_t)) +
+    const uint64_t spilled = ix->vectors_spill_len ? 0
+                                                   : (uint64_t)ix->dim * sizeof(float) +
+                                                         kiln_links0_stride(ix) * sizeof(uint32_t);
+    return sizeof *ix + ix->count * (spilled + sizeof(int64_t) + 1 + sizeof(uint64_t)) +
            ix->upper_len * sizeof(uint32_t);
+}
+
+/* A shared mapping of len zero bytes backed by an unnamed file in dir. */
+static kiln_status spill_map(kiln_ctx *ctx, const char *dir, size_t len, const char *what,
+                             void **out) {
+    int fd = -1;
+#ifdef O_TMPFILE
+    fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+#endif
+    if (fd < 0) { /* no O_TMPFILE here, or not on this file system */
+        char path[4096];
+        snprintf(path, sizeof path, "%s/.kiln-spill.%ld.%p", dir, (long)getpid(), (void *)out);
+        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd >= 0)
+            unlink(path);
+    }
+    if (fd < 0)
+        return kiln_fail(ctx, KILN_E_IO, "%s: cannot create a file for the %s: %s", dir, what,
+                         strerror(errno));
+    int err = 0;
+    if (ftruncate(fd, (off_t)len) != 0)
+        err = errno;
+    void *p = err ? MAP_FAILED : mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (!err && p == MAP_FAILED)
+        err = errno;
+    close(fd);
+    if (err)
+        return kiln_fail(ctx, KILN_E_IO, "%s: cannot map %.1f MiB for the %s: %s", dir,
+                         len / 1048576.0, what, strerror(err));
+    *out = p;
+    return KILN_OK;
+}
+
+kiln_status kiln_index_spill_storage(struct kiln_index *ix, const char *dir) {
+    const size_t vb = ix->count * ix->dim * sizeof(float);
+    const size_t lb = ix->count * kiln_links0_stride(ix) * sizeof(uint32_t);
+    if (ix->count == 0 || ix->vectors_spill_len)
+        return KILN_OK;
+    void *v = NULL, *l = NULL;
+    kiln_status st = spill_map(ix->ctx, dir, vb, "vectors", &v);
+    if (st == KILN_OK && (st = spill_map(ix->ctx, dir, lb, "level-0 links", &l))) {
+        munmap(v, vb);
+        return st;
+    }
+    if (st)
+        return st;
+    kiln_free_aligned(ix->vectors);
+    kiln_free_aligned(ix->links0);
+    ix->vectors = v;
+    ix->links0 = l;
+    ix->vectors_spill_len = vb;
+    ix->links0_spill_len = lb;
+    return KILN_OK;
 }
 
 /* ==== Public ==== */
@@ -118,8 +176,13 @@ void kiln_index_free(kiln_index *ix) {
         return;
     kiln_scratch_pool_free(ix);
     free(ix->report);
-    kiln_free_aligned(ix->vectors);
-    kiln_free_aligned(ix->links0);
+    if (ix->vectors_spill_len) {
+        munmap(ix->vectors, ix->vectors_spill_len);
+        munmap(ix->links0, ix->links0_spill_len);
+    } else {
+        kiln_free_aligned(ix->vectors);
+        kiln_free_aligned(ix->links0);
+    }
     free(ix->labels);
     free(ix->levels);
     free(ix->upper_off);

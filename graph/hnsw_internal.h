@@ -50,6 +50,10 @@ struct kiln_index {
     uint32_t *upper_pool; /* upper_len uint32_t */
     uint64_t upper_len;
 
+    /* Non-zero when vectors / links0 are shared mappings of unnamed files
+     * (kiln_index_spill_storage): their lengths, for munmap. */
+    size_t vectors_spill_len, links0_spill_len;
+
     _Atomic(void *) scratch_pool; /* graph/hnsw_search.c: reusable per-thread search state,
                                      created once on first search */
     kiln_build_report *report;    /* set by graph/hnsw_build.c; NULL for a loaded index */
@@ -94,6 +98,14 @@ static inline void kiln_prefetch_vector(const struct kiln_index *ix, uint32_t no
 kiln_status kiln_index_alloc(kiln_ctx *ctx, uint64_t count, uint32_t dim, kiln_metric metric,
                              uint32_t M, const uint8_t *levels, struct kiln_index **out);
 
+/* Moves the (still empty) vectors and level-0 links of ix into shared
+ * mappings of unnamed files in dir (O_TMPFILE, or a file unlinked at once):
+ * their pages are then the page cache's, which the kernel writes back and
+ * drops under pressure, so they do not count against a build's memory
+ * budget; the files vanish with the mappings. Both arrays must hold no data
+ * yet. */
+kiln_status kiln_index_spill_storage(struct kiln_index *ix, const char *dir);
+
 /* Samples per-node levels: floor(-ln(U) / ln(M)), capped at KILN_MAX_LEVELS-1,
  * from a kiln_rng seeded with seed. Deterministic for (count, M, seed). */
 void kiln_sample_levels(uint8_t *levels, uint64_t count, uint32_t M, uint64_t seed);
@@ -105,7 +117,7 @@ void kiln_scratch_pool_free(struct kiln_index *ix);
  * first such node, UINT64_MAX when none. */
 uint64_t kiln_index_nonfinite(const struct kiln_index *ix, uint64_t *first);
 
-/* Bytes of heap the index holds. */
+/* Bytes of heap the index holds (not its spilled mappings). */
 uint64_t kiln_index_memory(const struct kiln_index *ix);
 
 #endif /* KILN_HNSW_INTERNAL_H */

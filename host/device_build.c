@@ -49,7 +49,7 @@
  *     partition of the streaming passes DEVICE_PART_BYTES of nodes
  *     (node_bytes); with a memory limit, whatever the index and clusters
  *     leave of it is split between the two, each at least what the
- *     largest cluster / 1024 nodes need, else the build is refused up front
+ *     largest cluster / 256 nodes need, else the build is refused up front
  *     with the figures. Neither size changes the result: a cluster's kNN
  *     does not depend on its batch, and a node's candidates are the same
  *     set whichever partition reads them, so any budget gives the same
@@ -287,6 +287,61 @@ static kiln_status hierarchy_get(pipeline *pl) {
     kiln_workfile_close(wf);
     /* The links themselves are checked by the validator after the build. */
     return st;
+}
+
+/* The plan (decision 8) as a work file: batch files are cut by it, so a
+ * resumed build must use the same one. */
+static kiln_status plan_put(pipeline *pl) {
+    const uint64_t head[5] = {pl->rep->memory_limit, pl->max_slots, pl->part_nodes, pl->parts,
+                              pl->n_batches};
+    const kiln_work_seg segs[2] = {
+        {head, sizeof head},
+        {pl->batch_first, ((size_t)pl->n_batches + 1) * sizeof *pl->batch_first}};
+    return kiln_workdir_put(pl->wd, "plan", segs, 2);
+}
+
+static kiln_status plan_get(pipeline *pl) {
+    kiln_ctx *ctx = pl->ctx;
+    const kiln_clusters *cl = &pl->cl;
+    kiln_workfile *wf = NULL;
+    uint64_t head[5];
+    kiln_status st = kiln_workfile_open(pl->wd, "plan", 2, &wf);
+    if (st == KILN_OK && kiln_workfile_seg_len(wf, 0) != sizeof head)
+        st = kiln_fail(ctx, KILN_E_FORMAT, "work file plan.kw: bad header segment");
+    if (st == KILN_OK && (st = kiln_workfile_read(wf, 0, head)) == KILN_OK &&
+        (head[1] < cl->max_members || head[1] > cl->offsets[cl->k] + (uint64_t)cl->max_members ||
+         head[2] < 1 || head[2] > pl->ix->count || head[4] < 1 || head[4] > cl->k ||
+         head[3] != (pl->ix->count + head[2] - 1) / head[2] ||
+         kiln_workfile_seg_len(wf, 1) != (head[4] + 1) * sizeof(uint32_t)))
+        st = kiln_fail(ctx, KILN_E_FORMAT, "work file plan.kw: does not fit the clusters");
+    if (st == KILN_OK && (st = kiln_alloc(ctx, (head[4] + 1) * sizeof *pl->batch_first,
+                                          "batch plan", (void **)&pl->batch_first)) == KILN_OK)
+        st = kiln_workfile_read(wf, 1, pl->batch_first);
+    kiln_workfile_close(wf);
+    if (st)
+        return st;
+    pl->max_slots = (size_t)head[1];
+    pl->part_nodes = (uint32_t)head[2];
+    pl->parts = (uint32_t)head[3];
+    pl->n_batches = (uint32_t)head[4];
+    for (uint32_t b = 0; b < pl->n_batches; b++) {
+        const uint32_t c0 = pl->batch_first[b], c1 = pl->batch_first[b + 1];
+        if (c0 >= c1 || c1 > cl->k || (b == 0 && c0 != 0) ||
+            (c1 - c0 > 1 && cl->offsets[c1] - cl->offsets[c0] > pl->max_slots))
+            return kiln_fail(ctx, KILN_E_FORMAT, "work file plan.kw: batch %u is malformed", b);
+    }
+    if (pl->batch_first[pl->n_batches] != cl->k)
+        return kiln_fail(ctx, KILN_E_FORMAT,
+                         "work file plan.kw: batches do not cover the clusters");
+    if (pl->rep->memory_limit < head[0])
+        return kiln_fail(ctx, KILN_E_RANGE,
+                         "build: the work dir was planned for a memory limit of %.1f MiB; resume "
+                         "it with at least that (--memory-limit)",
+                         head[0] / 1048576.0);
+    pl->rep->batches = pl->n_batches;
+    pl->rep->partitions = pl->parts;
+    pl->rep->resumed_steps++;
+    return KILN_OK;
 }
 
 /* ==== The batches (decision 7) ==== */
@@ -663,7 +718,7 @@ static uint64_t held_bytes(const pipeline *pl, uint64_t k, uint64_t slots) {
 }
 
 /* Refuses a budget the input cannot fit in: the index and clusters, one
- * batch of the largest cluster, one partition of 1024 nodes. Before
+ * batch of the largest cluster, one partition of 256 nodes. Before
  * clustering (up front) with the cluster cap as the largest size, after it
  * with the real one. */
 static kiln_status check_budget(pipeline *pl, uint64_t k, uint64_t slots, uint64_t max_members,
@@ -678,7 +733,7 @@ static kiln_status check_budget(pipeline *pl, uint64_t k, uint64_t slots, uint64
     if (now > held)
         held = now;
     const uint64_t min_batch = max_members * slot_bytes(pl);
-    const uint64_t min_part = 1024 * (uint64_t)node_bytes(pl);
+    const uint64_t min_part = 256 * (uint64_t)node_bytes(pl);
     *room = limit > held ? limit - held : 0;
     if (limit && *room < min_batch + min_part)
         return kiln_fail(
@@ -779,12 +834,14 @@ static kiln_status step_plan(pipeline *pl) {
     kiln_ctx *ctx = pl->ctx;
     const kiln_clusters *cl = &pl->cl;
     const struct kiln_index *ix = pl->ix;
-    const uint64_t limit = pl->rep->memory_limit;
     const uint64_t min_batch = (uint64_t)cl->max_members * slot_bytes(pl);
     uint64_t room;
     kiln_status st = check_budget(pl, cl->k, cl->offsets[cl->k], cl->max_members, &room);
     if (st)
         return st;
+    const uint64_t limit = pl->rep->memory_limit;
+    if (kiln_workdir_has(pl->wd, "plan"))
+        return plan_get(pl);
     /* Without a limit, the fixed bounds of decision 8; with one, half the
      * room each, never above those bounds. */
     uint64_t batch_bytes = DEVICE_GROUP_BYTES, part_bytes = DEVICE_PART_BYTES;
@@ -836,7 +893,7 @@ static kiln_status step_plan(pipeline *pl) {
                          kiln_workdir_path(pl->wd), free_bytes / 1048576.0, need / 1048576.0);
     pl->rep->batches = nb;
     pl->rep->partitions = pl->parts;
-    return KILN_OK;
+    return plan_put(pl);
 }
 
 /* Step 3: every batch not already in the work dir (decision 7). */
