@@ -285,7 +285,21 @@ static kiln_status hierarchy_get(pipeline *pl) {
         ix->max_level = (uint32_t)head[1];
     }
     kiln_workfile_close(wf);
-    /* The links themselves are checked by the validator after the build. */
+    /* The forward pass follows these links before the validator runs: every
+     * count and id must be in range, and every target on the level. */
+    for (uint32_t i = 0; st == KILN_OK && i < ix->count; i++)
+        for (unsigned l = 1; st == KILN_OK && l <= ix->levels[i]; l++) {
+            const uint32_t *b = kiln_links(ix, i, l);
+            if (b[0] > ix->M)
+                st = kiln_fail(pl->ctx, KILN_E_FORMAT,
+                               "work file hierarchy.kw: node %u has %u links on level %u", i, b[0],
+                               l);
+            for (uint32_t j = 0; st == KILN_OK && j < b[0]; j++)
+                if (b[1 + j] >= ix->count || ix->levels[b[1 + j]] < l)
+                    st = kiln_fail(pl->ctx, KILN_E_FORMAT,
+                                   "work file hierarchy.kw: node %u links to %u on level %u", i,
+                                   b[1 + j], l);
+        }
     return st;
 }
 
@@ -931,6 +945,16 @@ static kiln_status step_level0(pipeline *pl) {
         if (st == KILN_OK)
             st = kiln_workfile_read(wf, 0, ix->links0);
         kiln_workfile_close(wf);
+        /* The repair walks these before the validator: bound every list. */
+        for (uint32_t i = 0; st == KILN_OK && i < ix->count; i++) {
+            const uint32_t *b = kiln_links(ix, i, 0);
+            bool ok = b[0] <= ix->M0;
+            for (uint32_t j = 0; ok && j < b[0]; j++)
+                ok = b[1 + j] < ix->count;
+            if (!ok)
+                st = kiln_fail(pl->ctx, KILN_E_FORMAT,
+                               "work file level0.kw: node %u has a link out of range", i);
+        }
         pl->rep->resumed_steps++;
         return st;
     }
