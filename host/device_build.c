@@ -791,13 +791,17 @@ static kiln_status step_clusters(pipeline *pl, const kiln_device_info *info) {
     uint64_t room;
     if ((st = check_budget(pl, k, (uint64_t)n * kp.replicas, kp.max_size, &room)))
         return st;
-    if (pl->rep->memory_limit && (uint64_t)kp.sample * pl->ix->dim * sizeof(float) * 2 > room)
+    /* And the k-means sample (a copy of its rows, and a quarter more for
+     * the per-cell rows and assignments, cluster/hkmeans.c), on top of what
+     * is resident now; the assignment after it needs less than the batches. */
+    (void)room;
+    const uint64_t sample_need =
+        (uint64_t)kp.sample * pl->ix->dim * sizeof(float) / 4 * 5 + kiln_rss_anon();
+    if (pl->p->memory_limit && sample_need > pl->rep->memory_limit)
         return kiln_fail(pl->ctx, KILN_E_RANGE,
                          "build: a memory limit of %.1f MiB is too small for the k-means "
-                         "sample of %u rows (%.1f MiB more needed)",
-                         pl->rep->memory_limit / 1048576.0, kp.sample,
-                         ((uint64_t)kp.sample * pl->ix->dim * sizeof(float) * 2 - room) /
-                             1048576.0);
+                         "sample of %u rows: it needs at least %.1f MiB",
+                         pl->rep->memory_limit / 1048576.0, kp.sample, sample_need / 1048576.0);
     nearest_user nu = {.cpu = {.threads = p->threads}, .on_device = info->type != KILN_DEVICE_CPU};
     const kiln_nearest_backend backend = {nearest_backend, &nu};
     if ((st = kiln_clusters_build(pl->ctx, (kiln_rows){pl->ix->vectors, n, pl->ix->dim}, &kp,
