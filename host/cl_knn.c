@@ -40,6 +40,24 @@
  *     inside PoCL) and are committed with a blocking write of a few bytes
  *     elsewhere. A test hook (kiln_cl_opts.inject_alloc_site) fails each of
  *     these allocations in turn.
+ *  8. The pair kernel's scratch (kernels/knn_q4.cl decision 11: each
+ *     work-item unpacks its cluster to 4 bytes per dimension) shares the
+ *     buffer of its tile counter, after PAIR_SCRATCH_SKIP bytes, so the
+ *     allocation sites stay as decision 7 numbers them. It is sized once for
+ *     the call's largest cluster: work-items * largest * 256 W bytes, e.g.
+ *     8 * 2304 * 512 = 9 MB at d = 128 for clusters capped at 3 x 768.
+ *  9. Cost per pair, how it is measured: bench/bench_cl_knn.c drives this
+ *     function on C synthetic clusters of 768 members (K = 32) and reports
+ *     the median over reps of the call's CPU time (all PoCL threads) per
+ *     unordered pair, C * 768 * 767 / 2 pairs; on an idle machine that is
+ *     wall time * compute units / pairs, but this one is shared, and CPU
+ *     time moves less. Against it, a one-thread host loop computes every
+ *     pair's bit-sliced distance with POPCNT (W a constant, no top-K). On the
+ *     2-core AMD EPYC (AVX2, no AVX-512, PoCL 3.1), 300 clusters at d = 128
+ *     and 60 at d = 784, three and two alternating runs of the old and new
+ *     kernel (bench/RESULTS.md): d = 128 23.3 -> 7.3 ns (the POPCNT loop:
+ *     13-16 ns), d = 784 87 -> 38 ns (POPCNT loop: 109-113 ns). The device
+ *     knn stage of a 200K x 128 device build: 9.6 -> 6.2 s (medians of 3).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,6 +80,9 @@
  * decision 8): more than one, so that a runtime handing several groups to
  * one thread at a time still leaves every thread a running one. */
 #define PAIR_ITEMS_PER_UNIT 4
+/* Bytes before the pair kernel's scratch in its counter buffer: the
+ * kernel's Q4_SCRATCH_SKIP uints, keeping the scratch 128-byte aligned. */
+#define PAIR_SCRATCH_SKIP 256
 
 _Static_assert(sizeof(kiln_q4_neighbor) == sizeof(cl_uint2),
                "kiln_q4_neighbor must match the kernel's uint2 (dist, id)");
@@ -149,7 +170,8 @@ struct knn_slot {
     uint32_t *h_tiles;   /* 2 * cap_tiles: (cluster, first slot) */
     size_t cap_members, cap_clusters, cap_tiles;
     cl_mem codes, norms, ids, offsets, tiles, out;
-    cl_mem next; /* pair kernel: the shared tile counter */
+    cl_mem next;     /* pair kernel: the shared tile counter, then its scratch */
+    size_t cap_next; /* bytes of next */
     cl_event events[KNN_EVENTS];
     cl_uint n_events;
     bool busy;             /* a batch is in flight */
@@ -168,6 +190,7 @@ struct knn_job {
     cl_kernel kernel;
     uint32_t lws;
     bool paired;                         /* kiln_knn_q4_pair: one tile (work-item) per cluster */
+    uint32_t largest;                    /* members of the largest cluster */
     size_t stride;                       /* uint64 words per vector */
     size_t limit;                        /* members per batch */
     uint32_t inject;                     /* failures left to inject */
@@ -218,6 +241,24 @@ static kiln_status host_alloc(struct knn_job *job, uint32_t site, size_t bytes, 
                    : kiln_alloc(job->ctx, bytes, what, out);
 }
 
+/* Work-items of the pair kernel for a batch of nt tiles (knn_q4.cl
+ * decision 8). */
+static size_t pair_items(const struct knn_job *job, size_t nt) {
+    const size_t items = job->st->info.compute_units * (size_t)PAIR_ITEMS_PER_UNIT;
+    return items < nt ? items : nt;
+}
+
+/* Bytes of the pair kernel's counter and scratch for a batch of nt tiles:
+ * the counter's PAIR_SCRATCH_SKIP bytes, then room for the largest cluster's
+ * unpacked rows (4 bytes per dimension of 64 W) per work-item (knn_q4.cl
+ * decision 11). The largest cluster of the call, not of the batch, so that
+ * the buffer is sized once. */
+static size_t pair_next_bytes(const struct knn_job *job, size_t nt) {
+    if (!job->paired)
+        return sizeof(cl_uint);
+    return PAIR_SCRATCH_SKIP + pair_items(job, nt) * job->largest * (size_t)job->set->words * 256;
+}
+
 /* Room for a batch of m members, nc clusters and nt tiles in sl; queue is
  * the slot's, idle. On failure *clerr_out holds the code that decides the
  * retry (decision 3), CL_OUT_OF_HOST_MEMORY for host memory. */
@@ -227,11 +268,13 @@ static kiln_status slot_reserve(struct knn_job *job, struct knn_slot *sl, cl_com
     kiln_status status = KILN_OK;
     cl_int clerr = CL_SUCCESS;
     const struct kiln_device_state *const st = job->st;
-    if (m <= sl->cap_members && nc <= sl->cap_clusters && nt <= sl->cap_tiles)
+    if (m <= sl->cap_members && nc <= sl->cap_clusters && nt <= sl->cap_tiles &&
+        pair_next_bytes(job, nt) <= sl->cap_next)
         return KILN_OK;
     const size_t cm = grow(m, sl->cap_members, job->limit);
     const size_t cc = grow(nc, sl->cap_clusters, job->limit);
     const size_t ct = grow(nt, sl->cap_tiles, job->limit / job->lws + job->limit);
+    const size_t next_bytes = pair_next_bytes(job, ct);
     slot_release(sl);
     status = host_alloc(job, 1, cm * job->stride * 8, true, "batch codes", (void **)&sl->h_codes);
     if (status == KILN_OK)
@@ -256,7 +299,7 @@ static kiln_status slot_reserve(struct knn_job *job, struct knn_slot *sl, cl_com
                  {&sl->offsets, CL_MEM_READ_ONLY, (cc + 1) * 4},
                  {&sl->tiles, CL_MEM_READ_ONLY, ct * 8},
                  {&sl->out, CL_MEM_WRITE_ONLY, cm * job->k * 8},
-                 {&sl->next, CL_MEM_READ_WRITE, sizeof(cl_uint)}};
+                 {&sl->next, CL_MEM_READ_WRITE, next_bytes}};
     for (uint32_t b = 0; b < 7; b++)
         KILN_CL_CHECK(alloc_injected(job, 6 + b)
                           ? CL_MEM_OBJECT_ALLOCATION_FAILURE
@@ -264,6 +307,7 @@ static kiln_status slot_reserve(struct knn_job *job, struct knn_slot *sl, cl_com
     sl->cap_members = cm;
     sl->cap_clusters = cc;
     sl->cap_tiles = ct;
+    sl->cap_next = next_bytes;
 cleanup:
     if (status != KILN_OK)
         slot_release(sl);
@@ -356,8 +400,8 @@ static kiln_status knn_submit(struct knn_job *job, struct knn_slot *sl, cl_comma
                                            NULL, &ev[sl->n_events++]));
         KILN_CL_CHECK(clSetKernelArg(job->kernel, 6, sizeof(cl_mem), &sl->next));
         KILN_CL_CHECK(clSetKernelArg(job->kernel, 7, sizeof n_tiles, &n_tiles));
-        global = job->st->info.compute_units * (size_t)PAIR_ITEMS_PER_UNIT;
-        global = global < t ? global : t;
+        KILN_CL_CHECK(clSetKernelArg(job->kernel, 8, sizeof job->largest, &job->largest));
+        global = pair_items(job, t);
     }
     KILN_CL_CHECK(clEnqueueNDRangeKernel(queue, job->kernel, 1, NULL, &global, &local, 0, NULL,
                                          &ev[sl->n_events++]));
@@ -506,6 +550,9 @@ kiln_status kiln_cl_cluster_knn(kiln_ctx *ctx, const kiln_q4_set *set, const uin
         goto cleanup;
     job.lws = cfg.lws;
     job.paired = cfg.paired;
+    for (size_t c = 0; c < n_clusters; c++)
+        if (offsets[c + 1] - offsets[c] > job.largest)
+            job.largest = (uint32_t)(offsets[c + 1] - offsets[c]);
     job.limit = knn_first_limit(st, job.stride, k, opts->max_batch);
     size_t done = 0;
     for (;;) {

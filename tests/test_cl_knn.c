@@ -379,10 +379,43 @@ static void test_knn_dims(void) {
             check_knn(&p, 1, &pair, "d=65 k=1 pair", NULL);
             check_knn(&p, 40, &tile, "d=65 k=40 tile", NULL);
             check_knn(&p, 40, &pair, "d=65 k=40 pair", NULL);
+            /* The pair kernel's other insertions: K not a multiple of 8, and
+             * vector steps past the unrolled sizes (knn_q4.cl decision 10). */
+            check_knn(&p, 12, &pair, "d=65 k=12 pair", NULL);
+            check_knn(&p, 72, &pair, "d=65 k=72 pair", NULL);
         }
         problem_free(&p);
         free(rows);
     }
+}
+
+/* The largest dimension, with codes 0 and 15 only: the pair kernel's float
+ * dot products (knn_q4.cl decision 11) reach 225 * 65536, just under 2^24,
+ * and must still be exact. */
+static void test_knn_extremes(void) {
+    const size_t n = 12, dim = KILN_Q4_MAX_DIM;
+    float *rows = malloc(n * dim * sizeof *rows);
+    REQUIRE(rows);
+    kiln_rng rng;
+    kiln_rng_seed(&rng, 3);
+    for (size_t r = 0; r < n; r++)
+        for (size_t i = 0; i < dim; i++) /* rows 0..3 all ones, so two share a cluster; 4 zeros */
+            rows[r * dim + i] = r < 4    ? 1.0f
+                                : r == 4 ? 0.0f
+                                         : (float)(kiln_rng_below(&rng, 8) != 0);
+    problem p = {0};
+    problem_encode(&p, rows, n, dim);
+    size_t extreme = 0;
+    for (size_t i = 0; i < dim; i++)
+        extreme += p.codes[i] == 15 && p.codes[dim + i] == 15;
+    CHECK_MSG(extreme == dim, "%zu of %zu dimensions coded 15 in the all-ones rows", extreme, dim);
+    const size_t sizes[2] = {5, 7};
+    problem_cluster(&p, &rng, sizes, 2, false);
+    const kiln_cl_opts pair = {.pair = 1};
+    check_knn(&p, 4, &pair, "d=65536 k=4 pair", NULL);
+    check_knn(&p, 8, &pair, "d=65536 k=8 pair", NULL);
+    problem_free(&p);
+    free(rows);
 }
 
 /* Many small batches through both slots, and injected exhaustion that the
@@ -639,6 +672,7 @@ int main(void) {
     test_program_cache(cache);
     test_build_errors();
     test_knn_dims();
+    test_knn_extremes();
     test_batches();
     test_siftsmall();
     test_kmeans_assign();
