@@ -42,12 +42,12 @@ json_field() { sed -n "s/.*\"$2\": \([0-9]*\).*/\1/p" "$1"; }
 
 # tight DS: the smallest budget kiln accepts for DS (from the message that
 # refuses 1 MiB: what is resident already depends on the OpenCL runtime and
-# on sanitizers), plus 2 MiB: small enough to force many batches and spills.
+# on sanitizers), plus 4 MiB: small enough to force many batches and spills.
 tight() {
   local need
   need=$("$kiln" build "$data/$1/${1}_base.fvecs" -o "$tmp/probe.kiln" --memory-limit 1M 2>&1 |
     sed -n 's/.*it needs at least \([0-9]*\)\.[0-9] MiB.*/\1/p')
-  echo "$((${need:-0} + 2))M"
+  echo "$((${need:-0} + 4))M"
 }
 
 # ---- 1. Budgets ----
