@@ -820,7 +820,9 @@ static int cmd_eval(const cli_args *a) {
     size_t nq = 0, d = 0;
     int rc = 0;
     const char *gtpath = a->pos[2];
-    if (kiln_index_open(ctx, a->pos[0], cli_flag(a, "verify") ? KILN_LOAD_VERIFY : 0, &ix)) {
+    /* Populated: eval times searches, not the page faults of a fresh map. */
+    if (kiln_index_open(ctx, a->pos[0],
+                        KILN_LOAD_POPULATE | (cli_flag(a, "verify") ? KILN_LOAD_VERIFY : 0), &ix)) {
         rc = fail("eval", ctx);
         goto done;
     }

@@ -383,15 +383,17 @@ KILN_API kiln_status kiln_index_search(const kiln_index *index, const float *que
 /* Writes the index atomically (temporary file, fsync, rename). */
 KILN_API kiln_status kiln_index_save(const kiln_index *index, const char *path);
 /* Flags for kiln_index_open. */
-#define KILN_LOAD_VERIFY                                                                           \
-    0x1u /* also verify the CRC of every section (vectors, labels,                                 \
-            links) and every link's count and id: reads the whole                                  \
-            file, O(file size); what `kiln check` does */
-#define KILN_LOAD_READ                                                                             \
-    0x2u /* read the file into heap memory instead of mapping it                                   \
-            (always so on a big-endian host, and where the file                                    \
-            cannot be mapped); also verifies every section's CRC,                                  \
-            which is free next to the read */
+/* Also verify the CRC of every section (vectors, labels, links) and every
+ * link's count and id: reads the whole file, O(file size); `kiln check`. */
+#define KILN_LOAD_VERIFY 0x1u
+/* Read the file into heap memory instead of mapping it (always so on a
+ * big-endian host, and where the file cannot be mapped); this also verifies
+ * every section's CRC, which costs nothing next to the read. */
+#define KILN_LOAD_READ 0x2u
+/* Map and fault in the whole mapping at open (MAP_POPULATE; it reads the
+ * file where it is not in the page cache), so that the first searches do
+ * not each take thousands of page faults. */
+#define KILN_LOAD_POPULATE 0x4u
 
 /* Opens an index file and returns a read-only index (free with
  * kiln_index_free). By default the file is mapped (PROT_READ), not read:

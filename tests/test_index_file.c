@@ -765,7 +765,7 @@ static void test_damage(kiln_ctx *ctx) {
 
     /* Flags. */
     kiln_index *none = NULL;
-    CHECK_FAILS(ctx, kiln_index_open(ctx, path, 0x4, &none), KILN_E_ARG, "unknown flags 0x4");
+    CHECK_FAILS(ctx, kiln_index_open(ctx, path, 0x8, &none), KILN_E_ARG, "unknown flags 0x8");
     CHECK(none == NULL);
 
     /* Misc: missing file, a folder, an empty file. */
