@@ -880,7 +880,7 @@ kiln_status kiln_index_open(kiln_ctx *ctx, const char *path, uint32_t flags, kil
         return st;
     void *map = MAP_FAILED;
     /* check_table made every section length fit in size_t; the whole file
-     * must too, to be mapped (decision 7: else it is read). */
+     * must too, to be mapped (decision 8: else it is read). */
     if (!HOST_BIG_ENDIAN && !(flags & KILN_LOAD_READ) &&
         (uint64_t)(size_t)f.h.file_bytes == f.h.file_bytes)
         map = mmap(NULL, (size_t)f.h.file_bytes, PROT_READ,

@@ -400,8 +400,9 @@ KILN_API kiln_status kiln_index_save(const kiln_index *index, const char *path);
  * the open checks magic, version, the header and section table with their
  * CRCs, every section's bounds, the LEVELS section's CRC and every level,
  * and the upper-level layout they imply, in O(count) bytes read (about 1 of
- * every 650 bytes of a 128-d file), so a 100 GB index opens in well under a
- * second and is searched from the page cache. Link ids are not read at
+ * every 650 bytes of a 128-d file: 2.6 ms for 1M nodes, warm), so even a
+ * 100 GB index opens in well under a second and is searched from the page
+ * cache. Link ids are not read at
  * open: search bounds-checks each link it follows, so a crafted file can
  * give wrong neighbours but never a read outside the index. Vector, label
  * and link CRCs are verified only with KILN_LOAD_VERIFY (or KILN_LOAD_READ).
