@@ -1,5 +1,6 @@
 /* hnsw_index.c -- the kiln_index object: allocation, level sampling,
- * statistics and accessors. Builders, search, validator and file I/O live in
+ * statistics and accessors (a mapped index is opened in graph/index_file.c
+ * and freed here). Builders, search, validator and file I/O live in
  * their own files and share the layout in hnsw_internal.h.
  *
  * Design decisions:
@@ -8,6 +9,10 @@
  *     link pool is laid out once, with no per-node allocation.
  *  2. mL = 1/ln(M) (Malkov & Yashunin); levels are capped at
  *     KILN_MAX_LEVELS-1, which no realistic n reaches for M >= 2.
+ *  3. A mapped index's arrays are the file's page cache: kiln_index_memory
+ *     (and stats memory_bytes) count heap bytes only, i.e. the struct and
+ *     upper_off, since mapped pages are shared with every other reader of
+ *     the file and the kernel drops them under pressure.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -32,6 +37,15 @@ void kiln_sample_levels(uint8_t *levels, uint64_t count, uint32_t M, uint64_t se
         double l = floor(-log(kiln_rng_uniform(&rng)) * mult);
         levels[i] = (uint8_t)(l > KILN_MAX_LEVELS - 1 ? KILN_MAX_LEVELS - 1 : l);
     }
+}
+
+uint64_t kiln_upper_layout(const uint8_t *levels, uint64_t count, uint32_t M, uint64_t *upper_off) {
+    uint64_t pool = 0;
+    for (uint64_t i = 0; i < count; i++) {
+        upper_off[i] = levels[i] ? pool : KILN_NO_UPPER;
+        pool += (uint64_t)levels[i] * (M + 1);
+    }
+    return pool;
 }
 
 kiln_status kiln_index_alloc(kiln_ctx *ctx, uint64_t count, uint32_t dim, kiln_metric metric,
@@ -77,7 +91,6 @@ kiln_status kiln_index_alloc(kiln_ctx *ctx, uint64_t count, uint32_t dim, kiln_m
     if (levels)
         memcpy(ix->levels, levels, count);
 
-    uint64_t pool = 0;
     uint32_t top = 0;
     for (uint64_t i = 0; i < count; i++) {
         uint32_t l = ix->levels[i];
@@ -86,11 +99,10 @@ kiln_status kiln_index_alloc(kiln_ctx *ctx, uint64_t count, uint32_t dim, kiln_m
             return kiln_fail(ctx, KILN_E_RANGE, "node %llu has level %u, above the limit %d",
                              (unsigned long long)i, l, KILN_MAX_LEVELS - 1);
         }
-        ix->upper_off[i] = l ? pool : KILN_NO_UPPER;
-        pool += (uint64_t)l * (M + 1);
         if (l > top)
             top = l;
     }
+    const uint64_t pool = kiln_upper_layout(ix->levels, count, M, ix->upper_off);
     ix->upper_len = pool;
     ix->max_level = top;
     size_t pool_bytes;
@@ -109,6 +121,8 @@ kiln_status kiln_index_alloc(kiln_ctx *ctx, uint64_t count, uint32_t dim, kiln_m
 }
 
 uint64_t kiln_index_memory(const struct kiln_index *ix) {
+    if (ix->map) /* only upper_off is heap (decision 3) */
+        return sizeof *ix + ix->count * sizeof(uint64_t);
     const uint64_t spilled = ix->vectors_spill_len ? 0
                                                    : (uint64_t)ix->dim * sizeof(float) +
                                                          kiln_links0_stride(ix) * sizeof(uint32_t);
@@ -176,6 +190,12 @@ void kiln_index_free(kiln_index *ix) {
         return;
     kiln_scratch_pool_free(ix);
     free(ix->report);
+    free(ix->upper_off);
+    if (ix->map) {
+        munmap(ix->map, ix->map_bytes);
+        free(ix);
+        return;
+    }
     if (ix->vectors_spill_len) {
         munmap(ix->vectors, ix->vectors_spill_len);
         munmap(ix->links0, ix->links0_spill_len);
@@ -185,7 +205,6 @@ void kiln_index_free(kiln_index *ix) {
     }
     free(ix->labels);
     free(ix->levels);
-    free(ix->upper_off);
     free(ix->upper_pool);
     free(ix);
 }

@@ -49,6 +49,13 @@ struct kiln_index {
     uint64_t *upper_off;  /* count */
     uint32_t *upper_pool; /* upper_len uint32_t */
     uint64_t upper_len;
+    /* A mapped index (graph/index_file.c): vectors, labels, levels, links0
+     * and upper_pool point into this read-only mapping of map_bytes, which
+     * kiln_index_free unmaps; only upper_off is heap. NULL when every array
+     * is heap. Nothing may write through those pointers (PROT_READ): only
+     * builders write links, and they work on indexes they allocated. */
+    void *map;
+    size_t map_bytes;
 
     /* Non-zero when vectors / links0 are shared mappings of unnamed files
      * (kiln_index_spill_storage): their lengths, for munmap. */
@@ -106,6 +113,12 @@ kiln_status kiln_index_alloc(kiln_ctx *ctx, uint64_t count, uint32_t dim, kiln_m
  * yet. */
 kiln_status kiln_index_spill_storage(struct kiln_index *ix, const char *dir);
 
+/* Lays out the upper-level pool for count nodes of the given levels (each
+ * < KILN_MAX_LEVELS, checked by the caller): upper_off[i] (count entries)
+ * gets node i's first block, KILN_NO_UPPER for level 0. Returns the pool's
+ * length in uint32_t. */
+uint64_t kiln_upper_layout(const uint8_t *levels, uint64_t count, uint32_t M, uint64_t *upper_off);
+
 /* Samples per-node levels: floor(-ln(U) / ln(M)), capped at KILN_MAX_LEVELS-1,
  * from a kiln_rng seeded with seed. Deterministic for (count, M, seed). */
 void kiln_sample_levels(uint8_t *levels, uint64_t count, uint32_t M, uint64_t seed);
@@ -117,7 +130,8 @@ void kiln_scratch_pool_free(struct kiln_index *ix);
  * first such node, UINT64_MAX when none. */
 uint64_t kiln_index_nonfinite(const struct kiln_index *ix, uint64_t *first);
 
-/* Bytes of heap the index holds (not its spilled mappings). */
+/* Bytes of heap the index holds: not its spilled mappings, nor a mapped
+ * index's mapping (page cache, shared and droppable). */
 uint64_t kiln_index_memory(const struct kiln_index *ix);
 
 #endif /* KILN_HNSW_INTERNAL_H */

@@ -28,6 +28,18 @@
  *     plain total order. Cost, siftsmall, 100 queries x 201 passes at ef 16
  *     and 64 on the shared 2-core machine: median user CPU 1.22 s against
  *     1.18 s before (spreads 1.12-1.43 and 1.14-1.32), i.e. within noise.
+ *  6. Search never trusts a link: a mapped index (graph/index_file.c
+ *     decision 7) is opened without reading its links, so each list's count
+ *     is clamped to its level's bound and each id followed must be < count
+ *     (and, above level 0, on that level, so its block exists); anything
+ *     else is skipped. A crafted file then gives wrong neighbours, never a
+ *     read outside the index. The alternative, checking every link at open,
+ *     is O(links): 132 MB of LINKS0 at 1M x M 16, 13 GB at 100M. Cost,
+ *     callgrind instructions in kiln_index_search, siftsmall 100 queries,
+ *     k 10, one thread: ef 16 6,537,908 -> 6,663,827 (+1.9%), ef 64
+ *     18,805,736 -> 19,155,971 (+1.9%), results identical. Checking
+ *     the prefetch's id too (a select per neighbour) cost +3.0% and bought
+ *     nothing: a prefetch never faults, so its address may be off the array.
  */
 #include <math.h>
 #include <pthread.h>
@@ -167,16 +179,18 @@ void kiln_scratch_reset(kiln_scratch *sc) {
 /* ==== Search ==== */
 
 /* The link list of node on level: in place when read-only, else a copy made
- * under the node's lock into buf. Returns the count; *ids the ids. */
+ * under the node's lock into buf. Returns the count, clamped to the level's
+ * bound (decision 6); *ids the ids, which the caller bounds-checks. */
 static inline uint32_t links_get(const struct kiln_index *ix, kiln_node_lock *locks, uint32_t node,
                                  unsigned level, uint32_t *buf, const uint32_t **ids) {
     const uint32_t *l = kiln_links(ix, node, level);
+    const uint32_t bound = level ? ix->M : ix->M0;
     if (!locks) {
         *ids = l + 1;
-        return l[0];
+        return l[0] < bound ? l[0] : bound;
     }
     kiln_lock(locks, node);
-    uint32_t n = l[0];
+    uint32_t n = l[0] < bound ? l[0] : bound;
     memcpy(buf, l + 1, n * sizeof(uint32_t));
     kiln_unlock(locks, node);
     *ids = buf;
@@ -194,6 +208,10 @@ void kiln_greedy_descend(const struct kiln_index *ix, kiln_node_lock *locks, con
             uint32_t n = links_get(ix, locks, *cur, level, buf, &ids);
             for (uint32_t j = 0; j < n; j++) {
                 uint32_t c = ids[j];
+                /* Decision 6: a link off the graph or off this level (a
+                 * crafted file) is skipped, never followed. */
+                if (c >= ix->count || ix->levels[c] < level)
+                    continue;
                 float d = kiln_node_dist(ix, q, c);
                 if (d < *cur_dist || (d == *cur_dist && c < *cur)) {
                     *cur_dist = d;
@@ -211,6 +229,7 @@ void kiln_search_level(const struct kiln_index *ix, kiln_scratch *sc, kiln_node_
     uint16_t *tags = sc->tags;
     const uint16_t epoch = sc->epoch;
     kiln_heap *top = &sc->top, *cand = &sc->cand;
+    const uint64_t count = ix->count;
 
     tags[ep] = epoch;
     kiln_heap_push(top, (kiln_cand){ep_dist, ep}, true);
@@ -235,6 +254,9 @@ void kiln_search_level(const struct kiln_index *ix, kiln_scratch *sc, kiln_node_
             __builtin_prefetch(&tags[ids[j]]);
         for (uint32_t j = 0; j < n; j++) {
             const uint32_t v = ids[j];
+            /* Decision 6: ids off the graph or off this level are skipped. */
+            if (v >= count || (level && ix->levels[v] < level))
+                continue;
             if (tags[v] != epoch) {
                 tags[v] = epoch;
                 fresh[m++] = v;

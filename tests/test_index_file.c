@@ -259,7 +259,9 @@ static int same_index(const struct kiln_index *a, const struct kiln_index *b) {
     for (uint32_t i = 0; i < n; i++) {
         for (unsigned l = 0; l <= a->levels[i]; l++) {
             const uint32_t *x = kiln_links(a, i, l), *y = kiln_links(b, i, l);
-            if (x[0] != y[0] || memcmp(x + 1, y + 1, x[0] * sizeof(uint32_t)))
+            const uint32_t bound = l ? a->M : a->M0; /* a crafted count may be above it */
+            if (x[0] != y[0] ||
+                memcmp(x + 1, y + 1, (x[0] < bound ? x[0] : bound) * sizeof(uint32_t)))
                 return 0;
         }
     }
@@ -355,7 +357,19 @@ static void round_trip(kiln_ctx *ctx, uint64_t count, uint32_t dim, kiln_metric 
     CHECK_MSG(same_index(ix, back), "round trip differs: count %llu dim %u metric %s M %u",
               (unsigned long long)count, dim, kiln_metric_name(metric), M);
     CHECK(back->ctx == ctx);
+    CHECK(back->map != NULL); /* little-endian test hosts map */
     CHECK_OK(ctx, kiln_index_check(back));
+    /* The read path and the verifying opens give the same index. */
+    static const uint32_t modes[] = {KILN_LOAD_READ, KILN_LOAD_VERIFY,
+                                     KILN_LOAD_VERIFY | KILN_LOAD_READ};
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
+        kiln_index *other = NULL;
+        CHECK_OK(ctx, kiln_index_open(ctx, path, modes[i], &other));
+        REQUIRE(other);
+        CHECK_MSG(same_index(ix, other) && (other->map == NULL) == !!(modes[i] & KILN_LOAD_READ),
+                  "open with flags 0x%x differs: count %llu", modes[i], (unsigned long long)count);
+        kiln_index_free(other);
+    }
 
     kiln_index_info info;
     CHECK_OK(ctx, kiln_index_info_read(ctx, path, &info));
@@ -403,24 +417,92 @@ static void test_round_trips(kiln_ctx *ctx) {
 
 /* ==== Damaged files ==== */
 
-/* Writes file (len bytes) to path and checks load (and info_read where the
- * damage is in header or table) fail with st and a message containing
- * needle and the path. */
-static void expect_reject(kiln_ctx *ctx, const uint8_t *file, size_t len, int header_level,
+/* Where a damage is caught (docs/FORMAT.md, "What the reader enforces"). */
+typedef enum caught {
+    AT_HEADER = 1, /* header or table: every open and info_read refuse it */
+    AT_OPEN,       /* past the table, still at every open (levels, layout) */
+    AT_CRC,        /* a section CRC: the mapped open skips it (VECTORS, LABELS,
+                      LINKS0, UPPER); KILN_LOAD_VERIFY and KILN_LOAD_READ refuse */
+    AT_LINKS       /* a link, CRCs intact: only KILN_LOAD_VERIFY refuses it, and
+                      the validator */
+} caught;
+
+static const uint32_t all_modes[] = {0, KILN_LOAD_READ, KILN_LOAD_VERIFY,
+                                     KILN_LOAD_VERIFY | KILN_LOAD_READ};
+
+/* Whether an open with flags refuses a damage caught where `where` says. */
+static int refused_by(caught where, uint32_t flags) {
+    switch (where) {
+    case AT_HEADER:
+    case AT_OPEN: return 1;
+    case AT_CRC: return flags != 0;
+    case AT_LINKS: return (flags & KILN_LOAD_VERIFY) != 0;
+    }
+    return 1;
+}
+
+/* Searches ix for a few of its own vectors with a beam over the whole graph,
+ * so every reachable block is read (under ASan a read outside the read
+ * path's arrays aborts); labels gets k = 5 per query. */
+static void search_all(kiln_ctx *ctx, const kiln_index *ix, int64_t labels[4 * 5]) {
+    float q[4 * 64];
+    const uint32_t dim = ix->dim < 64 ? ix->dim : 64;
+    REQUIRE(ix->dim == dim);
+    for (uint32_t i = 0; i < 4; i++)
+        memcpy(q + i * dim, kiln_vector(ix, (uint32_t)((i * 17) % (ix->count ? ix->count : 1))),
+               dim * sizeof(float));
+    kiln_search_params sp;
+    kiln_search_params_init(&sp);
+    sp.k = 5;
+    sp.ef = (uint32_t)ix->count + 5;
+    CHECK_OK(ctx, kiln_index_search(ix, q, ix->count ? 4 : 0, &sp, labels, NULL));
+}
+
+/* Writes file (len bytes) to path and checks that every open the damage
+ * should stop fails with st and a message containing needle and the path,
+ * that info_read fails too for header and table damage, and that the opens
+ * that accept it (mapped, or read, see refused_by) give the same index,
+ * which searches safely: a crafted file gives wrong answers, never a read
+ * out of bounds. */
+static void expect_reject(kiln_ctx *ctx, const uint8_t *file, size_t len, caught where,
                           kiln_status st, const char *needle, const char *what) {
     const char *path = tmp_path("bad.kiln");
     spit(path, file, len);
-    kiln_index *ix = (kiln_index *)(uintptr_t)1;
-    const kiln_status got = kiln_index_load(ctx, path, &ix);
-    CHECK_MSG(got == st && strstr(kiln_errmsg(ctx), needle) && strstr(kiln_errmsg(ctx), path),
-              "%s: load gave %s \"%s\", want %s with \"%s\"", what, kiln_status_str(got),
-              kiln_errmsg(ctx), kiln_status_str(st), needle);
-    CHECK(ix == NULL);
-    if (got == KILN_OK)
-        kiln_index_free(ix);
+    kiln_index *accepted[4] = {NULL};
+    int64_t first[4 * 5], labels[4 * 5];
+    for (size_t m = 0; m < 4; m++) {
+        const uint32_t flags = all_modes[m];
+        kiln_index *ix = (kiln_index *)(uintptr_t)1;
+        const kiln_status got = kiln_index_open(ctx, path, flags, &ix);
+        if (refused_by(where, flags)) {
+            CHECK_MSG(got == st && strstr(kiln_errmsg(ctx), needle) &&
+                          strstr(kiln_errmsg(ctx), path),
+                      "%s: open 0x%x gave %s \"%s\", want %s with \"%s\"", what, flags,
+                      kiln_status_str(got), kiln_errmsg(ctx), kiln_status_str(st), needle);
+            CHECK(ix == NULL);
+            if (got == KILN_OK)
+                kiln_index_free(ix);
+            continue;
+        }
+        CHECK_MSG(got == KILN_OK, "%s: open 0x%x gave %s \"%s\", want it accepted", what, flags,
+                  kiln_status_str(got), kiln_errmsg(ctx));
+        if (got != KILN_OK)
+            continue;
+        accepted[m] = ix;
+        search_all(ctx, ix, m == 0 ? first : labels);
+        if (m > 0 && accepted[0]) {
+            CHECK_MSG(same_index(accepted[0], ix) && memcmp(first, labels, sizeof first) == 0,
+                      "%s: the mapped and the read open differ", what);
+        }
+        if (where == AT_LINKS)
+            CHECK_MSG(kiln_index_check(ix) == KILN_E_INVALID,
+                      "%s: the validator passed a crafted link", what);
+    }
+    for (size_t m = 0; m < 4; m++)
+        kiln_index_free(accepted[m]);
     kiln_index_info info;
     const kiln_status gi = kiln_index_info_read(ctx, path, &info);
-    if (header_level)
+    if (where == AT_HEADER)
         CHECK_MSG(gi == st && strstr(kiln_errmsg(ctx), needle),
                   "%s: info_read gave %s \"%s\", want %s with \"%s\"", what, kiln_status_str(gi),
                   kiln_errmsg(ctx), kiln_status_str(st), needle);
@@ -432,7 +514,7 @@ static void expect_reject(kiln_ctx *ctx, const uint8_t *file, size_t len, int he
 /* A copy of the good file with a 32- or 64-bit field forged and the CRCs
  * recomputed. */
 static void forge(kiln_ctx *ctx, const uint8_t *good, size_t len, size_t off, int width,
-                  uint64_t value, int header_level, kiln_status st, const char *needle,
+                  uint64_t value, caught where, kiln_status st, const char *needle,
                   const char *what) {
     uint8_t *f = malloc(len);
     REQUIRE(f);
@@ -442,7 +524,7 @@ static void forge(kiln_ctx *ctx, const uint8_t *good, size_t len, size_t off, in
     else
         kiln_put_u64le(f + off, value);
     refresh_crcs(f, len);
-    expect_reject(ctx, f, len, header_level, st, needle, what);
+    expect_reject(ctx, f, len, where, st, needle, what);
     free(f);
 }
 
@@ -462,88 +544,104 @@ static void test_damage(kiln_ctx *ctx) {
         f[sec_offset(f, k) + sec_length(f, k) / 2] ^= 0x10;
         char needle[64];
         snprintf(needle, sizeof needle, "checksum mismatch in section %s", kind_names[k]);
-        expect_reject(ctx, f, len, 0, KILN_E_CHECKSUM, needle, kind_names[k]);
+        expect_reject(ctx, f, len, k == LEVELS ? AT_OPEN : AT_CRC, KILN_E_CHECKSUM, needle,
+                      kind_names[k]);
     }
     memcpy(f, good, len);
     f[OFF_DIM] ^= 1;
-    expect_reject(ctx, f, len, 1, KILN_E_CHECKSUM, "header checksum mismatch", "header flip");
+    expect_reject(ctx, f, len, AT_HEADER, KILN_E_CHECKSUM, "header checksum mismatch",
+                  "header flip");
     memcpy(f, good, len);
     f[HDR_BYTES + ENTRY_BYTES + 9] ^= 1;
-    expect_reject(ctx, f, len, 1, KILN_E_CHECKSUM, "section table checksum mismatch", "table flip");
+    expect_reject(ctx, f, len, AT_HEADER, KILN_E_CHECKSUM, "section table checksum mismatch",
+                  "table flip");
 
     /* Magic and version. */
     memcpy(f, good, len);
     f[3] = 'X';
-    expect_reject(ctx, f, len, 1, KILN_E_FORMAT, "not a kiln index file (bad magic)", "magic");
-    expect_reject(ctx, (const uint8_t *)"PK\3\4", 4, 1, KILN_E_FORMAT, "bad magic", "zip");
-    forge(ctx, good, len, OFF_VERSION, 4, 2, 1, KILN_E_VERSION,
+    expect_reject(ctx, f, len, AT_HEADER, KILN_E_FORMAT, "not a kiln index file (bad magic)",
+                  "magic");
+    expect_reject(ctx, (const uint8_t *)"PK\3\4", 4, AT_HEADER, KILN_E_FORMAT, "bad magic", "zip");
+    forge(ctx, good, len, OFF_VERSION, 4, 2, AT_HEADER, KILN_E_VERSION,
           "index format version 2 is not supported", "version 2");
-    forge(ctx, good, len, OFF_VERSION, 4, 7, 1, KILN_E_VERSION,
+    forge(ctx, good, len, OFF_VERSION, 4, 7, AT_HEADER, KILN_E_VERSION,
           "index format version 7 is not supported (this kiln reads version 1)", "version 7");
-    forge(ctx, good, len, OFF_VERSION, 4, 0, 1, KILN_E_VERSION, "version 0", "version 0");
+    forge(ctx, good, len, OFF_VERSION, 4, 0, AT_HEADER, KILN_E_VERSION, "version 0", "version 0");
 
     /* Truncation everywhere, and one byte too many. */
     for (int i = 0; i < 20; i++)
-        expect_reject(ctx, good, len * (size_t)i / 20, 1, KILN_E_FORMAT, "truncated", "truncation");
-    expect_reject(ctx, good, len - 1, 1, KILN_E_FORMAT, "truncated", "last byte cut");
-    expect_reject(ctx, good, 5, 1, KILN_E_FORMAT, "truncated", "magic prefix");
+        expect_reject(ctx, good, len * (size_t)i / 20, AT_HEADER, KILN_E_FORMAT, "truncated",
+                      "truncation");
+    expect_reject(ctx, good, len - 1, AT_HEADER, KILN_E_FORMAT, "truncated", "last byte cut");
+    expect_reject(ctx, good, 5, AT_HEADER, KILN_E_FORMAT, "truncated", "magic prefix");
     memcpy(f, good, len);
     f[len] = 0;
-    expect_reject(ctx, f, len + 1, 1, KILN_E_FORMAT, "appended", "extra byte");
+    expect_reject(ctx, f, len + 1, AT_HEADER, KILN_E_FORMAT, "appended", "extra byte");
 
     /* Forged header fields, CRCs recomputed: limits before allocation. */
-    forge(ctx, good, len, OFF_COUNT, 8, 1ULL << 40, 1, KILN_E_RANGE, "count", "count 2^40");
-    forge(ctx, good, len, OFF_COUNT, 8, UINT64_MAX, 1, KILN_E_RANGE, "count", "count max");
-    forge(ctx, good, len, OFF_COUNT, 8, 0xfffffffeULL, 1, KILN_E_FORMAT, "section VECTORS",
+    forge(ctx, good, len, OFF_COUNT, 8, 1ULL << 40, AT_HEADER, KILN_E_RANGE, "count", "count 2^40");
+    forge(ctx, good, len, OFF_COUNT, 8, UINT64_MAX, AT_HEADER, KILN_E_RANGE, "count", "count max");
+    forge(ctx, good, len, OFF_COUNT, 8, 0xfffffffeULL, AT_HEADER, KILN_E_FORMAT, "section VECTORS",
           "count 2^32-2");
-    forge(ctx, good, len, OFF_COUNT, 8, 61, 1, KILN_E_FORMAT, "section VECTORS", "count+1");
-    forge(ctx, good, len, OFF_DIM, 4, 1u << 31, 1, KILN_E_RANGE, "dim", "dim 2^31");
-    forge(ctx, good, len, OFF_DIM, 4, 0, 1, KILN_E_RANGE, "dim", "dim 0");
-    forge(ctx, good, len, OFF_DIM, 4, KILN_MAX_DIM, 1, KILN_E_FORMAT, "section VECTORS", "dim max");
-    forge(ctx, good, len, OFF_M, 4, 1u << 30, 1, KILN_E_RANGE, "M", "M 2^30");
-    forge(ctx, good, len, OFF_M, 4, 1, 1, KILN_E_RANGE, "M", "M 1");
-    forge(ctx, good, len, OFF_M0, 4, 9, 1, KILN_E_FORMAT, "M0", "M0 odd");
-    forge(ctx, good, len, OFF_METRIC, 4, 9, 1, KILN_E_FORMAT, "metric", "metric 9");
-    forge(ctx, good, len, OFF_MAX_LEVEL, 4, 40, 1, KILN_E_RANGE, "max_level", "max_level 40");
-    forge(ctx, good, len, OFF_ENTRY, 4, 60, 1, KILN_E_RANGE, "entry point 60", "entry = count");
-    forge(ctx, good, len, OFF_ENTRY, 4, UINT32_MAX, 1, KILN_E_RANGE, "entry point", "entry max");
-    forge(ctx, good, len, OFF_HEADER_BYTES, 4, 256, 1, KILN_E_FORMAT, "header_bytes",
+    forge(ctx, good, len, OFF_COUNT, 8, 61, AT_HEADER, KILN_E_FORMAT, "section VECTORS", "count+1");
+    forge(ctx, good, len, OFF_DIM, 4, 1u << 31, AT_HEADER, KILN_E_RANGE, "dim", "dim 2^31");
+    forge(ctx, good, len, OFF_DIM, 4, 0, AT_HEADER, KILN_E_RANGE, "dim", "dim 0");
+    forge(ctx, good, len, OFF_DIM, 4, KILN_MAX_DIM, AT_HEADER, KILN_E_FORMAT, "section VECTORS",
+          "dim max");
+    forge(ctx, good, len, OFF_M, 4, 1u << 30, AT_HEADER, KILN_E_RANGE, "M", "M 2^30");
+    forge(ctx, good, len, OFF_M, 4, 1, AT_HEADER, KILN_E_RANGE, "M", "M 1");
+    forge(ctx, good, len, OFF_M0, 4, 9, AT_HEADER, KILN_E_FORMAT, "M0", "M0 odd");
+    forge(ctx, good, len, OFF_METRIC, 4, 9, AT_HEADER, KILN_E_FORMAT, "metric", "metric 9");
+    forge(ctx, good, len, OFF_MAX_LEVEL, 4, 40, AT_HEADER, KILN_E_RANGE, "max_level",
+          "max_level 40");
+    forge(ctx, good, len, OFF_ENTRY, 4, 60, AT_HEADER, KILN_E_RANGE, "entry point 60",
+          "entry = count");
+    forge(ctx, good, len, OFF_ENTRY, 4, UINT32_MAX, AT_HEADER, KILN_E_RANGE, "entry point",
+          "entry max");
+    forge(ctx, good, len, OFF_HEADER_BYTES, 4, 256, AT_HEADER, KILN_E_FORMAT, "header_bytes",
           "header_bytes");
-    forge(ctx, good, len, OFF_FILE_BYTES, 8, UINT64_MAX, 1, KILN_E_FORMAT, "truncated",
+    forge(ctx, good, len, OFF_FILE_BYTES, 8, UINT64_MAX, AT_HEADER, KILN_E_FORMAT, "truncated",
           "file_bytes");
-    forge(ctx, good, len, 100, 4, 1, 1, KILN_E_FORMAT, "reserved header byte", "reserved");
-    forge(ctx, good, len, OFF_SECTION_COUNT, 4, 4, 1, KILN_E_FORMAT, "section_count", "4 sections");
-    forge(ctx, good, len, OFF_SECTION_COUNT, 4, 1000000, 1, KILN_E_FORMAT, "section_count",
+    forge(ctx, good, len, 100, 4, 1, AT_HEADER, KILN_E_FORMAT, "reserved header byte", "reserved");
+    forge(ctx, good, len, OFF_SECTION_COUNT, 4, 4, AT_HEADER, KILN_E_FORMAT, "section_count",
+          "4 sections");
+    forge(ctx, good, len, OFF_SECTION_COUNT, 4, 1000000, AT_HEADER, KILN_E_FORMAT, "section_count",
           "10^6 sections");
 
     /* An entry point not on the top level: found once LEVELS is read. */
     uint32_t low = 0;
     while (ix->levels[low] == ix->max_level)
         low++;
-    forge(ctx, good, len, OFF_ENTRY, 4, low, 0, KILN_E_FORMAT, "not the top level", "entry level");
+    forge(ctx, good, len, OFF_ENTRY, 4, low, AT_OPEN, KILN_E_FORMAT, "not the top level",
+          "entry level");
 
     /* Forged table entries. */
     const size_t e_links = HDR_BYTES + (LINKS0 - 1) * ENTRY_BYTES;
     const size_t e_upper = HDR_BYTES + (UPPER - 1) * ENTRY_BYTES;
-    forge(ctx, good, len, e_links + 8, 8, sec_offset(good, LINKS0) + 4, 1, KILN_E_FORMAT,
+    forge(ctx, good, len, e_links + 8, 8, sec_offset(good, LINKS0) + 4, AT_HEADER, KILN_E_FORMAT,
           "misaligned", "offset +4");
-    forge(ctx, good, len, e_links + 8, 8, 64, 1, KILN_E_FORMAT, "outside", "offset in table");
-    forge(ctx, good, len, e_links + 8, 8, UINT64_MAX - 63, 1, KILN_E_FORMAT, "outside",
+    forge(ctx, good, len, e_links + 8, 8, 64, AT_HEADER, KILN_E_FORMAT, "outside",
+          "offset in table");
+    forge(ctx, good, len, e_links + 8, 8, UINT64_MAX - 63, AT_HEADER, KILN_E_FORMAT, "outside",
           "offset huge");
-    forge(ctx, good, len, e_links + 16, 8, UINT64_MAX, 1, KILN_E_FORMAT, "outside", "length huge");
-    forge(ctx, good, len, e_links + 16, 8, sec_length(good, LINKS0) - 4, 1, KILN_E_FORMAT,
+    forge(ctx, good, len, e_links + 16, 8, UINT64_MAX, AT_HEADER, KILN_E_FORMAT, "outside",
+          "length huge");
+    forge(ctx, good, len, e_links + 16, 8, sec_length(good, LINKS0) - 4, AT_HEADER, KILN_E_FORMAT,
           "section LINKS0 is", "length short");
-    forge(ctx, good, len, e_upper + 16, 8, sec_length(good, UPPER) - 4, 1, KILN_E_FORMAT,
+    forge(ctx, good, len, e_upper + 16, 8, sec_length(good, UPPER) - 4, AT_HEADER, KILN_E_FORMAT,
           "section UPPER", "upper partial block");
-    forge(ctx, good, len, e_upper + 16, 8, sec_length(good, UPPER) - 5 * 4, 0, KILN_E_FORMAT,
+    forge(ctx, good, len, e_upper + 16, 8, sec_length(good, UPPER) - 5 * 4, AT_OPEN, KILN_E_FORMAT,
           "LEVELS implies", "upper one block short");
-    forge(ctx, good, len, e_links + 8, 8, sec_offset(good, VECTORS), 1, KILN_E_FORMAT, "overlap",
-          "overlap");
-    forge(ctx, good, len, e_links, 4, VECTORS, 1, KILN_E_FORMAT, "twice", "duplicate kind");
-    forge(ctx, good, len, e_links + 4, 4, 1, 1, KILN_E_FORMAT, "flags", "optional known kind");
-    forge(ctx, good, len, e_links + 4, 4, 2, 1, KILN_E_FORMAT, "flags", "unknown flag");
-    forge(ctx, good, len, e_links + 28, 4, 1, 1, KILN_E_FORMAT, "reserved", "entry reserved");
-    forge(ctx, good, len, e_links, 4, 99, 1, KILN_E_FORMAT, "unknown kind 99", "unknown kind");
+    forge(ctx, good, len, e_links + 8, 8, sec_offset(good, VECTORS), AT_HEADER, KILN_E_FORMAT,
+          "overlap", "overlap");
+    forge(ctx, good, len, e_links, 4, VECTORS, AT_HEADER, KILN_E_FORMAT, "twice", "duplicate kind");
+    forge(ctx, good, len, e_links + 4, 4, 1, AT_HEADER, KILN_E_FORMAT, "flags",
+          "optional known kind");
+    forge(ctx, good, len, e_links + 4, 4, 2, AT_HEADER, KILN_E_FORMAT, "flags", "unknown flag");
+    forge(ctx, good, len, e_links + 28, 4, 1, AT_HEADER, KILN_E_FORMAT, "reserved",
+          "entry reserved");
+    forge(ctx, good, len, e_links, 4, 99, AT_HEADER, KILN_E_FORMAT, "unknown kind 99",
+          "unknown kind");
 
     /* A sixth, unknown section: rejected unless flagged optional, then
      * skipped. It fits in the table without moving anything (6 * 32 bytes
@@ -562,7 +660,8 @@ static void test_damage(kiln_ctx *ctx) {
         kiln_put_u64le(f + OFF_FILE_BYTES, flen);
         refresh_crcs(f, flen);
         if (!optional) {
-            expect_reject(ctx, f, flen, 1, KILN_E_FORMAT, "unknown kind 42", "required kind 42");
+            expect_reject(ctx, f, flen, AT_HEADER, KILN_E_FORMAT, "unknown kind 42",
+                          "required kind 42");
         } else {
             const char *p = tmp_path("optional.kiln");
             spit(p, f, flen);
@@ -578,15 +677,15 @@ static void test_damage(kiln_ctx *ctx) {
     uint32_t node = 0; /* a node with at least one level-0 link */
     while (kiln_links(ix, node, 0)[0] == 0)
         node++;
-    forge(ctx, good, len, links + node * stride + 4, 4, 60, 0, KILN_E_RANGE, "links to node 60",
-          "link = count");
-    forge(ctx, good, len, links + node * stride + 4, 4, UINT32_MAX, 0, KILN_E_RANGE,
+    forge(ctx, good, len, links + node * stride + 4, 4, 60, AT_LINKS, KILN_E_RANGE,
+          "links to node 60", "link = count");
+    forge(ctx, good, len, links + node * stride + 4, 4, UINT32_MAX, AT_LINKS, KILN_E_RANGE,
           "level 0 links to node 4294967295", "link max");
-    forge(ctx, good, len, links + node * stride, 4, 9, 0, KILN_E_RANGE, "above the bound 8",
+    forge(ctx, good, len, links + node * stride, 4, 9, AT_LINKS, KILN_E_RANGE, "above the bound 8",
           "link count");
     char needle[96];
     snprintf(needle, sizeof needle, "node %u level 0", node);
-    forge(ctx, good, len, links + node * stride + 4, 4, 1000, 0, KILN_E_RANGE, needle,
+    forge(ctx, good, len, links + node * stride + 4, 4, 1000, AT_LINKS, KILN_E_RANGE, needle,
           "message names node and level");
     /* The first upper block is node u's level 1. */
     uint32_t u = 0;
@@ -598,8 +697,8 @@ static void test_damage(kiln_ctx *ctx) {
     kiln_put_u32le(f + upper + 4, 77);
     refresh_crcs(f, len);
     snprintf(needle, sizeof needle, "node %u level 1 links to node 77", u);
-    expect_reject(ctx, f, len, 0, KILN_E_RANGE, needle, "upper link");
-    forge(ctx, good, len, upper, 4, 5, 0, KILN_E_RANGE, "above the bound 4", "upper count");
+    expect_reject(ctx, f, len, AT_LINKS, KILN_E_RANGE, needle, "upper link");
+    forge(ctx, good, len, upper, 4, 5, AT_LINKS, KILN_E_RANGE, "above the bound 4", "upper count");
     uint32_t ground = 0; /* a node on level 0 only */
     while (ix->levels[ground] != 0)
         ground++;
@@ -609,25 +708,71 @@ static void test_damage(kiln_ctx *ctx) {
     refresh_crcs(f, len);
     snprintf(needle, sizeof needle,
              "node %u level 1 links to node %u, which is only on levels 0..0", u, ground);
-    expect_reject(ctx, f, len, 0, KILN_E_RANGE, needle, "upper link to a lower node");
+    expect_reject(ctx, f, len, AT_LINKS, KILN_E_RANGE, needle, "upper link to a lower node");
     const uint64_t lv = sec_offset(good, LEVELS);
     memcpy(f, good, len);
     f[lv + low] = (uint8_t)(ix->max_level + 1);
     refresh_crcs(f, len);
     snprintf(needle, sizeof needle, "node %u has level %u, above the header's max_level %u", low,
              ix->max_level + 1, ix->max_level);
-    expect_reject(ctx, f, len, 0, KILN_E_RANGE, needle, "level > max");
+    expect_reject(ctx, f, len, AT_OPEN, KILN_E_RANGE, needle, "level > max");
     memcpy(f, good, len);
     f[lv + low] = (uint8_t)(ix->levels[low] + 1);
     refresh_crcs(f, len);
-    expect_reject(ctx, f, len, 0, KILN_E_FORMAT, "LEVELS implies", "level changed");
+    expect_reject(ctx, f, len, AT_OPEN, KILN_E_FORMAT, "LEVELS implies", "level changed");
+
+    /* Crafted links that search follows at once (search_all's first query
+     * is node g's own vector): the entry point's top block links to g, which
+     * is only on level 0, and g's level-0 block has a count far above its
+     * bound and a first id far past the graph. Without search's checks the
+     * read path reads outside its arrays (ASan aborts) and the mapped one
+     * outside the file. With them the bad links are skipped: the search
+     * gives what it gives on the same file with the entry's top block empty
+     * and g's first id a repeat of its second (a visited node, so skipped
+     * too), and the count at its bound (the slots past n are zeros). */
+    const uint32_t g = 0, ep = ix->entry_point, M0 = ix->M0;
+    REQUIRE(ix->levels[g] == 0 && ix->max_level >= 1 && kiln_links(ix, g, 0)[0] >= 2);
+    const uint64_t ep_top =
+        upper + 4 * (ix->upper_off[ep] + (uint64_t)(ix->max_level - 1) * (ix->M + 1));
+    const uint64_t g_links = links + g * stride;
+    memcpy(f, good, len);
+    kiln_put_u32le(f + ep_top, 1);
+    kiln_put_u32le(f + ep_top + 4, g);
+    kiln_put_u32le(f + g_links, UINT32_MAX);
+    kiln_put_u32le(f + g_links + 4, UINT32_MAX);
+    refresh_crcs(f, len);
+    expect_reject(ctx, f, len, AT_LINKS, KILN_E_RANGE, "level 0 has 4294967295 links",
+                  "crafted search");
+    int64_t crafted[2][4 * 5];
+    for (int variant = 0; variant < 2; variant++) {
+        if (variant) {
+            memcpy(f, good, len);
+            kiln_put_u32le(f + ep_top, 0);
+            kiln_put_u32le(f + g_links, M0);
+            kiln_put_u32le(f + g_links + 4, kiln_get_u32le(f + g_links + 8));
+            refresh_crcs(f, len);
+        }
+        const char *p = tmp_path("crafted.kiln");
+        spit(p, f, len);
+        kiln_index *c = NULL;
+        CHECK_OK(ctx, kiln_index_open(ctx, p, KILN_LOAD_READ, &c));
+        REQUIRE(c);
+        search_all(ctx, c, crafted[variant]);
+        kiln_index_free(c);
+    }
+    CHECK_MSG(memcmp(crafted[0], crafted[1], sizeof crafted[0]) == 0,
+              "a search on crafted links did not skip exactly the bad ones");
+
+    /* Flags. */
+    kiln_index *none = NULL;
+    CHECK_FAILS(ctx, kiln_index_open(ctx, path, 0x8, &none), KILN_E_ARG, "unknown flags 0x8");
+    CHECK(none == NULL);
 
     /* Misc: missing file, a folder, an empty file. */
-    kiln_index *none = NULL;
     CHECK_FAILS(ctx, kiln_index_load(ctx, tmp_path("absent.kiln"), &none), KILN_E_IO,
                 "absent.kiln: cannot open");
     CHECK_FAILS(ctx, kiln_index_load(ctx, test_dir, &none), KILN_E_IO, "not a regular file");
-    expect_reject(ctx, good, 0, 1, KILN_E_FORMAT, "truncated", "empty");
+    expect_reject(ctx, good, 0, AT_HEADER, KILN_E_FORMAT, "truncated", "empty");
     CHECK_FAILS(ctx, kiln_index_load(ctx, NULL, &none), KILN_E_ARG, "empty path");
     CHECK(kiln_index_load(ctx, path, NULL) == KILN_E_ARG);
     CHECK(kiln_index_info_read(ctx, path, NULL) == KILN_E_ARG);
@@ -767,11 +912,34 @@ static void test_built(kiln_ctx *ctx) {
     CHECK_OK(ctx, kiln_index_search(a, queries, BUILT_QUERIES, &sp, lab_a, da));
     CHECK_OK(ctx, kiln_index_search(back, queries, BUILT_QUERIES, &sp, lab_b, db));
     CHECK(memcmp(lab_a, lab_b, sizeof lab_a) == 0 && memcmp(da, db, sizeof da) == 0);
-    kiln_index_stats sa, sb;
+    /* The read path (the big-endian and no-mmap fallback) and a verifying
+     * open search alike too. */
+    kiln_index *readback = NULL, *verified = NULL;
+    CHECK_OK(ctx, kiln_index_open(ctx, pa, KILN_LOAD_READ, &readback));
+    CHECK_OK(ctx, kiln_index_open(ctx, pa, KILN_LOAD_VERIFY, &verified));
+    REQUIRE(readback && verified);
+    CHECK(back->map != NULL && readback->map == NULL && verified->map != NULL);
+    CHECK(same_index(a, readback) && same_index(a, verified));
+    CHECK_OK(ctx, kiln_index_search(readback, queries, BUILT_QUERIES, &sp, lab_b, db));
+    CHECK(memcmp(lab_a, lab_b, sizeof lab_a) == 0 && memcmp(da, db, sizeof da) == 0);
+    CHECK_OK(ctx, kiln_index_search(verified, queries, BUILT_QUERIES, &sp, lab_b, db));
+    CHECK(memcmp(lab_a, lab_b, sizeof lab_a) == 0 && memcmp(da, db, sizeof da) == 0);
+    kiln_index_stats sa, sb, sr;
     CHECK_OK(ctx, kiln_index_stats_get(a, &sa));
     CHECK_OK(ctx, kiln_index_stats_get(back, &sb));
+    CHECK_OK(ctx, kiln_index_stats_get(readback, &sr));
     CHECK(sa.levels == sb.levels && sa.levels >= 2 &&
           memcmp(sa.nodes_per_level, sb.nodes_per_level, sizeof sa.nodes_per_level) == 0);
+    /* memory_bytes counts heap only: a mapped index holds its upper
+     * offsets, not its vectors and links. */
+    CHECK_MSG(sr.memory_bytes == sa.memory_bytes &&
+                  sb.memory_bytes + n * dim * sizeof(float) <= sr.memory_bytes &&
+                  sb.memory_bytes >= n * sizeof(uint64_t),
+              "memory_bytes: built %llu, read %llu, mapped %llu",
+              (unsigned long long)sa.memory_bytes, (unsigned long long)sr.memory_bytes,
+              (unsigned long long)sb.memory_bytes);
+    kiln_index_free(readback);
+    kiln_index_free(verified);
 
     kiln_index_free(back);
     kiln_index_free(b);

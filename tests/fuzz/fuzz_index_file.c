@@ -2,20 +2,28 @@
  * (graph/index_file.c).
  *
  * Each input is written to a temporary file and read with
- * kiln_index_info_read and kiln_index_load. Failing cleanly is fine;
- * crashing, leaking or reading out of bounds is not. When the load succeeds
- * the target also checks what the loader promises:
+ * kiln_index_info_read and kiln_index_open in its three ways: mapped (the
+ * default), read into memory (KILN_LOAD_READ) and verified
+ * (KILN_LOAD_VERIFY). Failing cleanly is fine; crashing, leaking or reading
+ * out of bounds is not. The target checks what each open promises:
+ *  - a mapped open verifies only what bounds memory reads, so whatever it
+ *    accepts must search safely: the validator runs to an answer, and a
+ *    search runs even when the validator rejects the graph (the read path's
+ *    heap arrays put ASan's redzones where the mapping has none, so the
+ *    same search on the read copy catches a read past an array);
+ *  - what the read or the verifying open accepts, the mapped open accepts
+ *    too (they check a superset), and it searches to the same labels;
  *  - info_read accepted the same file and agrees with the index;
- *  - the validator (kiln_index_check) runs to an answer, and a search runs
- *    even when the validator rejects the graph, since the loader guarantees
- *    memory safety, not graph quality;
- *  - save is deterministic: saving the loaded index, loading that and saving
- *    again gives the same bytes.
+ *  - the writer accepts what the verifying open accepts, and save is
+ *    deterministic: saving that index, loading the copy and saving again
+ *    gives the same bytes.
  *
  * Design decisions:
  *  1. The input goes through a real file, named by pid in $KILN_TEST_TMP
- *     (else /tmp), because the reader uses open/fstat/pread, and parallel
- *     ctest runs or libFuzzer workers must not share it.
+ *     (else /tmp), because the reader uses open/fstat/mmap/pread, and
+ *     parallel ctest runs or libFuzzer workers must not share it. Each run
+ *     frees its indexes (unmapping the file) before the next input is
+ *     written over it.
  *  2. Seeds are small valid index files: hand-made graphs (count 0, 1 and a
  *     few nodes, several levels, all three metrics, M = 2 and 3) saved with
  *     kiln_index_save, plus one built by kiln_index_build, so mutations start
@@ -50,16 +58,26 @@ static uint8_t *save_bytes(const kiln_index *ix, size_t *size) {
     return read_file(fuzz_path("out"), size);
 }
 
-/* The promises of a successful load (see the header comment). */
-static void check_loaded(kiln_ctx *ctx, const kiln_index *ix, kiln_status info_st,
-                         const kiln_index_info *info) {
-    if (info_st != KILN_OK || info->count != kiln_index_count(ix) ||
-        info->dim != kiln_index_dim(ix) || info->metric != kiln_index_metric(ix))
+/* One search for node 0's vector; labels gets FUZZ_K ids. */
+static void search_labels(const kiln_index *ix, int64_t *labels) {
+    const size_t dim = kiln_index_dim(ix);
+    float *q = calloc(dim ? dim : 1, sizeof *q);
+    if (!q)
         abort();
-    kiln_index_check(ix);
+    if (ix->count)
+        memcpy(q, kiln_vector(ix, 0), dim * sizeof *q);
+    kiln_search_params sp;
+    kiln_search_params_init(&sp);
+    sp.k = FUZZ_K;
+    sp.ef = FUZZ_EF;
+    sp.threads = 1;
+    if (kiln_index_search(ix, q, 1, &sp, labels, NULL) != KILN_OK)
+        abort();
+    free(q);
+}
 
-    fuzz_search_once(ix);
-
+/* The promises of an index that the verifying open accepted. */
+static void check_verified(kiln_ctx *ctx, const kiln_index *ix) {
     size_t n1 = 0, n2 = 0;
     uint8_t *first = save_bytes(ix, &n1);
     if (!first)
@@ -104,11 +122,30 @@ static void run_one(kiln_ctx *ctx, const uint8_t *data, size_t size) {
         return;
     kiln_index_info info;
     const kiln_status info_st = kiln_index_info_read(ctx, path, &info);
-    kiln_index *ix = NULL;
-    if (kiln_index_load(ctx, path, &ix) == KILN_OK) {
-        check_loaded(ctx, ix, info_st, &info);
-        kiln_index_free(ix);
+    kiln_index *mapped = NULL, *read = NULL, *verified = NULL;
+    const bool map_ok = kiln_index_open(ctx, path, 0, &mapped) == KILN_OK;
+    const bool read_ok = kiln_index_open(ctx, path, KILN_LOAD_READ, &read) == KILN_OK;
+    const bool verify_ok = kiln_index_open(ctx, path, KILN_LOAD_VERIFY, &verified) == KILN_OK;
+    if ((read_ok || verify_ok) && !map_ok)
+        abort(); /* the mapped open refused what a stricter one accepted */
+    if (map_ok) {
+        if (info_st != KILN_OK || info.count != kiln_index_count(mapped) ||
+            info.dim != kiln_index_dim(mapped) || info.metric != kiln_index_metric(mapped))
+            abort();
+        kiln_index_check(mapped);
+        int64_t a[FUZZ_K], b[FUZZ_K];
+        search_labels(mapped, a);
+        if (read_ok) {
+            search_labels(read, b);
+            if (memcmp(a, b, sizeof a) != 0)
+                abort();
+        }
     }
+    if (verify_ok)
+        check_verified(ctx, verified);
+    kiln_index_free(mapped);
+    kiln_index_free(read);
+    kiln_index_free(verified);
 }
 
 /* ==== Target ==== */
