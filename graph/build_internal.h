@@ -16,15 +16,22 @@
 uint32_t kiln_select_neighbors(const struct kiln_index *ix, const kiln_cand *sorted, uint32_t n,
                                uint32_t M, uint32_t *out);
 
-/* Adds link from -> to on level (to at distance d from `from`), re-pruning
- * from's list with the heuristic when it is full. Takes from's lock. */
-void kiln_link_add(const struct kiln_index *ix, kiln_node_lock *locks, uint32_t from, uint32_t to,
-                   unsigned level);
+/* Adds links node -> in[i].id on level (in[i].dist the distance from node),
+ * for the n entries of in, sorted by (dist, id); ids already in the list
+ * (and node itself) are skipped. When they fit they are appended in that
+ * order; otherwise the list is re-pruned with the heuristic from its members
+ * after the first `keep` (which stay in place) plus the new ones, to the
+ * level's capacity. in must have room for n + capacity entries and is
+ * overwritten. Takes no lock: the caller makes sure no one else touches
+ * node's list meanwhile. */
+void kiln_links_merge(const struct kiln_index *ix, uint32_t node, unsigned level, uint32_t keep,
+                      kiln_cand *in, uint32_t n);
 
 /* Inserts every node of ix (vectors, labels and levels set; links empty) by
- * HNSW insertion with beam width ef_construction on `threads` threads.
- * The node of the highest level is inserted first and stays the entry point,
- * so no global lock is needed; order is otherwise by id. */
+ * HNSW insertion with beam width ef_construction on `threads` threads, in
+ * batches of growing size (graph/hnsw_insert.c): the node of the highest
+ * level first (it stays the entry point), the others in an order drawn from
+ * ix->seed. The graph is the same whatever the thread count. */
 kiln_status kiln_hnsw_insert_all(struct kiln_index *ix, uint32_t ef_construction, int threads);
 /* The same for levels bottom and up only, over the nodes that reach bottom:
  * with bottom = 1 it builds the hierarchy above a level 0 made otherwise. */

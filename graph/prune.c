@@ -6,10 +6,11 @@
  *  1. The heuristic is hnswlib's getNeighborsByHeuristic2 exactly (no
  *     extendCandidates, no keepPrunedConnections), so graphs are comparable
  *     with hnswlib's and recall differences come from elsewhere.
- *  2. A full list is re-pruned from its current members plus the new one,
- *     bounded by the level's capacity (M0 on level 0, M above).
+ *  2. A list that overflows is re-pruned from its current members plus all
+ *     the new ones at once, bounded by the level's capacity (M0 on level 0,
+ *     M above); new links that fit are appended in the order given, so the
+ *     caller's order (graph/hnsw_insert.c sorts them) fixes the result.
  */
-#include <string.h>
 
 #include "build_internal.h"
 
@@ -36,33 +37,30 @@ uint32_t kiln_select_neighbors(const struct kiln_index *ix, const kiln_cand *sor
     return kept;
 }
 
-void kiln_link_add(const struct kiln_index *ix, kiln_node_lock *locks, uint32_t from, uint32_t to,
-                   unsigned level) {
+void kiln_links_merge(const struct kiln_index *ix, uint32_t node, unsigned level, uint32_t keep,
+                      kiln_cand *in, uint32_t n) {
     const uint32_t cap = level ? ix->M : ix->M0;
-    kiln_lock(locks, from);
-    uint32_t *l = kiln_links(ix, from, level);
-    uint32_t n = l[0];
-    for (uint32_t j = 0; j < n; j++) {
-        if (l[1 + j] == to) {
-            kiln_unlock(locks, from);
-            return;
-        }
+    uint32_t *l = kiln_links(ix, node, level);
+    const uint32_t have = l[0];
+    uint32_t fresh = 0; /* the incoming not yet in the list, in their order */
+    for (uint32_t i = 0; i < n; i++) {
+        bool dup = in[i].id == node;
+        for (uint32_t j = 0; j < have && !dup; j++)
+            dup = l[1 + j] == in[i].id;
+        if (!dup)
+            in[fresh++] = in[i];
     }
-    if (n < cap) {
-        l[1 + n] = to;
-        l[0] = n + 1;
-        kiln_unlock(locks, from);
+    if (have + fresh <= cap) {
+        for (uint32_t i = 0; i < fresh; i++)
+            l[1 + have + i] = in[i].id;
+        l[0] = have + fresh;
         return;
     }
-    kiln_cand cands[2 * KILN_MAX_M + 1];
-    const float *fv = kiln_vector(ix, from);
-    for (uint32_t j = 0; j < n; j++)
-        cands[j] = (kiln_cand){kiln_node_dist(ix, fv, l[1 + j]), l[1 + j]};
-    cands[n] = (kiln_cand){kiln_node_dist(ix, fv, to), to};
-    kiln_cands_sort(cands, n + 1);
-    uint32_t kept[2 * KILN_MAX_M];
-    uint32_t m = kiln_select_neighbors(ix, cands, n + 1, cap, kept);
-    memcpy(l + 1, kept, m * sizeof(uint32_t));
-    l[0] = m;
-    kiln_unlock(locks, from);
+    const float *v = kiln_vector(ix, node);
+    uint32_t m = fresh;
+    for (uint32_t j = keep; j < have; j++)
+        in[m++] = (kiln_cand){kiln_node_dist(ix, v, l[1 + j]), l[1 + j]};
+    kiln_cands_sort(in, m);
+    /* The old members are all in `in` now, so the list is the output. */
+    l[0] = keep + kiln_select_neighbors(ix, in, m, cap - keep, l + 1 + keep);
 }
