@@ -100,8 +100,8 @@ static void relink(struct kiln_index *ix, kiln_scratch *sc, const uint8_t *seen,
     const float *q = kiln_vector(ix, u);
     uint32_t cur = ix->entry_point;
     float cur_dist = kiln_node_dist(ix, q, cur);
-    kiln_greedy_descend(ix, NULL, q, ix->max_level, 0, &cur, &cur_dist);
-    kiln_search_level(ix, sc, NULL, q, cur, cur_dist, ef, 0);
+    kiln_greedy_descend(ix, q, ix->max_level, 0, &cur, &cur_dist);
+    kiln_search_level(ix, sc, q, cur, cur_dist, ef, 0);
     /* A search short of memory (kiln_heap_push) still ends on reachable
      * nodes or the entry point, so the repair stays correct: no report. */
     sc->cand.short_of_memory = false;

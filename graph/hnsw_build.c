@@ -135,9 +135,9 @@ static kiln_status build_graph(struct kiln_index *ix, const kiln_build_params *p
     if (p->method == KILN_METHOD_DEVICE) {
         st = kiln_build_device(ix, p, rep);
     } else {
-        /* Insertion holds the whole index and a lock per node: a budget
-         * below that is refused before any work. */
-        const uint64_t need = kiln_index_memory(ix) + ix->count * sizeof(kiln_node_lock);
+        /* Insertion holds the whole index: a budget below that is refused
+         * before any work. */
+        const uint64_t need = kiln_index_memory(ix);
         if (p->memory_limit && need > p->memory_limit)
             return kiln_fail(ctx, KILN_E_RANGE,
                              "build: --method insert holds the whole index in memory, %.1f MiB, "

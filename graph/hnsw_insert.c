@@ -149,9 +149,9 @@ static void select_one(const batch_state *bs, kiln_scratch *sc, uint32_t q, rev_
     const float *qv = kiln_vector(ix, q);
     uint32_t cur = ix->entry_point;
     float cur_dist = kiln_node_dist(ix, qv, cur);
-    kiln_greedy_descend(ix, NULL, qv, ix->max_level, top, &cur, &cur_dist);
+    kiln_greedy_descend(ix, qv, ix->max_level, top, &cur, &cur_dist);
     for (uint32_t level = top + 1; level-- > bs->bottom; e += M) {
-        kiln_search_level(ix, sc, NULL, qv, cur, cur_dist, bs->efc, level);
+        kiln_search_level(ix, sc, qv, cur, cur_dist, bs->efc, level);
         const uint32_t n = sc->top.size;
         kiln_cand *c = sc->top.v;
         kiln_cands_sort(c, n);

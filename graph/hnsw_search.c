@@ -8,9 +8,10 @@
  *     queries. Scratch is kept in a pool on the index (hnswlib's
  *     VisitedListPool), so a loaded, read-only index serves any number of
  *     threads with no per-query allocation.
- *  2. The same level search serves construction and queries: with a lock
- *     array it copies each link list under its node's lock (lists change
- *     while a concurrent build runs); without one it reads lists in place.
+ *  2. The same level search serves construction and queries, reading link
+ *     lists in place: builders never write a list while it may be searched
+ *     (graph/hnsw_insert.c searches each batch's snapshot of the graph, then
+ *     writes), so no search takes a lock.
  *  3. The search is bound by memory latency, not arithmetic: the frontier's
  *     next node's link block is prefetched while the current node's
  *     neighbours are scored (+11-15% QPS at 1M x 128, where links and
@@ -139,8 +140,6 @@ kiln_status kiln_scratch_new(kiln_ctx *ctx, const struct kiln_index *ix, uint32_
                          (void **)&sc->top.v)) ||
         (st = kiln_alloc(ctx, (size_t)hcap * 2 * sizeof(kiln_cand), "search heap",
                          (void **)&sc->cand.v)) ||
-        (st = kiln_alloc(ctx, ((size_t)maxdeg + 1) * sizeof(uint32_t), "link buffer",
-                         (void **)&sc->nbr)) ||
         (st = kiln_alloc(ctx, ((size_t)maxdeg + 1) * sizeof(uint32_t), "neighbour buffer",
                          (void **)&sc->fresh)) ||
         (st = kiln_alloc_aligned(ctx, (size_t)ix->dim * sizeof(float), "query buffer",
@@ -161,7 +160,6 @@ void kiln_scratch_free(kiln_scratch *sc) {
     free(sc->tags);
     free(sc->top.v);
     free(sc->cand.v);
-    free(sc->nbr);
     free(sc->fresh);
     kiln_free_aligned(sc->qbuf);
     free(sc);
@@ -178,34 +176,26 @@ void kiln_scratch_reset(kiln_scratch *sc) {
 
 /* ==== Search ==== */
 
-/* The link list of node on level: in place when read-only, else a copy made
- * under the node's lock into buf. Returns the count, clamped to the level's
- * bound (decision 6); *ids the ids, which the caller bounds-checks. */
-static inline uint32_t links_get(const struct kiln_index *ix, kiln_node_lock *locks, uint32_t node,
-                                 unsigned level, uint32_t *buf, const uint32_t **ids) {
+/* The link list of node on level, in place (the graph is not written while
+ * it is searched: builders search a batch's snapshot, graph/hnsw_insert.c).
+ * Returns the count, clamped to the level's bound (decision 6); *ids the
+ * ids, which the caller bounds-checks. */
+static inline uint32_t links_get(const struct kiln_index *ix, uint32_t node, unsigned level,
+                                 const uint32_t **ids) {
     const uint32_t *l = kiln_links(ix, node, level);
     const uint32_t bound = level ? ix->M : ix->M0;
-    if (!locks) {
-        *ids = l + 1;
-        return l[0] < bound ? l[0] : bound;
-    }
-    kiln_lock(locks, node);
-    uint32_t n = l[0] < bound ? l[0] : bound;
-    memcpy(buf, l + 1, n * sizeof(uint32_t));
-    kiln_unlock(locks, node);
-    *ids = buf;
-    return n;
+    *ids = l + 1;
+    return l[0] < bound ? l[0] : bound;
 }
 
-void kiln_greedy_descend(const struct kiln_index *ix, kiln_node_lock *locks, const float *q,
-                         uint32_t top, uint32_t stop, uint32_t *cur, float *cur_dist) {
-    uint32_t buf[KILN_MAX_M + 1];
+void kiln_greedy_descend(const struct kiln_index *ix, const float *q, uint32_t top, uint32_t stop,
+                         uint32_t *cur, float *cur_dist) {
     for (uint32_t level = top; level > stop; level--) {
         bool changed = true;
         while (changed) {
             changed = false;
             const uint32_t *ids;
-            uint32_t n = links_get(ix, locks, *cur, level, buf, &ids);
+            uint32_t n = links_get(ix, *cur, level, &ids);
             for (uint32_t j = 0; j < n; j++) {
                 uint32_t c = ids[j];
                 /* Decision 6: a link off the graph or off this level (a
@@ -223,8 +213,8 @@ void kiln_greedy_descend(const struct kiln_index *ix, kiln_node_lock *locks, con
     }
 }
 
-void kiln_search_level(const struct kiln_index *ix, kiln_scratch *sc, kiln_node_lock *locks,
-                       const float *q, uint32_t ep, float ep_dist, uint32_t ef, unsigned level) {
+void kiln_search_level(const struct kiln_index *ix, kiln_scratch *sc, const float *q, uint32_t ep,
+                       float ep_dist, uint32_t ef, unsigned level) {
     kiln_scratch_reset(sc);
     uint16_t *tags = sc->tags;
     const uint16_t epoch = sc->epoch;
@@ -245,7 +235,7 @@ void kiln_search_level(const struct kiln_index *ix, kiln_scratch *sc, kiln_node_
         if (cand->size)
             __builtin_prefetch(kiln_links(ix, cand->v[0].id, level));
         const uint32_t *ids;
-        const uint32_t n = links_get(ix, locks, c.id, level, sc->nbr, &ids);
+        const uint32_t n = links_get(ix, c.id, level, &ids);
         /* Decision 3: the unvisited first, then their vectors whole, a
          * couple ahead of the distance that reads them. */
         uint32_t *const fresh = sc->fresh;
@@ -372,8 +362,8 @@ static bool search_one(const struct kiln_index *ix, kiln_scratch *sc, const floa
         }
         uint32_t cur = ix->entry_point;
         float cur_dist = kiln_node_dist(ix, q, cur);
-        kiln_greedy_descend(ix, NULL, q, ix->max_level, 0, &cur, &cur_dist);
-        kiln_search_level(ix, sc, NULL, q, cur, cur_dist, ef, 0);
+        kiln_greedy_descend(ix, q, ix->max_level, 0, &cur, &cur_dist);
+        kiln_search_level(ix, sc, q, cur, cur_dist, ef, 0);
         found = sc->top.size;
         kiln_cands_sort(sc->top.v, found);
         if (found > k)

@@ -16,7 +16,7 @@
  *     strands nodes. So the nearest pruned candidates are kept up to M, the
  *     paper's keepPrunedConnections; reverse links fill the rest up to M0.
  *  2. Reverse links are added afterwards, re-pruning full lists like
- *     kiln_link_add (but never the protected links of decision 4);
+ *     kiln_links_merge does (but never the protected links of decision 4);
  *     heuristic-pruned forward lists leave room, so most reverse links land
  *     without a re-prune.
  *  3. Forward lists are written before any reverse link, so a node's final
@@ -87,7 +87,7 @@ static uint32_t highway_links(const struct kiln_index *ix, uint32_t i, uint32_t 
     const float *v = kiln_vector(ix, i);
     uint32_t cur = ix->entry_point;
     float cur_dist = kiln_node_dist(ix, v, cur);
-    kiln_greedy_descend(ix, NULL, v, ix->max_level, 1, &cur, &cur_dist);
+    kiln_greedy_descend(ix, v, ix->max_level, 1, &cur, &cur_dist);
     const uint32_t *up = kiln_links(ix, cur, 1);
     for (uint32_t j = 0; j < up[0]; j++)
         ids[(*n)++] = up[1 + j];

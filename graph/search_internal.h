@@ -29,36 +29,10 @@ typedef struct kiln_scratch {
     uint16_t epoch;
     kiln_heap top;                  /* max-heap: the ef best so far */
     kiln_heap cand;                 /* min-heap: frontier */
-    uint32_t *nbr;                  /* copy of one link list (construction) */
     uint32_t *fresh;                /* the unvisited neighbours of the node expanded */
     float *qbuf;                    /* normalised query (COS) */
     struct kiln_scratch *next_free; /* pool link */
 } kiln_scratch;
-
-/* Per-node spin locks guarding link lists during a concurrent build; NULL
- * when the graph is read-only. */
-typedef _Atomic uint8_t kiln_node_lock;
-
-/* The spin-wait hint of the architecture (PAUSE, YIELD), or nothing. */
-#if KILN_SIMD_X86
-#define KILN_CPU_RELAX() __builtin_ia32_pause()
-#elif defined(__aarch64__)
-#define KILN_CPU_RELAX() __asm__ __volatile__("yield" ::: "memory")
-#else
-#define KILN_CPU_RELAX() ((void)0)
-#endif
-
-static inline void kiln_lock(kiln_node_lock *locks, uint32_t i) {
-    if (!locks)
-        return;
-    while (atomic_exchange_explicit(&locks[i], 1, memory_order_acquire))
-        while (atomic_load_explicit(&locks[i], memory_order_relaxed))
-            KILN_CPU_RELAX();
-}
-static inline void kiln_unlock(kiln_node_lock *locks, uint32_t i) {
-    if (locks)
-        atomic_store_explicit(&locks[i], 0, memory_order_release);
-}
 
 kiln_status kiln_scratch_new(kiln_ctx *ctx, const struct kiln_index *ix, uint32_t ef,
                              kiln_scratch **out);
@@ -68,14 +42,14 @@ void kiln_scratch_reset(kiln_scratch *sc);
 
 /* Greedy descent from *cur (distance *cur_dist) through levels
  * top .. stop+1; leaves the nearest node found in *cur. */
-void kiln_greedy_descend(const struct kiln_index *ix, kiln_node_lock *locks, const float *q,
-                         uint32_t top, uint32_t stop, uint32_t *cur, float *cur_dist);
+void kiln_greedy_descend(const struct kiln_index *ix, const float *q, uint32_t top, uint32_t stop,
+                         uint32_t *cur, float *cur_dist);
 
 /* Beam search of width ef on one level from entry ep. On return sc->top is a
  * max-heap of up to ef nearest nodes found (unordered). Starts a new visited
  * set itself. */
-void kiln_search_level(const struct kiln_index *ix, kiln_scratch *sc, kiln_node_lock *locks,
-                       const float *q, uint32_t ep, float ep_dist, uint32_t ef, unsigned level);
+void kiln_search_level(const struct kiln_index *ix, kiln_scratch *sc, const float *q, uint32_t ep,
+                       float ep_dist, uint32_t ef, unsigned level);
 
 /* Heap operations (max-heap when is_max, else min-heap). */
 /* Pushes c, growing the heap as needed. When growing fails the candidate is

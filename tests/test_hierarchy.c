@@ -182,7 +182,7 @@ static void test_upper_levels_threads(kiln_ctx *ctx) {
         tried++;
         uint32_t cur = ix[0]->entry_point;
         float cd = kiln_node_dist(ix[0], kiln_vector(ix[0], i), cur);
-        kiln_greedy_descend(ix[0], NULL, kiln_vector(ix[0], i), ix[0]->max_level, 0, &cur, &cd);
+        kiln_greedy_descend(ix[0], kiln_vector(ix[0], i), ix[0]->max_level, 0, &cur, &cd);
         found += cur == i;
     }
     CHECK_MSG(found >= tried * 85 / 100, "greedy descent found %u of %u level-1 nodes", found,
