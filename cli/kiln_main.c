@@ -506,8 +506,17 @@ static int cmd_build(const cli_args *a) {
     double t0 = now_s();
     if ((rc = open_vectors(ctx, a, a->pos[0], &ds)))
         goto done;
-    if (kiln_index_build_dataset(ctx, ds, &p, &ix)) {
+    kiln_status bst = kiln_index_build_dataset(ctx, ds, &p, &ix);
+    if (bst) {
         rc = fail("build", ctx);
+        /* A work dir with finished steps is kept for --resume, and said so
+         * after a failure of the machine (not of the inputs or of the work
+         * dir itself); an empty one (stopped before its first step) goes. */
+        const bool machine = bst == KILN_E_IO || bst == KILN_E_NOMEM || bst == KILN_E_DEVICE;
+        if (p.work_dir && rmdir(p.work_dir) != 0 && errno == ENOTEMPTY && machine)
+            fprintf(stderr, "kiln build: %s keeps the finished steps: the same command with "
+                            "--resume continues the build\n",
+                    p.work_dir);
         goto done;
     }
     double t_build = now_s() - t0;
