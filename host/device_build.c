@@ -749,7 +749,7 @@ static uint64_t held_bytes(const pipeline *pl, uint64_t k, uint64_t slots) {
  * clustering (up front) with the cluster cap as the largest size, after it
  * with the real one. */
 static kiln_status check_budget(pipeline *pl, uint64_t k, uint64_t slots, uint64_t max_members,
-                                uint64_t *room) {
+                                uint64_t sample_need, uint64_t *room) {
     const uint64_t phys = kiln_physical_memory();
     const uint64_t limit = pl->p->memory_limit ? pl->p->memory_limit : phys / 2;
     pl->rep->memory_limit = limit;
@@ -762,16 +762,17 @@ static kiln_status check_budget(pipeline *pl, uint64_t k, uint64_t slots, uint64
     const uint64_t min_batch = max_members * slot_bytes(pl);
     const uint64_t min_part = 256 * (uint64_t)node_bytes(pl);
     *room = limit > held ? limit - held : 0;
-    if (limit && *room < min_batch + min_part)
+    const uint64_t need = held + min_batch + min_part;
+    if (limit && (*room < min_batch + min_part || sample_need > limit))
         return kiln_fail(
             pl->ctx, KILN_E_RANGE,
             "build: a memory limit of %.1f MiB%s is too small for this input: it "
             "needs at least %.1f MiB (%.1f MiB already resident with the index and clusters, %.1f "
             "MiB for the largest cluster's batch, %.1f MiB for the streaming "
-            "passes)",
+            "passes; %.1f MiB while k-means holds its sample)",
             limit / 1048576.0, pl->p->memory_limit ? "" : " (the default, half of physical memory)",
-            (held + min_batch + min_part) / 1048576.0, held / 1048576.0, min_batch / 1048576.0,
-            min_part / 1048576.0);
+            (need > sample_need ? need : sample_need) / 1048576.0, held / 1048576.0,
+            min_batch / 1048576.0, min_part / 1048576.0, sample_need / 1048576.0);
     return KILN_OK;
 }
 
@@ -800,21 +801,14 @@ static kiln_status step_clusters(pipeline *pl, const kiln_device_info *info) {
     uint64_t fair = ((uint64_t)n * kp.replicas + k - 1) / k;
     uint64_t cap = fair * DEVICE_CAP_FACTOR;
     kp.max_size = (uint32_t)(cap < n ? cap : n);
-    /* Up front: the budget against the cap, and the k-means sample. */
-    uint64_t room;
-    if ((st = check_budget(pl, k, (uint64_t)n * kp.replicas, kp.max_size, &room)))
-        return st;
-    /* And the k-means sample (a copy of its rows, and a quarter more for
-     * the per-cell rows and assignments, cluster/hkmeans.c), on top of what
-     * is resident now; the assignment after it needs less than the batches. */
-    (void)room;
+    /* Up front: the budget against the cap, and against the k-means sample
+     * (a copy of its rows, and a quarter more for the per-cell rows and
+     * assignments, cluster/hkmeans.c) on top of what is resident now. */
     const uint64_t sample_need =
         (uint64_t)kp.sample * pl->ix->dim * sizeof(float) / 4 * 5 + kiln_rss_anon();
-    if (pl->p->memory_limit && sample_need > pl->rep->memory_limit)
-        return kiln_fail(pl->ctx, KILN_E_RANGE,
-                         "build: a memory limit of %.1f MiB is too small for the k-means "
-                         "sample of %u rows: it needs at least %.1f MiB",
-                         pl->rep->memory_limit / 1048576.0, kp.sample, sample_need / 1048576.0);
+    uint64_t room;
+    if ((st = check_budget(pl, k, (uint64_t)n * kp.replicas, kp.max_size, sample_need, &room)))
+        return st;
     nearest_user nu = {.cpu = {.threads = p->threads}, .on_device = info->type != KILN_DEVICE_CPU};
     const kiln_nearest_backend backend = {nearest_backend, &nu};
     if ((st = kiln_clusters_build(pl->ctx, (kiln_rows){pl->ix->vectors, n, pl->ix->dim}, &kp,
@@ -867,7 +861,7 @@ static kiln_status step_plan(pipeline *pl) {
     const struct kiln_index *ix = pl->ix;
     const uint64_t min_batch = (uint64_t)cl->max_members * slot_bytes(pl);
     uint64_t room;
-    kiln_status st = check_budget(pl, cl->k, cl->offsets[cl->k], cl->max_members, &room);
+    kiln_status st = check_budget(pl, cl->k, cl->offsets[cl->k], cl->max_members, 0, &room);
     if (st)
         return st;
     const uint64_t limit = pl->rep->memory_limit;
