@@ -180,8 +180,13 @@ static void link_add_keep(const struct kiln_index *ix, uint32_t from, kiln_cand 
     kiln_cand cands[2 * KILN_MAX_M + 1];
     const float *fv = kiln_vector(ix, from);
     uint32_t m = 0;
-    for (uint32_t j = keep; j < n; j++)
+    for (uint32_t j = keep; j < n && j < keep + MERGE_PREFETCH; j++)
+        kiln_prefetch_vector(ix, l[1 + j]);
+    for (uint32_t j = keep; j < n; j++) {
+        if (j + MERGE_PREFETCH < n)
+            kiln_prefetch_vector(ix, l[1 + j + MERGE_PREFETCH]);
         cands[m++] = (kiln_cand){kiln_node_dist(ix, fv, l[1 + j]), l[1 + j]};
+    }
     cands[m++] = to;
     kiln_cands_sort(cands, m);
     l[0] = keep + kiln_select_neighbors(ix, cands, m, ix->M0 - keep, l + 1 + keep);

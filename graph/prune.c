@@ -10,9 +10,18 @@
  *     the new ones at once, bounded by the level's capacity (M0 on level 0,
  *     M above); new links that fit are appended in the order given, so the
  *     caller's order (graph/hnsw_insert.c sorts them) fixes the result.
+ *  3. The heuristic reads each candidate's vector, from anywhere in the set
+ *     when the candidates come from the device pipeline's lists (with
+ *     insertion they were just read by the beam search), so the next
+ *     SELECT_PREFETCH candidates' vectors are prefetched whole: the merge
+ *     used to get this from its exact rerank, which read every candidate
+ *     first and now comes with the candidates (graph/merge.c decision 5).
  */
 
 #include "build_internal.h"
+
+/* Candidates whose vectors are requested ahead of the one being judged. */
+#define SELECT_PREFETCH 4
 
 uint32_t kiln_select_neighbors(const struct kiln_index *ix, const kiln_cand *sorted, uint32_t n,
                                uint32_t M, uint32_t *out) {
@@ -22,7 +31,12 @@ uint32_t kiln_select_neighbors(const struct kiln_index *ix, const kiln_cand *sor
         return n;
     }
     uint32_t kept = 0;
+    /* Decision 3: the candidates' vectors, a few ahead. */
+    for (uint32_t i = 0; i < n && i < SELECT_PREFETCH; i++)
+        kiln_prefetch_vector(ix, sorted[i].id);
     for (uint32_t i = 0; i < n && kept < M; i++) {
+        if (i + SELECT_PREFETCH < n)
+            kiln_prefetch_vector(ix, sorted[i + SELECT_PREFETCH].id);
         const float *v = kiln_vector(ix, sorted[i].id);
         bool good = true;
         for (uint32_t j = 0; j < kept; j++) {
