@@ -19,7 +19,7 @@ interleaved repetition by repetition:
   hnswlib    bench/hnswlib_runner (M 16, ef_construction 200, same threads), at
              --hnswlib-sizes only.
 Each build is timed as a whole process with its peak anonymous resident set
-sampled from /proc every 20 ms (the project's rule: mapped input and spilled
+sampled from /proc every 10 ms (bench/ab.py) (the project's rule: mapped input and spilled
 page cache do not count); kiln's per-stage seconds and work-dir bytes come
 from its --json line. Recall@10 against exact ground truth (`kiln
 groundtruth`, made once per size and kept) at ef 10..128 for the sizes in
@@ -48,6 +48,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from ab import run_sampled  # noqa: E402  (whole-process time, peak RssAnon from /proc)
 EFS = "10,16,32,64,128"
 
 
@@ -60,32 +62,6 @@ def parse_count(text):
 
 def label(n):
     return f"{n // 10**6}M" if n % 10**6 == 0 else f"{n // 1000}K" if n % 1000 == 0 else str(n)
-
-
-def rss_anon_kb(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def run_sampled(cmd, env=None):
-    """Runs cmd; returns (wall seconds, peak RssAnon MiB, stdout)."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    peak = 0
-    while p.poll() is None:
-        peak = max(peak, rss_anon_kb(p.pid))
-        time.sleep(0.02)
-    out, err = p.communicate()
-    wall = time.perf_counter() - t0
-    if p.returncode != 0:
-        sys.exit(f"scale.py: {' '.join(cmd)} failed ({p.returncode}): {err.strip()[-2000:]}")
-    return wall, peak / 1024.0, out
 
 
 def fbin_prefix(source, n, path):
