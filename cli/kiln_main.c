@@ -514,8 +514,9 @@ static int cmd_build(const cli_args *a) {
          * dir itself); an empty one (stopped before its first step) goes. */
         const bool machine = bst == KILN_E_IO || bst == KILN_E_NOMEM || bst == KILN_E_DEVICE;
         if (p.work_dir && rmdir(p.work_dir) != 0 && errno == ENOTEMPTY && machine)
-            fprintf(stderr, "kiln build: %s keeps the finished steps: the same command with "
-                            "--resume continues the build\n",
+            fprintf(stderr,
+                    "kiln build: %s keeps the finished steps: the same command with "
+                    "--resume continues the build\n",
                     p.work_dir);
         goto done;
     }
