@@ -40,14 +40,26 @@ recall() {
 # json_field FILE KEY: a number from a build's --json line.
 json_field() { sed -n "s/.*\"$2\": \([0-9]*\).*/\1/p" "$1"; }
 
-# tight DS: the smallest budget kiln accepts for DS (from the message that
-# refuses 1 MiB: what is resident already depends on the OpenCL runtime and
-# on sanitizers), plus 4 MiB: small enough to force many batches and spills.
+# tight DS: a budget just above the smallest kiln accepts for DS, found by
+# building with what each refusal says it needs (+6 MiB) until a build
+# passes: what is resident when the plan is made depends on the OpenCL
+# runtime and on sanitizers (ASan's quarantine keeps k-means' freed heap),
+# so it is read off this kiln rather than assumed. Small enough to force
+# many batches and spills.
 tight() {
-  local need
-  need=$("$kiln" build "$data/$1/${1}_base.fvecs" -o "$tmp/probe.kiln" --memory-limit 1M 2>&1 |
-    sed -n 's/.*it needs at least \([0-9]*\)\.[0-9] MiB.*/\1/p')
-  echo "$((${need:-0} + 4))M"
+  local b=1 need err
+  for _ in 1 2 3 4 5; do
+    rm -rf "$tmp/probe.kiln" "$tmp/probe.kiln.work"
+    if err=$("$kiln" build "$data/$1/${1}_base.fvecs" -o "$tmp/probe.kiln" --threads 2 \
+      --memory-limit "${b}M" 2>&1 >/dev/null); then
+      break
+    fi
+    need=$(sed -n 's/.*it needs at least \([0-9]*\)\.[0-9] MiB.*/\1/p' <<<"$err")
+    [ -n "$need" ] || break
+    b=$((need + 6))
+  done
+  rm -rf "$tmp/probe.kiln" "$tmp/probe.kiln.work"
+  echo "${b}M"
 }
 
 # ---- 1. Budgets ----
