@@ -65,10 +65,17 @@ static void cluster_rows(kiln_rng *rng, float *rows, size_t count, size_t size, 
     }
 }
 
+/* x86 needs POPCNT named to inline it; other targets have their own. */
+#if defined(__x86_64__) || defined(__i386__)
+#define BENCH_POPCNT __attribute__((target("popcnt")))
+#else
+#define BENCH_POPCNT
+#endif
+
 /* The host loop of the reference: one distance per unordered pair, the
  * query's planes in registers where W is a constant (d = 128 and 784 get
  * their own copies, as the kernel gets -DKILN_W). */
-__attribute__((target("popcnt"), always_inline)) static inline uint32_t
+BENCH_POPCNT __attribute__((always_inline)) static inline uint32_t
 scalar_dist(const uint64_t *a, uint32_t na, const uint64_t *b, uint32_t nb, uint32_t words) {
     uint32_t dot = 0;
     for (uint32_t w = 0; w < words; w++)
@@ -79,7 +86,7 @@ scalar_dist(const uint64_t *a, uint32_t na, const uint64_t *b, uint32_t nb, uint
     return na + nb - 2u * dot;
 }
 
-__attribute__((target("popcnt"), always_inline)) static inline uint64_t
+BENCH_POPCNT __attribute__((always_inline)) static inline uint64_t
 scalar_pass_w(const kiln_q4_set *set, size_t clusters, size_t size, uint32_t words) {
     const size_t stride = kiln_q4_stride(words);
     uint64_t sum = 0;
@@ -91,7 +98,7 @@ scalar_pass_w(const kiln_q4_set *set, size_t clusters, size_t size, uint32_t wor
     return sum;
 }
 
-__attribute__((target("popcnt"))) static uint64_t scalar_pass(const kiln_q4_set *set,
+BENCH_POPCNT static uint64_t scalar_pass(const kiln_q4_set *set,
                                                               size_t clusters, size_t size) {
     switch (set->words) {
     case 2: return scalar_pass_w(set, clusters, size, 2);
