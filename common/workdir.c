@@ -363,9 +363,8 @@ static kiln_status read_manifest(kiln_workdir *wd, uint64_t *fp, char *desc) {
     return st;
 }
 
-kiln_status kiln_workdir_open(kiln_ctx *ctx, const char *dir, uint64_t fingerprint,
-                              const char *desc, bool resume, kiln_workdir **out) {
-    *out = NULL;
+/* A handle on dir, not yet locked. */
+static kiln_status wd_new(kiln_ctx *ctx, const char *dir, kiln_workdir **out) {
     if (!dir || !*dir)
         return kiln_fail(ctx, KILN_E_ARG, "empty work dir path");
     kiln_workdir *wd = calloc(1, sizeof *wd);
@@ -375,6 +374,17 @@ kiln_status kiln_workdir_open(kiln_ctx *ctx, const char *dir, uint64_t fingerpri
     }
     wd->ctx = ctx;
     wd->lock_fd = -1;
+    *out = wd;
+    return KILN_OK;
+}
+
+kiln_status kiln_workdir_open(kiln_ctx *ctx, const char *dir, uint64_t fingerprint,
+                              const char *desc, bool resume, kiln_workdir **out) {
+    *out = NULL;
+    kiln_workdir *wd = NULL;
+    kiln_status st0 = wd_new(ctx, dir, &wd);
+    if (st0)
+        return st0;
     wd->fingerprint = fingerprint;
     kiln_status st = KILN_OK;
     struct stat sb;
@@ -486,15 +496,10 @@ uint64_t kiln_workdir_free_bytes(const kiln_workdir *wd) {
 }
 
 kiln_status kiln_work_dir_remove(kiln_ctx *ctx, const char *dir) {
-    if (!dir || !*dir)
-        return kiln_fail(ctx, KILN_E_ARG, "empty work dir path");
-    kiln_workdir *wd = calloc(1, sizeof *wd);
-    if (!wd || !(wd->path = strdup(dir))) {
-        free(wd);
-        return kiln_fail(ctx, KILN_E_NOMEM, "out of memory opening the work dir");
-    }
-    wd->ctx = ctx;
-    wd->lock_fd = -1;
+    kiln_workdir *wd = NULL;
+    kiln_status st0 = wd_new(ctx, dir, &wd);
+    if (st0)
+        return st0;
     struct stat sb;
     if (stat(dir, &sb) != 0) {
         kiln_workdir_close(wd);

@@ -5,6 +5,7 @@
 #ifndef KILN_BUILD_INTERNAL_H
 #define KILN_BUILD_INTERNAL_H
 
+#include "../common/ctx_internal.h"
 #include "../common/progress_internal.h"
 #include "search_internal.h"
 
@@ -62,6 +63,13 @@ typedef struct kiln_edge {
     float dist;
 } kiln_edge;
 
+/* Groups n edges, every target in [first, first + count), by target,
+ * stably (their order kept within a target): off (count + 1, caller's)
+ * gets a block's offsets and in (n entries) each edge as (dist, from), the
+ * candidates of kiln_l0_reverse. */
+void kiln_edges_by_target(const kiln_edge *e, uint64_t n, uint32_t first, uint32_t count,
+                          uint64_t *off, kiln_cand *in);
+
 /* Length of the longest list of a block. */
 uint64_t kiln_l0_block_max(const kiln_l0_block *b);
 
@@ -98,6 +106,12 @@ typedef struct kiln_repair_stats {
  * KILN_REPAIR_SEARCHES islands the link comes from the island repaired
  * before instead of a search. *out says what was done. */
 kiln_status kiln_repair_reachability(struct kiln_index *ix, uint32_t ef, kiln_repair_stats *out);
+
+/* The build's memory budget in bytes: params->memory_limit, else half of
+ * physical memory (or of the cgroup's limit). */
+static inline uint64_t kiln_build_budget(const kiln_build_params *p) {
+    return p->memory_limit ? p->memory_limit : kiln_physical_memory() / 2;
+}
 
 /* The device method, on an index whose vectors are in place: graph/ declares
  * it and the library it is linked into defines it, so graph/ never includes

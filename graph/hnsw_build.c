@@ -106,7 +106,7 @@ static kiln_status check_params(kiln_ctx *ctx, const kiln_build_params *p, size_
  * a batch and a partition of 128 MiB each. An estimate: the device build
  * checks the budget itself, with what is resident. */
 static bool fits_in_budget(const struct kiln_index *ix, const kiln_build_params *p) {
-    const uint64_t limit = p->memory_limit ? p->memory_limit : kiln_physical_memory() / 2;
+    const uint64_t limit = kiln_build_budget(p);
     const uint64_t n = ix->count, replicas = p->replicas ? p->replicas : 2;
     const uint64_t need = kiln_index_memory(ix) + n * replicas * sizeof(uint32_t) +
                           n * ix->dim * sizeof(float) / 6 / 4 * 5 + ((uint64_t)256 << 20) +

@@ -192,6 +192,22 @@ static void link_add_keep(const struct kiln_index *ix, uint32_t from, kiln_cand 
     l[0] = keep + kiln_select_neighbors(ix, cands, m, ix->M0 - keep, l + 1 + keep);
 }
 
+void kiln_edges_by_target(const kiln_edge *e, uint64_t n, uint32_t first, uint32_t count,
+                          uint64_t *off, kiln_cand *in) {
+    memset(off, 0, ((size_t)count + 1) * sizeof *off);
+    for (uint64_t i = 0; i < n; i++)
+        off[e[i].to - first + 1]++;
+    for (uint32_t t = 0; t < count; t++)
+        off[t + 1] += off[t];
+    /* Scatter with off[t] as the fill cursor of target t, which leaves it
+     * at the next target's start; shifting back restores the starts. */
+    for (uint64_t i = 0; i < n; i++)
+        in[off[e[i].to - first]++] = (kiln_cand){e[i].dist, e[i].from};
+    for (uint32_t t = count; t > 0; t--)
+        off[t] = off[t - 1];
+    off[0] = 0;
+}
+
 uint64_t kiln_l0_block_max(const kiln_l0_block *b) {
     uint64_t most = 0;
     for (uint32_t i = 0; i < b->count; i++)
@@ -298,18 +314,7 @@ kiln_status kiln_level0_from_candidates(struct kiln_index *ix, const uint32_t *c
     if ((st = kiln_alloc(ctx, (n_rev + 1) * sizeof *c, "reverse candidates", (void **)&c)) ||
         (st = kiln_alloc(ctx, (n_rev + 1) * sizeof *scratch, "reverse scratch", (void **)&scratch)))
         goto done;
-    memset(off, 0, ((size_t)n + 1) * sizeof *off);
-    for (uint64_t e = 0; e < n_rev; e++)
-        off[rev[e].to + 1]++;
-    for (uint32_t i = 0; i < n; i++)
-        off[i + 1] += off[i];
-    for (uint64_t e = 0; e < n_rev; e++) {
-        const uint32_t to = rev[e].to;
-        c[off[to]++] = (kiln_cand){rev[e].dist, rev[e].from};
-    }
-    for (uint32_t i = n; i > 0; i--)
-        off[i] = off[i - 1];
-    off[0] = 0;
+    kiln_edges_by_target(rev, n_rev, 0, n, off, c);
     b.cands = c;
     st = kiln_l0_reverse(ix, &b, scratch, threads);
 done:

@@ -688,7 +688,7 @@ static kiln_status reverse_part(pipeline *pl, uint32_t q) {
     uint32_t first, count;
     part_range(pl, q, &first, &count);
     uint8_t *raw = NULL;
-    uint64_t raw_len = 0, *off = NULL, *at = NULL;
+    uint64_t raw_len = 0, *off = NULL;
     kiln_cand *in = NULL, *scratch = NULL;
     kiln_status st = gather_segment(pl, rev_name, pl->parts, q, &raw, &raw_len);
     if (st == KILN_OK && raw_len % sizeof(kiln_edge))
@@ -705,21 +705,14 @@ static kiln_status reverse_part(pipeline *pl, uint32_t q) {
                            (unsigned long long)i);
             goto done;
         }
-        off[e[i].to - first + 1]++;
     }
-    for (uint32_t i = 0; i < count; i++)
-        off[i + 1] += off[i];
     if ((st = kiln_alloc(ctx, (n + 1) * sizeof *in, "incoming edges", (void **)&in)) ||
-        (st = kiln_alloc(ctx, (n + 1) * sizeof *scratch, "incoming scratch", (void **)&scratch)) ||
-        (st = kiln_alloc(ctx, ((size_t)count + 1) * sizeof *at, "node fill", (void **)&at)))
+        (st = kiln_alloc(ctx, (n + 1) * sizeof *scratch, "incoming scratch", (void **)&scratch)))
         goto done;
-    memcpy(at, off, (size_t)count * sizeof *at);
-    for (uint64_t i = 0; i < n; i++)
-        in[at[e[i].to - first]++] = (kiln_cand){e[i].dist, e[i].from};
+    kiln_edges_by_target(e, n, first, count, off, in);
     const kiln_l0_block blk = {first, count, off, in};
     st = kiln_l0_reverse(pl->ix, &blk, scratch, pl->threads);
 done:
-    free(at);
     free(scratch);
     free(in);
     free(off);
@@ -750,8 +743,7 @@ static uint64_t held_bytes(const pipeline *pl, uint64_t k, uint64_t slots) {
  * with the real one. */
 static kiln_status check_budget(pipeline *pl, uint64_t k, uint64_t slots, uint64_t max_members,
                                 uint64_t sample_need, uint64_t *room) {
-    const uint64_t phys = kiln_physical_memory();
-    const uint64_t limit = pl->p->memory_limit ? pl->p->memory_limit : phys / 2;
+    const uint64_t limit = kiln_build_budget(pl->p);
     pl->rep->memory_limit = limit;
     /* What is resident now (the index, the OpenCL runtime, anything of the
      * caller's) counts as well, plus the clusters when not yet made. */
