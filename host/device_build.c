@@ -99,7 +99,7 @@
  * the default 256. */
 #define DEVICE_KMEANS_PER_CENTROID 64
 /* Beam width for building the upper levels: ef_construction scaled by
- * DEVICE_HIERARCHY_EF / 200, so the default ef_construction (200) gives 64.
+ * DEVICE_HIERARCHY_EF / 200, so the default ef_construction (200) gives 32.
  * With level 1 at 1/4 of the nodes (graph/hnsw_build.c
  * KILN_DEVICE_LEVEL_BASE) the hierarchy is a quarter of an insertion build;
  * 64 keeps it at 7.6 s of a 46 s build at 1M x 128 with the recall in that
@@ -109,8 +109,13 @@
  * 0.940/0.976/0.998, 0.941/0.974/0.998 (no gain), hierarchy stage
  * 0.09/0.25/0.42 s of a ~0.9 s build; so the full beam would cost the
  * default build time for nothing, and the scaled one keeps the default's
- * graph and cost while larger values still buy a wider beam. */
-#define DEVICE_HIERARCHY_EF 64
+ * graph and cost while larger values still buy a wider beam. Then 64 -> 32,
+ * measured at 1M x 128 (synthetic, 1000
+ * queries, 2 threads, with the entrance of graph/merge.c decision 4a): the
+ * hierarchy stage 17.0 -> 10.3 s, recall@10 at ef 10/16/32/64/128
+ * 0.8767/0.9401/0.9849/0.9961/0.9978 -> 0.8724/0.9394/0.9846/0.9954/0.9968
+ * (hnswlib 0.8575/0.9257/0.9707/0.9826/0.9835). */
+#define DEVICE_HIERARCHY_EF 32
 #define DEVICE_HIERARCHY_OF 200
 /* The hard cap, as a multiple of the target: k-means clusters are uneven. */
 #define DEVICE_CAP_FACTOR 3
@@ -122,7 +127,7 @@
 #define DEVICE_PART_BYTES ((uint64_t)128 << 20)
 /* Bumped whenever the pipeline's output for the same input changes, so an
  * older work dir is refused instead of mixed in (decision 10). */
-#define DEVICE_PIPELINE_VERSION 2
+#define DEVICE_PIPELINE_VERSION 3
 
 /* ==== Nearest-centroid backend ==== */
 
