@@ -99,7 +99,7 @@
  * the default 256. */
 #define DEVICE_KMEANS_PER_CENTROID 64
 /* Beam width for building the upper levels: ef_construction scaled by
- * DEVICE_HIERARCHY_EF / 200, so the default ef_construction (200) gives 32.
+ * DEVICE_HIERARCHY_EF / 200, so the default ef_construction (200) gives 16.
  * With level 1 at 1/4 of the nodes (graph/hnsw_build.c
  * KILN_DEVICE_LEVEL_BASE) the hierarchy is a quarter of an insertion build;
  * 64 keeps it at 7.6 s of a 46 s build at 1M x 128 with the recall in that
@@ -109,13 +109,25 @@
  * 0.940/0.976/0.998, 0.941/0.974/0.998 (no gain), hierarchy stage
  * 0.09/0.25/0.42 s of a ~0.9 s build; so the full beam would cost the
  * default build time for nothing, and the scaled one keeps the default's
- * graph and cost while larger values still buy a wider beam. Then 64 -> 32,
- * measured at 1M x 128 (synthetic, 1000
- * queries, 2 threads, with the entrance of graph/merge.c decision 4a): the
- * hierarchy stage 17.0 -> 10.3 s, recall@10 at ef 10/16/32/64/128
- * 0.8767/0.9401/0.9849/0.9961/0.9978 -> 0.8724/0.9394/0.9846/0.9954/0.9968
- * (hnswlib 0.8575/0.9257/0.9707/0.9826/0.9835). */
-#define DEVICE_HIERARCHY_EF 32
+ * graph and cost while larger values still buy a wider beam. Then 64 -> 32
+ * -> 16, measured at 1M and 4M x 128 (synthetic, 1000 queries, 2 threads,
+ * with the entrance of graph/merge.c decision 4a), hierarchy stage seconds
+ * and recall@10 at ef 10/16/32/64/128:
+ *   1M  64: 17.0 s  0.8767/0.9401/0.9849/0.9961/0.9978
+ *       32: 10.3 s  0.8724/0.9394/0.9846/0.9954/0.9968
+ *       16:  5.1 s  0.8674/0.9347/0.9805/0.9943/0.9978
+ *   4M  32: 56.9 s  0.7987/0.8866/0.9646/0.9934/0.9991
+ *       16: 32.5 s  0.7964/0.8809/0.9615/0.9921/0.9983
+ * (hnswlib at 1M: 0.8564/0.9216/0.9649/0.9762/0.9780), so 16: a quarter of
+ * the build at 4M for at most 0.006 of recall. Tried and dropped: level 1
+ * made like level 0, by the streaming passes from each level-1 node's exact
+ * 32 nearest level-1 members of each of its clusters, with levels >= 2
+ * inserted as its highways. Its hierarchy took 4.6 s at 1M, but recall fell
+ * to 0.8558/0.9258/0.9760/0.9892/0.9908: a level 1 of local links gives
+ * level 0 local highways (graph/merge.c decision 4), and insertion's long
+ * links are what they are for. The beam is at least M, which a list needs
+ * to be filled. */
+#define DEVICE_HIERARCHY_EF 16
 #define DEVICE_HIERARCHY_OF 200
 /* The hard cap, as a multiple of the target: k-means clusters are uneven. */
 #define DEVICE_CAP_FACTOR 3
@@ -127,7 +139,7 @@
 #define DEVICE_PART_BYTES ((uint64_t)128 << 20)
 /* Bumped whenever the pipeline's output for the same input changes, so an
  * older work dir is refused instead of mixed in (decision 10). */
-#define DEVICE_PIPELINE_VERSION 3
+#define DEVICE_PIPELINE_VERSION 4
 
 /* ==== Nearest-centroid backend ==== */
 
@@ -1087,9 +1099,11 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
         rep->resumed_steps++;
         st = hierarchy_get(&pl);
     } else {
-        const uint64_t hier_ef =
+        uint64_t hier_ef =
             ((uint64_t)p->ef_construction * DEVICE_HIERARCHY_EF + DEVICE_HIERARCHY_OF - 1) /
             DEVICE_HIERARCHY_OF;
+        if (hier_ef < p->M) /* a beam narrower than a list could not fill it */
+            hier_ef = p->M;
         if ((st = kiln_hnsw_insert_levels(ix, (uint32_t)hier_ef, pl.threads, 1)) == KILN_OK)
             st = hierarchy_put(&pl);
     }
