@@ -198,7 +198,7 @@ static kiln_status out_of_memory(kiln_ctx *ctx, size_t bytes, const char *what) 
 }
 
 /* Arrays from this size on get huge pages (decision 4). */
-#define HUGE_FROM ((size_t)8 << 20)
+#define HUGE_FROM  ((size_t)8 << 20)
 #define HUGE_ALIGN ((size_t)2 << 20)
 
 /* Decision 4: advice on the whole 2 MiB units inside [p, p + bytes); a

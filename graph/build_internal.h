@@ -9,6 +9,16 @@
 #include "../common/progress_internal.h"
 #include "search_internal.h"
 
+/* Appends a stage's seconds to a build report (the first
+ * KILN_REPORT_MAX_STAGES stages are kept). */
+static inline void kiln_report_stage(kiln_build_report *rep, const char *name, double seconds) {
+    if (rep->n_stages < KILN_REPORT_MAX_STAGES) {
+        rep->stages[rep->n_stages].name = name;
+        rep->stages[rep->n_stages].seconds = seconds;
+        rep->n_stages++;
+    }
+}
+
 /* Malkov & Yashunin's heuristic (algorithm 4, hnswlib's
  * getNeighborsByHeuristic2): from candidates sorted nearest first, keep c
  * unless an already kept neighbour is nearer to c than the base node is.

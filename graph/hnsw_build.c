@@ -45,14 +45,6 @@
  * 0.82/0.93/0.96) and QPS with it; base 8 gave 0.80/0.89/0.95. */
 #define KILN_DEVICE_LEVEL_BASE 4
 
-static void report_stage(kiln_build_report *rep, const char *name, double seconds) {
-    if (rep->n_stages < KILN_REPORT_MAX_STAGES) {
-        rep->stages[rep->n_stages].name = name;
-        rep->stages[rep->n_stages].seconds = seconds;
-        rep->n_stages++;
-    }
-}
-
 /* One line on stderr with seconds per stage, when progress is shown. */
 static void report_print(const kiln_ctx *ctx, const kiln_build_report *rep) {
     if (!kiln_progress_enabled(ctx))
@@ -166,7 +158,7 @@ static kiln_status build_graph(struct kiln_index *ix, const kiln_build_params *p
                              need / 1048576.0, p->memory_limit / 1048576.0);
         rep->memory_limit = p->memory_limit;
         st = kiln_hnsw_insert_all(ix, p->ef_construction, kiln_threads(p->threads));
-        report_stage(rep, "insert", kiln_now() - t);
+        kiln_report_stage(rep, "insert", kiln_now() - t);
     }
     if (st)
         return st;
@@ -174,7 +166,7 @@ static kiln_status build_graph(struct kiln_index *ix, const kiln_build_params *p
     kiln_repair_stats rs;
     st = kiln_repair_reachability(ix, p->ef_construction, &rs);
     rep->repaired_links = rs.links;
-    report_stage(rep, "repair", kiln_now() - t);
+    kiln_report_stage(rep, "repair", kiln_now() - t);
     rep->total_seconds = kiln_now() - t_start;
     report_print(ctx, rep);
     return st;
@@ -233,7 +225,7 @@ kiln_status kiln_index_build_dataset(kiln_ctx *ctx, const kiln_dataset *ds,
             kiln_fail(ctx, st, "%s", kiln_errmsg(ds->ctx));
         kiln_progress_add(&bar, rows);
     }
-    report_stage(ix->report, "load", kiln_progress_end(&bar));
+    kiln_report_stage(ix->report, "load", kiln_progress_end(&bar));
     if (st || (st = build_graph(ix, p, t0))) {
         kiln_index_free(ix);
         return st;

@@ -696,14 +696,6 @@ done:
     return st;
 }
 
-static void report_stage(kiln_build_report *rep, const char *name, double seconds) {
-    if (rep->n_stages < KILN_REPORT_MAX_STAGES) {
-        rep->stages[rep->n_stages].name = name;
-        rep->stages[rep->n_stages].seconds = seconds;
-        rep->n_stages++;
-    }
-}
-
 static bool metric_valid(kiln_metric m) {
     return m == KILN_METRIC_L2 || m == KILN_METRIC_IP || m == KILN_METRIC_COS;
 }
@@ -794,7 +786,7 @@ kiln_status kiln_index_import_hnswlib(kiln_ctx *ctx, const char *path, uint32_t 
     kiln_build_report *rep = ix->report;
     rep->dropped_elements = n_deleted;
     rep->method = KILN_METHOD_INSERT; /* hnswlib builds by insertion */
-    report_stage(rep, "read", kiln_now() - t0);
+    kiln_report_stage(rep, "read", kiln_now() - t0);
     const double t_repair = kiln_now();
     const uint32_t ef = ix->ef_construction < REPAIR_EF_MIN   ? REPAIR_EF_MIN
                         : ix->ef_construction > REPAIR_EF_MAX ? REPAIR_EF_MAX
@@ -802,7 +794,7 @@ kiln_status kiln_index_import_hnswlib(kiln_ctx *ctx, const char *path, uint32_t 
     kiln_repair_stats rs;
     st = kiln_repair_reachability(ix, ef, &rs);
     rep->repaired_links = rs.links;
-    report_stage(rep, "repair", kiln_now() - t_repair);
+    kiln_report_stage(rep, "repair", kiln_now() - t_repair);
     rep->total_seconds = kiln_now() - t0;
 done:
     free(deleted);

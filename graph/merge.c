@@ -95,9 +95,8 @@ static uint32_t highway_links(const struct kiln_index *ix, uint32_t i, const kil
     uint32_t cur = KILN_NO_NODE;
     float cur_dist = 0;
     for (uint32_t j = 0; j < n_in; j++)
-        if (ix->levels[in[j].id] >= 1 &&
-            (cur == KILN_NO_NODE || in[j].dist < cur_dist ||
-             (in[j].dist == cur_dist && in[j].id < cur))) {
+        if (ix->levels[in[j].id] >= 1 && (cur == KILN_NO_NODE || in[j].dist < cur_dist ||
+                                          (in[j].dist == cur_dist && in[j].id < cur))) {
             cur = in[j].id;
             cur_dist = in[j].dist;
         }

@@ -44,6 +44,13 @@
  *     file is a checkpoint: --resume skips it. Clusters, the hierarchy and
  *     level 0 are checkpoints too; the quantizer and the plan are
  *     recomputed (deterministic, and cheap).
+ *  7a. A batch's members are clusters' lists, in no order of row, so the
+ *     gather copies them in row order (a sort of the batch's ids): the
+ *     vector map is then read front to back once per batch, in increasing
+ *     offsets, so a map that the page cache cannot hold is read in disk
+ *     order instead of at random. At 1B the rows of one batch are still
+ *     scattered over the whole map; a cluster-ordered copy written during
+ *     the assignment is the step after this (docs/SCALE.md).
  *  8. The plan: a batch holds at most DEVICE_GROUP_BYTES of slots
  *     (slot_bytes: vector, codes twice, device output, record) and a
  *     partition of the streaming passes DEVICE_PART_BYTES of nodes
@@ -85,6 +92,10 @@
 #include "../common/progress_internal.h"
 #include "../common/workdir_internal.h"
 #include "quant4_internal.h"
+#include "../common/sort_internal.h"
+
+#define U64_LESS(a, b) ((a) < (b))
+KILN_DEFINE_SORT(u64_sort, uint64_t, U64_LESS)
 
 /* Target cluster size when the caller gives neither clusters nor size: the
  * all-pairs cost per vector is replicas * size 4-bit distances, and k-means
@@ -196,21 +207,18 @@ static void trim_heap(void) {
 static void stage(kiln_build_report *rep, const char *name, double seconds) {
     trim_heap();
     rep->peak_rss_anon = kiln_peak_rss_anon();
-    if (rep->n_stages < KILN_REPORT_MAX_STAGES) {
-        rep->stages[rep->n_stages].name = name;
-        rep->stages[rep->n_stages].seconds = seconds;
-        rep->n_stages++;
-    }
+    kiln_report_stage(rep, name, seconds);
 }
 
-/* Bytes of one member slot while its batch is resident: its vector, its
- * codes (and the device's copy: on a CPU device the buffers are host memory
- * too), its cluster, its device top-K, and its reranked record. */
+/* Bytes of one member slot while its batch is resident: its vector and its
+ * place in the gather, its codes (and the device's copy: on a CPU device
+ * the buffers are host memory too), its cluster, its device top-K, and its
+ * reranked record. */
 static size_t slot_bytes(const pipeline *pl) {
     const size_t code = kiln_q4_stride(kiln_q4_words(pl->ix->dim)) * sizeof(uint64_t) + 4;
-    return (size_t)pl->ix->dim * sizeof(float) + 2 * code + 2 * sizeof(uint32_t) +
-           2 * (size_t)pl->K * sizeof(kiln_q4_neighbor) + 2 * sizeof(uint32_t) +
-           (size_t)pl->K * sizeof(kiln_cand);
+    return (size_t)pl->ix->dim * sizeof(float) + sizeof(uint64_t) + 2 * code +
+           2 * sizeof(uint32_t) + 2 * (size_t)pl->K * sizeof(kiln_q4_neighbor) +
+           2 * sizeof(uint32_t) + (size_t)pl->K * sizeof(kiln_cand);
 }
 
 /* Bytes per node of a partition in the streaming passes: its candidates
@@ -400,6 +408,7 @@ typedef struct batch_buf {
     uint64_t *offsets;     /* the batch's clusters, slot offsets from 0 */
     kiln_q4_neighbor *out; /* max_slots * K */
     uint32_t *rec;         /* records, partition by partition (decision 9) */
+    uint64_t *by_row;      /* (member id << 32 | slot), by member id: the gather's order */
     uint64_t *part_len, *part_fill;
 } batch_buf;
 
@@ -422,6 +431,7 @@ static kiln_status batch_buf_new(pipeline *pl, batch_buf *b) {
         (st = kiln_alloc(ctx, S * pl->K * sizeof *b->out, "device results", (void **)&b->out)) ||
         (st = kiln_alloc(ctx, S * (2 + 2 * (size_t)pl->K) * sizeof(uint32_t), "batch records",
                          (void **)&b->rec)) ||
+        (st = kiln_alloc(ctx, S * sizeof(uint64_t), "batch gather order", (void **)&b->by_row)) ||
         (st = kiln_alloc(ctx, ((size_t)pl->parts + 1) * sizeof(uint64_t), "partition sizes",
                          (void **)&b->part_len)) ||
         (st = kiln_alloc(ctx, ((size_t)pl->parts + 1) * sizeof(uint64_t), "partition sizes",
@@ -441,6 +451,7 @@ static void batch_buf_free(batch_buf *b) {
     free(b->offsets);
     free(b->out);
     free(b->rec);
+    free(b->by_row);
     free(b->part_len);
     free(b->part_fill);
     memset(b, 0, sizeof *b);
@@ -482,9 +493,14 @@ static kiln_status run_batch(pipeline *pl, batch_buf *b, uint32_t bi) {
     for (uint32_t c = c0; c < c1; c++)
         for (uint64_t s = cl->offsets[c]; s < cl->offsets[c + 1]; s++)
             b->center_of[s - base] = c;
-#pragma omp parallel for num_threads(pl->threads) schedule(static)
+    /* The gather reads the rows in id order (decision 7a). */
     for (uint64_t s = 0; s < S; s++)
-        memcpy(b->vec + s * d, kiln_vector(ix, cl->members[base + s]), d * sizeof(float));
+        b->by_row[s] = (uint64_t)cl->members[base + s] << 32 | s;
+    u64_sort(b->by_row, (ptrdiff_t)S);
+#pragma omp parallel for num_threads(pl->threads) schedule(static)
+    for (uint64_t j = 0; j < S; j++)
+        memcpy(b->vec + (b->by_row[j] & UINT32_MAX) * d,
+               kiln_vector(ix, (uint32_t)(b->by_row[j] >> 32)), d * sizeof(float));
     kiln_status st =
         pl->residual
             ? kiln_q4_encode_residuals(ctx, pl->q, b->vec, b->identity, cl->centroids, b->center_of,
