@@ -67,9 +67,7 @@ static bool heap_grow_allowed(void) {
     return true;
 }
 
-static inline bool cand_less(kiln_cand a, kiln_cand b) {
-    return a.dist < b.dist || (a.dist == b.dist && a.id < b.id);
-}
+#define cand_less kiln_cand_before
 
 /* true when a belongs above b in the heap */
 static inline bool heap_above(kiln_cand a, kiln_cand b, bool is_max) {

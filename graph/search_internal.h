@@ -14,6 +14,11 @@ typedef struct kiln_cand {
     uint32_t id;
 } kiln_cand;
 
+/* The order of candidates everywhere: nearer first, ties by smaller id. */
+static inline bool kiln_cand_before(kiln_cand a, kiln_cand b) {
+    return a.dist < b.dist || (a.dist == b.dist && a.id < b.id);
+}
+
 /* A binary heap of candidates; max-heap or min-heap by construction. */
 typedef struct kiln_heap {
     kiln_cand *v;

@@ -44,13 +44,14 @@
  *     file is a checkpoint: --resume skips it. Clusters, the hierarchy and
  *     level 0 are checkpoints too; the quantizer and the plan are
  *     recomputed (deterministic, and cheap).
- *  7a. A batch's members are clusters' lists, in no order of row, so the
- *     gather copies them in row order (a sort of the batch's ids): the
- *     vector map is then read front to back once per batch, in increasing
- *     offsets, so a map that the page cache cannot hold is read in disk
- *     order instead of at random. At 1B the rows of one batch are still
- *     scattered over the whole map; a cluster-ordered copy written during
- *     the assignment is the step after this (docs/SCALE.md).
+ *  7a. A batch's members are its clusters' lists, each ascending
+ *     (cluster/assign.c), so a gather in slot order would sweep the vector
+ *     map once per cluster (about a hundred times per batch). The gather
+ *     copies them in row order instead (a sort of the batch's ids): one
+ *     sweep per batch in increasing offsets, so a map that the page cache
+ *     cannot hold is read once in disk order. At 1B the rows of one batch
+ *     are still scattered over the whole map; a cluster-ordered copy
+ *     written during the assignment is the step after this (docs/SCALE.md).
  *  8. The plan: a batch holds at most DEVICE_GROUP_BYTES of slots
  *     (slot_bytes: vector, codes twice, device output, record) and a
  *     partition of the streaming passes DEVICE_PART_BYTES of nodes
