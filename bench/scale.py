@@ -12,6 +12,9 @@ The issue-12 benchmark. For each size n (a prefix of --source, which any
 interleaved repetition by repetition:
   kiln       `kiln build --method device` with no --memory-limit;
   kiln-limit the same with --memory-limit LIMIT;
+  kiln-r2    (at --r2-sizes only) `kiln build --replicas 2`: the build with the
+             work per vector of the smaller sizes, where the automatic choice
+             takes 3 replicas (host/device_build.c, default_replicas);
   kiln-spill (at --spill-size only) with the smallest budget kiln accepts for
              the input plus 5% (at least 16 MiB: what is resident grows between the
              up-front check and the plan, by what k-means leaves in the heap, and
@@ -131,6 +134,7 @@ def main():
     ap.add_argument("--limit-sizes", default="1M,4M,10M,20M", help="sizes that run kiln-limit")
     ap.add_argument("--free-sizes", default="1M,4M,10M,20M", help="sizes that run kiln (no limit)")
     ap.add_argument("--spill-size", default="1M")
+    ap.add_argument("--r2-sizes", default="", help="sizes that also run kiln-r2 (--replicas 2)")
     ap.add_argument("--reps", type=int, default=3, help="repetitions below --large-from")
     ap.add_argument("--reps-large", type=int, default=1, help="repetitions from --large-from up")
     ap.add_argument("--large-from", default="10M")
@@ -162,6 +166,7 @@ def main():
     rc_sizes = {parse_count(s) for s in args.recall_sizes.split(",") if s}
     lim_sizes = {parse_count(s) for s in args.limit_sizes.split(",") if s}
     free_sizes = {parse_count(s) for s in args.free_sizes.split(",") if s}
+    r2_sizes = {parse_count(s) for s in args.r2_sizes.split(",") if s}
     spill_n = parse_count(args.spill_size) if args.spill_size else None
     med = {}  # (size, system) -> dict of medians
     datasets = [(n, fbin_prefix(args.source, n, os.path.join(args.data_dir, f"synth{label(n)}.fbin")),
@@ -178,6 +183,8 @@ def main():
             gt = ground_truth(args.kiln, base, queries, os.path.join(args.data_dir, f"synth{name}_gt.ivecs"))
         systems = [s for s, sel in (("kiln", free_sizes), ("kiln-limit", lim_sizes))
                    if n in sel or n == "fmnist60k"]
+        if n in r2_sizes:
+            systems.append("kiln-r2")
         if n == spill_n:
             need = min_budget(args.kiln, base, args.threads)
             spill = max(int(need * 1.05), need + (16 << 20))
@@ -203,13 +210,15 @@ def main():
                         cmd += ["--memory-limit", args.limit]
                     if s == "kiln-spill":
                         cmd += ["--memory-limit", str(spill)]
+                    if s == "kiln-r2":
+                        cmd += ["--replicas", "2"]
                 shutil.rmtree(index + ".work", ignore_errors=True)  # a failed run's
                 wall, peak, out = run_sampled(cmd)
                 line = {"type": "build", "dataset": name, "system": s, "rep": r, "wall": wall,
                         "peak_rss_anon_mib": peak, "commit": commit, "machine": machine}
                 j = next((json.loads(l) for l in out.splitlines() if l.startswith("{")), {})
                 for key in ("stages", "batches", "partitions", "work_bytes_written",
-                            "work_bytes_read", "memory_limit", "clusters"):
+                            "work_bytes_read", "memory_limit", "clusters", "replicas"):
                     if key in j:
                         line[key] = j[key]
                 if gt and (r == reps - 1 or (s == "hnswlib" and r == args.reps_hnswlib - 1)):
@@ -230,17 +239,17 @@ def main():
                  "stages": {k: statistics.median(x["stages"][k] for x in ls)
                             for k in ls[0].get("stages", {})},
                  "work": ls[-1].get("work_bytes_written", 0), "batches": ls[-1].get("batches"),
-                 "partitions": ls[-1].get("partitions")}
+                 "partitions": ls[-1].get("partitions"), "replicas": ls[-1].get("replicas")}
             med[(name, s)] = m
             jsonl.write(json.dumps({"type": "median", "dataset": name, "system": s, **m}) + "\n")
 
     say()
-    say("| dataset | system | runs | wall s | peak RssAnon MiB | batches | partitions | work GiB written | stages (s) |")
-    say("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    say("| dataset | system | runs | wall s | peak RssAnon MiB | replicas | batches | partitions | work GiB written | stages (s) |")
+    say("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for (name, s), m in med.items():
         st = ", ".join(f"{k} {v:.1f}" for k, v in m["stages"].items())
-        say(f"| {name} | {s} | {m['n']} | {m['wall']:.1f} | {m['peak']:.0f} | {m['batches'] or ''} | "
-            f"{m['partitions'] or ''} | {m['work'] / 2**30:.2f} | {st} |")
+        say(f"| {name} | {s} | {m['n']} | {m['wall']:.1f} | {m['peak']:.0f} | {m['replicas'] or ''} | "
+            f"{m['batches'] or ''} | {m['partitions'] or ''} | {m['work'] / 2**30:.2f} | {st} |")
     say()
     say("| dataset | system | " + " | ".join(f"recall ef {e}" for e in EFS.split(",")) + " |")
     say("|---|---|" + "---:|" * len(EFS.split(",")))
@@ -266,7 +275,18 @@ def main():
             target = 4.4 ** (math.log(nb / na) / math.log(4))
             ratio = build_of(b)["wall"] / build_of(a)["wall"]
             say(f"- t({b})/t({a}) = {ratio:.2f} (target <= {target:.2f} for {nb / na:.1f}x n): {verdict(ratio <= target)}")
+            if (b, "kiln-r2") in med and build_of(a).get("replicas") == 2:
+                r2 = med[(b, "kiln-r2")]["wall"] / build_of(a)["wall"]
+                say(f"  - with 2 replicas at both sizes (the same work per vector): {r2:.2f}")
     for name in names + (["fmnist60k"] if args.fmnist else []):
+        for sys_ in ("kiln-r2",):
+            if (name, sys_) in med and (name, "hnswlib") in med:
+                k, h = med[(name, sys_)], med[(name, "hnswlib")]
+                line = f"- {name}: {sys_} {k['wall']:.1f} s / hnswlib = {k['wall'] / h['wall']:.3f}"
+                if k["recall"] and h["recall"]:
+                    worst = min(k["recall"][e] - h["recall"][e] for e in h["recall"])
+                    line += f", recall worst ef {worst:+.4f}"
+                say(line + " (for comparison; the targets are the automatic build's)")
         if (name, "hnswlib") in med:
             k, h = med[(name, "kiln")], med[(name, "hnswlib")]
             ratio = k["wall"] / h["wall"]

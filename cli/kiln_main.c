@@ -406,8 +406,10 @@ static const cli_opt build_opts[] = {
      "OpenCL device for --method device (default: $KILN_DEVICE, else auto = a GPU if any)", 0, 0},
     {"clusters", 0, "N", "0", "device: k-means clusters; 0 = from n and --cluster-size", 0, 0},
     {"cluster-size", 0, "N", "768", "device: target members per cluster", 0, 0},
-    {"replicas", 0, "N", "2", "device: nearest clusters each vector joins (2 to 16)", 2,
-     CLI_MAX_REPLICA},
+    {"replicas", 0, "N", "0",
+     "device: nearest clusters each vector joins (2 to 16); 0 = 2, or 3 above 2048 clusters' "
+     "worth of vectors",
+     0, CLI_MAX_REPLICA},
     {"knn-k", 0, "N", "0", "device: neighbours kept per vector per cluster; 0 = 2M", 0,
      CLI_MAX_KNN_K},
     {"threads", 't', "N", "0", "build threads; 0 = all cores", 0, CLI_MAX_THREADS},
@@ -462,6 +464,11 @@ static int cmd_build(const cli_args *a) {
         !cli_u32(a, "knn-k", &p.knn_k) || !format_ok(a, &fmt) ||
         (cli_str(a, "memory-limit") && !cli_size(a, "memory-limit", &p.memory_limit)))
         return 2;
+    if (p.replicas == 1) {
+        fprintf(stderr, "kiln build: --replicas: 1 is not 0 (automatic) or 2 to %d\n",
+                CLI_MAX_REPLICA);
+        return 2;
+    }
     p.device = cli_str(a, "device");
     p.resume = cli_flag(a, "resume");
     if (!device_spec_ok(p.device)) {
@@ -564,9 +571,10 @@ static int cmd_build(const cli_args *a) {
         if (p.method == KILN_METHOD_DEVICE) {
             printf(", \"device\": ");
             json_str(rep.device_name);
-            printf(", \"clusters\": %u, \"max_cluster_size\": %u, \"device_batches\": %u, "
-                   "\"batch_retries\": %u, \"candidates_per_vector\": ",
-                   rep.clusters, rep.max_cluster_size, rep.device_batches, rep.batch_retries);
+            printf(", \"clusters\": %u, \"replicas\": %u, \"max_cluster_size\": %u, "
+                   "\"device_batches\": %u, \"batch_retries\": %u, \"candidates_per_vector\": ",
+                   rep.clusters, rep.replicas, rep.max_cluster_size, rep.device_batches,
+                   rep.batch_retries);
             json_num(rep.candidates_per_vector, "%.2f");
             printf(", \"batches\": %u, \"partitions\": %u, \"resumed_batches\": %u, "
                    "\"resumed_steps\": %u, \"memory_limit\": %llu, \"work_bytes_written\": "
@@ -585,9 +593,10 @@ static int cmd_build(const cli_args *a) {
                out, (unsigned long long)s.count, s.dim, kiln_metric_name(p.metric), p.M,
                p.ef_construction, method, s.levels, t_build, t_save);
         if (p.method == KILN_METHOD_DEVICE) {
-            printf("device %s: %u clusters (largest %u), %u device batches, %u retries\n",
-                   rep.device_name, rep.clusters, rep.max_cluster_size, rep.device_batches,
-                   rep.batch_retries);
+            printf("device %s: %u clusters (largest %u, %u per vector), %u device batches, "
+                   "%u retries\n",
+                   rep.device_name, rep.clusters, rep.max_cluster_size, rep.replicas,
+                   rep.device_batches, rep.batch_retries);
             printf("work: %u cluster batches (%u resumed), %u partitions, %.1f MiB written, "
                    "%.1f MiB read; memory limit %.1f MiB, peak anonymous RSS %.1f MiB\n",
                    rep.batches, rep.resumed_batches, rep.partitions,

@@ -27,6 +27,67 @@ static inline void kiln_report_stage(kiln_build_report *rep, const char *name, d
 uint32_t kiln_select_neighbors(const struct kiln_index *ix, const kiln_cand *sorted, uint32_t n,
                                uint32_t M, uint32_t *out);
 
+/* The same rule over rows of a block of vectors instead of an index's
+ * nodes: candidate i is row sorted[i].id of rows (dim floats each),
+ * compared with dist (NaN as +inf); at most M kept, their positions in
+ * sorted to pick. Fewer than M candidates are all kept. */
+uint32_t kiln_select_rows(const float *rows, uint32_t dim, kiln_dist_fn dist,
+                          const kiln_cand *sorted, uint32_t n, uint32_t M, uint32_t *pick);
+
+/* The local prune of a node's candidates from one cluster (graph/prune.c
+ * decision 4): the heuristic over sorted (rows as in kiln_select_rows) to
+ * at most cap, then the nearest others until fill are kept. Positions in
+ * sorted go to pick, ascending (room for n); returns how many. Candidates
+ * past the first KILN_PRUNE_LOCAL_MAX are ignored. */
+#define KILN_PRUNE_LOCAL_MAX 256
+uint32_t kiln_prune_local(const float *rows, uint32_t dim, kiln_dist_fn dist,
+                          const kiln_cand *sorted, uint32_t n, uint32_t cap, uint32_t fill,
+                          uint32_t *pick);
+/* How many of a node's candidates from one cluster the local prune keeps
+ * at least: 3M/4 (graph/prune.c decision 4). */
+static inline uint32_t kiln_local_fill(uint32_t M) { return (3 * M + 3) / 4; }
+
+/* Direction hashes (graph/prune.c decision 5): the sign bits of
+ * KILN_HASH_BITS random projections of v - u, from projections of u and v
+ * made by kiln_hash_project with the same planes. */
+#define KILN_HASH_BITS 12
+#define KILN_HASH_MASK ((1u << KILN_HASH_BITS) - 1)
+/* KILN_HASH_BITS x dim Gaussian planes drawn from seed (the caller frees). */
+kiln_status kiln_hash_planes(kiln_ctx *ctx, uint32_t dim, uint64_t seed, float **planes);
+void kiln_hash_project(const float *planes, uint32_t dim, const float *v,
+                       float proj[KILN_HASH_BITS]);
+static inline uint32_t kiln_hash_edge(const float *pu, const float *pv) {
+    uint32_t h = 0;
+    for (unsigned k = 0; k < KILN_HASH_BITS; k++)
+        h |= (uint32_t)(pv[k] > pu[k]) << k;
+    return h;
+}
+/* The hash of v -> u from that of u -> v: every sign flips. */
+static inline uint32_t kiln_hash_reverse(uint32_t h) { return ~h & KILN_HASH_MASK; }
+
+/* A candidate link with its direction hash. */
+typedef struct kiln_hcand {
+    float dist;
+    uint32_t id;
+    uint32_t hash;
+} kiln_hcand;
+
+/* One node's links from one group of resident rows (a cluster batch):
+ * sorted holds its candidates nearest first (id = row), self its row, proj
+ * KILN_HASH_BITS projections per row. The local prune (cap M0, fill
+ * kiln_local_fill(M)) picks; each pick goes to out as (distance, global id,
+ * hash of self -> it), global[row] or the row itself when global is NULL.
+ * Returns how many (at most n). */
+uint32_t kiln_local_links(const float *rows, uint32_t dim, kiln_dist_fn dist, const float *proj,
+                          uint32_t self, const kiln_cand *sorted, uint32_t n, uint32_t M,
+                          uint32_t M0, const uint32_t *global, kiln_hcand *out);
+
+/* From candidates sorted by (dist, id), distinct ids, keep each whose hash
+ * no nearer kept one has, up to cap (graph/prune.c decision 5); the kept
+ * are moved to the front of c in order. Returns how many. */
+uint32_t kiln_hash_select(kiln_hcand *c, uint32_t n, uint32_t cap);
+void kiln_hcands_sort(kiln_hcand *c, uint32_t n);
+
 /* Adds links node -> in[i].id on level (in[i].dist the distance from node),
  * for the n entries of in, sorted by (dist, id); ids already in the list
  * (and node itself) are skipped. When they fit they are appended in that
@@ -64,39 +125,47 @@ kiln_status kiln_level0_from_candidates(struct kiln_index *ix, const uint32_t *c
 typedef struct kiln_l0_block {
     uint32_t first, count;
     const uint64_t *offsets; /* count + 1 */
-    const kiln_cand *cands;
+    const kiln_hcand *cands;
 } kiln_l0_block;
 
-/* A level-0 link seen from its target: source -> target at distance dist. */
+/* A level-0 link seen from its target: source -> target at distance dist,
+ * with the hash of target -> source. With KILN_EDGE_OWN in hash it is
+ * instead one of the target's own forward links (from = the link), which
+ * the reverse pass needs with its distance and hash (graph/merge.c
+ * decision 2). */
 typedef struct kiln_edge {
     uint32_t to, from;
     float dist;
+    uint32_t hash;
 } kiln_edge;
+#define KILN_EDGE_OWN 0x80000000u
 
 /* Groups n edges, every target in [first, first + count), by target,
  * stably (their order kept within a target): off (count + 1, caller's)
- * gets a block's offsets and in (n entries) each edge as (dist, from), the
- * candidates of kiln_l0_reverse. */
+ * gets a block's offsets and in (n entries) each edge as (dist, from,
+ * hash), the candidates of kiln_l0_reverse. */
 void kiln_edges_by_target(const kiln_edge *e, uint64_t n, uint32_t first, uint32_t count,
-                          uint64_t *off, kiln_cand *in);
+                          uint64_t *off, kiln_hcand *in);
 
 /* Length of the longest list of a block. */
 uint64_t kiln_l0_block_max(const kiln_l0_block *b);
 
 /* Forward pass over a block (duplicates and self allowed among the
- * candidates): each node's list is deduplicated, pruned with the heuristic
- * to at most M0 after the protected highway links, and written to its
- * level-0 block. rev (room for count * M0) gets every link that wants a
- * reverse link, in node order; *n_rev their number. Build the upper levels
- * first. */
+ * candidates, which carry the hash of node -> candidate): each node's list
+ * is deduplicated, selected by hash to at most M0 after the protected
+ * highway links (graph/merge.c decision 1), and written to its level-0
+ * block. It reads no vector. rev (room for 2 * count * M0) gets, in node
+ * order, every link that wants a reverse link and every node's own links
+ * (KILN_EDGE_OWN); *n_rev their number. Build the upper levels first. */
 kiln_status kiln_l0_forward(struct kiln_index *ix, const kiln_l0_block *b, int threads,
                             kiln_edge *rev, uint64_t *n_rev);
-/* Reverse pass over a block of targets whose candidates are their incoming
- * edges (id = source): each is added to the target's list nearest first,
- * re-pruning a full list (never its protected links). scratch has room for
- * offsets[count] entries. Deterministic: the same block gives the same
- * lists whatever the threads. */
-kiln_status kiln_l0_reverse(struct kiln_index *ix, const kiln_l0_block *b, kiln_cand *scratch,
+/* Reverse pass over a block of targets whose candidates are their edges
+ * (kiln_edges_by_target): a target's own links (KILN_EDGE_OWN), then its
+ * incoming links in source id order, each appended while there is room;
+ * a full list is re-selected by hash (never its protected links). It reads
+ * no vector. scratch has room for offsets[count] entries. Deterministic:
+ * the same block gives the same lists whatever the threads. */
+kiln_status kiln_l0_reverse(struct kiln_index *ix, const kiln_l0_block *b, kiln_hcand *scratch,
                             int threads);
 
 /* What a reachability repair did. */

@@ -63,7 +63,7 @@ void kiln_build_params_init(kiln_build_params *p) {
     p->method = kiln_build_device_available() ? KILN_METHOD_DEVICE : KILN_METHOD_INSERT;
     p->threads = 0;
     p->seed = 1;
-    p->replicas = 2;
+    p->replicas = 0; /* the device build chooses (host/device_build.c) */
 }
 
 static kiln_status check_params(kiln_ctx *ctx, const kiln_build_params *p, size_t n, size_t dim) {
@@ -76,8 +76,8 @@ static kiln_status check_params(kiln_ctx *ctx, const kiln_build_params *p, size_
                          KILN_MAX_M);
     if (p->ef_construction < 1)
         return kiln_fail(ctx, KILN_E_ARG, "build: ef_construction must be at least 1");
-    if (p->method == KILN_METHOD_DEVICE && (p->replicas < 2 || p->replicas > 16))
-        return kiln_fail(ctx, KILN_E_ARG, "build: replicas = %u is out of range [2, 16]",
+    if (p->method == KILN_METHOD_DEVICE && (p->replicas == 1 || p->replicas > 16))
+        return kiln_fail(ctx, KILN_E_ARG, "build: replicas = %u is not 0 (automatic) or in [2, 16]",
                          p->replicas);
     if (p->method != KILN_METHOD_INSERT && p->method != KILN_METHOD_DEVICE)
         return kiln_fail(ctx, KILN_E_ARG, "build: method %d is not insert or device",
@@ -99,7 +99,8 @@ static kiln_status check_params(kiln_ctx *ctx, const kiln_build_params *p, size_
  * checks the budget itself, with what is resident. */
 static bool fits_in_budget(const struct kiln_index *ix, const kiln_build_params *p) {
     const uint64_t limit = kiln_build_budget(p);
-    const uint64_t n = ix->count, replicas = p->replicas ? p->replicas : 2;
+    const uint64_t n = ix->count,
+                   replicas = p->replicas ? p->replicas : 3; /* the most auto picks */
     const uint64_t need = kiln_index_memory(ix) + n * replicas * sizeof(uint32_t) +
                           n * ix->dim * sizeof(float) / 6 / 4 * 5 + ((uint64_t)256 << 20) +
                           kiln_rss_anon();

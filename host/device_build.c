@@ -37,10 +37,14 @@
  *     slot by slot, so a vector's code differs per cluster it is in.
  *  7. Batches carry their own vectors. A batch gathers its members'
  *     vectors (from the index's storage: with a mapped input these are
- *     sequential reads per cluster), encodes them, runs the device kNN and
- *     reranks every member's K candidates with exact distances while the
- *     vectors are resident, then writes one work file of compact records
- *     (owner, n, n x (distance, id)) and frees everything. A finished batch
+ *     sequential reads per cluster), encodes them, runs the device kNN,
+ *     reranks every member's K candidates with exact distances and prunes
+ *     them locally (the heuristic, then the nearest until 3M/4:
+ *     graph/prune.c decision 4) while the vectors are resident, hashes the
+ *     direction of each kept link (graph/prune.c decision 5), then writes
+ *     one work file of compact records (owner, n, n x (distance, id,
+ *     hash)) and frees everything. Nothing after the batches reads a
+ *     vector to make level 0 (graph/merge.c decision 1). A finished batch
  *     file is a checkpoint: --resume skips it. Clusters, the hierarchy and
  *     level 0 are checkpoints too; the quantizer and the plan are
  *     recomputed (deterministic, and cheap).
@@ -67,8 +71,8 @@
  *     segments of every batch file, prunes, and writes the reverse edges as
  *     a work file with one segment per target partition; the reverse pass
  *     reads its segment of every such file and applies them. Memory is one
- *     partition's records; disk is about 8 bytes per candidate plus 12 per
- *     link, written once and read once.
+ *     partition's records; disk is 12 bytes per kept candidate plus 32 per
+ *     link (its own edge and its reverse edge), written once and read once.
  * 10. The work dir's fingerprint covers everything that changes the bytes:
  *     the vectors (CRC-32C), n, dim, metric, M, ef_construction, seed,
  *     replicas, knn_k, clusters, cluster_size, the byte order and
@@ -151,7 +155,7 @@ KILN_DEFINE_SORT(u64_sort, uint64_t, U64_LESS)
 #define DEVICE_PART_BYTES ((uint64_t)128 << 20)
 /* Bumped whenever the pipeline's output for the same input changes, so an
  * older work dir is refused instead of mixed in (decision 10). */
-#define DEVICE_PIPELINE_VERSION 4
+#define DEVICE_PIPELINE_VERSION 5
 
 /* ==== Nearest-centroid backend ==== */
 
@@ -194,6 +198,7 @@ typedef struct pipeline {
     uint32_t part_nodes; /* nodes per partition of the streaming passes */
     uint32_t parts;
     uint64_t candidates; /* read by the forward pass, for the report */
+    float *planes;       /* the hash planes (graph/prune.c decision 5) */
 } pipeline;
 
 /* Hands the heap the allocator keeps after a stage's big temporaries back
@@ -219,14 +224,15 @@ static size_t slot_bytes(const pipeline *pl) {
     const size_t code = kiln_q4_stride(kiln_q4_words(pl->ix->dim)) * sizeof(uint64_t) + 4;
     return (size_t)pl->ix->dim * sizeof(float) + sizeof(uint64_t) + 2 * code +
            2 * sizeof(uint32_t) + 2 * (size_t)pl->K * sizeof(kiln_q4_neighbor) +
-           2 * sizeof(uint32_t) + (size_t)pl->K * sizeof(kiln_cand);
+           2 * sizeof(uint32_t) + (size_t)pl->K * (sizeof(kiln_hcand) + sizeof(kiln_cand)) +
+           KILN_HASH_BITS * sizeof(float);
 }
 
 /* Bytes per node of a partition in the streaming passes: its candidates
  * (every replica's K) and offsets, then its reverse edges out and in. */
 static size_t node_bytes(const pipeline *pl) {
-    return (size_t)pl->cl.replicas * pl->K * sizeof(kiln_cand) + 2 * sizeof(uint64_t) +
-           (size_t)pl->ix->M0 * (2 * sizeof(kiln_edge) + sizeof(float) + 2 * sizeof(kiln_cand));
+    return (size_t)pl->cl.replicas * pl->K * sizeof(kiln_hcand) + 2 * sizeof(uint64_t) +
+           (size_t)pl->ix->M0 * (4 * sizeof(kiln_edge) + 5 * sizeof(kiln_hcand));
 }
 
 /* ==== Work files ==== */
@@ -408,6 +414,7 @@ typedef struct batch_buf {
     uint32_t *center_of;   /* each slot's cluster */
     uint64_t *offsets;     /* the batch's clusters, slot offsets from 0 */
     kiln_q4_neighbor *out; /* max_slots * K */
+    float *proj;           /* max_slots * KILN_HASH_BITS: the slots' hash projections */
     uint32_t *rec;         /* records, partition by partition (decision 9) */
     uint64_t *by_row;      /* (member id << 32 | slot), by member id: the gather's order */
     uint64_t *part_len, *part_fill;
@@ -430,7 +437,9 @@ static kiln_status batch_buf_new(pipeline *pl, batch_buf *b) {
         (st = kiln_alloc(ctx, ((size_t)pl->cl.max_members + S + 1) * sizeof(uint64_t),
                          "batch offsets", (void **)&b->offsets)) ||
         (st = kiln_alloc(ctx, S * pl->K * sizeof *b->out, "device results", (void **)&b->out)) ||
-        (st = kiln_alloc(ctx, S * (2 + 2 * (size_t)pl->K) * sizeof(uint32_t), "batch records",
+        (st = kiln_alloc(ctx, S * KILN_HASH_BITS * sizeof(float), "batch projections",
+                         (void **)&b->proj)) ||
+        (st = kiln_alloc(ctx, S * (2 + 3 * (size_t)pl->K) * sizeof(uint32_t), "batch records",
                          (void **)&b->rec)) ||
         (st = kiln_alloc(ctx, S * sizeof(uint64_t), "batch gather order", (void **)&b->by_row)) ||
         (st = kiln_alloc(ctx, ((size_t)pl->parts + 1) * sizeof(uint64_t), "partition sizes",
@@ -451,6 +460,7 @@ static void batch_buf_free(batch_buf *b) {
     free(b->center_of);
     free(b->offsets);
     free(b->out);
+    free(b->proj);
     free(b->rec);
     free(b->by_row);
     free(b->part_len);
@@ -459,23 +469,27 @@ static void batch_buf_free(batch_buf *b) {
 }
 
 /* The K device candidates of slot s, reranked by exact distance (NaN as
- * +inf, graph/hnsw_internal.h) into res (global ids, nearest first, ties by
- * id); returns how many. */
+ * +inf, graph/hnsw_internal.h) and pruned locally while their vectors are
+ * resident (graph/prune.c decision 4) into res as (distance, global id,
+ * hash); returns how many. Candidates are slots of s's own cluster, whose
+ * members ascend by id (cluster/assign.c), so ties by slot are ties by id. */
 static uint32_t rerank_slot(const pipeline *pl, const batch_buf *b, uint64_t base, uint64_t s,
-                            kiln_cand *res) {
+                            kiln_hcand *res) {
     const struct kiln_index *ix = pl->ix;
     const uint32_t d = ix->dim;
     const float *v = b->vec + s * d;
+    kiln_cand sorted[KILN_CL_MAX_K];
     uint32_t m = 0;
     for (uint32_t j = 0; j < pl->K; j++) {
         const uint32_t t = b->out[s * pl->K + j].id;
         if (t == KILN_Q4_NO_ID || t == s)
             continue;
         float dist = ix->dist(v, b->vec + (size_t)t * d, d);
-        res[m++] = (kiln_cand){dist == dist ? dist : (float)INFINITY, pl->cl.members[base + t]};
+        sorted[m++] = (kiln_cand){dist == dist ? dist : (float)INFINITY, t};
     }
-    kiln_cands_sort(res, m);
-    return m;
+    kiln_cands_sort(sorted, m);
+    return kiln_local_links(b->vec, d, ix->dist, b->proj, (uint32_t)s, sorted, m, ix->M, ix->M0,
+                            pl->cl.members + base, res);
 }
 
 static void batch_name(char *name, size_t cap, uint32_t b) { snprintf(name, cap, "batch-%06u", b); }
@@ -510,6 +524,9 @@ static kiln_status run_batch(pipeline *pl, batch_buf *b, uint32_t bi) {
                              b->codes.norms);
     if (st)
         return st;
+#pragma omp parallel for num_threads(pl->threads) schedule(static, 256)
+    for (uint64_t j = 0; j < S; j++)
+        kiln_hash_project(pl->planes, d, b->vec + j * d, b->proj + j * KILN_HASH_BITS);
     b->codes.count = S;
     kiln_cl_stats cs = {0};
     st = kiln_cl_cluster_knn(ctx, &b->codes, b->offsets, c1 - c0, b->identity, pl->K, NULL, b->out,
@@ -519,9 +536,9 @@ static kiln_status run_batch(pipeline *pl, batch_buf *b, uint32_t bi) {
     if (st)
         return st;
 
-    /* Records [owner, n, n x (dist, id)] in uint32 words, grouped by the
-     * owner's partition; slots in order within a partition. */
-    const uint32_t P = pl->parts, rec_words = 2 + 2 * pl->K;
+    /* Records [owner, n, n x (dist, id, hash)] in uint32 words, grouped by
+     * the owner's partition; slots in order within a partition. */
+    const uint32_t P = pl->parts, rec_words = 2 + 3 * pl->K;
     memset(b->part_len, 0, ((size_t)P + 1) * sizeof *b->part_len);
     for (uint64_t s = 0; s < S; s++)
         b->part_len[cl->members[base + s] / pl->part_nodes + 1]++;
@@ -540,7 +557,7 @@ static kiln_status run_batch(pipeline *pl, batch_buf *b, uint32_t bi) {
     for (uint64_t s = 0; s < S; s++) {
         uint32_t *r = b->rec + pos[s] * rec_words;
         r[0] = cl->members[base + s];
-        r[1] = rerank_slot(pl, b, base, s, (kiln_cand *)(r + 2));
+        r[1] = rerank_slot(pl, b, base, s, (kiln_hcand *)(r + 2));
     }
     free(pos);
     /* Compact each record to its length, partition by partition. */
@@ -552,7 +569,7 @@ static kiln_status run_batch(pipeline *pl, batch_buf *b, uint32_t bi) {
         const uint64_t w0 = w;
         for (uint64_t i = b->part_len[q]; i < b->part_len[q + 1]; i++) {
             const uint32_t *r = b->rec + i * rec_words;
-            const uint64_t len = 2 + 2 * (uint64_t)r[1];
+            const uint64_t len = 2 + 3 * (uint64_t)r[1];
             memmove(b->rec + w, r, len * sizeof(uint32_t));
             w += len;
         }
@@ -625,7 +642,7 @@ static kiln_status forward_part(pipeline *pl, uint32_t q) {
     uint8_t *raw = NULL;
     uint64_t raw_len = 0;
     uint64_t *off = NULL;
-    kiln_cand *cands = NULL;
+    kiln_hcand *cands = NULL;
     kiln_edge *rev = NULL, *sorted = NULL;
     uint64_t *at = NULL;
     kiln_work_seg *segs = NULL;
@@ -641,7 +658,7 @@ static kiln_status forward_part(pipeline *pl, uint32_t q) {
     uint64_t total = 0;
     for (uint64_t i = 0; i < words;) {
         if (words - i < 2 || w[i] < first || w[i] - first >= count || w[i + 1] > pl->K ||
-            words - i - 2 < 2 * (uint64_t)w[i + 1]) {
+            words - i - 2 < 3 * (uint64_t)w[i + 1]) {
             st = kiln_fail(ctx, KILN_E_FORMAT,
                            "batch records of partition %u: record at word %llu is malformed", q,
                            (unsigned long long)i);
@@ -649,7 +666,7 @@ static kiln_status forward_part(pipeline *pl, uint32_t q) {
         }
         off[w[i] - first + 1] += w[i + 1];
         total += w[i + 1];
-        i += 2 + 2 * (uint64_t)w[i + 1];
+        i += 2 + 3 * (uint64_t)w[i + 1];
     }
     for (uint32_t i = 0; i < count; i++)
         off[i + 1] += off[i];
@@ -660,10 +677,10 @@ static kiln_status forward_part(pipeline *pl, uint32_t q) {
     memcpy(at, off, (size_t)count * sizeof *at);
     for (uint64_t i = 0; i < words;) {
         const uint32_t node = w[i] - first, n = w[i + 1];
-        const kiln_cand *c = (const kiln_cand *)(w + i + 2);
+        const kiln_hcand *c = (const kiln_hcand *)(w + i + 2);
         for (uint32_t j = 0; j < n; j++) {
-            kiln_cand x = c[j];
-            if (x.id >= pl->ix->count || x.dist != x.dist) {
+            kiln_hcand x = c[j];
+            if (x.id >= pl->ix->count || x.dist != x.dist || x.hash > KILN_HASH_MASK) {
                 st = kiln_fail(ctx, KILN_E_FORMAT,
                                "batch records of partition %u: candidate id %u out of range", q,
                                x.id);
@@ -671,7 +688,7 @@ static kiln_status forward_part(pipeline *pl, uint32_t q) {
             }
             cands[at[node]++] = x;
         }
-        i += 2 + 2 * (uint64_t)n;
+        i += 2 + 3 * (uint64_t)n;
     }
     pl->candidates += total;
     free(raw);
@@ -680,7 +697,7 @@ static kiln_status forward_part(pipeline *pl, uint32_t q) {
     at = NULL;
     const kiln_l0_block blk = {first, count, off, cands};
     uint64_t n_rev = 0;
-    if ((st = kiln_alloc(ctx, ((size_t)count * pl->ix->M0 + 1) * sizeof *rev, "reverse edges",
+    if ((st = kiln_alloc(ctx, (2 * (size_t)count * pl->ix->M0 + 1) * sizeof *rev, "reverse edges",
                          (void **)&rev)) ||
         (st = kiln_l0_forward(pl->ix, &blk, pl->threads, rev, &n_rev)))
         goto done;
@@ -723,7 +740,7 @@ static kiln_status reverse_part(pipeline *pl, uint32_t q) {
     part_range(pl, q, &first, &count);
     uint8_t *raw = NULL;
     uint64_t raw_len = 0, *off = NULL;
-    kiln_cand *in = NULL, *scratch = NULL;
+    kiln_hcand *in = NULL, *scratch = NULL;
     kiln_status st = gather_segment(pl, rev_name, pl->parts, q, &raw, &raw_len);
     if (st == KILN_OK && raw_len % sizeof(kiln_edge))
         st = kiln_fail(ctx, KILN_E_FORMAT, "reverse edges of partition %u are cut short", q);
@@ -733,7 +750,8 @@ static kiln_status reverse_part(pipeline *pl, uint32_t q) {
         (st = kiln_calloc(ctx, ((size_t)count + 2) * sizeof *off, "node offsets", (void **)&off)))
         goto done;
     for (uint64_t i = 0; i < n; i++) {
-        if (e[i].to < first || e[i].to - first >= count || e[i].from >= pl->ix->count) {
+        if (e[i].to < first || e[i].to - first >= count || e[i].from >= pl->ix->count ||
+            (e[i].hash & ~KILN_EDGE_OWN) > KILN_HASH_MASK || e[i].dist != e[i].dist) {
             st = kiln_fail(ctx, KILN_E_FORMAT,
                            "reverse edges of partition %u: edge %llu is out of range", q,
                            (unsigned long long)i);
@@ -815,7 +833,7 @@ static kiln_status step_clusters(pipeline *pl, const kiln_device_info *info) {
     kiln_kmeans_params_init(&kp);
     kp.clusters = p->clusters;
     kp.target_size = p->cluster_size ? p->cluster_size : DEVICE_TARGET_CLUSTER;
-    kp.replicas = pl->cl.replicas = p->replicas ? p->replicas : 2;
+    kp.replicas = pl->cl.replicas; /* kiln_build_device chose it */
     kp.seed = p->seed;
     kp.threads = p->threads;
     uint32_t k;
@@ -931,8 +949,8 @@ static kiln_status step_plan(pipeline *pl) {
     pl->batch_first[nb] = cl->k;
     pl->n_batches = nb;
     /* Disk: the batch records and the reverse edges, with a margin. */
-    const uint64_t need = ((uint64_t)cl->offsets[cl->k] * (2 + 2 * (uint64_t)pl->K) * 4 +
-                           ix->count * (uint64_t)ix->M0 * sizeof(kiln_edge) +
+    const uint64_t need = ((uint64_t)cl->offsets[cl->k] * (2 + 3 * (uint64_t)pl->K) * 4 +
+                           2 * ix->count * (uint64_t)ix->M0 * sizeof(kiln_edge) +
                            ix->count * kiln_links0_stride(ix) * 4) /
                               10 * 11 +
                           ((uint64_t)pl->parts * pl->n_batches + pl->parts) * 4096;
@@ -949,8 +967,10 @@ static kiln_status step_plan(pipeline *pl) {
 
 /* Step 3: every batch not already in the work dir (decision 7). */
 static kiln_status step_batches(pipeline *pl) {
-    batch_buf b;
-    kiln_status st = batch_buf_new(pl, &b);
+    batch_buf b = {0};
+    kiln_status st = kiln_hash_planes(pl->ctx, pl->ix->dim, pl->ix->seed, &pl->planes);
+    if (st == KILN_OK)
+        st = batch_buf_new(pl, &b);
     kiln_progress_bar bar;
     kiln_progress_begin(&bar, pl->ctx, "cluster knn", pl->n_batches);
     for (uint32_t i = 0; i < pl->n_batches && st == KILN_OK; i++) {
@@ -1059,6 +1079,27 @@ static kiln_status open_workdir(pipeline *pl) {
 
 /* ==== Pipeline ==== */
 
+/* Replicas when the caller gives none: 2, and 3 once the set has more than
+ * DEVICE_WIDE_CELLS clusters' worth of vectors. With a fixed cluster size
+ * the clusters get finer as n grows, a vector's true neighbours spread over
+ * more of them, and 2 replicas find fewer: measured, synthetic 128-d,
+ * recall@10 at ef 10/16/32/64/128 (hnswlib 0.6.2, M 16, ef_construction
+ * 200, on the same data in brackets):
+ *   1M, 2 replicas: 0.8920/0.9467/0.9851/0.9962/0.9977
+ *       (0.8608/0.9250/0.9706/0.9808/0.9816)
+ *   4M, 2 replicas: 0.8252/0.9016/0.9676/0.9926/0.9985, 169 s
+ *       3 replicas: 0.8811/0.9396/0.9834/0.9955/0.9987, 196 s
+ *       (0.8308/0.9054/0.9610/0.9736/0.9746, 1750 s)
+ * 1M is 1302 clusters' worth at 768 and 4M 5208, so the switch is between
+ * them; a wider hierarchy beam (32) got 4M only level with hnswlib at ef
+ * 10 (0.8306) for +25 s. */
+#define DEVICE_WIDE_CELLS 2048
+static uint32_t default_replicas(uint64_t n, const kiln_build_params *p) {
+    const uint64_t size = p->cluster_size ? p->cluster_size : DEVICE_TARGET_CLUSTER;
+    const uint64_t cells = p->clusters ? p->clusters / 2 : n / size;
+    return cells > DEVICE_WIDE_CELLS ? 3 : 2;
+}
+
 kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
                               kiln_build_report *rep) {
     kiln_ctx *ctx = ix->ctx;
@@ -1069,7 +1110,7 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
                    .threads = kiln_threads(p->threads),
                    .K = p->knn_k ? p->knn_k : 2 * p->M,
                    .residual = ix->metric != KILN_METRIC_IP};
-    pl.cl.replicas = p->replicas ? p->replicas : 2;
+    pl.cl.replicas = p->replicas ? p->replicas : default_replicas(ix->count, p);
     if (pl.K > KILN_CL_MAX_K)
         return kiln_fail(ctx, KILN_E_ARG, "build: knn_k = %u is above the device limit %d", pl.K,
                          KILN_CL_MAX_K);
@@ -1093,6 +1134,7 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
     if ((st = step_clusters(&pl, &info)))
         goto cleanup;
     rep->clusters = pl.cl.k;
+    rep->replicas = pl.cl.replicas;
     rep->max_cluster_size = pl.cl.max_members;
     stage(rep, "kmeans+assign", kiln_now() - t);
     kiln_fault_point("clusters");
@@ -1148,6 +1190,7 @@ cleanup:;
         kiln_workdir_close(pl.wd);
     free(pl.batch_first);
     kiln_clusters_free(&pl.cl);
+    free(pl.planes);
     kiln_q4_free(pl.q);
     return st;
 }

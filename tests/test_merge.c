@@ -119,11 +119,84 @@ static void test_cands_sort(void) {
     CHECK_MSG(bad == 0, "%zu of %zu sorts differ from qsort", bad, cases);
 }
 
+/* The vector-free selection's parts (graph/prune.c decisions 4 and 5):
+ * the reverse hash is the hash of the reverse edge; the hash selection
+ * keeps the nearest of each bucket, in order, up to cap; the local prune
+ * keeps the heuristic's picks and the nearest others up to fill. */
+static void test_hash_selection(kiln_ctx *ctx) {
+    const uint32_t d = 16, n = 64;
+    float *planes = NULL, x[64 * 16], proj[64 * KILN_HASH_BITS];
+    kiln_rng rng;
+    kiln_rng_seed(&rng, 9);
+    for (uint32_t i = 0; i < n * d; i++)
+        x[i] = (float)kiln_rng_uniform(&rng);
+    CHECK_OK(ctx, kiln_hash_planes(ctx, d, 7, &planes));
+    REQUIRE(planes);
+    for (uint32_t i = 0; i < n; i++)
+        kiln_hash_project(planes, d, x + i * d, proj + i * KILN_HASH_BITS);
+    uint32_t bad_rev = 0, distinct = 0;
+    for (uint32_t i = 1; i < n; i++) {
+        const uint32_t h = kiln_hash_edge(proj, proj + i * KILN_HASH_BITS);
+        bad_rev += kiln_hash_reverse(h) != kiln_hash_edge(proj + i * KILN_HASH_BITS, proj);
+        distinct += h != kiln_hash_edge(proj, proj + (i - 1) * KILN_HASH_BITS);
+        CHECK(h <= KILN_HASH_MASK);
+    }
+    CHECK_MSG(bad_rev == 0, "%u reverse hashes differ from the reverse edge's", bad_rev);
+    CHECK_MSG(distinct > n / 2, "only %u of %u neighbouring hashes differ", distinct, n - 1);
+
+    /* Buckets 5, 3, 5, 7, 3, 9 by distance: the first of each stays. */
+    kiln_hcand c[6] = {{1, 10, 5}, {2, 11, 3}, {3, 12, 5}, {4, 13, 7}, {5, 14, 3}, {6, 15, 9}};
+    uint32_t k = kiln_hash_select(c, 6, 16);
+    CHECK(k == 4 && c[0].id == 10 && c[1].id == 11 && c[2].id == 13 && c[3].id == 15);
+    kiln_hcand c2[6] = {{1, 10, 5}, {2, 11, 3}, {3, 12, 5}, {4, 13, 7}, {5, 14, 3}, {6, 15, 9}};
+    k = kiln_hash_select(c2, 6, 2);
+    CHECK(k == 2 && c2[0].id == 10 && c2[1].id == 11);
+
+    /* Local prune of row 0's 40 nearest rows. */
+    kiln_dist_fn l2 = kiln_distance_fn(KILN_METRIC_L2);
+    kiln_cand sorted[63];
+    for (uint32_t i = 1; i < n; i++)
+        sorted[i - 1] = (kiln_cand){l2(x, x + i * d, d), i};
+    kiln_cands_sort(sorted, n - 1);
+    uint32_t heur[63], pick[63];
+    const uint32_t nh = kiln_select_rows(x, d, l2, sorted, 40, 32, heur);
+    const uint32_t np = kiln_prune_local(x, d, l2, sorted, 40, 32, 12, pick);
+    CHECK_MSG(nh >= 1 && nh < 40, "the heuristic kept %u of 40", nh);
+    CHECK(np == (nh > 12 ? nh : 12));
+    bool ascending = true, has_heur = true, nearest = true;
+    for (uint32_t j = 1; j < np; j++)
+        ascending &= pick[j] > pick[j - 1];
+    for (uint32_t a = 0; a < nh; a++) {
+        bool found = false;
+        for (uint32_t j = 0; j < np && !found; j++)
+            found = pick[j] == heur[a];
+        has_heur &= found;
+    }
+    /* The fill takes the nearest pruned ones: nothing left out is nearer
+     * than a filled one. */
+    for (uint32_t j = 0; j < np; j++) {
+        bool filled = true;
+        for (uint32_t a = 0; a < nh && filled; a++)
+            filled = heur[a] != pick[j];
+        for (uint32_t i = 0; filled && i < pick[j]; i++) {
+            bool in = false;
+            for (uint32_t t = 0; t < np && !in; t++)
+                in = pick[t] == i;
+            nearest &= in;
+        }
+    }
+    CHECK_MSG(ascending && has_heur && nearest,
+              "local prune: ascending %d, keeps the heuristic's %d, nearest fill %d", ascending,
+              has_heur, nearest);
+    free(planes);
+}
+
 int main(void) {
     kiln_ctx *ctx;
     REQUIRE(kiln_ctx_new(&ctx) == KILN_OK);
     kiln_ctx_set_progress(ctx, KILN_PROGRESS_OFF);
     test_cands_sort();
+    test_hash_selection(ctx);
     test_from_exact_candidates(ctx);
     kiln_ctx_free(ctx);
     return check_report("test_merge");
