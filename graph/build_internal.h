@@ -112,16 +112,19 @@ kiln_status kiln_hnsw_insert_levels(struct kiln_index *ix, uint32_t ef_construct
 
 /* Builds level 0 from candidate neighbour lists: node i's candidates are
  * cand[i*width .. i*width+width) (KILN_NO_NODE pads; duplicates and self
- * allowed). Each list is deduplicated, reranked with exact distances, pruned
- * with the heuristic to at most M0, then reverse links are added with
- * re-pruning of full lists. Level-1 links are embedded as protected
- * "highways" (graph/merge.c decision 4), so build the upper levels first. */
+ * allowed; width <= KILN_PRUNE_LOCAL_MAX). With the whole set resident as
+ * one group, each list is deduplicated, ranked by exact distance and pruned
+ * locally (kiln_local_links), then goes through the forward and reverse
+ * passes as the device pipeline's lists do. Level-1 links are embedded as
+ * protected "highways" (graph/merge.c decision 4), so build the upper
+ * levels first. */
 kiln_status kiln_level0_from_candidates(struct kiln_index *ix, const uint32_t *cand, uint32_t width,
                                         int threads);
 
 /* A block of consecutive nodes [first, first + count) with a list of
  * candidates each: node first+i's are cands[offsets[i] .. offsets[i+1]),
- * each with its exact distance from the node (graph/merge.c decision 6). */
+ * each with its exact distance from the node and the direction hash of
+ * node -> candidate (graph/merge.c decisions 1 and 6). */
 typedef struct kiln_l0_block {
     uint32_t first, count;
     const uint64_t *offsets; /* count + 1 */

@@ -93,16 +93,18 @@ static kiln_status check_params(kiln_ctx *ctx, const kiln_build_params *p, size_
 
 /* Whether a device build of ix can keep its vectors and level 0 on the heap
  * within the budget (decision 4): the index whole, the clusters (replicas
- * ids a vector), a k-means sample of about a sixth of the rows (64 rows per
- * centroid of clusters of 768 with 2 replicas) and its working quarter, and
+ * ids a vector), a k-means sample of up to a quarter of the rows (64 rows
+ * per centroid of clusters of 768 with 3 replicas, the most the automatic
+ * choice takes: a sixth with 2) and its working quarter, and
  * a batch and a partition of 128 MiB each. An estimate: the device build
  * checks the budget itself, with what is resident. */
 static bool fits_in_budget(const struct kiln_index *ix, const kiln_build_params *p) {
     const uint64_t limit = kiln_build_budget(p);
     const uint64_t n = ix->count,
                    replicas = p->replicas ? p->replicas : 3; /* the most auto picks */
+    const uint64_t sample = replicas < 12 ? n * replicas / 12 : n;
     const uint64_t need = kiln_index_memory(ix) + n * replicas * sizeof(uint32_t) +
-                          n * ix->dim * sizeof(float) / 6 / 4 * 5 + ((uint64_t)256 << 20) +
+                          sample * ix->dim * sizeof(float) / 4 * 5 + ((uint64_t)256 << 20) +
                           kiln_rss_anon();
     return need <= limit;
 }

@@ -1,9 +1,10 @@
-/* merge.c -- level 0 from candidate neighbour lists: the union, exact
- * rerank and prune steps of the device pipeline.
+/* merge.c -- level 0 from candidate neighbour lists: the union and the
+ * reverse links of the device pipeline.
  *
  * The device gives each vector approximate nearest neighbours from each
- * cluster it belongs to, ranked by 4-bit distances. Here they become an HNSW
- * level 0 with the same degree bounds and selection rule as insertion.
+ * cluster it belongs to, ranked by 4-bit distances; the batch reranks them
+ * exactly and prunes them locally (host/device_build.c). Here the lists
+ * become an HNSW level 0 with the same degree bounds as insertion.
  *
  * Design decisions:
  *  1. No vector is read here (issue 12, item 1): each node's candidates
@@ -259,29 +260,37 @@ kiln_status kiln_l0_forward(struct kiln_index *ix, const kiln_l0_block *b, int t
  * stays, its own links come back with their distances and hashes, then the
  * incoming ones by source id, appended while there is room and re-selected
  * by hash when the list is full (decision 2). */
+/* Whether id may join u's list cur (nc long) after its keep protected
+ * links: not u, not already there. */
+static bool link_is_new(const uint32_t *l, uint32_t keep, const kiln_hcand *cur, uint32_t nc,
+                        uint32_t u, uint32_t id) {
+    bool dup = id == u;
+    for (uint32_t t = 0; t < keep && !dup; t++)
+        dup = l[1 + t] == id;
+    for (uint32_t t = 0; t < nc && !dup; t++)
+        dup = cur[t].id == id;
+    return !dup;
+}
+
 static void apply_reverse(struct kiln_index *ix, uint32_t u, kiln_hcand *e, uint32_t n) {
     uint32_t *l = kiln_links(ix, u, 0);
-    const uint32_t keep = protected_count(ix, u), cap = ix->M0 - keep;
+    const uint32_t keep = protected_count(ix, u), cap = keep < ix->M0 ? ix->M0 - keep : 0;
     kiln_hcand cur[2 * KILN_MAX_M + 1];
     uint32_t nc = 0, n_in = 0;
+    /* Own links first, in their order (a damaged edge file cannot add a
+     * self link, a duplicate or more than fit). */
     for (uint32_t j = 0; j < n; j++) {
-        if (e[j].hash & KILN_EDGE_OWN) {
-            if (nc < cap)
-                cur[nc++] = (kiln_hcand){e[j].dist, e[j].id, e[j].hash & KILN_HASH_MASK};
-        } else
+        if (!(e[j].hash & KILN_EDGE_OWN))
             e[n_in++] = e[j];
+        else if (nc < cap && link_is_new(l, keep, cur, nc, u, e[j].id))
+            cur[nc++] = (kiln_hcand){e[j].dist, e[j].id, e[j].hash & KILN_HASH_MASK};
     }
     /* By source id (decision 7): the order decides which survive a
      * re-selection, so it must not depend on where the edges came from. */
     by_id_sort(e, n_in);
     for (uint32_t j = 0; j < n_in; j++) {
         const uint32_t id = e[j].id;
-        bool dup = id == u;
-        for (uint32_t t = 0; t < keep && !dup; t++)
-            dup = l[1 + t] == id;
-        for (uint32_t t = 0; t < nc && !dup; t++)
-            dup = cur[t].id == id;
-        if (dup)
+        if (!link_is_new(l, keep, cur, nc, u, id))
             continue;
         cur[nc++] = (kiln_hcand){e[j].dist, id, e[j].hash & KILN_HASH_MASK};
         if (nc > cap) {
@@ -316,10 +325,11 @@ kiln_status kiln_level0_from_candidates(struct kiln_index *ix, const uint32_t *c
     float *planes = NULL, *proj = NULL;
     uint32_t *len = NULL;
     size_t slots;
-    kiln_status st =
-        kiln_mul_size(n, width, &slots) || width > KILN_PRUNE_LOCAL_MAX
-            ? kiln_fail(ctx, KILN_E_RANGE, "merge: %u x %u candidates overflow", n, width)
-            : KILN_OK;
+    kiln_status st = kiln_mul_size(n, width, &slots) || width > KILN_PRUNE_LOCAL_MAX
+                         ? kiln_fail(ctx, KILN_E_RANGE,
+                                     "merge: %u x %u candidates overflow or are wider than %d", n,
+                                     width, KILN_PRUNE_LOCAL_MAX)
+                         : KILN_OK;
     if (st || (st = kiln_alloc(ctx, (slots + 1) * sizeof *c, "candidates", (void **)&c)) ||
         (st = kiln_alloc(ctx, ((size_t)n + 1) * sizeof *off, "candidate offsets", (void **)&off)) ||
         (st = kiln_alloc(ctx, ((size_t)n + 1) * sizeof *len, "candidate counts", (void **)&len)) ||

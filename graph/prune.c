@@ -1,6 +1,7 @@
 /* prune.c -- neighbour selection and link insertion with re-pruning, the
- * part of HNSW that bounds degrees. Used by insertion and by the device
- * pipeline's merge step.
+ * part of HNSW that bounds degrees. Used by insertion, by the device
+ * pipeline's batches (the local prune, direction hashes) and by its union
+ * (the hash selection, graph/merge.c).
  *
  * Design decisions:
  *  1. The heuristic is hnswlib's getNeighborsByHeuristic2 exactly (no
@@ -51,13 +52,9 @@
 /* Candidates whose vectors are requested ahead of the one being judged. */
 #define SELECT_PREFETCH 4
 
-uint32_t kiln_select_rows(const float *rows, uint32_t dim, kiln_dist_fn dist,
-                          const kiln_cand *sorted, uint32_t n, uint32_t M, uint32_t *pick) {
-    if (n < M) {
-        for (uint32_t i = 0; i < n; i++)
-            pick[i] = i;
-        return n;
-    }
+/* The heuristic over rows, with no shortcut for short lists. */
+static uint32_t select_rows_all(const float *rows, uint32_t dim, kiln_dist_fn dist,
+                                const kiln_cand *sorted, uint32_t n, uint32_t M, uint32_t *pick) {
     uint32_t kept = 0;
     for (uint32_t i = 0; i < n && kept < M; i++) {
         const float *v = rows + (size_t)sorted[i].id * dim;
@@ -72,13 +69,31 @@ uint32_t kiln_select_rows(const float *rows, uint32_t dim, kiln_dist_fn dist,
     return kept;
 }
 
+uint32_t kiln_select_rows(const float *rows, uint32_t dim, kiln_dist_fn dist,
+                          const kiln_cand *sorted, uint32_t n, uint32_t M, uint32_t *pick) {
+    if (n < M) {
+        for (uint32_t i = 0; i < n; i++)
+            pick[i] = i;
+        return n;
+    }
+    return select_rows_all(rows, dim, dist, sorted, n, M, pick);
+}
+
 uint32_t kiln_prune_local(const float *rows, uint32_t dim, kiln_dist_fn dist,
                           const kiln_cand *sorted, uint32_t n, uint32_t cap, uint32_t fill,
                           uint32_t *pick) {
     if (n > KILN_PRUNE_LOCAL_MAX)
         n = KILN_PRUNE_LOCAL_MAX; /* the farthest beyond it are never picked */
-    const uint32_t kept = kiln_select_rows(rows, dim, dist, sorted, n, cap, pick);
-    if (kept >= fill || kept == n)
+    /* The heuristic judges every list longer than fill, also one shorter
+     * than cap (a small cluster, or --knn-k below 2M), where hnswlib's
+     * shortcut would keep all of it. */
+    if (n <= fill) {
+        for (uint32_t i = 0; i < n; i++)
+            pick[i] = i;
+        return n;
+    }
+    const uint32_t kept = select_rows_all(rows, dim, dist, sorted, n, cap, pick);
+    if (kept >= fill)
         return kept;
     /* Then the nearest pruned ones, all in position order. */
     uint64_t mark[KILN_PRUNE_LOCAL_MAX / 64] = {0};

@@ -1,12 +1,13 @@
 /* device_build.c -- the device build pipeline (kiln build --method device):
- * quantize, cluster, per-cluster kNN on the OpenCL device, then union,
- * exact rerank and prune into HNSW level 0, and the hierarchy above it.
+ * quantize, cluster, per-cluster kNN on the OpenCL device with an exact
+ * rerank and a local prune per batch, the hierarchy, then the union into
+ * HNSW level 0 (graph/merge.c).
  *
  * Design decisions:
  *  1. The per-cluster all-pairs work uses 4-bit bit-sliced
  *     codes (host/quant4.c): the device only ranks candidates; every distance
- *     that decides a link is recomputed exactly in full precision
- *     (graph/merge.c), so code error costs candidates, not wrong links.
+ *     that decides a link is recomputed exactly in full precision in the
+ *     batch (rerank_slot), so code error costs candidates, not wrong links.
  *  2. k-means runs its nearest-centroid steps (training, and the
  *     replicas + spare nearest centroids of the capped assignment) on the
  *     device through kiln_cl_nearest when the device is a GPU or accelerator.
@@ -43,8 +44,9 @@
  *     graph/prune.c decision 4) while the vectors are resident, hashes the
  *     direction of each kept link (graph/prune.c decision 5), then writes
  *     one work file of compact records (owner, n, n x (distance, id,
- *     hash)) and frees everything. Nothing after the batches reads a
- *     vector to make level 0 (graph/merge.c decision 1). A finished batch
+ *     hash)) and frees everything. Making level 0 from them reads no vector
+ *     but for the rare entrance descent (graph/merge.c decisions 1, 4a); the
+ *     reachability repair after it searches as usual. A finished batch
  *     file is a checkpoint: --resume skips it. Clusters, the hierarchy and
  *     level 0 are checkpoints too; the quantizer and the plan are
  *     recomputed (deterministic, and cheap).
@@ -652,12 +654,14 @@ static kiln_status forward_part(pipeline *pl, uint32_t q) {
     if (st ||
         (st = kiln_calloc(ctx, ((size_t)count + 2) * sizeof *off, "node offsets", (void **)&off)))
         goto done;
-    /* Pass 1: check every record and count candidates per node. */
+    /* Pass 1: check every record and count candidates per node. A record
+     * holds at most min(K, M0) links (kiln_local_links). */
+    const uint32_t rec_max = pl->K < pl->ix->M0 ? pl->K : pl->ix->M0;
     const uint32_t *w = (const uint32_t *)raw;
     const uint64_t words = raw_len / sizeof(uint32_t);
     uint64_t total = 0;
     for (uint64_t i = 0; i < words;) {
-        if (words - i < 2 || w[i] < first || w[i] - first >= count || w[i + 1] > pl->K ||
+        if (words - i < 2 || w[i] < first || w[i] - first >= count || w[i + 1] > rec_max ||
             words - i - 2 < 3 * (uint64_t)w[i + 1]) {
             st = kiln_fail(ctx, KILN_E_FORMAT,
                            "batch records of partition %u: record at word %llu is malformed", q,
@@ -682,8 +686,9 @@ static kiln_status forward_part(pipeline *pl, uint32_t q) {
             kiln_hcand x = c[j];
             if (x.id >= pl->ix->count || x.dist != x.dist || x.hash > KILN_HASH_MASK) {
                 st = kiln_fail(ctx, KILN_E_FORMAT,
-                               "batch records of partition %u: candidate id %u out of range", q,
-                               x.id);
+                               "batch records of partition %u: candidate (id %u, hash %#x) is "
+                               "out of range or its distance is NaN",
+                               q, x.id, x.hash);
                 goto done;
             }
             cands[at[node]++] = x;
@@ -1017,7 +1022,7 @@ static kiln_status step_level0(pipeline *pl) {
     }
     kiln_status st = KILN_OK;
     kiln_progress_bar bar;
-    kiln_progress_begin(&bar, pl->ctx, "rerank+prune", 2 * (uint64_t)pl->parts);
+    kiln_progress_begin(&bar, pl->ctx, "union+links", 2 * (uint64_t)pl->parts);
     for (uint32_t q = 0; q < pl->parts && st == KILN_OK; q++) {
         st = forward_part(pl, q);
         kiln_progress_add(&bar, 1);
@@ -1145,7 +1150,8 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
         goto cleanup;
     stage(rep, "quantize", kiln_now() - t);
 
-    /* 3. The batches: per-cluster kNN on the device, reranked in place. */
+    /* 3. The batches: per-cluster kNN on the device, reranked and pruned in
+     * place. */
     t = kiln_now();
     if ((st = step_batches(&pl)))
         goto cleanup;

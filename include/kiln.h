@@ -335,8 +335,9 @@ typedef struct kiln_build_report {
     uint32_t max_cluster_size;
     uint32_t device_batches;
     uint32_t batch_retries;       /* batches halved after running out of resources */
-    double candidates_per_vector; /* candidate ids per vector from the device, before
-                                     removing duplicates across clusters, mean */
+    double candidates_per_vector; /* candidate links per vector from the batches (after
+                                     their local prune), before removing duplicates
+                                     across clusters, mean */
     uint32_t batches;             /* cluster batches, each with its members' vectors */
     uint32_t partitions;          /* node-id partitions of the streaming passes */
     uint32_t resumed_batches;     /* batches taken from the work dir, not run */
