@@ -30,7 +30,7 @@ uint32_t kiln_select_neighbors(const struct kiln_index *ix, const kiln_cand *sor
 /* The same rule over rows of a block of vectors instead of an index's
  * nodes: candidate i is row sorted[i].id of rows (dim floats each),
  * compared with dist (NaN as +inf); at most M kept, their positions in
- * sorted to pick. Fewer than M candidates are all kept. */
+ * sorted to pick. Short lists are judged too (no shortcut below M). */
 uint32_t kiln_select_rows(const float *rows, uint32_t dim, kiln_dist_fn dist,
                           const kiln_cand *sorted, uint32_t n, uint32_t M, uint32_t *pick);
 
@@ -82,10 +82,11 @@ uint32_t kiln_local_links(const float *rows, uint32_t dim, kiln_dist_fn dist, co
                           uint32_t self, const kiln_cand *sorted, uint32_t n, uint32_t M,
                           uint32_t M0, const uint32_t *global, kiln_hcand *out);
 
-/* From candidates sorted by (dist, id), distinct ids, keep each whose hash
- * no nearer kept one has, up to cap (graph/prune.c decision 5); the kept
- * are moved to the front of c in order. Returns how many. */
-uint32_t kiln_hash_select(kiln_hcand *c, uint32_t n, uint32_t cap);
+/* From candidates sorted by (dist, id), distinct ids, hashes <=
+ * KILN_HASH_MASK: choose each whose hash no nearer chosen one has, up to cap
+ * (graph/prune.c decision 5), then keep the nearest others until fill; the
+ * kept are moved to the front of c in distance order. Returns how many. */
+uint32_t kiln_hash_select(kiln_hcand *c, uint32_t n, uint32_t cap, uint32_t fill);
 void kiln_hcands_sort(kiln_hcand *c, uint32_t n);
 
 /* Adds links node -> in[i].id on level (in[i].dist the distance from node),

@@ -147,26 +147,7 @@ static uint32_t select_forward(struct kiln_index *ix, const kiln_hcand *in, uint
     /* Decision 1: one link per direction, nearest first, then the nearest
      * others up to M (decision 1a), all in distance order. */
     const uint32_t room = np < ix->M0 ? ix->M0 - np : 0;
-    uint64_t taken[(KILN_HASH_MASK + 1) / 64] = {0};
-    uint32_t chosen = 0;
-    for (uint32_t j = 0; j < m && chosen < room; j++) {
-        const uint32_t h = cands[j].hash & KILN_HASH_MASK;
-        if (!(taken[h / 64] >> (h % 64) & 1)) {
-            taken[h / 64] |= 1ull << (h % 64);
-            cands[j].hash |= KILN_EDGE_OWN; /* marks the chosen */
-            chosen++;
-        }
-    }
-    uint32_t fill = np + chosen < ix->M ? ix->M - np - chosen : 0, sel = 0;
-    for (uint32_t j = 0; j < m; j++) {
-        if (cands[j].hash & KILN_EDGE_OWN)
-            cands[j].hash &= ~KILN_EDGE_OWN;
-        else if (fill > 0)
-            fill--;
-        else
-            continue;
-        cands[sel++] = cands[j];
-    }
+    const uint32_t sel = kiln_hash_select(cands, m, room, np < ix->M ? ix->M - np : 0);
     uint32_t *l = kiln_links(ix, i, 0);
     memcpy(l + 1, prot, np * sizeof(uint32_t));
     for (uint32_t t = 0; t < sel; t++)
@@ -295,7 +276,7 @@ static void apply_reverse(struct kiln_index *ix, uint32_t u, kiln_hcand *e, uint
         cur[nc++] = (kiln_hcand){e[j].dist, id, e[j].hash & KILN_HASH_MASK};
         if (nc > cap) {
             kiln_hcands_sort(cur, nc);
-            nc = kiln_hash_select(cur, nc, cap);
+            nc = kiln_hash_select(cur, nc, cap, 0);
         }
     }
     for (uint32_t t = 0; t < nc; t++)

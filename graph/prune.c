@@ -52,9 +52,8 @@
 /* Candidates whose vectors are requested ahead of the one being judged. */
 #define SELECT_PREFETCH 4
 
-/* The heuristic over rows, with no shortcut for short lists. */
-static uint32_t select_rows_all(const float *rows, uint32_t dim, kiln_dist_fn dist,
-                                const kiln_cand *sorted, uint32_t n, uint32_t M, uint32_t *pick) {
+uint32_t kiln_select_rows(const float *rows, uint32_t dim, kiln_dist_fn dist,
+                          const kiln_cand *sorted, uint32_t n, uint32_t M, uint32_t *pick) {
     uint32_t kept = 0;
     for (uint32_t i = 0; i < n && kept < M; i++) {
         const float *v = rows + (size_t)sorted[i].id * dim;
@@ -67,16 +66,6 @@ static uint32_t select_rows_all(const float *rows, uint32_t dim, kiln_dist_fn di
             pick[kept++] = i;
     }
     return kept;
-}
-
-uint32_t kiln_select_rows(const float *rows, uint32_t dim, kiln_dist_fn dist,
-                          const kiln_cand *sorted, uint32_t n, uint32_t M, uint32_t *pick) {
-    if (n < M) {
-        for (uint32_t i = 0; i < n; i++)
-            pick[i] = i;
-        return n;
-    }
-    return select_rows_all(rows, dim, dist, sorted, n, M, pick);
 }
 
 uint32_t kiln_prune_local(const float *rows, uint32_t dim, kiln_dist_fn dist,
@@ -92,7 +81,7 @@ uint32_t kiln_prune_local(const float *rows, uint32_t dim, kiln_dist_fn dist,
             pick[i] = i;
         return n;
     }
-    const uint32_t kept = select_rows_all(rows, dim, dist, sorted, n, cap, pick);
+    const uint32_t kept = kiln_select_rows(rows, dim, dist, sorted, n, cap, pick);
     if (kept >= fill)
         return kept;
     /* Then the nearest pruned ones, all in position order. */
@@ -156,15 +145,28 @@ void kiln_hash_project(const float *planes, uint32_t dim, const float *v,
 KILN_DEFINE_SORT(hcand_sort, kiln_hcand, HCAND_BEFORE)
 void kiln_hcands_sort(kiln_hcand *c, uint32_t n) { hcand_sort(c, (ptrdiff_t)n); }
 
-uint32_t kiln_hash_select(kiln_hcand *c, uint32_t n, uint32_t cap) {
-    /* A bit per bucket: 2^KILN_HASH_BITS bits on the stack. */
+uint32_t kiln_hash_select(kiln_hcand *c, uint32_t n, uint32_t cap, uint32_t fill) {
+    /* A bit per bucket: 2^KILN_HASH_BITS bits on the stack; the chosen are
+     * marked in the hash's top bit, above any bucket. */
+    const uint32_t chosen_bit = 0x80000000u;
     uint64_t taken[(KILN_HASH_MASK + 1) / 64] = {0};
-    uint32_t kept = 0;
-    for (uint32_t i = 0; i < n && kept < cap; i++) {
+    uint32_t chosen = 0;
+    for (uint32_t i = 0; i < n && chosen < cap; i++) {
         const uint32_t h = c[i].hash & KILN_HASH_MASK;
         if (taken[h / 64] >> (h % 64) & 1)
             continue;
         taken[h / 64] |= 1ull << (h % 64);
+        c[i].hash |= chosen_bit;
+        chosen++;
+    }
+    uint32_t extra = fill > chosen ? fill - chosen : 0, kept = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (c[i].hash & chosen_bit)
+            c[i].hash &= ~chosen_bit;
+        else if (extra > 0)
+            extra--;
+        else
+            continue;
         c[kept++] = c[i];
     }
     return kept;

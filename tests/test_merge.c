@@ -145,11 +145,15 @@ static void test_hash_selection(kiln_ctx *ctx) {
 
     /* Buckets 5, 3, 5, 7, 3, 9 by distance: the first of each stays. */
     kiln_hcand c[6] = {{1, 10, 5}, {2, 11, 3}, {3, 12, 5}, {4, 13, 7}, {5, 14, 3}, {6, 15, 9}};
-    uint32_t k = kiln_hash_select(c, 6, 16);
+    uint32_t k = kiln_hash_select(c, 6, 16, 0);
     CHECK(k == 4 && c[0].id == 10 && c[1].id == 11 && c[2].id == 13 && c[3].id == 15);
     kiln_hcand c2[6] = {{1, 10, 5}, {2, 11, 3}, {3, 12, 5}, {4, 13, 7}, {5, 14, 3}, {6, 15, 9}};
-    k = kiln_hash_select(c2, 6, 2);
+    k = kiln_hash_select(c2, 6, 2, 0);
     CHECK(k == 2 && c2[0].id == 10 && c2[1].id == 11);
+    /* With a fill of 4 the nearest unchosen (12, 13) follow, in order. */
+    kiln_hcand c3[6] = {{1, 10, 5}, {2, 11, 3}, {3, 12, 5}, {4, 13, 7}, {5, 14, 3}, {6, 15, 9}};
+    k = kiln_hash_select(c3, 6, 2, 4);
+    CHECK(k == 4 && c3[0].id == 10 && c3[1].id == 11 && c3[2].id == 12 && c3[3].id == 13);
 
     /* Local prune of row 0's 40 nearest rows. */
     kiln_dist_fn l2 = kiln_distance_fn(KILN_METRIC_L2);
