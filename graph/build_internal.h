@@ -110,6 +110,15 @@ kiln_status kiln_hnsw_insert_all(struct kiln_index *ix, uint32_t ef_construction
  * with bottom = 1 it builds the hierarchy above a level 0 made otherwise. */
 kiln_status kiln_hnsw_insert_levels(struct kiln_index *ix, uint32_t ef_construction, int threads,
                                     uint32_t bottom);
+/* The same graph as kiln_hnsw_insert_levels with bottom 1, built over a
+ * compact copy of the level >= 1 nodes (graph/hnsw_insert.c decision 6):
+ * their vectors side by side, in the heap, or in unnamed files in spill_dir
+ * when it is not NULL. */
+kiln_status kiln_hnsw_insert_upper(struct kiln_index *ix, uint32_t ef_construction, int threads,
+                                   const char *spill_dir);
+/* Heap bytes kiln_hnsw_insert_upper holds beyond ix with no spill_dir (its
+ * copy of the vectors and its links, one visited tag per node per thread). */
+uint64_t kiln_hnsw_upper_bytes(const struct kiln_index *ix, int threads);
 
 /* Builds level 0 from candidate neighbour lists: node i's candidates are
  * cand[i*width .. i*width+width) (KILN_NO_NODE pads; duplicates and self

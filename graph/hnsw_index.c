@@ -50,9 +50,18 @@ uint64_t kiln_upper_layout(const uint8_t *levels, uint64_t count, uint32_t M, ui
 
 kiln_status kiln_index_alloc(kiln_ctx *ctx, uint64_t count, uint32_t dim, kiln_metric metric,
                              uint32_t M, const uint8_t *levels, struct kiln_index **out) {
+    return kiln_index_alloc_m0(ctx, count, dim, metric, M, 2 * M, levels, out);
+}
+
+kiln_status kiln_index_alloc_m0(kiln_ctx *ctx, uint64_t count, uint32_t dim, kiln_metric metric,
+                                uint32_t M, uint32_t M0, const uint8_t *levels,
+                                struct kiln_index **out) {
     *out = NULL;
     if (M < 2 || M > KILN_MAX_M)
         return kiln_fail(ctx, KILN_E_ARG, "M = %u is out of range [2, %u]", M, KILN_MAX_M);
+    if (M0 < M || M0 > 2 * M)
+        return kiln_fail(ctx, KILN_E_ARG, "M0 = %u is out of range [M, 2M] = [%u, %u]", M0, M,
+                         2 * M);
     if (dim < 1 || dim > KILN_MAX_DIM)
         return kiln_fail(ctx, KILN_E_ARG, "dim = %u is out of range [1, %u]", dim, KILN_MAX_DIM);
     if (count >= KILN_NO_NODE)
@@ -60,7 +69,7 @@ kiln_status kiln_index_alloc(kiln_ctx *ctx, uint64_t count, uint32_t dim, kiln_m
                          (unsigned long long)count, KILN_NO_NODE - 1);
     size_t vec_bytes, link_bytes, label_bytes, off_bytes;
     if (kiln_mul_size(count, (size_t)dim * sizeof(float), &vec_bytes) ||
-        kiln_mul_size(count, ((size_t)2 * M + 1) * sizeof(uint32_t), &link_bytes) ||
+        kiln_mul_size(count, ((size_t)M0 + 1) * sizeof(uint32_t), &link_bytes) ||
         kiln_mul_size(count, sizeof(int64_t), &label_bytes) ||
         kiln_mul_size(count, sizeof(uint64_t), &off_bytes))
         return kiln_fail(ctx, KILN_E_RANGE, "index of %llu x %u does not fit in memory",
@@ -74,7 +83,7 @@ kiln_status kiln_index_alloc(kiln_ctx *ctx, uint64_t count, uint32_t dim, kiln_m
     ix->dim = dim;
     ix->metric = metric;
     ix->M = M;
-    ix->M0 = 2 * M;
+    ix->M0 = M0;
     ix->count = count;
     ix->entry_point = KILN_NO_NODE;
     ix->dist = kiln_distance_fn(metric);

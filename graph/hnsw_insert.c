@@ -61,6 +61,21 @@
  *     0.17-0.23 -> 0.14; 200K hierarchy 6.6-12.0 -> 12.7 with 2 threads,
  *     4.5 with 1 (old, 1 thread: 7.2): on this machine the second thread
  *     mostly waits for a core at the 2 x ~1000 batch ends.
+ *  6. The upper levels of a device build (kiln_hnsw_insert_upper) are an
+ *     insertion build of their own: the nodes of level >= 1 become an index
+ *     of dense ids in id order, with copies of their vectors side by side
+ *     and a level 0 of M links (their level 1), built with bottom 0, and its
+ *     links are mapped back. Ids keep their order, so the entry point, the
+ *     insertion order, the batches and every tie are the same as with
+ *     bottom 1 in place, and so is the graph, byte for byte (test_hierarchy
+ *     compares them). What changes is the memory a search touches: in place,
+ *     each visited neighbour reads the whole set's visited tags, levels and
+ *     upper offsets at random, and its vector from rows 4 times as far apart
+ *     (level 1 holds 1/4 of the nodes, graph/hnsw_build.c); at 4M nodes
+ *     those arrays are 8, 4 and 32 MB, past the cache, where at 1M they
+ *     mostly fit, and a node's insertion cost 1.5 times as much. The copy
+ *     costs n/4 vectors of memory, or of the work dir's disk when the
+ *     budget has no room for it (the caller passes a spill dir).
  *  5. Who runs a batch does not change it, so a batch of fewer than
  *     PARALLEL_MIN nodes per thread runs on the calling thread. Each
  *     parallel batch end cost milliseconds here (a thread waiting for a
@@ -69,6 +84,7 @@
  */
 #include <omp.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "../common/ctx_internal.h"
 #include "../common/sort_internal.h"
@@ -186,6 +202,9 @@ static void merge_group(const batch_state *bs, size_t i, kiln_cand *buf) {
     kiln_links_merge(bs->ix, t, level, 0, buf, n);
 }
 
+static kiln_status insert_from(struct kiln_index *ix, uint32_t ef_construction, int threads,
+                               uint32_t bottom, const char *what);
+
 /* ==== Public functions ==== */
 
 kiln_status kiln_hnsw_insert_all(struct kiln_index *ix, uint32_t ef_construction, int threads) {
@@ -194,6 +213,81 @@ kiln_status kiln_hnsw_insert_all(struct kiln_index *ix, uint32_t ef_construction
 
 kiln_status kiln_hnsw_insert_levels(struct kiln_index *ix, uint32_t ef_construction, int threads,
                                     uint32_t bottom) {
+    return insert_from(ix, ef_construction, threads, bottom, bottom ? "upper levels" : "insert");
+}
+
+uint64_t kiln_hnsw_upper_bytes(const struct kiln_index *ix, int threads) {
+    uint64_t n1 = 0, pool = 0;
+    for (uint64_t i = 0; i < ix->count; i++)
+        if (ix->levels[i]) {
+            n1++;
+            pool += (uint64_t)(ix->levels[i] - 1) * (ix->M + 1);
+        }
+    const uint64_t per_node = (uint64_t)ix->dim * sizeof(float) +
+                              (uint64_t)(ix->M + 1) * sizeof(uint32_t) + sizeof(uint32_t) +
+                              sizeof(int64_t) + 1 + sizeof(uint64_t) +
+                              (uint64_t)(threads > 0 ? threads : 1) * sizeof(uint16_t);
+    return n1 * per_node + pool * sizeof(uint32_t);
+}
+
+kiln_status kiln_hnsw_insert_upper(struct kiln_index *ix, uint32_t ef_construction, int threads,
+                                   const char *spill_dir) {
+    kiln_ctx *ctx = ix->ctx;
+    uint64_t n1 = 0;
+    for (uint64_t i = 0; i < ix->count; i++)
+        n1 += ix->levels[i] != 0;
+    if (n1 == 0) /* no upper level: only the entry point to set */
+        return kiln_hnsw_insert_levels(ix, ef_construction, threads, 1);
+
+    /* Decision 6: level >= 1 as an index of its own, ids in the same order. */
+    uint32_t *map = NULL;
+    uint8_t *levels = NULL;
+    struct kiln_index *sub = NULL;
+    kiln_status st = kiln_alloc(ctx, n1 * sizeof *map, "upper-level ids", (void **)&map);
+    if (st == KILN_OK)
+        st = kiln_alloc(ctx, n1, "upper-level levels", (void **)&levels);
+    if (st == KILN_OK) {
+        for (uint64_t i = 0, j = 0; i < ix->count; i++)
+            if (ix->levels[i]) {
+                map[j] = (uint32_t)i;
+                levels[j++] = (uint8_t)(ix->levels[i] - 1);
+            }
+        st = kiln_index_alloc_m0(ctx, n1, ix->dim, ix->metric, ix->M, ix->M, levels, &sub);
+    }
+    free(levels);
+    if (st == KILN_OK && spill_dir)
+        st = kiln_index_spill_storage(sub, spill_dir);
+    if (st) {
+        kiln_index_free(sub);
+        free(map);
+        return st;
+    }
+    const size_t row = (size_t)ix->dim * sizeof(float);
+#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static, 4096)
+    for (uint64_t j = 0; j < n1; j++)
+        memcpy(sub->vectors + j * ix->dim, kiln_vector(ix, map[j]), row);
+
+    st = insert_from(sub, ef_construction, threads, 0, "upper levels");
+    if (st == KILN_OK) {
+        for (uint64_t j = 0; j < n1; j++)
+            for (uint32_t level = 0; level <= sub->levels[j]; level++) {
+                const uint32_t *from = kiln_links(sub, (uint32_t)j, level);
+                uint32_t *to = kiln_links(ix, map[j], level + 1);
+                to[0] = from[0];
+                for (uint32_t t = 0; t < from[0]; t++)
+                    to[1 + t] = map[from[1 + t]];
+            }
+        ix->entry_point = map[sub->entry_point];
+        ix->max_level = sub->max_level + 1;
+        ix->ef_construction = ef_construction;
+    }
+    kiln_index_free(sub);
+    free(map);
+    return st;
+}
+
+static kiln_status insert_from(struct kiln_index *ix, uint32_t ef_construction, int threads,
+                               uint32_t bottom, const char *what) {
     kiln_ctx *ctx = ix->ctx;
     if (ix->count == 0)
         return KILN_OK;
@@ -249,7 +343,7 @@ kiln_status kiln_hnsw_insert_levels(struct kiln_index *ix, uint32_t ef_construct
             goto cleanup;
 
     kiln_progress_bar bar;
-    kiln_progress_begin(&bar, ctx, bottom ? "upper levels" : "insert", n);
+    kiln_progress_begin(&bar, ctx, what, n);
     kiln_progress_add(&bar, 1);
     for (uint32_t start = 1, end; start < n && st == KILN_OK; start = end) {
         end = batch_end(start, n, cap);

@@ -104,6 +104,12 @@ static inline void kiln_prefetch_vector(const struct kiln_index *ix, uint32_t no
  * out. The caller fills vectors/labels and links. */
 kiln_status kiln_index_alloc(kiln_ctx *ctx, uint64_t count, uint32_t dim, kiln_metric metric,
                              uint32_t M, const uint8_t *levels, struct kiln_index **out);
+/* The same with level-0 lists of M0 links instead of 2M (M <= M0 <= 2M):
+ * graph/hnsw_insert.c builds the upper levels as an index whose level 0 is
+ * level 1, of M links. */
+kiln_status kiln_index_alloc_m0(kiln_ctx *ctx, uint64_t count, uint32_t dim, kiln_metric metric,
+                                uint32_t M, uint32_t M0, const uint8_t *levels,
+                                struct kiln_index **out);
 
 /* Moves the (still empty) vectors and level-0 links of ix into shared
  * mappings of unnamed files in dir (O_TMPFILE, or a file unlinked at once):

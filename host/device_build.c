@@ -1169,7 +1169,14 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
             DEVICE_HIERARCHY_OF;
         if (hier_ef < p->M) /* a beam narrower than a list could not fill it */
             hier_ef = p->M;
-        if ((st = kiln_hnsw_insert_levels(ix, (uint32_t)hier_ef, pl.threads, 1)) == KILN_OK)
+        /* Its compact copy goes to the work dir when the budget has no
+         * room for it beside what is resident (graph/hnsw_insert.c
+         * decision 6). */
+        const uint64_t limit = kiln_build_budget(p);
+        const char *spill = limit && kiln_rss_anon() + kiln_hnsw_upper_bytes(ix, pl.threads) > limit
+                                ? kiln_workdir_path(pl.wd)
+                                : NULL;
+        if ((st = kiln_hnsw_insert_upper(ix, (uint32_t)hier_ef, pl.threads, spill)) == KILN_OK)
             st = hierarchy_put(&pl);
     }
     ix->ef_construction = p->ef_construction; /* what the header records: the parameter */

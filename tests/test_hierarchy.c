@@ -36,12 +36,19 @@ static uint8_t *saved_bytes(kiln_ctx *ctx, const kiln_index *ix, const char *nam
 }
 
 /* Whether a and b have the same hierarchy: entry point, levels, and every
- * upper-level list. */
+ * upper-level list (its count and links; a block's slots past its count
+ * may hold what a re-prune left there, which nothing reads). */
 static bool same_upper(const struct kiln_index *a, const struct kiln_index *b) {
-    return a->count == b->count && a->entry_point == b->entry_point &&
-           a->max_level == b->max_level && memcmp(a->levels, b->levels, a->count) == 0 &&
-           a->upper_len == b->upper_len &&
-           memcmp(a->upper_pool, b->upper_pool, a->upper_len * sizeof(uint32_t)) == 0;
+    if (a->count != b->count || a->entry_point != b->entry_point || a->max_level != b->max_level ||
+        memcmp(a->levels, b->levels, a->count) != 0)
+        return false;
+    for (uint32_t i = 0; i < a->count; i++)
+        for (unsigned level = 1; level <= a->levels[i]; level++) {
+            const uint32_t *la = kiln_links(a, i, level), *lb = kiln_links(b, i, level);
+            if (la[0] != lb[0] || memcmp(la + 1, lb + 1, la[0] * sizeof *la) != 0)
+                return false;
+        }
+    return true;
 }
 
 /* ==== kiln_links_merge ==== */
@@ -161,6 +168,25 @@ static void test_upper_levels_threads(kiln_ctx *ctx) {
         CHECK_OK(ctx, kiln_hnsw_insert_levels(ix[t], 64, t + 1, 1));
         CHECK_MSG(same_upper(ix[0], ix[t]), "upper levels: %d threads built another hierarchy",
                   t + 1);
+    }
+    /* kiln_hnsw_insert_upper (graph/hnsw_insert.c decision 6) builds the
+     * same hierarchy over its compact copy, in the heap and spilled to
+     * unnamed files, on 1 and 2 threads, and leaves level 0 alone. */
+    for (int t = 0; t < 2; t++) {
+        struct kiln_index *up = NULL;
+        CHECK_OK(ctx, kiln_index_alloc(ctx, n, d, KILN_METRIC_L2, 8, levels, &up));
+        REQUIRE(up);
+        memcpy(up->vectors, x, n * d * sizeof *x);
+        CHECK_OK(ctx, kiln_hnsw_insert_upper(up, 64, t + 1, t ? tmp_dir() : NULL));
+        CHECK_MSG(same_upper(ix[0], up),
+                  "upper levels: the compact build (%s, %d threads) built another hierarchy",
+                  t ? "spilled" : "heap", t + 1);
+        uint64_t links0 = 0;
+        for (uint32_t i = 0; i < n; i++)
+            links0 += kiln_links(up, i, 0)[0];
+        CHECK(links0 == 0);
+        CHECK(kiln_hnsw_upper_bytes(up, 2) > (uint64_t)n / 8 * d * sizeof(float));
+        kiln_index_free(up);
     }
     uint64_t level0 = 0, on1 = 0, linked = 0;
     for (uint32_t i = 0; i < n; i++) {
