@@ -14,7 +14,8 @@ interleaved repetition by repetition:
   kiln-limit the same with --memory-limit LIMIT;
   kiln-r2    (at --r2-sizes only) `kiln build --replicas 2`: the build with the
              work per vector of the smaller sizes, where the automatic choice
-             takes 3 replicas (host/device_build.c, default_replicas);
+             gives the vectors near a boundary a third cluster
+             (host/device_build.c, default_replicas);
   kiln-spill (at --spill-size only) with the smallest budget kiln accepts for
              the input plus 5% (at least 16 MiB: what is resident grows between the
              up-front check and the plan, by what k-means leaves in the heap, and
@@ -218,7 +219,8 @@ def main():
                         "peak_rss_anon_mib": peak, "commit": commit, "machine": machine}
                 j = next((json.loads(l) for l in out.splitlines() if l.startswith("{")), {})
                 for key in ("stages", "batches", "partitions", "work_bytes_written",
-                            "work_bytes_read", "memory_limit", "clusters", "replicas"):
+                            "work_bytes_read", "memory_limit", "clusters", "replicas",
+                            "mean_replicas"):
                     if key in j:
                         line[key] = j[key]
                 if gt and (r == reps - 1 or (s == "hnswlib" and r == args.reps_hnswlib - 1)):
@@ -239,16 +241,19 @@ def main():
                  "stages": {k: statistics.median(x["stages"][k] for x in ls)
                             for k in ls[0].get("stages", {})},
                  "work": ls[-1].get("work_bytes_written", 0), "batches": ls[-1].get("batches"),
-                 "partitions": ls[-1].get("partitions"), "replicas": ls[-1].get("replicas")}
+                 "partitions": ls[-1].get("partitions"), "replicas": ls[-1].get("replicas"),
+                 "mean_replicas": ls[-1].get("mean_replicas")}
             med[(name, s)] = m
             jsonl.write(json.dumps({"type": "median", "dataset": name, "system": s, **m}) + "\n")
 
     say()
-    say("| dataset | system | runs | wall s | peak RssAnon MiB | replicas | batches | partitions | work GiB written | stages (s) |")
+    say("| dataset | system | runs | wall s | peak RssAnon MiB | replicas (mean) | batches | partitions | work GiB written | stages (s) |")
     say("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for (name, s), m in med.items():
         st = ", ".join(f"{k} {v:.1f}" for k, v in m["stages"].items())
-        say(f"| {name} | {s} | {m['n']} | {m['wall']:.1f} | {m['peak']:.0f} | {m['replicas'] or ''} | "
+        reps_ = "" if not m["replicas"] else (
+            f"{m['replicas']}" + (f" ({m['mean_replicas']:.2f})" if m.get("mean_replicas") else ""))
+        say(f"| {name} | {s} | {m['n']} | {m['wall']:.1f} | {m['peak']:.0f} | {reps_} | "
             f"{m['batches'] or ''} | {m['partitions'] or ''} | {m['work'] / 2**30:.2f} | {st} |")
     say()
     say("| dataset | system | " + " | ".join(f"recall ef {e}" for e in EFS.split(",")) + " |")

@@ -407,8 +407,8 @@ static const cli_opt build_opts[] = {
     {"clusters", 0, "N", "0", "device: k-means clusters; 0 = from n and --cluster-size", 0, 0},
     {"cluster-size", 0, "N", "768", "device: target members per cluster", 0, 0},
     {"replicas", 0, "N", "0",
-     "device: nearest clusters each vector joins (2 to 16); 0 = 2, or 3 above 2048 clusters' "
-     "worth of vectors",
+     "device: nearest clusters each vector joins (2 to 16); 0 = 2, and above 2048 clusters' "
+     "worth of vectors a third for those near a boundary",
      0, CLI_MAX_REPLICA},
     {"knn-k", 0, "N", "0", "device: neighbours kept per vector per cluster; 0 = 2M", 0,
      CLI_MAX_KNN_K},
@@ -571,10 +571,12 @@ static int cmd_build(const cli_args *a) {
         if (p.method == KILN_METHOD_DEVICE) {
             printf(", \"device\": ");
             json_str(rep.device_name);
-            printf(", \"clusters\": %u, \"replicas\": %u, \"max_cluster_size\": %u, "
-                   "\"device_batches\": %u, \"batch_retries\": %u, \"candidates_per_vector\": ",
-                   rep.clusters, rep.replicas, rep.max_cluster_size, rep.device_batches,
-                   rep.batch_retries);
+            printf(", \"clusters\": %u, \"replicas\": %u, \"mean_replicas\": ", rep.clusters,
+                   rep.replicas);
+            json_num(rep.mean_replicas, "%.4f");
+            printf(", \"max_cluster_size\": %u, \"device_batches\": %u, \"batch_retries\": %u, "
+                   "\"candidates_per_vector\": ",
+                   rep.max_cluster_size, rep.device_batches, rep.batch_retries);
             json_num(rep.candidates_per_vector, "%.2f");
             printf(", \"batches\": %u, \"partitions\": %u, \"resumed_batches\": %u, "
                    "\"resumed_steps\": %u, \"memory_limit\": %llu, \"work_bytes_written\": "
@@ -593,10 +595,10 @@ static int cmd_build(const cli_args *a) {
                out, (unsigned long long)s.count, s.dim, kiln_metric_name(p.metric), p.M,
                p.ef_construction, method, s.levels, t_build, t_save);
         if (p.method == KILN_METHOD_DEVICE) {
-            printf("device %s: %u clusters (largest %u, %u per vector), %u device batches, "
-                   "%u retries\n",
+            printf("device %s: %u clusters (largest %u, %u per vector, %.2f mean), %u device "
+                   "batches, %u retries\n",
                    rep.device_name, rep.clusters, rep.max_cluster_size, rep.replicas,
-                   rep.device_batches, rep.batch_retries);
+                   rep.mean_replicas, rep.device_batches, rep.batch_retries);
             printf("work: %u cluster batches (%u resumed), %u partitions, %.1f MiB written, "
                    "%.1f MiB read; memory limit %.1f MiB, peak anonymous RSS %.1f MiB\n",
                    rep.batches, rep.resumed_batches, rep.partitions,

@@ -45,6 +45,10 @@ typedef struct kiln_kmeans_params {
     uint32_t max_size;    /* hard cap on members per cluster after assignment; 0 = no cap;
                              default 0 (the pipeline sets it from the device batch) */
     uint32_t replicas;    /* clusters per vector, >= 1; clamped to k; default 2 */
+    uint32_t extra;       /* clusters beyond `replicas` that a vector near a boundary also
+                             joins, where there is room (assign.c decision 6); default 0 */
+    float extra_ratio;    /* near: its next candidate's squared distance is at most
+                             extra_ratio times its nearest's; used when extra > 0 */
     uint32_t spare;       /* candidates beyond `replicas` a vector may spill to before it
                              goes wherever there is room; default 8 */
     uint32_t iters;       /* Lloyd iterations (fewer when assignments stop changing);
@@ -228,7 +232,8 @@ kiln_status kiln_kmeans_refine_rows(kiln_ctx *ctx, kiln_rows rows, uint32_t k,
  * arrays are owned by the struct (kiln_clusters_free). */
 typedef struct kiln_clusters {
     uint32_t k, dim;
-    uint32_t replicas;        /* effective replicas: min(p->replicas, k) */
+    uint32_t replicas;        /* the most clusters a vector is in: min(p->replicas +
+                                 p->extra, k) */
     float *centroids;         /* k*dim, a copy */
     uint64_t *offsets;        /* k+1; cluster j is members[offsets[j] .. offsets[j+1]) */
     uint32_t *members;        /* offsets[k] vector ids, ascending within a cluster */
@@ -236,6 +241,7 @@ typedef struct kiln_clusters {
     uint64_t spilled_vectors; /* vectors not in all of their `replicas` nearest clusters */
     uint64_t far_vectors;     /* vectors placed outside their replicas+spare nearest */
     uint64_t short_vectors;   /* vectors in fewer than `replicas` clusters (best effort) */
+    uint64_t extra_vectors;   /* vectors in more than p->replicas clusters (p->extra) */
 } kiln_clusters;
 
 /* Puts every row into its `replicas` nearest clusters, distinct, without

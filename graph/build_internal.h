@@ -116,6 +116,8 @@ kiln_status kiln_hnsw_insert_levels(struct kiln_index *ix, uint32_t ef_construct
  * when it is not NULL. */
 kiln_status kiln_hnsw_insert_upper(struct kiln_index *ix, uint32_t ef_construction, int threads,
                                    const char *spill_dir);
+/* Nodes from which kiln_hnsw_insert_upper pays for its copy (decision 6). */
+#define KILN_UPPER_COMPACT_MIN 262144
 /* Heap bytes kiln_hnsw_insert_upper holds beyond ix with no spill_dir (its
  * copy of the vectors and its links, one visited tag per node per thread). */
 uint64_t kiln_hnsw_upper_bytes(const struct kiln_index *ix, int threads);

@@ -75,7 +75,11 @@
  *     those arrays are 8, 4 and 32 MB, past the cache, where at 1M they
  *     mostly fit, and a node's insertion cost 1.5 times as much. The copy
  *     costs n/4 vectors of memory, or of the work dir's disk when the
- *     budget has no room for it (the caller passes a spill dir).
+ *     budget has no room for it (the caller passes a spill dir). Below
+ *     KILN_UPPER_COMPACT_MIN nodes those arrays fit in the cache anyway and
+ *     the copy is the cost, so the device build calls it from there on:
+ *     fmnist60k's hierarchy (784-d, 15K level-1 nodes) took 0.76-0.83 s
+ *     with it against 0.6-0.7 s in place.
  *  5. Who runs a batch does not change it, so a batch of fewer than
  *     PARALLEL_MIN nodes per thread runs on the calling thread. Each
  *     parallel batch end cost milliseconds here (a thread waiting for a

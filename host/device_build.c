@@ -77,7 +77,7 @@
  *     link (its own edge and its reverse edge), written once and read once.
  * 10. The work dir's fingerprint covers everything that changes the bytes:
  *     the vectors (CRC-32C), n, dim, metric, M, ef_construction, seed,
- *     replicas, knn_k, clusters, cluster_size, the byte order and
+ *     replicas and boundary extras, knn_k, clusters, cluster_size, the byte order and
  *     DEVICE_PIPELINE_VERSION. Threads and the memory limit are not in it:
  *     neither changes the result.
  */
@@ -157,7 +157,42 @@ KILN_DEFINE_SORT(u64_sort, uint64_t, U64_LESS)
 #define DEVICE_PART_BYTES ((uint64_t)128 << 20)
 /* Bumped whenever the pipeline's output for the same input changes, so an
  * older work dir is refused instead of mixed in (decision 10). */
-#define DEVICE_PIPELINE_VERSION 5
+#define DEVICE_PIPELINE_VERSION 6
+
+/* Replicas when the caller gives none: 2, and once the set has more than
+ * DEVICE_WIDE_CELLS clusters' worth of vectors, a third for the vectors
+ * near a boundary (cluster/assign.c decision 6). With a fixed cluster size
+ * the clusters get finer as n grows, a vector's true neighbours spread over
+ * more of them, and 2 replicas find fewer: measured, synthetic 128-d,
+ * recall@10 at ef 10/16/32/64/128 (hnswlib 0.6.2, M 16, ef_construction
+ * 200, on the same data in brackets):
+ *   1M, 2 replicas: 0.8920/0.9467/0.9851/0.9962/0.9977
+ *       (0.8608/0.9250/0.9706/0.9808/0.9816)
+ *   4M, 2 replicas: 0.8252/0.9016/0.9676/0.9926/0.9985, 169 s
+ *       3 replicas: 0.8811/0.9396/0.9834/0.9955/0.9987, 196 s
+ *       (0.8308/0.9054/0.9610/0.9736/0.9746, 1750 s)
+ * 1M is 1302 clusters' worth at 768 and 4M 5208, so the switch is between
+ * them; a wider hierarchy beam (32) got 4M only level with hnswlib at ef
+ * 10 (0.8306) for +25 s. A third replica for every vector is 1.5 times the
+ * device and merge work; the vectors that need it are those between
+ * centroids. At 4M (build seconds of fd3bad1, the same machine):
+ *   2 replicas:                          139 s, recall as above
+ *   + a third within 1.30 (50% of them, k from 2 replicas, so clusters of
+ *     ~960):                             173 s  0.8743/0.9352/0.9825/0.9969/0.9990
+ *   + a third within 1.15 (22%, k from 2.3 replicas, clusters ~768):
+ *                                        152 s  0.8480/0.9148/0.9755/0.9947/0.9985
+ * so 1.15, with k sized for a quarter of the vectors taking the third:
+ * +9% of time for +0.023 at ef 10, above both hnswlib runs at every ef. */
+#define DEVICE_WIDE_CELLS     2048
+#define DEVICE_BOUNDARY_RATIO 1.15f
+#define DEVICE_BOUNDARY_SHARE 0.25
+static void default_replicas(uint64_t n, const kiln_build_params *p, uint32_t *replicas,
+                             uint32_t *extra) {
+    const uint64_t size = p->cluster_size ? p->cluster_size : DEVICE_TARGET_CLUSTER;
+    const uint64_t cells = p->clusters ? p->clusters / 2 : n / size;
+    *replicas = 2;
+    *extra = cells > DEVICE_WIDE_CELLS ? 1 : 0;
+}
 
 /* ==== Nearest-centroid backend ==== */
 
@@ -187,12 +222,13 @@ typedef struct pipeline {
     const kiln_build_params *p;
     kiln_build_report *rep;
     int threads;
-    uint32_t K;       /* device neighbours per member per cluster */
-    bool residual;    /* decision 6 */
-    kiln_clusters cl; /* step 1 */
-    kiln_q4 *q;       /* step 2 */
-    kiln_workdir *wd; /* decision 7 */
-    bool temp_wd;     /* a private dir of this call, removed at its end */
+    uint32_t K;               /* device neighbours per member per cluster */
+    uint32_t replicas, extra; /* clusters per vector, and boundary extras (default_replicas) */
+    bool residual;            /* decision 6 */
+    kiln_clusters cl;         /* step 1 */
+    kiln_q4 *q;               /* step 2 */
+    kiln_workdir *wd;         /* decision 7 */
+    bool temp_wd;             /* a private dir of this call, removed at its end */
     /* The plan (decision 8): */
     size_t max_slots;   /* member slots per batch */
     uint32_t n_batches; /* batch b is clusters [batch_first[b], batch_first[b + 1]) */
@@ -233,7 +269,7 @@ static size_t slot_bytes(const pipeline *pl) {
 /* Bytes per node of a partition in the streaming passes: its candidates
  * (every replica's K) and offsets, then its reverse edges out and in. */
 static size_t node_bytes(const pipeline *pl) {
-    return (size_t)pl->cl.replicas * pl->K * sizeof(kiln_hcand) + 2 * sizeof(uint64_t) +
+    return (size_t)(pl->replicas + pl->extra) * pl->K * sizeof(kiln_hcand) + 2 * sizeof(uint64_t) +
            (size_t)pl->ix->M0 * (4 * sizeof(kiln_edge) + 5 * sizeof(kiln_hcand));
 }
 
@@ -838,16 +874,25 @@ static kiln_status step_clusters(pipeline *pl, const kiln_device_info *info) {
     kiln_kmeans_params_init(&kp);
     kp.clusters = p->clusters;
     kp.target_size = p->cluster_size ? p->cluster_size : DEVICE_TARGET_CLUSTER;
-    kp.replicas = pl->cl.replicas; /* kiln_build_device chose it */
+    kp.replicas = pl->replicas; /* kiln_build_device chose them */
+    kp.extra = pl->extra;
+    kp.extra_ratio = DEVICE_BOUNDARY_RATIO;
     kp.seed = p->seed;
     kp.threads = p->threads;
+    /* With boundary extras, k and the fair share count the placements
+     * expected (DEVICE_BOUNDARY_SHARE), so clusters stay near their target. */
+    const double expected = pl->replicas + (double)pl->extra * DEVICE_BOUNDARY_SHARE;
+    if (!kp.clusters && pl->extra) {
+        const double want = ceil((double)n * expected / kp.target_size);
+        kp.clusters = (uint32_t)(want < 1 ? 1 : want > (double)n ? (double)n : want);
+    }
     uint32_t k;
     kiln_status st = kiln_kmeans_k(pl->ctx, n, &kp, &k);
     if (st)
         return st;
     uint64_t sample = (uint64_t)k * DEVICE_KMEANS_PER_CENTROID;
     kp.sample = (uint32_t)(sample < n ? sample : n);
-    uint64_t fair = ((uint64_t)n * kp.replicas + k - 1) / k;
+    uint64_t fair = (uint64_t)ceil((double)n * expected / k);
     uint64_t cap = fair * DEVICE_CAP_FACTOR;
     kp.max_size = (uint32_t)(cap < n ? cap : n);
     /* Up front: the budget against the cap, and against the k-means sample
@@ -856,7 +901,8 @@ static kiln_status step_clusters(pipeline *pl, const kiln_device_info *info) {
     const uint64_t sample_need =
         (uint64_t)kp.sample * pl->ix->dim * sizeof(float) / 4 * 5 + kiln_rss_anon();
     uint64_t room;
-    if ((st = check_budget(pl, k, (uint64_t)n * kp.replicas, kp.max_size, sample_need, &room)))
+    if ((st = check_budget(pl, k, (uint64_t)n * (kp.replicas + kp.extra), kp.max_size, sample_need,
+                           &room)))
         return st;
     nearest_user nu = {.cpu = {.threads = p->threads}, .on_device = info->type != KILN_DEVICE_CPU};
     const kiln_nearest_backend backend = {nearest_backend, &nu};
@@ -1051,12 +1097,14 @@ static uint64_t fingerprint(const pipeline *pl, char *desc, size_t cap) {
     const bool little = *(const uint8_t *)&one == 1;
     snprintf(desc, cap,
              "device build v%d of %llu x %u %s vectors (crc32c %08x), M %u, ef_construction "
-             "%u, seed %llu, replicas %u, knn_k %u, clusters %u, cluster_size %u, %s-endian",
+             "%u, seed %llu, replicas %u + %u within %.3f, knn_k %u, clusters %u, cluster_size %u, "
+             "%s-endian",
              DEVICE_PIPELINE_VERSION, (unsigned long long)ix->count, ix->dim,
              kiln_metric_name(ix->metric),
              kiln_crc32c(0, ix->vectors, ix->count * ix->dim * sizeof(float)), ix->M,
-             p->ef_construction, (unsigned long long)p->seed, pl->cl.replicas, pl->K, p->clusters,
-             p->cluster_size, little ? "little" : "big");
+             p->ef_construction, (unsigned long long)p->seed, pl->replicas, pl->extra,
+             pl->extra ? (double)DEVICE_BOUNDARY_RATIO : 0.0, pl->K, p->clusters, p->cluster_size,
+             little ? "little" : "big");
     const uint32_t a = kiln_crc32c(0, desc, strlen(desc));
     const uint32_t b = kiln_crc32c(0x9e3779b9u, desc, strlen(desc));
     return (uint64_t)a << 32 | b;
@@ -1084,27 +1132,6 @@ static kiln_status open_workdir(pipeline *pl) {
 
 /* ==== Pipeline ==== */
 
-/* Replicas when the caller gives none: 2, and 3 once the set has more than
- * DEVICE_WIDE_CELLS clusters' worth of vectors. With a fixed cluster size
- * the clusters get finer as n grows, a vector's true neighbours spread over
- * more of them, and 2 replicas find fewer: measured, synthetic 128-d,
- * recall@10 at ef 10/16/32/64/128 (hnswlib 0.6.2, M 16, ef_construction
- * 200, on the same data in brackets):
- *   1M, 2 replicas: 0.8920/0.9467/0.9851/0.9962/0.9977
- *       (0.8608/0.9250/0.9706/0.9808/0.9816)
- *   4M, 2 replicas: 0.8252/0.9016/0.9676/0.9926/0.9985, 169 s
- *       3 replicas: 0.8811/0.9396/0.9834/0.9955/0.9987, 196 s
- *       (0.8308/0.9054/0.9610/0.9736/0.9746, 1750 s)
- * 1M is 1302 clusters' worth at 768 and 4M 5208, so the switch is between
- * them; a wider hierarchy beam (32) got 4M only level with hnswlib at ef
- * 10 (0.8306) for +25 s. */
-#define DEVICE_WIDE_CELLS 2048
-static uint32_t default_replicas(uint64_t n, const kiln_build_params *p) {
-    const uint64_t size = p->cluster_size ? p->cluster_size : DEVICE_TARGET_CLUSTER;
-    const uint64_t cells = p->clusters ? p->clusters / 2 : n / size;
-    return cells > DEVICE_WIDE_CELLS ? 3 : 2;
-}
-
 kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
                               kiln_build_report *rep) {
     kiln_ctx *ctx = ix->ctx;
@@ -1115,13 +1142,16 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
                    .threads = kiln_threads(p->threads),
                    .K = p->knn_k ? p->knn_k : 2 * p->M,
                    .residual = ix->metric != KILN_METRIC_IP};
-    pl.cl.replicas = p->replicas ? p->replicas : default_replicas(ix->count, p);
+    if (p->replicas)
+        pl.replicas = p->replicas;
+    else
+        default_replicas(ix->count, p, &pl.replicas, &pl.extra);
     if (pl.K > KILN_CL_MAX_K)
         return kiln_fail(ctx, KILN_E_ARG, "build: knn_k = %u is above the device limit %d", pl.K,
                          KILN_CL_MAX_K);
-    if (pl.cl.replicas < 2 || pl.cl.replicas > 16)
+    if (pl.replicas < 2 || pl.replicas > 16)
         return kiln_fail(ctx, KILN_E_ARG, "build: replicas = %u is out of range [2, 16]",
-                         pl.cl.replicas);
+                         pl.replicas);
 
     kiln_device_info info;
     kiln_status st = kiln_device_select(ctx, p->device, &info);
@@ -1139,7 +1169,8 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
     if ((st = step_clusters(&pl, &info)))
         goto cleanup;
     rep->clusters = pl.cl.k;
-    rep->replicas = pl.cl.replicas;
+    rep->replicas = pl.replicas;
+    rep->mean_replicas = (double)pl.cl.offsets[pl.cl.k] / (double)ix->count;
     rep->max_cluster_size = pl.cl.max_members;
     stage(rep, "kmeans+assign", kiln_now() - t);
     kiln_fault_point("clusters");
@@ -1176,7 +1207,10 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
         const char *spill = limit && kiln_rss_anon() + kiln_hnsw_upper_bytes(ix, pl.threads) > limit
                                 ? kiln_workdir_path(pl.wd)
                                 : NULL;
-        if ((st = kiln_hnsw_insert_upper(ix, (uint32_t)hier_ef, pl.threads, spill)) == KILN_OK)
+        st = ix->count < KILN_UPPER_COMPACT_MIN
+                 ? kiln_hnsw_insert_levels(ix, (uint32_t)hier_ef, pl.threads, 1)
+                 : kiln_hnsw_insert_upper(ix, (uint32_t)hier_ef, pl.threads, spill);
+        if (st == KILN_OK)
             st = hierarchy_put(&pl);
     }
     ix->ef_construction = p->ef_construction; /* what the header records: the parameter */

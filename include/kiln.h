@@ -290,8 +290,9 @@ typedef struct kiln_build_params {
     uint32_t clusters;     /* k-means clusters; 0 = from n and cluster_size; default 0 */
     uint32_t cluster_size; /* target members per cluster when clusters == 0; default 0 =
                               the library's choice (see docs/ARCHITECTURE.md) */
-    uint32_t replicas;     /* nearest clusters each vector joins, >= 2; 0 = 2, or 3 when
-                              n / cluster_size > 2048 (host/device_build.c) */
+    uint32_t replicas;     /* nearest clusters each vector joins, >= 2; 0 = 2, and above
+                              2048 clusters' worth of vectors (n / cluster_size) a third for
+                              the vectors near a boundary (host/device_build.c) */
     uint32_t knn_k;        /* neighbours kept per vector per cluster on the device;
                               0 = 2M; default 0 */
     /* Bytes the build's own resident memory may reach (the index being
@@ -347,7 +348,9 @@ typedef struct kiln_build_report {
     uint64_t work_bytes_read;     /* bytes read back from it */
     uint64_t peak_rss_anon;       /* the process's peak anonymous resident bytes, sampled
                                      from /proc at each stage's end (0 where unknown) */
-    uint32_t replicas;            /* KILN_METHOD_DEVICE: clusters each vector joined */
+    uint32_t replicas;            /* KILN_METHOD_DEVICE: clusters every vector joined */
+    double mean_replicas;         /* KILN_METHOD_DEVICE: clusters per vector, mean (above
+                                     replicas where vectors near a boundary joined one more) */
 } kiln_build_report;
 
 /* Removes a build's work dir (kiln_build_params.work_dir) once its index is

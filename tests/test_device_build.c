@@ -97,6 +97,48 @@ static void test_metrics(kiln_ctx *ctx) {
     free(gt);
 }
 
+/* Boundary extras (host/device_build.c default_replicas): above 2048
+ * clusters' worth, the automatic choice adds a third cluster for some of
+ * the vectors, which an explicit --replicas 2 does not; both graphs are
+ * valid and find their neighbours. (A test-sized set has few points per
+ * centroid, so its centroids sit close to their members and few vectors
+ * are near a boundary: about 1% here, 22% at 4M x 128; test_kmeans checks
+ * the rule itself.) */
+static void test_boundary_replicas(kiln_ctx *ctx) {
+    const size_t n = 20000, nq = 200, d = 16;
+    float *x = malloc((n + nq) * d * sizeof *x);
+    int64_t *gt = malloc(nq * 10 * sizeof *gt);
+    REQUIRE(x && gt);
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n + nq, d, 40, 23, x, (size_t)(n + nq) * d));
+    CHECK_OK(ctx, kiln_knn_exact(ctx, x, n, x + n * d, nq, d, KILN_METRIC_L2, 10, 0, gt, NULL));
+    double mean[2] = {0, 0}, recall[2] = {0, 0};
+    for (int fixed = 0; fixed < 2; fixed++) {
+        kiln_build_params p;
+        device_params(&p);
+        p.clusters = 4400; /* 2200 clusters' worth: above the 2048 of the switch */
+        p.replicas = fixed ? 2 : 0;
+        kiln_index *ix = NULL;
+        CHECK_OK(ctx, kiln_index_build(ctx, x, n, d, &p, &ix));
+        REQUIRE(ix);
+        CHECK_OK(ctx, kiln_index_check(ix));
+        kiln_build_report rep;
+        CHECK_OK(ctx, kiln_index_build_report(ix, &rep));
+        CHECK(rep.replicas == 2 && rep.clusters == 4400);
+        mean[fixed] = rep.mean_replicas;
+        recall[fixed] = search_recall(ctx, ix, x + n * d, nq, gt, 10, 10, 64);
+        kiln_index_free(ix);
+    }
+    CHECK_MSG(mean[0] > 2.0 && mean[0] < 2.9 && mean[1] == 2.0,
+              "mean replicas: automatic %.4f, fixed 2 %.4f", mean[0], mean[1]);
+    CHECK_MSG(recall[0] >= 0.9 && recall[1] >= 0.9,
+              "recall@10 at ef 64: automatic %.4f, fixed 2 %.4f", recall[0], recall[1]);
+    fprintf(stderr,
+            "boundary extras: mean replicas %.4f (fixed 2: %.4f), recall@10 ef64 %.4f / %.4f\n",
+            mean[0], mean[1], recall[0], recall[1]);
+    free(x);
+    free(gt);
+}
+
 static void test_determinism(kiln_ctx *ctx) {
     const size_t n = 3000, d = 20;
     float *x = malloc(n * d * sizeof *x);
@@ -209,6 +251,7 @@ int main(void) {
     test_determinism(ctx);
     test_ef_construction(ctx);
     test_metrics(ctx);
+    test_boundary_replicas(ctx);
     test_real(ctx, "siftsmall");
     test_real(ctx, "fmnistsmall");
     kiln_ctx_free(ctx);

@@ -539,6 +539,76 @@ static void test_replicas(kiln_ctx *ctx) {
     free(cent);
 }
 
+/* Boundary extras (assign.c decision 6), no cap: each vector in its two
+ * nearest clusters, and in its third exactly when that one's squared
+ * distance is within extra_ratio of its nearest's. */
+static void test_boundary_replicas(kiln_ctx *ctx) {
+    const size_t n = 1500;
+    const uint32_t dim = 10, k = 9;
+    float *x = uniform_rows(33, n, dim, -1.0, 1.0), *cent = uniform_rows(34, k, dim, -1.0, 1.0);
+    uint32_t *ids = malloc(n * 3 * sizeof *ids);
+    float *d = alloc_floats(n * 3);
+    REQUIRE(ids);
+    CHECK_OK(ctx, kiln_nearest_cpu(NULL, ctx, (kiln_rows){x, n, dim},
+                                   (kiln_centroids){cent, k, dim}, 3, (kiln_nearest_out){ids, d}));
+    kiln_kmeans_params p;
+    kiln_kmeans_params_init(&p);
+    p.replicas = 2;
+    p.extra = 1;
+    p.extra_ratio = 1.1f;
+    p.max_size = (uint32_t)n; /* generous: never binds */
+    p.threads = 2;
+    kiln_clusters c;
+    CHECK_OK(ctx, kiln_clusters_assign(ctx, (kiln_rows){x, n, dim}, (kiln_centroids){cent, k, dim},
+                                       &p, NULL, &c));
+    REQUIRE(c.members);
+    kiln_clusters as3 = c; /* check_clusters counts as short those below 3 */
+    as3.short_vectors = n - c.extra_vectors;
+    CHECK(c.replicas == 3 && check_clusters(&as3, n, 0, 3) == 0);
+    size_t near = 0, wrong = 0;
+    uint8_t *in = calloc(n * 3, 1);
+    REQUIRE(in);
+    for (uint32_t j = 0; j < k; j++)
+        for (uint64_t t = c.offsets[j]; t < c.offsets[j + 1]; t++) {
+            const uint32_t v = c.members[t];
+            int r = 0;
+            while (r < 3 && ids[3 * v + r] != j)
+                r++;
+            if (r == 3)
+                wrong++;
+            else
+                in[3 * v + r] = 1;
+        }
+    for (size_t v = 0; v < n; v++) {
+        const bool wants = d[3 * v + 2] <= 1.1f * d[3 * v];
+        near += wants;
+        wrong += !in[3 * v] || !in[3 * v + 1] || in[3 * v + 2] != wants;
+    }
+    CHECK_MSG(wrong == 0, "%zu vectors not in exactly their wanted nearest clusters", wrong);
+    CHECK_MSG(near > n / 20 && near < n - n / 20,
+              "%zu of %zu near a boundary: the test's rule "
+              "must single out a fraction",
+              near, n);
+    CHECK(c.extra_vectors == near && c.offsets[k] == 2 * n + near && c.short_vectors == 0);
+    kiln_clusters_free(&c);
+
+    /* A ratio no candidate meets: two each. A NaN ratio is refused. */
+    p.extra_ratio = 0.5f;
+    CHECK_OK(ctx, kiln_clusters_assign(ctx, (kiln_rows){x, n, dim}, (kiln_centroids){cent, k, dim},
+                                       &p, NULL, &c));
+    REQUIRE(c.members);
+    CHECK(c.offsets[k] == 2 * n && c.extra_vectors == 0);
+    kiln_clusters_free(&c);
+    p.extra_ratio = NAN;
+    CHECK(kiln_clusters_assign(ctx, (kiln_rows){x, n, dim}, (kiln_centroids){cent, k, dim}, &p,
+                               NULL, &c) == KILN_E_ARG);
+    free(in);
+    free(ids);
+    free(d);
+    free(x);
+    free(cent);
+}
+
 /* One blob holds 80% of the rows: the cap holds, its cluster keeps the
  * nearest rows, the rest spill. */
 static void test_cap(kiln_ctx *ctx) {
@@ -908,6 +978,7 @@ int main(int argc, char **argv) {
     }
     test_blobs(ctx);
     test_replicas(ctx);
+    test_boundary_replicas(ctx);
     test_cap(ctx);
     test_determinism(ctx);
     test_backend_and_args(ctx);
