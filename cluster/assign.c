@@ -22,9 +22,10 @@
  *     nearest clusters with room, over all k, from a full ranking by the
  *     backend for just those vectors; a full cluster is never entered, so
  *     the cap is a hard guarantee. Room always exists for one placement
- *     each (k * max_size >= n * replicas, checked up front), so every vector
- *     lands somewhere; `replicas` distinct clusters are best effort, and the
- *     misses are counted in short_vectors (normally zero).
+ *     each (k * max_size >= n * (replicas + extra), checked up front: then
+ *     the others hold at most (n - 1) (replicas + extra) slots), so every
+ *     vector lands somewhere; `replicas` distinct clusters are best effort,
+ *     and the misses are counted in short_vectors (normally zero).
  *  4. Members are listed per cluster in ascending id order, by a counting
  *     sort over vectors taken in id order.
  *  5. With a two-level tree (kiln_clusters_assign_tree, what
@@ -43,8 +44,11 @@
  *     nearest (squared distance at most extra_ratio times) wants up to
  *     `extra` more clusters, each while the rule holds (the list is sorted,
  *     so the wanted ones are a prefix). It proposes for them like for the
- *     others, but they are best effort: the leftover placement of decision
- *     3 fills only the first `replicas`. This is SPANN's boundary
+ *     others, nearer vectors first, so an extra may take a slot that a
+ *     farther vector's base placement wanted (which then spills as in
+ *     decision 1); but an extra never spills itself: a vector proposes past
+ *     its wanted prefix only while it lacks one of its `replicas`, and the
+ *     leftover placement of decision 3 fills only those. This is SPANN's boundary
  *     duplication (Chen et al., NeurIPS 2021) on top of a fixed base: with
  *     more, finer clusters a vector's true neighbours spread over more of
  *     them, and it is the vectors between centroids whose neighbours are
@@ -92,7 +96,7 @@ typedef struct assign_job {
     const kiln_kmeans_tree *tree; /* NULL: flat candidate lists */
     kiln_nearest_backend nearest; /* fn not NULL */
     uint32_t threads;             /* p->threads */
-    uint32_t rep;                 /* replicas, clamped to k */
+    uint32_t rep;                 /* replicas + extra, clamped to k: the most per vector */
     uint32_t cap;                 /* members per cluster at most; UINT32_MAX = no cap */
     uint32_t L;                   /* candidates per vector: rep + spare, clamped to k */
     uint32_t base;                /* the placements every vector gets: min(p->replicas, k) */
@@ -109,6 +113,8 @@ typedef struct assign_lists {
 typedef struct assign_state {
     size_t n;
     uint32_t k, L, rep, cap;
+    uint32_t base;            /* placements every vector gets (decision 6) */
+    const uint8_t *want;      /* n: base plus the extras wanted (decision 6) */
     const uint32_t *cand_ids; /* n*L, each vector's candidates nearest first */
     const float *cand_dist;   /* n*L, NaN already mapped to +inf */
     uint64_t *heap_off;       /* k+1: cluster c's heap is slots[heap_off[c] ..] */
@@ -162,7 +168,9 @@ static void slot_sift_down(assign_slot *h, uint32_t len, uint32_t at) {
 static size_t propose(assign_state *s, uint32_t v, size_t depth) {
     const uint32_t *const ids = s->cand_ids + (size_t)v * s->L;
     const float *const ds = s->cand_dist + (size_t)v * s->L;
-    while (s->open[v] > 0 && s->next[v] < s->L) {
+    /* Decision 6: past its wanted prefix only while a base placement is missing. */
+    while (s->open[v] > 0 && s->next[v] < s->L &&
+           (s->next[v] < s->want[v] || s->open[v] > (uint32_t)(s->want[v] - s->base))) {
         const uint32_t j = s->next[v]++;
         const uint32_t c = ids[j];
         const float d = ds[j];
@@ -324,11 +332,11 @@ static kiln_status assign_all(kiln_ctx *ctx, const assign_job *given, const kiln
     const uint32_t base = p->replicas < k ? p->replicas : k;
     const uint32_t rep = (uint64_t)p->replicas + p->extra < k ? p->replicas + p->extra : k;
     const uint32_t cap = p->max_size ? p->max_size : UINT32_MAX;
-    if ((uint64_t)k * cap < (uint64_t)n * base)
+    if ((uint64_t)k * cap < (uint64_t)n * rep)
         return kiln_fail(ctx, KILN_E_ARG,
                          "cluster assignment: cluster cap too small: %u clusters x max_size %u = "
                          "%llu slots < %zu vectors x %u replicas",
-                         k, cap, (unsigned long long)((uint64_t)k * cap), n, base);
+                         k, cap, (unsigned long long)((uint64_t)k * cap), n, rep);
     const uint32_t L = (uint64_t)rep + p->spare < k ? rep + p->spare : k;
     kiln_nearest_cpu_opts cpu = {.threads = p->threads};
     assign_job job = *given;
@@ -343,7 +351,7 @@ static kiln_status assign_all(kiln_ctx *ctx, const assign_job *given, const kiln
         return kiln_fail(ctx, KILN_E_ARG,
                          "cluster assignment: %zu vectors x %u candidates overflow", n, L);
 
-    assign_state s = {.n = n, .k = k, .L = L, .rep = rep, .cap = cap};
+    assign_state s = {.n = n, .k = k, .L = L, .rep = rep, .cap = cap, .base = base};
     uint32_t *cand_ids = NULL, *vcl = NULL, *vcnt = NULL, *left = NULL, *fill = NULL;
     uint8_t *want = NULL;
     float *cand_dist = NULL;
@@ -409,6 +417,7 @@ static kiln_status assign_all(kiln_ctx *ctx, const assign_job *given, const kiln
         want[v] = (uint8_t)w;
         s.open[v] = w;
     }
+    s.want = want;
     defer_accept(&s);
 
     /* Per-vector cluster lists from the heaps; the heap lengths become the
@@ -429,7 +438,7 @@ static kiln_status assign_all(kiln_ctx *ctx, const assign_job *given, const kiln
             continue;
         }
         const uint32_t *const nearest_rep = cand_ids + v * L;
-        for (uint32_t j = 0; j < want[v]; j++) {
+        for (uint32_t j = 0; j < base; j++) {
             if (!has_cluster(vcl + v * rep, vcnt[v], nearest_rep[j])) {
                 out->spilled_vectors++;
                 break;

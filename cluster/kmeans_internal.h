@@ -46,7 +46,8 @@ typedef struct kiln_kmeans_params {
                              default 0 (the pipeline sets it from the device batch) */
     uint32_t replicas;    /* clusters per vector, >= 1; clamped to k; default 2 */
     uint32_t extra;       /* clusters beyond `replicas` that a vector near a boundary also
-                             joins, where there is room (assign.c decision 6); default 0 */
+                             asks for, among its first candidates only (assign.c decision 6;
+                             the cap must hold n * (replicas + extra)); default 0 */
     float extra_ratio;    /* near: its next candidate's squared distance is at most
                              extra_ratio times its nearest's; used when extra > 0 */
     uint32_t spare;       /* candidates beyond `replicas` a vector may spill to before it

@@ -52,7 +52,9 @@ static inline uint32_t kiln_local_fill(uint32_t M) { return (3 * M + 3) / 4; }
  * made by kiln_hash_project with the same planes. */
 #define KILN_HASH_BITS 12
 #define KILN_HASH_MASK ((1u << KILN_HASH_BITS) - 1)
-/* KILN_HASH_BITS x dim Gaussian planes drawn from seed (the caller frees). */
+/* KILN_HASH_BITS Gaussian planes of dim components drawn from seed, stored
+ * component-major: plane k's component j at j * KILN_HASH_BITS + k (the
+ * caller frees). */
 kiln_status kiln_hash_planes(kiln_ctx *ctx, uint32_t dim, uint64_t seed, float **planes);
 void kiln_hash_project(const float *planes, uint32_t dim, const float *v,
                        float proj[KILN_HASH_BITS]);
@@ -119,7 +121,9 @@ kiln_status kiln_hnsw_insert_upper(struct kiln_index *ix, uint32_t ef_constructi
 /* Nodes from which kiln_hnsw_insert_upper pays for its copy (decision 6). */
 #define KILN_UPPER_COMPACT_MIN 262144
 /* Heap bytes kiln_hnsw_insert_upper holds beyond ix with no spill_dir (its
- * copy of the vectors and its links, one visited tag per node per thread). */
+ * copy of the vectors and its links, the id map and insertion order, one
+ * visited tag per node per thread; not the per-batch reverse-edge buffer,
+ * M levels x 16 bytes for each of at most n / 1000 nodes). */
 uint64_t kiln_hnsw_upper_bytes(const struct kiln_index *ix, int threads);
 
 /* Builds level 0 from candidate neighbour lists: node i's candidates are

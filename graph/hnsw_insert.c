@@ -61,6 +61,11 @@
  *     0.17-0.23 -> 0.14; 200K hierarchy 6.6-12.0 -> 12.7 with 2 threads,
  *     4.5 with 1 (old, 1 thread: 7.2): on this machine the second thread
  *     mostly waits for a core at the 2 x ~1000 batch ends.
+ *  5. Who runs a batch does not change it, so a batch of fewer than
+ *     PARALLEL_MIN nodes per thread runs on the calling thread. Each
+ *     parallel batch end cost milliseconds here (a thread waiting for a
+ *     core): with every batch parallel, siftsmall's insert build with
+ *     --threads 2 took 16 s instead of 1.3 s.
  *  6. The upper levels of a device build (kiln_hnsw_insert_upper) are an
  *     insertion build of their own: the nodes of level >= 1 become an index
  *     of dense ids in id order, with copies of their vectors side by side
@@ -80,11 +85,6 @@
  *     the copy is the cost, so the device build calls it from there on:
  *     fmnist60k's hierarchy (784-d, 15K level-1 nodes) took 0.76-0.83 s
  *     with it against 0.6-0.7 s in place.
- *  5. Who runs a batch does not change it, so a batch of fewer than
- *     PARALLEL_MIN nodes per thread runs on the calling thread. Each
- *     parallel batch end cost milliseconds here (a thread waiting for a
- *     core): with every batch parallel, siftsmall's insert build with
- *     --threads 2 took 16 s instead of 1.3 s.
  */
 #include <omp.h>
 #include <stdlib.h>
@@ -228,7 +228,7 @@ uint64_t kiln_hnsw_upper_bytes(const struct kiln_index *ix, int threads) {
             pool += (uint64_t)(ix->levels[i] - 1) * (ix->M + 1);
         }
     const uint64_t per_node = (uint64_t)ix->dim * sizeof(float) +
-                              (uint64_t)(ix->M + 1) * sizeof(uint32_t) + sizeof(uint32_t) +
+                              (uint64_t)(ix->M + 1) * sizeof(uint32_t) + 2 * sizeof(uint32_t) +
                               sizeof(int64_t) + 1 + sizeof(uint64_t) +
                               (uint64_t)(threads > 0 ? threads : 1) * sizeof(uint16_t);
     return n1 * per_node + pool * sizeof(uint32_t);

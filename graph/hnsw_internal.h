@@ -34,7 +34,8 @@ struct kiln_index {
     uint32_t dim;
     kiln_metric metric;
     uint32_t M;  /* upper-level degree bound */
-    uint32_t M0; /* level-0 degree bound (2M) */
+    uint32_t M0; /* level-0 degree bound: 2M (M in the upper levels' compact copy,
+                    graph/hnsw_insert.c decision 6) */
     uint32_t ef_construction;
     uint64_t seed;
     uint64_t count;       /* nodes in the graph */

@@ -122,23 +122,28 @@ kiln_status kiln_hash_planes(kiln_ctx *ctx, uint32_t dim, uint64_t seed, float *
         return st;
     kiln_rng r;
     kiln_rng_seed(&r, seed ^ 0x68617368706c616eull); /* "hashplan" */
+    /* Drawn plane by plane, stored component-major (decision 5). */
     for (size_t i = 0; i < (size_t)KILN_HASH_BITS * dim; i++) {
         /* Box-Muller: a Gaussian makes the direction of the plane uniform. */
         const double u1 = 1.0 - kiln_rng_uniform(&r), u2 = kiln_rng_uniform(&r);
-        (*planes)[i] = (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+        (*planes)[i % dim * KILN_HASH_BITS + i / dim] =
+            (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
     }
     return KILN_OK;
 }
 
 void kiln_hash_project(const float *planes, uint32_t dim, const float *v,
                        float proj[KILN_HASH_BITS]) {
-    for (unsigned k = 0; k < KILN_HASH_BITS; k++) {
-        const float *w = planes + (size_t)k * dim;
-        float s = 0;
-        for (uint32_t j = 0; j < dim; j++)
-            s += w[j] * v[j];
-        proj[k] = s;
+    /* All planes at once, component by component: each plane's sum is
+     * still taken in component order, so the bits are those of one plane
+     * at a time, and the inner loop is a vector of KILN_HASH_BITS lanes. */
+    float s[KILN_HASH_BITS] = {0};
+    for (uint32_t j = 0; j < dim; j++) {
+        const float x = v[j], *w = planes + (size_t)j * KILN_HASH_BITS;
+        for (unsigned k = 0; k < KILN_HASH_BITS; k++)
+            s[k] += w[k] * x;
     }
+    memcpy(proj, s, sizeof s);
 }
 
 #define HCAND_BEFORE(a, b) ((a).dist < (b).dist || ((a).dist == (b).dist && (a).id < (b).id))

@@ -175,14 +175,17 @@ KILN_DEFINE_SORT(u64_sort, uint64_t, U64_LESS)
  * them; a wider hierarchy beam (32) got 4M only level with hnswlib at ef
  * 10 (0.8306) for +25 s. A third replica for every vector is 1.5 times the
  * device and merge work; the vectors that need it are those between
- * centroids. At 4M (build seconds of fd3bad1, the same machine):
+ * centroids. At 4M (build seconds, without the save, of one build each on
+ * the same machine: fd3bad1 and a trial of this rule, then 8a38653):
  *   2 replicas:                          139 s, recall as above
  *   + a third within 1.30 (50% of them, k from 2 replicas, so clusters of
  *     ~960):                             173 s  0.8743/0.9352/0.9825/0.9969/0.9990
  *   + a third within 1.15 (22%, k from 2.3 replicas, clusters ~768):
  *                                        152 s  0.8480/0.9148/0.9755/0.9947/0.9985
- * so 1.15, with k sized for a quarter of the vectors taking the third:
- * +9% of time for +0.023 at ef 10, above both hnswlib runs at every ef. */
+ *   the same with k from 2.25 (DEVICE_BOUNDARY_SHARE; 2.22 per vector):
+ *                                        146 s  0.8415/0.9117/0.9757/0.9958/0.9984
+ * so 1.15: +5% of time for +0.016 at ef 10, above both hnswlib runs at
+ * every ef, where 3 replicas for all cost 1.4x (bench/RESULTS.md). */
 #define DEVICE_WIDE_CELLS     2048
 #define DEVICE_BOUNDARY_RATIO 1.15f
 #define DEVICE_BOUNDARY_SHARE 0.25
@@ -278,9 +281,9 @@ static size_t node_bytes(const pipeline *pl) {
 /* Step 1's clusters as a work file: counts, offsets, members, centroids. */
 static kiln_status clusters_put(pipeline *pl) {
     const kiln_clusters *c = &pl->cl;
-    const uint64_t head[8] = {c->k,           c->dim,           c->replicas,
+    const uint64_t head[9] = {c->k,           c->dim,           c->replicas,
                               c->max_members, c->offsets[c->k], c->spilled_vectors,
-                              c->far_vectors, c->short_vectors};
+                              c->far_vectors, c->short_vectors, c->extra_vectors};
     const kiln_work_seg segs[4] = {{head, sizeof head},
                                    {c->offsets, ((size_t)c->k + 1) * sizeof *c->offsets},
                                    {c->members, (size_t)c->offsets[c->k] * sizeof *c->members},
@@ -292,7 +295,7 @@ static kiln_status clusters_get(pipeline *pl) {
     kiln_ctx *ctx = pl->ctx;
     kiln_clusters *c = &pl->cl;
     kiln_workfile *wf = NULL;
-    uint64_t head[8];
+    uint64_t head[9];
     kiln_status st = kiln_workfile_open(pl->wd, "clusters", 4, &wf);
     if (st == KILN_OK && kiln_workfile_seg_len(wf, 0) != sizeof head)
         st = kiln_fail(ctx, KILN_E_FORMAT, "work file clusters.kw: bad header segment");
@@ -313,6 +316,7 @@ static kiln_status clusters_get(pipeline *pl) {
         c->spilled_vectors = head[5];
         c->far_vectors = head[6];
         c->short_vectors = head[7];
+        c->extra_vectors = head[8];
     }
     if (st == KILN_OK && ((st = kiln_alloc(ctx, kiln_workfile_seg_len(wf, 1), "cluster offsets",
                                            (void **)&c->offsets)) ||
@@ -1204,12 +1208,14 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
          * room for it beside what is resident (graph/hnsw_insert.c
          * decision 6). */
         const uint64_t limit = kiln_build_budget(p);
-        const char *spill = limit && kiln_rss_anon() + kiln_hnsw_upper_bytes(ix, pl.threads) > limit
-                                ? kiln_workdir_path(pl.wd)
-                                : NULL;
-        st = ix->count < KILN_UPPER_COMPACT_MIN
-                 ? kiln_hnsw_insert_levels(ix, (uint32_t)hier_ef, pl.threads, 1)
-                 : kiln_hnsw_insert_upper(ix, (uint32_t)hier_ef, pl.threads, spill);
+        if (ix->count < KILN_UPPER_COMPACT_MIN)
+            st = kiln_hnsw_insert_levels(ix, (uint32_t)hier_ef, pl.threads, 1);
+        else
+            st = kiln_hnsw_insert_upper(
+                ix, (uint32_t)hier_ef, pl.threads,
+                limit && kiln_rss_anon() + kiln_hnsw_upper_bytes(ix, pl.threads) > limit
+                    ? kiln_workdir_path(pl.wd)
+                    : NULL);
         if (st == KILN_OK)
             st = hierarchy_put(&pl);
     }

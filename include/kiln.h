@@ -348,7 +348,8 @@ typedef struct kiln_build_report {
     uint64_t work_bytes_read;     /* bytes read back from it */
     uint64_t peak_rss_anon;       /* the process's peak anonymous resident bytes, sampled
                                      from /proc at each stage's end (0 where unknown) */
-    uint32_t replicas;            /* KILN_METHOD_DEVICE: clusters every vector joined */
+    uint32_t replicas;            /* KILN_METHOD_DEVICE: clusters every vector was to join
+                                     (fewer for the rare short vector) */
     double mean_replicas;         /* KILN_METHOD_DEVICE: clusters per vector, mean (above
                                      replicas where vectors near a boundary joined one more) */
 } kiln_build_report;

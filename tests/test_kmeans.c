@@ -592,6 +592,60 @@ static void test_boundary_replicas(kiln_ctx *ctx) {
     CHECK(c.extra_vectors == near && c.offsets[k] == 2 * n + near && c.short_vectors == 0);
     kiln_clusters_free(&c);
 
+    /* A binding cap: every vector still gets its base (at least one
+     * cluster, two here), no cluster exceeds the cap, and no vector is in a
+     * cluster past its wanted prefix except to complete its two (an extra
+     * never spills). */
+    p.extra_ratio = 1.3f;
+    p.max_size = (uint32_t)(n * 3 / k); /* the least the check accepts: n x 3 slots */
+    uint32_t *all = malloc(n * k * sizeof *all);
+    float *alld = alloc_floats(n * k);
+    REQUIRE(all);
+    CHECK_OK(ctx,
+             kiln_nearest_cpu(NULL, ctx, (kiln_rows){x, n, dim}, (kiln_centroids){cent, k, dim}, k,
+                              (kiln_nearest_out){all, alld}));
+    CHECK_OK(ctx, kiln_clusters_assign(ctx, (kiln_rows){x, n, dim}, (kiln_centroids){cent, k, dim},
+                                       &p, NULL, &c));
+    REQUIRE(c.members);
+    kiln_clusters capped = c;
+    capped.short_vectors = 0;
+    uint32_t *cnt = calloc(n, sizeof *cnt), *inside = calloc(n, sizeof *inside);
+    REQUIRE(cnt && inside);
+    for (uint32_t j = 0; j < k; j++)
+        for (uint64_t t = c.offsets[j]; t < c.offsets[j + 1]; t++) {
+            const uint32_t v = c.members[t];
+            uint32_t w = 2;
+            while (w < 3 && alld[v * k + w] <= 1.3f * alld[v * k])
+                w++;
+            uint32_t r = 0;
+            while (all[v * k + r] != j)
+                r++;
+            cnt[v]++;
+            inside[v] += r < w;
+        }
+    size_t spilt_extra = 0, lost = 0;
+    for (size_t v = 0; v < n; v++) {
+        lost += cnt[v] < 2;
+        spilt_extra += cnt[v] - inside[v] > (inside[v] < 2 ? 2 - inside[v] : 0);
+    }
+    CHECK_MSG(lost == 0 && c.short_vectors == 0, "%zu vectors in fewer than 2 clusters", lost);
+    CHECK_MSG(spilt_extra == 0, "%zu vectors have an extra past their wanted clusters",
+              spilt_extra);
+    CHECK(c.max_members <= p.max_size && c.spilled_vectors > 0 && c.extra_vectors > 0);
+    for (size_t v = 0; v < n; v++)
+        capped.short_vectors += cnt[v] < 3; /* check_clusters counts below 3 */
+    CHECK(check_clusters(&capped, n, p.max_size, 3) == 0);
+    free(cnt);
+    free(inside);
+    free(all);
+    free(alld);
+    kiln_clusters_free(&c);
+    /* A cap too small for every vector's base and extras is refused. */
+    p.max_size = (uint32_t)(n * 3 / k) - 1;
+    CHECK(kiln_clusters_assign(ctx, (kiln_rows){x, n, dim}, (kiln_centroids){cent, k, dim}, &p,
+                               NULL, &c) == KILN_E_ARG);
+    p.max_size = (uint32_t)n;
+
     /* A ratio no candidate meets: two each. A NaN ratio is refused. */
     p.extra_ratio = 0.5f;
     CHECK_OK(ctx, kiln_clusters_assign(ctx, (kiln_rows){x, n, dim}, (kiln_centroids){cent, k, dim},
