@@ -38,9 +38,21 @@
  *     link stays. A link to a missing file is refused rather than guessed
  *     at, and so is a target that exists but is not a regular file
  *     (directories, devices, FIFOs: renaming over them would replace them).
- *  7. stdio gets a real AFILE_BUFFER-byte buffer that lives until fclose:
- *     setvbuf(fp, NULL, _IOFBF, size) leaves glibc's st_blksize buffer (4 KiB)
- *     and the index would be written in 4 KiB write() calls.
+ *  7. Output goes through our own AFILE_BUFFER-byte buffer, aligned to
+ *     AFILE_DIRECT_ALIGN, and full buffers are written with O_DIRECT where
+ *     the file system takes it: the bytes go from the buffer to the disk
+ *     without a page-cache copy. Outputs here are written once and read
+ *     back once at most (work files, an index that a server maps later),
+ *     so the page cache only costs: each fresh page-cache page is a page
+ *     the kernel must find and zero, and on the development VM (a balloon
+ *     that hands freed pages back to the host) writing 1 GiB into the page
+ *     cache took 10.9-14.6 s against 1.15 s with O_DIRECT (dd, bs=1M; a
+ *     1M x 128 build spent a third of its samples in the page-cache copy).
+ *     The tail (less than a buffer) and any pwrite go through the page
+ *     cache (O_DIRECT cleared with fcntl), and so does everything where
+ *     O_DIRECT is refused (tmpfs before Linux 6.6, some FUSE and network
+ *     file systems): the open, a set flag or the first write failing with
+ *     EINVAL turns it off for that file, never the result.
  *  8. Inputs are opened with O_NONBLOCK so that naming a FIFO (or a
  *     terminal) fails at once with "not a regular file" instead of blocking
  *     in open(2) for a writer that never comes; the flag is cleared before
@@ -68,9 +80,14 @@
 
 /* ==== Tunables ==== */
 
-/* stdio buffer per output: 1 MiB turns a multi-GB index into a few thousand
- * write() calls; more buys nothing measurable (the page cache absorbs them). */
+/* Output buffer per file (decision 7): 1 MiB turns a multi-GB index into a
+ * few thousand write() calls, and O_DIRECT writes of 1 MiB ran at disk speed
+ * (dd: 1.15 s per GiB). A multiple of AFILE_DIRECT_ALIGN. */
 #define AFILE_BUFFER (1u << 20)
+
+/* Alignment of O_DIRECT buffers, file offsets and lengths: 4096 satisfies
+ * every logical block size Linux file systems use (512 or 4096). */
+#define AFILE_DIRECT_ALIGN 4096
 
 /* Temporaries the signal handler can remove at once. A command has at most
  * three outputs open; a library user with more still gets the stale sweep. */
@@ -83,8 +100,10 @@
 
 struct kiln_afile {
     kiln_ctx *ctx;
-    FILE *fp;
-    char *buf;    /* stdio buffer; freed after fclose */
+    int fd;       /* -1 once closed */
+    bool direct;  /* O_DIRECT is set on fd (decision 7) */
+    char *buf;    /* AFILE_BUFFER bytes, AFILE_DIRECT_ALIGN-aligned */
+    size_t fill;  /* bytes of buf not yet written; buf starts at offset - fill */
     char *path;   /* final name as the caller gave it (for messages) */
     char *target; /* what is replaced: path, or its symlink's target */
     char *tmp;    /* temporary name, in target's folder */
@@ -318,9 +337,9 @@ static void afile_release(kiln_afile *af) {
 
 /* Closes (if open), removes the temporary and frees af. */
 static void afile_discard(kiln_afile *af) {
-    if (af->fp)
-        fclose(af->fp);
-    af->fp = NULL;
+    if (af->fd >= 0)
+        close(af->fd);
+    af->fd = -1;
     unlink(af->tmp);
     registry_remove(af->slot);
     afile_release(af);
@@ -333,12 +352,58 @@ static kiln_status afile_error(kiln_afile *af, int e) {
     return af->err;
 }
 
+/* Sets or clears O_DIRECT on af's descriptor; false when it cannot. */
+static bool set_direct(kiln_afile *af, bool on) {
+#ifdef O_DIRECT
+    const int flags = fcntl(af->fd, F_GETFL);
+    if (flags < 0 || fcntl(af->fd, F_SETFL, on ? flags | O_DIRECT : flags & ~O_DIRECT) != 0)
+        return false;
+    af->direct = on;
+    return true;
+#else
+    (void)af;
+    return !on;
+#endif
+}
+
+/* Writes all of buf[0..len) at the current end; with O_DIRECT, len and the
+ * file offset are multiples of AFILE_DIRECT_ALIGN. A direct write the file
+ * system refuses (EINVAL) is retried through the page cache (decision 7). */
+static kiln_status write_out(kiln_afile *af, const char *buf, size_t len) {
+    while (len > 0) {
+        const ssize_t w = write(af->fd, buf, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno == EINVAL && af->direct && set_direct(af, false))
+            continue;
+        if (w <= 0)
+            return afile_error(af, w < 0 ? errno : EIO);
+        buf += w;
+        len -= (size_t)w;
+        if (af->direct && len % AFILE_DIRECT_ALIGN && !set_direct(af, false))
+            return afile_error(af, EIO); /* a short direct write left the offset unaligned */
+    }
+    return KILN_OK;
+}
+
+/* Writes what the buffer holds; the tail of a file (not a whole number of
+ * aligned blocks) goes through the page cache. */
+static kiln_status flush_buffer(kiln_afile *af) {
+    if (af->err != KILN_OK || af->fill == 0)
+        return af->err;
+    if (af->direct && af->fill % AFILE_DIRECT_ALIGN && !set_direct(af, false))
+        return afile_error(af, EIO);
+    const kiln_status st = write_out(af, af->buf, af->fill);
+    af->fill = 0;
+    return st;
+}
+
 /* Flush and fsync. The file stays open, and so locked (decision 4), until
  * it is renamed into place: a sweep by another writer never sees it
  * unlocked while a group commit fsyncs the others. */
 static kiln_status afile_finish(kiln_afile *af) {
-    kiln_status st = af->err;
-    if (st == KILN_OK && (fflush(af->fp) != 0 || fsync(fileno(af->fp)) != 0))
+    kiln_status st = flush_buffer(af);
+    if (st == KILN_OK && fsync(af->fd) != 0)
         st = afile_error(af, errno);
     return st;
 }
@@ -366,7 +431,9 @@ kiln_status kiln_afile_open(kiln_ctx *ctx, const char *path, kiln_afile **out) {
     pthread_once(&handlers_once, install_handlers);
     kiln_afile *af = calloc(1, sizeof *af);
     char *dup = strdup(path);
-    char *buf = malloc(AFILE_BUFFER);
+    void *buf = NULL;
+    if (posix_memalign(&buf, AFILE_DIRECT_ALIGN, AFILE_BUFFER) != 0)
+        buf = NULL;
     if (!af || !dup || !buf) {
         free(af), free(dup), free(buf);
         return kiln_fail(ctx, KILN_E_NOMEM, "out of memory opening %s", path);
@@ -375,6 +442,7 @@ kiln_status kiln_afile_open(kiln_ctx *ctx, const char *path, kiln_afile **out) {
     af->path = dup;
     af->buf = buf;
     af->slot = -1;
+    af->fd = -1;
     bool exists;
     struct stat sb;
     kiln_status st = resolve_target(ctx, path, &af->target, &exists, &sb);
@@ -389,30 +457,31 @@ kiln_status kiln_afile_open(kiln_ctx *ctx, const char *path, kiln_afile **out) {
     /* The umask may have removed bits the replaced file had. */
     if (exists && fchmod(fd, sb.st_mode & 0777) != 0) {
         const int e = errno;
-        close(fd);
+        af->fd = fd;
         afile_discard(af);
         return kiln_fail(ctx, KILN_E_IO, "%s: cannot keep the mode of the file it replaces: %s",
                          path, strerror(e));
     }
-    af->fp = fdopen(fd, "wb");
-    if (!af->fp) {
-        const int e = errno;
-        close(fd);
-        afile_discard(af);
-        return kiln_fail(ctx, KILN_E_IO, "%s: %s", path, strerror(e));
-    }
-    setvbuf(af->fp, af->buf, _IOFBF, AFILE_BUFFER);
+    af->fd = fd;
+    set_direct(af, true); /* best effort: without it, the page cache (decision 7) */
     *out = af;
     return KILN_OK;
 }
 
 kiln_status kiln_afile_write(kiln_afile *af, const void *buf, size_t len) {
-    if (af->err != KILN_OK)
-        return af->err;
-    if (len && fwrite(buf, 1, len, af->fp) != len)
-        return afile_error(af, errno ? errno : EIO);
-    af->offset += len;
-    return KILN_OK;
+    const char *p = buf;
+    while (af->err == KILN_OK && len > 0) {
+        size_t take = AFILE_BUFFER - af->fill;
+        take = take < len ? take : len;
+        memcpy(af->buf + af->fill, p, take);
+        af->fill += take;
+        af->offset += take;
+        p += take;
+        len -= take;
+        if (af->fill == AFILE_BUFFER)
+            flush_buffer(af);
+    }
+    return af->err;
 }
 
 kiln_status kiln_afile_pad(kiln_afile *af, size_t align) {
@@ -429,9 +498,17 @@ size_t kiln_afile_offset(const kiln_afile *af) { return af->offset; }
 kiln_status kiln_afile_pwrite(kiln_afile *af, const void *buf, size_t len, size_t offset) {
     if (af->err != KILN_OK)
         return af->err;
-    if (fflush(af->fp) != 0)
-        return afile_error(af, errno);
-    ssize_t w = pwrite(fileno(af->fp), buf, len, (off_t)offset);
+    if (offset > af->offset || len > af->offset - offset)
+        return kiln_fail(af->ctx, KILN_E_INTERNAL, "%s: pwrite past the end", af->path);
+    const size_t buffered = af->offset - af->fill; /* where buf starts */
+    if (offset >= buffered) {                      /* all of it is still in the buffer */
+        memcpy(af->buf + (offset - buffered), buf, len);
+        return KILN_OK;
+    }
+    /* Headers written last: the rest goes through the page cache. */
+    if (flush_buffer(af) != KILN_OK || (af->direct && !set_direct(af, false)))
+        return af->err ? af->err : afile_error(af, EIO);
+    ssize_t w = pwrite(af->fd, buf, len, (off_t)offset);
     if (w < 0 || (size_t)w != len)
         return afile_error(af, w < 0 ? errno : EIO);
     return KILN_OK;
@@ -456,10 +533,10 @@ kiln_status kiln_afile_commit_all(kiln_afile *const *afs, size_t count) {
     for (size_t i = 0; i < count; i++) {
         if (i < renamed) {
             /* fsynced already: a failing close loses nothing, but says so */
-            if (fclose(afs[i]->fp) != 0 && st == KILN_OK)
+            if (close(afs[i]->fd) != 0 && st == KILN_OK)
                 st = kiln_fail(afs[i]->ctx, KILN_E_IO, "%s: close failed after the rename: %s",
                                afs[i]->path, strerror(errno));
-            afs[i]->fp = NULL;
+            afs[i]->fd = -1;
             afile_release(afs[i]);
         } else {
             afile_discard(afs[i]);
