@@ -51,6 +51,12 @@
  * .gt, and for .bin when the name says ground truth ("groundtruth" anywhere, or "gt" as a word),
  *     which is how big-ann-benchmarks names them; other .bin files must be
  *     named with --format, since .bin alone says nothing.
+ * 10. float32 rows that lie back to back (fbin, npy <f4) can be handed out
+ *     in place (kiln_dataset_map_f32): a second private read-only mapping
+ *     of the same open file, which outlives the dataset, so a builder
+ *     holds the vectors as page cache instead of copying them (see
+ *     graph/hnsw_build.c decision 5). Its rows are checked for non-finite
+ *     values once, up front, as reading them would.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -230,10 +236,12 @@ static kiln_status ds_map(kiln_dataset *ds) {
     const size_t len = (size_t)size;
     void *const map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
     const int e = errno;
-    close(fd); /* the mapping keeps the file open */
-    if (map == MAP_FAILED)
+    if (map == MAP_FAILED) {
+        close(fd);
         return kiln_fail(ds->ctx, KILN_E_IO, "%s: cannot map %zu bytes: %s", ds->path, len,
                          strerror(e));
+    }
+    ds->fd = fd; /* kept for kiln_dataset_map_f32 (decision 10) */
     /* Open validates front to back and builds read rows in order; a failed
      * hint only costs read-ahead, so its result is ignored. */
     (void)madvise(map, len, MADV_SEQUENTIAL);
@@ -908,6 +916,7 @@ kiln_status kiln_dataset_open(kiln_ctx *ctx, const char *path, kiln_format forma
     if ((st = kiln_calloc(ctx, sizeof *ds, "dataset", (void **)&ds)) != KILN_OK)
         return st;
     ds->ctx = ctx;
+    ds->fd = -1;
     ds->format = format;
     ds->flags = flags;
     ds->dtype = fi->dtype;
@@ -942,6 +951,8 @@ void kiln_dataset_free(kiln_dataset *ds) {
     /* munmap takes a non-const pointer; the mapping is ours to drop. */
     if (ds->map)
         munmap((void *)(uintptr_t)ds->map, ds->map_len);
+    if (ds->fd >= 0)
+        close(ds->fd);
     free(ds->path);
     free(ds);
 }
@@ -972,6 +983,34 @@ kiln_status kiln_dataset_read_f32(const kiln_dataset *ds, size_t first, size_t c
     if (range)
         return report_range(ds, first, count);
     return bad ? report_nonfinite(ds, first, count, out) : KILN_OK;
+}
+
+kiln_status kiln_dataset_map_f32(const kiln_dataset *ds, kiln_f32_map *out) {
+    memset(out, 0, sizeof *out);
+    const size_t d = ds->dim;
+    if (ds->dtype != KILN_DTYPE_F32 || ds->row_stride != d * sizeof(float) || ds->n == 0 ||
+        ds->fd < 0 || ds->data_offset % sizeof(float))
+        return KILN_OK; /* rows need converting: the caller reads them */
+    void *const map = mmap(NULL, ds->map_len, PROT_READ, MAP_PRIVATE, ds->fd, 0);
+    if (map == MAP_FAILED)
+        return KILN_OK; /* address space is short: reading works as well */
+    const float *rows = (const float *)(const void *)((const uint8_t *)map + ds->data_offset);
+    if (!(ds->flags & KILN_OPEN_ALLOW_NONFINITE)) {
+        const size_t n = ds->n;
+        int bad = 0;
+#pragma omp parallel for schedule(static) reduction(| : bad) if (n > DS_PARALLEL_ROWS)
+        for (size_t r = 0; r < n; r++)
+            bad |= row_has_nonfinite(rows + r * d, d);
+        if (bad) {
+            const kiln_status st = report_nonfinite(ds, 0, n, rows);
+            munmap(map, ds->map_len);
+            return st;
+        }
+    }
+    out->base = map;
+    out->len = ds->map_len;
+    out->rows = rows;
+    return KILN_OK;
 }
 
 kiln_status kiln_dataset_read_i32(const kiln_dataset *ds, size_t first, size_t count,

@@ -15,6 +15,7 @@ struct kiln_dataset {
     size_t n, dim;
     size_t elem_size;   /* bytes per element */
     const uint8_t *map; /* whole file, read-only mapping (NULL when empty) */
+    int fd;             /* the mapped file, kept open for kiln_dataset_map_f32; -1 when none */
     size_t map_len;
     size_t data_offset; /* byte offset of row 0's first element */
     size_t row_stride;  /* bytes from one row's first element to the next */
@@ -25,5 +26,21 @@ struct kiln_dataset {
 static inline const void *kiln_dataset_row(const kiln_dataset *ds, size_t i) {
     return ds->map + ds->data_offset + i * ds->row_stride;
 }
+
+/* A private read-only mapping of a dataset's file, for rows used in place. */
+typedef struct kiln_f32_map {
+    void *base; /* for munmap(base, len); NULL when the rows cannot be used in place */
+    size_t len;
+    const float *rows; /* row 0; n x dim floats back to back */
+} kiln_f32_map;
+
+/* When ds holds float32 rows back to back (fbin, npy <f4: no conversion),
+ * maps its file once more and checks every row for non-finite values as
+ * kiln_dataset_read_f32 does (unless opened with KILN_OPEN_ALLOW_NONFINITE):
+ * out->rows then holds all n rows, and the mapping is the caller's, valid
+ * after kiln_dataset_free. out->base is NULL, with KILN_OK, when the rows
+ * need converting (other types, texmex record headers) or the mapping
+ * fails: read them instead. A non-finite value fails as read_f32 fails. */
+kiln_status kiln_dataset_map_f32(const kiln_dataset *ds, kiln_f32_map *out);
 
 #endif /* KILN_DATASET_INTERNAL_H */

@@ -132,10 +132,9 @@ kiln_status kiln_index_alloc_m0(kiln_ctx *ctx, uint64_t count, uint32_t dim, kil
 uint64_t kiln_index_memory(const struct kiln_index *ix) {
     if (ix->map) /* only upper_off is heap (decision 3) */
         return sizeof *ix + ix->count * sizeof(uint64_t);
-    const uint64_t spilled = ix->vectors_spill_len ? 0
-                                                   : (uint64_t)ix->dim * sizeof(float) +
-                                                         kiln_links0_stride(ix) * sizeof(uint32_t);
-    return sizeof *ix + ix->count * (spilled + sizeof(int64_t) + 1 + sizeof(uint64_t)) +
+    const uint64_t heap = (ix->vectors_map ? 0 : (uint64_t)ix->dim * sizeof(float)) +
+                          (ix->links0_spill_len ? 0 : kiln_links0_stride(ix) * sizeof(uint32_t));
+    return sizeof *ix + ix->count * (heap + sizeof(int64_t) + 1 + sizeof(uint64_t)) +
            ix->upper_len * sizeof(uint32_t);
 }
 
@@ -173,23 +172,37 @@ static kiln_status spill_map(kiln_ctx *ctx, const char *dir, size_t len, const c
 kiln_status kiln_index_spill_storage(struct kiln_index *ix, const char *dir) {
     const size_t vb = ix->count * ix->dim * sizeof(float);
     const size_t lb = ix->count * kiln_links0_stride(ix) * sizeof(uint32_t);
-    if (ix->count == 0 || ix->vectors_spill_len)
+    if (ix->count == 0 || ix->links0_spill_len)
         return KILN_OK;
     void *v = NULL, *l = NULL;
-    kiln_status st = spill_map(ix->ctx, dir, vb, "vectors", &v);
+    kiln_status st = ix->vectors_map ? KILN_OK : spill_map(ix->ctx, dir, vb, "vectors", &v);
     if (st == KILN_OK && (st = spill_map(ix->ctx, dir, lb, "level-0 links", &l))) {
-        munmap(v, vb);
+        if (v)
+            munmap(v, vb);
         return st;
     }
     if (st)
         return st;
-    kiln_free_aligned(ix->vectors);
+    if (v) {
+        kiln_free_aligned(ix->vectors);
+        ix->vectors = v;
+        ix->vectors_map = v;
+        ix->vectors_map_len = vb;
+    }
     kiln_free_aligned(ix->links0);
-    ix->vectors = v;
     ix->links0 = l;
-    ix->vectors_spill_len = vb;
     ix->links0_spill_len = lb;
     return KILN_OK;
+}
+
+void kiln_index_adopt_vectors(struct kiln_index *ix, void *map, size_t len, const float *rows) {
+    if (ix->vectors_map)
+        munmap(ix->vectors_map, ix->vectors_map_len);
+    else
+        kiln_free_aligned(ix->vectors);
+    ix->vectors = (float *)(uintptr_t)rows; /* read-only: see the declaration */
+    ix->vectors_map = map;
+    ix->vectors_map_len = len;
 }
 
 /* ==== Public ==== */
@@ -205,13 +218,14 @@ void kiln_index_free(kiln_index *ix) {
         free(ix);
         return;
     }
-    if (ix->vectors_spill_len) {
-        munmap(ix->vectors, ix->vectors_spill_len);
-        munmap(ix->links0, ix->links0_spill_len);
-    } else {
+    if (ix->vectors_map)
+        munmap(ix->vectors_map, ix->vectors_map_len);
+    else
         kiln_free_aligned(ix->vectors);
+    if (ix->links0_spill_len)
+        munmap(ix->links0, ix->links0_spill_len);
+    else
         kiln_free_aligned(ix->links0);
-    }
     free(ix->labels);
     free(ix->levels);
     free(ix->upper_pool);

@@ -58,9 +58,15 @@ struct kiln_index {
     void *map;
     size_t map_bytes;
 
-    /* Non-zero when vectors / links0 are shared mappings of unnamed files
-     * (kiln_index_spill_storage): their lengths, for munmap. */
-    size_t vectors_spill_len, links0_spill_len;
+    /* When vectors live in a file mapping rather than on the heap: a shared
+     * mapping of an unnamed file (kiln_index_spill_storage) or a private
+     * read-only mapping of the build's input (kiln_index_adopt_vectors);
+     * vectors points inside it, and kiln_index_free unmaps it. */
+    void *vectors_map;
+    size_t vectors_map_len;
+    /* Non-zero when links0 is a shared mapping of an unnamed file: its
+     * length, for munmap. */
+    size_t links0_spill_len;
 
     _Atomic(void *) scratch_pool; /* graph/hnsw_search.c: reusable per-thread search state,
                                      created once on first search */
@@ -119,6 +125,12 @@ kiln_status kiln_index_alloc_m0(kiln_ctx *ctx, uint64_t count, uint32_t dim, kil
  * budget; the files vanish with the mappings. Both arrays must hold no data
  * yet. */
 kiln_status kiln_index_spill_storage(struct kiln_index *ix, const char *dir);
+
+/* Makes rows (count x dim floats inside the read-only mapping map of len
+ * bytes, which ix now owns and unmaps) the vectors of ix, in place of its
+ * still empty heap array: graph/hnsw_build.c decision 5. Nothing may write
+ * them afterwards (COS normalises, so it never adopts). */
+void kiln_index_adopt_vectors(struct kiln_index *ix, void *map, size_t len, const float *rows);
 
 /* Lays out the upper-level pool for count nodes of the given levels (each
  * < KILN_MAX_LEVELS, checked by the caller): upper_off[i] (count entries)

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../graph/build_internal.h"
 #include "../graph/search_internal.h"
@@ -389,6 +390,100 @@ static void test_nonfinite(kiln_ctx *ctx) {
         test_nonfinite_method(ctx, KILN_METHOD_DEVICE, "device");
 }
 
+/* ==== Input rows used in place (graph/hnsw_build.c decision 5) ==== */
+
+static bool same_graph(const kiln_index *a, const kiln_index *b) {
+    return a->count == b->count && a->entry_point == b->entry_point &&
+           a->max_level == b->max_level && memcmp(a->levels, b->levels, a->count) == 0 &&
+           memcmp(a->links0, b->links0, a->count * kiln_links0_stride(a) * sizeof(uint32_t)) == 0 &&
+           a->upper_len == b->upper_len &&
+           memcmp(a->upper_pool, b->upper_pool, a->upper_len * sizeof(uint32_t)) == 0 &&
+           memcmp(a->vectors, b->vectors, a->count * a->dim * sizeof(float)) == 0;
+}
+
+/* fbin and npy float32 rows are adopted as the index's vectors (fvecs rows,
+ * and COS, are copied), the graphs equal the build from memory for both
+ * methods and every metric, the index outlives its dataset, and a
+ * non-finite value in a mapped file is still refused by name. */
+static void test_in_place(kiln_ctx *ctx) {
+    const size_t n = 2500, d = 20;
+    float *x = malloc(n * d * sizeof *x);
+    REQUIRE(x);
+    CHECK_OK(ctx, kiln_synth_clustered(ctx, n, d, 8, 31, x, n * d));
+    const char *t = getenv("KILN_TEST_TMP");
+    char dir[512], path[3][600];
+    snprintf(dir, sizeof dir, "%s", t ? t : "/tmp/kiln-test");
+    static const char *const ext[3] = {"fbin", "npy", "fvecs"};
+    static const kiln_format fmt[3] = {KILN_FORMAT_FBIN, KILN_FORMAT_NPY, KILN_FORMAT_FVECS};
+    for (int f = 0; f < 3; f++) {
+        snprintf(path[f], sizeof path[f], "%s/in_place.%s", dir, ext[f]);
+        CHECK_OK(ctx, kiln_dataset_write(ctx, path[f], fmt[f], KILN_DTYPE_F32, x, n, d));
+    }
+    uint32_t ndev = 0;
+    const bool device = kiln_device_count(ctx, &ndev) == KILN_OK && ndev > 0;
+    static const kiln_metric metrics[3] = {KILN_METRIC_L2, KILN_METRIC_IP, KILN_METRIC_COS};
+    for (int method = 0; method < (device ? 2 : 1); method++) {
+        for (int m = 0; m < 3; m++) {
+            kiln_build_params p;
+            kiln_build_params_init(&p);
+            p.method = method ? KILN_METHOD_DEVICE : KILN_METHOD_INSERT;
+            p.metric = metrics[m];
+            p.threads = 2;
+            kiln_index *ref = NULL;
+            CHECK_OK(ctx, kiln_index_build(ctx, x, n, d, &p, &ref));
+            REQUIRE(ref);
+            for (int f = 0; f < 3; f++) {
+                kiln_dataset *ds = NULL;
+                CHECK_OK(ctx, kiln_dataset_open(ctx, path[f], KILN_FORMAT_AUTO, 0, &ds));
+                kiln_index *ix = NULL;
+                CHECK_OK(ctx, kiln_index_build_dataset(ctx, ds, &p, &ix));
+                kiln_dataset_free(ds); /* the index keeps its own mapping */
+                if (!ix)
+                    continue;
+                const bool adopted = f < 2 && metrics[m] != KILN_METRIC_COS;
+                CHECK_MSG((ix->vectors_map != NULL) == adopted,
+                          "%s, metric %d, method %d: vectors %s", ext[f], m, method,
+                          ix->vectors_map ? "adopted" : "copied");
+                CHECK_MSG(same_graph(ix, ref), "%s, metric %d, method %d: another graph", ext[f], m,
+                          method);
+                int64_t la[10], lb[10];
+                kiln_search_params sp = {.k = 10, .ef = 32, .threads = 1};
+                CHECK_OK(ctx, kiln_index_search(ix, x + 77 * d, 1, &sp, la, NULL));
+                CHECK_OK(ctx, kiln_index_search(ref, x + 77 * d, 1, &sp, lb, NULL));
+                CHECK(memcmp(la, lb, sizeof la) == 0);
+                kiln_index_free(ix);
+            }
+            kiln_index_free(ref);
+        }
+    }
+    /* A NaN in the mapped rows: refused with its place, or taken when
+     * allowed. */
+    x[1234 * d + 5] = NAN;
+    CHECK_OK(ctx, kiln_dataset_write(ctx, path[0], KILN_FORMAT_FBIN, KILN_DTYPE_F32, x, n, d));
+    for (int allow = 0; allow < 2; allow++) {
+        kiln_dataset *ds = NULL;
+        CHECK_OK(ctx, kiln_dataset_open(ctx, path[0], KILN_FORMAT_AUTO,
+                                        allow ? KILN_OPEN_ALLOW_NONFINITE : 0, &ds));
+        kiln_build_params p;
+        insert_params(&p);
+        kiln_index *ix = NULL;
+        const kiln_status st = ds ? kiln_index_build_dataset(ctx, ds, &p, &ix) : KILN_E_IO;
+        if (allow) {
+            CHECK_MSG(st == KILN_OK && ix && ix->vectors_map, "a NaN row, allowed: %s",
+                      kiln_errmsg(ctx));
+        } else {
+            CHECK_MSG(st == KILN_E_FORMAT && !ix && strstr(kiln_errmsg(ctx), "record 1234") &&
+                          strstr(kiln_errmsg(ctx), "component 5"),
+                      "a NaN row: %d, %s", (int)st, kiln_errmsg(ctx));
+        }
+        kiln_index_free(ix);
+        kiln_dataset_free(ds);
+    }
+    for (int f = 0; f < 3; f++)
+        unlink(path[f]);
+    free(x);
+}
+
 /* ==== Repair work is bounded (issue 11 T12) ==== */
 
 /* A graph with no links at all (what a crafted hnswlib file gives): every
@@ -455,6 +550,7 @@ int main(void) {
     test_small_sizes(ctx);
     test_validator(ctx);
     test_nonfinite(ctx);
+    test_in_place(ctx);
     test_repair_no_links(ctx);
     test_heap_growth_failure(ctx);
     test_determinism(ctx);
