@@ -30,7 +30,12 @@
  *     page-cache pages that are read once and dropped. A read covers the
  *     WORK_DIRECT blocks that hold the segment (the block it shares with
  *     its neighbour is read twice; padding every segment to a block would
- *     cost 4 KiB per segment, and tight budgets make thousands). Where O_DIRECT is refused
+ *     cost 4 KiB per segment, and tight budgets make thousands), and at
+ *     least WORK_MIN_READ bytes, which the buffer keeps for the next read
+ *     of the same open file: the header and the table at an open are one
+ *     I/O, and so are the small segments that follow them. Every direct
+ *     read is a request to the disk (on a VM, an exit to the host), so
+ *     their number counts more than their size. Where O_DIRECT is refused
  * (EINVAL), reads go through the page cache, with the same result. A dir is used by one thread at a
  *     time (the bounce buffer and the stats are not locked).
  */
@@ -65,6 +70,7 @@
 #define WORK_DESC_MAX  4096
 #define WORK_READ_STEP ((size_t)1 << 24) /* bytes per read(2) call */
 #define WORK_BOUNCE    ((size_t)1 << 22) /* O_DIRECT bounce buffer (decision 4) */
+#define WORK_MIN_READ  ((size_t)1 << 16) /* bytes a direct read fetches at least (decision 4) */
 
 struct kiln_workdir {
     kiln_ctx *ctx;
@@ -74,13 +80,18 @@ struct kiln_workdir {
     uint64_t fingerprint;
     kiln_workdir_stats stats;
     char *bounce; /* WORK_BOUNCE bytes, WORK_DIRECT-aligned, once a direct read needs it */
+    /* What the bounce buffer holds: bytes [held_at, held_at + held_len) of
+     * the work file whose serial is held_file (0: nothing). */
+    uint64_t held_file, held_at, held_len;
+    uint64_t serials; /* the last serial handed to an opened work file */
 };
 
 struct kiln_workfile {
     kiln_workdir *wd;
     char name[WORK_NAME_MAX];
     int fd;
-    bool direct; /* O_DIRECT is set on fd (decision 4) */
+    bool direct;     /* O_DIRECT is set on fd (decision 4) */
+    uint64_t serial; /* this open's number in its dir, for the bounce buffer (decision 4) */
     uint32_t n_segs;
     uint64_t *off, *len;
     uint32_t *crc;
@@ -208,10 +219,23 @@ static kiln_status read_direct(kiln_workfile *wf, uint8_t *p, size_t len, uint64
         wd->bounce = b;
     }
     while (len > 0) {
+        if (wd->held_file == wf->serial && off >= wd->held_at &&
+            off < wd->held_at + wd->held_len) { /* read before: no I/O */
+            size_t use = (size_t)(wd->held_at + wd->held_len - off);
+            use = use < len ? use : len;
+            memcpy(p, wd->bounce + (off - wd->held_at), use);
+            p += use;
+            len -= use;
+            off += use;
+            *done += use;
+            continue;
+        }
         const uint64_t start = off / WORK_DIRECT * WORK_DIRECT;
         const size_t skip = (size_t)(off - start);
         size_t want = (skip + len + WORK_DIRECT - 1) / WORK_DIRECT * WORK_DIRECT;
+        want = want > WORK_MIN_READ ? want : WORK_MIN_READ;
         want = want < WORK_BOUNCE ? want : WORK_BOUNCE;
+        wd->held_file = 0;
         const ssize_t got = pread(wf->fd, wd->bounce, want, (off_t)start);
         if (got < 0 && errno == EINTR)
             continue;
@@ -221,13 +245,9 @@ static kiln_status read_direct(kiln_workfile *wf, uint8_t *p, size_t len, uint64
         }
         if (got <= (ssize_t)skip)
             return truncated(wf, got, off);
-        size_t use = (size_t)got - skip;
-        use = use < len ? use : len;
-        memcpy(p, wd->bounce + skip, use);
-        p += use;
-        len -= use;
-        off += use;
-        *done += use;
+        wd->held_file = wf->serial; /* the next turn copies from it */
+        wd->held_at = start;
+        wd->held_len = (uint64_t)got;
     }
     return KILN_OK;
 }
@@ -346,6 +366,7 @@ kiln_status kiln_workfile_open(kiln_workdir *wd, const char *name, uint32_t expe
     if (st == KILN_OK) {
         const int flags = fcntl(wf->fd, F_GETFL);
         wf->direct = flags >= 0 && fcntl(wf->fd, F_SETFL, flags | O_DIRECT) == 0;
+        wf->serial = ++wd->serials;
     }
     if (st == KILN_OK)
         st = load_table(wf, size, expect_segs);

@@ -61,7 +61,10 @@
  *  8. The plan: a batch holds at most DEVICE_GROUP_BYTES of slots
  *     (slot_bytes: vector, codes twice, device output, record) and a
  *     partition of the streaming passes DEVICE_PART_BYTES of nodes
- *     (node_bytes); with a memory limit, whatever the index and clusters
+ *     (node_bytes), or more, where the budget has room, so that there are
+ *     about DEVICE_AIM_BATCHES batches and DEVICE_AIM_PARTS partitions
+ *     whatever n is (the passes read batches x partitions segments); with
+ *     a memory limit, whatever the index and clusters
  *     leave of it is split between the two, each at least what the
  *     largest cluster / 256 nodes need, else the build is refused up front
  *     with the figures. Neither size changes the result: a cluster's kNN
@@ -155,6 +158,14 @@ KILN_DEFINE_SORT(u64_sort, uint64_t, U64_LESS)
 #define DEVICE_GROUP_BYTES ((uint64_t)128 << 20)
 /* Bytes of one partition of the streaming passes (decision 8). */
 #define DEVICE_PART_BYTES ((uint64_t)128 << 20)
+/* Batches and partitions the plan aims at when the budget has room for
+ * bigger ones than the bytes above (decision 8): the forward pass reads a
+ * segment of every batch file per partition and the reverse pass one of
+ * every partition's file, batches x partitions + partitions^2 reads in all,
+ * so fixed sizes made the passes grow as n^2 (at 4M x 128: 125 batches and
+ * 154 partitions, 43K segment reads, each a disk request). */
+#define DEVICE_AIM_BATCHES 32
+#define DEVICE_AIM_PARTS   16
 /* Bumped whenever the pipeline's output for the same input changes, so an
  * older work dir is refused instead of mixed in (decision 10). */
 #define DEVICE_PIPELINE_VERSION 6
@@ -626,14 +637,51 @@ static kiln_status run_batch(pipeline *pl, batch_buf *b, uint32_t bi) {
 
 /* ==== The streaming passes (decision 9) ==== */
 
-/* Reads segment q of every work file named by name_of(0..count) into one
- * buffer (*buf, *len bytes; the caller frees). */
+/* A buffer the streaming passes keep from partition to partition: it only
+ * grows (by a quarter more than asked, since partitions differ a little),
+ * so its pages are touched once per pass instead of once per partition. A
+ * fresh page is dear (common/afile.c decision 7 has the figures): at 4M x
+ * 128 freeing and allocating per partition was measured at 39.0 -> 60.1 s
+ * of merge+prune when partitions grew from 26K to 250K nodes, the freed
+ * pages going back to the host before the next partition took them. */
+typedef struct {
+    void *p;
+    size_t cap;
+} pass_buf;
+
+static kiln_status pass_buf_fit(kiln_ctx *ctx, pass_buf *b, size_t bytes, const char *what) {
+    if (bytes <= b->cap && b->p)
+        return KILN_OK;
+    free(b->p);
+    b->p = NULL;
+    b->cap = 0;
+    const size_t cap = bytes + bytes / 4 + 64;
+    kiln_status st = kiln_alloc(ctx, cap, what, &b->p);
+    if (st == KILN_OK)
+        b->cap = cap;
+    return st;
+}
+
+/* The buffers of both passes: the forward pass's records and then its
+ * sorted edges, its candidates, its edges; the reverse pass's edges, its
+ * incoming lists, their scratch. */
+typedef struct {
+    pass_buf a, b, c;
+} pass_bufs;
+
+static void pass_bufs_free(pass_bufs *pb) {
+    free(pb->a.p);
+    free(pb->b.p);
+    free(pb->c.p);
+}
+
+/* Reads segment q of every work file named by name_of(0..count) into buf
+ * (*len bytes). */
 typedef void (*name_fn)(char *name, size_t cap, uint32_t i);
 
 static kiln_status gather_segment(pipeline *pl, name_fn name_of, uint32_t count, uint32_t q,
-                                  uint8_t **buf, uint64_t *len) {
+                                  pass_buf *buf, uint64_t *len) {
     kiln_ctx *ctx = pl->ctx;
-    *buf = NULL;
     *len = 0;
     kiln_workfile **wf = NULL;
     kiln_status st = kiln_calloc(ctx, ((size_t)count + 1) * sizeof *wf, "work files", (void **)&wf);
@@ -645,10 +693,10 @@ static kiln_status gather_segment(pipeline *pl, name_fn name_of, uint32_t count,
             total += kiln_workfile_seg_len(wf[i], q);
     }
     if (st == KILN_OK &&
-        (st = kiln_alloc(ctx, (size_t)total + 1, "partition records", (void **)buf)) == KILN_OK) {
+        (st = pass_buf_fit(ctx, buf, (size_t)total + 1, "partition records")) == KILN_OK) {
         uint64_t at = 0;
         for (uint32_t i = 0; i < count && st == KILN_OK; i++) {
-            st = kiln_workfile_read(wf[i], q, *buf + at);
+            st = kiln_workfile_read(wf[i], q, (uint8_t *)buf->p + at);
             at += kiln_workfile_seg_len(wf[i], q);
         }
         *len = total;
@@ -656,10 +704,6 @@ static kiln_status gather_segment(pipeline *pl, name_fn name_of, uint32_t count,
     for (uint32_t i = 0; wf && i < count; i++)
         kiln_workfile_close(wf[i]);
     free(wf);
-    if (st) {
-        free(*buf);
-        *buf = NULL;
-    }
     return st;
 }
 
@@ -677,18 +721,18 @@ static void part_range(const pipeline *pl, uint32_t q, uint32_t *first, uint32_t
 /* The forward pass over partition q: its nodes' records from every batch,
  * grouped by node (in batch order), then kiln_l0_forward; the reverse edges
  * go to work file rev-q, a segment per target partition. */
-static kiln_status forward_part(pipeline *pl, uint32_t q) {
+static kiln_status forward_part(pipeline *pl, pass_bufs *pb, uint32_t q) {
     kiln_ctx *ctx = pl->ctx;
     uint32_t first, count;
     part_range(pl, q, &first, &count);
-    uint8_t *raw = NULL;
     uint64_t raw_len = 0;
     uint64_t *off = NULL;
     kiln_hcand *cands = NULL;
     kiln_edge *rev = NULL, *sorted = NULL;
     uint64_t *at = NULL;
     kiln_work_seg *segs = NULL;
-    kiln_status st = gather_segment(pl, batch_name_fn, pl->n_batches, q, &raw, &raw_len);
+    kiln_status st = gather_segment(pl, batch_name_fn, pl->n_batches, q, &pb->a, &raw_len);
+    const uint8_t *raw = pb->a.p;
     if (st == KILN_OK && raw_len % sizeof(uint32_t))
         st = kiln_fail(ctx, KILN_E_FORMAT, "batch records of partition %u are cut short", q);
     if (st ||
@@ -714,10 +758,10 @@ static kiln_status forward_part(pipeline *pl, uint32_t q) {
     }
     for (uint32_t i = 0; i < count; i++)
         off[i + 1] += off[i];
-    if ((st = kiln_alloc(ctx, (total + 1) * sizeof *cands, "partition candidates",
-                         (void **)&cands)) ||
+    if ((st = pass_buf_fit(ctx, &pb->b, (total + 1) * sizeof *cands, "partition candidates")) ||
         (st = kiln_alloc(ctx, ((size_t)count + 1) * sizeof *at, "node fill", (void **)&at)))
         goto done;
+    cands = pb->b.p;
     memcpy(at, off, (size_t)count * sizeof *at);
     for (uint64_t i = 0; i < words;) {
         const uint32_t node = w[i] - first, n = w[i + 1];
@@ -736,25 +780,24 @@ static kiln_status forward_part(pipeline *pl, uint32_t q) {
         i += 2 + 3 * (uint64_t)n;
     }
     pl->candidates += total;
-    free(raw);
-    raw = NULL;
+    raw = NULL; /* pb->a holds the sorted edges next */
     free(at);
     at = NULL;
     const kiln_l0_block blk = {first, count, off, cands};
     uint64_t n_rev = 0;
-    if ((st = kiln_alloc(ctx, (2 * (size_t)count * pl->ix->M0 + 1) * sizeof *rev, "reverse edges",
-                         (void **)&rev)) ||
-        (st = kiln_l0_forward(pl->ix, &blk, pl->threads, rev, &n_rev)))
+    if ((st = pass_buf_fit(ctx, &pb->c, (2 * (size_t)count * pl->ix->M0 + 1) * sizeof *rev,
+                           "reverse edges")))
         goto done;
-    free(cands);
-    cands = NULL;
+    rev = pb->c.p;
+    if ((st = kiln_l0_forward(pl->ix, &blk, pl->threads, rev, &n_rev)))
+        goto done;
     /* Group by target partition (counting sort, stable). */
     const uint32_t P = pl->parts;
     if ((st = kiln_calloc(ctx, ((size_t)P + 1) * sizeof *at, "partition sizes", (void **)&at)) ||
-        (st = kiln_alloc(ctx, (n_rev + 1) * sizeof *sorted, "sorted reverse edges",
-                         (void **)&sorted)) ||
+        (st = pass_buf_fit(ctx, &pb->a, (n_rev + 1) * sizeof *sorted, "sorted reverse edges")) ||
         (st = kiln_alloc(ctx, (size_t)P * sizeof *segs, "reverse segments", (void **)&segs)))
         goto done;
+    sorted = pb->a.p;
     for (uint64_t e = 0; e < n_rev; e++)
         at[rev[e].to / pl->part_nodes + 1]++;
     for (uint32_t t = 0; t < P; t++)
@@ -768,25 +811,20 @@ static kiln_status forward_part(pipeline *pl, uint32_t q) {
     st = kiln_workdir_put(pl->wd, name, segs, P);
 done:
     free(segs);
-    free(sorted);
-    free(rev);
     free(at);
-    free(cands);
     free(off);
-    free(raw);
     return st;
 }
 
 /* The reverse pass over partition q: the edges into its nodes from every
  * rev file, grouped by target in file order, then kiln_l0_reverse. */
-static kiln_status reverse_part(pipeline *pl, uint32_t q) {
+static kiln_status reverse_part(pipeline *pl, pass_bufs *pb, uint32_t q) {
     kiln_ctx *ctx = pl->ctx;
     uint32_t first, count;
     part_range(pl, q, &first, &count);
-    uint8_t *raw = NULL;
     uint64_t raw_len = 0, *off = NULL;
-    kiln_hcand *in = NULL, *scratch = NULL;
-    kiln_status st = gather_segment(pl, rev_name, pl->parts, q, &raw, &raw_len);
+    kiln_status st = gather_segment(pl, rev_name, pl->parts, q, &pb->a, &raw_len);
+    const uint8_t *raw = pb->a.p;
     if (st == KILN_OK && raw_len % sizeof(kiln_edge))
         st = kiln_fail(ctx, KILN_E_FORMAT, "reverse edges of partition %u are cut short", q);
     const kiln_edge *e = (const kiln_edge *)raw;
@@ -803,17 +841,15 @@ static kiln_status reverse_part(pipeline *pl, uint32_t q) {
             goto done;
         }
     }
-    if ((st = kiln_alloc(ctx, (n + 1) * sizeof *in, "incoming edges", (void **)&in)) ||
-        (st = kiln_alloc(ctx, (n + 1) * sizeof *scratch, "incoming scratch", (void **)&scratch)))
+    if ((st = pass_buf_fit(ctx, &pb->b, (n + 1) * sizeof(kiln_hcand), "incoming edges")) ||
+        (st = pass_buf_fit(ctx, &pb->c, (n + 1) * sizeof(kiln_hcand), "incoming scratch")))
         goto done;
+    kiln_hcand *in = pb->b.p, *scratch = pb->c.p;
     kiln_edges_by_target(e, n, first, count, off, in);
     const kiln_l0_block blk = {first, count, off, in};
     st = kiln_l0_reverse(pl->ix, &blk, scratch, pl->threads);
 done:
-    free(scratch);
-    free(in);
     free(off);
-    free(raw);
     return st;
 }
 
@@ -966,9 +1002,17 @@ static kiln_status step_plan(pipeline *pl) {
     const uint64_t limit = pl->rep->memory_limit;
     if (kiln_workdir_has(pl->wd, "plan"))
         return plan_get(pl);
-    /* Without a limit, the fixed bounds of decision 8; with one, half the
-     * room each, never above those bounds. */
+    /* The bytes of decision 8, or more where the work would make more than
+     * DEVICE_AIM_BATCHES batches or DEVICE_AIM_PARTS partitions of them;
+     * with a limit, within half the room for the batch and the rest for
+     * the partition. */
+    const uint64_t all_slots = (uint64_t)cl->offsets[cl->k] * slot_bytes(pl),
+                   all_nodes = ix->count * (uint64_t)node_bytes(pl);
     uint64_t batch_bytes = DEVICE_GROUP_BYTES, part_bytes = DEVICE_PART_BYTES;
+    if (batch_bytes < all_slots / DEVICE_AIM_BATCHES)
+        batch_bytes = all_slots / DEVICE_AIM_BATCHES;
+    if (part_bytes < all_nodes / DEVICE_AIM_PARTS)
+        part_bytes = all_nodes / DEVICE_AIM_PARTS;
     if (limit) {
         if (batch_bytes > room / 2)
             batch_bytes = room / 2 > min_batch ? room / 2 : min_batch;
@@ -1072,17 +1116,20 @@ static kiln_status step_level0(pipeline *pl) {
     }
     kiln_status st = KILN_OK;
     kiln_progress_bar bar;
+    pass_bufs pb;
+    memset(&pb, 0, sizeof pb);
     kiln_progress_begin(&bar, pl->ctx, "union+links", 2 * (uint64_t)pl->parts);
     for (uint32_t q = 0; q < pl->parts && st == KILN_OK; q++) {
-        st = forward_part(pl, q);
+        st = forward_part(pl, &pb, q);
         kiln_progress_add(&bar, 1);
     }
     kiln_fault_point("forward");
     for (uint32_t q = 0; q < pl->parts && st == KILN_OK; q++) {
-        st = reverse_part(pl, q);
+        st = reverse_part(pl, &pb, q);
         kiln_progress_add(&bar, 1);
     }
     kiln_progress_end(&bar);
+    pass_bufs_free(&pb);
     if (st == KILN_OK) {
         const kiln_work_seg seg = {ix->links0, bytes};
         st = kiln_workdir_put(pl->wd, "level0", &seg, 1);
