@@ -494,7 +494,7 @@ kiln_status kiln_kmeans_train_tree(kiln_ctx *ctx, kiln_rows data, const kiln_kme
     if (m < n) {
         st = kiln_alloc(ctx, m * dim * sizeof *copy, "k-means sample rows", (void **)&copy);
         if (st == KILN_OK)
-            st = kiln_kmeans_sample(ctx, data, m, sample_seed, copy);
+            st = kiln_kmeans_sample(ctx, data, m, sample_seed, p->threads, copy);
         xs = copy;
     }
     if (st == KILN_OK)
@@ -520,7 +520,8 @@ kiln_status kiln_kmeans_train_tree(kiln_ctx *ctx, kiln_rows data, const kiln_kme
     if (st == KILN_OK)
         st = kiln_alloc(ctx, m1 * dim * sizeof *rows, "coarse rows", (void **)&rows);
     if (st == KILN_OK)
-        st = kiln_kmeans_sample(ctx, (kiln_rows){xs, m, dim}, m1, coarse_sample_seed, rows);
+        st = kiln_kmeans_sample(ctx, (kiln_rows){xs, m, dim}, m1, coarse_sample_seed, p->threads,
+                                rows);
     if (st != KILN_OK)
         goto done;
 

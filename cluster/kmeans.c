@@ -1030,6 +1030,16 @@ static kiln_status train_rows(kiln_ctx *ctx, const train_job *job, float *centro
 
 /* ==== Public: training ==== */
 
+/* out[i] = rows.x[ids[i]] for i < m, in parallel: the copy is the first
+ * touch of out's pages, which costs far more than the copy where memory
+ * comes from a host (graph/hnsw_index.c decision 4). */
+static void gather_rows(kiln_rows rows, const uint32_t *ids, size_t m, int threads, float *out) {
+    const size_t dim = rows.dim;
+#pragma omp parallel for num_threads(threads) schedule(static, 1024) if (m > 65536)
+    for (size_t i = 0; i < m; i++)
+        memcpy(out + i * dim, rows.x + (size_t)ids[i] * dim, dim * sizeof *out);
+}
+
 size_t kiln_kmeans_sample_rows(size_t n, uint32_t k, const kiln_kmeans_params *p) {
     uint64_t m = p->sample ? p->sample : (uint64_t)KMEANS_SAMPLE_PER_CLUSTER * k;
     if (m < k)
@@ -1039,8 +1049,9 @@ size_t kiln_kmeans_sample_rows(size_t n, uint32_t k, const kiln_kmeans_params *p
     return (size_t)m;
 }
 
-kiln_status kiln_kmeans_sample(kiln_ctx *ctx, kiln_rows rows, size_t m, uint64_t seed, float *out) {
-    const size_t n = rows.n, dim = rows.dim;
+kiln_status kiln_kmeans_sample(kiln_ctx *ctx, kiln_rows rows, size_t m, uint64_t seed, int threads,
+                               float *out) {
+    const size_t n = rows.n;
     if (m > n)
         return kiln_fail(ctx, KILN_E_ARG, "k-means sample: %zu rows out of %zu", m, n);
     uint32_t *ids = NULL;
@@ -1050,8 +1061,7 @@ kiln_status kiln_kmeans_sample(kiln_ctx *ctx, kiln_rows rows, size_t m, uint64_t
     kiln_rng rng;
     kiln_rng_seed(&rng, seed ^ KMEANS_RNG_STREAM);
     sample_sorted(&rng, n, m, ids);
-    for (size_t i = 0; i < m; i++)
-        memcpy(out + i * dim, rows.x + (size_t)ids[i] * dim, dim * sizeof *out);
+    gather_rows(rows, ids, m, kiln_threads(threads), out);
     free(ids);
     return KILN_OK;
 }
@@ -1115,8 +1125,7 @@ kiln_status kiln_kmeans_train(kiln_ctx *ctx, kiln_rows rows, const kiln_kmeans_p
         if (st != KILN_OK)
             goto done;
         sample_sorted(&rng, n, m, sample_ids);
-        for (size_t i = 0; i < m; i++)
-            memcpy(copy + i * dim, rows.x + (size_t)sample_ids[i] * dim, dim * sizeof *copy);
+        gather_rows(rows, sample_ids, m, kiln_threads(p->threads), copy);
         xs = copy;
     }
     kiln_progress_bar bar;

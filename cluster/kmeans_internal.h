@@ -203,8 +203,10 @@ void kiln_kmeans_tree_free(kiln_kmeans_tree *tree);
 size_t kiln_kmeans_sample_rows(size_t n, uint32_t k, const kiln_kmeans_params *p);
 
 /* m <= rows.n of the rows chosen uniformly by seeded selection sampling,
- * copied in ascending id order to out (m*rows.dim floats, the caller's). */
-kiln_status kiln_kmeans_sample(kiln_ctx *ctx, kiln_rows rows, size_t m, uint64_t seed, float *out);
+ * copied in ascending id order to out (m*rows.dim floats, the caller's) by
+ * `threads` threads (0 = all cores). */
+kiln_status kiln_kmeans_sample(kiln_ctx *ctx, kiln_rows rows, size_t m, uint64_t seed, int threads,
+                               float *out);
 
 /* One run of kiln_kmeans_train_rows or kiln_kmeans_refine_rows: what
  * hkmeans.c sets per call. */

@@ -92,10 +92,12 @@
 #define DS_MAX_DIM 65536
 
 /* Rows above which the read functions convert with an OpenMP team. Below it
- * a read is a memory-bound copy of at most a few tens of MB (64K rows of 128
- * floats is 32 MB, ~5 ms) and waking the team would be a visible share of
- * the cost; above it the copy and the finiteness scan scale with cores. */
-#define DS_PARALLEL_ROWS 65536
+ * a read is a memory-bound copy of a few MB (16K rows of 128 floats is
+ * 8 MB) and waking the team would be a visible share of the cost; above it
+ * the copy and the finiteness scan scale with cores, and so does the first
+ * touch of the caller's pages (graph/hnsw_index.c decision 4: a build's
+ * load reads 64K rows at a time, which the old bound of 64K left serial). */
+#define DS_PARALLEL_ROWS 16384
 
 /* Longest npy 'descr' string accepted ("<f4" is 3); anything longer is not a
  * dtype kiln reads, and the bound keeps the copy for the message fixed. */

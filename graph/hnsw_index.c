@@ -13,6 +13,10 @@
  *     (and stats memory_bytes) count heap bytes only, i.e. the struct and
  *     upper_off, since mapped pages are shared with every other reader of
  *     the file and the kernel drops them under pressure.
+ *  4. The level-0 links are zeroed by all cores: the zeroing is the first
+ *     touch of their pages, and a fresh page is dear where memory comes from
+ *     a host (on the development VM one thread touched 1 GiB in 8-15 s, two
+ *     in about 5; at 4M x 128 a serial memset of the 528 MB took 8.7 s).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -26,6 +30,9 @@
 #include "../common/ctx_internal.h"
 #include "../common/rng_internal.h"
 #include "hnsw_internal.h"
+
+/* Bytes each thread zeroes at a time (decision 4). */
+#define INDEX_ZERO_BLOCK ((size_t)2 << 20)
 
 /* ==== Internal ==== */
 
@@ -96,7 +103,13 @@ kiln_status kiln_index_alloc_m0(kiln_ctx *ctx, uint64_t count, uint32_t dim, kil
         kiln_index_free(ix);
         return st;
     }
-    memset(ix->links0, 0, link_bytes);
+    /* Decision 4: the zeroing is the first touch of every page, parallel. */
+    const size_t blocks = (link_bytes + INDEX_ZERO_BLOCK - 1) / INDEX_ZERO_BLOCK;
+#pragma omp parallel for schedule(static) if (blocks > 1)
+    for (size_t b = 0; b < blocks; b++) {
+        const size_t at = b * INDEX_ZERO_BLOCK, left = link_bytes - at;
+        memset((char *)ix->links0 + at, 0, left < INDEX_ZERO_BLOCK ? left : INDEX_ZERO_BLOCK);
+    }
     if (levels)
         memcpy(ix->levels, levels, count);
 
