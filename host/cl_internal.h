@@ -34,6 +34,8 @@ struct kiln_cl_program {
 
 /* ctx->device once a device is open. Owned by ctx, which releases it through
  * the teardown cl_runtime.c registers with it (kiln_ctx_set_device). */
+struct knn_slot; /* host/cl_knn.c */
+
 struct kiln_device_state {
     kiln_device_info info;
     cl_platform_id platform;
@@ -46,7 +48,12 @@ struct kiln_device_state {
     struct kiln_cl_program *programs; /* the program cache, n_programs entries */
     size_t n_programs;
     uint32_t cache_hits; /* programs taken from the on-disk cache (host/cl_cache.c) */
+    struct knn_slot *knn_slots; /* host/cl_knn.c decision 10: two, kept between calls; or NULL */
 };
+
+/* Releases the kNN slots st keeps between calls (host/cl_knn.c decision 10);
+ * nothing may be in flight. */
+void kiln_cl_knn_slots_release(struct kiln_device_state *st);
 
 /* Records a failed OpenCL call on ctx ("CALL failed with CL_NAME (code) at
  * FILE:LINE on DEVICE") and returns KILN_E_DEVICE. */

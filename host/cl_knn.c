@@ -58,6 +58,16 @@
  *     kernel (bench/RESULTS.md): d = 128 23.3 -> 7.3 ns (the POPCNT loop:
  *     13-16 ns), d = 784 87 -> 38 ns (POPCNT loop: 109-113 ns). The device
  *     knn stage of a 200K x 128 device build: 9.6 -> 6.2 s (medians of 3).
+ * 10. The two slots (staging and device buffers) outlive the call: the
+ *     device state keeps them, and the next call reuses them when they are
+ *     big enough (slot_reserve grows them otherwise), until
+ *     kiln_cl_cluster_knn_release or the state's teardown. A build calls
+ *     once per batch; fresh buffers each time were a fresh touch of every
+ *     page (on a CPU device the buffers are host memory), which is dear
+ *     where memory comes from a host (graph/hnsw_index.c decision 4). After
+ *     a failure the slots are released as before (decision 3), and a call
+ *     with a test's injection hooks starts from released slots so that its
+ *     allocations happen.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -169,6 +179,7 @@ struct knn_slot {
     uint32_t *h_offsets; /* cap_clusters + 1 */
     uint32_t *h_tiles;   /* 2 * cap_tiles: (cluster, first slot) */
     size_t cap_members, cap_clusters, cap_tiles;
+    size_t k, stride; /* what the buffers were sized for: another call may differ */
     cl_mem codes, norms, ids, offsets, tiles, out;
     cl_mem next;     /* pair kernel: the shared tile counter, then its scratch */
     size_t cap_next; /* bytes of next */
@@ -269,8 +280,10 @@ static kiln_status slot_reserve(struct knn_job *job, struct knn_slot *sl, cl_com
     cl_int clerr = CL_SUCCESS;
     const struct kiln_device_state *const st = job->st;
     if (m <= sl->cap_members && nc <= sl->cap_clusters && nt <= sl->cap_tiles &&
-        pair_next_bytes(job, nt) <= sl->cap_next)
+        pair_next_bytes(job, nt) <= sl->cap_next && sl->k == job->k && sl->stride == job->stride)
         return KILN_OK;
+    if (sl->k != job->k || sl->stride != job->stride)
+        slot_release(sl); /* sized for another call's rows (decision 10): start afresh */
     const size_t cm = grow(m, sl->cap_members, job->limit);
     const size_t cc = grow(nc, sl->cap_clusters, job->limit);
     const size_t ct = grow(nt, sl->cap_tiles, job->limit / job->lws + job->limit);
@@ -308,6 +321,8 @@ static kiln_status slot_reserve(struct knn_job *job, struct knn_slot *sl, cl_com
     sl->cap_clusters = cc;
     sl->cap_tiles = ct;
     sl->cap_next = next_bytes;
+    sl->k = job->k;
+    sl->stride = job->stride;
 cleanup:
     if (status != KILN_OK)
         slot_release(sl);
@@ -542,8 +557,11 @@ kiln_status kiln_cl_cluster_knn(kiln_ctx *ctx, const kiln_q4_set *set, const uin
                           .inject = opts->inject_failures,
                           .inject_site = opts->inject_alloc_site,
                           .inject_allocs = opts->inject_alloc_count};
-    struct knn_slot slots[2];
-    memset(slots, 0, sizeof slots);
+    if (!st->knn_slots && !(st->knn_slots = calloc(2, sizeof *st->knn_slots)))
+        return kiln_fail(ctx, KILN_E_NOMEM, "out of memory for the device kNN slots");
+    struct knn_slot *const slots = st->knn_slots; /* decision 10 */
+    if (opts->inject_failures || opts->inject_alloc_count)
+        knn_drain(&job, slots);
     uint32_t retries = 0;
     status = make_kernel(ctx, st, &cfg, &job.kernel);
     if (status != KILN_OK)
@@ -580,7 +598,8 @@ kiln_status kiln_cl_cluster_knn(kiln_ctx *ctx, const kiln_q4_set *set, const uin
         retries++;
     }
 cleanup:
-    knn_drain(&job, slots);
+    if (status != KILN_OK) /* on success the slots are idle, kept (decision 10) */
+        knn_drain(&job, slots);
     if (job.kernel)
         clReleaseKernel(job.kernel);
     if (stats) {
@@ -590,6 +609,24 @@ cleanup:
         stats->seconds = kiln_now() - t0;
     }
     return status;
+}
+
+void kiln_cl_knn_slots_release(struct kiln_device_state *st) {
+    if (!st->knn_slots)
+        return;
+    slot_release(&st->knn_slots[0]);
+    slot_release(&st->knn_slots[1]);
+    free(st->knn_slots);
+    st->knn_slots = NULL;
+}
+
+void kiln_cl_cluster_knn_release(kiln_ctx *ctx) {
+    struct kiln_device_state *st = ctx->device;
+    if (!st)
+        return;
+    for (int q = 1; q >= 0; q--)
+        clFinish(st->queue[q]);
+    kiln_cl_knn_slots_release(st);
 }
 
 /* ==== k-means assignment ==== */

@@ -377,6 +377,10 @@ static kiln_status resolve_spec(kiln_ctx *ctx, const char *spec, const dev_entry
 static void state_release(struct kiln_device_state *st) {
     if (!st)
         return;
+    for (int q = 1; q >= 0; q--)
+        if (st->queue[q])
+            clFinish(st->queue[q]);
+    kiln_cl_knn_slots_release(st);
     for (size_t i = st->n_programs; i-- > 0;) {
         clReleaseProgram(st->programs[i].program);
         free(st->programs[i].file);

@@ -1086,6 +1086,7 @@ static kiln_status step_batches(pipeline *pl) {
     }
     kiln_progress_end(&bar);
     batch_buf_free(&b);
+    kiln_cl_cluster_knn_release(pl->ctx);
     return st;
 }
 

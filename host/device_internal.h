@@ -67,6 +67,10 @@ kiln_status kiln_cl_cluster_knn(kiln_ctx *ctx, const kiln_q4_set *set, const uin
                                 const kiln_cl_opts *opts, kiln_q4_neighbor *out,
                                 kiln_cl_stats *stats);
 
+/* Releases the buffers kiln_cl_cluster_knn keeps from call to call for the
+ * next one (host/cl_knn.c decision 10), e.g. when the batches are done. */
+void kiln_cl_cluster_knn_release(kiln_ctx *ctx);
+
 #define KILN_CL_MAX_TOP 64 /* bound of KILN_TOP in kernels/kmeans_assign.cl */
 
 /* For each of n rows (dim floats), its r nearest of the k centroids (k*dim

@@ -39,6 +39,8 @@ kiln_status kiln_cl_cluster_knn(kiln_ctx *ctx, const kiln_q4_set *set, const uin
     return kiln_fail(ctx, KILN_E_NO_DEVICE, NO_OPENCL);
 }
 
+void kiln_cl_cluster_knn_release(kiln_ctx *ctx) { (void)ctx; }
+
 kiln_status kiln_cl_kmeans_assign(kiln_ctx *ctx, const float *rows, size_t n, size_t dim,
                                   const float *centroids, uint32_t k, uint32_t r,
                                   const kiln_cl_opts *opts, uint32_t *ids, float *dists,
