@@ -48,11 +48,13 @@
  *     that hands freed pages back to the host) writing 1 GiB into the page
  *     cache took 10.9-14.6 s against 1.15 s with O_DIRECT (dd, bs=1M; a
  *     1M x 128 build spent a third of its samples in the page-cache copy).
- *     The tail (less than a buffer) and any pwrite go through the page
- *     cache (O_DIRECT cleared with fcntl), and so does everything where
- *     O_DIRECT is refused (tmpfs before Linux 6.6, some FUSE and network
- *     file systems): the open, a set flag or the first write failing with
- *     EINVAL turns it off for that file, never the result.
+ *     A tail that is not a whole number of 4 KiB blocks, a pwrite of bytes
+ *     already written (headers patched last: bytes still in the buffer are
+ *     patched there), and every write after either, go through the page
+ *     cache (O_DIRECT cleared with fcntl); so does everything where O_DIRECT
+ *     is refused (tmpfs before Linux 6.6, some FUSE and network file
+ *     systems): setting the flag failing, or a direct write failing with
+ *     EINVAL, turns it off for that file, never the result.
  *  8. Inputs are opened with O_NONBLOCK so that naming a FIFO (or a
  *     terminal) fails at once with "not a regular file" instead of blocking
  *     in open(2) for a writer that never comes; the flag is cleared before

@@ -35,9 +35,11 @@
  *     of the same open file: the header and the table at an open are one
  *     I/O, and so are the small segments that follow them. Every direct
  *     read is a request to the disk (on a VM, an exit to the host), so
- *     their number counts more than their size. Where O_DIRECT is refused
- * (EINVAL), reads go through the page cache, with the same result. A dir is used by one thread at a
- *     time (the bounce buffer and the stats are not locked).
+ *     their number counts more than their size. A segment larger than the
+ *     buffer (WORK_BOUNCE) is read in pieces of that size. Where O_DIRECT
+ *     is refused (EINVAL), reads go through the page cache, with the same
+ *     result. A dir is used by one thread at a time (the bounce buffer and
+ *     the stats are not locked).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -197,9 +199,11 @@ static kiln_status truncated(const kiln_workfile *wf, ssize_t got, uint64_t off)
 
 /* Clears O_DIRECT on wf's descriptor: reads go through the page cache. */
 static void no_direct(kiln_workfile *wf) {
+#ifdef O_DIRECT
     const int flags = fcntl(wf->fd, F_GETFL);
     if (flags >= 0)
-        fcntl(wf->fd, F_SETFL, flags & ~O_DIRECT);
+        fcntl(wf->fd, F_SETFL, flags & ~O_DIRECT); /* if this fails, the reads fail and say so */
+#endif
     wf->direct = false;
 }
 
@@ -364,8 +368,10 @@ kiln_status kiln_workfile_open(kiln_workdir *wd, const char *name, uint32_t expe
     kiln_status st = kiln_open_regular(ctx, path, &wf->fd, &size);
     free(path);
     if (st == KILN_OK) {
+#ifdef O_DIRECT
         const int flags = fcntl(wf->fd, F_GETFL);
         wf->direct = flags >= 0 && fcntl(wf->fd, F_SETFL, flags | O_DIRECT) == 0;
+#endif
         wf->serial = ++wd->serials;
     }
     if (st == KILN_OK)

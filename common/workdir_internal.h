@@ -69,7 +69,9 @@ kiln_status kiln_workfile_open(kiln_workdir *wd, const char *name, uint32_t expe
                                kiln_workfile **out);
 uint32_t kiln_workfile_segs(const kiln_workfile *wf);
 uint64_t kiln_workfile_seg_len(const kiln_workfile *wf, uint32_t seg);
-/* Reads segment seg (seg_len bytes) into buf and verifies its CRC. */
+/* Reads segment seg (seg_len bytes) into buf and verifies its CRC. Reads
+ * of one dir's files go through one bounce buffer (workdir.c decision 4):
+ * one thread at a time. */
 kiln_status kiln_workfile_read(kiln_workfile *wf, uint32_t seg, void *buf);
 void kiln_workfile_close(kiln_workfile *wf);
 

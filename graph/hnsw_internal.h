@@ -43,7 +43,8 @@ struct kiln_index {
     uint32_t entry_point; /* a node on max_level; KILN_NO_NODE when empty */
     kiln_dist_fn dist;    /* kiln_distance_fn(metric) */
 
-    float *vectors;       /* count * dim, kiln_alloc_aligned */
+    float *vectors;       /* count * dim: kiln_alloc_aligned, or inside vectors_map (then
+                             read-only, and rows may be only 4-byte aligned) */
     int64_t *labels;      /* count */
     uint8_t *levels;      /* count; each <= max_level */
     uint32_t *links0;     /* count * (1 + M0), kiln_alloc_aligned */

@@ -44,7 +44,8 @@
  *     graph/prune.c decision 4) while the vectors are resident, hashes the
  *     direction of each kept link (graph/prune.c decision 5), then writes
  *     one work file of compact records (owner, n, n x (distance, id,
- *     hash)) and frees everything. Making level 0 from them reads no vector
+ *     hash)) and keeps only its buffers for the next batch (the device's
+ *     too: host/cl_knn.c decision 10). Making level 0 from them reads no vector
  *     but for the rare entrance descent (graph/merge.c decisions 1, 4a); the
  *     reachability repair after it searches as usual. A finished batch
  *     file is a checkpoint: --resume skips it. Clusters, the hierarchy and

@@ -68,7 +68,8 @@ kiln_status kiln_cl_cluster_knn(kiln_ctx *ctx, const kiln_q4_set *set, const uin
                                 kiln_cl_stats *stats);
 
 /* Releases the buffers kiln_cl_cluster_knn keeps from call to call for the
- * next one (host/cl_knn.c decision 10), e.g. when the batches are done. */
+ * next one (host/cl_knn.c decision 10), e.g. when the batches are done.
+ * Those live in ctx's device state: one call at a time per ctx. */
 void kiln_cl_cluster_knn_release(kiln_ctx *ctx);
 
 #define KILN_CL_MAX_TOP 64 /* bound of KILN_TOP in kernels/kmeans_assign.cl */
