@@ -47,7 +47,7 @@ struct kiln_device_state {
     size_t max_work_group;     /* CL_DEVICE_MAX_WORK_GROUP_SIZE */
     struct kiln_cl_program *programs; /* the program cache, n_programs entries */
     size_t n_programs;
-    uint32_t cache_hits; /* programs taken from the on-disk cache (host/cl_cache.c) */
+    uint32_t cache_hits;        /* programs taken from the on-disk cache (host/cl_cache.c) */
     struct knn_slot *knn_slots; /* host/cl_knn.c decision 10: two, kept between calls; or NULL */
 };
 
