@@ -46,11 +46,12 @@ json_field() { sed -n "s/.*\"$2\": \([0-9]*\).*/\1/p" "$1"; }
 # runtime and on sanitizers (ASan's quarantine keeps k-means' freed heap),
 # so it is read off this kiln rather than assumed. Small enough to force
 # many batches and spills.
-tight() {
+tight() { tight_file "$data/$1/${1}_base.fvecs"; }
+tight_file() {
   local b=1 need err
   for _ in 1 2 3 4 5; do
     rm -rf "$tmp/probe.kiln" "$tmp/probe.kiln.work"
-    if err=$("$kiln" build "$data/$1/${1}_base.fvecs" -o "$tmp/probe.kiln" --threads 2 \
+    if err=$("$kiln" build "$1" -o "$tmp/probe.kiln" --threads 2 \
       --memory-limit "${b}M" 2>&1 >/dev/null); then
       break
     fi
@@ -102,6 +103,27 @@ for ds in siftsmall fmnistsmall; do
   [ ! -e "$tmp/$ds.tight.kiln.work" ] && ok "$ds: work dir removed after success" ||
     bad "$ds: work dir left behind after success"
 done
+# An fbin input's rows are used in place (graph/hnsw_build.c decision 5); under a tight
+# budget level 0 goes to the work dir beside them. The file equals the build of the
+# same rows read from fvecs (copied) without a limit.
+if "$kiln" generate -n 4000 -d 32 --seed 5 -o "$tmp/gen.fbin" >/dev/null &&
+  "$kiln" generate -n 4000 -d 32 --seed 5 -o "$tmp/gen.fvecs" >/dev/null; then
+  gb=$(tight_file "$tmp/gen.fbin")
+  "$kiln" build "$tmp/gen.fvecs" -o "$tmp/gen.free.kiln" --threads 2 >/dev/null ||
+    bad "generated fvecs: unlimited build failed"
+  if "$kiln" build "$tmp/gen.fbin" -o "$tmp/gen.tight.kiln" --threads 2 --memory-limit "$gb" \
+    --json >"$tmp/gen.tight.json"; then
+    b=$(json_field "$tmp/gen.tight.json" batches)
+    cmp -s "$tmp/gen.free.kiln" "$tmp/gen.tight.kiln" && [ "${b:-0}" -ge 2 ] &&
+      ok "generated fbin in place under --memory-limit $gb ($b batches): the file of the unlimited fvecs build" ||
+      bad "generated fbin under --memory-limit $gb ($b batches): another file than the fvecs build's"
+  else
+    bad "generated fbin: --memory-limit $gb build failed"
+  fi
+else
+  bad "kiln generate failed"
+fi
+
 base=$data/siftsmall/siftsmall_base.fvecs
 if "$kiln" build "$base" -o "$tmp/small.kiln" --memory-limit 2M 2>"$tmp/small.err"; then
   bad "a 2 MiB budget was accepted"
