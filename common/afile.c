@@ -356,16 +356,10 @@ static kiln_status afile_error(kiln_afile *af, int e) {
 
 /* Sets or clears O_DIRECT on af's descriptor; false when it cannot. */
 static bool set_direct(kiln_afile *af, bool on) {
-#ifdef O_DIRECT
-    const int flags = fcntl(af->fd, F_GETFL);
-    if (flags < 0 || fcntl(af->fd, F_SETFL, on ? flags | O_DIRECT : flags & ~O_DIRECT) != 0)
+    if (!kiln_fd_direct(af->fd, on))
         return false;
     af->direct = on;
     return true;
-#else
-    (void)af;
-    return !on;
-#endif
 }
 
 /* Writes all of buf[0..len) at the current end; with O_DIRECT, len and the
@@ -552,6 +546,18 @@ kiln_status kiln_afile_commit(kiln_afile *af) { return kiln_afile_commit_all(&af
 void kiln_afile_abort(kiln_afile *af) {
     if (af)
         afile_discard(af);
+}
+
+/* ==== Public: direct I/O ==== */
+
+bool kiln_fd_direct(int fd, bool on) {
+#ifdef O_DIRECT
+    const int flags = fcntl(fd, F_GETFL);
+    return flags >= 0 && fcntl(fd, F_SETFL, on ? flags | O_DIRECT : flags & ~O_DIRECT) == 0;
+#else
+    (void)fd;
+    return !on;
+#endif
 }
 
 /* ==== Public: input ==== */

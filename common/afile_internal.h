@@ -9,6 +9,7 @@
 #ifndef KILN_AFILE_INTERNAL_H
 #define KILN_AFILE_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -43,6 +44,10 @@ kiln_status kiln_afile_commit_all(kiln_afile *const *afs, size_t count);
 /* Removes the temporary file and frees af; NULL is a no-op. */
 void kiln_afile_abort(kiln_afile *af);
 
+/* Sets (on) or clears O_DIRECT on fd with fcntl; false when it cannot,
+ * which for on includes file systems that refuse it and hosts without it.
+ * Shared by the outputs here and the work file reads (common/workdir.c). */
+bool kiln_fd_direct(int fd, bool on);
 /* The input side: opens path read-only (close-on-exec, and without blocking
  * on a FIFO) and checks that it is a regular file; *fd is the caller's to
  * close, *size its length in bytes. Fails with "PATH: cannot open: ...",

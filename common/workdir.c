@@ -199,11 +199,7 @@ static kiln_status truncated(const kiln_workfile *wf, ssize_t got, uint64_t off)
 
 /* Clears O_DIRECT on wf's descriptor: reads go through the page cache. */
 static void no_direct(kiln_workfile *wf) {
-#ifdef O_DIRECT
-    const int flags = fcntl(wf->fd, F_GETFL);
-    if (flags >= 0)
-        fcntl(wf->fd, F_SETFL, flags & ~O_DIRECT); /* if this fails, the reads fail and say so */
-#endif
+    (void)kiln_fd_direct(wf->fd, false); /* if this fails, the reads fail and say so */
     wf->direct = false;
 }
 
@@ -368,10 +364,7 @@ kiln_status kiln_workfile_open(kiln_workdir *wd, const char *name, uint32_t expe
     kiln_status st = kiln_open_regular(ctx, path, &wf->fd, &size);
     free(path);
     if (st == KILN_OK) {
-#ifdef O_DIRECT
-        const int flags = fcntl(wf->fd, F_GETFL);
-        wf->direct = flags >= 0 && fcntl(wf->fd, F_SETFL, flags | O_DIRECT) == 0;
-#endif
+        wf->direct = kiln_fd_direct(wf->fd, true);
         wf->serial = ++wd->serials;
     }
     if (st == KILN_OK)
