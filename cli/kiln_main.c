@@ -49,6 +49,14 @@
  *     writes; an index with labels of its own (imported) needs ground truth
  *     in its labels, and eval refuses ground truth that cannot be (no id in
  *     the labels' range) rather than report a silent recall of 0.
+ * 11. search, eval, info and check take a shard set's manifest wherever they
+ *     take an index (kiln_shardset_open opens a plain index as a set of
+ *     one), so a set is served by the same commands with the same outputs.
+ * 12. Under a launcher (mpirun, srun: kiln_dist_launched_size() > 1) only
+ *     build runs, and only a shard set, whose shards the ranks share; every
+ *     other command, and a one-index build, would run N identical copies
+ *     racing for one output, so they refuse. A failure agreed among the
+ *     ranks is printed by rank 0 alone.
  */
 #include <errno.h>
 #include <limits.h>
@@ -77,6 +85,7 @@
 #define CLI_MAX_M       1024  /* KILN_MAX_M, graph/hnsw_internal.h */
 #define CLI_MAX_DIM     65536 /* KILN_MAX_DIM and the dataset readers' limit */
 #define CLI_MAX_REPLICA 16    /* build: replicas in [2, 16] */
+#define CLI_MAX_SHARDS  4096  /* build: --shards, KILN_MAX_SHARDS */
 #define CLI_MAX_KNN_K   256   /* KILN_CL_MAX_K, the device kernel's bound */
 #define CLI_MAX_THREADS 4096  /* kiln_threads caps requests there */
 
@@ -421,7 +430,17 @@ static const cli_opt build_opts[] = {
     {"work-dir", 0, "DIR", NULL,
      "device: folder for the intermediates, removed after success (default: INDEX.work)", 0, 0},
     {"resume", 0, NULL, NULL,
-     "device: continue a killed build from its work dir's last finished batch", 0, 0},
+     "device: continue a killed build from its work dir's last finished batch; with --shards, "
+     "also keep the shard files already finished",
+     0, 0},
+    {"shards", 0, "N", "0",
+     "write a shard set: N indexes, row i in shard hash(i) mod N, and the manifest INDEX that "
+     "names them (docs/FORMAT.md); 0 = one index",
+     0, CLI_MAX_SHARDS},
+    {"shard", 0, "I", NULL,
+     "with --shards: build shard I only (one of N processes); a last run without --shard and "
+     "with --resume writes the manifest",
+     0, CLI_MAX_SHARDS - 1},
     {"format", 0, "FMT", "auto",
      "input format: auto (by extension), fvecs, bvecs, fbin, u8bin, i8bin, npy", 0, 0},
     {"allow-nonfinite", 0, NULL, NULL, "accept NaN/Inf values instead of rejecting the file", 0, 0},
@@ -443,6 +462,46 @@ static bool device_spec_ok(const char *spec) {
     size_t p = strspn(spec, "0123456789");
     return p > 0 && spec[p] == ':' && spec[p + 1] &&
            strspn(spec + p + 1, "0123456789") == strlen(spec + p + 1);
+}
+
+/* What a shard set build did: one line, or one JSON line. */
+static void build_set_summary(const cli_args *a, const char *out, const kiln_build_params *p,
+                              const char *method, const kiln_shardset_report *r, int32_t shard) {
+    if (cli_flag(a, "json")) {
+        printf("{\"output\": ");
+        json_str(out);
+        printf(", \"shards\": %u, \"shard\": %d, \"built\": %u, \"kept\": %u, "
+               "\"manifest\": %s, \"method\": \"%s\", \"seed\": %llu, \"seconds\": ",
+               r->shards, shard, r->built, r->kept, r->manifest_written ? "true" : "false", method,
+               (unsigned long long)p->seed);
+        json_num(r->seconds, "%.4f");
+        printf(", \"slowest_shard_seconds\": ");
+        json_num(r->slowest_seconds, "%.4f");
+        printf(", \"work_bytes_written\": %llu, \"work_bytes_read\": %llu, "
+               "\"peak_rss_anon\": %llu, \"version\": ",
+               (unsigned long long)r->work_bytes_written, (unsigned long long)r->work_bytes_read,
+               (unsigned long long)r->peak_rss_anon);
+        json_str(kiln_version_string());
+        printf("}\n");
+        return;
+    }
+    printf("%s %s: %u of %u shards built, %u kept (finished before), method %s, %.2f s (slowest "
+           "shard %.2f s); work %.1f MiB written, %.1f MiB read; peak anonymous RSS %.1f MiB\n",
+           r->manifest_written ? "shard set" : "shard", out, r->built, r->shards, r->kept, method,
+           r->seconds, r->slowest_seconds, r->work_bytes_written / 1048576.0,
+           r->work_bytes_read / 1048576.0, r->peak_rss_anon / 1048576.0);
+}
+
+/* Build threads for a rank when --threads is 0: the cores divided among the
+ * ranks the launcher put on this node (Open MPI's and MPICH's local size). */
+static uint32_t local_threads(void) {
+    const char *vars[] = {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"};
+    int local = 1;
+    for (size_t i = 0; i < 2 && local == 1; i++)
+        if (getenv(vars[i]) && atoi(getenv(vars[i])) > 1)
+            local = atoi(getenv(vars[i]));
+    const int cores = omp_get_num_procs();
+    return (uint32_t)(cores / local > 0 ? cores / local : 1);
 }
 
 static int cmd_build(const cli_args *a) {
@@ -469,6 +528,14 @@ static int cmd_build(const cli_args *a) {
                 CLI_MAX_REPLICA);
         return 2;
     }
+    uint32_t shards = 0, shard_u = 0;
+    if (!cli_u32(a, "shards", &shards) || (cli_str(a, "shard") && !cli_u32(a, "shard", &shard_u)))
+        return 2;
+    const int32_t shard = cli_str(a, "shard") ? (int32_t)shard_u : -1;
+    if (shard >= 0 && (shards == 0 || shard_u >= shards)) {
+        fprintf(stderr, "kiln build: --shard %u needs --shards N with N > %u\n", shard_u, shard_u);
+        return 2;
+    }
     p.device = cli_str(a, "device");
     p.resume = cli_flag(a, "resume");
     if (!device_spec_ok(p.device)) {
@@ -483,7 +550,7 @@ static int cmd_build(const cli_args *a) {
         fprintf(stderr, "kiln build: --method: '%s' is not insert or device\n", method);
         return 2;
     }
-    if (p.method == KILN_METHOD_INSERT && (p.resume || cli_str(a, "work-dir"))) {
+    if (p.method == KILN_METHOD_INSERT && !shards && (p.resume || cli_str(a, "work-dir"))) {
         fprintf(stderr, "kiln build: %s applies to --method device only\n",
                 p.resume ? "--resume" : "--work-dir");
         return 2;
@@ -492,7 +559,7 @@ static int cmd_build(const cli_args *a) {
      * build needs a folder that outlives the process). */
     char work_default[4096];
     p.work_dir = cli_str(a, "work-dir");
-    if (p.method == KILN_METHOD_DEVICE && !p.work_dir) {
+    if ((p.method == KILN_METHOD_DEVICE || shards) && !p.work_dir) {
         if (snprintf(work_default, sizeof work_default, "%s.work", out) >=
             (int)sizeof work_default) {
             fprintf(stderr, "kiln build: -o: the path is too long\n");
@@ -510,10 +577,41 @@ static int cmd_build(const cli_args *a) {
     kiln_dataset *ds = NULL;
     kiln_index *ix = NULL;
     int rc = 0;
+    /* Under a launcher (mpirun, srun): the ranks share the shards of a set;
+     * one graph across ranks is not built yet, and N copies of it would race
+     * for one output, so that is refused (decision 12). */
+    const int ranks = kiln_dist_launched_size();
+    if (ranks > 1) {
+        if (kiln_dist_init(ctx, NULL, NULL) != KILN_OK) {
+            rc = fail("build", ctx);
+            goto done;
+        }
+        if (!shards) {
+            fprintf(stderr,
+                    "kiln build: started as one of %d ranks: across ranks kiln builds shard "
+                    "sets (--shards N); run a one-index build as one process\n",
+                    ranks);
+            rc = 2;
+            goto done;
+        }
+        if (p.threads == 0) /* the node's cores shared among its ranks */
+            p.threads = local_threads();
+    }
     double t0 = now_s();
-    if ((rc = open_vectors(ctx, a, a->pos[0], &ds)))
+    rc = open_vectors(ctx, a, a->pos[0], &ds);
+    /* Every rank must reach the build's collectives, or none: a rank that
+     * cannot open the input has said why; the others stop with it. */
+    if (ranks > 1 && kiln_dist_agree(ctx, rc ? KILN_E_IO : KILN_OK) != KILN_OK && !rc)
+        rc = 1;
+    if (rc)
         goto done;
-    kiln_status bst = kiln_index_build_dataset(ctx, ds, &p, &ix);
+    kiln_shardset_report srep;
+    kiln_status bst = shards ? kiln_shardset_build(ctx, ds, &p, shards, shard, out, &srep)
+                             : kiln_index_build_dataset(ctx, ds, &p, &ix);
+    if (bst && kiln_dist_rank() != 0) { /* agreed among the ranks: rank 0 says it */
+        rc = 1;
+        goto done;
+    }
     if (bst) {
         rc = fail("build", ctx);
         /* A work dir with finished steps is kept for --resume, and said so
@@ -525,6 +623,11 @@ static int cmd_build(const cli_args *a) {
                     "kiln build: %s keeps the finished steps: the same command with "
                     "--resume continues the build\n",
                     p.work_dir);
+        goto done;
+    }
+    if (shards) {
+        if (kiln_dist_rank() == 0)
+            build_set_summary(a, out, &p, method, &srep, shard);
         goto done;
     }
     double t_build = now_s() - t0;
@@ -614,6 +717,7 @@ done:
     kiln_index_free(ix);
     kiln_dataset_free(ds);
     kiln_ctx_free(ctx);
+    kiln_dist_finalize();
     return rc;
 }
 
@@ -636,8 +740,9 @@ static const cli_opt search_opts[] = {
      0, 0},
     {NULL, 0, NULL, NULL, NULL, 0, 0}};
 static const cli_cmd search_cmd = {"search",
-                                   "INDEX QUERIES [options]",
-                                   "Search INDEX for the k nearest neighbours of each query.",
+                                   "INDEX|SET QUERIES [options]",
+                                   "Search INDEX (or every shard of a shard set, merged by "
+                                   "distance) for the k nearest neighbours of each query.",
                                    search_opts,
                                    2,
                                    2};
@@ -666,21 +771,21 @@ static int cmd_search(const cli_args *a) {
     kiln_ctx *ctx;
     if (setup(a, &ctx))
         return 1;
-    kiln_index *ix = NULL;
+    kiln_shardset *ix = NULL;
     float *q = NULL, *dist = NULL;
     int64_t *labels = NULL;
     int32_t *ids = NULL;
     size_t nq = 0, d = 0;
     int rc = 0;
-    if (kiln_index_open(ctx, a->pos[0], cli_flag(a, "verify") ? KILN_LOAD_VERIFY : 0, &ix)) {
+    if (kiln_shardset_open(ctx, a->pos[0], cli_flag(a, "verify") ? KILN_LOAD_VERIFY : 0, &ix)) {
         rc = fail("search", ctx);
         goto done;
     }
     if ((rc = read_all_f32(ctx, a, a->pos[1], &q, &nq, &d)))
         goto done;
-    if (d != kiln_index_dim(ix)) {
+    if (d != kiln_shardset_dim(ix)) {
         fprintf(stderr, "kiln search: %s has dim %zu but the index has dim %zu\n", a->pos[1], d,
-                kiln_index_dim(ix));
+                kiln_shardset_dim(ix));
         rc = 1;
         goto done;
     }
@@ -694,7 +799,7 @@ static int cmd_search(const cli_args *a) {
         rc = 1;
         goto done;
     }
-    if (kiln_index_search(ix, q, nq, &sp, labels, dist)) {
+    if (kiln_shardset_search(ix, q, nq, &sp, labels, dist)) {
         rc = fail("search", ctx);
         goto done;
     }
@@ -744,7 +849,7 @@ done:
     free(labels);
     free(dist);
     free(q);
-    kiln_index_free(ix);
+    kiln_shardset_free(ix);
     kiln_ctx_free(ctx);
     return rc;
 }
@@ -766,7 +871,7 @@ static const cli_opt eval_opts[] = {
      "one JSON object per ef (keys ef, k, recall, qps, mean_ms, p99_ms, threads)", 0, 0},
     {NULL, 0, NULL, NULL, NULL, 0, 0}};
 static const cli_cmd eval_cmd = {"eval",
-                                 "INDEX QUERIES GROUNDTRUTH [options]",
+                                 "INDEX|SET QUERIES GROUNDTRUTH [options]",
                                  "Measure recall@k, QPS and latency of INDEX over a sweep of ef.",
                                  eval_opts,
                                  3,
@@ -782,10 +887,12 @@ static int cmp_double(const void *x, const void *y) {
  * hnswlib file) needs ground truth in those labels: when none of the ids
  * the recall reads falls inside the labels' range, that is said and eval
  * stops (1) instead of reporting recall 0; otherwise a note says so. */
-static int check_gt_labels(const kiln_index *ix, const char *ixpath, const char *gtpath,
+static int check_gt_labels(const kiln_shardset *set, const char *ixpath, const char *gtpath,
                            const int32_t *gt, size_t nq, size_t gk, uint32_t k) {
     kiln_index_stats s;
-    if (kiln_index_stats_get(ix, &s) != KILN_OK || s.labels_are_rows || s.count == 0)
+    if (kiln_shardset_has_manifest(set) || /* a set's labels are its input's rows */
+        kiln_index_stats_get(kiln_shardset_shard(set, 0), &s) != KILN_OK || s.labels_are_rows ||
+        s.count == 0)
         return 0;
     int64_t lo = INT64_MAX, hi = INT64_MIN;
     size_t inside = 0;
@@ -832,7 +939,7 @@ static int cmd_eval(const cli_args *a) {
     kiln_ctx *ctx;
     if (setup(a, &ctx))
         return 1;
-    kiln_index *ix = NULL;
+    kiln_shardset *ix = NULL;
     kiln_dataset *gtds = NULL;
     float *q = NULL;
     int32_t *gt = NULL;
@@ -842,8 +949,9 @@ static int cmd_eval(const cli_args *a) {
     int rc = 0;
     const char *gtpath = a->pos[2];
     /* Populated: eval times searches, not the page faults of a fresh map. */
-    if (kiln_index_open(ctx, a->pos[0],
-                        KILN_LOAD_POPULATE | (cli_flag(a, "verify") ? KILN_LOAD_VERIFY : 0), &ix)) {
+    if (kiln_shardset_open(ctx, a->pos[0],
+                           KILN_LOAD_POPULATE | (cli_flag(a, "verify") ? KILN_LOAD_VERIFY : 0),
+                           &ix)) {
         rc = fail("eval", ctx);
         goto done;
     }
@@ -857,9 +965,9 @@ static int cmd_eval(const cli_args *a) {
     }
     size_t gk = kiln_dataset_dim(gtds);
     rc = 1;
-    if (d != kiln_index_dim(ix))
+    if (d != kiln_shardset_dim(ix))
         fprintf(stderr, "kiln eval: %s has dim %zu but the index %s has dim %zu\n", a->pos[1], d,
-                a->pos[0], kiln_index_dim(ix));
+                a->pos[0], kiln_shardset_dim(ix));
     else if (kiln_dataset_dtype(gtds) != KILN_DTYPE_I32 &&
              kiln_dataset_dtype(gtds) != KILN_DTYPE_I64)
         fprintf(stderr,
@@ -901,7 +1009,7 @@ static int cmd_eval(const cli_args *a) {
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
             for (size_t i = 0; i < nq; i++) {
                 double ts = now_s();
-                kiln_status s = kiln_index_search(ix, q + i * d, 1, &sp, labels + i * k, NULL);
+                kiln_status s = kiln_shardset_search(ix, q + i * d, 1, &sp, labels + i * k, NULL);
                 lat[i] = now_s() - ts;
                 if (s) {
 #pragma omp atomic write
@@ -954,7 +1062,7 @@ done:
     free(gt);
     free(q);
     kiln_dataset_free(gtds);
-    kiln_index_free(ix);
+    kiln_shardset_free(ix);
     kiln_ctx_free(ctx);
     return rc;
 }
@@ -1062,13 +1170,17 @@ static const cli_opt info_opts[] = {
      "read the header alone (constant time for any size); no per-level stats", 0, 0},
     {NULL, 0, NULL, NULL, NULL, 0, 0}};
 static const cli_cmd info_cmd = {
-    "info", "INDEX [--header]", "Show an index's header, levels, degrees and size.", info_opts, 1,
+    "info",
+    "INDEX|SET [--header]",
+    "Show an index's header, levels, degrees and size (or a shard set's shards).",
+    info_opts,
+    1,
     1};
 static const cli_cmd check_cmd = {
     "check",
-    "INDEX",
+    "INDEX|SET",
     "Verify an index file (every section's checksum, vectors included) and run the graph "
-    "validator.",
+    "validator; for a shard set's manifest, every shard and its labels.",
     no_opts,
     1,
     1};
@@ -1081,8 +1193,28 @@ static int cmd_info(const cli_args *a) {
     kiln_index *ix = NULL;
     int rc = 0;
     bool header_only = cli_flag(a, "header");
-    if (kiln_index_info_read(ctx, a->pos[0], &h) ||
-        (!header_only && kiln_index_load(ctx, a->pos[0], &ix))) {
+    kiln_status st = kiln_index_info_read(ctx, a->pos[0], &h);
+    if (st == KILN_E_FORMAT) { /* perhaps a shard set's manifest: its error, else the index's */
+        kiln_shardset *set = NULL;
+        if (kiln_shardset_open(ctx, a->pos[0], 0, &set) == KILN_OK &&
+            kiln_shardset_has_manifest(set)) {
+            printf("file:            %s\n", a->pos[0]);
+            printf("shard set of:    %u shards (row hash fmix64 mod %u)\n",
+                   kiln_shardset_shards(set), kiln_shardset_shards(set));
+            printf("count:           %zu\n", kiln_shardset_count(set));
+            printf("dim:             %zu\n", kiln_shardset_dim(set));
+            printf("metric:          %s\n", kiln_metric_name(kiln_shardset_metric(set)));
+            for (uint32_t i = 0; i < kiln_shardset_shards(set); i++)
+                printf("shard %-9u  %s (%zu vectors)\n", i, kiln_shardset_shard_path(set, i),
+                       kiln_index_count(kiln_shardset_shard(set, i)));
+            kiln_shardset_free(set);
+            goto done;
+        }
+        kiln_shardset_free(set);
+        rc = fail("info", ctx);
+        goto done;
+    }
+    if (st || (!header_only && kiln_index_load(ctx, a->pos[0], &ix))) {
         rc = fail("info", ctx);
         goto done;
     }
@@ -1113,24 +1245,47 @@ done:
     return rc;
 }
 
+/* kiln check on one index: verifying open, validator, non-finite count. */
+static bool check_one(const char *path, const kiln_index *ix) {
+    kiln_index_stats s;
+    if (kiln_index_check(ix) || kiln_index_stats_get(ix, &s))
+        return false;
+    if (s.nonfinite_vectors == 0)
+        printf("%s: ok (%zu vectors, graph valid)\n", path, kiln_index_count(ix));
+    else /* a finding, not a defect (graph/validate.c decision 1) */
+        printf("%s: ok (%zu vectors, graph valid); %llu vectors hold NaN or infinite values "
+               "(first: node %llu), search ranks them last\n",
+               path, kiln_index_count(ix), (unsigned long long)s.nonfinite_vectors,
+               (unsigned long long)s.first_nonfinite);
+    return true;
+}
+
 static int cmd_check(const cli_args *a) {
     kiln_ctx *ctx;
     if (setup(a, &ctx))
         return 1;
-    kiln_index *ix = NULL;
+    kiln_shardset *set = NULL;
     int rc = 0;
-    kiln_index_stats s;
-    if (kiln_index_open(ctx, a->pos[0], KILN_LOAD_VERIFY, &ix) || kiln_index_check(ix) ||
-        kiln_index_stats_get(ix, &s))
+    /* A manifest: every shard verified against it, every label hashed to its
+     * shard (kiln_shardset_open with KILN_LOAD_VERIFY), every graph valid. */
+    if (kiln_shardset_open(ctx, a->pos[0], KILN_LOAD_VERIFY, &set)) {
         rc = fail("check", ctx);
-    else if (s.nonfinite_vectors == 0)
-        printf("%s: ok (%zu vectors, graph valid)\n", a->pos[0], kiln_index_count(ix));
-    else /* a finding, not a defect (graph/validate.c decision 1) */
-        printf("%s: ok (%zu vectors, graph valid); %llu vectors hold NaN or infinite values "
-               "(first: node %llu), search ranks them last\n",
-               a->pos[0], kiln_index_count(ix), (unsigned long long)s.nonfinite_vectors,
-               (unsigned long long)s.first_nonfinite);
-    kiln_index_free(ix);
+        goto done;
+    }
+    for (uint32_t i = 0; i < kiln_shardset_shards(set) && !rc; i++)
+        if (!check_one(kiln_shardset_shard_path(set, i), kiln_shardset_shard(set, i))) {
+            if (kiln_shardset_has_manifest(set)) /* name the shard the validator faulted */
+                fprintf(stderr, "kiln check: %s: %s\n", kiln_shardset_shard_path(set, i),
+                        kiln_errmsg(ctx));
+            else
+                fail("check", ctx);
+            rc = 1;
+        }
+    if (!rc && kiln_shardset_has_manifest(set))
+        printf("%s: ok (shard set of %u shards, %zu vectors, every label in its shard)\n",
+               a->pos[0], kiln_shardset_shards(set), kiln_shardset_count(set));
+done:
+    kiln_shardset_free(set);
     kiln_ctx_free(ctx);
     return rc;
 }
@@ -1447,6 +1602,13 @@ int main(int argc, char **argv) {
     const command *c = find_command(word);
     if (!c) {
         fprintf(stderr, "kiln: unknown command '%s' (see kiln help)\n", word);
+        return 2;
+    }
+    if (c->run != cmd_build && kiln_dist_launched_size() > 1) { /* decision 12 */
+        fprintf(stderr,
+                "kiln %s: started as one of %d ranks (mpirun, srun): only kiln build runs "
+                "across ranks; run %s as one process\n",
+                word, kiln_dist_launched_size(), word);
         return 2;
     }
     cli_args a;

@@ -58,6 +58,10 @@ struct kiln_index {
      * builders write links, and they work on indexes they allocated. */
     void *map;
     size_t map_bytes;
+    /* An opened index: its file's size and header CRC-32C (which vouches for
+     * every section), what a shard set's manifest records; 0 for a built one. */
+    uint64_t file_bytes;
+    uint32_t file_header_crc;
 
     /* When vectors live in a file mapping rather than on the heap: a shared
      * mapping of an unnamed file (kiln_index_spill_storage) or a private

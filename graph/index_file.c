@@ -163,7 +163,7 @@ typedef struct file_header {
     uint64_t count;
     uint32_t entry_point, section_count;
     uint64_t seed, file_bytes;
-    uint32_t table_crc;
+    uint32_t table_crc, header_crc;
 } file_header;
 
 typedef struct section_entry {
@@ -490,6 +490,7 @@ static kiln_status check_header(index_file *f, uint64_t size) {
         return kiln_fail(f->ctx, KILN_E_CHECKSUM,
                          "%s: header checksum mismatch (stored 0x%08x, computed 0x%08x)", f->path,
                          stored, computed);
+    h->header_crc = stored;
 
     h->header_bytes = kiln_get_u32le(hb + H_HEADER_BYTES);
     h->dim = kiln_get_u32le(hb + H_DIM);
@@ -748,6 +749,8 @@ static void finish_index(const index_file *f, struct kiln_index *ix) {
     ix->seed = h->seed;
     ix->max_level = h->max_level;
     ix->entry_point = h->entry_point;
+    ix->file_header_crc = h->header_crc;
+    ix->file_bytes = h->file_bytes;
     ix->dist = kiln_distance_fn(ix->metric);
     ix->ctx = f->ctx;
 }
@@ -922,5 +925,6 @@ kiln_status kiln_index_info_read(kiln_ctx *ctx, const char *path, kiln_index_inf
     out->entry_point = f.h.entry_point;
     out->seed = f.h.seed;
     out->file_bytes = f.h.file_bytes;
+    out->header_crc32c = f.h.header_crc;
     return KILN_OK;
 }

@@ -436,6 +436,8 @@ typedef struct kiln_index_info {
     uint32_t entry_point; /* node id; meaningless when count == 0 */
     uint64_t seed;
     uint64_t file_bytes;
+    uint32_t header_crc32c; /* the header's own CRC-32C, which vouches for every section's
+                               (a shard set's manifest records it, docs/FORMAT.md) */
 } kiln_index_info;
 
 /* Reads and checks the header of an index file only (cheap for any size). */
@@ -476,6 +478,109 @@ KILN_API kiln_metric kiln_index_metric(const kiln_index *index);
  * with non-finite values are not a defect of the graph (search orders them
  * last); kiln_index_stats_get counts them for the caller to report. */
 KILN_API kiln_status kiln_index_check(const kiln_index *index);
+
+/* ==== Distributed runs (MPI) ==== */
+
+/* Non-zero when this kiln was built with MPI (CMake found it). */
+KILN_API int kiln_dist_available(void);
+/* The number of ranks a launcher (mpirun, mpiexec, srun) announced in the
+ * environment, with or without MPI in this kiln; 1 when none did. */
+KILN_API int kiln_dist_launched_size(void);
+/* Joins the MPI world (MPI_Init_thread with MPI_THREAD_FUNNELED, unless the
+ * caller initialised MPI already): afterwards kiln_shardset_build spreads the
+ * shards over the ranks. Without MPI: one rank, or KILN_E_UNSUPPORTED when a
+ * launcher started more than one ("built without MPI"). Call it from the
+ * thread that will call kiln, before any other kiln call that communicates. */
+KILN_API kiln_status kiln_dist_init(kiln_ctx *ctx, int *argc, char ***argv);
+/* Leaves MPI when kiln_dist_init started it (MPI_Finalize). */
+KILN_API void kiln_dist_finalize(void);
+/* This process's rank (0 until kiln_dist_init) and the number of ranks. */
+KILN_API int kiln_dist_rank(void);
+KILN_API int kiln_dist_size(void);
+/* Collective: every rank brings its status and all get the same answer:
+ * KILN_OK when every rank had it, else the status of the lowest failing
+ * rank, whose message ("rank R of N: ...") lands in ctx on every rank. One
+ * rank: status itself. */
+KILN_API kiln_status kiln_dist_agree(kiln_ctx *ctx, kiln_status status);
+
+/* ==== Shard sets ==== */
+
+/* A shard set is N independent indexes over one dataset: the element with
+ * label L lives in shard kiln_shard_of(L, N). A small manifest names the
+ * shards with their sizes and header checksums (docs/FORMAT.md, "Shard set
+ * manifest"). A query goes to every shard, and their top-k lists are merged
+ * by distance, ties broken by the smaller label, as a client of Redis-style
+ * shards merges them. */
+#define KILN_MAX_SHARDS 4096u
+
+typedef struct kiln_shardset kiln_shardset;
+
+/* The shard (0..nshards-1) of label: MurmurHash3's 64-bit finalizer (fmix64)
+ * of the label's two's-complement bits, mod nshards. Fixed: the same on every
+ * host and in every version, so that writes can be routed by it. */
+KILN_API uint32_t kiln_shard_of(int64_t label, uint32_t nshards);
+
+/* Opens a shard set by its manifest, or a single index file as a set of
+ * one shard. Every shard is opened with flags (KILN_LOAD_*; mapped, so the
+ * open costs O(count) bytes) and must match the manifest: its file size,
+ * header checksum, count, dimension and metric (KILN_E_CHECKSUM or
+ * KILN_E_FORMAT naming the shard); shard files are named relative to the
+ * manifest's folder. With KILN_LOAD_VERIFY every label is also checked to
+ * hash to its shard. *out (free with kiln_shardset_free) is NULL on
+ * failure. */
+KILN_API kiln_status kiln_shardset_open(kiln_ctx *ctx, const char *path, uint32_t flags,
+                                        kiln_shardset **out);
+KILN_API void kiln_shardset_free(kiln_shardset *set);
+KILN_API uint32_t kiln_shardset_shards(const kiln_shardset *set);
+/* Shard i (borrowed: valid until kiln_shardset_free), and its file's path. */
+KILN_API const kiln_index *kiln_shardset_shard(const kiln_shardset *set, uint32_t i);
+KILN_API const char *kiln_shardset_shard_path(const kiln_shardset *set, uint32_t i);
+/* Non-zero when the set came from a manifest (zero: a single index file). */
+KILN_API int kiln_shardset_has_manifest(const kiln_shardset *set);
+KILN_API size_t kiln_shardset_count(const kiln_shardset *set);
+KILN_API size_t kiln_shardset_dim(const kiln_shardset *set);
+KILN_API kiln_metric kiln_shardset_metric(const kiln_shardset *set);
+
+/* Searches every shard for each query, in parallel (params->threads over
+ * shards and blocks of queries), and merges each query's lists into its
+ * global top k: ascending distance, equal distances by ascending label,
+ * padding (label -1, distance +inf) last. The output is laid out as
+ * kiln_index_search's; a set of one shard (a plain index) is that search
+ * itself, ties in its order. Safe to call from many threads on one set. */
+KILN_API kiln_status kiln_shardset_search(const kiln_shardset *set, const float *queries, size_t nq,
+                                          const kiln_search_params *params, int64_t *labels,
+                                          float *distances);
+
+/* What kiln_shardset_build did. */
+typedef struct kiln_shardset_report {
+    uint32_t shards;             /* N */
+    uint32_t built;              /* shards built by this call */
+    uint32_t kept;               /* shards found finished (resume) and kept */
+    int manifest_written;        /* non-zero when the manifest was written */
+    double seconds;              /* the whole call */
+    double slowest_seconds;      /* the slowest shard built, gather and save included */
+    uint64_t peak_rss_anon;      /* the process's peak anonymous resident bytes */
+    uint64_t work_bytes_written; /* summed over the shard builds (gathered rows included) */
+    uint64_t work_bytes_read;
+} kiln_shardset_report;
+
+/* Builds the shard set set_path over ds: shard s holds, in row order, the
+ * rows whose label (the row number) hashes to s, with those labels. Each
+ * shard's rows are first gathered in one sequential pass into a file in the
+ * work dir, then built as any index (params apply to every shard; its work
+ * dir is a sub-folder of params->work_dir, or of $TMPDIR when NULL) and saved
+ * as "<set_path>-<s>-of-<N>.kiln". shard < 0 builds every shard and then
+ * writes the manifest set_path atomically; shard >= 0 builds that one only (N
+ * processes or ranks each building one), and a later call with shard < 0 and
+ * params->resume finds them. With params->resume, a shard file already there
+ * is kept when its header, labels and a sample of its vectors match what this
+ * call would build, and an unfinished shard build resumes from its work dir;
+ * without it every shard named is built anew. Every shard must get at least
+ * one row. rep may be NULL. */
+KILN_API kiln_status kiln_shardset_build(kiln_ctx *ctx, const kiln_dataset *ds,
+                                         const kiln_build_params *params, uint32_t nshards,
+                                         int32_t shard, const char *set_path,
+                                         kiln_shardset_report *rep);
 
 /* ==== hnswlib interop ==== */
 

@@ -232,6 +232,65 @@ static void test_pipeline(void) {
     test_gt_formats(recall);
 }
 
+/* "key": VALUE unquoted (numbers, true/false) in a JSON line. */
+static bool json_raw(const char *text, const char *key, const char *want) {
+    char pat[1200];
+    snprintf(pat, sizeof pat, "\"%s\": %s,", key, want);
+    return strstr(text, pat) != NULL;
+}
+
+/* kiln build --shards: the set and its shards, one shard at a time then
+ * the manifest, search and eval through the manifest (the same results as
+ * a search by hand of every shard would give is test_shards' job; here: the
+ * commands, their outputs and their refusals). */
+static void test_shards(void) {
+    char a[4096];
+    snprintf(a, sizeof a, "build %s/b.fvecs --shards 2 -o %s/s.kset --threads 1 --json", tmp, tmp);
+    CHECK_MSG(run(a) == 0, "%s", err_text);
+    CHECK(json_raw(out_text, "shards", "2") && json_raw(out_text, "built", "2") &&
+          json_raw(out_text, "manifest", "true"));
+    CHECK(exists("s.kset") && exists("s.kset-0-of-2.kiln") && exists("s.kset-1-of-2.kiln") &&
+          !exists("s.kset.work"));
+    snprintf(a, sizeof a, "check %s/s.kset", tmp);
+    CHECK_MSG(run(a) == 0 && strstr(out_text, "shard set of 2 shards, 3000 vectors"), "%s%s",
+              out_text, err_text);
+    snprintf(a, sizeof a, "info %s/s.kset", tmp);
+    CHECK(run(a) == 0 && strstr(out_text, "shard set of:    2 shards") &&
+          strstr(out_text, "count:           3000"));
+    snprintf(a, sizeof a, "eval %s/s.kset %s/q.fvecs %s/gt.ivecs --ef 64 --json", tmp, tmp, tmp);
+    CHECK_MSG(run(a) == 0, "%s", err_text);
+    const char *r = strstr(out_text, "\"recall\": ");
+    const double recall = r ? atof(r + 10) : 0;
+    CHECK_MSG(recall >= 0.95, "recall@10 at ef=64 of a 2-shard set from kiln eval: %.4f", recall);
+    snprintf(a, sizeof a, "search %s/s.kset %s/q.fvecs -k 5 --json", tmp, tmp);
+    CHECK(run(a) == 0 && count_lines(out_text) == 50 && strstr(out_text, "\"distances\""));
+    /* Shard by shard (two processes' work), then the manifest alone. */
+    snprintf(a, sizeof a, "build %s/b.fvecs --shards 2 --shard 1 -o %s/p.kset --threads 1", tmp,
+             tmp);
+    CHECK_MSG(run(a) == 0, "%s", err_text);
+    CHECK(exists("p.kset-1-of-2.kiln") && !exists("p.kset-0-of-2.kiln") && !exists("p.kset"));
+    snprintf(a, sizeof a, "build %s/b.fvecs --shards 2 --shard 0 -o %s/p.kset --threads 1", tmp,
+             tmp);
+    CHECK(run(a) == 0 && !exists("p.kset"));
+    snprintf(a, sizeof a, "build %s/b.fvecs --shards 2 -o %s/p.kset --threads 1 --resume --json",
+             tmp, tmp);
+    CHECK_MSG(run(a) == 0, "%s", err_text);
+    CHECK(json_raw(out_text, "built", "0") && json_raw(out_text, "kept", "2") && exists("p.kset"));
+    CHECK(same_bytes("p.kset-0-of-2.kiln", "s.kset-0-of-2.kiln") &&
+          same_bytes("p.kset-1-of-2.kiln", "s.kset-1-of-2.kiln"));
+    /* Refusals: --shard without --shards, out of range; a shard gone. */
+    snprintf(a, sizeof a, "build %s/b.fvecs --shard 0 -o %s/x.kset", tmp, tmp);
+    CHECK(run(a) == 2 && strstr(err_text, "--shard 0 needs --shards N"));
+    snprintf(a, sizeof a, "build %s/b.fvecs --shards 2 --shard 2 -o %s/x.kset", tmp, tmp);
+    CHECK(run(a) == 2);
+    snprintf(a, sizeof a, "rm %s/p.kset-1-of-2.kiln", tmp);
+    REQUIRE(system(a) == 0);
+    snprintf(a, sizeof a, "search %s/p.kset %s/q.fvecs", tmp, tmp);
+    CHECK_MSG(run(a) == 1 && strstr(err_text, "shard 1 of 2") && count_lines(err_text) == 1, "%s",
+              err_text);
+    CHECK(no_temp_files());
+}
+
 /* The final line of each progress stage ("[kiln] STAGE  done/total  ... s",
  * no ETA) reports done == total. Returns the number of final lines seen. */
 static size_t check_progress_final(const char *text) {
@@ -840,6 +899,7 @@ int main(void) {
     REQUIRE(system(cmd) == 0);
     test_help();
     test_pipeline();
+    test_shards();
     test_progress();
     test_conventions();
     test_json();

@@ -1,0 +1,31 @@
+/* dist_internal.h -- the few collectives a distributed build needs, over
+ * MPI's world communicator (common/dist.c). Compiled twice: with
+ * KILN_HAVE_MPI into libkiln when MPI was found, and without it (one
+ * process: rank 0 of 1, every collective a copy or a no-op) into
+ * libkiln-core and into a libkiln built without MPI, so that the callers in
+ * graph/ and host/ have one code path.
+ *
+ * Every function is collective unless it says otherwise: every rank calls
+ * it, in the same order. A failure of the communication itself is
+ * KILN_E_IO with MPI's message; the launcher (mpirun) ends the job when a
+ * rank dies. */
+#ifndef KILN_DIST_INTERNAL_H
+#define KILN_DIST_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kiln.h"
+
+/* kiln_dist_agree (kiln.h) is the collective failures travel by. */
+
+/* len bytes at buf from root to every rank. */
+kiln_status kiln_dist_bcast(kiln_ctx *ctx, void *buf, size_t len, int root);
+
+/* Sums n uint64 values over the ranks into every rank's buf. */
+kiln_status kiln_dist_sum_u64(kiln_ctx *ctx, uint64_t *buf, size_t n);
+
+/* The largest of one double over the ranks. */
+kiln_status kiln_dist_max_f64(kiln_ctx *ctx, double *v);
+
+#endif /* KILN_DIST_INTERNAL_H */
