@@ -30,7 +30,7 @@ groundtruth`, made once per size and kept) at ef 10..128 for the sizes in
 --recall-sizes. Medians over the repetitions; then the issue's targets:
   t(4M)/t(1M) <= 4.4, and per 2.5x of n from 4M to 10M prorated (kiln, or
   kiln-limit where only that runs: the budget does not change the build)
-  (4.4 ** log(2.5)/log(4) = 3.07; the same rule gives the 10M -> 20M ratio);
+  (4.4 ** (log(2.5)/log(4)) = 2.66; the same rule gives 2.10 from 10M to 20M);
   kiln <= 0.12 x hnswlib's wall at 1M and 4M, recall >= hnswlib's at every ef;
   peak memory <= 1.0 x hnswlib's at 1M with no limit; <= limit + 10% with one;
   kiln-spill at 1M: recall loss <= 0.003, time <= 1.3 x kiln.
@@ -295,11 +295,15 @@ def main():
         if (name, "hnswlib") in med:
             k, h = med[(name, "kiln")], med[(name, "hnswlib")]
             ratio = k["wall"] / h["wall"]
-            say(f"- {name}: kiln {k['wall']:.1f} s / hnswlib {h['wall']:.1f} s = {ratio:.3f} (target <= 0.12): {verdict(ratio <= 0.12)}")
+            # The time target names 1M and 4M, the memory target 1M; other sets are reported.
+            timed = name in ("1M", "4M")
+            say(f"- {name}: kiln {k['wall']:.1f} s / hnswlib {h['wall']:.1f} s = {ratio:.3f}"
+                + (f" (target <= 0.12): {verdict(ratio <= 0.12)}" if timed else " (no target at this size)"))
             if k["recall"] and h["recall"]:
                 worst = min(k["recall"][e] - h["recall"][e] for e in h["recall"])
                 say(f"- {name}: recall kiln - hnswlib, worst ef: {worst:+.4f} (target >= 0): {verdict(worst >= 0)}")
-            say(f"- {name}: peak memory kiln {k['peak']:.0f} MiB / hnswlib {h['peak']:.0f} MiB = {k['peak'] / h['peak']:.2f} (target <= 1.0 at 1M): {verdict(k['peak'] <= h['peak'])}")
+            say(f"- {name}: peak memory kiln {k['peak']:.0f} MiB / hnswlib {h['peak']:.0f} MiB = {k['peak'] / h['peak']:.2f}"
+                + (f" (target <= 1.0 at 1M): {verdict(k['peak'] <= h['peak'])}" if name == "1M" else " (no target at this size)"))
     for name in names:
         if (name, "kiln-limit") in med:
             m = med[(name, "kiln-limit")]
