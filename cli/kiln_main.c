@@ -504,6 +504,42 @@ static uint32_t local_threads(void) {
     return (uint32_t)(cores / local > 0 ? cores / local : 1);
 }
 
+/* This rank's place among the ranks on its node (Open MPI, MPICH, Slurm),
+ * 0 when no launcher says. */
+static int local_rank(void) {
+    const char *vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"};
+    for (size_t i = 0; i < 3; i++)
+        if (getenv(vars[i]))
+            return atoi(getenv(vars[i]));
+    return 0;
+}
+
+/* Under ranks, "auto" and "gpu" (given, or from $KILN_DEVICE) mean one GPU
+ * per rank: the node's ranks take its GPUs in turn, local rank mod GPUs, so
+ * that a node of 8 GPUs runs 8 ranks on 8 devices without a wrapper. "cpu"
+ * and "P:D" are kept as given (every rank on that device); so is the
+ * choice where there is no GPU. */
+static const char *rank_device(kiln_ctx *ctx, const char *spec, char *buf, size_t cap) {
+    const char *s = spec ? spec : getenv("KILN_DEVICE");
+    if (s && *s && strcmp(s, "auto") != 0 && strcmp(s, "gpu") != 0)
+        return spec;
+    uint32_t n = 0, gpus = 0;
+    if (kiln_device_count(ctx, &n) != KILN_OK)
+        return spec;
+    kiln_device_info info, pick = {0};
+    for (uint32_t i = 0; i < n; i++)
+        if (kiln_device_info_get(ctx, i, &info) == KILN_OK && info.type == KILN_DEVICE_GPU)
+            gpus++;
+    if (gpus == 0)
+        return spec;
+    for (uint32_t i = 0, g = 0; i < n; i++)
+        if (kiln_device_info_get(ctx, i, &info) == KILN_OK && info.type == KILN_DEVICE_GPU &&
+            g++ == (uint32_t)local_rank() % gpus)
+            pick = info;
+    snprintf(buf, cap, "%u:%u", pick.platform_index, pick.device_index);
+    return buf;
+}
+
 static int cmd_build(const cli_args *a) {
     kiln_format fmt;
     kiln_build_params p;
@@ -581,6 +617,7 @@ static int cmd_build(const cli_args *a) {
      * one graph across ranks is not built yet, and N copies of it would race
      * for one output, so that is refused (decision 12). */
     const int ranks = kiln_dist_launched_size();
+    char rank_spec[32];
     if (ranks > 1) {
         if (kiln_dist_init(ctx, NULL, NULL) != KILN_OK) {
             rc = fail("build", ctx);
@@ -596,6 +633,7 @@ static int cmd_build(const cli_args *a) {
         }
         if (p.threads == 0) /* the node's cores shared among its ranks */
             p.threads = local_threads();
+        p.device = rank_device(ctx, p.device, rank_spec, sizeof rank_spec);
     }
     double t0 = now_s();
     rc = open_vectors(ctx, a, a->pos[0], &ds);

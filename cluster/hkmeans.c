@@ -136,15 +136,14 @@ typedef struct tree_files {
 
 /* One search round's scratch, sized for TREE_CHUNK_ROWS rows. */
 typedef struct tree_round {
-    uint32_t *cid;     /* n*P: probed cells, nearest first */
-    float *cdist;      /* n*P */
-    uint64_t *cell_at; /* cells+1: pairs of cell g are pairs[cell_at[g] ..] */
-    uint32_t *pairs;   /* n*P: pair index i*P + j, sorted by cell, then row */
-    size_t *list_at;   /* n*P: where pair i*P + j's list starts in ids/dists */
-    uint32_t *ids;     /* n*P*r: each pair's list, global ids */
-    float *dists;      /* n*P*r */
-    float *rows;       /* rows_cap*dim: one cell's gathered rows */
-    size_t rows_cap;
+    uint32_t *cid;      /* n*P: probed cells, nearest first */
+    float *cdist;       /* n*P */
+    uint64_t *cell_at;  /* cells+1: pairs of cell g are pairs[cell_at[g] ..] */
+    uint32_t *pairs;    /* n*P: pair index i*P + j, sorted by cell, then row */
+    size_t *list_at;    /* n*P: where pair i*P + j's list starts in ids/dists */
+    uint32_t *ids;      /* n*P*r: each pair's list, global ids */
+    float *dists;       /* n*P*r */
+    kiln_grow_buf rows; /* one cell's gathered rows, dim floats each */
 } tree_round;
 
 /* One kiln_kmeans_tree_nearest call, checked and resolved. */
@@ -355,15 +354,9 @@ static kiln_status tree_search_round(kiln_ctx *ctx, const tree_job *job, const t
         most = s->cell_at[g + 1] > most ? s->cell_at[g + 1] : most;
         s->cell_at[g + 1] += s->cell_at[g];
     }
-    if (most > s->rows_cap) {
-        free(s->rows);
-        s->rows = NULL;
-        s->rows_cap = 0;
-        st = kiln_alloc(ctx, (size_t)most * dim * sizeof *s->rows, "probe rows", (void **)&s->rows);
-        if (st != KILN_OK)
-            return st;
-        s->rows_cap = (size_t)most;
-    }
+    if ((st = kiln_grow_buf_fit(ctx, &s->rows, (size_t)most * dim * sizeof(float), "probe rows")))
+        return st;
+    float *const cell_rows = s->rows.p;
     for (size_t q = 0; q < np; q++)
         s->pairs[s->cell_at[s->cid[q]]++] = (uint32_t)q;
     for (uint32_t g = cells; g > 0; g--)
@@ -382,9 +375,10 @@ static kiln_status tree_search_round(kiln_ctx *ctx, const tree_job *job, const t
         const long lcount = (long)(e - b);
 #pragma omp parallel for num_threads(threads) schedule(static) if (lcount >= TREE_GATHER_PARALLEL)
         for (long t = 0; t < lcount; t++)
-            memcpy(s->rows + (size_t)t * dim, x + (size_t)(pg[t] / P) * dim, dim * sizeof *s->rows);
+            memcpy(cell_rows + (size_t)t * dim, x + (size_t)(pg[t] / P) * dim,
+                   dim * sizeof *cell_rows);
         uint32_t *const gid = s->ids + at;
-        st = nearest.fn(nearest.user, ctx, (kiln_rows){s->rows, (size_t)(e - b), dim},
+        st = nearest.fn(nearest.user, ctx, (kiln_rows){cell_rows, (size_t)(e - b), dim},
                         (kiln_centroids){f->packed + f->at[g] * dim, kg, dim}, r,
                         (kiln_nearest_out){gid, s->dists + at});
         const uint32_t *const file = f->ids + f->at[g];
@@ -588,8 +582,8 @@ kiln_status kiln_kmeans_train_tree(kiln_ctx *ctx, kiln_rows data, const kiln_kme
         for (uint64_t t = b; t < e; t++)
             memcpy(rows + (t - b) * dim, xs + (size_t)order[t] * dim, dim * sizeof *rows);
         run.seed = kiln_rng_next(&rng);
-        st = kiln_kmeans_train_rows(ctx, (kiln_rows){rows, (size_t)(e - b), dim}, quota[c], &run,
-                                    centroids + (size_t)first[c] * dim);
+        st = kiln_kmeans_train_rows(ctx, (kiln_rows){rows, (size_t)(e - b), dim}, quota[c],
+                                    &run, centroids + (size_t)first[c] * dim);
     }
     *tree = (kiln_kmeans_tree){.cells = cells, .dim = dim, .coarse = coarse};
     if (st == KILN_OK) {
@@ -702,7 +696,7 @@ kiln_status kiln_kmeans_tree_nearest(kiln_ctx *ctx, const kiln_kmeans_tree_searc
     free(s.list_at);
     free(s.ids);
     free(s.dists);
-    free(s.rows);
+    kiln_grow_buf_free(&s.rows);
     return st;
 }
 

@@ -373,3 +373,20 @@ uint64_t kiln_peak_rss_anon(void) {
         ;
     return now > seen ? now : seen;
 }
+
+kiln_status kiln_grow_buf_fit(kiln_ctx *ctx, kiln_grow_buf *b, size_t bytes, const char *what) {
+    if (bytes <= b->cap && b->p)
+        return KILN_OK;
+    kiln_grow_buf_free(b);
+    const size_t cap = bytes + bytes / 4 + 64;
+    kiln_status st = kiln_alloc(ctx, cap, what, &b->p);
+    if (st == KILN_OK)
+        b->cap = cap;
+    return st;
+}
+
+void kiln_grow_buf_free(kiln_grow_buf *b) {
+    free(b->p);
+    b->p = NULL;
+    b->cap = 0;
+}

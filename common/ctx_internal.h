@@ -66,6 +66,21 @@ kiln_status kiln_calloc(kiln_ctx *ctx, size_t bytes, const char *what, void **ou
 kiln_status kiln_alloc_aligned(kiln_ctx *ctx, size_t bytes, const char *what, void **out);
 void kiln_free_aligned(void *p);
 
+/* A heap buffer kept across the rounds of a loop that only grows, by a
+ * quarter more than asked (the rounds differ a little), so that its pages
+ * are touched once per loop rather than once per round: a fresh page is
+ * dear on a VM that hands freed memory back to its host (common/afile.c
+ * decision 7 has the figures; host/device_build.c's streaming passes and
+ * cluster/hkmeans.c's probes keep theirs in one). Zero-initialise it. */
+typedef struct kiln_grow_buf {
+    void *p;
+    size_t cap;
+} kiln_grow_buf;
+
+/* Makes b hold at least bytes (its contents are not kept when it grows). */
+kiln_status kiln_grow_buf_fit(kiln_ctx *ctx, kiln_grow_buf *b, size_t bytes, const char *what);
+void kiln_grow_buf_free(kiln_grow_buf *b);
+
 /* true on overflow; *out is a*b (a+b) otherwise. */
 static inline bool kiln_mul_size(size_t a, size_t b, size_t *out) {
     return __builtin_mul_overflow(a, b, out);

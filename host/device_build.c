@@ -638,42 +638,22 @@ static kiln_status run_batch(pipeline *pl, batch_buf *b, uint32_t bi) {
 
 /* ==== The streaming passes (decision 9) ==== */
 
-/* A buffer the streaming passes keep from partition to partition: it only
- * grows (by a quarter more than asked, since partitions differ a little),
- * so its pages are touched once per pass instead of once per partition. A
- * fresh page is dear (common/afile.c decision 7 has the figures): at 4M x
- * 128 freeing and allocating per partition was measured at 39.0 -> 60.1 s
- * of merge+prune when partitions grew from 26K to 250K nodes, the freed
- * pages going back to the host before the next partition took them. */
-typedef struct {
-    void *p;
-    size_t cap;
-} pass_buf;
-
-static kiln_status pass_buf_fit(kiln_ctx *ctx, pass_buf *b, size_t bytes, const char *what) {
-    if (bytes <= b->cap && b->p)
-        return KILN_OK;
-    free(b->p);
-    b->p = NULL;
-    b->cap = 0;
-    const size_t cap = bytes + bytes / 4 + 64;
-    kiln_status st = kiln_alloc(ctx, cap, what, &b->p);
-    if (st == KILN_OK)
-        b->cap = cap;
-    return st;
-}
-
+/* The streaming passes keep their buffers from partition to partition
+ * (kiln_grow_buf): at 4M x 128 freeing and allocating per partition was
+ * measured at 39.0 -> 60.1 s of merge+prune when partitions grew from 26K
+ * to 250K nodes, the freed pages going back to the host before the next
+ * partition took them. */
 /* The buffers of both passes: the forward pass's records and then its
  * sorted edges, its candidates, its edges; the reverse pass's edges, its
  * incoming lists, their scratch. */
 typedef struct {
-    pass_buf a, b, c;
+    kiln_grow_buf a, b, c;
 } pass_bufs;
 
 static void pass_bufs_free(pass_bufs *pb) {
-    free(pb->a.p);
-    free(pb->b.p);
-    free(pb->c.p);
+    kiln_grow_buf_free(&pb->a);
+    kiln_grow_buf_free(&pb->b);
+    kiln_grow_buf_free(&pb->c);
 }
 
 /* Reads segment q of every work file named by name_of(0..count) into buf
@@ -681,7 +661,7 @@ static void pass_bufs_free(pass_bufs *pb) {
 typedef void (*name_fn)(char *name, size_t cap, uint32_t i);
 
 static kiln_status gather_segment(pipeline *pl, name_fn name_of, uint32_t count, uint32_t q,
-                                  pass_buf *buf, uint64_t *len) {
+                                  kiln_grow_buf *buf, uint64_t *len) {
     kiln_ctx *ctx = pl->ctx;
     *len = 0;
     kiln_workfile **wf = NULL;
@@ -694,7 +674,7 @@ static kiln_status gather_segment(pipeline *pl, name_fn name_of, uint32_t count,
             total += kiln_workfile_seg_len(wf[i], q);
     }
     if (st == KILN_OK &&
-        (st = pass_buf_fit(ctx, buf, (size_t)total + 1, "partition records")) == KILN_OK) {
+        (st = kiln_grow_buf_fit(ctx, buf, (size_t)total + 1, "partition records")) == KILN_OK) {
         uint64_t at = 0;
         for (uint32_t i = 0; i < count && st == KILN_OK; i++) {
             st = kiln_workfile_read(wf[i], q, (uint8_t *)buf->p + at);
@@ -759,7 +739,8 @@ static kiln_status forward_part(pipeline *pl, pass_bufs *pb, uint32_t q) {
     }
     for (uint32_t i = 0; i < count; i++)
         off[i + 1] += off[i];
-    if ((st = pass_buf_fit(ctx, &pb->b, (total + 1) * sizeof *cands, "partition candidates")) ||
+    if ((st =
+             kiln_grow_buf_fit(ctx, &pb->b, (total + 1) * sizeof *cands, "partition candidates")) ||
         (st = kiln_alloc(ctx, ((size_t)count + 1) * sizeof *at, "node fill", (void **)&at)))
         goto done;
     cands = pb->b.p;
@@ -786,8 +767,8 @@ static kiln_status forward_part(pipeline *pl, pass_bufs *pb, uint32_t q) {
     at = NULL;
     const kiln_l0_block blk = {first, count, off, cands};
     uint64_t n_rev = 0;
-    if ((st = pass_buf_fit(ctx, &pb->c, (2 * (size_t)count * pl->ix->M0 + 1) * sizeof *rev,
-                           "reverse edges")))
+    if ((st = kiln_grow_buf_fit(ctx, &pb->c, (2 * (size_t)count * pl->ix->M0 + 1) * sizeof *rev,
+                                "reverse edges")))
         goto done;
     rev = pb->c.p;
     if ((st = kiln_l0_forward(pl->ix, &blk, pl->threads, rev, &n_rev)))
@@ -795,7 +776,8 @@ static kiln_status forward_part(pipeline *pl, pass_bufs *pb, uint32_t q) {
     /* Group by target partition (counting sort, stable). */
     const uint32_t P = pl->parts;
     if ((st = kiln_calloc(ctx, ((size_t)P + 1) * sizeof *at, "partition sizes", (void **)&at)) ||
-        (st = pass_buf_fit(ctx, &pb->a, (n_rev + 1) * sizeof *sorted, "sorted reverse edges")) ||
+        (st = kiln_grow_buf_fit(ctx, &pb->a, (n_rev + 1) * sizeof *sorted,
+                                "sorted reverse edges")) ||
         (st = kiln_alloc(ctx, (size_t)P * sizeof *segs, "reverse segments", (void **)&segs)))
         goto done;
     sorted = pb->a.p;
@@ -842,8 +824,8 @@ static kiln_status reverse_part(pipeline *pl, pass_bufs *pb, uint32_t q) {
             goto done;
         }
     }
-    if ((st = pass_buf_fit(ctx, &pb->b, (n + 1) * sizeof(kiln_hcand), "incoming edges")) ||
-        (st = pass_buf_fit(ctx, &pb->c, (n + 1) * sizeof(kiln_hcand), "incoming scratch")))
+    if ((st = kiln_grow_buf_fit(ctx, &pb->b, (n + 1) * sizeof(kiln_hcand), "incoming edges")) ||
+        (st = kiln_grow_buf_fit(ctx, &pb->c, (n + 1) * sizeof(kiln_hcand), "incoming scratch")))
         goto done;
     kiln_hcand *in = pb->b.p, *scratch = pb->c.p;
     kiln_edges_by_target(e, n, first, count, off, in);
