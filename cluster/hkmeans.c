@@ -582,8 +582,8 @@ kiln_status kiln_kmeans_train_tree(kiln_ctx *ctx, kiln_rows data, const kiln_kme
         for (uint64_t t = b; t < e; t++)
             memcpy(rows + (t - b) * dim, xs + (size_t)order[t] * dim, dim * sizeof *rows);
         run.seed = kiln_rng_next(&rng);
-        st = kiln_kmeans_train_rows(ctx, (kiln_rows){rows, (size_t)(e - b), dim}, quota[c],
-                                    &run, centroids + (size_t)first[c] * dim);
+        st = kiln_kmeans_train_rows(ctx, (kiln_rows){rows, (size_t)(e - b), dim}, quota[c], &run,
+                                    centroids + (size_t)first[c] * dim);
     }
     *tree = (kiln_kmeans_tree){.cells = cells, .dim = dim, .coarse = coarse};
     if (st == KILN_OK) {
