@@ -35,6 +35,16 @@
 
 #define DIST_PIECE ((size_t)1 << 30) /* bytes per MPI call (decision 4) */
 
+#ifdef KILN_HAVE_MPI
+/* The piece size: DIST_PIECE, or a test's smaller one (KILN_TEST_DIST_PIECE
+ * bytes), so that the splitting is exercised without gigabytes. */
+static size_t dist_piece(void) {
+    const char *t = getenv("KILN_TEST_DIST_PIECE");
+    const long v = t ? atol(t) : 0;
+    return v > 0 && (size_t)v < DIST_PIECE ? (size_t)v : DIST_PIECE;
+}
+#endif
+
 static int dist_rank, dist_size = 1;
 #ifdef KILN_HAVE_MPI
 static int dist_started; /* kiln_dist_init called MPI_Init_thread */
@@ -201,6 +211,59 @@ kiln_status kiln_dist_max_f64(kiln_ctx *ctx, double *v) {
 #else
     (void)ctx;
     (void)v;
+#endif
+    return KILN_OK;
+}
+
+static void free_all(void **recv, int n) {
+    for (int r = 0; r < n; r++) {
+        free(recv[r]);
+        recv[r] = NULL;
+    }
+}
+
+kiln_status kiln_dist_exchange(kiln_ctx *ctx, const void *const *send, const uint64_t *send_len,
+                               void **recv, uint64_t *recv_len) {
+    const int n = dist_size, me = dist_rank;
+    for (int r = 0; r < n; r++)
+        recv[r] = NULL;
+#ifdef KILN_HAVE_MPI
+    int rc = MPI_SUCCESS;
+    if (n > 1 && (rc = MPI_Alltoall(send_len, 1, MPI_UINT64_T, recv_len, 1, MPI_UINT64_T,
+                                    MPI_COMM_WORLD)) != MPI_SUCCESS)
+        return mpi_failed(ctx, "MPI_Alltoall", rc);
+#endif
+    if (n == 1) /* one rank (MPI not started, or a world of one) */
+        recv_len[0] = send_len[0];
+    for (int r = 0; r < n; r++)
+        if (recv_len[r] && !(recv[r] = malloc((size_t)recv_len[r]))) {
+            free_all(recv, n);
+            return kiln_fail(ctx, KILN_E_NOMEM,
+                             "rank %d of %d: out of memory for %llu bytes from rank %d", me, n,
+                             (unsigned long long)recv_len[r], r);
+        }
+    if (recv_len[me])
+        memcpy(recv[me], send[me], (size_t)recv_len[me]);
+#ifdef KILN_HAVE_MPI
+    const size_t piece = dist_piece();
+    for (int k = 1; k < n; k++) {
+        const int to = (me + k) % n, from = (me - k + n) % n;
+        const uint64_t out = send_len[to], in = recv_len[from];
+        for (uint64_t off = 0; off < out || off < in; off += piece) {
+            const size_t so = off < out ? (size_t)(out - off < piece ? out - off : piece) : 0;
+            const size_t si = off < in ? (size_t)(in - off < piece ? in - off : piece) : 0;
+            /* A side with nothing left is MPI_PROC_NULL: no empty message is sent that
+             * its peer would not receive, so each pair matches piece for piece. */
+            rc = MPI_Sendrecv(so ? (const char *)send[to] + off : NULL, (int)so, MPI_BYTE,
+                              so ? to : MPI_PROC_NULL, k, si ? (char *)recv[from] + off : NULL,
+                              (int)si, MPI_BYTE, si ? from : MPI_PROC_NULL, k, MPI_COMM_WORLD,
+                              MPI_STATUS_IGNORE);
+            if (rc != MPI_SUCCESS) {
+                free_all(recv, n);
+                return mpi_failed(ctx, "MPI_Sendrecv", rc);
+            }
+        }
+    }
 #endif
     return KILN_OK;
 }

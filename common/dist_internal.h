@@ -28,4 +28,15 @@ kiln_status kiln_dist_sum_u64(kiln_ctx *ctx, uint64_t *buf, size_t n);
 /* The largest of one double over the ranks. */
 kiln_status kiln_dist_max_f64(kiln_ctx *ctx, double *v);
 
+/* Personalised all-to-all of byte buffers, what a build across ranks sends
+ * each owner (candidate records, reverse edges): this rank sends the
+ * send_len[r] bytes at send[r] to every rank r (its own are copied), and
+ * gets rank r's buffer for it in recv[r] (malloc'd, the caller's to free;
+ * NULL when empty), recv_len[r] bytes. The lengths go first (one
+ * all-to-all), then pairwise rounds (round k: to rank + k, from rank - k)
+ * in pieces of at most a GiB, so any sizes and any number of ranks work.
+ * On failure every recv[r] is NULL. */
+kiln_status kiln_dist_exchange(kiln_ctx *ctx, const void *const *send, const uint64_t *send_len,
+                               void **recv, uint64_t *recv_len);
+
 #endif /* KILN_DIST_INTERNAL_H */

@@ -12,7 +12,9 @@
 #     only) fails the job with no manifest written; the same command with
 #     --resume then finishes to the same files;
 #  3. commands other than build, and a one-index build, refuse to run
-#     across ranks, saying so once per rank.
+#     across ranks, saying so once per rank;
+#  and first the collectives of common/dist.c (tests/test_dist.c) on 2, 3
+#  and 4 ranks.
 # Exit 77 = skipped: this kiln has no MPI, or no mpirun, or no datasets.
 set -uo pipefail
 kiln=$1
@@ -73,6 +75,16 @@ same_set() {
   # the manifests name their own files: compare them with the names removed
   diff <(sed 's/ file .*//; /^crc32c/d' "$1") <(sed 's/ file .*//; /^crc32c/d' "$2") >/dev/null
 }
+
+# 0. The collectives themselves (tests/test_dist.c): 2, 3 and 4 ranks
+#    exchanging buffers of unequal sizes, in 1000-byte pieces.
+for np in 2 3 4; do
+  if out=$(KILN_TEST_DIST_PIECE=1000 mpi "$np" "$(dirname "$kiln")/test_dist" 2>&1); then
+    ok "test_dist on $np ranks"
+  else
+    bad "test_dist on $np ranks: $out"
+  fi
+done
 
 # 1. Ranks against one process.
 for spec in siftsmall:2:2 fmnistsmall:2:2 siftsmall:3:5; do
