@@ -13,6 +13,11 @@
  *     The price is one read of the input per shard built; the rows of a
  *     shard are spread over the whole input by the hash, so no read of
  *     less would find them.
+ *  1a. With many shards a page of the input holds none of most shards' rows
+ *     (a 4 KiB page holds 8 rows of 128 floats, and a shard takes one row in
+ *     N), so past GATHER_SPARSE_FACTOR times the rows a page holds the
+ *     gather reads the shard's rows one by one, touching about n/N pages of
+ *     the mapping instead of all of them: the same bytes either way.
  *  2. The labels are the row numbers, written into the built index before
  *     it is checked and saved, so a shard's search answers in the input's
  *     ids and the merge needs no table.
@@ -55,6 +60,9 @@
  * cost of kiln_dataset_read_f32 vanishes, small enough to stay in L2/L3
  * while its rows are filtered and written (16,384 rows at d = 128). */
 #define GATHER_CHUNK_BYTES ((size_t)8 << 20)
+/* Decision 1a: the gather reads only its shard's rows once there are this
+ * many times more shards than rows in a 4 KiB page of the input. */
+#define GATHER_SPARSE_FACTOR 4
 /* Vectors compared with the input before a finished shard is kept: a check
  * that the shard was built from this input (a different input of the same
  * size differs in almost every row), at 64 row reads whatever the size;
@@ -102,9 +110,13 @@ static kiln_status gather(kiln_ctx *ctx, const kiln_dataset *ds, uint32_t nshard
     st = kiln_afile_write(af, head, sizeof head);
     const uint16_t one = 1;
     const bool little = *(const uint8_t *)&one == 1;
+    /* Decision 1a: rows one by one where a page holds far fewer than one of
+     * this shard's, else every row in chunks. */
+    const size_t per_page = ds->row_stride < 4096 ? 4096 / ds->row_stride : 1;
+    const bool sparse = nshards >= GATHER_SPARSE_FACTOR * per_page;
     for (size_t first = 0; first < ds->n && !st; first += chunk) {
         const size_t rows = ds->n - first < chunk ? ds->n - first : chunk;
-        if ((st = kiln_dataset_read_f32(ds, first, rows, buf))) {
+        if (!sparse && (st = kiln_dataset_read_f32(ds, first, rows, buf))) {
             if (ds->ctx != ctx)
                 kiln_fail(ctx, st, "%s", kiln_errmsg(ds->ctx));
             break;
@@ -112,7 +124,12 @@ static kiln_status gather(kiln_ctx *ctx, const kiln_dataset *ds, uint32_t nshard
         for (size_t i = 0; i < rows && !st; i++) {
             if (kiln_shard_of((int64_t)(first + i), nshards) != s)
                 continue;
-            float *r = buf + i * dim;
+            float *r = buf + (sparse ? 0 : i * dim);
+            if (sparse && (st = kiln_dataset_read_f32(ds, first + i, 1, r))) {
+                if (ds->ctx != ctx)
+                    kiln_fail(ctx, st, "%s", kiln_errmsg(ds->ctx));
+                break;
+            }
             if (!little)
                 for (size_t j = 0; j < dim; j++)
                     kiln_put_f32le((uint8_t *)&r[j], r[j]);

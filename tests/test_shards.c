@@ -515,6 +515,47 @@ static void test_single(kiln_ctx *ctx) {
     free(x);
 }
 
+/* 32 shards of siftsmall: more than 4 x the 7 rows a page holds, so the
+ * gather reads each shard's rows one by one (graph/shard_build.c decision
+ * 1a): every shard must still hold exactly its rows, in order, with their
+ * vectors. */
+static void test_many_shards(kiln_ctx *ctx) {
+    data dt;
+    if (!data_open(ctx, "siftsmall", &dt))
+        return;
+    char set_path[4096];
+    snprintf(set_path, sizeof set_path, "%s/shards_many.kset", tmp_dir());
+    kiln_build_params p;
+    kiln_build_params_init(&p);
+    p.method = KILN_METHOD_INSERT;
+    p.ef_construction = 32;
+    CHECK_OK(ctx, kiln_shardset_build(ctx, dt.base, &p, 32, -1, set_path, NULL));
+    kiln_shardset *set = NULL;
+    CHECK_OK(ctx, kiln_shardset_open(ctx, set_path, KILN_LOAD_VERIFY, &set));
+    REQUIRE(set);
+    const size_t d = kiln_dataset_dim(dt.base);
+    float *row = malloc(d * sizeof *row);
+    REQUIRE(row);
+    size_t total = 0, wrong = 0, unordered = 0;
+    for (uint32_t s = 0; s < 32; s++) {
+        const struct kiln_index *ix = kiln_shardset_shard(set, s);
+        for (uint64_t i = 0; i < ix->count; i++) {
+            const int64_t l = ix->labels[i];
+            REQUIRE(l >= 0 && (size_t)l < dt.n);
+            unordered += i > 0 && l <= ix->labels[i - 1];
+            CHECK_OK(ctx, kiln_dataset_read_f32(dt.base, (size_t)l, 1, row));
+            wrong += memcmp(row, kiln_vector(ix, (uint32_t)i), d * sizeof *row) != 0;
+        }
+        total += ix->count;
+    }
+    CHECK_MSG(total == dt.n && wrong == 0 && unordered == 0,
+              "32 shards: %zu rows of %zu, %zu with another vector, %zu out of order", total, dt.n,
+              wrong, unordered);
+    free(row);
+    kiln_shardset_free(set);
+    data_free(&dt);
+}
+
 /* Padding and ties: 20 rows in 3 shards, pairs of equal vectors, k above
  * the rows: real results first by (distance, label), then padding. */
 static void test_merge_edges(kiln_ctx *ctx) {
@@ -570,6 +611,7 @@ int main(void) {
     test_hash();
     test_single(ctx);
     test_merge_edges(ctx);
+    test_many_shards(ctx);
     test_refusals(ctx);
     test_set(ctx, "siftsmall", 2, 0.95);
     test_set(ctx, "siftsmall", 3, 0.95);
