@@ -793,6 +793,11 @@ kiln_status kiln_kmeans_k(kiln_ctx *ctx, size_t n, const kiln_kmeans_params *p, 
                              "k-means: target_size must be >= 1 when clusters is 0");
         const uint64_t slots = (uint64_t)n * p->replicas;
         kk = (slots + p->target_size - 1) / p->target_size;
+        if (p->extra && p->extra_share > 0) { /* the boundary extras' placements too */
+            const double want = ceil((double)n * (p->replicas + (double)p->extra * p->extra_share) /
+                                     p->target_size);
+            kk = want < 1 ? 1 : want > (double)n ? n : (uint64_t)want;
+        }
         if (p->max_size && (slots + p->max_size - 1) / p->max_size > kk)
             kk = (slots + p->max_size - 1) / p->max_size;
         if (kk < p->replicas)

@@ -50,6 +50,9 @@ typedef struct kiln_kmeans_params {
                              the cap must hold n * (replicas + extra)); default 0 */
     float extra_ratio;    /* near: its next candidate's squared distance is at most
                              extra_ratio times its nearest's; used when extra > 0 */
+    float extra_share;    /* the share of vectors expected near a boundary: with extra > 0
+                             and clusters == 0, k counts their placements too, so clusters
+                             stay near target_size (kiln_kmeans_k); default 0 */
     uint32_t spare;       /* candidates beyond `replicas` a vector may spill to before it
                              goes wherever there is room; default 8 */
     uint32_t iters;       /* Lloyd iterations (fewer when assignments stop changing);
@@ -63,8 +66,8 @@ typedef struct kiln_kmeans_params {
 void kiln_kmeans_params_init(kiln_kmeans_params *p);
 
 /* Validates p for n vectors and gives the number of clusters k that train and
- * build will use: p->clusters when set (1..n), else ceil(n * replicas /
- * target_size), raised to ceil(n * replicas / max_size) when capped and to
+ * build will use: p->clusters when set (1..n), else ceil(n * (replicas +
+ * extra * extra_share) / target_size), raised to ceil(n * replicas / max_size) when capped and to
  * replicas, then limited to n. Fails with KILN_E_ARG naming the parameter,
  * also when the cap cannot be met (k * max_size < n * min(replicas, k)). */
 kiln_status kiln_kmeans_k(kiln_ctx *ctx, size_t n, const kiln_kmeans_params *p, uint32_t *k);

@@ -900,15 +900,13 @@ static kiln_status step_clusters(pipeline *pl, const kiln_device_info *info) {
     kp.replicas = pl->replicas; /* kiln_build_device chose them */
     kp.extra = pl->extra;
     kp.extra_ratio = DEVICE_BOUNDARY_RATIO;
+    kp.extra_share = (float)DEVICE_BOUNDARY_SHARE;
     kp.seed = p->seed;
     kp.threads = p->threads;
-    /* With boundary extras, k and the fair share count the placements
-     * expected (DEVICE_BOUNDARY_SHARE), so clusters stay near their target. */
+    /* With boundary extras, k (kiln_kmeans_k) and the fair share count the
+     * placements expected (DEVICE_BOUNDARY_SHARE), so clusters stay near
+     * their target. */
     const double expected = pl->replicas + (double)pl->extra * DEVICE_BOUNDARY_SHARE;
-    if (!kp.clusters && pl->extra) {
-        const double want = ceil((double)n * expected / kp.target_size);
-        kp.clusters = (uint32_t)(want < 1 ? 1 : want > (double)n ? (double)n : want);
-    }
     uint32_t k;
     kiln_status st = kiln_kmeans_k(pl->ctx, n, &kp, &k);
     if (st)
