@@ -162,25 +162,6 @@ kiln_status kiln_dist_agree(kiln_ctx *ctx, kiln_status st) {
 #endif
 }
 
-kiln_status kiln_dist_bcast(kiln_ctx *ctx, void *buf, size_t len, int root) {
-    if (dist_size == 1)
-        return KILN_OK;
-#ifdef KILN_HAVE_MPI
-    for (size_t off = 0; off < len; off += DIST_PIECE) {
-        const size_t n = len - off < DIST_PIECE ? len - off : DIST_PIECE;
-        const int rc = MPI_Bcast((char *)buf + off, (int)n, MPI_BYTE, root, MPI_COMM_WORLD);
-        if (rc != MPI_SUCCESS)
-            return mpi_failed(ctx, "MPI_Bcast", rc);
-    }
-#else
-    (void)ctx;
-    (void)buf;
-    (void)len;
-    (void)root;
-#endif
-    return KILN_OK;
-}
-
 kiln_status kiln_dist_sum_u64(kiln_ctx *ctx, uint64_t *buf, size_t n) {
     if (dist_size == 1)
         return KILN_OK;

@@ -19,9 +19,6 @@
 
 /* kiln_dist_agree (kiln.h) is the collective failures travel by. */
 
-/* len bytes at buf from root to every rank. */
-kiln_status kiln_dist_bcast(kiln_ctx *ctx, void *buf, size_t len, int root);
-
 /* Sums n uint64 values over the ranks into every rank's buf. */
 kiln_status kiln_dist_sum_u64(kiln_ctx *ctx, uint64_t *buf, size_t n);
 

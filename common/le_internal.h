@@ -7,6 +7,15 @@
 #include <stdint.h>
 #include <string.h>
 
+/* 1 on a big-endian host: the writers that lay arrays out in place (index
+ * files, gathered rows) swap them there, and fingerprints name the order. */
+#if defined(__BYTE_ORDER__) && defined(__ORDER_BIG_ENDIAN__) &&                                    \
+    __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define KILN_HOST_BIG_ENDIAN 1
+#else
+#define KILN_HOST_BIG_ENDIAN 0
+#endif
+
 static inline uint16_t kiln_get_u16le(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
 
 static inline uint32_t kiln_get_u32le(const uint8_t *p) {

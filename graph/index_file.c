@@ -136,13 +136,6 @@ enum {
 static const char *const section_names[KNOWN_SECTIONS + 1] = {"?",      "VECTORS", "LABELS",
                                                               "LEVELS", "LINKS0",  "UPPER"};
 
-#if defined(__BYTE_ORDER__) && defined(__ORDER_BIG_ENDIAN__) &&                                    \
-    __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-#define HOST_BIG_ENDIAN 1
-#else
-#define HOST_BIG_ENDIAN 0
-#endif
-
 #ifdef MAP_POPULATE
 #define MAP_POPULATE_FLAG MAP_POPULATE
 #else
@@ -272,7 +265,7 @@ static kiln_status write_array(writer *w, const void *src, size_t n, size_t elem
     while (left) {
         size_t len = left < IO_CHUNK ? left : IO_CHUNK;
         kiln_status st;
-        if (HOST_BIG_ENDIAN && elem > 1) {
+        if (KILN_HOST_BIG_ENDIAN && elem > 1) {
             memcpy(w->stage, p, len);
             swap_array(w->stage, len / elem, elem);
             st = section_put(w, w->stage, len);
@@ -319,7 +312,7 @@ static kiln_status write_block(writer *w, const uint32_t *block, uint32_t bound,
         out[j] = block[j];
     }
     memset(out + 1 + n, 0, (size_t)(bound - n) * sizeof(uint32_t));
-    if (HOST_BIG_ENDIAN)
+    if (KILN_HOST_BIG_ENDIAN)
         swap_array(out, (size_t)bound + 1, sizeof(uint32_t));
     w->staged += bytes;
     return KILN_OK;
@@ -682,7 +675,7 @@ static kiln_status read_section(const index_file *f, uint32_t kind, void *dst, s
     if (crc != s->crc)
         return kiln_fail(f->ctx, KILN_E_CHECKSUM, "%s: checksum mismatch in section %s", f->path,
                          section_names[kind]);
-    if (HOST_BIG_ENDIAN && elem > 1)
+    if (KILN_HOST_BIG_ENDIAN && elem > 1)
         swap_array(dst, (size_t)s->length / elem, elem);
     return KILN_OK;
 }
@@ -884,7 +877,7 @@ kiln_status kiln_index_open(kiln_ctx *ctx, const char *path, uint32_t flags, kil
     void *map = MAP_FAILED;
     /* check_table made every section length fit in size_t; the whole file
      * must too, to be mapped (decision 8: else it is read). */
-    if (!HOST_BIG_ENDIAN && !(flags & KILN_LOAD_READ) &&
+    if (!KILN_HOST_BIG_ENDIAN && !(flags & KILN_LOAD_READ) &&
         (uint64_t)(size_t)f.h.file_bytes == f.h.file_bytes)
         map = mmap(NULL, (size_t)f.h.file_bytes, PROT_READ,
                    MAP_SHARED | ((flags & KILN_LOAD_POPULATE) ? MAP_POPULATE_FLAG : 0), f.fd, 0);

@@ -90,8 +90,21 @@ static kiln_status shard_path(kiln_ctx *ctx, const char *set_path, uint32_t s, u
 
 /* ==== Gathering a shard's rows (decision 1) ==== */
 
-static kiln_status gather(kiln_ctx *ctx, const kiln_dataset *ds, uint32_t nshards, uint32_t s,
-                          uint64_t count, const char *path, uint64_t *written) {
+/* Reads rows [first, first + count) of ds as float32 into out, with ds's
+ * message in ctx on failure. */
+static kiln_status read_rows(kiln_ctx *ctx, const kiln_dataset *ds, size_t first, size_t count,
+                             float *out) {
+    const kiln_status st = kiln_dataset_read_f32(ds, first, count, out);
+    if (st && ds->ctx != ctx)
+        kiln_fail(ctx, st, "%s", kiln_errmsg(ds->ctx));
+    return st;
+}
+
+/* Writes the count rows named by labels (ascending row numbers) to path
+ * as an fbin file. */
+static kiln_status gather(kiln_ctx *ctx, const kiln_dataset *ds, uint32_t nshards,
+                          const int64_t *labels, uint64_t count, const char *path,
+                          uint64_t *written) {
     const size_t dim = ds->dim, row = dim * sizeof(float);
     size_t chunk = GATHER_CHUNK_BYTES / row;
     chunk = chunk ? chunk : 1;
@@ -108,31 +121,22 @@ static kiln_status gather(kiln_ctx *ctx, const kiln_dataset *ds, uint32_t nshard
     kiln_put_u32le(head, (uint32_t)count);
     kiln_put_u32le(head + 4, (uint32_t)dim);
     st = kiln_afile_write(af, head, sizeof head);
-    const uint16_t one = 1;
-    const bool little = *(const uint8_t *)&one == 1;
     /* Decision 1a: rows one by one where a page holds far fewer than one of
      * this shard's, else every row in chunks. */
     const size_t per_page = ds->row_stride < 4096 ? 4096 / ds->row_stride : 1;
     const bool sparse = nshards >= GATHER_SPARSE_FACTOR * per_page;
-    for (size_t first = 0; first < ds->n && !st; first += chunk) {
+    uint64_t j = 0; /* the next of the shard's rows */
+    for (size_t first = 0; first < ds->n && j < count && !st; first += chunk) {
         const size_t rows = ds->n - first < chunk ? ds->n - first : chunk;
-        if (!sparse && (st = kiln_dataset_read_f32(ds, first, rows, buf))) {
-            if (ds->ctx != ctx)
-                kiln_fail(ctx, st, "%s", kiln_errmsg(ds->ctx));
+        if (!sparse && (st = read_rows(ctx, ds, first, rows, buf)))
             break;
-        }
-        for (size_t i = 0; i < rows && !st; i++) {
-            if (kiln_shard_of((int64_t)(first + i), nshards) != s)
-                continue;
-            float *r = buf + (sparse ? 0 : i * dim);
-            if (sparse && (st = kiln_dataset_read_f32(ds, first + i, 1, r))) {
-                if (ds->ctx != ctx)
-                    kiln_fail(ctx, st, "%s", kiln_errmsg(ds->ctx));
+        for (; j < count && (uint64_t)labels[j] < first + rows && !st; j++) {
+            float *r = sparse ? buf : buf + ((size_t)labels[j] - first) * dim;
+            if (sparse && (st = read_rows(ctx, ds, (size_t)labels[j], 1, r)))
                 break;
-            }
-            if (!little)
-                for (size_t j = 0; j < dim; j++)
-                    kiln_put_f32le((uint8_t *)&r[j], r[j]);
+            if (KILN_HOST_BIG_ENDIAN)
+                for (size_t t = 0; t < dim; t++)
+                    kiln_put_f32le((uint8_t *)&r[t], r[t]);
             st = kiln_afile_write(af, r, row);
         }
     }
@@ -193,6 +197,12 @@ typedef struct set_build {
     kiln_shardset_report *rep;
 } set_build;
 
+/* Removes a shard's build work dir where one is left. */
+static kiln_status drop_work_dir(kiln_ctx *ctx, const char *dir) {
+    struct stat sb;
+    return stat(dir, &sb) == 0 ? kiln_work_dir_remove(ctx, dir) : KILN_OK;
+}
+
 static kiln_status build_one(set_build *sb, uint32_t s) {
     kiln_ctx *ctx = sb->ctx;
     const uint64_t count = sb->counts[s];
@@ -212,17 +222,14 @@ static kiln_status build_one(set_build *sb, uint32_t s) {
     if (sb->p->resume && shard_finished(ctx, sb->ds, sb->p, out, labels, count)) {
         free(labels);
         sb->rep->kept++;
-        struct stat st_sub; /* a build killed after its save left its work dir */
-        if (stat(sub, &st_sub) == 0 && kiln_work_dir_remove(ctx, sub) != KILN_OK)
+        if (drop_work_dir(ctx, sub)) /* a build killed after its save left it */
             kiln_clear_error(ctx);
         return KILN_OK;
     }
     const double t0 = kiln_now();
     kiln_build_params p = *sb->p;
     const bool device = p.method == KILN_METHOD_DEVICE;
-    struct stat st_sub; /* built anew: an unfinished build there goes */
-    if (device && !p.resume && stat(sub, &st_sub) == 0 &&
-        (st = kiln_work_dir_remove(ctx, sub)) != KILN_OK) {
+    if (device && !p.resume && (st = drop_work_dir(ctx, sub))) { /* built anew */
         free(labels);
         return st;
     }
@@ -230,7 +237,7 @@ static kiln_status build_one(set_build *sb, uint32_t s) {
     p.resume = device && p.resume;
     kiln_dataset *rows = NULL;
     kiln_index *ix = NULL;
-    st = gather(ctx, sb->ds, sb->nshards, s, count, rows_path, &sb->rep->work_bytes_written);
+    st = gather(ctx, sb->ds, sb->nshards, labels, count, rows_path, &sb->rep->work_bytes_written);
     kiln_fault_point("shard"); /* a test's kill -9 between the gather and the build */
     if (!st &&
         !(st = kiln_dataset_open(ctx, rows_path, KILN_FORMAT_FBIN,

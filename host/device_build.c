@@ -100,6 +100,7 @@
 #include "../common/ctx_internal.h"
 #include "device_internal.h"
 #include "../common/crc32c_internal.h"
+#include "../common/le_internal.h"
 #include "../common/progress_internal.h"
 #include "../common/workdir_internal.h"
 #include "quant4_internal.h"
@@ -1126,8 +1127,6 @@ static kiln_status step_level0(pipeline *pl) {
 static uint64_t fingerprint(const pipeline *pl, char *desc, size_t cap) {
     const struct kiln_index *ix = pl->ix;
     const kiln_build_params *p = pl->p;
-    const uint16_t one = 1;
-    const bool little = *(const uint8_t *)&one == 1;
     snprintf(desc, cap,
              "device build v%d of %llu x %u %s vectors (crc32c %08x), M %u, ef_construction "
              "%u, seed %llu, replicas %u + %u within %.3f, knn_k %u, clusters %u, cluster_size %u, "
@@ -1137,7 +1136,7 @@ static uint64_t fingerprint(const pipeline *pl, char *desc, size_t cap) {
              kiln_crc32c(0, ix->vectors, ix->count * ix->dim * sizeof(float)), ix->M,
              p->ef_construction, (unsigned long long)p->seed, pl->replicas, pl->extra,
              pl->extra ? (double)DEVICE_BOUNDARY_RATIO : 0.0, pl->K, p->clusters, p->cluster_size,
-             little ? "little" : "big");
+             KILN_HOST_BIG_ENDIAN ? "big" : "little");
     const uint32_t a = kiln_crc32c(0, desc, strlen(desc));
     const uint32_t b = kiln_crc32c(0x9e3779b9u, desc, strlen(desc));
     return (uint64_t)a << 32 | b;
