@@ -591,3 +591,25 @@ kiln_status kiln_open_regular(kiln_ctx *ctx, const char *path, int *fd, uint64_t
     *size = (uint64_t)sb.st_size;
     return KILN_OK;
 }
+
+kiln_status kiln_pread_full(kiln_ctx *ctx, int fd, const char *path, void *buf, size_t len,
+                            uint64_t offset) {
+    uint8_t *p = buf;
+    while (len) {
+        const ssize_t r = pread(fd, p, len, (off_t)offset);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return kiln_fail(ctx, KILN_E_IO, "%s: read failed at byte %llu: %s", path,
+                             (unsigned long long)offset, strerror(errno));
+        if (r == 0)
+            return kiln_fail(ctx, KILN_E_IO,
+                             "%s: unexpected end of file at byte %llu (file changed while "
+                             "reading?)",
+                             path, (unsigned long long)offset);
+        p += r;
+        len -= (size_t)r;
+        offset += (uint64_t)r;
+    }
+    return KILN_OK;
+}

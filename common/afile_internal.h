@@ -54,5 +54,11 @@ bool kiln_fd_direct(int fd, bool on);
  * "cannot stat: ..." or "not a regular file (a FIFO)" and the like, leaving
  * nothing open. */
 kiln_status kiln_open_regular(kiln_ctx *ctx, const char *path, int *fd, uint64_t *size);
+/* Reads exactly len bytes at offset of fd (path names it in errors),
+ * retrying short reads and EINTR: "PATH: read failed at byte N: ..." or
+ * "unexpected end of file at byte N (file changed while reading?)", both
+ * KILN_E_IO. */
+kiln_status kiln_pread_full(kiln_ctx *ctx, int fd, const char *path, void *buf, size_t len,
+                            uint64_t offset);
 
 #endif /* KILN_AFILE_INTERNAL_H */

@@ -74,7 +74,6 @@
  *     signal handler. kiln's own writer replaces files by rename, which
  *     leaves an open mapping on the old inode intact.
  */
-#include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -423,24 +422,7 @@ static kiln_status write_front(writer *w) {
  */
 
 static kiln_status read_at(const index_file *f, void *buf, size_t len, uint64_t offset) {
-    uint8_t *p = buf;
-    while (len) {
-        ssize_t r = pread(f->fd, p, len, (off_t)offset);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return kiln_fail(f->ctx, KILN_E_IO, "%s: read failed at byte %llu: %s", f->path,
-                             (unsigned long long)offset, strerror(errno));
-        if (r == 0)
-            return kiln_fail(f->ctx, KILN_E_IO,
-                             "%s: unexpected end of file at byte %llu (file changed while "
-                             "reading?)",
-                             f->path, (unsigned long long)offset);
-        p += r;
-        len -= (size_t)r;
-        offset += (uint64_t)r;
-    }
-    return KILN_OK;
+    return kiln_pread_full(f->ctx, f->fd, f->path, buf, len, offset);
 }
 
 static kiln_status open_file(kiln_ctx *ctx, const char *path, index_file *f, uint64_t *size) {

@@ -34,7 +34,6 @@
  *     just kiln_index_search, so a single index opened as a set answers
  *     with its bytes (equal distances in its order, not by label).
  */
-#include <errno.h>
 #include <math.h>
 #include <omp.h>
 #include <stdbool.h>
@@ -481,17 +480,10 @@ static kiln_status read_manifest(kiln_ctx *ctx, const char *path, int fd, uint64
     char *buf = malloc(size ? (size_t)size : 1);
     if (!buf)
         return kiln_fail(ctx, KILN_E_NOMEM, "%s: out of memory reading the manifest", path);
-    size_t got = 0;
-    while (got < size) {
-        const ssize_t r = pread(fd, buf + got, (size_t)size - got, (off_t)got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0) {
-            free(buf);
-            return r < 0 ? kiln_fail(ctx, KILN_E_IO, "%s: read failed: %s", path, strerror(errno))
-                         : kiln_fail(ctx, KILN_E_FORMAT, "%s: shrank while being read", path);
-        }
-        got += (size_t)r;
+    const kiln_status st = kiln_pread_full(ctx, fd, path, buf, (size_t)size, 0);
+    if (st) {
+        free(buf);
+        return st;
     }
     *text = buf;
     return KILN_OK;
