@@ -493,25 +493,10 @@ static void build_set_summary(const cli_args *a, const char *out, const kiln_bui
 }
 
 /* Build threads for a rank when --threads is 0: the cores divided among the
- * ranks the launcher put on this node (Open MPI's and MPICH's local size). */
+ * ranks the launcher put on this node. */
 static uint32_t local_threads(void) {
-    const char *vars[] = {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"};
-    int local = 1;
-    for (size_t i = 0; i < 2 && local == 1; i++)
-        if (getenv(vars[i]) && atoi(getenv(vars[i])) > 1)
-            local = atoi(getenv(vars[i]));
-    const int cores = omp_get_num_procs();
-    return (uint32_t)(cores / local > 0 ? cores / local : 1);
-}
-
-/* This rank's place among the ranks on its node (Open MPI, MPICH, Slurm),
- * 0 when no launcher says. */
-static int local_rank(void) {
-    const char *vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"};
-    for (size_t i = 0; i < 3; i++)
-        if (getenv(vars[i]))
-            return atoi(getenv(vars[i]));
-    return 0;
+    const int per = omp_get_num_procs() / kiln_dist_local_size();
+    return (uint32_t)(per > 0 ? per : 1);
 }
 
 /* Under ranks, "auto" and "gpu" (given, or from $KILN_DEVICE) mean one GPU
@@ -534,7 +519,7 @@ static const char *rank_device(kiln_ctx *ctx, const char *spec, char *buf, size_
         return spec;
     for (uint32_t i = 0, g = 0; i < n; i++)
         if (kiln_device_info_get(ctx, i, &info) == KILN_OK && info.type == KILN_DEVICE_GPU &&
-            g++ == (uint32_t)local_rank() % gpus)
+            g++ == (uint32_t)kiln_dist_local_rank() % gpus)
             pick = info;
     snprintf(buf, cap, "%u:%u", pick.platform_index, pick.device_index);
     return buf;

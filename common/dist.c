@@ -7,7 +7,10 @@
  *  1. A launcher announces itself in the environment before MPI exists in
  *     the process: Open MPI's mpirun sets OMPI_COMM_WORLD_SIZE, MPICH's
  *     Hydra and Slurm's PMI set PMI_SIZE, MVAPICH MV2_COMM_WORLD_SIZE, and
- *     srun SLURM_STEP_NUM_TASKS inside a job step. A kiln without MPI that
+ *     srun SLURM_STEP_NUM_TASKS inside a job step; the ranks of this node
+ *     and this rank's place among them come the same way
+ *     (OMPI_COMM_WORLD_LOCAL_SIZE / _RANK, MPICH's MPI_LOCALNRANKS /
+ *     MPI_LOCALRANKID, Slurm's SLURM_LOCALID). A kiln without MPI that
  *     sees a world of more than one refuses to run (kiln_dist_init), since N
  *     copies of one build writing one output would race, and none would be
  *     faster.
@@ -58,18 +61,37 @@ int kiln_dist_available(void) {
 #endif
 }
 
-/* Decision 1. */
-int kiln_dist_launched_size(void) {
-    static const char *const vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"};
-    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) {
+/* The value of the first of n launcher variables that is set to at least
+ * min, else dflt (decision 1). */
+static int env_first(const char *const *vars, size_t n, int min, int dflt) {
+    for (size_t i = 0; i < n; i++) {
         const char *v = getenv(vars[i]);
-        if (v && atoi(v) > 0)
+        if (v && atoi(v) >= min)
             return atoi(v);
     }
+    return dflt;
+}
+
+int kiln_dist_launched_size(void) {
+    static const char *const vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"};
+    const int n = env_first(vars, 3, 1, 0);
+    if (n > 0)
+        return n;
     const char *v = getenv("SLURM_STEP_NUM_TASKS");
     if (v && getenv("SLURM_STEP_ID") && atoi(v) > 0)
         return atoi(v);
     return 1;
+}
+
+int kiln_dist_local_size(void) {
+    static const char *const vars[] = {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"};
+    return env_first(vars, 2, 2, 1);
+}
+
+int kiln_dist_local_rank(void) {
+    static const char *const vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID",
+                                       "SLURM_LOCALID"};
+    return env_first(vars, 3, 0, 0);
 }
 
 kiln_status kiln_dist_init(kiln_ctx *ctx, int *argc, char ***argv) {

@@ -486,6 +486,11 @@ KILN_API int kiln_dist_available(void);
 /* The number of ranks a launcher (mpirun, mpiexec, srun) announced in the
  * environment, with or without MPI in this kiln; 1 when none did. */
 KILN_API int kiln_dist_launched_size(void);
+/* The ranks the launcher put on this node (1 when none says), and this
+ * rank's place among them (0 when none says): for sharing a node's cores
+ * and GPUs among its ranks. */
+KILN_API int kiln_dist_local_size(void);
+KILN_API int kiln_dist_local_rank(void);
 /* Joins the MPI world (MPI_Init_thread with MPI_THREAD_FUNNELED, unless the
  * caller initialised MPI already): afterwards kiln_shardset_build spreads the
  * shards over the ranks. Without MPI: one rank, or KILN_E_UNSUPPORTED when a
