@@ -202,8 +202,10 @@ typedef struct kiln_repair_stats {
  * nearest reachable node that has room (or, failing that, replaces that
  * node's farthest link), then the BFS goes on from it. Past
  * KILN_REPAIR_SEARCHES islands the link comes from the island repaired
- * before instead of a search. *out says what was done. */
-kiln_status kiln_repair_reachability(struct kiln_index *ix, uint32_t ef, kiln_repair_stats *out);
+ * before instead of a search. threads run the BFS. *out says what was
+ * done. */
+kiln_status kiln_repair_reachability(struct kiln_index *ix, uint32_t ef, int threads,
+                                     kiln_repair_stats *out);
 
 /* The build's memory budget in bytes: params->memory_limit, else half of
  * physical memory (or of the cgroup's limit). */

@@ -25,6 +25,9 @@
  *     and the result reachable, not that those links are good. Built graphs
  *     and real hnswlib files need a handful of repairs per thousand nodes,
  *     far inside the bound, and get every repair searched.
+ *  4. The BFS is the validator's (kiln_l0_mark_reachable, graph/validate.c
+ *     decision 3), on the build's threads. Its marks do not depend on them,
+ *     and the repair reads nothing else of it, so the links are the same.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -33,25 +36,6 @@
 #include "build_internal.h"
 
 #define KILN_REPAIR_ROUNDS 3 /* one pass suffices (decision 1); the rest verify */
-
-/* Marks everything reachable from start on level 0; queue has count slots. */
-static void bfs_mark(const struct kiln_index *ix, uint8_t *seen, uint32_t *queue, uint32_t start) {
-    if (seen[start])
-        return;
-    uint64_t head = 0, tail = 0;
-    seen[start] = 1;
-    queue[tail++] = start;
-    while (head < tail) {
-        const uint32_t *l = kiln_links(ix, queue[head++], 0);
-        for (uint32_t j = 0; j < l[0]; j++) {
-            uint32_t v = l[1 + j];
-            if (!seen[v]) {
-                seen[v] = 1;
-                queue[tail++] = v;
-            }
-        }
-    }
-}
 
 /* Slot of node's level-0 link to its farthest neighbour. */
 static uint32_t farthest_link(const struct kiln_index *ix, uint32_t node) {
@@ -124,7 +108,8 @@ static void relink(struct kiln_index *ix, kiln_scratch *sc, const uint8_t *seen,
     link_from(ix, nearest, u);
 }
 
-kiln_status kiln_repair_reachability(struct kiln_index *ix, uint32_t ef, kiln_repair_stats *out) {
+kiln_status kiln_repair_reachability(struct kiln_index *ix, uint32_t ef, int threads,
+                                     kiln_repair_stats *out) {
     kiln_ctx *ctx = ix->ctx;
     memset(out, 0, sizeof *out);
     if (ix->count <= 1)
@@ -140,7 +125,7 @@ kiln_status kiln_repair_reachability(struct kiln_index *ix, uint32_t ef, kiln_re
 
     for (int round = 0; round < KILN_REPAIR_ROUNDS; round++) {
         memset(seen, 0, ix->count);
-        bfs_mark(ix, seen, queue, ix->entry_point);
+        kiln_l0_mark_reachable(ix, seen, queue, ix->entry_point, threads);
         uint64_t fixed = 0;
         uint32_t prev = ix->entry_point; /* the last root linked in: reachable */
         for (uint32_t u = 0; u < ix->count; u++) {
@@ -154,7 +139,7 @@ kiln_status kiln_repair_reachability(struct kiln_index *ix, uint32_t ef, kiln_re
             }
             fixed++;
             prev = u;
-            bfs_mark(ix, seen, queue, u);
+            kiln_l0_mark_reachable(ix, seen, queue, u, threads);
         }
         out->links += fixed;
         if (fixed == 0)

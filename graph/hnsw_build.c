@@ -179,7 +179,7 @@ static kiln_status build_graph(struct kiln_index *ix, const kiln_build_params *p
         return st;
     t = kiln_now();
     kiln_repair_stats rs;
-    st = kiln_repair_reachability(ix, p->ef_construction, &rs);
+    st = kiln_repair_reachability(ix, p->ef_construction, kiln_threads(p->threads), &rs);
     rep->repaired_links = rs.links;
     kiln_report_stage(rep, "repair", kiln_now() - t);
     rep->total_seconds = kiln_now() - t_start;

@@ -154,6 +154,13 @@ void kiln_scratch_pool_free(struct kiln_index *ix);
  * first such node, UINT64_MAX when none. */
 uint64_t kiln_index_nonfinite(const struct kiln_index *ix, uint64_t *first);
 
+/* Marks seen[v] = 1 for every node reachable from start on level 0 that was
+ * not marked yet, by a BFS over threads (graph/validate.c decision 3), and
+ * returns how many it marked: 0 when start was marked already. queue has
+ * ix->count slots. */
+uint64_t kiln_l0_mark_reachable(const struct kiln_index *ix, uint8_t *seen, uint32_t *queue,
+                                uint32_t start, int threads);
+
 /* Bytes of heap the index holds: not its spilled mappings, nor a mapped
  * index's mapping (page cache, shared and droppable). */
 uint64_t kiln_index_memory(const struct kiln_index *ix);

@@ -792,7 +792,7 @@ kiln_status kiln_index_import_hnswlib(kiln_ctx *ctx, const char *path, uint32_t 
                         : ix->ef_construction > REPAIR_EF_MAX ? REPAIR_EF_MAX
                                                               : ix->ef_construction;
     kiln_repair_stats rs;
-    st = kiln_repair_reachability(ix, ef, &rs);
+    st = kiln_repair_reachability(ix, ef, kiln_threads(0), &rs);
     rep->repaired_links = rs.links;
     kiln_report_stage(rep, "repair", kiln_now() - t_repair);
     rep->total_seconds = kiln_now() - t0;

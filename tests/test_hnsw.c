@@ -278,7 +278,7 @@ static void test_validator(kiln_ctx *ctx) {
         }
     CHECK_FAILS(ctx, kiln_index_check(ix), KILN_E_INVALID, "unreachable");
     kiln_repair_stats rs;
-    CHECK_OK(ctx, kiln_repair_reachability(ix, 64, &rs));
+    CHECK_OK(ctx, kiln_repair_reachability(ix, 64, 2, &rs));
     CHECK(rs.links >= 1 && rs.searches == rs.links);
     CHECK_OK(ctx, kiln_index_check(ix));
     kiln_index_free(ix);
@@ -499,7 +499,7 @@ static void test_repair_no_links(kiln_ctx *ctx) {
     ix->max_level = 0;
     CHECK_FAILS(ctx, kiln_index_check(ix), KILN_E_INVALID, "unreachable");
     kiln_repair_stats rs;
-    CHECK_OK(ctx, kiln_repair_reachability(ix, 64, &rs));
+    CHECK_OK(ctx, kiln_repair_reachability(ix, 64, 2, &rs));
     CHECK_OK(ctx, kiln_index_check(ix));
     CHECK_MSG(rs.links == n - 1, "%llu links added for %zu singleton islands",
               (unsigned long long)rs.links, n - 1);
@@ -508,6 +508,82 @@ static void test_repair_no_links(kiln_ctx *ctx) {
               (unsigned long long)rs.searches, n, (unsigned long long)KILN_REPAIR_SEARCHES(n));
     /* More islands than the bound: it is used in full, the rest are chained. */
     CHECK(rs.searches == KILN_REPAIR_SEARCHES(n));
+    kiln_index_free(ix);
+}
+
+/* ==== The parallel BFS and list check (graph/validate.c decisions 2, 3) ==== */
+
+/* A random graph of 300K nodes, 8 links each, where no node links to the
+ * nodes i % 97 == 5: levels of the BFS pass REACH_PARALLEL_MIN, so the
+ * threaded path runs. Its marks must be a one-thread BFS's, for 1, 2 and 4
+ * threads, and the validator must name the lowest bad node. */
+static void test_parallel_reach(kiln_ctx *ctx) {
+    const uint32_t n = 300000, M = 4;
+    struct kiln_index *ix = NULL;
+    CHECK_OK(ctx, kiln_index_alloc(ctx, n, 1, KILN_METRIC_L2, M, NULL, &ix));
+    REQUIRE(ix);
+    ix->entry_point = 0;
+    ix->max_level = 0;
+    uint64_t rng = 0x9e3779b97f4a7c15ull;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t *l = kiln_links(ix, i, 0);
+        l[0] = 0;
+        while (l[0] < ix->M0) {
+            rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+            const uint32_t v = (uint32_t)((rng >> 33) % n);
+            bool dup = v == i || v % 97 == 5;
+            for (uint32_t t = 0; t < l[0] && !dup; t++)
+                dup = l[1 + t] == v;
+            if (!dup)
+                l[1 + l[0]++] = v;
+        }
+    }
+    uint8_t *want = calloc(n, 1), *seen = malloc(n);
+    uint32_t *queue = malloc((size_t)n * sizeof *queue);
+    REQUIRE(want && seen && queue);
+    uint64_t head = 0, tail = 0, marked = 1;
+    want[0] = 1;
+    queue[tail++] = 0;
+    while (head < tail) {
+        const uint32_t *l = kiln_links(ix, queue[head++], 0);
+        for (uint32_t j = 0; j < l[0]; j++)
+            if (!want[l[1 + j]]) {
+                want[l[1 + j]] = 1;
+                queue[tail++] = l[1 + j];
+                marked++;
+            }
+    }
+    /* The cut nodes, and the few that only they link to, are missed. */
+    CHECK_MSG(marked <= n - (n - 5 + 96) / 97 && marked > n / 100 * 98,
+              "reference BFS marked %llu of %u", (unsigned long long)marked, n);
+    uint32_t first = 0;
+    while (want[first])
+        first++;
+    for (int threads = 1; threads <= 4; threads *= 2) {
+        memset(seen, 0, n);
+        const uint64_t got = kiln_l0_mark_reachable(ix, seen, queue, 0, threads);
+        CHECK_MSG(got == marked && memcmp(seen, want, n) == 0,
+                  "%d threads: BFS marked %llu nodes, the reference %llu", threads,
+                  (unsigned long long)got, (unsigned long long)marked);
+        CHECK(kiln_l0_mark_reachable(ix, seen, queue, 0, threads) == 0); /* marked already */
+    }
+    char needle[128];
+    snprintf(needle, sizeof needle,
+             "%llu of %u nodes are unreachable from the entry point on level 0 (first: node %u)",
+             (unsigned long long)(n - marked), n, first);
+    CHECK_FAILS(ctx, kiln_index_check(ix), KILN_E_INVALID, needle);
+    /* Two bad lists: the lower node is the one named. */
+    uint32_t *a = kiln_links(ix, 250001, 0), *b = kiln_links(ix, 200003, 0);
+    a[2] = a[1];
+    b[3] = n;
+    CHECK_FAILS(ctx, kiln_index_check(ix), KILN_E_INVALID,
+                "node 200003 level 0 links to id 300000, out of range");
+    b[3] = b[1];
+    snprintf(needle, sizeof needle, "node 200003 links to %u twice on level 0", b[1]);
+    CHECK_FAILS(ctx, kiln_index_check(ix), KILN_E_INVALID, needle);
+    free(want);
+    free(seen);
+    free(queue);
     kiln_index_free(ix);
 }
 
@@ -552,6 +628,7 @@ int main(void) {
     test_nonfinite(ctx);
     test_in_place(ctx);
     test_repair_no_links(ctx);
+    test_parallel_reach(ctx);
     test_heap_growth_failure(ctx);
     test_determinism(ctx);
     test_metrics(ctx);

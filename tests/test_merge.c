@@ -69,7 +69,7 @@ static void test_from_exact_candidates(kiln_ctx *ctx) {
               (unsigned long long)embedded, (unsigned long long)up_links);
 
     kiln_repair_stats rs;
-    CHECK_OK(ctx, kiln_repair_reachability(ix, 100, &rs));
+    CHECK_OK(ctx, kiln_repair_reachability(ix, 100, 2, &rs));
     CHECK_OK(ctx, kiln_index_check(ix));
     double r = search_recall(ctx, ix, x + n * d, nq, gt, 10, 10, 64);
     CHECK_MSG(r >= 0.95, "recall@10 at ef=64 from exact candidates: %.4f", r);
