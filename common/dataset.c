@@ -801,15 +801,6 @@ static kiln_status report_range(const kiln_dataset *ds, size_t first, size_t cou
                      ds->path);
 }
 
-/* 1 when any of v[0..d) is NaN or infinite. Branch-free so it vectorises:
- * the comparison is false for NaN as well as for |v| = inf. */
-static int row_has_nonfinite(const float *v, size_t d) {
-    int bad = 0;
-    for (size_t j = 0; j < d; j++)
-        bad |= !(fabsf(v[j]) <= FLT_MAX);
-    return bad;
-}
-
 /* Names the first non-finite value of out (rows first.. of ds). */
 static kiln_status report_nonfinite(const kiln_dataset *ds, size_t first, size_t count,
                                     const float *out) {
@@ -980,7 +971,7 @@ kiln_status kiln_dataset_read_f32(const kiln_dataset *ds, size_t first, size_t c
         float *const dst = out + r * d;
         range |= row_to_f32(ds, first + r, dst);
         if (check)
-            bad |= row_has_nonfinite(dst, d);
+            bad |= kiln_row_nonfinite(dst, d);
     }
     if (range)
         return report_range(ds, first, count);
@@ -1002,7 +993,7 @@ kiln_status kiln_dataset_map_f32(const kiln_dataset *ds, kiln_f32_map *out) {
         int bad = 0;
 #pragma omp parallel for schedule(static) reduction(| : bad) if (n > DS_PARALLEL_ROWS)
         for (size_t r = 0; r < n; r++)
-            bad |= row_has_nonfinite(rows + r * d, d);
+            bad |= kiln_row_nonfinite(rows + r * d, d);
         if (bad) {
             const kiln_status st = report_nonfinite(ds, 0, n, rows);
             munmap(map, ds->map_len);

@@ -2,10 +2,21 @@
 #ifndef KILN_DATASET_INTERNAL_H
 #define KILN_DATASET_INTERNAL_H
 
+#include <float.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "kiln.h"
+
+/* 1 when any of v[0..d) is NaN or infinite. Branch-free so it vectorises:
+ * the comparison is false for NaN as well as for |v| = inf. */
+static inline int kiln_row_nonfinite(const float *v, size_t d) {
+    int bad = 0;
+    for (size_t j = 0; j < d; j++)
+        bad |= !(fabsf(v[j]) <= FLT_MAX);
+    return bad;
+}
 
 struct kiln_dataset {
     kiln_ctx *ctx;

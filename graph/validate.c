@@ -39,6 +39,7 @@
 #include <string.h>
 
 #include "../common/ctx_internal.h"
+#include "../common/dataset_internal.h"
 #include "hnsw_internal.h"
 
 /* A BFS level this large goes to all threads (decision 3); a smaller one
@@ -202,11 +203,7 @@ uint64_t kiln_index_nonfinite(const struct kiln_index *ix, uint64_t *first) {
 #pragma omp parallel for num_threads(kiln_threads(0)) schedule(static, 16384)                     \
     reduction(+ : bad) reduction(min : low)
     for (long i = 0; i < n; i++) {
-        const float *v = kiln_vector(ix, (uint32_t)i);
-        float acc = 0.0f; /* finite iff every component is: 0 * inf and 0 * NaN are NaN */
-        for (uint32_t d = 0; d < ix->dim; d++)
-            acc += 0.0f * v[d];
-        if (acc != 0.0f) {
+        if (kiln_row_nonfinite(kiln_vector(ix, (uint32_t)i), ix->dim)) {
             bad++;
             low = i < low ? i : low;
         }

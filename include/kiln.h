@@ -476,7 +476,8 @@ KILN_API kiln_metric kiln_index_metric(const kiln_index *index);
  * entry point on level 0, and upper-level links only between nodes present on
  * that level. KILN_E_INVALID with the first defect in the message. Vectors
  * with non-finite values are not a defect of the graph (search orders them
- * last); kiln_index_stats_get counts them for the caller to report. */
+ * last); kiln_index_stats_get counts them for the caller to report. Runs on
+ * all cores; the defect named is the lowest node's, whatever their number. */
 KILN_API kiln_status kiln_index_check(const kiln_index *index);
 
 /* ==== Distributed runs (MPI) ==== */
