@@ -53,10 +53,14 @@
  *     take an index (kiln_shardset_open opens a plain index as a set of
  *     one), so a set is served by the same commands with the same outputs.
  * 12. Under a launcher (mpirun, srun: kiln_dist_launched_size() > 1) only
- *     build runs, and only a shard set, whose shards the ranks share; every
- *     other command, and a one-index build, would run N identical copies
- *     racing for one output, so they refuse. A failure agreed among the
- *     ranks is printed by rank 0 alone.
+ *     build runs: a shard set, whose shards the ranks share, or one index
+ *     built across the ranks (kiln_build_params.collective, --method device
+ *     only), which rank 0 checks and writes; every other command would run
+ *     N identical copies racing for one output, so they refuse. A failure
+ *     agreed among the ranks is printed by rank 0 alone, and so are
+ *     progress and the summary. Each rank removes its own work folder
+ *     (WORK/rank-R) once rank 0 has saved, since on node-local disks no
+ *     other rank can.
  */
 #include <errno.h>
 #include <limits.h>
@@ -598,9 +602,8 @@ static int cmd_build(const cli_args *a) {
     kiln_dataset *ds = NULL;
     kiln_index *ix = NULL;
     int rc = 0;
-    /* Under a launcher (mpirun, srun): the ranks share the shards of a set;
-     * one graph across ranks is not built yet, and N copies of it would race
-     * for one output, so that is refused (decision 12). */
+    /* Under a launcher (mpirun, srun): the ranks share the shards of a set,
+     * or build one index together (decision 12). */
     const int ranks = kiln_dist_launched_size();
     char rank_spec[32];
     if (ranks > 1) {
@@ -608,14 +611,17 @@ static int cmd_build(const cli_args *a) {
             rc = fail("build", ctx);
             goto done;
         }
-        if (!shards) {
+        if (!shards && p.method != KILN_METHOD_DEVICE) {
             fprintf(stderr,
-                    "kiln build: started as one of %d ranks: across ranks kiln builds shard "
-                    "sets (--shards N); run a one-index build as one process\n",
+                    "kiln build: started as one of %d ranks: across ranks kiln builds one index "
+                    "with --method device, or shard sets (--shards N) with either method\n",
                     ranks);
             rc = 2;
             goto done;
         }
+        p.collective = !shards;
+        if (kiln_dist_rank() != 0)
+            kiln_ctx_set_progress(ctx, KILN_PROGRESS_OFF);
         if (p.threads == 0) /* the node's cores shared among its ranks */
             p.threads = local_threads();
         p.device = rank_device(ctx, p.device, rank_spec, sizeof rank_spec);
@@ -653,20 +659,32 @@ static int cmd_build(const cli_args *a) {
             build_set_summary(a, out, &p, method, &srep, shard);
         goto done;
     }
-    double t_build = now_s() - t0;
-    if (kiln_index_check(ix) != KILN_OK) {
+    double t_build = now_s() - t0, t1 = now_s();
+    /* Across ranks the index is on rank 0 alone (ix NULL elsewhere). */
+    kiln_status sst =
+        ix && (kiln_index_check(ix) || kiln_index_save(ix, out)) ? KILN_E_IO : KILN_OK;
+    if (sst)
         rc = fail("build", ctx);
+    if (p.collective && kiln_dist_agree(ctx, sst) != KILN_OK) {
+        rc = 1; /* rank 0 said why; every work folder stays for --resume */
         goto done;
     }
-    double t1 = now_s();
-    if (kiln_index_save(ix, out) != KILN_OK) {
-        rc = fail("build", ctx);
+    if (rc)
         goto done;
-    }
     /* Only now is the work done: a build killed while saving resumes. */
-    if (p.work_dir && kiln_work_dir_remove(ctx, p.work_dir) != KILN_OK)
+    char rank_dir[4096 + 32];
+    snprintf(rank_dir, sizeof rank_dir, "%s/rank-%d", p.work_dir ? p.work_dir : "",
+             kiln_dist_rank());
+    if (p.work_dir && kiln_work_dir_remove(ctx, p.collective ? rank_dir : p.work_dir) != KILN_OK)
         fprintf(stderr, "kiln build: warning: %s\n", kiln_errmsg(ctx));
+    if (p.collective) { /* the folder of the rank folders, once they are gone */
+        kiln_dist_agree(ctx, KILN_OK);
+        if (kiln_dist_rank() == 0 && rmdir(p.work_dir) != 0 && errno != ENOENT)
+            fprintf(stderr, "kiln build: warning: %s: %s\n", p.work_dir, strerror(errno));
+    }
     double t_save = now_s() - t1;
+    if (!ix)
+        goto done;
     kiln_index_stats s;
     kiln_index_stats_get(ix, &s);
     kiln_build_report rep;
@@ -711,6 +729,13 @@ static int cmd_build(const cli_args *a) {
                    (unsigned long long)rep.memory_limit, (unsigned long long)rep.work_bytes_written,
                    (unsigned long long)rep.work_bytes_read);
         }
+        printf(", \"ranks\": %u", rep.ranks ? rep.ranks : 1);
+        if (rep.ranks > 1) {
+            printf(", \"bytes_sent_by_rank\": [");
+            for (uint32_t r = 0; r < rep.ranks; r++)
+                printf("%s%llu", r ? ", " : "", (unsigned long long)rep.rank_bytes_sent[r]);
+            printf("]");
+        }
         printf(", \"peak_rss_anon\": %llu", (unsigned long long)rep.peak_rss_anon);
         printf(", \"version\": ");
         json_str(kiln_version_string());
@@ -730,6 +755,15 @@ static int cmd_build(const cli_args *a) {
                    rep.batches, rep.resumed_batches, rep.partitions,
                    rep.work_bytes_written / 1048576.0, rep.work_bytes_read / 1048576.0,
                    rep.memory_limit / 1048576.0, rep.peak_rss_anon / 1048576.0);
+        }
+        if (rep.ranks > 1) {
+            uint64_t all = 0;
+            printf("ranks: %u (stage seconds of the slowest), sent (MiB):", rep.ranks);
+            for (uint32_t r = 0; r < rep.ranks; r++) {
+                printf(" %.1f", rep.rank_bytes_sent[r] / 1048576.0);
+                all += rep.rank_bytes_sent[r];
+            }
+            printf(", %.1f bytes per vector\n", (double)all / (double)(s.count ? s.count : 1));
         }
         printf("stages (s):");
         for (uint32_t i = 0; i < rep.n_stages; i++)

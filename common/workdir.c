@@ -586,7 +586,10 @@ kiln_status kiln_workdir_remove(kiln_workdir *wd) {
 
 const char *kiln_workdir_path(const kiln_workdir *wd) { return wd->path; }
 
-kiln_workdir_stats kiln_workdir_stats_get(const kiln_workdir *wd) { return wd->stats; }
+kiln_workdir_stats kiln_workdir_stats_get(const kiln_workdir *wd) {
+    const kiln_workdir_stats none = {0};
+    return wd ? wd->stats : none;
+}
 
 uint64_t kiln_workdir_free_bytes(const kiln_workdir *wd) {
     struct statvfs sv;

@@ -41,7 +41,7 @@ void kiln_workdir_close(kiln_workdir *wd);
  * when this build created it (or it is left empty); then closes. */
 kiln_status kiln_workdir_remove(kiln_workdir *wd);
 const char *kiln_workdir_path(const kiln_workdir *wd);
-kiln_workdir_stats kiln_workdir_stats_get(const kiln_workdir *wd);
+kiln_workdir_stats kiln_workdir_stats_get(const kiln_workdir *wd); /* zeros for NULL */
 /* Free bytes of the file system the dir is on (statvfs), UINT64_MAX when
  * unknown. */
 uint64_t kiln_workdir_free_bytes(const kiln_workdir *wd);

@@ -44,6 +44,7 @@
 #include "build_internal.h"
 #include "../common/ctx_internal.h"
 #include "../common/dataset_internal.h"
+#include "../common/dist_internal.h"
 #include "../common/progress_internal.h"
 
 #define KILN_LOAD_CHUNK 65536 /* rows per read: big enough to stream, small for progress */
@@ -94,6 +95,11 @@ static kiln_status check_params(kiln_ctx *ctx, const kiln_build_params *p, size_
     if (p->method != KILN_METHOD_INSERT && p->method != KILN_METHOD_DEVICE)
         return kiln_fail(ctx, KILN_E_ARG, "build: method %d is not insert or device",
                          (int)p->method);
+    if (p->collective && p->method != KILN_METHOD_DEVICE && kiln_dist_size() > 1)
+        return kiln_fail(ctx, KILN_E_ARG,
+                         "build: across ranks kiln builds with the device method only (rank %d "
+                         "of %d)",
+                         kiln_dist_rank(), kiln_dist_size());
     if (dim < 1 || dim > KILN_MAX_DIM)
         return kiln_fail(ctx, KILN_E_ARG, "build: dim = %zu is out of range [1, %d]", dim,
                          KILN_MAX_DIM);
@@ -146,6 +152,23 @@ static kiln_status index_new(kiln_ctx *ctx, size_t n, size_t dim, const kiln_bui
     return st;
 }
 
+/* Whether this rank's part of a collective build is done once the device
+ * build returns: the index is assembled, repaired and returned on rank 0
+ * (host/device_build.c decision 11). */
+static bool built_elsewhere(const kiln_build_params *p) {
+    return p->collective && p->method == KILN_METHOD_DEVICE && kiln_dist_size() > 1 &&
+           kiln_dist_rank() != 0;
+}
+
+/* The ranks of a collective build meet here once before the device build,
+ * whichever way each got here, so that one rank's failure to load stops
+ * them all with its message (host/device_build.c decision 11). */
+static kiln_status collective_gate(kiln_ctx *ctx, const kiln_build_params *p, kiln_status st) {
+    return p && p->collective && p->method == KILN_METHOD_DEVICE && kiln_dist_size() > 1
+               ? kiln_dist_agree(ctx, st)
+               : st;
+}
+
 /* Runs the chosen method on an index whose vectors are in place; the report
  * goes to ix->report (already holding the load stage, if any). */
 static kiln_status build_graph(struct kiln_index *ix, const kiln_build_params *p, double t_start) {
@@ -155,7 +178,7 @@ static kiln_status build_graph(struct kiln_index *ix, const kiln_build_params *p
     if (ix->metric == KILN_METRIC_COS)
         for (uint64_t i = 0; i < ix->count; i++)
             kiln_normalize(ix->vectors + i * ix->dim, ix->dim);
-    kiln_status st = kiln_threads_check(ctx, kiln_threads(p->threads));
+    kiln_status st = collective_gate(ctx, p, kiln_threads_check(ctx, kiln_threads(p->threads)));
     if (st)
         return st;
     double t = kiln_now();
@@ -175,7 +198,7 @@ static kiln_status build_graph(struct kiln_index *ix, const kiln_build_params *p
         st = kiln_hnsw_insert_all(ix, p->ef_construction, kiln_threads(p->threads));
         kiln_report_stage(rep, "insert", kiln_now() - t);
     }
-    if (st)
+    if (st || built_elsewhere(p))
         return st;
     t = kiln_now();
     kiln_repair_stats rs;
@@ -198,9 +221,9 @@ kiln_status kiln_index_build(kiln_ctx *ctx, const float *vectors, size_t n, size
     kiln_status st = check_params(ctx, p, n, dim);
     struct kiln_index *ix = NULL;
     if (st || (st = index_new(ctx, n, dim, p, &ix)))
-        return st;
+        return collective_gate(ctx, p, st);
     memcpy(ix->vectors, vectors, n * dim * sizeof(float));
-    if ((st = build_graph(ix, p, t0))) {
+    if ((st = build_graph(ix, p, t0)) || built_elsewhere(p)) {
         kiln_index_free(ix);
         return st;
     }
@@ -220,7 +243,7 @@ kiln_status kiln_index_build_dataset(kiln_ctx *ctx, const kiln_dataset *ds,
     kiln_status st = check_params(ctx, p, n, dim);
     struct kiln_index *ix = NULL;
     if (st || (st = index_new(ctx, n, dim, p, &ix)))
-        return st;
+        return collective_gate(ctx, p, st);
     /* Decision 5: the input itself, where it needs no conversion. */
     const double t_load = kiln_now();
     kiln_f32_map in_place = {0};
@@ -228,7 +251,7 @@ kiln_status kiln_index_build_dataset(kiln_ctx *ctx, const kiln_dataset *ds,
         if (ds->ctx != ctx)
             kiln_fail(ctx, st, "%s", kiln_errmsg(ds->ctx));
         kiln_index_free(ix);
-        return st;
+        return collective_gate(ctx, p, st);
     }
     if (in_place.base)
         kiln_index_adopt_vectors(ix, in_place.base, in_place.len, in_place.rows);
@@ -240,7 +263,7 @@ kiln_status kiln_index_build_dataset(kiln_ctx *ctx, const kiln_dataset *ds,
                           strerror(errno)))) ||
          (st = kiln_index_spill_storage(ix, p->work_dir)))) {
         kiln_index_free(ix);
-        return st;
+        return collective_gate(ctx, p, st);
     }
     kiln_progress_bar bar;
     kiln_progress_begin(&bar, ctx, "load", n);
@@ -255,7 +278,8 @@ kiln_status kiln_index_build_dataset(kiln_ctx *ctx, const kiln_dataset *ds,
         kiln_progress_add(&bar, n);
     kiln_progress_end(&bar);
     kiln_report_stage(ix->report, "load", kiln_now() - t_load);
-    if (st || (st = build_graph(ix, p, t0))) {
+    st = st ? collective_gate(ctx, p, st) : build_graph(ix, p, t0);
+    if (st || built_elsewhere(p)) {
         kiln_index_free(ix);
         return st;
     }

@@ -225,6 +225,7 @@ void kiln_index_free(kiln_index *ix) {
         return;
     kiln_scratch_pool_free(ix);
     free(ix->report);
+    free(ix->rank_bytes);
     free(ix->upper_off);
     if (ix->map) {
         munmap(ix->map, ix->map_bytes);

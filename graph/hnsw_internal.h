@@ -76,6 +76,7 @@ struct kiln_index {
     _Atomic(void *) scratch_pool; /* graph/hnsw_search.c: reusable per-thread search state,
                                      created once on first search */
     kiln_build_report *report;    /* set by graph/hnsw_build.c; NULL for a loaded index */
+    uint64_t *rank_bytes;         /* report->rank_bytes_sent of a collective build, or NULL */
 };
 
 static inline size_t kiln_links0_stride(const struct kiln_index *ix) { return (size_t)ix->M0 + 1; }

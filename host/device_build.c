@@ -84,6 +84,33 @@
  *     replicas and boundary extras, knn_k, clusters, cluster_size, the byte order and
  *     DEVICE_PIPELINE_VERSION. Threads and the memory limit are not in it:
  *     neither changes the result.
+ * 11. Across ranks (kiln_build_params.collective under MPI, R ranks): every
+ *     rank maps the input and holds the index's arrays (pages it never
+ *     touches cost nothing), and the work splits as follows.
+ *     - k-means on rank 0 and the hierarchy on rank 1 at the same time
+ *       (neither needs the other), each then sent to every rank as its work
+ *       file's segments (share_workfile), which the receiver writes into its
+ *       own work dir and reads back with the usual checks; so is rank 0's
+ *       plan. The quantizer is recomputed everywhere (deterministic).
+ *     - Batch b runs on rank b mod R, in rounds of R. Partitions are owned
+ *       in contiguous runs (part_lo), so a batch's records for one owner are
+ *       one contiguous run of its segments: the all-to-all of each round
+ *       (kiln_dist_exchange) sends them without a copy, and each owner
+ *       checks every record and writes its partitions' segments as its
+ *       batch file. A batch is finished when every rank holds its file: a
+ *       resumed job counts them over the ranks and reruns the others.
+ *     - Each rank runs the forward pass over its own partitions, a round at
+ *       a time, and the reverse edges go to their targets' owners the same
+ *       way; then the reverse pass over its own partitions.
+ *     - Level 0 is gathered on rank 0 a partition per rank per round (so
+ *       rank 0 holds R partitions in flight, not the ranks' whole share),
+ *       checked, and rank 0 alone repairs, validates and writes the index.
+ *     Every file reaches the same bytes as a one-process build (the
+ *     records of a batch and the edges of a partition do not depend on who
+ *     made them), so the index is the one-process index, byte for byte.
+ *     Every round ends in kiln_dist_agree, so a rank's failure stops every
+ *     rank at the same place with its message. Records travel in host byte
+ *     order, as in the work files: the ranks must share it.
  */
 #include <errno.h>
 #ifdef __GLIBC__
@@ -93,6 +120,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../cluster/kmeans_internal.h"
@@ -100,6 +128,7 @@
 #include "../common/ctx_internal.h"
 #include "device_internal.h"
 #include "../common/crc32c_internal.h"
+#include "../common/dist_internal.h"
 #include "../common/le_internal.h"
 #include "../common/progress_internal.h"
 #include "../common/workdir_internal.h"
@@ -253,6 +282,9 @@ typedef struct pipeline {
     uint32_t parts;
     uint64_t candidates; /* read by the forward pass, for the report */
     float *planes;       /* the hash planes (graph/prune.c decision 5) */
+    /* Across ranks (decision 11); one process is rank 0 of 1. */
+    int rank, ranks;
+    uint64_t bytes_sent; /* to the other ranks */
 } pipeline;
 
 /* Hands the heap the allocator keeps after a stage's big temporaries back
@@ -273,13 +305,14 @@ static void stage(kiln_build_report *rep, const char *name, double seconds) {
 /* Bytes of one member slot while its batch is resident: its vector and its
  * place in the gather, its codes (and the device's copy: on a CPU device
  * the buffers are host memory too), its cluster, its device top-K, and its
- * reranked record. */
+ * reranked record; across ranks, the copy of the record its owner receives. */
 static size_t slot_bytes(const pipeline *pl) {
     const size_t code = kiln_q4_stride(kiln_q4_words(pl->ix->dim)) * sizeof(uint64_t) + 4;
     return (size_t)pl->ix->dim * sizeof(float) + sizeof(uint64_t) + 2 * code +
            2 * sizeof(uint32_t) + 2 * (size_t)pl->K * sizeof(kiln_q4_neighbor) +
            2 * sizeof(uint32_t) + (size_t)pl->K * (sizeof(kiln_hcand) + sizeof(kiln_cand)) +
-           KILN_HASH_BITS * sizeof(float);
+           KILN_HASH_BITS * sizeof(float) +
+           (pl->ranks > 1 ? 2 * sizeof(uint32_t) + (size_t)pl->K * sizeof(kiln_hcand) : 0);
 }
 
 /* Bytes per node of a partition in the streaming passes: its candidates
@@ -550,9 +583,10 @@ static uint32_t rerank_slot(const pipeline *pl, const batch_buf *b, uint64_t bas
 static void batch_name(char *name, size_t cap, uint32_t b) { snprintf(name, cap, "batch-%06u", b); }
 
 /* Runs batch bi: gathers its members' vectors, encodes them, runs the
- * device kNN, reranks every member's candidates exactly, and writes the
- * records as one work file with a segment per partition (decision 9). */
-static kiln_status run_batch(pipeline *pl, batch_buf *b, uint32_t bi) {
+ * device kNN, reranks every member's candidates exactly, and leaves the
+ * records in b->rec, partition q's in segs[q], back to back in partition
+ * order (decision 9). */
+static kiln_status run_batch(pipeline *pl, batch_buf *b, uint32_t bi, kiln_work_seg *segs) {
     kiln_ctx *ctx = pl->ctx;
     const struct kiln_index *ix = pl->ix;
     const kiln_clusters *cl = &pl->cl;
@@ -616,9 +650,6 @@ static kiln_status run_batch(pipeline *pl, batch_buf *b, uint32_t bi) {
     }
     free(pos);
     /* Compact each record to its length, partition by partition. */
-    kiln_work_seg *segs = NULL;
-    if ((st = kiln_alloc(ctx, (size_t)P * sizeof *segs, "batch segments", (void **)&segs)))
-        return st;
     uint64_t w = 0;
     for (uint32_t q = 0; q < P; q++) {
         const uint64_t w0 = w;
@@ -630,11 +661,7 @@ static kiln_status run_batch(pipeline *pl, batch_buf *b, uint32_t bi) {
         }
         segs[q] = (kiln_work_seg){b->rec + w0, (w - w0) * sizeof(uint32_t)};
     }
-    char name[32];
-    batch_name(name, sizeof name, bi);
-    st = kiln_workdir_put(pl->wd, name, segs, P);
-    free(segs);
-    return st;
+    return KILN_OK;
 }
 
 /* ==== The streaming passes (decision 9) ==== */
@@ -702,8 +729,9 @@ static void part_range(const pipeline *pl, uint32_t q, uint32_t *first, uint32_t
 
 /* The forward pass over partition q: its nodes' records from every batch,
  * grouped by node (in batch order), then kiln_l0_forward; the reverse edges
- * go to work file rev-q, a segment per target partition. */
-static kiln_status forward_part(pipeline *pl, pass_bufs *pb, uint32_t q) {
+ * are left in pb->a, those into partition t in segs[t], back to back in
+ * target order (for work file rev-q). */
+static kiln_status forward_part(pipeline *pl, pass_bufs *pb, uint32_t q, kiln_work_seg *segs) {
     kiln_ctx *ctx = pl->ctx;
     uint32_t first, count;
     part_range(pl, q, &first, &count);
@@ -712,7 +740,6 @@ static kiln_status forward_part(pipeline *pl, pass_bufs *pb, uint32_t q) {
     kiln_hcand *cands = NULL;
     kiln_edge *rev = NULL, *sorted = NULL;
     uint64_t *at = NULL;
-    kiln_work_seg *segs = NULL;
     kiln_status st = gather_segment(pl, batch_name_fn, pl->n_batches, q, &pb->a, &raw_len);
     const uint8_t *raw = pb->a.p;
     if (st == KILN_OK && raw_len % sizeof(uint32_t))
@@ -777,9 +804,7 @@ static kiln_status forward_part(pipeline *pl, pass_bufs *pb, uint32_t q) {
     /* Group by target partition (counting sort, stable). */
     const uint32_t P = pl->parts;
     if ((st = kiln_calloc(ctx, ((size_t)P + 1) * sizeof *at, "partition sizes", (void **)&at)) ||
-        (st = kiln_grow_buf_fit(ctx, &pb->a, (n_rev + 1) * sizeof *sorted,
-                                "sorted reverse edges")) ||
-        (st = kiln_alloc(ctx, (size_t)P * sizeof *segs, "reverse segments", (void **)&segs)))
+        (st = kiln_grow_buf_fit(ctx, &pb->a, (n_rev + 1) * sizeof *sorted, "sorted reverse edges")))
         goto done;
     sorted = pb->a.p;
     for (uint64_t e = 0; e < n_rev; e++)
@@ -790,11 +815,7 @@ static kiln_status forward_part(pipeline *pl, pass_bufs *pb, uint32_t q) {
         segs[t] = (kiln_work_seg){sorted + at[t], (at[t + 1] - at[t]) * sizeof *sorted};
     for (uint64_t e = 0; e < n_rev; e++)
         sorted[at[rev[e].to / pl->part_nodes]++] = rev[e];
-    char name[32];
-    rev_name(name, sizeof name, q);
-    st = kiln_workdir_put(pl->wd, name, segs, P);
 done:
-    free(segs);
     free(at);
     free(off);
     return st;
@@ -1046,79 +1067,547 @@ static kiln_status step_plan(pipeline *pl) {
     return plan_put(pl);
 }
 
-/* Step 3: every batch not already in the work dir (decision 7). */
-static kiln_status step_batches(pipeline *pl) {
-    batch_buf b = {0};
-    kiln_status st = kiln_hash_planes(pl->ctx, pl->ix->dim, pl->ix->seed, &pl->planes);
-    if (st == KILN_OK)
-        st = batch_buf_new(pl, &b);
-    kiln_progress_bar bar;
-    kiln_progress_begin(&bar, pl->ctx, "cluster knn", pl->n_batches);
+/* Step 4: the hierarchy (levels >= 1), or the work dir's. */
+static kiln_status step_hierarchy(pipeline *pl) {
+    struct kiln_index *ix = pl->ix;
+    const kiln_build_params *p = pl->p;
+    if (kiln_workdir_has(pl->wd, "hierarchy")) {
+        pl->rep->resumed_steps++;
+        return hierarchy_get(pl);
+    }
+    uint64_t hier_ef =
+        ((uint64_t)p->ef_construction * DEVICE_HIERARCHY_EF + DEVICE_HIERARCHY_OF - 1) /
+        DEVICE_HIERARCHY_OF;
+    if (hier_ef < p->M) /* a beam narrower than a list could not fill it */
+        hier_ef = p->M;
+    /* Its compact copy goes to the work dir when the budget has no room
+     * for it beside what is resident (graph/hnsw_insert.c decision 6). */
+    const uint64_t limit = kiln_build_budget(p);
+    kiln_status st;
+    if (ix->count < KILN_UPPER_COMPACT_MIN)
+        st = kiln_hnsw_insert_levels(ix, (uint32_t)hier_ef, pl->threads, 1);
+    else
+        st = kiln_hnsw_insert_upper(
+            ix, (uint32_t)hier_ef, pl->threads,
+            limit && kiln_rss_anon() + kiln_hnsw_upper_bytes(ix, pl->threads) > limit
+                ? kiln_workdir_path(pl->wd)
+                : NULL);
+    return st ? st : hierarchy_put(pl);
+}
+
+/* ==== Across ranks (decision 11) ==== */
+
+/* Partitions [part_lo(pl, r), part_lo(pl, r + 1)) are rank r's. */
+static uint32_t part_lo(const pipeline *pl, int r) {
+    return (uint32_t)((uint64_t)pl->parts * (uint64_t)r / (uint64_t)pl->ranks);
+}
+
+/* The most partitions any rank owns: the rounds of the streaming passes. */
+static uint32_t part_rounds(const pipeline *pl) {
+    uint32_t most = 0;
+    for (int r = 0; r < pl->ranks; r++)
+        if (part_lo(pl, r + 1) - part_lo(pl, r) > most)
+            most = part_lo(pl, r + 1) - part_lo(pl, r);
+    return most;
+}
+
+/* One all-to-all's buffers (kiln_dist_exchange), an entry per rank. */
+typedef struct xchg {
+    const void **send;
+    uint64_t *send_len;
+    void **recv;
+    uint64_t *recv_len;
+} xchg;
+
+static kiln_status xchg_new(pipeline *pl, xchg *x) {
+    const size_t R = (size_t)pl->ranks;
+    memset(x, 0, sizeof *x);
+    kiln_status st;
+    if ((st = kiln_calloc(pl->ctx, R * sizeof *x->send, "exchange", (void **)&x->send)) ||
+        (st = kiln_calloc(pl->ctx, R * sizeof *x->send_len, "exchange", (void **)&x->send_len)) ||
+        (st = kiln_calloc(pl->ctx, R * sizeof *x->recv, "exchange", (void **)&x->recv)))
+        return st;
+    return kiln_calloc(pl->ctx, R * sizeof *x->recv_len, "exchange", (void **)&x->recv_len);
+}
+
+/* Frees what the last exchange brought and clears what to send. */
+static void xchg_reset(const pipeline *pl, xchg *x) {
+    for (int r = 0; x->recv_len && r < pl->ranks; r++) {
+        free(x->recv[r]);
+        x->recv[r] = NULL;
+        x->recv_len[r] = 0;
+        x->send[r] = NULL;
+        x->send_len[r] = 0;
+    }
+}
+
+static void xchg_free(const pipeline *pl, xchg *x) {
+    xchg_reset(pl, x);
+    free(x->send);
+    free(x->send_len);
+    free(x->recv);
+    free(x->recv_len);
+    memset(x, 0, sizeof *x);
+}
+
+/* The exchange itself, counting what this rank sends the others. */
+static kiln_status xchg_run(pipeline *pl, xchg *x) {
+    for (int r = 0; r < pl->ranks; r++)
+        if (r != pl->rank)
+            pl->bytes_sent += x->send_len[r];
+    return kiln_dist_exchange(pl->ctx, x->send, x->send_len, x->recv, x->recv_len);
+}
+
+/* Sends segs [part_lo(s), part_lo(s + 1)), one contiguous run of bytes, to
+ * each rank s (decision 11). */
+static void xchg_by_owner(const pipeline *pl, xchg *x, const kiln_work_seg *segs) {
+    for (int s = 0; s < pl->ranks; s++) {
+        const uint32_t lo = part_lo(pl, s), hi = part_lo(pl, s + 1);
+        uint64_t len = 0;
+        for (uint32_t q = lo; q < hi; q++)
+            len += segs[q].len;
+        x->send[s] = len ? segs[lo].data : NULL;
+        x->send_len[s] = len;
+    }
+}
+
+/* Work file `name` (n_segs segments) of rank `from`, written into every
+ * other rank's work dir: its segments' lengths (uint64 each), then their
+ * bytes. The receiver checks the lengths against the message; the file's
+ * contents get the usual checks when it is read back. */
+static kiln_status share_workfile(pipeline *pl, xchg *x, int from, const char *name,
+                                  uint32_t n_segs) {
+    kiln_ctx *ctx = pl->ctx;
+    uint8_t *buf = NULL;
+    const uint64_t head = (uint64_t)n_segs * sizeof(uint64_t);
+    uint64_t len = head;
+    kiln_status st = KILN_OK;
+    if (pl->rank == from) {
+        kiln_workfile *wf = NULL;
+        st = kiln_workfile_open(pl->wd, name, n_segs, &wf);
+        for (uint32_t i = 0; st == KILN_OK && i < n_segs; i++)
+            len += kiln_workfile_seg_len(wf, i);
+        if (st == KILN_OK)
+            st = kiln_alloc(ctx, (size_t)len, "shared work file", (void **)&buf);
+        for (uint64_t i = 0, at = head; st == KILN_OK && i < n_segs; i++) {
+            const uint64_t l = kiln_workfile_seg_len(wf, (uint32_t)i);
+            memcpy(buf + i * sizeof l, &l, sizeof l);
+            st = kiln_workfile_read(wf, (uint32_t)i, buf + at);
+            at += l;
+        }
+        kiln_workfile_close(wf);
+    }
+    if ((st = kiln_dist_agree(ctx, st))) {
+        free(buf);
+        return st;
+    }
+    xchg_reset(pl, x);
+    for (int r = 0; pl->rank == from && r < pl->ranks; r++)
+        if (r != from) {
+            x->send[r] = buf;
+            x->send_len[r] = len;
+        }
+    st = xchg_run(pl, x);
+    free(buf);
+    kiln_work_seg *segs = NULL;
+    if (st == KILN_OK && pl->rank != from &&
+        (st = kiln_calloc(ctx, (size_t)n_segs * sizeof *segs, "shared segments", (void **)&segs)) ==
+            KILN_OK) {
+        const uint8_t *in = x->recv[from];
+        const uint64_t in_len = x->recv_len[from];
+        uint64_t at = head;
+        bool ok = in_len >= head;
+        for (uint32_t i = 0; ok && i < n_segs; i++) {
+            uint64_t l;
+            memcpy(&l, in + (size_t)i * sizeof l, sizeof l);
+            ok = l <= in_len - at;
+            if (ok)
+                segs[i] = (kiln_work_seg){in + at, (size_t)l};
+            at += ok ? l : 0;
+        }
+        if (!ok || at != in_len)
+            st = kiln_fail(ctx, KILN_E_FORMAT,
+                           "rank %d: work file %s sent by rank %d is malformed (%llu bytes)",
+                           pl->rank, name, from, (unsigned long long)in_len);
+        else
+            st = kiln_workdir_put(pl->wd, name, segs, n_segs);
+    }
+    free(segs);
+    xchg_reset(pl, x);
+    return kiln_dist_agree(ctx, st);
+}
+
+/* Cuts what rank `from` sent into segs by partition: records whose lengths
+ * (in words) rec_len gives, each headed by its node (the owner, or the
+ * target), a node of this rank's partitions, in partition order; anything
+ * else is refused, naming `what`. Empty partitions get empty segments. */
+typedef uint64_t (*rec_len_fn)(const pipeline *pl, const uint32_t *w, uint64_t left);
+
+static kiln_status split_received(const pipeline *pl, const char *what, int from, const void *in,
+                                  uint64_t len, rec_len_fn rec_len, kiln_work_seg *segs) {
+    const uint32_t q0 = part_lo(pl, pl->rank), q1 = part_lo(pl, pl->rank + 1);
+    const uint64_t lo = (uint64_t)q0 * pl->part_nodes,
+                   hi = (uint64_t)q1 * pl->part_nodes < pl->ix->count
+                            ? (uint64_t)q1 * pl->part_nodes
+                            : pl->ix->count;
+    for (uint32_t q = 0; q < pl->parts; q++)
+        segs[q] = (kiln_work_seg){segs, 0};
+    if (len % sizeof(uint32_t))
+        return kiln_fail(pl->ctx, KILN_E_FORMAT, "rank %d: %s from rank %d is cut short", pl->rank,
+                         what, from);
+    const uint32_t *w = in;
+    const uint64_t words = len / sizeof(uint32_t);
+    uint32_t q = q0;
+    uint64_t start = 0;
+    for (uint64_t i = 0; i < words;) {
+        const uint64_t n = rec_len(pl, w + i, words - i);
+        if (n == 0 || w[i] < lo || w[i] >= hi || w[i] / pl->part_nodes < q)
+            return kiln_fail(pl->ctx, KILN_E_FORMAT,
+                             "rank %d: %s from rank %d: record at word %llu is malformed", pl->rank,
+                             what, from, (unsigned long long)i);
+        const uint32_t rq = w[i] / pl->part_nodes;
+        if (rq != q) {
+            segs[q] = (kiln_work_seg){w + start, (size_t)(i - start) * sizeof(uint32_t)};
+            q = rq;
+            start = i;
+        }
+        i += n;
+    }
+    if (words)
+        segs[q] = (kiln_work_seg){w + start, (size_t)(words - start) * sizeof(uint32_t)};
+    return KILN_OK;
+}
+
+/* A batch record [owner, n, n x (dist, id, hash)]: its words, or 0 when it
+ * does not fit what is left or holds more than a record can. */
+static uint64_t batch_rec_len(const pipeline *pl, const uint32_t *w, uint64_t left) {
+    const uint32_t rec_max = pl->K < pl->ix->M0 ? pl->K : pl->ix->M0;
+    if (left < 2 || w[1] > rec_max || left - 2 < 3 * (uint64_t)w[1])
+        return 0;
+    return 2 + 3 * (uint64_t)w[1];
+}
+
+/* A reverse edge (to, from, dist, hash). */
+static uint64_t edge_rec_len(const pipeline *pl, const uint32_t *w, uint64_t left) {
+    (void)pl;
+    (void)w;
+    const uint64_t n = sizeof(kiln_edge) / sizeof(uint32_t);
+    return left >= n ? n : 0;
+}
+
+/* Checks n level-0 lists at rows (nodes first..): counts and ids in range;
+ * what names the source for the message. */
+static kiln_status links0_check(const pipeline *pl, const uint32_t *rows, uint32_t first,
+                                uint32_t n, const char *what) {
+    const struct kiln_index *ix = pl->ix;
+    const size_t stride = kiln_links0_stride(ix);
+    for (uint32_t i = 0; i < n; i++) {
+        const uint32_t *b = rows + (size_t)i * stride;
+        bool ok = b[0] <= ix->M0;
+        for (uint32_t j = 0; ok && j < b[0]; j++)
+            ok = b[1 + j] < ix->count;
+        if (!ok)
+            return kiln_fail(pl->ctx, KILN_E_FORMAT, "%s: node %u has a link out of range", what,
+                             first + i);
+    }
+    return KILN_OK;
+}
+
+/* ==== Steps 3 and 5 ==== */
+
+/* Step 3 in one process: every batch not already in the work dir
+ * (decision 7). */
+static kiln_status batches_local(pipeline *pl, batch_buf *b, kiln_work_seg *segs,
+                                 kiln_progress_bar *bar) {
+    kiln_status st = KILN_OK;
     for (uint32_t i = 0; i < pl->n_batches && st == KILN_OK; i++) {
         char name[32];
         batch_name(name, sizeof name, i);
         if (kiln_workdir_has(pl->wd, name)) {
             pl->rep->resumed_batches++;
-        } else {
-            st = run_batch(pl, &b, i);
+        } else if ((st = run_batch(pl, b, i, segs)) == KILN_OK) {
+            st = kiln_workdir_put(pl->wd, name, segs, pl->parts);
             pl->rep->peak_rss_anon = kiln_peak_rss_anon();
             kiln_fault_point("batch");
         }
-        kiln_progress_add(&bar, 1);
+        kiln_progress_add(bar, 1);
     }
+    return st;
+}
+
+/* Step 3 across ranks (decision 11): batch t * R + r on rank r in round t,
+ * its records to their partitions' owners. Collective: st is this rank's
+ * status so far. */
+static kiln_status batches_ranks(pipeline *pl, batch_buf *b, kiln_work_seg *segs,
+                                 kiln_progress_bar *bar, kiln_status st) {
+    kiln_ctx *ctx = pl->ctx;
+    const uint32_t nb = pl->n_batches, R = (uint32_t)pl->ranks;
+    uint64_t *held = NULL;
+    kiln_work_seg *in = NULL;
+    xchg x;
+    if (st == KILN_OK)
+        st = xchg_new(pl, &x);
+    else
+        memset(&x, 0, sizeof x);
+    if (st == KILN_OK)
+        st = kiln_calloc(ctx, (size_t)nb * sizeof *held, "batches held", (void **)&held);
+    if (st == KILN_OK)
+        st = kiln_alloc(ctx, (size_t)pl->parts * sizeof *in, "received segments", (void **)&in);
+    for (uint32_t i = 0; st == KILN_OK && i < nb; i++) {
+        char name[32];
+        batch_name(name, sizeof name, i);
+        held[i] = kiln_workdir_has(pl->wd, name);
+    }
+    if ((st = kiln_dist_agree(ctx, st)) == KILN_OK)
+        st = kiln_dist_sum_u64(ctx, held, nb);
+    for (uint64_t b0 = 0; st == KILN_OK && b0 < nb; b0 += R) {
+        const uint32_t in_round = nb - b0 < R ? (uint32_t)(nb - b0) : R;
+        const uint64_t mine = b0 + (uint64_t)pl->rank;
+        bool todo = false;
+        for (uint32_t r = 0; r < in_round; r++)
+            todo |= held[b0 + r] != R;
+        const bool run = mine < nb && held[mine] != R;
+        if (mine < nb && !run)
+            pl->rep->resumed_batches++;
+        if (todo) {
+            xchg_reset(pl, &x);
+            st = kiln_dist_agree(ctx, run ? run_batch(pl, b, (uint32_t)mine, segs) : KILN_OK);
+            if (st == KILN_OK && run)
+                xchg_by_owner(pl, &x, segs);
+            if (st == KILN_OK)
+                st = xchg_run(pl, &x);
+            for (uint32_t r = 0; st == KILN_OK && r < in_round; r++) {
+                const uint32_t bi = (uint32_t)b0 + r;
+                if (held[bi] == R)
+                    continue;
+                char name[48];
+                snprintf(name, sizeof name, "the records of batch %u", bi);
+                if ((st = split_received(pl, name, (int)r, x.recv[r], x.recv_len[r], batch_rec_len,
+                                         in)) == KILN_OK) {
+                    batch_name(name, sizeof name, bi);
+                    st = kiln_workdir_put(pl->wd, name, in, pl->parts);
+                }
+            }
+            xchg_reset(pl, &x);
+            st = kiln_dist_agree(ctx, st);
+            pl->rep->peak_rss_anon = kiln_peak_rss_anon();
+            if (st == KILN_OK && run)
+                kiln_fault_point("batch");
+        }
+        kiln_progress_add(bar, in_round);
+    }
+    xchg_free(pl, &x);
+    free(held);
+    free(in);
+    return st;
+}
+
+/* Step 3: the batches (decision 7). */
+static kiln_status step_batches(pipeline *pl) {
+    batch_buf b = {0};
+    kiln_work_seg *segs = NULL;
+    kiln_status st = kiln_hash_planes(pl->ctx, pl->ix->dim, pl->ix->seed, &pl->planes);
+    if (st == KILN_OK)
+        st = batch_buf_new(pl, &b);
+    if (st == KILN_OK)
+        st =
+            kiln_alloc(pl->ctx, (size_t)pl->parts * sizeof *segs, "batch segments", (void **)&segs);
+    kiln_progress_bar bar;
+    kiln_progress_begin(&bar, pl->ctx, "cluster knn", pl->n_batches);
+    if (pl->ranks > 1)
+        st = batches_ranks(pl, &b, segs, &bar, st);
+    else if (st == KILN_OK)
+        st = batches_local(pl, &b, segs, &bar);
     kiln_progress_end(&bar);
+    free(segs);
     batch_buf_free(&b);
     kiln_cl_cluster_knn_release(pl->ctx);
     return st;
 }
 
-/* Step 5: the streaming passes, or the level 0 of the work dir. */
-static kiln_status step_level0(pipeline *pl) {
+/* Level 0 from the work dir's checkpoint. */
+static kiln_status level0_get(pipeline *pl) {
     struct kiln_index *ix = pl->ix;
     const size_t bytes = ix->count * kiln_links0_stride(ix) * sizeof(uint32_t);
-    if (kiln_workdir_has(pl->wd, "level0")) {
-        kiln_workfile *wf = NULL;
-        kiln_status st = kiln_workfile_open(pl->wd, "level0", 1, &wf);
-        if (st == KILN_OK && kiln_workfile_seg_len(wf, 0) != bytes)
-            st = kiln_fail(pl->ctx, KILN_E_FORMAT, "work file level0.kw does not fit the input");
-        if (st == KILN_OK)
-            st = kiln_workfile_read(wf, 0, ix->links0);
-        kiln_workfile_close(wf);
-        /* The repair walks these before the validator: bound every list. */
-        for (uint32_t i = 0; st == KILN_OK && i < ix->count; i++) {
-            const uint32_t *b = kiln_links(ix, i, 0);
-            bool ok = b[0] <= ix->M0;
-            for (uint32_t j = 0; ok && j < b[0]; j++)
-                ok = b[1 + j] < ix->count;
-            if (!ok)
-                st = kiln_fail(pl->ctx, KILN_E_FORMAT,
-                               "work file level0.kw: node %u has a link out of range", i);
-        }
-        pl->rep->resumed_steps++;
-        return st;
-    }
+    kiln_workfile *wf = NULL;
+    kiln_status st = kiln_workfile_open(pl->wd, "level0", 1, &wf);
+    if (st == KILN_OK && kiln_workfile_seg_len(wf, 0) != bytes)
+        st = kiln_fail(pl->ctx, KILN_E_FORMAT, "work file level0.kw does not fit the input");
+    if (st == KILN_OK)
+        st = kiln_workfile_read(wf, 0, ix->links0);
+    kiln_workfile_close(wf);
+    /* The repair walks these before the validator: bound every list. */
+    if (st == KILN_OK)
+        st = links0_check(pl, ix->links0, 0, (uint32_t)ix->count, "work file level0.kw");
+    pl->rep->resumed_steps++;
+    return st;
+}
+
+/* The streaming passes in one process. */
+static kiln_status level0_local(pipeline *pl, pass_bufs *pb, kiln_work_seg *segs,
+                                kiln_progress_bar *bar) {
     kiln_status st = KILN_OK;
-    kiln_progress_bar bar;
-    pass_bufs pb;
-    memset(&pb, 0, sizeof pb);
-    kiln_progress_begin(&bar, pl->ctx, "union+links", 2 * (uint64_t)pl->parts);
     for (uint32_t q = 0; q < pl->parts && st == KILN_OK; q++) {
-        st = forward_part(pl, &pb, q);
-        kiln_progress_add(&bar, 1);
+        if ((st = forward_part(pl, pb, q, segs)) == KILN_OK) {
+            char name[32];
+            rev_name(name, sizeof name, q);
+            st = kiln_workdir_put(pl->wd, name, segs, pl->parts);
+        }
+        kiln_progress_add(bar, 1);
     }
     kiln_fault_point("forward");
     for (uint32_t q = 0; q < pl->parts && st == KILN_OK; q++) {
-        st = reverse_part(pl, &pb, q);
-        kiln_progress_add(&bar, 1);
+        st = reverse_part(pl, pb, q);
+        kiln_progress_add(bar, 1);
     }
+    return st;
+}
+
+/* The streaming passes across ranks (decision 11): each rank's forward
+ * passes a round at a time, the reverse edges to their owners, each rank's
+ * reverse passes, then level 0 gathered on rank 0. Collective: st is this
+ * rank's status so far. */
+static kiln_status level0_ranks(pipeline *pl, pass_bufs *pb, kiln_work_seg *segs,
+                                kiln_progress_bar *bar, kiln_status st) {
+    kiln_ctx *ctx = pl->ctx;
+    struct kiln_index *ix = pl->ix;
+    const uint32_t q0 = part_lo(pl, pl->rank), q1 = part_lo(pl, pl->rank + 1),
+                   rounds = part_rounds(pl);
+    kiln_work_seg *in = NULL;
+    xchg x;
+    if (st == KILN_OK)
+        st = xchg_new(pl, &x);
+    else
+        memset(&x, 0, sizeof x);
+    if (st == KILN_OK)
+        st = kiln_alloc(ctx, (size_t)pl->parts * sizeof *in, "received segments", (void **)&in);
+    st = kiln_dist_agree(ctx, st);
+    for (uint32_t i = 0; i < rounds && st == KILN_OK; i++) {
+        const bool run = q0 + i < q1;
+        xchg_reset(pl, &x);
+        st = kiln_dist_agree(ctx, run ? forward_part(pl, pb, q0 + i, segs) : KILN_OK);
+        if (st == KILN_OK && run)
+            xchg_by_owner(pl, &x, segs);
+        if (st == KILN_OK)
+            st = xchg_run(pl, &x);
+        for (int r = 0; st == KILN_OK && r < pl->ranks; r++) {
+            const uint32_t q = part_lo(pl, r) + i;
+            if (q >= part_lo(pl, r + 1))
+                continue;
+            char name[48];
+            snprintf(name, sizeof name, "the reverse edges of partition %u", q);
+            if ((st = split_received(pl, name, r, x.recv[r], x.recv_len[r], edge_rec_len, in)) ==
+                KILN_OK) {
+                rev_name(name, sizeof name, q);
+                st = kiln_workdir_put(pl->wd, name, in, pl->parts);
+            }
+        }
+        xchg_reset(pl, &x);
+        st = kiln_dist_agree(ctx, st);
+        if (run)
+            kiln_progress_add(bar, 1);
+    }
+    if (st == KILN_OK)
+        kiln_fault_point("forward");
+    for (uint32_t q = q0; q < q1 && st == KILN_OK; q++) {
+        st = reverse_part(pl, pb, q);
+        kiln_progress_add(bar, 1);
+    }
+    st = kiln_dist_agree(ctx, st);
+    /* Level 0 on rank 0, a partition from each rank per round. */
+    const size_t row = kiln_links0_stride(ix) * sizeof(uint32_t);
+    for (uint32_t i = 0; i < rounds && st == KILN_OK; i++) {
+        uint32_t first, count;
+        xchg_reset(pl, &x);
+        if (pl->rank != 0 && q0 + i < q1) {
+            part_range(pl, q0 + i, &first, &count);
+            x.send[0] = kiln_links(ix, first, 0);
+            x.send_len[0] = (uint64_t)count * row;
+        }
+        st = xchg_run(pl, &x);
+        for (int r = 1; st == KILN_OK && pl->rank == 0 && r < pl->ranks; r++) {
+            const uint32_t q = part_lo(pl, r) + i;
+            if (q >= part_lo(pl, r + 1))
+                continue;
+            part_range(pl, q, &first, &count);
+            char what[64];
+            snprintf(what, sizeof what, "rank 0: level 0 of partition %u from rank %d", q, r);
+            if (x.recv_len[r] != (uint64_t)count * row)
+                st = kiln_fail(ctx, KILN_E_FORMAT, "%s: %llu bytes, not %llu", what,
+                               (unsigned long long)x.recv_len[r], (unsigned long long)count * row);
+            else if ((st = links0_check(pl, x.recv[r], first, count, what)) == KILN_OK)
+                memcpy(kiln_links(ix, first, 0), x.recv[r], (size_t)count * row);
+        }
+        xchg_reset(pl, &x);
+        st = kiln_dist_agree(ctx, st);
+    }
+    xchg_free(pl, &x);
+    free(in);
+    return st;
+}
+
+/* Step 5: the streaming passes, or the level 0 of the work dir (rank 0's,
+ * across ranks). */
+static kiln_status step_level0(pipeline *pl) {
+    struct kiln_index *ix = pl->ix;
+    uint64_t done = pl->rank == 0 && kiln_workdir_has(pl->wd, "level0");
+    kiln_status st = pl->ranks > 1 ? kiln_dist_sum_u64(pl->ctx, &done, 1) : KILN_OK;
+    if (st)
+        return st;
+    if (done) /* across ranks, only rank 0 needs it */
+        return pl->rank == 0 ? level0_get(pl) : KILN_OK;
+    kiln_progress_bar bar;
+    pass_bufs pb;
+    memset(&pb, 0, sizeof pb);
+    kiln_work_seg *segs = NULL;
+    st = kiln_alloc(pl->ctx, (size_t)pl->parts * sizeof *segs, "pass segments", (void **)&segs);
+    kiln_progress_begin(&bar, pl->ctx, "union+links",
+                        2 * (uint64_t)(part_lo(pl, pl->rank + 1) - part_lo(pl, pl->rank)));
+    if (pl->ranks > 1)
+        st = level0_ranks(pl, &pb, segs, &bar, st);
+    else if (st == KILN_OK)
+        st = level0_local(pl, &pb, segs, &bar);
     kiln_progress_end(&bar);
     pass_bufs_free(&pb);
-    if (st == KILN_OK) {
-        const kiln_work_seg seg = {ix->links0, bytes};
+    free(segs);
+    if (st == KILN_OK && pl->rank == 0) {
+        const kiln_work_seg seg = {ix->links0,
+                                   ix->count * kiln_links0_stride(ix) * sizeof(uint32_t)};
         st = kiln_workdir_put(pl->wd, "level0", &seg, 1);
         kiln_fault_point("level0");
     }
-    return st;
+    return pl->ranks > 1 ? kiln_dist_agree(pl->ctx, st) : st;
+}
+
+/* The report of a build across ranks (decision 11): stage seconds and
+ * peak memory of the slowest rank, counts summed, bytes sent per rank. */
+static kiln_status report_ranks(pipeline *pl) {
+    kiln_ctx *ctx = pl->ctx;
+    kiln_build_report *rep = pl->rep;
+    const size_t R = (size_t)pl->ranks;
+    kiln_status st = kiln_calloc(ctx, R * sizeof *pl->ix->rank_bytes, "bytes per rank",
+                                 (void **)&pl->ix->rank_bytes);
+    if ((st = kiln_dist_agree(ctx, st)))
+        return st;
+    pl->ix->rank_bytes[pl->rank] = pl->bytes_sent;
+    uint64_t sums[5] = {rep->device_batches, rep->batch_retries, rep->resumed_batches,
+                        rep->work_bytes_written, rep->work_bytes_read};
+    double peak = (double)rep->peak_rss_anon;
+    if ((st = kiln_dist_sum_u64(ctx, pl->ix->rank_bytes, R)) ||
+        (st = kiln_dist_sum_u64(ctx, sums, 5)) || (st = kiln_dist_max_f64(ctx, &peak)))
+        return st;
+    for (uint32_t i = 0; i < rep->n_stages; i++)
+        if ((st = kiln_dist_max_f64(ctx, &rep->stages[i].seconds)))
+            return st;
+    rep->device_batches = (uint32_t)sums[0];
+    rep->batch_retries = (uint32_t)sums[1];
+    rep->resumed_batches = (uint32_t)sums[2];
+    rep->work_bytes_written = sums[3];
+    rep->work_bytes_read = sums[4];
+    rep->peak_rss_anon = (uint64_t)peak;
+    rep->ranks = (uint32_t)R;
+    rep->rank_bytes_sent = pl->ix->rank_bytes;
+    return KILN_OK;
 }
 
 /* ==== Work dir and fingerprint ==== */
@@ -1127,16 +1616,19 @@ static kiln_status step_level0(pipeline *pl) {
 static uint64_t fingerprint(const pipeline *pl, char *desc, size_t cap) {
     const struct kiln_index *ix = pl->ix;
     const kiln_build_params *p = pl->p;
+    char ranks[48] = "";
+    if (pl->ranks > 1) /* a rank's files hold its share (decision 11) */
+        snprintf(ranks, sizeof ranks, ", rank %d of %d", pl->rank, pl->ranks);
     snprintf(desc, cap,
              "device build v%d of %llu x %u %s vectors (crc32c %08x), M %u, ef_construction "
              "%u, seed %llu, replicas %u + %u within %.3f, knn_k %u, clusters %u, cluster_size %u, "
-             "%s-endian",
+             "%s-endian%s",
              DEVICE_PIPELINE_VERSION, (unsigned long long)ix->count, ix->dim,
              kiln_metric_name(ix->metric),
              kiln_crc32c(0, ix->vectors, ix->count * ix->dim * sizeof(float)), ix->M,
              p->ef_construction, (unsigned long long)p->seed, pl->replicas, pl->extra,
              pl->extra ? (double)DEVICE_BOUNDARY_RATIO : 0.0, pl->K, p->clusters, p->cluster_size,
-             KILN_HOST_BIG_ENDIAN ? "big" : "little");
+             KILN_HOST_BIG_ENDIAN ? "big" : "little", ranks);
     const uint32_t a = kiln_crc32c(0, desc, strlen(desc));
     const uint32_t b = kiln_crc32c(0x9e3779b9u, desc, strlen(desc));
     return (uint64_t)a << 32 | b;
@@ -1146,7 +1638,16 @@ static kiln_status open_workdir(pipeline *pl) {
     char desc[512];
     const uint64_t fp = fingerprint(pl, desc, sizeof desc);
     const char *dir = pl->p->work_dir;
-    char tmp[4096];
+    char tmp[4096], rank_dir[4096];
+    if (dir && pl->ranks > 1) { /* decision 11: a folder per rank */
+        if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+            return kiln_fail(pl->ctx, KILN_E_IO, "work dir %s: cannot create: %s", dir,
+                             strerror(errno));
+        if (snprintf(rank_dir, sizeof rank_dir, "%s/rank-%d", dir, pl->rank) >=
+            (int)sizeof rank_dir)
+            return kiln_fail(pl->ctx, KILN_E_ARG, "work dir %s: the path is too long", dir);
+        dir = rank_dir;
+    }
     if (!dir) {
         const char *base = getenv("TMPDIR");
         snprintf(tmp, sizeof tmp, "%s/kiln-work-XXXXXX", base && *base ? base : "/tmp");
@@ -1173,7 +1674,10 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
                    .rep = rep,
                    .threads = kiln_threads(p->threads),
                    .K = p->knn_k ? p->knn_k : 2 * p->M,
-                   .residual = ix->metric != KILN_METRIC_IP};
+                   .residual = ix->metric != KILN_METRIC_IP,
+                   .rank = p->collective ? kiln_dist_rank() : 0,
+                   .ranks = p->collective ? kiln_dist_size() : 1};
+    xchg x = {0};
     if (p->replicas)
         pl.replicas = p->replicas;
     else
@@ -1187,30 +1691,63 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
 
     kiln_device_info info;
     kiln_status st = kiln_device_select(ctx, p->device, &info);
+    if (pl.ranks > 1) /* collective from here on: every rank stops together */
+        st = kiln_dist_agree(ctx, st);
     if (st)
         return st;
     if (ix->count == 0)
         return KILN_OK;
     snprintf(rep->device_name, sizeof rep->device_name, "%.60s / %.60s", info.platform_name,
              info.device_name);
-    if ((st = open_workdir(&pl)))
-        return st;
+    st = open_workdir(&pl);
+    if (pl.ranks > 1)
+        st = kiln_dist_agree(ctx, st);
     double t = kiln_now();
-
-    /* 1. Cluster and assign with replicas under a size cap. */
-    if ((st = step_clusters(&pl, &info)))
+    if (st)
         goto cleanup;
+
+    /* 1. Cluster and assign with replicas under a size cap; across ranks,
+     * the hierarchy at the same time on rank 1 (decision 11). */
+    const int hier_rank = pl.ranks > 1 ? 1 : 0;
+    if (pl.ranks > 1) {
+        st = xchg_new(&pl, &x);
+        if (st == KILN_OK && pl.rank == 0)
+            st = step_clusters(&pl, &info);
+        stage(rep, "kmeans+assign", kiln_now() - t);
+        t = kiln_now();
+        if (st == KILN_OK && pl.rank == hier_rank)
+            st = step_hierarchy(&pl);
+        stage(rep, "hierarchy", kiln_now() - t);
+        t = kiln_now();
+        if ((st = kiln_dist_agree(ctx, st)) || (st = share_workfile(&pl, &x, 0, "clusters", 4)) ||
+            (st = kiln_dist_agree(ctx, pl.rank != 0 ? clusters_get(&pl) : KILN_OK)) ||
+            (st = share_workfile(&pl, &x, hier_rank, "hierarchy", 2)) ||
+            (st = kiln_dist_agree(ctx, pl.rank != hier_rank ? hierarchy_get(&pl) : KILN_OK)))
+            goto cleanup;
+        stage(rep, "share", kiln_now() - t);
+    } else {
+        if ((st = step_clusters(&pl, &info)))
+            goto cleanup;
+        stage(rep, "kmeans+assign", kiln_now() - t);
+    }
     rep->clusters = pl.cl.k;
     rep->replicas = pl.replicas;
     rep->mean_replicas = (double)pl.cl.offsets[pl.cl.k] / (double)ix->count;
     rep->max_cluster_size = pl.cl.max_members;
-    stage(rep, "kmeans+assign", kiln_now() - t);
     kiln_fault_point("clusters");
 
-    /* 2. Quantizer and plan. */
+    /* 2. Quantizer and plan (rank 0's, across ranks). */
     t = kiln_now();
-    if ((st = step_quantizer(&pl)) || (st = step_plan(&pl)))
+    st = step_quantizer(&pl);
+    if (pl.ranks > 1) {
+        if (st == KILN_OK && pl.rank == 0)
+            st = step_plan(&pl);
+        if ((st = kiln_dist_agree(ctx, st)) || (st = share_workfile(&pl, &x, 0, "plan", 2)) ||
+            (st = kiln_dist_agree(ctx, pl.rank != 0 ? step_plan(&pl) : KILN_OK)))
+            goto cleanup;
+    } else if (st || (st = step_plan(&pl))) {
         goto cleanup;
+    }
     stage(rep, "quantize", kiln_now() - t);
 
     /* 3. The batches: per-cluster kNN on the device, reranked and pruned in
@@ -1222,47 +1759,31 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
 
     /* 4. Hierarchy, before level 0: its level-1 links seed it
      * (graph/merge.c). */
-    t = kiln_now();
-    if (kiln_workdir_has(pl.wd, "hierarchy")) {
-        rep->resumed_steps++;
-        st = hierarchy_get(&pl);
-    } else {
-        uint64_t hier_ef =
-            ((uint64_t)p->ef_construction * DEVICE_HIERARCHY_EF + DEVICE_HIERARCHY_OF - 1) /
-            DEVICE_HIERARCHY_OF;
-        if (hier_ef < p->M) /* a beam narrower than a list could not fill it */
-            hier_ef = p->M;
-        /* Its compact copy goes to the work dir when the budget has no
-         * room for it beside what is resident (graph/hnsw_insert.c
-         * decision 6). */
-        const uint64_t limit = kiln_build_budget(p);
-        if (ix->count < KILN_UPPER_COMPACT_MIN)
-            st = kiln_hnsw_insert_levels(ix, (uint32_t)hier_ef, pl.threads, 1);
-        else
-            st = kiln_hnsw_insert_upper(
-                ix, (uint32_t)hier_ef, pl.threads,
-                limit && kiln_rss_anon() + kiln_hnsw_upper_bytes(ix, pl.threads) > limit
-                    ? kiln_workdir_path(pl.wd)
-                    : NULL);
-        if (st == KILN_OK)
-            st = hierarchy_put(&pl);
+    if (pl.ranks == 1) {
+        t = kiln_now();
+        if ((st = step_hierarchy(&pl)))
+            goto cleanup;
+        stage(rep, "hierarchy", kiln_now() - t);
     }
-    ix->ef_construction = p->ef_construction; /* what the header records: the parameter */
-    if (st)
-        goto cleanup;
-    stage(rep, "hierarchy", kiln_now() - t);
     kiln_fault_point("hierarchy");
+
+    ix->ef_construction = p->ef_construction; /* what the header records: the parameter */
 
     /* 5. Union, prune, reverse links: streamed by partition of node ids. */
     t = kiln_now();
     st = step_level0(&pl);
+    if (st == KILN_OK && pl.ranks > 1)
+        st = kiln_dist_sum_u64(ctx, &pl.candidates, 1);
     rep->candidates_per_vector = (double)pl.candidates / (double)ix->count;
     stage(rep, "merge+prune", kiln_now() - t);
 
 cleanup:;
+    xchg_free(&pl, &x);
     const kiln_workdir_stats ws = kiln_workdir_stats_get(pl.wd);
     rep->work_bytes_written = ws.bytes_written;
     rep->work_bytes_read = ws.bytes_read;
+    if (st == KILN_OK && pl.ranks > 1) /* agreed: every rank is here */
+        st = report_ranks(&pl);
     /* A private dir goes at the end, and so does one that failed before any
      * checkpoint beyond the manifest: nothing in it to resume. */
     if (pl.temp_wd || (st && ws.files_written <= 1 && rep->resumed_steps == 0))

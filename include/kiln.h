@@ -311,6 +311,14 @@ typedef struct kiln_build_params {
      * batch; a work dir of other inputs or parameters is refused. Zero: a
      * work dir holding an unfinished build is refused. Default 0. */
     int resume;
+    /* KILN_METHOD_DEVICE: non-zero builds one index across the ranks of
+     * kiln_dist_init (every rank calls with the same input and params, and
+     * its own threads and device). The index comes back on rank 0 alone;
+     * the other ranks get KILN_OK and out = NULL. work_dir (or the private
+     * folder) holds a folder per rank, rank-R, and resume continues from
+     * the batches every rank finished. With one rank, or without MPI, an
+     * ordinary build. Default 0. */
+    int collective;
 } kiln_build_params;
 
 KILN_API void kiln_build_params_init(kiln_build_params *params);
@@ -352,6 +360,12 @@ typedef struct kiln_build_report {
                                      (fewer for the rare short vector) */
     double mean_replicas;         /* KILN_METHOD_DEVICE: clusters per vector, mean (above
                                      replicas where vectors near a boundary joined one more) */
+    /* A collective build (kiln_build_params.collective) on rank 0: the
+     * ranks, and the bytes each sent to the others (ranks entries, owned
+     * by the index); stage seconds are then the slowest rank's. One
+     * process: 1 and NULL. */
+    uint32_t ranks;
+    const uint64_t *rank_bytes_sent;
 } kiln_build_report;
 
 /* Removes a build's work dir (kiln_build_params.work_dir) once its index is

@@ -11,8 +11,16 @@
 #  2. a rank killed between two of its shards (KILN_TEST_KILL_AT on rank 1
 #     only) fails the job with no manifest written; the same command with
 #     --resume then finishes to the same files;
-#  3. commands other than build, and a one-index build, refuse to run
-#     across ranks, saying so once per rank;
+#  3. commands other than build, and a one-index insertion build, refuse
+#     to run across ranks, saying so once per rank;
+#  4. `mpirun -np 2` (and 3) `kiln build` of one index on siftsmall and
+#     fmnistsmall, under a budget that forces many batches and partitions,
+#     gives the bytes of the unlimited one-process build, checks valid, has
+#     the same recall@10 at ef 16 and 64 (within 0.003), reports every
+#     rank's bytes once, and leaves no work dir;
+#  5. rank 1 killed after its second batch, or after its forward passes,
+#     fails the job with no index and the rank folders kept; --resume
+#     finishes it to the same bytes; a 2-rank work dir is refused on 3;
 #  and first the collectives of common/dist.c (tests/test_dist.c) on 2, 3
 #  and 4 ranks.
 # Exit 77 = skipped: this kiln has no MPI, or no mpirun, or no datasets.
@@ -144,10 +152,103 @@ else
   grep -q "only kiln build runs across ranks" <<<"$out" && ok "search refuses under mpirun" ||
     bad "search under mpirun: $out"
 fi
-if out=$(mpi 2 "$kiln" build "$base" -o "$tmp/one.kiln" 2>&1); then
-  bad "a one-index build ran under mpirun"
+if out=$(mpi 2 "$kiln" build "$base" -o "$tmp/one.kiln" --method insert 2>&1); then
+  bad "an insertion build of one index ran under mpirun"
 else
-  grep -q "builds shard sets" <<<"$out" && [ ! -e "$tmp/one.kiln" ] &&
-    ok "a one-index build refuses under mpirun" || bad "a one-index build under mpirun: $out"
+  grep -q "one index with --method device" <<<"$out" && [ ! -e "$tmp/one.kiln" ] &&
+    ok "an insertion build of one index refuses under mpirun" ||
+    bad "an insertion build of one index under mpirun: $out"
+fi
+
+if ! "$kiln" devices >/dev/null 2>&1; then
+  echo "SKIPPED: parts 4 and 5 (one index across ranks) need an OpenCL device" >&2
+  [ $fail = 0 ] && exit 77 || exit 1
+fi
+
+# 4. One index across ranks (host/device_build.c decision 11), under a
+#    budget that forces many batches and partitions: the bytes of the
+#    unlimited one-process build (neither the budget nor the ranks change
+#    them), valid, the same recall at ef 16 and 64, a report of every
+#    rank's bytes, no work dir left.
+#    need DS: the smallest budget kiln accepts for DS, plus room, read off
+#    the refusal of a 1 MiB one (ASan makes it larger).
+need() {
+  local m
+  m=$("$kiln" build "$data/$1/${1}_base.fvecs" -o "$tmp/need.kiln" --memory-limit 1M 2>&1 |
+    sed -n 's/.*it needs at least \([0-9]*\)\.[0-9] MiB.*/\1/p')
+  echo "$((${m:-60} + 8))M"
+}
+json_num() { sed -n "s/.*\"$2\": \([0-9]*\).*/\1/p" "$1"; }
+for spec in siftsmall:2 fmnistsmall:2 siftsmall:3; do
+  IFS=: read -r ds np <<<"$spec"
+  dbase="$data/$ds/${ds}_base.fvecs" budget=$(need "$ds")
+  one="$tmp/g-$ds.kiln" many="$tmp/g-$ds-$np.kiln"
+  [ -e "$one" ] || "$kiln" build "$dbase" -o "$one" --threads 2 >/dev/null ||
+    { bad "$ds: the one-process build failed"; continue; }
+  if mpi "$np" "$kiln" build "$dbase" -o "$many" --memory-limit "$budget" --json \
+    >"$tmp/g.json" 2>"$tmp/g.err"; then
+    b=$(json_num "$tmp/g.json" batches) p=$(json_num "$tmp/g.json" partitions)
+    # fmnistsmall's nodes fit one partition: a rank then owns none
+    [ "${b:-0}" -gt "$np" ] && { [ "${p:-0}" -ge "$np" ] || [ "$ds" = fmnistsmall ]; } &&
+      ok "$ds, $np ranks under --memory-limit $budget: $b batches, $p partitions" ||
+      bad "$ds, $np ranks: the budget did not split the work (batches $b, partitions $p)"
+    cmp -s "$one" "$many" && ok "$ds: $np ranks give the bytes of one process" ||
+      bad "$ds: $np ranks and one process give different index files"
+    "$kiln" check "$many" >/dev/null && ok "$ds: the $np-rank index checks valid" ||
+      bad "$ds: kiln check of the $np-rank index failed"
+    for ef in 16 64; do
+      r1=$("$kiln" eval "$one" "$data/$ds/${ds}_query.fvecs" "$data/$ds/${ds}_groundtruth.ivecs" \
+        --ef "$ef" --json | sed -n 's/.*"recall": \([0-9.]*\).*/\1/p')
+      rn=$("$kiln" eval "$many" "$data/$ds/${ds}_query.fvecs" "$data/$ds/${ds}_groundtruth.ivecs" \
+        --ef "$ef" --json | sed -n 's/.*"recall": \([0-9.]*\).*/\1/p')
+      awk -v a="$r1" -v b="$rn" 'BEGIN { d = a - b; exit !(a > 0.9 && d < 0.003 && d > -0.003) }' &&
+        ok "$ds: recall@10 at ef $ef, $np ranks $rn, one process $r1" ||
+        bad "$ds: recall@10 at ef $ef, $np ranks $rn against one process $r1"
+    done
+    sent=$(sed -n 's/.*"bytes_sent_by_rank": \[\([0-9, ]*\)\].*/\1/p' "$tmp/g.json")
+    [ "$(json_num "$tmp/g.json" ranks)" = "$np" ] &&
+      [ "$(tr ',' '\n' <<<"$sent" | awk '$1 > 0' | wc -l)" = "$np" ] &&
+      ok "$ds: the report names $np ranks, each of which sent bytes ($sent)" ||
+      bad "$ds: the report of $np ranks: $(cat "$tmp/g.json")"
+    [ "$(wc -l <"$tmp/g.json")" = 1 ] && ok "$ds: one report (rank 0)" ||
+      bad "$ds: $(wc -l <"$tmp/g.json") reports"
+    [ ! -e "$many.work" ] && ok "$ds: no work dir left" || bad "$ds: $many.work left behind"
+  else
+    bad "$ds: mpirun -np $np kiln build failed: $(cat "$tmp/g.err")"
+  fi
+done
+
+# 5. Rank 1 killed after its second batch, and after its forward passes:
+#    the job fails with no index; --resume finishes it to the same bytes.
+base="$data/siftsmall/siftsmall_base.fvecs"
+one="$tmp/g-siftsmall.kiln" budget=$(need siftsmall)
+for point in batch:2 forward:1; do
+  killed="$tmp/killed-${point%%:*}.kiln"
+  if out=$(mpi 2 "$tmp/kill-rank1.sh" "$point" "$kiln" build "$base" -o "$killed" \
+    --memory-limit "$budget" 2>&1); then
+    bad "a one-index job with rank 1 killed at $point succeeded"
+    continue
+  fi
+  [ ! -e "$killed" ] && [ -d "$killed.work/rank-0" ] && [ -d "$killed.work/rank-1" ] &&
+    ok "rank 1 killed at $point: the job failed, no index, the rank folders kept ($(grep -o 'rank 1[^.]*' <<<"$out" | head -1))" ||
+    bad "rank 1 killed at $point: the index was written or the work folders are gone"
+  if out=$(mpi 2 "$kiln" build "$base" -o "$killed" --memory-limit "$budget" --resume --json 2>&1); then
+    cmp -s "$one" "$killed" && ok "--resume after $point gave the bytes of one process ($(grep -o '"resumed_batches": [0-9]*' <<<"$out"))" ||
+      bad "--resume after $point gave another file"
+    [ ! -e "$killed.work" ] && ok "--resume after $point left no work dir" ||
+      bad "--resume after $point left $killed.work"
+  else
+    bad "--resume after $point failed: $out"
+  fi
+done
+# A resume with another number of ranks is refused (each rank's folder
+# holds its share), and leaves the index unwritten.
+mpi 2 "$tmp/kill-rank1.sh" batch:2 "$kiln" build "$base" -o "$tmp/r3.kiln" \
+  --memory-limit "$budget" >/dev/null 2>&1
+if out=$(mpi 3 "$kiln" build "$base" -o "$tmp/r3.kiln" --memory-limit "$budget" --resume 2>&1); then
+  bad "a 2-rank work dir resumed on 3 ranks"
+else
+  grep -q "other inputs or parameters" <<<"$out" && [ ! -e "$tmp/r3.kiln" ] &&
+    ok "a 2-rank work dir is refused on 3 ranks" || bad "3 ranks on a 2-rank work dir: $out"
 fi
 exit $fail
