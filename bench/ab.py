@@ -24,13 +24,41 @@ Design decisions:
     RESULTS.md) to read.
 """
 import argparse
+import datetime
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+
+def machine():
+    """The CPU (model name and the SIMD that kiln dispatches on), cores and kernel."""
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    flags = open("/proc/cpuinfo").read()
+    simd = "AVX-512 VPOPCNTDQ" if "avx512_vpopcntdq" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{cpu} ({simd}), {os.cpu_count()} cores, {platform.release()}"
+
+
+def outputs(kind):
+    """bench/out/<timestamp>-KIND.jsonl and .txt, the commit, and say(): print and keep a line."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    os.makedirs(os.path.join(here, "out"), exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    jsonl = open(os.path.join(here, "out", f"{stamp}-{kind}.jsonl"), "w")
+    txt = open(os.path.join(here, "out", f"{stamp}-{kind}.txt"), "w")
+    commit = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+
+    def say(line=""):
+        print(line, flush=True)
+        txt.write(line + "\n")
+        txt.flush()
+
+    return jsonl, commit, say
 
 
 def rss_anon_kb(pid):

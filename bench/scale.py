@@ -39,20 +39,18 @@ the harness and every command ran. Everything also goes to
 bench/out/<timestamp>-scale.jsonl and .txt.
 """
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import re
 import shutil
 import statistics
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import ab  # noqa: E402
 from ab import run_sampled  # noqa: E402  (whole-process time, peak RssAnon from /proc)
 EFS = "10,16,32,64,128"
 
@@ -145,21 +143,8 @@ def main():
     ap.add_argument("--fmnist", default=None, help="prefix of fmnist60k _base/_query/_groundtruth .fvecs/.ivecs")
     args = ap.parse_args()
 
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    os.makedirs(os.path.join(HERE, "out"), exist_ok=True)
-    jsonl = open(os.path.join(HERE, "out", f"{stamp}-scale.jsonl"), "w")
-    txt = open(os.path.join(HERE, "out", f"{stamp}-scale.txt"), "w")
-
-    def say(line=""):
-        print(line, flush=True)
-        txt.write(line + "\n")
-
-    commit = subprocess.run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    flags = open("/proc/cpuinfo").read()
-    simd = "avx512vpopcntdq" if "avx512_vpopcntdq" in flags else "avx2" if " avx2" in flags else "scalar"
-    machine = f"{cpu}, {os.cpu_count()} cores, {simd}, {platform.release()}"
+    jsonl, commit, say = ab.outputs("scale")
+    machine = ab.machine()
     say(f"# kiln scale benchmark, commit {commit}, {machine}, threads {args.threads}")
 
     sizes = [parse_count(s) for s in args.sizes.split(",")]
@@ -317,7 +302,6 @@ def main():
             loss = max(k["recall"][e] - s["recall"][e] for e in k["recall"])
             say(f"- {name} most spilling: recall loss {loss:.4f} (target <= 0.003): {verdict(loss <= 0.003)}")
     jsonl.close()
-    txt.close()
 
 
 def parse_size(text):

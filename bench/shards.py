@@ -18,13 +18,13 @@ The build's whole-process time is reported beside, for the record. Output:
 a table per dataset, also in bench/out/<timestamp>-shards.txt and .jsonl.
 """
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
+
+import ab
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -41,19 +41,9 @@ def main():
     args = ap.parse_args()
     work = args.work or os.path.join(HERE, "out", "shards")
     os.makedirs(work, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    jsonl = open(os.path.join(HERE, "out", f"{stamp}-shards.jsonl"), "w")
-    txt = open(os.path.join(HERE, "out", f"{stamp}-shards.txt"), "w")
-
-    def say(line=""):
-        print(line, flush=True)
-        txt.write(line + "\n")
-
-    commit = subprocess.run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    say(f"# kiln shard benchmark, commit {commit}, {cpu}, {os.cpu_count()} cores, {platform.release()}, "
-        f"threads {args.threads}, repeat {args.repeat}")
+    jsonl, commit, say = ab.outputs("shards")
+    say(f"# kiln shard benchmark, commit {commit}, {ab.machine()}, threads {args.threads}, "
+        f"repeat {args.repeat}")
     shard_counts = [int(s) for s in args.shards.split(",") if s]
     for spec in args.dataset:
         name, base, queries, gt = spec.split(":")

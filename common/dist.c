@@ -218,6 +218,51 @@ kiln_status kiln_dist_max_f64(kiln_ctx *ctx, double *v) {
     return KILN_OK;
 }
 
+kiln_status kiln_dist_bcast(kiln_ctx *ctx, int root, void **buf, uint64_t *len) {
+    if (dist_size == 1)
+        return KILN_OK;
+#ifdef KILN_HAVE_MPI
+    int rc = MPI_Bcast(len, 1, MPI_UINT64_T, root, MPI_COMM_WORLD);
+    if (rc != MPI_SUCCESS)
+        return mpi_failed(ctx, "MPI_Bcast", rc);
+    kiln_status st = KILN_OK;
+    if (dist_rank != root) {
+        *buf = NULL;
+        if (*len && !(*buf = malloc((size_t)*len)))
+            st = kiln_fail(ctx, KILN_E_NOMEM,
+                           "rank %d of %d: out of memory for %llu bytes from rank %d", dist_rank,
+                           dist_size, (unsigned long long)*len, root);
+    }
+    /* A rank that cannot take the bytes must not leave the others waiting
+     * in the broadcast: they all stop. */
+    if ((st = kiln_dist_agree(ctx, st))) {
+        if (dist_rank != root) {
+            free(*buf);
+            *buf = NULL;
+        }
+        return st;
+    }
+    const size_t piece = dist_piece();
+    for (uint64_t off = 0; off < *len; off += piece) {
+        const size_t m = *len - off < piece ? (size_t)(*len - off) : piece;
+        if ((rc = MPI_Bcast((char *)*buf + off, (int)m, MPI_BYTE, root, MPI_COMM_WORLD)) !=
+            MPI_SUCCESS) {
+            if (dist_rank != root) {
+                free(*buf);
+                *buf = NULL;
+            }
+            return mpi_failed(ctx, "MPI_Bcast", rc);
+        }
+    }
+#else
+    (void)ctx;
+    (void)root;
+    (void)buf;
+    (void)len;
+#endif
+    return KILN_OK;
+}
+
 static void free_all(void **recv, int n) {
     for (int r = 0; r < n; r++) {
         free(recv[r]);

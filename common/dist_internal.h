@@ -25,6 +25,13 @@ kiln_status kiln_dist_sum_u64(kiln_ctx *ctx, uint64_t *buf, size_t n);
 /* The largest of one double over the ranks. */
 kiln_status kiln_dist_max_f64(kiln_ctx *ctx, double *v);
 
+/* Broadcast of rank root's len bytes at *buf: every other rank gets them
+ * in *buf (malloc'd, the caller's to free; NULL when empty) and *len. The
+ * length goes first, then the bytes in pieces of at most a GiB (MPI's
+ * tree, so the root sends about log2(ranks) copies, not ranks - 1). One
+ * rank: nothing moves. */
+kiln_status kiln_dist_bcast(kiln_ctx *ctx, int root, void **buf, uint64_t *len);
+
 /* Personalised all-to-all of byte buffers, what a build across ranks sends
  * each owner (candidate records, reverse edges): this rank sends the
  * send_len[r] bytes at send[r] to every rank r (its own are copied), and

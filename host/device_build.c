@@ -88,8 +88,8 @@
  *     rank maps the input and holds the index's arrays (pages it never
  *     touches cost nothing), and the work splits as follows.
  *     - k-means on rank 0 and the hierarchy on rank 1 at the same time
- *       (neither needs the other), each then sent to every rank as its work
- *       file's segments (share_workfile), which the receiver writes into its
+ *       (neither needs the other), each then broadcast as its work file's
+ *       segments (share_workfile), which every receiver writes into its
  *       own work dir and reads back with the usual checks; so is rank 0's
  *       plan. The quantizer is recomputed everywhere (deterministic).
  *     - Batch b runs on rank b mod R, in rounds of R. Partitions are owned
@@ -1172,11 +1172,11 @@ static void xchg_by_owner(const pipeline *pl, xchg *x, const kiln_work_seg *segs
 }
 
 /* Work file `name` (n_segs segments) of rank `from`, written into every
- * other rank's work dir: its segments' lengths (uint64 each), then their
- * bytes. The receiver checks the lengths against the message; the file's
- * contents get the usual checks when it is read back. */
-static kiln_status share_workfile(pipeline *pl, xchg *x, int from, const char *name,
-                                  uint32_t n_segs) {
+ * other rank's work dir: a broadcast of its segments' lengths (uint64
+ * each), then their bytes. The receiver checks the lengths against the
+ * message; the file's contents get the usual checks when it is read back.
+ * The report counts R - 1 copies at the root, however MPI relays them. */
+static kiln_status share_workfile(pipeline *pl, int from, const char *name, uint32_t n_segs) {
     kiln_ctx *ctx = pl->ctx;
     uint8_t *buf = NULL;
     const uint64_t head = (uint64_t)n_segs * sizeof(uint64_t);
@@ -1197,43 +1197,37 @@ static kiln_status share_workfile(pipeline *pl, xchg *x, int from, const char *n
         }
         kiln_workfile_close(wf);
     }
-    if ((st = kiln_dist_agree(ctx, st))) {
-        free(buf);
-        return st;
-    }
-    xchg_reset(pl, x);
-    for (int r = 0; pl->rank == from && r < pl->ranks; r++)
-        if (r != from) {
-            x->send[r] = buf;
-            x->send_len[r] = len;
-        }
-    st = xchg_run(pl, x);
-    free(buf);
+    void *msg = buf;
+    uint64_t msg_len = len;
+    if ((st = kiln_dist_agree(ctx, st)) == KILN_OK &&
+        (st = kiln_dist_bcast(ctx, from, &msg, &msg_len)) == KILN_OK && pl->rank == from)
+        pl->bytes_sent += len * (uint64_t)(pl->ranks - 1);
     kiln_work_seg *segs = NULL;
     if (st == KILN_OK && pl->rank != from &&
         (st = kiln_calloc(ctx, (size_t)n_segs * sizeof *segs, "shared segments", (void **)&segs)) ==
             KILN_OK) {
-        const uint8_t *in = x->recv[from];
-        const uint64_t in_len = x->recv_len[from];
+        const uint8_t *in = msg;
         uint64_t at = head;
-        bool ok = in_len >= head;
+        bool ok = msg_len >= head;
         for (uint32_t i = 0; ok && i < n_segs; i++) {
             uint64_t l;
             memcpy(&l, in + (size_t)i * sizeof l, sizeof l);
-            ok = l <= in_len - at;
+            ok = l <= msg_len - at;
             if (ok)
                 segs[i] = (kiln_work_seg){in + at, (size_t)l};
             at += ok ? l : 0;
         }
-        if (!ok || at != in_len)
+        if (!ok || at != msg_len)
             st = kiln_fail(ctx, KILN_E_FORMAT,
                            "rank %d: work file %s sent by rank %d is malformed (%llu bytes)",
-                           pl->rank, name, from, (unsigned long long)in_len);
+                           pl->rank, name, from, (unsigned long long)msg_len);
         else
             st = kiln_workdir_put(pl->wd, name, segs, n_segs);
     }
     free(segs);
-    xchg_reset(pl, x);
+    if (pl->rank != from)
+        free(msg);
+    free(buf);
     return kiln_dist_agree(ctx, st);
 }
 
@@ -1677,7 +1671,6 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
                    .residual = ix->metric != KILN_METRIC_IP,
                    .rank = p->collective ? kiln_dist_rank() : 0,
                    .ranks = p->collective ? kiln_dist_size() : 1};
-    xchg x = {0};
     if (p->replicas)
         pl.replicas = p->replicas;
     else
@@ -1710,8 +1703,7 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
      * the hierarchy at the same time on rank 1 (decision 11). */
     const int hier_rank = pl.ranks > 1 ? 1 : 0;
     if (pl.ranks > 1) {
-        st = xchg_new(&pl, &x);
-        if (st == KILN_OK && pl.rank == 0)
+        if (pl.rank == 0)
             st = step_clusters(&pl, &info);
         stage(rep, "kmeans+assign", kiln_now() - t);
         t = kiln_now();
@@ -1719,9 +1711,9 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
             st = step_hierarchy(&pl);
         stage(rep, "hierarchy", kiln_now() - t);
         t = kiln_now();
-        if ((st = kiln_dist_agree(ctx, st)) || (st = share_workfile(&pl, &x, 0, "clusters", 4)) ||
+        if ((st = kiln_dist_agree(ctx, st)) || (st = share_workfile(&pl, 0, "clusters", 4)) ||
             (st = kiln_dist_agree(ctx, pl.rank != 0 ? clusters_get(&pl) : KILN_OK)) ||
-            (st = share_workfile(&pl, &x, hier_rank, "hierarchy", 2)) ||
+            (st = share_workfile(&pl, hier_rank, "hierarchy", 2)) ||
             (st = kiln_dist_agree(ctx, pl.rank != hier_rank ? hierarchy_get(&pl) : KILN_OK)))
             goto cleanup;
         stage(rep, "share", kiln_now() - t);
@@ -1742,7 +1734,7 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
     if (pl.ranks > 1) {
         if (st == KILN_OK && pl.rank == 0)
             st = step_plan(&pl);
-        if ((st = kiln_dist_agree(ctx, st)) || (st = share_workfile(&pl, &x, 0, "plan", 2)) ||
+        if ((st = kiln_dist_agree(ctx, st)) || (st = share_workfile(&pl, 0, "plan", 2)) ||
             (st = kiln_dist_agree(ctx, pl.rank != 0 ? step_plan(&pl) : KILN_OK)))
             goto cleanup;
     } else if (st || (st = step_plan(&pl))) {
@@ -1778,7 +1770,6 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
     stage(rep, "merge+prune", kiln_now() - t);
 
 cleanup:;
-    xchg_free(&pl, &x);
     const kiln_workdir_stats ws = kiln_workdir_stats_get(pl.wd);
     rep->work_bytes_written = ws.bytes_written;
     rep->work_bytes_read = ws.bytes_read;

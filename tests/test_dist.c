@@ -3,8 +3,9 @@
  * tests/mpi/check.sh under `mpirun -np 3` with KILN_TEST_DIST_PIECE set
  * small, so that buffers of unequal sizes (empty ones included) travel
  * between every pair of ranks in several pieces each: every byte received
- * must be the sender's, and kiln_dist_agree must give every rank the
- * lowest failing rank's status and message. */
+ * must be the sender's, a broadcast must bring every rank the root's
+ * bytes, and kiln_dist_agree must give every rank the lowest failing
+ * rank's status and message. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +54,27 @@ int main(int argc, char **argv) {
         free(send[r]);
     }
     CHECK_MSG(wrong == 0, "rank %d: %zu bytes differ from what was sent", me, wrong);
+    /* A broadcast from the last rank, of several pieces, and an empty one:
+     * every rank ends with the root's bytes. */
+    const uint64_t bcast_lens[2] = {7001, 0};
+    for (int t = 0; t < 2; t++) {
+        const uint64_t want_len = bcast_lens[t];
+        const int root = n - 1;
+        uint8_t *own = malloc(want_len + 1);
+        REQUIRE(own);
+        for (uint64_t i = 0; i < want_len; i++)
+            own[i] = pair_byte(root, root, i);
+        void *buf = me == root ? own : NULL;
+        uint64_t len = me == root ? want_len : 12345;
+        CHECK_OK(ctx, kiln_dist_bcast(ctx, root, &buf, &len));
+        CHECK_MSG(len == want_len, "rank %d: broadcast of %llu bytes, not %llu", me,
+                  (unsigned long long)len, (unsigned long long)want_len);
+        CHECK(me == root || (len == 0) == (buf == NULL));
+        CHECK(len == 0 || (buf && memcmp(buf, own, (size_t)len) == 0));
+        if (me != root)
+            free(buf);
+        free(own);
+    }
     /* Sums and maxima over the ranks. */
     uint64_t sum[2] = {1, (uint64_t)me};
     double mx = me * 1.5;
