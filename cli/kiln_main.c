@@ -432,7 +432,9 @@ static const cli_opt build_opts[] = {
      "memory); a budget the input cannot fit in is refused up front",
      0, 0},
     {"work-dir", 0, "DIR", NULL,
-     "device: folder for the intermediates, removed after success (default: INDEX.work)", 0, 0},
+     "device: folder for the intermediates, removed after success (default: INDEX.work); under "
+     "mpirun, a folder rank-R in it per rank",
+     0, 0},
     {"resume", 0, NULL, NULL,
      "device: continue a killed build from its work dir's last finished batch; with --shards, "
      "also keep the shard files already finished",

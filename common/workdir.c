@@ -616,3 +616,70 @@ kiln_status kiln_work_dir_remove(kiln_ctx *ctx, const char *dir) {
     }
     return kiln_workdir_remove(wd);
 }
+
+/* ==== Segments between ranks ==== */
+
+kiln_status kiln_work_segs_unpack(kiln_ctx *ctx, const void *msg, uint64_t len, uint32_t n_segs,
+                                  kiln_work_seg *segs, const char *what) {
+    const uint8_t *in = msg;
+    const uint64_t head = (uint64_t)n_segs * sizeof(uint64_t);
+    uint64_t at = head;
+    bool ok = len >= head;
+    for (uint32_t i = 0; ok && i < n_segs; i++) {
+        uint64_t l;
+        memcpy(&l, in + (size_t)i * sizeof l, sizeof l);
+        ok = l <= len - at;
+        if (ok)
+            segs[i] = (kiln_work_seg){in + at, (size_t)l};
+        at += ok ? l : 0;
+    }
+    if (!ok || at != len)
+        return kiln_fail(ctx, KILN_E_FORMAT, "%s is malformed (%llu bytes for %u segments)", what,
+                         (unsigned long long)len, n_segs);
+    return KILN_OK;
+}
+
+uint64_t kiln_rec_len_batch(const void *user, const uint32_t *w, uint64_t left) {
+    const uint32_t rec_max = *(const uint32_t *)user;
+    if (left < 2 || w[1] > rec_max || left - 2 < 3 * (uint64_t)w[1])
+        return 0;
+    return 2 + 3 * (uint64_t)w[1];
+}
+
+uint64_t kiln_rec_len_fixed(const void *user, const uint32_t *w, uint64_t left) {
+    (void)w;
+    const uint32_t n = *(const uint32_t *)user;
+    return n >= 1 && left >= n ? n : 0;
+}
+
+kiln_status kiln_work_segs_split(kiln_ctx *ctx, const void *msg, uint64_t len, uint64_t lo,
+                                 uint64_t hi, uint32_t part_nodes, uint32_t parts,
+                                 kiln_rec_len_fn rec_len, const void *user, kiln_work_seg *segs,
+                                 const char *what) {
+    for (uint32_t q = 0; q < parts; q++)
+        segs[q] = (kiln_work_seg){segs, 0};
+    if (len % sizeof(uint32_t))
+        return kiln_fail(ctx, KILN_E_FORMAT, "%s is cut short (%llu bytes)", what,
+                         (unsigned long long)len);
+    if (part_nodes == 0 || lo > hi || (hi > lo && (hi - 1) / part_nodes >= parts))
+        return kiln_fail(ctx, KILN_E_ARG, "%s: nodes [%llu, %llu) do not fit %u partitions", what,
+                         (unsigned long long)lo, (unsigned long long)hi, parts);
+    const uint32_t *w = msg;
+    const uint64_t words = len / sizeof(uint32_t);
+    uint64_t q = lo / part_nodes, start = 0;
+    for (uint64_t i = 0; i < words;) {
+        const uint64_t n = rec_len(user, w + i, words - i);
+        if (n == 0 || w[i] < lo || w[i] >= hi || w[i] / part_nodes < q)
+            return kiln_fail(ctx, KILN_E_FORMAT, "%s: the record at word %llu is malformed", what,
+                             (unsigned long long)i);
+        if (w[i] / part_nodes != q) {
+            segs[q] = (kiln_work_seg){w + start, (size_t)(i - start) * sizeof(uint32_t)};
+            q = w[i] / part_nodes;
+            start = i;
+        }
+        i += n;
+    }
+    if (words)
+        segs[q] = (kiln_work_seg){w + start, (size_t)(words - start) * sizeof(uint32_t)};
+    return KILN_OK;
+}

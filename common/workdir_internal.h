@@ -62,6 +62,35 @@ bool kiln_workdir_has(const kiln_workdir *wd, const char *name);
 /* An open work file, header and table verified. */
 typedef struct kiln_workfile kiln_workfile;
 
+/* ==== Segments between ranks ====
+ * A build across MPI ranks (host/device_build.c decision 11) sends work-file
+ * segments from rank to rank; these read such a message, checking every
+ * length and record against it before anything points into it. */
+
+/* A message of n_segs segments, [n_segs x u64 length][their bytes]: segs[i]
+ * points into msg. KILN_E_FORMAT, naming `what`, when the lengths do not
+ * add up to len. */
+kiln_status kiln_work_segs_unpack(kiln_ctx *ctx, const void *msg, uint64_t len, uint32_t n_segs,
+                                  kiln_work_seg *segs, const char *what);
+
+/* The words of the record at w, where left words remain; 0 when it does
+ * not fit or is malformed. */
+typedef uint64_t (*kiln_rec_len_fn)(const void *user, const uint32_t *w, uint64_t left);
+/* A batch record [node, n, n x (dist, id, hash)] with n <= *(uint32_t *)user. */
+uint64_t kiln_rec_len_batch(const void *user, const uint32_t *w, uint64_t left);
+/* A fixed record of *(uint32_t *)user words (>= 1), such as a reverse edge. */
+uint64_t kiln_rec_len_fixed(const void *user, const uint32_t *w, uint64_t left);
+
+/* Cuts a message of uint32 records, each headed by its node id, into
+ * segs[0..parts) by partition (node / part_nodes): every record must fit
+ * the message, its node lie in [lo, hi) and its partition not precede the
+ * one before; partitions with no record get empty segments (pointing at
+ * segs). KILN_E_FORMAT naming `what` and the word otherwise. */
+kiln_status kiln_work_segs_split(kiln_ctx *ctx, const void *msg, uint64_t len, uint64_t lo,
+                                 uint64_t hi, uint32_t part_nodes, uint32_t parts,
+                                 kiln_rec_len_fn rec_len, const void *user, kiln_work_seg *segs,
+                                 const char *what);
+
 /* Opens work file `name` and verifies its header, fingerprint and table;
  * expect_segs 0 accepts any count. Any defect is KILN_E_FORMAT or
  * KILN_E_CHECKSUM naming the file. */

@@ -1206,22 +1206,9 @@ static kiln_status share_workfile(pipeline *pl, int from, const char *name, uint
     if (st == KILN_OK && pl->rank != from &&
         (st = kiln_calloc(ctx, (size_t)n_segs * sizeof *segs, "shared segments", (void **)&segs)) ==
             KILN_OK) {
-        const uint8_t *in = msg;
-        uint64_t at = head;
-        bool ok = msg_len >= head;
-        for (uint32_t i = 0; ok && i < n_segs; i++) {
-            uint64_t l;
-            memcpy(&l, in + (size_t)i * sizeof l, sizeof l);
-            ok = l <= msg_len - at;
-            if (ok)
-                segs[i] = (kiln_work_seg){in + at, (size_t)l};
-            at += ok ? l : 0;
-        }
-        if (!ok || at != msg_len)
-            st = kiln_fail(ctx, KILN_E_FORMAT,
-                           "rank %d: work file %s sent by rank %d is malformed (%llu bytes)",
-                           pl->rank, name, from, (unsigned long long)msg_len);
-        else
+        char what[96];
+        snprintf(what, sizeof what, "rank %d: work file %s sent by rank %d", pl->rank, name, from);
+        if ((st = kiln_work_segs_unpack(ctx, msg, msg_len, n_segs, segs, what)) == KILN_OK)
             st = kiln_workdir_put(pl->wd, name, segs, n_segs);
     }
     free(segs);
@@ -1231,62 +1218,22 @@ static kiln_status share_workfile(pipeline *pl, int from, const char *name, uint
     return kiln_dist_agree(ctx, st);
 }
 
-/* Cuts what rank `from` sent into segs by partition: records whose lengths
- * (in words) rec_len gives, each headed by its node (the owner, or the
- * target), a node of this rank's partitions, in partition order; anything
- * else is refused, naming `what`. Empty partitions get empty segments. */
-typedef uint64_t (*rec_len_fn)(const pipeline *pl, const uint32_t *w, uint64_t left);
-
+/* Cuts what rank `from` sent this rank (records of rec_len, each headed
+ * by its node, or the target, in this rank's partitions) into segs by
+ * partition, checking every record against the message
+ * (kiln_work_segs_split). */
 static kiln_status split_received(const pipeline *pl, const char *what, int from, const void *in,
-                                  uint64_t len, rec_len_fn rec_len, kiln_work_seg *segs) {
+                                  uint64_t len, kiln_rec_len_fn rec_len, const void *user,
+                                  kiln_work_seg *segs) {
     const uint32_t q0 = part_lo(pl, pl->rank), q1 = part_lo(pl, pl->rank + 1);
     const uint64_t lo = (uint64_t)q0 * pl->part_nodes,
                    hi = (uint64_t)q1 * pl->part_nodes < pl->ix->count
                             ? (uint64_t)q1 * pl->part_nodes
                             : pl->ix->count;
-    for (uint32_t q = 0; q < pl->parts; q++)
-        segs[q] = (kiln_work_seg){segs, 0};
-    if (len % sizeof(uint32_t))
-        return kiln_fail(pl->ctx, KILN_E_FORMAT, "rank %d: %s from rank %d is cut short", pl->rank,
-                         what, from);
-    const uint32_t *w = in;
-    const uint64_t words = len / sizeof(uint32_t);
-    uint32_t q = q0;
-    uint64_t start = 0;
-    for (uint64_t i = 0; i < words;) {
-        const uint64_t n = rec_len(pl, w + i, words - i);
-        if (n == 0 || w[i] < lo || w[i] >= hi || w[i] / pl->part_nodes < q)
-            return kiln_fail(pl->ctx, KILN_E_FORMAT,
-                             "rank %d: %s from rank %d: record at word %llu is malformed", pl->rank,
-                             what, from, (unsigned long long)i);
-        const uint32_t rq = w[i] / pl->part_nodes;
-        if (rq != q) {
-            segs[q] = (kiln_work_seg){w + start, (size_t)(i - start) * sizeof(uint32_t)};
-            q = rq;
-            start = i;
-        }
-        i += n;
-    }
-    if (words)
-        segs[q] = (kiln_work_seg){w + start, (size_t)(words - start) * sizeof(uint32_t)};
-    return KILN_OK;
-}
-
-/* A batch record [owner, n, n x (dist, id, hash)]: its words, or 0 when it
- * does not fit what is left or holds more than a record can. */
-static uint64_t batch_rec_len(const pipeline *pl, const uint32_t *w, uint64_t left) {
-    const uint32_t rec_max = pl->K < pl->ix->M0 ? pl->K : pl->ix->M0;
-    if (left < 2 || w[1] > rec_max || left - 2 < 3 * (uint64_t)w[1])
-        return 0;
-    return 2 + 3 * (uint64_t)w[1];
-}
-
-/* A reverse edge (to, from, dist, hash). */
-static uint64_t edge_rec_len(const pipeline *pl, const uint32_t *w, uint64_t left) {
-    (void)pl;
-    (void)w;
-    const uint64_t n = sizeof(kiln_edge) / sizeof(uint32_t);
-    return left >= n ? n : 0;
+    char where[128];
+    snprintf(where, sizeof where, "rank %d: %s from rank %d", pl->rank, what, from);
+    return kiln_work_segs_split(pl->ctx, in, len, lo, hi > lo ? hi : lo, pl->part_nodes, pl->parts,
+                                rec_len, user, segs, where);
 }
 
 /* Checks n level-0 lists at rows (nodes first..): counts and ids in range;
@@ -1336,6 +1283,7 @@ static kiln_status batches_ranks(pipeline *pl, batch_buf *b, kiln_work_seg *segs
                                  kiln_progress_bar *bar, kiln_status st) {
     kiln_ctx *ctx = pl->ctx;
     const uint32_t nb = pl->n_batches, R = (uint32_t)pl->ranks;
+    const uint32_t rec_max = pl->K < pl->ix->M0 ? pl->K : pl->ix->M0; /* kiln_local_links */
     uint64_t *held = NULL;
     kiln_work_seg *in = NULL;
     xchg x;
@@ -1376,8 +1324,8 @@ static kiln_status batches_ranks(pipeline *pl, batch_buf *b, kiln_work_seg *segs
                     continue;
                 char name[48];
                 snprintf(name, sizeof name, "the records of batch %u", bi);
-                if ((st = split_received(pl, name, (int)r, x.recv[r], x.recv_len[r], batch_rec_len,
-                                         in)) == KILN_OK) {
+                if ((st = split_received(pl, name, (int)r, x.recv[r], x.recv_len[r],
+                                         kiln_rec_len_batch, &rec_max, in)) == KILN_OK) {
                     batch_name(name, sizeof name, bi);
                     st = kiln_workdir_put(pl->wd, name, in, pl->parts);
                 }
@@ -1466,7 +1414,7 @@ static kiln_status level0_ranks(pipeline *pl, pass_bufs *pb, kiln_work_seg *segs
     kiln_ctx *ctx = pl->ctx;
     struct kiln_index *ix = pl->ix;
     const uint32_t q0 = part_lo(pl, pl->rank), q1 = part_lo(pl, pl->rank + 1),
-                   rounds = part_rounds(pl);
+                   rounds = part_rounds(pl), edge_words = sizeof(kiln_edge) / sizeof(uint32_t);
     kiln_work_seg *in = NULL;
     xchg x;
     if (st == KILN_OK)
@@ -1490,8 +1438,8 @@ static kiln_status level0_ranks(pipeline *pl, pass_bufs *pb, kiln_work_seg *segs
                 continue;
             char name[48];
             snprintf(name, sizeof name, "the reverse edges of partition %u", q);
-            if ((st = split_received(pl, name, r, x.recv[r], x.recv_len[r], edge_rec_len, in)) ==
-                KILN_OK) {
+            if ((st = split_received(pl, name, r, x.recv[r], x.recv_len[r], kiln_rec_len_fixed,
+                                     &edge_words, in)) == KILN_OK) {
                 rev_name(name, sizeof name, q);
                 st = kiln_workdir_put(pl->wd, name, in, pl->parts);
             }
