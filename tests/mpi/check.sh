@@ -21,6 +21,8 @@
 #  5. rank 1 killed after its second batch, or after its forward passes,
 #     fails the job with no index and the rank folders kept; --resume
 #     finishes it to the same bytes; a 2-rank work dir is refused on 3;
+#  6. rank 1 out of memory fails the job with one message naming it, and
+#     --resume finishes it (not under AddressSanitizer);
 #  and first the collectives of common/dist.c (tests/test_dist.c) on 2, 3
 #  and 4 ranks.
 # Exit 77 = skipped: this kiln has no MPI, or no mpirun, or no datasets.
@@ -250,5 +252,43 @@ if out=$(mpi 3 "$kiln" build "$base" -o "$tmp/r3.kiln" --memory-limit "$budget" 
 else
   grep -q "other inputs or parameters" <<<"$out" && [ ! -e "$tmp/r3.kiln" ] &&
     ok "a 2-rank work dir is refused on 3 ranks" || bad "3 ranks on a 2-rank work dir: $out"
+fi
+
+# 6. Rank 1 out of memory (an address-space limit on it alone, the largest
+#    of a few that it cannot build under): the job fails with one message
+#    naming rank 1 and no index; --resume without the limit finishes to the
+#    same bytes.
+if grep -q __asan_init "$kiln" 2>/dev/null; then
+  echo "note: part 6 is not run under AddressSanitizer (ulimit -v cannot hold its shadow memory)"
+else
+  cat >"$tmp/limit-rank1.sh" <<EOF
+#!/bin/bash
+[ "\${OMPI_COMM_WORLD_RANK:-0}" = 1 ] && ulimit -v \$1
+shift
+exec "\$@"
+EOF
+  chmod +x "$tmp/limit-rank1.sh"
+  oom="$tmp/oom.kiln" found=
+  for kb in 900000 750000 650000 600000 550000 500000 450000; do
+    rm -rf "$oom" "$oom.work"
+    out=$(mpi 2 "$tmp/limit-rank1.sh" "$kb" "$kiln" build "$base" -o "$oom" 2>&1) && continue
+    if grep -q "rank 1 of 2: out of memory" <<<"$out"; then
+      found=$kb
+      break
+    fi
+  done
+  if [ -z "$found" ]; then
+    bad "no address-space limit on rank 1 gave an out-of-memory message naming it"
+  else
+    [ ! -e "$oom" ] && [ "$(grep -c 'kiln build: rank 1 of 2: out of memory' <<<"$out")" = 1 ] &&
+      ok "rank 1 under ulimit -v $found: one message names it ($(grep -o 'rank 1 of 2: out of memory[^(]*' <<<"$out" | head -1)), no index" ||
+      bad "rank 1 out of memory: $out"
+    if mpi 2 "$kiln" build "$base" -o "$oom" --resume >/dev/null 2>&1; then
+      cmp -s "$one" "$oom" && ok "--resume after rank 1 ran out of memory gave the bytes of one process" ||
+        bad "--resume after rank 1 ran out of memory gave another file"
+    else
+      bad "--resume after rank 1 ran out of memory failed"
+    fi
+  fi
 fi
 exit $fail
