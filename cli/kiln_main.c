@@ -455,7 +455,9 @@ static const cli_opt build_opts[] = {
     {NULL, 0, NULL, NULL, NULL, 0, 0}};
 static const cli_cmd build_cmd = {"build",
                                   "BASE -o INDEX [options]",
-                                  "Build an HNSW index over the vectors in BASE.",
+                                  "Build an HNSW index over the vectors in BASE. Under mpirun "
+                                  "(R ranks): one index built by all of them (--method "
+                                  "device), or with --shards their shards shared out.",
                                   build_opts,
                                   1,
                                   1};

@@ -1130,6 +1130,18 @@ static kiln_status xchg_new(pipeline *pl, xchg *x) {
     return kiln_calloc(pl->ctx, R * sizeof *x->recv_len, "exchange", (void **)&x->recv_len);
 }
 
+/* The exchange buffers of a step across ranks and its received segments
+ * (a partition each), when st, the rank's status so far, is KILN_OK; an
+ * empty x otherwise, which xchg_free takes. */
+static kiln_status xchg_begin(pipeline *pl, xchg *x, kiln_work_seg **in, kiln_status st) {
+    memset(x, 0, sizeof *x);
+    if (st == KILN_OK)
+        st = xchg_new(pl, x);
+    if (st == KILN_OK)
+        st = kiln_alloc(pl->ctx, (size_t)pl->parts * sizeof **in, "received segments", (void **)in);
+    return st;
+}
+
 /* Frees what the last exchange brought and clears what to send. */
 static void xchg_reset(const pipeline *pl, xchg *x) {
     for (int r = 0; x->recv_len && r < pl->ranks; r++) {
@@ -1287,14 +1299,9 @@ static kiln_status batches_ranks(pipeline *pl, batch_buf *b, kiln_work_seg *segs
     uint64_t *held = NULL;
     kiln_work_seg *in = NULL;
     xchg x;
-    if (st == KILN_OK)
-        st = xchg_new(pl, &x);
-    else
-        memset(&x, 0, sizeof x);
+    st = xchg_begin(pl, &x, &in, st);
     if (st == KILN_OK)
         st = kiln_calloc(ctx, (size_t)nb * sizeof *held, "batches held", (void **)&held);
-    if (st == KILN_OK)
-        st = kiln_alloc(ctx, (size_t)pl->parts * sizeof *in, "received segments", (void **)&in);
     for (uint32_t i = 0; st == KILN_OK && i < nb; i++) {
         char name[32];
         batch_name(name, sizeof name, i);
@@ -1417,13 +1424,7 @@ static kiln_status level0_ranks(pipeline *pl, pass_bufs *pb, kiln_work_seg *segs
                    rounds = part_rounds(pl), edge_words = sizeof(kiln_edge) / sizeof(uint32_t);
     kiln_work_seg *in = NULL;
     xchg x;
-    if (st == KILN_OK)
-        st = xchg_new(pl, &x);
-    else
-        memset(&x, 0, sizeof x);
-    if (st == KILN_OK)
-        st = kiln_alloc(ctx, (size_t)pl->parts * sizeof *in, "received segments", (void **)&in);
-    st = kiln_dist_agree(ctx, st);
+    st = kiln_dist_agree(ctx, xchg_begin(pl, &x, &in, st));
     for (uint32_t i = 0; i < rounds && st == KILN_OK; i++) {
         const bool run = q0 + i < q1;
         xchg_reset(pl, &x);
