@@ -978,7 +978,8 @@ kiln_status kiln_dataset_read_f32(const kiln_dataset *ds, size_t first, size_t c
     return bad ? report_nonfinite(ds, first, count, out) : KILN_OK;
 }
 
-kiln_status kiln_dataset_map_f32(const kiln_dataset *ds, kiln_f32_map *out) {
+kiln_status kiln_dataset_map_f32(const kiln_dataset *ds, size_t first, size_t count,
+                                 kiln_f32_map *out) {
     memset(out, 0, sizeof *out);
     const size_t d = ds->dim;
     if (ds->dtype != KILN_DTYPE_F32 || ds->row_stride != d * sizeof(float) || ds->n == 0 ||
@@ -988,14 +989,18 @@ kiln_status kiln_dataset_map_f32(const kiln_dataset *ds, kiln_f32_map *out) {
     if (map == MAP_FAILED)
         return KILN_OK; /* address space is short: reading works as well */
     const float *rows = (const float *)(const void *)((const uint8_t *)map + ds->data_offset);
+    if (first > ds->n)
+        first = ds->n;
+    if (count > ds->n - first)
+        count = ds->n - first;
     if (!(ds->flags & KILN_OPEN_ALLOW_NONFINITE)) {
-        const size_t n = ds->n;
+        const float *const part = rows + first * d;
         int bad = 0;
-#pragma omp parallel for schedule(static) reduction(| : bad) if (n > DS_PARALLEL_ROWS)
-        for (size_t r = 0; r < n; r++)
-            bad |= kiln_row_nonfinite(rows + r * d, d);
+#pragma omp parallel for schedule(static) reduction(| : bad) if (count > DS_PARALLEL_ROWS)
+        for (size_t r = 0; r < count; r++)
+            bad |= kiln_row_nonfinite(part + r * d, d);
         if (bad) {
-            const kiln_status st = report_nonfinite(ds, 0, n, rows);
+            const kiln_status st = report_nonfinite(ds, first, count, part);
             munmap(map, ds->map_len);
             return st;
         }

@@ -46,12 +46,15 @@ typedef struct kiln_f32_map {
 } kiln_f32_map;
 
 /* When ds holds float32 rows back to back (fbin, npy <f4: no conversion),
- * maps its file once more and checks every row for non-finite values as
- * kiln_dataset_read_f32 does (unless opened with KILN_OPEN_ALLOW_NONFINITE):
- * out->rows then holds all n rows, and the mapping is the caller's, valid
- * after kiln_dataset_free. out->base is NULL, with KILN_OK, when the rows
- * need converting (other types, texmex record headers) or the mapping
- * fails: read them instead. A non-finite value fails as read_f32 fails. */
-kiln_status kiln_dataset_map_f32(const kiln_dataset *ds, kiln_f32_map *out);
+ * maps its file once more and checks rows [first, first + count) (clamped
+ * to n) for non-finite values as kiln_dataset_read_f32 does (unless opened
+ * with KILN_OPEN_ALLOW_NONFINITE): out->rows then holds all n rows, and the
+ * mapping is the caller's, valid after kiln_dataset_free. out->base is
+ * NULL, with KILN_OK, when the rows need converting (other types, texmex
+ * record headers) or the mapping fails: read them instead. A non-finite
+ * value fails as read_f32 fails. One process checks all rows (0, n); the
+ * ranks of a collective build each check their share. */
+kiln_status kiln_dataset_map_f32(const kiln_dataset *ds, size_t first, size_t count,
+                                 kiln_f32_map *out);
 
 #endif /* KILN_DATASET_INTERNAL_H */

@@ -219,6 +219,10 @@ static inline uint64_t kiln_build_budget(const kiln_build_params *p) {
  * device side, graph/device_absent.c answers KILN_E_NO_DEVICE. */
 kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
                               kiln_build_report *rep);
+/* The rows [first, first + count) of n that this rank checks and
+ * fingerprints in a collective build (graph/hnsw_build.c decision 6): its
+ * 1/R of them; all n in one process. */
+void kiln_rank_share(const kiln_build_params *p, uint64_t n, size_t *first, size_t *count);
 /* Whether kiln_build_device can run at all in this library (libkiln built
  * with OpenCL): it decides the default method of kiln_build_params_init. */
 bool kiln_build_device_available(void);

@@ -34,6 +34,13 @@
  *     zeroing; mapped, it is the finiteness scan. The input must not change
  *     while the build (or a search of the built index in this process)
  *     runs, as for every mmap reader (common/dataset.c decision 7).
+ *  6. In a build across ranks (host/device_build.c decision 11) every rank
+ *     adopts the whole input, since its batches gather rows from anywhere,
+ *     but checks only its share for non-finite values (kiln_rank_share),
+ *     and the work dir's fingerprint covers the same share: at 1B x 128
+ *     each of 8 ranks reads 64 GB for them instead of 512 GB. The ranks
+ *     agree before the build (collective_gate), so a bad value in any
+ *     share stops them all with the message naming its record.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -152,6 +159,13 @@ static kiln_status index_new(kiln_ctx *ctx, size_t n, size_t dim, const kiln_bui
     return st;
 }
 
+void kiln_rank_share(const kiln_build_params *p, uint64_t n, size_t *first, size_t *count) {
+    const bool ranks = p->collective && p->method == KILN_METHOD_DEVICE && kiln_dist_size() > 1;
+    const uint64_t r = ranks ? (uint64_t)kiln_dist_rank() : 0, R = ranks ? kiln_dist_size() : 1;
+    *first = (size_t)(n * r / R);
+    *count = (size_t)(n * (r + 1) / R - n * r / R);
+}
+
 /* Whether this rank's part of a collective build is done once the device
  * build returns: the index is assembled, repaired and returned on rank 0
  * (host/device_build.c decision 11). */
@@ -244,10 +258,14 @@ kiln_status kiln_index_build_dataset(kiln_ctx *ctx, const kiln_dataset *ds,
     struct kiln_index *ix = NULL;
     if (st || (st = index_new(ctx, n, dim, p, &ix)))
         return collective_gate(ctx, p, st);
-    /* Decision 5: the input itself, where it needs no conversion. */
+    /* Decision 5: the input itself, where it needs no conversion; a rank
+     * of a collective build checks its share of the rows (decision 6). */
     const double t_load = kiln_now();
     kiln_f32_map in_place = {0};
-    if (p->metric != KILN_METRIC_COS && n && (st = kiln_dataset_map_f32(ds, &in_place))) {
+    size_t share_first, share_count;
+    kiln_rank_share(p, n, &share_first, &share_count);
+    if (p->metric != KILN_METRIC_COS && n &&
+        (st = kiln_dataset_map_f32(ds, share_first, share_count, &in_place))) {
         if (ds->ctx != ctx)
             kiln_fail(ctx, st, "%s", kiln_errmsg(ds->ctx));
         kiln_index_free(ix);

@@ -80,7 +80,9 @@
  *     partition's records; disk is 12 bytes per kept candidate plus 32 per
  *     link (its own edge and its reverse edge), written once and read once.
  * 10. The work dir's fingerprint covers everything that changes the bytes:
- *     the vectors (CRC-32C), n, dim, metric, M, ef_construction, seed,
+ *     the vectors (CRC-32C; across ranks each rank's share of the rows, so
+ *     that a changed row is refused by the rank it belongs to, and with it
+ *     the job), n, dim, metric, M, ef_construction, seed,
  *     replicas and boundary extras, knn_k, clusters, cluster_size, the byte order and
  *     DEVICE_PIPELINE_VERSION. Threads and the memory limit are not in it:
  *     neither changes the result.
@@ -1559,16 +1561,19 @@ static kiln_status report_ranks(pipeline *pl) {
 static uint64_t fingerprint(const pipeline *pl, char *desc, size_t cap) {
     const struct kiln_index *ix = pl->ix;
     const kiln_build_params *p = pl->p;
-    char ranks[48] = "";
+    char ranks[96] = "";
+    size_t first, count; /* the rows this rank checked (graph/hnsw_build.c decision 6) */
+    kiln_rank_share(p, ix->count, &first, &count);
     if (pl->ranks > 1) /* a rank's files hold its share (decision 11) */
-        snprintf(ranks, sizeof ranks, ", rank %d of %d", pl->rank, pl->ranks);
+        snprintf(ranks, sizeof ranks, ", rank %d of %d (crc32c of rows %zu..%zu)", pl->rank,
+                 pl->ranks, first, first + count);
     snprintf(desc, cap,
              "device build v%d of %llu x %u %s vectors (crc32c %08x), M %u, ef_construction "
              "%u, seed %llu, replicas %u + %u within %.3f, knn_k %u, clusters %u, cluster_size %u, "
              "%s-endian%s",
              DEVICE_PIPELINE_VERSION, (unsigned long long)ix->count, ix->dim,
              kiln_metric_name(ix->metric),
-             kiln_crc32c(0, ix->vectors, ix->count * ix->dim * sizeof(float)), ix->M,
+             kiln_crc32c(0, ix->vectors + first * ix->dim, count * ix->dim * sizeof(float)), ix->M,
              p->ef_construction, (unsigned long long)p->seed, pl->replicas, pl->extra,
              pl->extra ? (double)DEVICE_BOUNDARY_RATIO : 0.0, pl->K, p->clusters, p->cluster_size,
              KILN_HOST_BIG_ENDIAN ? "big" : "little", ranks);

@@ -21,6 +21,7 @@
 #  5. rank 1 killed after its second batch, or after its forward passes,
 #     fails the job with no index and the rank folders kept; --resume
 #     finishes it to the same bytes; a 2-rank work dir is refused on 3;
+#     a NaN in rank 1's share of the input stops the job naming it;
 #  6. rank 1 out of memory fails the job with one message naming it, and
 #     --resume finishes it (not under AddressSanitizer);
 #  and first the collectives of common/dist.c (tests/test_dist.c) on 2, 3
@@ -252,6 +253,19 @@ if out=$(mpi 3 "$kiln" build "$base" -o "$tmp/r3.kiln" --memory-limit "$budget" 
 else
   grep -q "other inputs or parameters" <<<"$out" && [ ! -e "$tmp/r3.kiln" ] &&
     ok "a 2-rank work dir is refused on 3 ranks" || bad "3 ranks on a 2-rank work dir: $out"
+fi
+
+# 5b. A non-finite value in rank 1's share of an fbin input (each rank checks
+#     its share, graph/hnsw_build.c decision 6): the job stops with one
+#     message naming rank 1 and the record, and no index.
+"$kiln" generate -n 4000 -d 16 --seed 3 -o "$tmp/nan.fbin" >/dev/null
+printf '\000\000\300\177' | dd of="$tmp/nan.fbin" bs=1 seek=$((8 + (3500 * 16 + 5) * 4)) conv=notrunc status=none
+if out=$(mpi 2 "$kiln" build "$tmp/nan.fbin" -o "$tmp/nan.kiln" 2>&1); then
+  bad "an input with a NaN in rank 1's share built"
+else
+  [ "$(grep -c 'rank 1 of 2: .*non-finite value nan: record 3500, component 5' <<<"$out")" = 1 ] &&
+    [ ! -e "$tmp/nan.kiln" ] && ok "a NaN in rank 1's share: one message naming rank 1 and record 3500, no index" ||
+    bad "a NaN in rank 1's share: $out"
 fi
 
 # 6. Rank 1 out of memory (an address-space limit on it alone, the largest
