@@ -25,6 +25,7 @@
  *     counts are int.
  */
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +50,16 @@ static size_t dist_piece(void) {
 #endif
 
 static int dist_rank, dist_size = 1;
+
+/* Whether this receive's buffer fails as if memory ran out: the test hook
+ * KILN_TEST_DIST_NOMEM=R:K fails the K-th receive buffer on rank R, so that
+ * tests/test_dist.c can show every rank stopping together. */
+static bool dist_test_alloc_fails(void) {
+    static int seen;
+    const char *t = getenv("KILN_TEST_DIST_NOMEM");
+    const char *colon = t ? strchr(t, ':') : NULL;
+    return colon && atoi(t) == dist_rank && ++seen == atoi(colon + 1);
+}
 #ifdef KILN_HAVE_MPI
 static int dist_started; /* kiln_dist_init called MPI_Init_thread */
 #endif
@@ -228,7 +239,7 @@ kiln_status kiln_dist_bcast(kiln_ctx *ctx, int root, void **buf, uint64_t *len) 
     kiln_status st = KILN_OK;
     if (dist_rank != root) {
         *buf = NULL;
-        if (*len && !(*buf = malloc((size_t)*len)))
+        if (*len && (dist_test_alloc_fails() || !(*buf = malloc((size_t)*len))))
             st = kiln_fail(ctx, KILN_E_NOMEM,
                            "rank %d of %d: out of memory for %llu bytes from rank %d", dist_rank,
                            dist_size, (unsigned long long)*len, root);
@@ -283,13 +294,18 @@ kiln_status kiln_dist_exchange(kiln_ctx *ctx, const void *const *send, const uin
 #endif
     if (n == 1) /* one rank (MPI not started, or a world of one) */
         recv_len[0] = send_len[0];
-    for (int r = 0; r < n; r++)
-        if (recv_len[r] && !(recv[r] = malloc((size_t)recv_len[r]))) {
-            free_all(recv, n);
-            return kiln_fail(ctx, KILN_E_NOMEM,
-                             "rank %d of %d: out of memory for %llu bytes from rank %d", me, n,
-                             (unsigned long long)recv_len[r], r);
-        }
+    kiln_status st = KILN_OK;
+    for (int r = 0; r < n && st == KILN_OK; r++)
+        if (recv_len[r] && (dist_test_alloc_fails() || !(recv[r] = malloc((size_t)recv_len[r]))))
+            st = kiln_fail(ctx, KILN_E_NOMEM,
+                           "rank %d of %d: out of memory for %llu bytes from rank %d", me, n,
+                           (unsigned long long)recv_len[r], r);
+    /* A rank that cannot take its bytes must not leave its peers waiting in
+     * the rounds below: they all stop here (decision 3). */
+    if ((st = kiln_dist_agree(ctx, st))) {
+        free_all(recv, n);
+        return st;
+    }
     if (recv_len[me])
         memcpy(recv[me], send[me], (size_t)recv_len[me]);
 #ifdef KILN_HAVE_MPI

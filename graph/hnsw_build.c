@@ -189,6 +189,7 @@ static kiln_status build_graph(struct kiln_index *ix, const kiln_build_params *p
     kiln_ctx *ctx = ix->ctx;
     kiln_build_report *rep = ix->report;
     rep->method = p->method;
+    rep->ranks = 1; /* a collective build's report_ranks says how many */
     if (ix->metric == KILN_METRIC_COS)
         for (uint64_t i = 0; i < ix->count; i++)
             kiln_normalize(ix->vectors + i * ix->dim, ix->dim);
@@ -212,11 +213,16 @@ static kiln_status build_graph(struct kiln_index *ix, const kiln_build_params *p
         st = kiln_hnsw_insert_all(ix, p->ef_construction, kiln_threads(p->threads));
         kiln_report_stage(rep, "insert", kiln_now() - t);
     }
+    if (st)
+        return st;
+    /* Across ranks the repair is rank 0's, and every rank learns how it went. */
+    t = kiln_now();
+    kiln_repair_stats rs = {0};
+    if (!built_elsewhere(p))
+        st = kiln_repair_reachability(ix, p->ef_construction, kiln_threads(p->threads), &rs);
+    st = collective_gate(ctx, p, st);
     if (st || built_elsewhere(p))
         return st;
-    t = kiln_now();
-    kiln_repair_stats rs;
-    st = kiln_repair_reachability(ix, p->ef_construction, kiln_threads(p->threads), &rs);
     rep->repaired_links = rs.links;
     kiln_report_stage(rep, "repair", kiln_now() - t);
     rep->total_seconds = kiln_now() - t_start;

@@ -107,12 +107,21 @@
  *     - Level 0 is gathered on rank 0 a partition per rank per round (so
  *       rank 0 holds R partitions in flight, not the ranks' whole share),
  *       checked, and rank 0 alone repairs, validates and writes the index.
- *     Every file reaches the same bytes as a one-process build (the
- *     records of a batch and the edges of a partition do not depend on who
- *     made them), so the index is the one-process index, byte for byte.
- *     Every round ends in kiln_dist_agree, so a rank's failure stops every
- *     rank at the same place with its message. Records travel in host byte
- *     order, as in the work files: the ranks must share it.
+ *     Every segment of every file holds the bytes of a one-process build's
+ *     (the records of a batch and the edges of a partition do not depend
+ *     on who made them), so the index is the one-process index, byte for
+ *     byte. Every round ends in kiln_dist_agree, and so does every receive
+ *     that cannot get its buffer (common/dist.c), so a rank's failure stops
+ *     every rank at the same place with its message. Before any work the
+ *     ranks compare a fingerprint of the job (parameters, n, dim, byte
+ *     order, a sample of JOB_SAMPLE_ROWS rows) with rank 0's
+ *     (check_same_job): a stale copy of BASE on one host is refused rather
+ *     than mixed in. Records travel in host byte order, as in the work
+ *     files, which that check makes common. The plan gives every rank at
+ *     least two batches and a partition. What is not yet bounded: a shared
+ *     work file travels whole (the clusters, 9 bytes a vector, and the
+ *     upper levels, ~21, held once more by sender and receivers while it
+ *     does), and level 0 is gathered whole on rank 0 (docs/SCALE.md).
  */
 #include <errno.h>
 #ifdef __GLIBC__
@@ -755,9 +764,9 @@ static kiln_status forward_part(pipeline *pl, pass_bufs *pb, uint32_t q, kiln_wo
     const uint32_t *w = (const uint32_t *)raw;
     const uint64_t words = raw_len / sizeof(uint32_t);
     uint64_t total = 0;
-    for (uint64_t i = 0; i < words;) {
-        if (words - i < 2 || w[i] < first || w[i] - first >= count || w[i + 1] > rec_max ||
-            words - i - 2 < 3 * (uint64_t)w[i + 1]) {
+    for (uint64_t i = 0, len; i < words; i += len) {
+        if ((len = kiln_rec_len_batch(&rec_max, w + i, words - i)) == 0 || w[i] < first ||
+            w[i] - first >= count) {
             st = kiln_fail(ctx, KILN_E_FORMAT,
                            "batch records of partition %u: record at word %llu is malformed", q,
                            (unsigned long long)i);
@@ -765,7 +774,6 @@ static kiln_status forward_part(pipeline *pl, pass_bufs *pb, uint32_t q, kiln_wo
         }
         off[w[i] - first + 1] += w[i + 1];
         total += w[i + 1];
-        i += 2 + 3 * (uint64_t)w[i + 1];
     }
     for (uint32_t i = 0; i < count; i++)
         off[i + 1] += off[i];
@@ -994,6 +1002,27 @@ static kiln_status step_quantizer(pipeline *pl) {
     return st;
 }
 
+/* Refuses a work dir without room for this rank's files: the batch records
+ * and the reverse edges (across ranks, its partitions' share of them), the
+ * level 0 (on rank 0), with a margin. */
+static kiln_status check_disk(pipeline *pl) {
+    const kiln_clusters *cl = &pl->cl;
+    const struct kiln_index *ix = pl->ix;
+    const uint64_t R = (uint64_t)pl->ranks;
+    const uint64_t need = ((uint64_t)cl->offsets[cl->k] * (2 + 3 * (uint64_t)pl->K) * 4 / R +
+                           2 * ix->count * (uint64_t)ix->M0 * sizeof(kiln_edge) / R +
+                           (pl->rank == 0 ? ix->count * kiln_links0_stride(ix) * 4 : 0)) /
+                              10 * 11 +
+                          ((uint64_t)pl->parts * pl->n_batches + pl->parts) * 4096;
+    const uint64_t free_bytes = kiln_workdir_free_bytes(pl->wd);
+    if (free_bytes != UINT64_MAX && free_bytes < need)
+        return kiln_fail(pl->ctx, KILN_E_IO,
+                         "build: work dir %s has %.1f MiB free, and this build needs up to "
+                         "%.1f MiB there (choose another --work-dir)",
+                         kiln_workdir_path(pl->wd), free_bytes / 1048576.0, need / 1048576.0);
+    return KILN_OK;
+}
+
 /* Decision 8: batch and partition sizes from the memory budget. */
 static kiln_status step_plan(pipeline *pl) {
     kiln_ctx *ctx = pl->ctx;
@@ -1005,8 +1034,8 @@ static kiln_status step_plan(pipeline *pl) {
     if (st)
         return st;
     const uint64_t limit = pl->rep->memory_limit;
-    if (kiln_workdir_has(pl->wd, "plan"))
-        return plan_get(pl);
+    if (kiln_workdir_has(pl->wd, "plan")) /* across ranks every rank checks its own disk */
+        return (st = plan_get(pl)) || pl->ranks == 1 ? st : check_disk(pl);
     /* The bytes of decision 8, or more where the work would make more than
      * DEVICE_AIM_BATCHES batches or DEVICE_AIM_PARTS partitions of them;
      * with a limit, within half the room for the batch and the rest for
@@ -1018,6 +1047,11 @@ static kiln_status step_plan(pipeline *pl) {
         batch_bytes = all_slots / DEVICE_AIM_BATCHES;
     if (part_bytes < all_nodes / DEVICE_AIM_PARTS)
         part_bytes = all_nodes / DEVICE_AIM_PARTS;
+    /* Across ranks, at least two batches and one partition for each. */
+    if (pl->ranks > 1 && batch_bytes > all_slots / (2 * (uint64_t)pl->ranks))
+        batch_bytes = all_slots / (2 * (uint64_t)pl->ranks);
+    if (pl->ranks > 1 && part_bytes > all_nodes / (uint64_t)pl->ranks)
+        part_bytes = all_nodes / (uint64_t)pl->ranks;
     if (limit) {
         if (batch_bytes > room / 2)
             batch_bytes = room / 2 > min_batch ? room / 2 : min_batch;
@@ -1052,18 +1086,8 @@ static kiln_status step_plan(pipeline *pl) {
     }
     pl->batch_first[nb] = cl->k;
     pl->n_batches = nb;
-    /* Disk: the batch records and the reverse edges, with a margin. */
-    const uint64_t need = ((uint64_t)cl->offsets[cl->k] * (2 + 3 * (uint64_t)pl->K) * 4 +
-                           2 * ix->count * (uint64_t)ix->M0 * sizeof(kiln_edge) +
-                           ix->count * kiln_links0_stride(ix) * 4) /
-                              10 * 11 +
-                          ((uint64_t)pl->parts * pl->n_batches + pl->parts) * 4096;
-    const uint64_t free_bytes = kiln_workdir_free_bytes(pl->wd);
-    if (free_bytes != UINT64_MAX && free_bytes < need)
-        return kiln_fail(ctx, KILN_E_IO,
-                         "build: work dir %s has %.1f MiB free, and this build needs up to "
-                         "%.1f MiB there (choose another --work-dir)",
-                         kiln_workdir_path(pl->wd), free_bytes / 1048576.0, need / 1048576.0);
+    if ((st = check_disk(pl)))
+        return st;
     pl->rep->batches = nb;
     pl->rep->partitions = pl->parts;
     return plan_put(pl);
@@ -1499,8 +1523,10 @@ static kiln_status step_level0(pipeline *pl) {
     kiln_status st = pl->ranks > 1 ? kiln_dist_sum_u64(pl->ctx, &done, 1) : KILN_OK;
     if (st)
         return st;
-    if (done) /* across ranks, only rank 0 needs it */
-        return pl->rank == 0 ? level0_get(pl) : KILN_OK;
+    if (done) { /* across ranks, only rank 0 needs it */
+        st = pl->rank == 0 ? level0_get(pl) : KILN_OK;
+        return pl->ranks > 1 ? kiln_dist_agree(pl->ctx, st) : st;
+    }
     kiln_progress_bar bar;
     pass_bufs pb;
     memset(&pb, 0, sizeof pb);
@@ -1558,23 +1584,37 @@ static kiln_status report_ranks(pipeline *pl) {
 /* ==== Work dir and fingerprint ==== */
 
 /* Decision 10: what a work dir must match to be resumed. */
-static uint64_t fingerprint(const pipeline *pl, char *desc, size_t cap) {
+/* Rows of the sample every rank of a job fingerprints alike (decision 11). */
+#define JOB_SAMPLE_ROWS 256
+
+/* job: the fingerprint that every rank of one job must share (a sample of
+ * rows, no rank), else this rank's work dir's (its share of the rows). */
+static uint64_t fingerprint(const pipeline *pl, bool job, char *desc, size_t cap) {
     const struct kiln_index *ix = pl->ix;
     const kiln_build_params *p = pl->p;
     char ranks[96] = "";
     size_t first, count; /* the rows this rank checked (graph/hnsw_build.c decision 6) */
     kiln_rank_share(p, ix->count, &first, &count);
-    if (pl->ranks > 1) /* a rank's files hold its share (decision 11) */
-        snprintf(ranks, sizeof ranks, ", rank %d of %d (crc32c of rows %zu..%zu)", pl->rank,
-                 pl->ranks, first, first + count);
+    uint32_t crc = 0;
+    if (job) {
+        for (uint64_t i = 0; i < JOB_SAMPLE_ROWS; i++)
+            crc = kiln_crc32c(
+                crc, kiln_vector(ix, (uint32_t)((ix->count - 1) * i / (JOB_SAMPLE_ROWS - 1))),
+                ix->dim * sizeof(float));
+        snprintf(ranks, sizeof ranks, ", %d ranks (crc32c of %d rows)", pl->ranks, JOB_SAMPLE_ROWS);
+    } else {
+        crc = kiln_crc32c(0, ix->vectors + first * ix->dim, count * ix->dim * sizeof(float));
+        if (pl->ranks > 1) /* a rank's files hold its share (decision 11) */
+            snprintf(ranks, sizeof ranks, ", rank %d of %d (crc32c of rows %zu..%zu)", pl->rank,
+                     pl->ranks, first, first + count);
+    }
     snprintf(desc, cap,
              "device build v%d of %llu x %u %s vectors (crc32c %08x), M %u, ef_construction "
              "%u, seed %llu, replicas %u + %u within %.3f, knn_k %u, clusters %u, cluster_size %u, "
              "%s-endian%s",
              DEVICE_PIPELINE_VERSION, (unsigned long long)ix->count, ix->dim,
-             kiln_metric_name(ix->metric),
-             kiln_crc32c(0, ix->vectors + first * ix->dim, count * ix->dim * sizeof(float)), ix->M,
-             p->ef_construction, (unsigned long long)p->seed, pl->replicas, pl->extra,
+             kiln_metric_name(ix->metric), crc, ix->M, p->ef_construction,
+             (unsigned long long)p->seed, pl->replicas, pl->extra,
              pl->extra ? (double)DEVICE_BOUNDARY_RATIO : 0.0, pl->K, p->clusters, p->cluster_size,
              KILN_HOST_BIG_ENDIAN ? "big" : "little", ranks);
     const uint32_t a = kiln_crc32c(0, desc, strlen(desc));
@@ -1582,9 +1622,27 @@ static uint64_t fingerprint(const pipeline *pl, char *desc, size_t cap) {
     return (uint64_t)a << 32 | b;
 }
 
+/* Decision 11: every rank must build the same job; each compares its job
+ * fingerprint with rank 0's (a stale copy of BASE on one host, or other
+ * options, would mix another input's links into the graph). */
+static kiln_status check_same_job(pipeline *pl) {
+    char desc[512];
+    uint64_t fp = fingerprint(pl, true, desc, sizeof desc), len = sizeof fp;
+    void *msg = pl->rank == 0 ? &fp : NULL;
+    kiln_status st = kiln_dist_bcast(pl->ctx, 0, &msg, &len);
+    if (st == KILN_OK && pl->rank != 0 && (len != sizeof fp || memcmp(msg, &fp, sizeof fp) != 0))
+        st = kiln_fail(pl->ctx, KILN_E_ARG,
+                       "build: this rank's input or options differ from rank 0's (here: %s); every "
+                       "rank must read the same BASE with the same options",
+                       desc);
+    if (pl->rank != 0)
+        free(msg);
+    return kiln_dist_agree(pl->ctx, st);
+}
+
 static kiln_status open_workdir(pipeline *pl) {
     char desc[512];
-    const uint64_t fp = fingerprint(pl, desc, sizeof desc);
+    const uint64_t fp = fingerprint(pl, false, desc, sizeof desc);
     const char *dir = pl->p->work_dir;
     char tmp[4096], rank_dir[4096];
     if (dir && pl->ranks > 1) { /* decision 11: a folder per rank */
@@ -1646,6 +1704,8 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
         return KILN_OK;
     snprintf(rep->device_name, sizeof rep->device_name, "%.60s / %.60s", info.platform_name,
              info.device_name);
+    if (pl.ranks > 1 && (st = check_same_job(&pl)))
+        return st;
     st = open_workdir(&pl);
     if (pl.ranks > 1)
         st = kiln_dist_agree(ctx, st);

@@ -314,10 +314,12 @@ typedef struct kiln_build_params {
     /* KILN_METHOD_DEVICE: non-zero builds one index across the ranks of
      * kiln_dist_init (every rank calls with the same input and params, and
      * its own threads and device). The index comes back on rank 0 alone;
-     * the other ranks get KILN_OK and out = NULL. work_dir (or the private
-     * folder) holds a folder per rank, rank-R, and resume continues from
-     * the batches every rank finished. With one rank, or without MPI, an
-     * ordinary build. Default 0. */
+     * the other ranks get KILN_OK and out = NULL. work_dir holds a folder
+     * per rank, rank-R (without work_dir each rank makes its own private
+     * one), and resume continues from the batches every rank finished. The
+     * ranks first compare their inputs (a sample of rows) and params with
+     * rank 0's and refuse to run when they differ. With one rank, or
+     * without MPI, an ordinary build. Default 0. */
     int collective;
 } kiln_build_params;
 

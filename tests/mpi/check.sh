@@ -21,7 +21,8 @@
 #  5. rank 1 killed after its second batch, or after its forward passes,
 #     fails the job with no index and the rank folders kept; --resume
 #     finishes it to the same bytes; a 2-rank work dir is refused on 3;
-#     a NaN in rank 1's share of the input stops the job naming it;
+#     a NaN in rank 1's share of the input stops the job naming it, and
+#     so does rank 1 reading another file or with another --seed;
 #  6. rank 1 out of memory fails the job with one message naming it, and
 #     --resume finishes it (not under AddressSanitizer);
 #  and first the collectives of common/dist.c (tests/test_dist.c) on 2, 3
@@ -55,11 +56,13 @@ export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_t
 # components are dlopen'ed and unloaded at MPI_Finalize, so what they keep
 # cannot be attributed to a library (LSan prints "<unknown module>") or
 # suppressed by name; kiln's own allocations on this path are leak-checked by
-# test_shards, which runs the same shard builds in one process.
+# test_shards, which runs the same shard builds in one process. A job that
+# hangs (ranks waiting at different collectives) is killed after 300 s and
+# fails its check.
 mpi() {
   local np=$1
   shift
-  ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" mpirun -np "$np" --oversubscribe "$@"
+  ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" timeout 300 mpirun -np "$np" --oversubscribe "$@"
 }
 
 # Without MPI in this kiln, mpirun must be refused, not run N builds.
@@ -96,6 +99,12 @@ for np in 2 3 4; do
     bad "test_dist on $np ranks: $out"
   fi
 done
+# and a receive buffer that cannot be had on rank 1: every rank stops
+if out=$(KILN_TEST_DIST_NOMEM=1:1 mpi 3 "$(dirname "$kiln")/test_dist" 2>&1); then
+  ok "test_dist on 3 ranks, rank 1 out of memory for a receive: every rank failed alike"
+else
+  bad "test_dist with rank 1 out of memory: $out"
+fi
 
 # 1. Ranks against one process.
 for spec in siftsmall:2:2 fmnistsmall:2:2 siftsmall:3:5; do
@@ -267,6 +276,34 @@ else
     [ ! -e "$tmp/nan.kiln" ] && ok "a NaN in rank 1's share: one message naming rank 1 and record 3500, no index" ||
     bad "a NaN in rank 1's share: $out"
 fi
+
+# 5c. Rank 1 reading another file than rank 0 (a stale copy of BASE on its
+#     host), or with another --seed: every rank refuses before any work,
+#     naming rank 1, and no index.
+"$kiln" generate -n 4000 -d 16 --seed 3 -o "$tmp/same.fbin" >/dev/null
+"$kiln" generate -n 4000 -d 16 --seed 4 -o "$tmp/other.fbin" >/dev/null
+cat >"$tmp/swap-rank1.sh" <<'EOF'
+#!/bin/bash
+# swap-rank1.sh FROM TO CMD...: on rank 1, each argument FROM becomes TO.
+from=$1 to=$2
+shift 2
+if [ "${OMPI_COMM_WORLD_RANK:-0}" = 1 ]; then
+  for a in "$@"; do [ "$a" = "$from" ] && set -- "$@" "$to" || set -- "$@" "$a"; shift; done
+fi
+exec "$@"
+EOF
+chmod +x "$tmp/swap-rank1.sh"
+for swap in "$tmp/same.fbin:$tmp/other.fbin" "1:2"; do
+  IFS=: read -r from to <<<"$swap"
+  if out=$(mpi 2 "$tmp/swap-rank1.sh" "$from" "$to" "$kiln" build "$tmp/same.fbin" -o "$tmp/mixed.kiln" \
+    --seed 1 2>&1); then
+    bad "rank 1 with $to for $from built an index"
+  else
+    [ "$(grep -c "rank 1 of 2: build: this rank's input or options differ from rank 0's" <<<"$out")" = 1 ] &&
+      [ ! -e "$tmp/mixed.kiln" ] && ok "rank 1 with $(basename "$to") for $(basename "$from"): refused, naming rank 1" ||
+      bad "rank 1 with $to for $from: $out"
+  fi
+done
 
 # 6. Rank 1 out of memory (an address-space limit on it alone, the largest
 #    of a few that it cannot build under): the job fails with one message
