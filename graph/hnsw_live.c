@@ -59,8 +59,10 @@
  *     heap, so nothing writes through a mapping and the file is untouched.
  *     Capacity then doubles when an add needs more slots (amortised O(1)
  *     per add); the upper-level pool grows the same way, and a deleted
- *     node's upper blocks stay unused in it until the next save, which
- *     writes node order (the file stays compact and canonical).
+ *     node's upper blocks stay unused in it until the pool would grow
+ *     while they are most of it: then the live blocks are moved together.
+ *     A save writes node order whatever the pool's (the file stays compact
+ *     and canonical).
  *  7. Labels: a hash table (open addressing, linear probing, deletion by
  *     backward shift; MurmurHash3's fmix64 of the label) from label to
  *     slot, built on the first write from the live slots, kept up to date
@@ -333,21 +335,43 @@ static kiln_status reserve_slots(struct kiln_index *ix, uint64_t need) {
 }
 
 /* Room for `more` uint32_t at the end of the upper-level pool. */
+/* Room for `more` uint32_t at the end of the upper-level pool: when the
+ * blocks of deleted nodes are most of it, the live blocks are first moved
+ * together, in node order, into a pool of their own size plus `more`
+ * (decision 6); else the pool doubles. */
 static kiln_status reserve_upper(struct kiln_index *ix, uint64_t more) {
     if (ix->upper_len + more <= ix->upper_cap)
         return KILN_OK;
-    uint64_t cap =
-        ix->upper_cap * 2 > ix->upper_len + more ? ix->upper_cap * 2 : ix->upper_len + more;
+    const uint64_t block = (uint64_t)ix->M + 1;
+    uint64_t used = 0;
+    for (uint64_t i = 0; i < ix->count; i++)
+        used += ix->levels[i] * block;
+    const bool compact = 2 * used < ix->upper_len;
+    uint64_t cap = compact ? used + more
+                           : (ix->upper_cap * 2 > ix->upper_len + more ? ix->upper_cap * 2
+                                                                       : ix->upper_len + more);
     size_t bytes;
     if (kiln_mul_size((size_t)cap, sizeof(uint32_t), &bytes))
         return kiln_fail(ix->ctx, KILN_E_RANGE,
                          "upper-level link pool of %llu entries is too large",
                          (unsigned long long)cap);
-    uint32_t *p = realloc(ix->upper_pool, bytes ? bytes : 4);
+    uint32_t *p = compact ? malloc(bytes ? bytes : 4) : realloc(ix->upper_pool, bytes ? bytes : 4);
     if (!p)
         return kiln_fail(ix->ctx, KILN_E_NOMEM,
                          "out of memory growing the upper-level links to %.1f MiB",
                          bytes / 1048576.0);
+    if (compact) {
+        uint64_t at = 0;
+        for (uint64_t i = 0; i < ix->count; i++)
+            if (ix->levels[i]) {
+                memcpy(p + at, ix->upper_pool + ix->upper_off[i],
+                       (size_t)(ix->levels[i] * block) * sizeof *p);
+                ix->upper_off[i] = at;
+                at += ix->levels[i] * block;
+            }
+        free(ix->upper_pool);
+        ix->upper_len = at;
+    }
     ix->upper_pool = p;
     ix->upper_cap = cap;
     return KILN_OK;

@@ -393,7 +393,9 @@ KILN_API kiln_status kiln_index_search(const kiln_index *index, const float *que
                                        const kiln_search_params *params, int64_t *labels,
                                        float *distances);
 
-/* Writes the index atomically (temporary file, fsync, rename). */
+/* Writes the index atomically (temporary file, fsync, rename), in format
+ * version 2 (docs/FORMAT.md), free slots and capacity included: the same
+ * index always gives the same bytes. */
 KILN_API kiln_status kiln_index_save(const kiln_index *index, const char *path);
 /* Flags for kiln_index_open. */
 /* Also verify the CRC of every section (vectors, labels, links) and every
@@ -408,10 +410,12 @@ KILN_API kiln_status kiln_index_save(const kiln_index *index, const char *path);
  * not each take thousands of page faults. */
 #define KILN_LOAD_POPULATE 0x4u
 
-/* Opens an index file and returns a read-only index (free with
- * kiln_index_free). By default the file is mapped (PROT_READ), not read:
- * the open checks magic, version, the header and section table with their
- * CRCs, every section's bounds, the LEVELS section's CRC and every level,
+/* Opens an index file (format version 1 or 2) and returns the index (free
+ * with kiln_index_free). By default the file is mapped (PROT_READ), not read;
+ * kiln_index_add, _delete and _update copy a mapped index to the heap first,
+ * and never write the file. The open checks magic, version, the header and
+ * section table with their CRCs, every section's bounds, the LEVELS and FREE
+ * sections' CRCs, every level and free slot,
  * and the upper-level layout they imply, in O(count) bytes read (about 1 of
  * every 650 bytes of a 128-d file: 2.6 ms for 1M nodes, warm), so even a
  * 100 GB index opens in well under a second and is searched from the page

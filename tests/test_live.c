@@ -79,14 +79,19 @@ static uint32_t *permutation(size_t n, uint64_t seed) {
     return p;
 }
 
-static kiln_index *build(kiln_ctx *ctx, const float *rows, size_t n, size_t d) {
+static kiln_index *build_with(kiln_ctx *ctx, const float *rows, size_t n, size_t d,
+                              kiln_method method) {
     kiln_build_params p;
     kiln_build_params_init(&p);
-    p.method = KILN_METHOD_INSERT;
+    p.method = method;
     kiln_index *ix = NULL;
     CHECK_OK(ctx, kiln_index_build(ctx, rows, n, d, &p, &ix));
     REQUIRE(ix);
     return ix;
+}
+
+static kiln_index *build(kiln_ctx *ctx, const float *rows, size_t n, size_t d) {
+    return build_with(ctx, rows, n, d, KILN_METHOD_INSERT);
 }
 
 /* The m rows of base whose marks are 0, with their labels (row numbers). */
@@ -344,6 +349,58 @@ static void test_delete(kiln_ctx *ctx, const data *ds, const char *file, double 
     free(perm);
 }
 
+/* A device-built index (its level 0 from the device pipeline's merge, not
+ * from insertion) deletes as well: against a fresh device build of the rest. */
+static void test_device_delete(kiln_ctx *ctx, const data *ds) {
+    if (!KILN_TEST_OPENCL) { /* a build without OpenCL: nothing to test here */
+        fprintf(stderr, "%s: no device build in a kiln without OpenCL\n", ds->name);
+        return;
+    }
+    kiln_build_params p;
+    kiln_build_params_init(&p);
+    p.method = KILN_METHOD_DEVICE;
+    kiln_index *ix = NULL;
+    const kiln_status bst = kiln_index_build(ctx, ds->base, ds->n, ds->d, &p, &ix);
+    if (bst == KILN_E_NO_DEVICE) {
+        SKIP_PART("%s device build: %s", ds->name, kiln_errmsg(ctx));
+        return;
+    }
+    CHECK_OK(ctx, bst);
+    REQUIRE(ix);
+    const size_t nd = ds->n * 3 / 10;
+    uint32_t *perm = permutation(ds->n, 4242);
+    int64_t *del = malloc(nd * sizeof *del), *lab = malloc(ds->n * sizeof *lab);
+    uint8_t *gone = calloc(ds->n, 1);
+    REQUIRE(del && lab && gone);
+    for (size_t i = 0; i < nd; i++) {
+        del[i] = perm[i];
+        gone[perm[i]] = 1;
+    }
+    CHECK_OK(ctx, kiln_index_delete(ix, del, nd));
+    CHECK_OK(ctx, kiln_index_check(ix));
+    size_t m = 0;
+    float *kept = rows_kept(ds, gone, lab, &m);
+    int64_t *gt = exact_truth(ctx, ds, kept, lab, m);
+    kiln_index *fresh = build_with(ctx, kept, m, ds->d, KILN_METHOD_DEVICE);
+    for (uint32_t ef = 16; ef <= 64; ef *= 4) {
+        const double live = recall(ctx, ix, ds, gt, NULL, ef);
+        const double base = recall(ctx, fresh, ds, gt, lab, ef);
+        fprintf(stderr, "%s device build: deleted 30%%: recall@10 at ef %u %.4f, fresh %.4f\n",
+                ds->name, ef, live, base);
+        CHECK_MSG(live >= base - 0.01, "%s device delete ef %u: recall %.4f vs fresh %.4f",
+                  ds->name, ef, live, base);
+    }
+    CHECK(bad_results(ctx, ix, ds->q, ds->nq, gone, ds->n) == 0);
+    kiln_index_free(fresh);
+    kiln_index_free(ix);
+    free(gt);
+    free(kept);
+    free(gone);
+    free(lab);
+    free(del);
+    free(perm);
+}
+
 /* ==== Delete everything, add it back ==== */
 
 static void test_empty_and_back(kiln_ctx *ctx, const data *ds, const char *file) {
@@ -367,6 +424,13 @@ static void test_empty_and_back(kiln_ctx *ctx, const data *ds, const char *file)
 
     /* Back in row order, labels by default: max + 1 of an empty index is 0. */
     CHECK_OK(ctx, kiln_index_add(ix, ds->base, NULL, ds->n));
+    /* The deleted nodes' upper blocks were all of the pool, so the add moved
+     * the live ones together instead of growing it (decision 6). */
+    uint64_t blocks = 0;
+    for (uint64_t i = 0; i < ix->count; i++)
+        blocks += ix->levels[i];
+    CHECK_MSG(ix->upper_len == blocks * (ix->M + 1), "upper pool of %llu for %llu blocks",
+              (unsigned long long)ix->upper_len, (unsigned long long)blocks);
     CHECK(kiln_index_count(ix) == ds->n);
     CHECK_OK(ctx, kiln_index_check(ix));
     kiln_index_stats st;
@@ -488,6 +552,7 @@ static void test_dataset(kiln_ctx *ctx, const char *name) {
     const double fracs[] = {0.1, 0.3, 0.5};
     for (int f = 0; f < 3; f++)
         test_delete(ctx, &ds, file, fracs[f], 1000 + (uint64_t)f);
+    test_device_delete(ctx, &ds);
     test_empty_and_back(ctx, &ds, file);
     test_update(ctx, &ds, file);
     data_free(&ds);
