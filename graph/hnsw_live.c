@@ -256,7 +256,10 @@ static kiln_status reserve_slots(struct kiln_index *ix, uint64_t need) {
             return kiln_calloc(ctx, (size_t)ix->capacity, "free-slot marks", (void **)&ix->freed);
         return KILN_OK;
     }
+    /* A loaded index reserves what it had when it was saved, so the same
+     * adds grow it as they would have without the save (decision 6). */
     uint64_t cap = ix->capacity > ix->count ? ix->capacity : ix->count;
+    cap = ix->saved_capacity > cap ? ix->saved_capacity : cap;
     if (need > cap)
         cap = cap * 2 > need ? cap * 2 : need;
     cap = cap < LIVE_MIN_CAPACITY ? LIVE_MIN_CAPACITY : cap;

@@ -332,12 +332,22 @@ static void test_delete(kiln_ctx *ctx, const data *ds, const char *file, double 
     if (nd >= 2)
         forged_free(ctx, ix);
     /* Adds fill the free slots (the last freed first) before the index
-     * grows, the same after a save and load. */
+     * grows, the same after a save and load; then it grows (capacity
+     * doubles), and then fills what it grew by, the same again. */
     same_after_load(ctx, ix, ds, nd / 2);
     CHECK(kiln_index_count(ix) == ds->n - nd + nd / 2);
     CHECK_OK(ctx, kiln_index_stats_get(ix, &st));
     CHECK(st.free_slots == nd - nd / 2);
     round_trip(ctx, ix, ds, "delete and add");
+    same_after_load(ctx, ix, ds, nd - nd / 2 + 10);
+    kiln_index_info info;
+    CHECK_OK(ctx, kiln_index_save(ix, tmp_path("grown.kiln")));
+    CHECK_OK(ctx, kiln_index_info_read(ctx, tmp_path("grown.kiln"), &info));
+    CHECK(info.count == ds->n + 10 && info.free_slots == 0 && info.capacity == 2 * ds->n);
+    same_after_load(ctx, ix, ds, 10);
+    CHECK_OK(ctx, kiln_index_info_read(ctx, tmp_path("after1.kiln"), &info));
+    CHECK(info.count == ds->n + 20 && info.capacity == 2 * ds->n);
+    CHECK_OK(ctx, kiln_index_check(ix));
     kiln_index_free(fresh);
     kiln_index_free(ix);
     free(dv);
