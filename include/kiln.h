@@ -135,9 +135,9 @@ KILN_API kiln_status kiln_format_parse(const char *name, kiln_format *out);
 
 /* Flags for kiln_dataset_open. */
 #define KILN_OPEN_ALLOW_NONFINITE 0x1u /* accept NaN/Inf float values */
-#define KILN_OPEN_ALLOW_1D                                                                         \
-    0x2u /* a 1-D npy array of n values opens as n rows of 1                                       \
-            (a labels file); without it 1-D is refused */
+/* A 1-D npy array of n values opens as n rows of 1 (a labels file);
+ * without it a 1-D array is refused. */
+#define KILN_OPEN_ALLOW_1D 0x2u
 
 /* A read-only view of an on-disk dataset of n vectors of dimension d. The
  * file is memory-mapped, never copied whole. Free with kiln_dataset_free. */
