@@ -1,5 +1,6 @@
 /* kiln_main.c -- the kiln command: build, search, eval, groundtruth, info,
- * check, generate, export, import, devices. Uses the public API (kiln.h) only.
+ * check, generate, export, import, devices, add, delete, update. Uses the
+ * public API (kiln.h) only.
  *
  * Design decisions:
  *  1. Every failure prints one line "kiln CMD: what is wrong" on stderr,
@@ -61,6 +62,13 @@
  *     progress and the summary. Each rank removes its own work folder
  *     (WORK/rank-R) once rank 0 has saved, since on node-local disks no
  *     other rank can.
+ * 13. add, delete and update change an index (graph/hnsw_live.c) and write
+ *     it to -o, or over INDEX itself when -o is not given, atomically
+ *     (kiln_index_save's temporary and rename): the old file stays whole
+ *     until the new one is complete, and a search that has INDEX mapped
+ *     keeps reading the old inode. The result is validated before it is
+ *     written. Labels files are text (one decimal int64 a line, nothing
+ *     else on it) or .npy of integers, 1-D or n x 1.
  */
 #include <errno.h>
 #include <limits.h>
@@ -1284,7 +1292,9 @@ static int cmd_info(const cli_args *a) {
         kiln_index_stats_get(ix, &s);
     printf("file:            %s\n", a->pos[0]);
     printf("format version:  %u\n", h.format_version);
-    printf("count:           %llu\n", (unsigned long long)h.count);
+    printf("count:           %llu\n", (unsigned long long)(h.count - h.free_slots));
+    printf("free slots:      %llu (capacity %llu)\n", (unsigned long long)h.free_slots,
+           (unsigned long long)h.capacity);
     printf("dim:             %u\n", h.dim);
     printf("metric:          %s\n", kiln_metric_name(h.metric));
     printf("M:               %u (level 0: %u)\n", h.M, h.M0);
@@ -1466,6 +1476,206 @@ static int cmd_import(const cli_args *a) {
     return rc;
 }
 
+/* ==== add, delete, update ==== */
+
+static const cli_opt add_opts[] = {
+    {"labels", 0, "FILE", NULL,
+     "labels of the new vectors, one each: text (one int64 a line) or .npy of int64 (default: "
+     "the index's largest label + 1, + 2, ...)",
+     0, 0},
+    {"output", 'o', "OUT", NULL, "index to write (default: INDEX itself, replaced atomically)", 0,
+     0},
+    {"format", 0, "FMT", NULL, "format of NEW_VECTORS (default: from the extension)", 0, 0},
+    {"progress", 0, NULL, NULL, "show progress on stderr", 0, 0},
+    {NULL, 0, NULL, NULL, NULL, 0, 0}};
+static const cli_cmd add_cmd = {
+    "add",
+    "INDEX NEW_VECTORS [--labels FILE] [-o OUT]",
+    "Insert vectors into an index (free slots of deleted ones first); a label in use is an error.",
+    add_opts,
+    2,
+    2};
+static const cli_opt delete_opts[] = {
+    {"output", 'o', "OUT", NULL, "index to write (default: INDEX itself, replaced atomically)", 0,
+     0},
+    {NULL, 0, NULL, NULL, NULL, 0, 0}};
+static const cli_cmd delete_cmd = {"delete",
+                                   "INDEX LABELS_FILE [-o OUT]",
+                                   "Remove the nodes of these labels (text, one a line, or .npy "
+                                   "int64) and relink their neighbours.",
+                                   delete_opts,
+                                   2,
+                                   2};
+static const cli_opt update_opts[] = {
+    {"labels", 0, "FILE", NULL,
+     "the labels whose vectors these are, one each (required): text or .npy of int64", 0, 0},
+    {"output", 'o', "OUT", NULL, "index to write (default: INDEX itself, replaced atomically)", 0,
+     0},
+    {"format", 0, "FMT", NULL, "format of VECTORS (default: from the extension)", 0, 0},
+    {"progress", 0, NULL, NULL, "show progress on stderr", 0, 0},
+    {NULL, 0, NULL, NULL, NULL, 0, 0}};
+static const cli_cmd update_cmd = {"update",
+                                   "INDEX VECTORS --labels FILE [-o OUT]",
+                                   "Replace the vectors of existing labels and relink them.",
+                                   update_opts,
+                                   2,
+                                   2};
+
+/* Reads a labels file: .npy of integers (1-D, or n x 1), else text with one
+ * decimal int64 a line. Returns 0, or the exit code after the message. */
+static int read_labels(kiln_ctx *ctx, const char *cmd, const char *path, int64_t **out, size_t *n) {
+    *out = NULL;
+    *n = 0;
+    if (strcasecmp(extension(path), "npy") == 0) {
+        kiln_dataset *ds = NULL;
+        if (kiln_dataset_open(ctx, path, KILN_FORMAT_NPY, KILN_OPEN_ALLOW_1D, &ds))
+            return fail(cmd, ctx);
+        int rc = 0;
+        if (kiln_dataset_dim(ds) != 1) {
+            fprintf(stderr, "kiln %s: %s: labels need one value a row, not %zu\n", cmd, path,
+                    kiln_dataset_dim(ds));
+            rc = 1;
+        } else if (!(*out = alloc_array(kiln_dataset_count(ds) + 1, 1, sizeof **out))) {
+            fprintf(stderr, "kiln %s: out of memory reading %s\n", cmd, path);
+            rc = 1;
+        } else if (kiln_dataset_read_i64(ds, 0, kiln_dataset_count(ds), *out)) {
+            rc = fail(cmd, ctx);
+        } else {
+            *n = kiln_dataset_count(ds);
+        }
+        kiln_dataset_free(ds);
+        if (rc) {
+            free(*out);
+            *out = NULL;
+        }
+        return rc;
+    }
+    FILE *fp = fopen(path, "r");
+    if (!fp) {
+        fprintf(stderr, "kiln %s: %s: cannot open: %s\n", cmd, path, strerror(errno));
+        return 1;
+    }
+    size_t cap = 1024, line = 0;
+    int64_t *v = malloc(cap * sizeof *v);
+    char buf[64];
+    int rc = v ? 0 : 1;
+    if (!v)
+        fprintf(stderr, "kiln %s: out of memory reading %s\n", cmd, path);
+    while (!rc && fgets(buf, sizeof buf, fp)) {
+        line++;
+        size_t len = strlen(buf);
+        if (len && buf[len - 1] == '\n')
+            buf[--len] = 0;
+        else if (!feof(fp)) {
+            fprintf(stderr, "kiln %s: %s line %zu: longer than a label\n", cmd, path, line);
+            rc = 1;
+            break;
+        }
+        char *end = NULL;
+        errno = 0;
+        const long long x = len ? strtoll(buf, &end, 10) : 0;
+        if (!len || errno || *end || buf[0] == ' ' || buf[0] == '+') {
+            fprintf(stderr, "kiln %s: %s line %zu: '%s' is not a decimal int64 label\n", cmd, path,
+                    line, buf);
+            rc = 1;
+            break;
+        }
+        if (*n == cap) {
+            int64_t *g = cap < SIZE_MAX / 2 / sizeof *v ? realloc(v, 2 * cap * sizeof *v) : NULL;
+            if (!g) {
+                fprintf(stderr, "kiln %s: out of memory reading %s\n", cmd, path);
+                rc = 1;
+                break;
+            }
+            v = g;
+            cap *= 2;
+        }
+        v[(*n)++] = x;
+    }
+    if (!rc && ferror(fp)) {
+        fprintf(stderr, "kiln %s: %s: read error: %s\n", cmd, path, strerror(errno));
+        rc = 1;
+    }
+    fclose(fp);
+    if (rc) {
+        free(v);
+        *n = 0;
+        return rc;
+    }
+    *out = v;
+    return 0;
+}
+
+/* add, delete and update: read the index (copied to the heap by the first
+ * change), apply, check, save to -o or over INDEX, atomically. */
+static int cmd_live(const cli_args *a) {
+    const char *cmd = a->cmd->name, *in = a->pos[0];
+    const bool del = a->cmd == &delete_cmd, upd = a->cmd == &update_cmd;
+    const char *out = cli_str(a, "output") ? cli_str(a, "output") : in;
+    const char *lpath = del ? a->pos[1] : cli_str(a, "labels");
+    kiln_format fmt;
+    if (upd && !lpath) {
+        fprintf(stderr, "kiln update: --labels FILE is required\n");
+        return 2;
+    }
+    if (!del && !format_ok(a, &fmt))
+        return 2;
+    /* Only -o is checked against the inputs: INDEX itself is the default. */
+    if (cli_str(a, "output")) {
+        const out_spec outs[] = {{"-o", out}};
+        const char *ins[3] = {a->pos[0], a->pos[1], lpath};
+        int crc = check_outputs(cmd, outs, 1, ins, lpath && !del ? 3 : 2);
+        if (crc)
+            return crc;
+    }
+    kiln_ctx *ctx;
+    if (setup(a, &ctx))
+        return 1;
+    kiln_index *ix = NULL;
+    float *v = NULL;
+    int64_t *labels = NULL;
+    size_t nv = 0, d = 0, nl = 0;
+    int rc = 0;
+    if (kiln_index_load(ctx, in, &ix)) {
+        rc = fail(cmd, ctx);
+        goto done;
+    }
+    if ((lpath && (rc = read_labels(ctx, cmd, lpath, &labels, &nl))) ||
+        (!del && (rc = read_all_f32(ctx, a, a->pos[1], &v, &nv, &d))))
+        goto done;
+    if (!del && d != kiln_index_dim(ix)) {
+        fprintf(stderr, "kiln %s: %s has dimension %zu, the index %zu\n", cmd, a->pos[1], d,
+                kiln_index_dim(ix));
+        rc = 1;
+        goto done;
+    }
+    if (!del && lpath && nl != nv) {
+        fprintf(stderr, "kiln %s: %s holds %zu labels for the %zu vectors of %s\n", cmd, lpath, nl,
+                nv, a->pos[1]);
+        rc = 1;
+        goto done;
+    }
+    const size_t before = kiln_index_count(ix);
+    kiln_status st = del   ? kiln_index_delete(ix, labels, nl)
+                     : upd ? kiln_index_update(ix, v, labels, nv)
+                           : kiln_index_add(ix, v, labels, nv);
+    if (st || kiln_index_check(ix) || kiln_index_save(ix, out)) {
+        rc = fail(cmd, ctx);
+        goto done;
+    }
+    printf("%s: %s %zu vectors; %zu before, %zu now\n", out,
+           del   ? "deleted"
+           : upd ? "updated"
+                 : "added",
+           del ? nl : nv, before, kiln_index_count(ix));
+done:
+    free(v);
+    free(labels);
+    kiln_index_free(ix);
+    kiln_ctx_free(ctx);
+    return rc;
+}
+
 /* ==== devices ==== */
 
 static const cli_cmd devices_cmd = {
@@ -1597,7 +1807,8 @@ static const command commands[] = {
     {&build_cmd, cmd_build},    {&search_cmd, cmd_search},   {&eval_cmd, cmd_eval},
     {&gt_cmd, cmd_groundtruth}, {&info_cmd, cmd_info},       {&check_cmd, cmd_check},
     {&gen_cmd, cmd_generate},   {&devices_cmd, cmd_devices}, {&export_cmd, cmd_export},
-    {&import_cmd, cmd_import},
+    {&import_cmd, cmd_import},  {&add_cmd, cmd_live},        {&delete_cmd, cmd_live},
+    {&update_cmd, cmd_live},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 

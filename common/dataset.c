@@ -42,7 +42,10 @@
  *     KILN_E_RANGE naming its place, whatever KILN_OPEN_ALLOW_NONFINITE says,
  *     since an infinity would not be what the file holds. int64 is meant for
  *     ground-truth ids (numpy's default integer): read_i32 refuses a value
- *     outside int32 by name, read_f32 rounds like any integer.
+ *     outside int32 by name, read_f32 rounds like any integer, and read_i64
+ *     (labels, which are int64) takes every integer type whole. A labels
+ *     file is a 1-D array, which only KILN_OPEN_ALLOW_1D opens (as n rows
+ *     of 1): elsewhere a 1-D array is a mistake worth naming.
  *  9. big-ann ground truth (ibin): n and k from the header, the ids as an
  *     n x k int32 dataset; the distances that follow are allowed but not
  *     read (kiln compares ids). The file must be exactly ids, or ids and
@@ -613,6 +616,10 @@ static kiln_status parse_npy(kiln_dataset *ds) {
                          "%s: npy array is in Fortran order; kiln needs C order "
                          "(save np.ascontiguousarray(a))",
                          ds->path);
+    if (h.ndim == 1 && (ds->flags & KILN_OPEN_ALLOW_1D)) { /* n values: n rows of 1 */
+        h.ndim = 2;
+        h.shape[1] = 1;
+    }
     if (h.ndim != 2)
         return kiln_fail(ds->ctx, KILN_E_FORMAT,
                          "%s: npy array is %zu-D; kiln needs a 2-D array (n, d)", ds->path, h.ndim);
@@ -766,6 +773,33 @@ static int row_to_i32(const kiln_dataset *ds, size_t row, int32_t *dst) {
     return range;
 }
 
+/* The same as int64 (labels files): every integer type fits. */
+static void row_to_i64(const kiln_dataset *ds, size_t row, int64_t *dst) {
+    const uint8_t *const src = kiln_dataset_row(ds, row);
+    const size_t d = ds->dim;
+    switch (ds->dtype) {
+    case KILN_DTYPE_I64: memcpy(dst, src, d * sizeof(int64_t)); break;
+    case KILN_DTYPE_I32:
+        for (size_t j = 0; j < d; j++) {
+            int32_t v;
+            memcpy(&v, src + 4 * j, sizeof v);
+            dst[j] = v;
+        }
+        break;
+    case KILN_DTYPE_U8:
+        for (size_t j = 0; j < d; j++)
+            dst[j] = src[j];
+        break;
+    case KILN_DTYPE_I8:
+        for (size_t j = 0; j < d; j++)
+            dst[j] = (int8_t)src[j];
+        break;
+    case KILN_DTYPE_F32:
+    case KILN_DTYPE_F64:
+    case KILN_DTYPE_F16: break; /* refused by the caller */
+    }
+}
+
 /* Byte offset of component j of row in the file. */
 static size_t elem_offset(const kiln_dataset *ds, size_t row, size_t j) {
     return ds->data_offset + row * ds->row_stride + j * ds->elem_size;
@@ -895,9 +929,9 @@ kiln_status kiln_dataset_open(kiln_ctx *ctx, const char *path, kiln_format forma
     *out = NULL;
     if (!path || !*path)
         return kiln_fail(ctx, KILN_E_ARG, "opening a dataset: empty path");
-    if (flags & ~KILN_OPEN_ALLOW_NONFINITE)
-        return kiln_fail(ctx, KILN_E_ARG, "%s: unknown open flags 0x%x", path,
-                         flags & ~KILN_OPEN_ALLOW_NONFINITE);
+    const unsigned known = KILN_OPEN_ALLOW_NONFINITE | KILN_OPEN_ALLOW_1D;
+    if (flags & ~known)
+        return kiln_fail(ctx, KILN_E_ARG, "%s: unknown open flags 0x%x", path, flags & ~known);
     kiln_status st;
     if (format == KILN_FORMAT_AUTO && (st = format_from_path(ctx, path, &format)) != KILN_OK)
         return st;
@@ -1028,6 +1062,22 @@ kiln_status kiln_dataset_read_i32(const kiln_dataset *ds, size_t first, size_t c
     for (size_t r = 0; r < count; r++)
         range |= row_to_i32(ds, first + r, out + r * d);
     return range ? report_range(ds, first, count) : KILN_OK;
+}
+
+kiln_status kiln_dataset_read_i64(const kiln_dataset *ds, size_t first, size_t count,
+                                  int64_t *out) {
+    if (!ds)
+        return KILN_E_ARG;
+    if (dtype_is_float(ds->dtype))
+        return kiln_fail(ds->ctx, KILN_E_ARG,
+                         "%s: %s data cannot be read as int64 ids (it holds vectors)", ds->path,
+                         kiln_dtype_name(ds->dtype));
+    kiln_status st = check_rows(ds, first, count, out);
+    if (st != KILN_OK)
+        return st;
+    for (size_t r = 0; r < count; r++)
+        row_to_i64(ds, first + r, out + r * ds->dim);
+    return KILN_OK;
 }
 
 /* ==== Public: write ==== */

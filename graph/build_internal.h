@@ -108,6 +108,13 @@ void kiln_links_merge(const struct kiln_index *ix, uint32_t node, unsigned level
  * level first (it stays the entry point), the others in an order drawn from
  * ix->seed. The graph is the same whatever the thread count. */
 kiln_status kiln_hnsw_insert_all(struct kiln_index *ix, uint32_t ef_construction, int threads);
+/* Inserts nodes[0 .. n) (vectors and levels set, lists empty, no link to
+ * them) into the graph of ix, which holds base >= 1 other nodes and an entry
+ * point: the same batches on `threads` threads, thread-independent; a node
+ * above the top level becomes the entry point (graph/hnsw_insert.c decision
+ * 7). kiln_index_add's insertion. */
+kiln_status kiln_hnsw_insert_nodes(struct kiln_index *ix, const uint32_t *nodes, uint32_t n,
+                                   uint64_t base, uint32_t ef_construction, int threads);
 /* The same for levels bottom and up only, over the nodes that reach bottom:
  * with bottom = 1 it builds the hierarchy above a level 0 made otherwise. */
 kiln_status kiln_hnsw_insert_levels(struct kiln_index *ix, uint32_t ef_construction, int threads,

@@ -28,6 +28,8 @@
  *  4. The BFS is the validator's (kiln_l0_mark_reachable, graph/validate.c
  *     decision 3), on the build's threads. Its marks do not depend on them,
  *     and the repair reads nothing else of it, so the links are the same.
+ *  5. Free slots of a live index (graph/hnsw_live.c) are marked reached
+ *     before the BFS: they are not nodes, and nothing may link to them.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -112,7 +114,7 @@ kiln_status kiln_repair_reachability(struct kiln_index *ix, uint32_t ef, int thr
                                      kiln_repair_stats *out) {
     kiln_ctx *ctx = ix->ctx;
     memset(out, 0, sizeof *out);
-    if (ix->count <= 1)
+    if (ix->count <= 1 || ix->entry_point == KILN_NO_NODE)
         return KILN_OK;
     uint8_t *seen = NULL;
     uint32_t *queue = NULL;
@@ -125,6 +127,8 @@ kiln_status kiln_repair_reachability(struct kiln_index *ix, uint32_t ef, int thr
 
     for (int round = 0; round < KILN_REPAIR_ROUNDS; round++) {
         memset(seen, 0, ix->count);
+        for (uint64_t i = 0; ix->freed && i < ix->count; i++)
+            seen[i] = ix->freed[i]; /* decision 5 */
         kiln_l0_mark_reachable(ix, seen, queue, ix->entry_point, threads);
         uint64_t fixed = 0;
         uint32_t prev = ix->entry_point; /* the last root linked in: reachable */

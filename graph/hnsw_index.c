@@ -92,6 +92,7 @@ kiln_status kiln_index_alloc_m0(kiln_ctx *ctx, uint64_t count, uint32_t dim, kil
     ix->M = M;
     ix->M0 = M0;
     ix->count = count;
+    ix->capacity = count;
     ix->entry_point = KILN_NO_NODE;
     ix->dist = kiln_distance_fn(metric);
 
@@ -138,6 +139,7 @@ kiln_status kiln_index_alloc_m0(kiln_ctx *ctx, uint64_t count, uint32_t dim, kil
         kiln_index_free(ix);
         return st;
     }
+    ix->upper_cap = pool;
     *out = ix;
     return KILN_OK;
 }
@@ -147,8 +149,9 @@ uint64_t kiln_index_memory(const struct kiln_index *ix) {
         return sizeof *ix + ix->count * sizeof(uint64_t);
     const uint64_t heap = (ix->vectors_map ? 0 : (uint64_t)ix->dim * sizeof(float)) +
                           (ix->links0_spill_len ? 0 : kiln_links0_stride(ix) * sizeof(uint32_t));
-    return sizeof *ix + ix->count * (heap + sizeof(int64_t) + 1 + sizeof(uint64_t)) +
-           ix->upper_len * sizeof(uint32_t);
+    return sizeof *ix + ix->capacity * (heap + sizeof(int64_t) + 1 + sizeof(uint64_t)) +
+           (ix->freed ? ix->capacity : 0) + ix->free_list_cap * sizeof(uint32_t) +
+           ix->upper_cap * sizeof(uint32_t);
 }
 
 /* A shared mapping of len zero bytes backed by an unnamed file in dir. */
@@ -224,6 +227,7 @@ void kiln_index_free(kiln_index *ix) {
     if (!ix)
         return;
     kiln_scratch_pool_free(ix);
+    kiln_live_free(ix);
     free(ix->report);
     free(ix->rank_bytes);
     free(ix->upper_off);
@@ -246,7 +250,9 @@ void kiln_index_free(kiln_index *ix) {
     free(ix);
 }
 
-size_t kiln_index_count(const kiln_index *ix) { return ix ? (size_t)ix->count : 0; }
+size_t kiln_index_count(const kiln_index *ix) {
+    return ix ? (size_t)(ix->count - ix->free_count) : 0;
+}
 size_t kiln_index_dim(const kiln_index *ix) { return ix ? ix->dim : 0; }
 kiln_metric kiln_index_metric(const kiln_index *ix) { return ix ? ix->metric : KILN_METRIC_L2; }
 
@@ -264,7 +270,8 @@ kiln_status kiln_index_stats_get(const kiln_index *ix, kiln_index_stats *out) {
     if (!ix || !out)
         return KILN_E_ARG;
     memset(out, 0, sizeof *out);
-    out->count = ix->count;
+    out->count = ix->count - ix->free_count;
+    out->free_slots = ix->free_count;
     out->dim = ix->dim;
     out->metric = ix->metric;
     out->M = ix->M;
@@ -274,10 +281,16 @@ kiln_status kiln_index_stats_get(const kiln_index *ix, kiln_index_stats *out) {
     out->nonfinite_vectors = kiln_index_nonfinite(ix, &out->first_nonfinite);
     uint64_t links[KILN_MAX_LEVELS] = {0};
     out->labels_are_rows = 1;
-    if (ix->count)
-        out->label_min = out->label_max = ix->labels[0];
+    int first = 1;
     for (uint64_t i = 0; i < ix->count; i++) {
+        if (kiln_slot_free(ix, i)) {
+            out->labels_are_rows = 0; /* the live rows are no longer 0 .. count-1 */
+            continue;
+        }
         const int64_t lab = ix->labels[i];
+        if (first)
+            out->label_min = out->label_max = lab;
+        first = 0;
         out->labels_are_rows &= lab == (int64_t)i;
         out->label_min = lab < out->label_min ? lab : out->label_min;
         out->label_max = lab > out->label_max ? lab : out->label_max;

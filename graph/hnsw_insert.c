@@ -88,6 +88,13 @@
  *     the copy is the cost, so the device build calls it from there on:
  *     fmnist60k's hierarchy (784-d, 15K level-1 nodes) took 0.76-0.83 s
  *     with it against 0.6-0.7 s in place.
+ *  7. Adds to a live index (kiln_hnsw_insert_nodes, graph/hnsw_live.c) go
+ *     through the same batches over a graph that already holds base nodes,
+ *     so batch sizes start at the cap. A new node whose level is above the
+ *     graph's top gets empty lists up there and, once its batch is merged,
+ *     becomes the entry point (the first of its batch's highest): the
+ *     graph's top only rises between batches, so every search of a batch
+ *     descends from one entry point, and the result is thread-independent.
  */
 #include <omp.h>
 #include <stdlib.h>
@@ -146,9 +153,11 @@ static inline uint32_t levels_of(const struct kiln_index *ix, uint32_t q, uint32
 }
 
 /* The end of the batch that starts at order[start]: as many nodes as are
- * in the graph, at most cap, at most what is left (decision 2). */
-static inline uint32_t batch_end(uint32_t start, uint32_t n, uint32_t cap) {
-    const uint32_t size = start < cap ? start : cap;
+ * in the graph (those of order before start, plus base already there), at
+ * most cap, at most what is left (decision 2). */
+static inline uint32_t batch_end(uint32_t start, uint32_t n, uint32_t cap, uint64_t base) {
+    const uint64_t in_graph = base + start;
+    const uint32_t size = in_graph < cap ? (uint32_t)in_graph : cap;
     return n - start < size ? n : start + size;
 }
 
@@ -170,10 +179,18 @@ static void select_one(const batch_state *bs, kiln_scratch *sc, uint32_t q, rev_
     const struct kiln_index *ix = bs->ix;
     const uint32_t M = ix->M, top = ix->levels[q];
     const float *qv = kiln_vector(ix, q);
+    /* Levels above the graph's top (a node added to a live index,
+     * decision 7) start empty: there is no one there to link to. */
+    const uint32_t reach = top < ix->max_level ? top : ix->max_level;
+    for (uint32_t level = top; level > reach; level--, e += M) {
+        kiln_links(ix, q, level)[0] = 0;
+        for (uint32_t j = 0; j < M; j++)
+            e[j] = (rev_edge){KILN_NO_NODE, 0, {0.0f, KILN_NO_NODE}};
+    }
     uint32_t cur = ix->entry_point;
     float cur_dist = kiln_node_dist(ix, qv, cur);
-    kiln_greedy_descend(ix, qv, ix->max_level, top, &cur, &cur_dist);
-    for (uint32_t level = top + 1; level-- > bs->bottom; e += M) {
+    kiln_greedy_descend(ix, qv, ix->max_level, reach, &cur, &cur_dist);
+    for (uint32_t level = reach + 1; level-- > bs->bottom; e += M) {
         kiln_search_level(ix, sc, qv, cur, cur_dist, bs->efc, level);
         const uint32_t n = sc->top.size;
         kiln_cand *c = sc->top.v;
@@ -211,6 +228,9 @@ static void merge_group(const batch_state *bs, size_t i, kiln_cand *buf) {
 
 static kiln_status insert_from(struct kiln_index *ix, uint32_t ef_construction, int threads,
                                uint32_t bottom, const char *what);
+static kiln_status insert_order(struct kiln_index *ix, const uint32_t *order, uint32_t n,
+                                uint64_t base, uint32_t ef_construction, int threads,
+                                uint32_t bottom, kiln_progress_bar *bar);
 
 /* ==== Public functions ==== */
 
@@ -221,6 +241,16 @@ kiln_status kiln_hnsw_insert_all(struct kiln_index *ix, uint32_t ef_construction
 kiln_status kiln_hnsw_insert_levels(struct kiln_index *ix, uint32_t ef_construction, int threads,
                                     uint32_t bottom) {
     return insert_from(ix, ef_construction, threads, bottom, bottom ? "upper levels" : "insert");
+}
+
+kiln_status kiln_hnsw_insert_nodes(struct kiln_index *ix, const uint32_t *nodes, uint32_t n,
+                                   uint64_t base, uint32_t ef_construction, int threads) {
+    kiln_progress_bar bar;
+    kiln_progress_begin(&bar, ix->ctx, "add", n);
+    const kiln_status st =
+        insert_order(ix, nodes, n, base, ef_construction, threads > 0 ? threads : 1, 0, &bar);
+    kiln_progress_end(&bar);
+    return st;
 }
 
 uint64_t kiln_hnsw_upper_bytes(const struct kiln_index *ix, int threads) {
@@ -313,26 +343,41 @@ static kiln_status insert_from(struct kiln_index *ix, uint32_t ef_construction, 
     if (st)
         return st;
     uint32_t n = 0;
-    order[n++] = ep;
     for (uint32_t i = 0; i < ix->count; i++)
         if (ix->levels[i] >= bottom && i != ep)
             order[n++] = i;
+    kiln_progress_bar bar;
+    kiln_progress_begin(&bar, ctx, what, (uint64_t)n + 1);
+    kiln_progress_add(&bar, 1);
+    st = insert_order(ix, order, n, 1, ef_construction, threads, bottom, &bar);
+    kiln_progress_end(&bar);
+    free(order);
+    return st;
+}
 
+/* Inserts order[0 .. n) into a graph of base nodes (an entry point set, at
+ * least one node) on levels bottom and up, by batches (decision 2). */
+static kiln_status insert_order(struct kiln_index *ix, const uint32_t *order, uint32_t n,
+                                uint64_t base, uint32_t ef_construction, int threads,
+                                uint32_t bottom, kiln_progress_bar *bar) {
+    kiln_ctx *ctx = ix->ctx;
+    kiln_status st = KILN_OK;
     /* Decision 2: batch sizes, and the largest reverse-edge buffer. */
-    const uint32_t cap = n / BATCH_DIV > BATCH_MIN ? n / BATCH_DIV : BATCH_MIN;
+    const uint64_t all_nodes = base + n;
+    const uint32_t cap =
+        all_nodes / BATCH_DIV > BATCH_MIN ? (uint32_t)(all_nodes / BATCH_DIV) : BATCH_MIN;
     batch_state bs = {.ix = ix, .efc = ef_construction, .bottom = bottom, .order = order};
     size_t max_edges = 0;
     if ((st = kiln_alloc(ctx, ((size_t)cap + 1) * sizeof *bs.slot, "batch slots",
                          (void **)&bs.slot)) == KILN_OK)
-        for (uint32_t start = 1, end; start < n; start = end) {
-            end = batch_end(start, n, cap);
+        for (uint32_t start = 0, end; start < n; start = end) {
+            end = batch_end(start, n, cap, base);
             const size_t slots = fill_slots(&bs, start, end);
             max_edges = slots > max_edges ? slots : max_edges;
         }
     if (st || (st = kiln_alloc(ctx, (max_edges ? max_edges : 1) * sizeof *bs.edges, "reverse edges",
                                (void **)&bs.edges))) {
         free(bs.slot);
-        free(order);
         return st;
     }
 
@@ -349,11 +394,8 @@ static kiln_status insert_from(struct kiln_index *ix, uint32_t ef_construction, 
                              (void **)&bufs[t])))
             goto cleanup;
 
-    kiln_progress_bar bar;
-    kiln_progress_begin(&bar, ctx, what, n);
-    kiln_progress_add(&bar, 1);
-    for (uint32_t start = 1, end; start < n && st == KILN_OK; start = end) {
-        end = batch_end(start, n, cap);
+    for (uint32_t start = 0, end; start < n && st == KILN_OK; start = end) {
+        end = batch_end(start, n, cap, base);
         const size_t all = fill_slots(&bs, start, end);
         /* Decision 5: who runs a batch does not change it. */
         const int team = end - start >= (uint64_t)PARALLEL_MIN * (unsigned)threads ? threads : 1;
@@ -376,9 +418,15 @@ static kiln_status insert_from(struct kiln_index *ix, uint32_t ef_construction, 
             if (i == 0 || bs.edges[i - 1].target != bs.edges[i].target ||
                 bs.edges[i - 1].level != bs.edges[i].level)
                 merge_group(&bs, i, bufs[omp_get_thread_num()]);
-        kiln_progress_add(&bar, end - start);
+        /* Decision 7: a node above the top becomes the entry point, the
+         * first of the batch's highest. */
+        for (uint32_t k = start; k < end; k++)
+            if (ix->levels[order[k]] > ix->max_level) {
+                ix->max_level = ix->levels[order[k]];
+                ix->entry_point = order[k];
+            }
+        kiln_progress_add(bar, end - start);
     }
-    kiln_progress_end(&bar);
 cleanup:
     for (int t = 0; scs && t < threads; t++)
         kiln_scratch_free(scs[t]);
@@ -388,6 +436,5 @@ cleanup:
     free(bufs);
     free(bs.edges);
     free(bs.slot);
-    free(order);
     return st;
 }

@@ -12,6 +12,10 @@
  *    [n_links, id_0 .. id_{M-1}] (for levels 1..L) in upper_pool, starting at
  *    upper_off[i] (in uint32_t units); upper_off[i] is KILN_NO_UPPER when L == 0.
  *  - labels: the user's id of each node (row number by default).
+ *  - free slots (graph/hnsw_live.c): a deleted node's slot keeps its id but
+ *    holds nothing: level 0, no links, a zero vector, label -1, freed[i] = 1,
+ *    and its id on free_list until an add reuses it. count counts slots, live
+ *    or free; count - free_count are live. No link ever names a free slot.
  */
 #ifndef KILN_HNSW_INTERNAL_H
 #define KILN_HNSW_INTERNAL_H
@@ -38,7 +42,7 @@ struct kiln_index {
                     graph/hnsw_insert.c decision 6) */
     uint32_t ef_construction;
     uint64_t seed;
-    uint64_t count;       /* nodes in the graph */
+    uint64_t count;       /* slots in the graph: live nodes plus free_count free ones */
     uint32_t max_level;   /* top level; 0 when count == 0 */
     uint32_t entry_point; /* a node on max_level; KILN_NO_NODE when empty */
     kiln_dist_fn dist;    /* kiln_distance_fn(metric) */
@@ -72,6 +76,22 @@ struct kiln_index {
     /* Non-zero when links0 is a shared mapping of an unnamed file: its
      * length, for munmap. */
     size_t links0_spill_len;
+
+    /* Live indexes (graph/hnsw_live.c). A writer (kiln_index_add, _delete,
+     * _update) owns every field of the index while it runs: it may move the
+     * arrays (capacity growth, the copy of a mapped index), rewrite link
+     * blocks in place and drop the scratch pool, so no search may run
+     * meanwhile. */
+    uint64_t capacity;       /* slots the heap arrays hold (>= count); == count when mapped */
+    uint64_t saved_capacity; /* the capacity in the file it was opened from (0 if none): the
+                                first growth reserves at least this, a save records
+                                max(capacity, saved_capacity) */
+    uint64_t upper_cap;      /* uint32_t the upper_pool allocation holds (>= upper_len) */
+    uint8_t *freed;          /* capacity marks, 1 = free slot; NULL when no slot was ever freed */
+    uint32_t *free_list;     /* free slots, the next one to reuse last; free_count entries */
+    uint64_t free_count;     /* free slots */
+    uint64_t free_list_cap;  /* entries free_list holds */
+    struct kiln_label_map *label_map; /* label -> slot of the live nodes; built on first use */
 
     _Atomic(void *) scratch_pool; /* graph/hnsw_search.c: reusable per-thread search state,
                                      created once on first search */
@@ -161,6 +181,18 @@ uint64_t kiln_index_nonfinite(const struct kiln_index *ix, uint64_t *first);
  * ix->count slots. */
 uint64_t kiln_l0_mark_reachable(const struct kiln_index *ix, uint8_t *seen, uint32_t *queue,
                                 uint32_t start, int threads);
+
+/* Non-zero when slot i is free (deleted, not yet reused). */
+static inline int kiln_slot_free(const struct kiln_index *ix, uint64_t i) {
+    return ix->freed && ix->freed[i];
+}
+
+/* Threads of kiln_index_add, _delete and _update; 0 (the default) = all
+ * cores. Tests set it to check that the result does not depend on it. */
+extern int kiln_live_threads;
+
+/* Frees what graph/hnsw_live.c adds to an index (kiln_index_free calls it). */
+void kiln_live_free(struct kiln_index *ix);
 
 /* Bytes of heap the index holds: not its spilled mappings, nor a mapped
  * index's mapping (page cache, shared and droppable). */

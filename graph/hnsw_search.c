@@ -351,7 +351,7 @@ void kiln_search_params_init(kiln_search_params *p) {
 static bool search_one(const struct kiln_index *ix, kiln_scratch *sc, const float *query,
                        uint32_t k, uint32_t ef, int64_t *labels, float *dists) {
     uint32_t found = 0;
-    if (ix->count > 0) {
+    if (ix->entry_point != KILN_NO_NODE) { /* none: empty, or every node deleted */
         const float *q = query;
         if (ix->metric == KILN_METRIC_COS) {
             memcpy(sc->qbuf, query, (size_t)ix->dim * sizeof(float));

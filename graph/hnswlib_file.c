@@ -708,6 +708,11 @@ kiln_status kiln_index_export_hnswlib(const kiln_index *index, const char *path)
     kiln_ctx *ctx = index->ctx;
     if (!path || !*path)
         return kiln_fail(ctx, KILN_E_ARG, "hnswlib export: empty output path");
+    if (index->free_count) /* issue 14: hnswlib's DELETE_MARK would carry them */
+        return kiln_fail(ctx, KILN_E_UNSUPPORTED,
+                         "%s: hnswlib export of an index with %llu deleted slots is not supported "
+                         "yet",
+                         path, (unsigned long long)index->free_count);
     kiln_status st = check_exportable(index, path);
     if (st)
         return st;

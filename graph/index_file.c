@@ -73,6 +73,19 @@
  *     IO_FLAG_MMAP, DiskANN's); it is documented, not hidden behind a
  *     signal handler. kiln's own writer replaces files by rename, which
  *     leaves an open mapping on the old inode intact.
+ * 12. Version 2 (live indexes, graph/hnsw_live.c) adds what an index
+ *     changed in place needs back: the header's capacity (slots reserved
+ *     for adds) and free_count in what were reserved bytes, and a sixth
+ *     section FREE, the free slots in free-list order, so that a save, load
+ *     and the same adds give the same slots as no save would. Free slots
+ *     are stored like any node (zero vector, label -1, level 0, empty
+ *     list), so every other section keeps its layout, and version 1 files,
+ *     which have neither, are still read (as capacity = count, no free
+ *     slot). FREE is read and checked at every open, as LEVELS is: each id
+ *     below count, named once, on level 0 with no links, not the entry
+ *     point; it is free_count * 4 bytes, against count bytes of LEVELS.
+ *     The writer writes version 2 only, even with no free slot: one layout
+ *     to write keeps save canonical (the same index, the same bytes).
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -91,13 +104,13 @@
 
 #define FILE_MAGIC       "KILNHNSW"
 #define FILE_MAGIC_LEN   8u
-#define FILE_VERSION     1u
+#define FILE_VERSION     2u /* written; version 1 is still read (decision 12) */
 #define HEADER_BYTES     128u
 #define SECTION_ENTRY    32u  /* bytes per section table entry */
 #define SECTION_ALIGN    64u  /* every section offset is a multiple of this */
 #define SECTION_OPTIONAL 0x1u /* flag: a reader that does not know the kind skips it */
 #define MAX_SECTIONS     64u  /* bound on section_count, so the table stays small */
-#define KNOWN_SECTIONS   5u
+#define KNOWN_SECTIONS   6u   /* version 2's; version 1 has the first 5 */
 
 /* Header field offsets. */
 enum {
@@ -116,7 +129,10 @@ enum {
     H_SEED = 56,
     H_FILE_BYTES = 64,
     H_TABLE_CRC = 72,
-    H_RESERVED = 76, /* through 123, zeros */
+    H_CAPACITY = 76,    /* version 2: u64 */
+    H_FREE_COUNT = 84,  /* version 2: u64 */
+    H_RESERVED_V1 = 76, /* version 1: through 123, zeros */
+    H_RESERVED = 92,    /* version 2: through 123, zeros */
     H_CRC = 124
 };
 
@@ -129,11 +145,15 @@ enum {
     SEC_LABELS = 2,  /* count i64 */
     SEC_LEVELS = 3,  /* count u8 */
     SEC_LINKS0 = 4,  /* count * (1 + M0) u32 */
-    SEC_UPPER = 5    /* sum over nodes of levels[i] * (1 + M) u32 */
+    SEC_UPPER = 5,   /* sum over nodes of levels[i] * (1 + M) u32 */
+    SEC_FREE = 6     /* version 2: free_count u32, the free slots */
 };
 
-static const char *const section_names[KNOWN_SECTIONS + 1] = {"?",      "VECTORS", "LABELS",
-                                                              "LEVELS", "LINKS0",  "UPPER"};
+/* The known sections of a version: each must appear once. */
+static inline uint32_t known_sections(uint32_t version) { return version == 1 ? 5u : 6u; }
+
+static const char *const section_names[KNOWN_SECTIONS + 1] = {
+    "?", "VECTORS", "LABELS", "LEVELS", "LINKS0", "UPPER", "FREE"};
 
 #ifdef MAP_POPULATE
 #define MAP_POPULATE_FLAG MAP_POPULATE
@@ -155,6 +175,7 @@ typedef struct file_header {
     uint64_t count;
     uint32_t entry_point, section_count;
     uint64_t seed, file_bytes;
+    uint64_t capacity, free_count; /* version 2; count and 0 in version 1 */
     uint32_t table_crc, header_crc;
 } file_header;
 
@@ -207,6 +228,7 @@ static uint64_t section_expected(const file_header *h, uint32_t kind) {
     case SEC_LABELS: return h->count * sizeof(int64_t);
     case SEC_LEVELS: return h->count;
     case SEC_LINKS0: return h->count * ((uint64_t)h->M0 + 1) * sizeof(uint32_t);
+    case SEC_FREE: return h->free_count * sizeof(uint32_t);
     default: return 0;
     }
 }
@@ -308,6 +330,10 @@ static kiln_status write_block(writer *w, const uint32_t *block, uint32_t bound,
                              "%s: cannot save: node %u level %u links to node %u, which is "
                              "only on levels 0..%u",
                              w->path, node, level, block[j], ix->levels[block[j]]);
+        if (kiln_slot_free(ix, block[j]))
+            return kiln_fail(w->ctx, KILN_E_INVALID,
+                             "%s: cannot save: node %u level %u links to free slot %u", w->path,
+                             node, level, block[j]);
         out[j] = block[j];
     }
     memset(out + 1 + n, 0, (size_t)(bound - n) * sizeof(uint32_t));
@@ -328,12 +354,26 @@ static kiln_status check_savable(const writer *w) {
                          "metric %d, count %llu, max_level %u)",
                          w->path, ix->dim, ix->M, ix->M0, (int)ix->metric,
                          (unsigned long long)ix->count, ix->max_level);
-    if (ix->count == 0) {
+    if (ix->free_count > ix->count)
+        return kiln_fail(w->ctx, KILN_E_INVALID, "%s: cannot save: %llu free slots of %llu",
+                         w->path, (unsigned long long)ix->free_count,
+                         (unsigned long long)ix->count);
+    for (uint64_t j = 0; j < ix->free_count; j++) {
+        const uint32_t v = ix->free_list[j];
+        if (v >= ix->count || !kiln_slot_free(ix, v) || ix->levels[v] != 0 ||
+            kiln_links(ix, v, 0)[0] != 0)
+            return kiln_fail(w->ctx, KILN_E_INVALID,
+                             "%s: cannot save: free list entry %llu (slot %u) is not an empty "
+                             "free slot",
+                             w->path, (unsigned long long)j, v);
+    }
+    if (ix->count == ix->free_count) {
         if (ix->entry_point != KILN_NO_NODE || ix->max_level != 0)
             return kiln_fail(w->ctx, KILN_E_INVALID,
                              "%s: cannot save: empty index with entry point %u and max_level %u",
                              w->path, ix->entry_point, ix->max_level);
-    } else if (ix->entry_point >= ix->count || ix->levels[ix->entry_point] != ix->max_level) {
+    } else if (ix->entry_point >= ix->count || kiln_slot_free(ix, ix->entry_point) ||
+               ix->levels[ix->entry_point] != ix->max_level) {
         return kiln_fail(w->ctx, KILN_E_INVALID,
                          "%s: cannot save: entry point %u is not a node on the top level %u",
                          w->path, ix->entry_point, ix->max_level);
@@ -374,7 +414,16 @@ static kiln_status write_sections(writer *w) {
         for (unsigned l = 1; l <= ix->levels[i]; l++)
             if ((st = write_block(w, kiln_links(ix, i, l), ix->M, i, l)))
                 return st;
+    if ((st = section_end(w)) || (st = section_begin(w, SEC_FREE)) ||
+        (st = write_array(w, ix->free_list, (size_t)ix->free_count, sizeof(uint32_t))))
+        return st;
     return section_end(w);
+}
+
+/* The capacity a save records (decision 12). */
+static uint64_t saved_capacity(const struct kiln_index *ix) {
+    uint64_t c = ix->capacity > ix->saved_capacity ? ix->capacity : ix->saved_capacity;
+    return c > ix->count ? c : ix->count;
 }
 
 /* Table and header, written over the placeholders at the start. */
@@ -406,6 +455,8 @@ static kiln_status write_front(writer *w) {
     kiln_put_u32le(hb + H_SECTION_COUNT, KNOWN_SECTIONS);
     kiln_put_u64le(hb + H_SEED, ix->seed);
     kiln_put_u64le(hb + H_FILE_BYTES, kiln_afile_offset(w->af));
+    kiln_put_u64le(hb + H_CAPACITY, saved_capacity(ix));
+    kiln_put_u64le(hb + H_FREE_COUNT, ix->free_count);
     kiln_put_u32le(hb + H_TABLE_CRC, kiln_crc32c(0, table, sizeof table));
     kiln_put_u32le(hb + H_CRC, kiln_crc32c(0, hb, H_CRC));
     kiln_status st = kiln_afile_pwrite(w->af, table, sizeof table, HEADER_BYTES);
@@ -419,6 +470,9 @@ static kiln_status write_front(writer *w) {
  * never half-read):
  *   1 (kiln 0.1) -- 128-byte header, section table, sections VECTORS,
  *                   LABELS, LEVELS, LINKS0, UPPER; flag 0x1 = optional.
+ *   2 (kiln 0.1, issue 14) -- header bytes 76..91 hold capacity and
+ *                   free_count; section FREE (kind 6) lists the free slots
+ *                   (decision 12). Version 1 files are read as before.
  */
 
 static kiln_status read_at(const index_file *f, void *buf, size_t len, uint64_t offset) {
@@ -453,10 +507,10 @@ static kiln_status check_header(index_file *f, uint64_t size) {
      * checksum) its header differently. */
     file_header *h = &f->h;
     h->version = kiln_get_u32le(hb + H_VERSION);
-    if (h->version != FILE_VERSION)
+    if (h->version != 1 && h->version != FILE_VERSION)
         return kiln_fail(f->ctx, KILN_E_VERSION,
                          "%s: index format version %u is not supported (this kiln reads "
-                         "version %u)",
+                         "versions 1 and %u)",
                          f->path, h->version, FILE_VERSION);
     if (got < HEADER_BYTES)
         return truncated_header(f, size);
@@ -480,16 +534,19 @@ static kiln_status check_header(index_file *f, uint64_t size) {
     h->seed = kiln_get_u64le(hb + H_SEED);
     h->file_bytes = kiln_get_u64le(hb + H_FILE_BYTES);
     h->table_crc = kiln_get_u32le(hb + H_TABLE_CRC);
+    const unsigned reserved = h->version == 1 ? H_RESERVED_V1 : H_RESERVED;
+    h->capacity = h->version == 1 ? h->count : kiln_get_u64le(hb + H_CAPACITY);
+    h->free_count = h->version == 1 ? 0 : kiln_get_u64le(hb + H_FREE_COUNT);
 
     if (h->header_bytes != HEADER_BYTES)
         return kiln_fail(f->ctx, KILN_E_FORMAT, "%s: header_bytes is %u, version %u uses %u",
-                         f->path, h->header_bytes, FILE_VERSION, HEADER_BYTES);
+                         f->path, h->header_bytes, h->version, HEADER_BYTES);
     if (h->file_bytes != size)
         return kiln_fail(f->ctx, KILN_E_FORMAT,
                          "%s: file is %llu bytes but its header records %llu (truncated or "
                          "appended to)",
                          f->path, (unsigned long long)size, (unsigned long long)h->file_bytes);
-    for (unsigned i = H_RESERVED; i < H_CRC; i++)
+    for (unsigned i = reserved; i < H_CRC; i++)
         if (hb[i])
             return kiln_fail(f->ctx, KILN_E_FORMAT, "%s: reserved header byte %u is not zero",
                              f->path, i);
@@ -510,17 +567,24 @@ static kiln_status check_header(index_file *f, uint64_t size) {
     if (h->max_level >= KILN_MAX_LEVELS)
         return kiln_fail(f->ctx, KILN_E_RANGE, "%s: max_level %u is above the limit %u", f->path,
                          h->max_level, KILN_MAX_LEVELS - 1);
-    if (h->count == 0 && (h->entry_point != KILN_NO_NODE || h->max_level != 0))
+    if (h->capacity >= KILN_NO_NODE)
+        return kiln_fail(f->ctx, KILN_E_RANGE, "%s: capacity %llu is above the limit %u", f->path,
+                         (unsigned long long)h->capacity, KILN_NO_NODE - 1);
+    if (h->free_count > h->count)
+        return kiln_fail(f->ctx, KILN_E_RANGE, "%s: %llu free slots in an index of %llu", f->path,
+                         (unsigned long long)h->free_count, (unsigned long long)h->count);
+    const bool no_live = h->count == h->free_count;
+    if (no_live && (h->entry_point != KILN_NO_NODE || h->max_level != 0))
         return kiln_fail(f->ctx, KILN_E_FORMAT,
-                         "%s: empty index with entry point %u and max_level %u (expected %u and "
-                         "0)",
+                         "%s: index of no live node with entry point %u and max_level %u "
+                         "(expected %u and 0)",
                          f->path, h->entry_point, h->max_level, KILN_NO_NODE);
-    if (h->count > 0 && h->entry_point >= h->count)
+    if (!no_live && h->entry_point >= h->count)
         return kiln_fail(f->ctx, KILN_E_RANGE, "%s: entry point %u is out of range for %llu nodes",
                          f->path, h->entry_point, (unsigned long long)h->count);
-    if (h->section_count < KNOWN_SECTIONS || h->section_count > MAX_SECTIONS)
+    if (h->section_count < known_sections(h->version) || h->section_count > MAX_SECTIONS)
         return kiln_fail(f->ctx, KILN_E_FORMAT, "%s: section_count %u is out of range [%u, %u]",
-                         f->path, h->section_count, KNOWN_SECTIONS, MAX_SECTIONS);
+                         f->path, h->section_count, known_sections(h->version), MAX_SECTIONS);
     return KILN_OK;
 }
 
@@ -555,12 +619,12 @@ static kiln_status check_table(index_file *f) {
         s->length = kiln_get_u64le(e + S_LENGTH);
         s->crc = kiln_get_u32le(e + S_CRC);
         s->reserved = kiln_get_u32le(e + S_RESERVED);
-        const bool known = s->kind >= 1 && s->kind <= KNOWN_SECTIONS;
+        const bool known = s->kind >= 1 && s->kind <= known_sections(h->version);
         if (s->reserved != 0 || (s->flags & ~SECTION_OPTIONAL) != 0 || (known && s->flags != 0))
             return kiln_fail(f->ctx, KILN_E_FORMAT,
                              "%s: section %u (kind %u) has flags 0x%x and reserved 0x%x, not "
                              "allowed in version %u",
-                             f->path, i, s->kind, s->flags, s->reserved, FILE_VERSION);
+                             f->path, i, s->kind, s->flags, s->reserved, h->version);
         if (!known && !(s->flags & SECTION_OPTIONAL))
             return kiln_fail(f->ctx, KILN_E_FORMAT,
                              "%s: section %u has unknown kind %u and is not marked optional",
@@ -593,7 +657,7 @@ static kiln_status check_table(index_file *f) {
         f->sec[s->kind] = *s;
     }
 
-    for (uint32_t k = 1; k <= KNOWN_SECTIONS; k++) {
+    for (uint32_t k = 1; k <= known_sections(h->version); k++) {
         const section_entry *s = &f->sec[k];
         if (!s->kind)
             return kiln_fail(f->ctx, KILN_E_FORMAT, "%s: section %s is missing", f->path,
@@ -618,6 +682,10 @@ static kiln_status check_table(index_file *f) {
                              (unsigned long long)h->count, h->dim, h->M);
         }
     }
+    /* After the sections, which say more when count itself is forged. */
+    if (h->capacity < h->count)
+        return kiln_fail(f->ctx, KILN_E_RANGE, "%s: capacity %llu is below the count %llu", f->path,
+                         (unsigned long long)h->capacity, (unsigned long long)h->count);
     return KILN_OK;
 }
 
@@ -682,6 +750,10 @@ static kiln_status check_links(const index_file *f, const struct kiln_index *ix)
                                      f->path, i, l, v, (unsigned long long)ix->count);
                 /* Search follows this link on level l and reads v's block
                  * there, which exists only if v is on that level. */
+                if (kiln_slot_free(ix, v))
+                    return kiln_fail(f->ctx, KILN_E_RANGE,
+                                     "%s: node %u level %u links to free slot %u", f->path, i, l,
+                                     v);
                 if (ix->levels[v] < l)
                     return kiln_fail(f->ctx, KILN_E_RANGE,
                                      "%s: node %u level %u links to node %u, which is only on "
@@ -710,10 +782,43 @@ static kiln_status check_levels(const index_file *f, const uint8_t *levels) {
         return kiln_fail(
             f->ctx, KILN_E_FORMAT, "%s: section UPPER is %llu bytes, but LEVELS implies %llu",
             f->path, (unsigned long long)f->sec[SEC_UPPER].length, (unsigned long long)upper_bytes);
-    if (h->count > 0 && levels[h->entry_point] != h->max_level)
+    if (h->count > h->free_count && levels[h->entry_point] != h->max_level)
         return kiln_fail(f->ctx, KILN_E_FORMAT,
                          "%s: entry point %u has level %u, not the top level %u", f->path,
                          h->entry_point, levels[h->entry_point], h->max_level);
+    return KILN_OK;
+}
+
+/* The FREE section's ids (host order): each a slot < count, named once, on
+ * level 0 with no level-0 links, and not the entry point. Sets ix->freed
+ * and ix->free_list (heap, count and free_count entries: bounded by LEVELS
+ * and FREE, which the file holds). */
+static kiln_status load_free(const index_file *f, const uint32_t *ids, struct kiln_index *ix) {
+    const file_header *h = &f->h;
+    if (h->free_count == 0)
+        return KILN_OK;
+    kiln_status st;
+    if ((st = kiln_calloc(f->ctx, (size_t)h->count, "free-slot marks", (void **)&ix->freed)) ||
+        (st = kiln_alloc(f->ctx, (size_t)h->free_count * sizeof *ix->free_list, "free list",
+                         (void **)&ix->free_list)))
+        return st;
+    ix->free_list_cap = h->free_count;
+    for (uint64_t j = 0; j < h->free_count; j++) {
+        const uint32_t v = ids[j];
+        if (v >= h->count)
+            return kiln_fail(f->ctx, KILN_E_RANGE,
+                             "%s: FREE entry %llu is slot %u, beyond the %llu slots", f->path,
+                             (unsigned long long)j, v, (unsigned long long)h->count);
+        if (ix->freed[v] || ix->levels[v] != 0 || kiln_links(ix, v, 0)[0] != 0 ||
+            v == h->entry_point)
+            return kiln_fail(f->ctx, KILN_E_FORMAT,
+                             "%s: FREE entry %llu, slot %u, is named twice, is the entry point, "
+                             "or has a level or links",
+                             f->path, (unsigned long long)j, v);
+        ix->freed[v] = 1;
+        ix->free_list[j] = v;
+    }
+    ix->free_count = h->free_count;
     return KILN_OK;
 }
 
@@ -726,6 +831,7 @@ static void finish_index(const index_file *f, struct kiln_index *ix) {
     ix->entry_point = h->entry_point;
     ix->file_header_crc = h->header_crc;
     ix->file_bytes = h->file_bytes;
+    ix->saved_capacity = h->capacity;
     ix->dist = kiln_distance_fn(ix->metric);
     ix->ctx = f->ctx;
 }
@@ -748,12 +854,24 @@ static kiln_status load_read(const index_file *f, uint32_t flags, struct kiln_in
     if ((st = read_section(f, SEC_VECTORS, ix->vectors, sizeof(float))) ||
         (st = read_section(f, SEC_LABELS, ix->labels, sizeof(int64_t))) ||
         (st = read_section(f, SEC_LINKS0, ix->links0, sizeof(uint32_t))) ||
-        (st = read_section(f, SEC_UPPER, ix->upper_pool, sizeof(uint32_t))) ||
-        ((flags & KILN_LOAD_VERIFY) && (st = check_links(f, ix)))) {
+        (st = read_section(f, SEC_UPPER, ix->upper_pool, sizeof(uint32_t)))) {
         kiln_index_free(ix);
         return st;
     }
     finish_index(f, ix);
+    uint32_t *ids = NULL;
+    if (h->free_count) {
+        st = kiln_alloc(f->ctx, (size_t)h->free_count * sizeof *ids, "free list", (void **)&ids);
+        if (st == KILN_OK)
+            st = read_section(f, SEC_FREE, ids, sizeof(uint32_t));
+    }
+    if (st == KILN_OK)
+        st = load_free(f, ids, ix);
+    free(ids);
+    if (st || ((flags & KILN_LOAD_VERIFY) && (st = check_links(f, ix)))) {
+        kiln_index_free(ix);
+        return st;
+    }
     *out = ix;
     return KILN_OK;
 }
@@ -777,9 +895,11 @@ static kiln_status open_mapped(const index_file *f, uint8_t *base, uint32_t flag
     kiln_status st;
     if ((st = verify_mapped(f, base, SEC_LEVELS)) || (st = check_levels(f, levels)))
         return st;
+    if (h->free_count && (st = verify_mapped(f, base, SEC_FREE)))
+        return st; /* read at every open, like LEVELS */
     if (flags & KILN_LOAD_VERIFY)
-        for (uint32_t k = 1; k <= KNOWN_SECTIONS; k++)
-            if (k != SEC_LEVELS && (st = verify_mapped(f, base, k)))
+        for (uint32_t k = 1; k <= known_sections(h->version); k++)
+            if (k != SEC_LEVELS && k != SEC_FREE && (st = verify_mapped(f, base, k)))
                 return st;
     struct kiln_index *ix = NULL;
     if ((st = kiln_calloc(f->ctx, sizeof *ix, "index", (void **)&ix)))
@@ -802,8 +922,12 @@ static kiln_status open_mapped(const index_file *f, uint8_t *base, uint32_t flag
     ix->links0 = (uint32_t *)(void *)(base + f->sec[SEC_LINKS0].offset);
     ix->upper_pool = (uint32_t *)(void *)(base + f->sec[SEC_UPPER].offset);
     ix->upper_len = kiln_upper_layout(ix->levels, h->count, h->M, ix->upper_off);
+    ix->capacity = h->count;
+    ix->upper_cap = ix->upper_len;
     finish_index(f, ix);
-    if ((flags & KILN_LOAD_VERIFY) && (st = check_links(f, ix))) {
+    if ((st = load_free(f, (const uint32_t *)(const void *)(base + f->sec[SEC_FREE].offset), ix)) ||
+        ((flags & KILN_LOAD_VERIFY) && (st = check_links(f, ix)))) {
+        kiln_live_free(ix);
         free(ix->upper_off);
         free(ix);
         return st;
@@ -901,5 +1025,7 @@ kiln_status kiln_index_info_read(kiln_ctx *ctx, const char *path, kiln_index_inf
     out->seed = f.h.seed;
     out->file_bytes = f.h.file_bytes;
     out->header_crc32c = f.h.header_crc;
+    out->capacity = f.h.capacity;
+    out->free_slots = f.h.free_count;
     return KILN_OK;
 }

@@ -8,6 +8,9 @@
  *     0, M above), ids in range, no self link, no duplicate link, and on
  *     upper levels only links to nodes present on that level.
  *  3. Every node is reachable from the entry point on level 0.
+ *  4. A free slot of a live index (graph/hnsw_live.c) has level 0 and no
+ *     links, no link names it, the entry point is not one, and the free
+ *     list names each free slot once.
  *
  * Design decisions:
  *  1. A vector with a NaN or an infinity is a finding, not a defect: the
@@ -56,6 +59,13 @@
  * id % LIST_BITS and confirmed by a scan of the list so far (decision 2). */
 #define LIST_BITS 4096u
 static kiln_status check_node(const struct kiln_index *ix, uint32_t i, kiln_ctx *ctx) {
+    if (kiln_slot_free(ix, i)) { /* invariant 4 */
+        if (ix->levels[i] != 0 || kiln_links(ix, i, 0)[0] != 0)
+            return kiln_fail(ctx, KILN_E_INVALID,
+                             "free slot %u has level %u and %u level-0 links (expected 0 and 0)", i,
+                             ix->levels[i], kiln_links(ix, i, 0)[0]);
+        return KILN_OK;
+    }
     if (ix->levels[i] > ix->max_level)
         return kiln_fail(ctx, KILN_E_INVALID, "node %u has level %u above the top level %u", i,
                          ix->levels[i], ix->max_level);
@@ -79,6 +89,9 @@ static kiln_status check_node(const struct kiln_index *ix, uint32_t i, kiln_ctx 
                 st = kiln_fail(ctx, KILN_E_INVALID,
                                "node %u level %u links to id %u, out of range (count %llu)", i,
                                level, v, (unsigned long long)ix->count);
+            else if (kiln_slot_free(ix, v))
+                st = kiln_fail(ctx, KILN_E_INVALID, "node %u level %u links to free slot %u", i,
+                               level, v);
             else if (v == i)
                 st =
                     kiln_fail(ctx, KILN_E_INVALID, "node %u links to itself on level %u", i, level);
@@ -168,6 +181,32 @@ uint64_t kiln_l0_mark_reachable(const struct kiln_index *ix, uint8_t *seen, uint
     return tail;
 }
 
+/* Invariant 4's free list: every entry a free slot, each free slot once. */
+static kiln_status check_free_list(const struct kiln_index *ix) {
+    uint64_t marked = 0;
+    for (uint64_t i = 0; ix->freed && i < ix->count; i++)
+        marked += ix->freed[i] != 0;
+    if (marked != ix->free_count)
+        return kiln_fail(ix->ctx, KILN_E_INVALID,
+                         "%llu slots are marked free, the free list has %llu",
+                         (unsigned long long)marked, (unsigned long long)ix->free_count);
+    if (!ix->free_count)
+        return KILN_OK;
+    uint8_t *once = NULL;
+    kiln_status st = kiln_calloc(ix->ctx, ix->count, "the validator's free marks", (void **)&once);
+    for (uint64_t j = 0; st == KILN_OK && j < ix->free_count; j++) {
+        const uint32_t v = ix->free_list[j];
+        if (v >= ix->count || !ix->freed[v] || once[v])
+            st = kiln_fail(ix->ctx, KILN_E_INVALID,
+                           "free list entry %llu is slot %u, not a free slot named once",
+                           (unsigned long long)j, v);
+        else
+            once[v] = 1;
+    }
+    free(once);
+    return st;
+}
+
 /* Invariant 3. */
 static kiln_status check_reachable(const struct kiln_index *ix, int threads) {
     kiln_ctx *ctx = ix->ctx;
@@ -180,15 +219,18 @@ static kiln_status check_reachable(const struct kiln_index *ix, int threads) {
         free(seen);
         return st;
     }
+    for (uint64_t i = 0; ix->freed && i < ix->count; i++)
+        seen[i] = ix->freed[i]; /* free slots are not nodes (invariant 4) */
+    const uint64_t live = ix->count - ix->free_count;
     const uint64_t reached = kiln_l0_mark_reachable(ix, seen, queue, ix->entry_point, threads);
-    if (reached < ix->count) {
+    if (reached < live) {
         uint64_t first = 0;
         while (seen[first])
             first++;
         st = kiln_fail(ctx, KILN_E_INVALID,
                        "%llu of %llu nodes are unreachable from the entry point on level 0 "
                        "(first: node %llu)",
-                       (unsigned long long)(ix->count - reached), (unsigned long long)ix->count,
+                       (unsigned long long)(live - reached), (unsigned long long)live,
                        (unsigned long long)first);
     }
     free(queue);
@@ -216,14 +258,27 @@ kiln_status kiln_index_check(const kiln_index *ix) {
     if (!ix)
         return KILN_E_ARG;
     kiln_ctx *ctx = ix->ctx;
-    if (ix->count == 0)
-        return KILN_OK;
+    if (ix->free_count > ix->count)
+        return kiln_fail(ctx, KILN_E_INVALID, "%llu free slots in an index of %llu",
+                         (unsigned long long)ix->free_count, (unsigned long long)ix->count);
+    kiln_status fst = check_free_list(ix);
+    if (fst)
+        return fst;
+    if (ix->count == ix->free_count) {
+        if (ix->entry_point != KILN_NO_NODE || ix->max_level != 0)
+            return kiln_fail(ctx, KILN_E_INVALID,
+                             "an index with no live node has entry point %u and top level %u",
+                             ix->entry_point, ix->max_level);
+        return ix->count ? check_lists(ix, kiln_threads(0)) : KILN_OK;
+    }
     if (ix->entry_point >= ix->count)
         return kiln_fail(ctx, KILN_E_INVALID, "entry point %u is out of range (count %llu)",
                          ix->entry_point, (unsigned long long)ix->count);
     if (ix->max_level >= KILN_MAX_LEVELS)
         return kiln_fail(ctx, KILN_E_INVALID, "top level %u is above the limit %d", ix->max_level,
                          KILN_MAX_LEVELS - 1);
+    if (kiln_slot_free(ix, ix->entry_point))
+        return kiln_fail(ctx, KILN_E_INVALID, "entry point %u is a free slot", ix->entry_point);
     if (ix->levels[ix->entry_point] != ix->max_level)
         return kiln_fail(ctx, KILN_E_INVALID, "entry point %u is on level %u, not the top level %u",
                          ix->entry_point, ix->levels[ix->entry_point], ix->max_level);

@@ -13,8 +13,8 @@
  *    it stays valid until the calling thread's next kiln_errmsg call.
  *  - Inputs are borrowed for the duration of the call; whatever kiln keeps
  *    is copied. kiln_<object>_free(NULL) is a no-op.
- *  - An index is read-only once built or loaded and may be searched from
- *    many threads at once. Functions that mutate say so.
+ *  - An index may be searched from many threads at once. Functions that
+ *    mutate it (kiln_index_add, _delete, _update) say so.
  */
 #ifndef KILN_H
 #define KILN_H
@@ -135,6 +135,9 @@ KILN_API kiln_status kiln_format_parse(const char *name, kiln_format *out);
 
 /* Flags for kiln_dataset_open. */
 #define KILN_OPEN_ALLOW_NONFINITE 0x1u /* accept NaN/Inf float values */
+/* A 1-D npy array of n values opens as n rows of 1 (a labels file);
+ * without it a 1-D array is refused. */
+#define KILN_OPEN_ALLOW_1D 0x2u
 
 /* A read-only view of an on-disk dataset of n vectors of dimension d. The
  * file is memory-mapped, never copied whole. Free with kiln_dataset_free. */
@@ -159,6 +162,9 @@ KILN_API kiln_status kiln_dataset_read_f32(const kiln_dataset *ds, size_t first,
  * and an int64 value outside int32 is KILN_E_RANGE naming its place. */
 KILN_API kiln_status kiln_dataset_read_i32(const kiln_dataset *ds, size_t first, size_t count,
                                            int32_t *out);
+/* The same as int64, which holds every integer type whole (labels). */
+KILN_API kiln_status kiln_dataset_read_i64(const kiln_dataset *ds, size_t first, size_t count,
+                                           int64_t *out);
 
 /* Writes n rows of d elements of dtype to path in format, atomically: a
  * temporary file in the same folder, fsync, rename. On failure nothing is
@@ -403,7 +409,9 @@ KILN_API kiln_status kiln_index_search(const kiln_index *index, const float *que
                                        const kiln_search_params *params, int64_t *labels,
                                        float *distances);
 
-/* Writes the index atomically (temporary file, fsync, rename). */
+/* Writes the index atomically (temporary file, fsync, rename), in format
+ * version 2 (docs/FORMAT.md), free slots and capacity included: the same
+ * index always gives the same bytes. */
 KILN_API kiln_status kiln_index_save(const kiln_index *index, const char *path);
 /* Flags for kiln_index_open. */
 /* Also verify the CRC of every section (vectors, labels, links) and every
@@ -418,10 +426,12 @@ KILN_API kiln_status kiln_index_save(const kiln_index *index, const char *path);
  * not each take thousands of page faults. */
 #define KILN_LOAD_POPULATE 0x4u
 
-/* Opens an index file and returns a read-only index (free with
- * kiln_index_free). By default the file is mapped (PROT_READ), not read:
- * the open checks magic, version, the header and section table with their
- * CRCs, every section's bounds, the LEVELS section's CRC and every level,
+/* Opens an index file (format version 1 or 2) and returns the index (free
+ * with kiln_index_free). By default the file is mapped (PROT_READ), not read;
+ * kiln_index_add, _delete and _update copy a mapped index to the heap first,
+ * and never write the file. The open checks magic, version, the header and
+ * section table with their CRCs, every section's bounds, the LEVELS and FREE
+ * sections' CRCs, every level and free slot,
  * and the upper-level layout they imply, in O(count) bytes read (about 1 of
  * every 650 bytes of a 128-d file: 2.6 ms for 1M nodes, warm), so even a
  * 100 GB index opens in well under a second and is searched from the page
@@ -447,13 +457,15 @@ typedef struct kiln_index_info {
     uint32_t M;  /* upper-level degree bound */
     uint32_t M0; /* level-0 degree bound */
     uint32_t ef_construction;
-    uint64_t count;       /* vectors */
+    uint64_t count;       /* slots: live vectors plus free_slots */
     uint32_t max_level;   /* top level (levels are 0..max_level) */
     uint32_t entry_point; /* node id; meaningless when count == 0 */
     uint64_t seed;
     uint64_t file_bytes;
     uint32_t header_crc32c; /* the header's own CRC-32C, which vouches for every section's
                                (a shard set's manifest records it, docs/FORMAT.md) */
+    uint64_t capacity;      /* slots reserved for adds (>= count; count in version 1) */
+    uint64_t free_slots;    /* of count, slots freed by deletes (0 in version 1) */
 } kiln_index_info;
 
 /* Reads and checks the header of an index file only (cheap for any size). */
@@ -480,9 +492,13 @@ typedef struct kiln_index_stats {
      * their range, both 0 when the index is empty. */
     int labels_are_rows;
     int64_t label_min, label_max;
+    /* Slots freed by kiln_index_delete and not yet reused by an add
+     * (count above counts live nodes only). */
+    uint64_t free_slots;
 } kiln_index_stats;
 
 KILN_API kiln_status kiln_index_stats_get(const kiln_index *index, kiln_index_stats *out);
+/* Live nodes: those built, loaded or added, less those deleted. */
 KILN_API size_t kiln_index_count(const kiln_index *index);
 KILN_API size_t kiln_index_dim(const kiln_index *index);
 KILN_API kiln_metric kiln_index_metric(const kiln_index *index);
@@ -495,6 +511,40 @@ KILN_API kiln_metric kiln_index_metric(const kiln_index *index);
  * last); kiln_index_stats_get counts them for the caller to report. Runs on
  * all cores; the defect named is the lowest node's, whatever their number. */
 KILN_API kiln_status kiln_index_check(const kiln_index *index);
+
+/* ==== Live indexes: add, delete, update ====
+ *
+ * These three mutate the index in place (graph/hnsw_live.c): no search or
+ * other call on the same index may run meanwhile. Any index can be changed,
+ * built or loaded; a mapped one (kiln_index_open) is first copied to the
+ * heap, and its file is never written. Each call leaves a graph that passes
+ * kiln_index_check, runs on all cores, and gives the same index, byte for
+ * byte once saved, whatever their number. On failure the call may have done
+ * part of its work on the index (never left it invalid for search); the
+ * message names the label or row at fault. Labels must be unique in the
+ * index: the first call on one built with repeated labels fails
+ * (KILN_E_INVALID) naming one. */
+
+/* Inserts n vectors (row-major, dim floats each, copied; COS rows are
+ * normalised) with the given labels, or when labels is NULL with labels
+ * max + 1, max + 2, ... after the largest label in the index (0, 1, ... when
+ * it is empty). Slots freed by deletes are reused first; capacity grows by
+ * doubling. A label already in the index, given twice, or -1 (search's
+ * padding) is KILN_E_ARG, as is a vector with a NaN or infinity. */
+KILN_API kiln_status kiln_index_add(kiln_index *index, const float *vectors, const int64_t *labels,
+                                    size_t n);
+/* Removes the n nodes with these labels from the graph: each is unlinked
+ * on every level, the nodes that linked to it are relinked among its
+ * neighbours with the HNSW heuristic, the entry point moves when it is one
+ * of them, and its slot is freed for a later add. Search never returns a
+ * deleted label. A label not in the index, or given twice, is KILN_E_ARG
+ * naming it (nothing is deleted then). */
+KILN_API kiln_status kiln_index_delete(kiln_index *index, const int64_t *labels, size_t n);
+/* Replaces the vectors of the n nodes with these labels (each in the index
+ * once, KILN_E_ARG otherwise) and relinks them: a delete and an add of the
+ * same labels, which keep their slots. */
+KILN_API kiln_status kiln_index_update(kiln_index *index, const float *vectors,
+                                       const int64_t *labels, size_t n);
 
 /* ==== Distributed runs (MPI) ==== */
 

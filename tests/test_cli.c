@@ -888,6 +888,117 @@ static void test_memory_limits(void) {
 #endif
 }
 
+/* The ids of an .ivecs search result (count records of k). */
+static bool read_ivecs_ids(const char *name, int32_t *ids, size_t count, uint32_t k) {
+    char p[700];
+    snprintf(p, sizeof p, "%s/%s", tmp, name);
+    size_t len = 0;
+    uint8_t *b = read_file(p, &len);
+    bool ok = b && len == count * (4 + 4 * (size_t)k);
+    for (size_t i = 0; ok && i < count; i++) {
+        int32_t d;
+        memcpy(&d, b + i * (4 + 4 * k), 4);
+        ok = d == (int32_t)k;
+        memcpy(ids + i * k, b + i * (4 + 4 * k) + 4, 4 * (size_t)k);
+    }
+    free(b);
+    return ok;
+}
+
+/* kiln add, delete and update (graph/hnsw_live.c): in place, atomically, or
+ * to -o; labels as text and as .npy (1-D); their refusals leave the index as
+ * it was. */
+static void test_live_commands(void) {
+    char a[4096], text[4096] = "";
+    snprintf(a, sizeof a,
+             "generate -n 1000 -d 8 --clusters 4 --seed 5 -o %s/lb.fvecs --queries 100 "
+             "--queries-out %s/lq.fvecs",
+             tmp, tmp);
+    REQUIRE(run(a) == 0);
+    snprintf(a, sizeof a, "build %s/lb.fvecs --method insert -o %s/l.kiln --threads 1", tmp, tmp);
+    REQUIRE(run(a) == 0);
+    for (int i = 0; i < 100; i++) /* every tenth row */
+        snprintf(text + strlen(text), sizeof text - strlen(text), "%d\n", i * 10);
+    REQUIRE(write_text("dl.txt", text));
+    snprintf(a, sizeof a, "delete %s/l.kiln %s/dl.txt", tmp, tmp);
+    CHECK_MSG(run(a) == 0 && strstr(out_text, "1000 before, 900 now"), "%s%s", out_text, err_text);
+    snprintf(a, sizeof a, "info %s/l.kiln", tmp);
+    CHECK(run(a) == 0 && strstr(out_text, "format version:  2") &&
+          strstr(out_text, "count:           900") && strstr(out_text, "free slots:      100"));
+    snprintf(a, sizeof a, "check %s/l.kiln", tmp);
+    CHECK_MSG(run(a) == 0 && strstr(out_text, "ok (900 vectors"), "%s%s", out_text, err_text);
+    /* The deleted rows themselves find none of their labels. */
+    snprintf(a, sizeof a, "search %s/l.kiln %s/lb.fvecs -k 10 --ef 64 -o %s/lr.ivecs", tmp, tmp,
+             tmp);
+    CHECK(run(a) == 0);
+    int32_t *ids = malloc(1000 * 10 * sizeof *ids);
+    REQUIRE(ids);
+    CHECK(read_ivecs_ids("lr.ivecs", ids, 1000, 10));
+    size_t bad = 0;
+    for (size_t i = 0; i < 1000 * 10; i++)
+        bad += ids[i] < 0 || ids[i] >= 1000 || ids[i] % 10 == 0;
+    CHECK_MSG(bad == 0, "%zu results name a deleted or unknown label", bad);
+    free(ids);
+
+    /* add with 1-D .npy labels, to -o: INDEX is left alone. */
+    static const char npy_head[] = "{'descr': '<i8', 'fortran_order': False, 'shape': (100,), }";
+    uint8_t npy[128 + 800];
+    memset(npy, ' ', 128);
+    memcpy(npy, "\x93NUMPY\x01\x00", 8);
+    npy[8] = 118; /* header length: 128 - 10 */
+    npy[9] = 0;
+    memcpy(npy + 10, npy_head, sizeof npy_head - 1);
+    npy[127] = '\n';
+    for (int64_t i = 0; i < 100; i++) {
+        const int64_t label = 5000 + i;
+        memcpy(npy + 128 + 8 * i, &label, 8);
+    }
+    char p[700];
+    snprintf(p, sizeof p, "%s/ll.npy", tmp);
+    REQUIRE(write_file(p, npy, sizeof npy));
+    snprintf(a, sizeof a, "cp %s/l.kiln %s/l-before.kiln", tmp, tmp);
+    REQUIRE(system(a) == 0);
+    snprintf(a, sizeof a, "add %s/l.kiln %s/lq.fvecs --labels %s/ll.npy -o %s/l2.kiln", tmp, tmp,
+             tmp, tmp);
+    CHECK_MSG(run(a) == 0 && strstr(out_text, "900 before, 1000 now"), "%s%s", out_text, err_text);
+    snprintf(a, sizeof a, "cmp -s %s/l.kiln %s/l-before.kiln", tmp, tmp);
+    CHECK(system(a) == 0);
+    snprintf(a, sizeof a, "info %s/l2.kiln", tmp);
+    CHECK(run(a) == 0 && strstr(out_text, "count:           1000") &&
+          strstr(out_text, "free slots:      0"));
+    /* The same labels again: refused, naming one; the file is unchanged. */
+    snprintf(a, sizeof a, "cp %s/l2.kiln %s/l-before.kiln", tmp, tmp);
+    REQUIRE(system(a) == 0);
+    snprintf(a, sizeof a, "add %s/l2.kiln %s/lq.fvecs --labels %s/ll.npy", tmp, tmp, tmp);
+    CHECK(run(a) == 1 &&
+          strstr(err_text, "kiln add: label 5000 (entry 0) is already in the index"));
+    snprintf(a, sizeof a, "cmp -s %s/l2.kiln %s/l-before.kiln", tmp, tmp);
+    CHECK(system(a) == 0);
+
+    /* update in place: labels 5000.. get the first base rows' vectors. */
+    snprintf(a, sizeof a, "update %s/l2.kiln %s/lb.fvecs --labels %s/ll.npy", tmp, tmp, tmp);
+    CHECK_MSG(run(a) == 1 && strstr(err_text, "holds 100 labels for the 1000 vectors"), "%s",
+              err_text);
+    snprintf(a, sizeof a, "update %s/l2.kiln %s/lq.fvecs --labels %s/ll.npy", tmp, tmp, tmp);
+    CHECK_MSG(run(a) == 0 && strstr(out_text, "updated 100 vectors"), "%s%s", out_text, err_text);
+    snprintf(a, sizeof a, "check %s/l2.kiln", tmp);
+    CHECK(run(a) == 0);
+
+    /* Refusals: usage (2) and data (1), naming the place. */
+    snprintf(a, sizeof a, "update %s/l2.kiln %s/lq.fvecs", tmp, tmp);
+    CHECK(run(a) == 2 && strstr(err_text, "--labels FILE is required"));
+    REQUIRE(write_text("bad.txt", "7\n12x\n"));
+    snprintf(a, sizeof a, "delete %s/l2.kiln %s/bad.txt", tmp, tmp);
+    CHECK(run(a) == 1 && strstr(err_text, "bad.txt line 2: '12x' is not a decimal int64 label"));
+    snprintf(a, sizeof a, "delete %s/l2.kiln %s/dl.txt", tmp, tmp);
+    CHECK(run(a) == 1 && strstr(err_text, "label 0 (entry 0) is not in the index"));
+    snprintf(a, sizeof a, "delete %s/l2.kiln %s/missing.txt", tmp, tmp);
+    CHECK(run(a) == 1 && strstr(err_text, "missing.txt"));
+    snprintf(a, sizeof a, "add %s/l2.kiln %s/lq.fvecs -o %s/lq.fvecs", tmp, tmp, tmp);
+    CHECK(run(a) == 2);
+    CHECK(no_temp_files());
+}
+
 int main(void) {
     kiln = getenv("KILN_CLI");
     if (!kiln)
@@ -915,5 +1026,6 @@ int main(void) {
     test_modes_links();
     test_bad_input();
     test_memory_limits();
+    test_live_commands();
     return check_report("test_cli");
 }

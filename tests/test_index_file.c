@@ -62,6 +62,8 @@
 #define OFF_SECTION_COUNT 52
 #define OFF_FILE_BYTES    64
 #define OFF_TABLE_CRC     72
+#define OFF_CAPACITY      76
+#define OFF_FREE_COUNT    84
 #define OFF_HEADER_CRC    124
 
 enum { VECTORS = 1, LABELS, LEVELS, LINKS0, UPPER };
@@ -160,6 +162,17 @@ static void refresh_crcs(uint8_t *file, size_t len) {
         kiln_put_u32le(file + OFF_TABLE_CRC, kiln_crc32c(0, file + HDR_BYTES, table_len));
     }
     kiln_put_u32le(file + OFF_HEADER_CRC, kiln_crc32c(0, file, OFF_HEADER_CRC));
+}
+
+/* Makes a version 2 file with no free slot (FREE empty, the table's last
+ * entry) a version 1 file of the same length: version, section count, the
+ * version 2 header fields zeroed, CRCs recomputed. */
+static void to_version1(uint8_t *file, size_t len) {
+    kiln_put_u32le(file + OFF_VERSION, 1);
+    kiln_put_u32le(file + OFF_SECTION_COUNT, 5);
+    memset(file + OFF_CAPACITY, 0, 16);
+    memset(file + HDR_BYTES + 5 * ENTRY_BYTES, 0, ENTRY_BYTES);
+    refresh_crcs(file, len);
 }
 
 /* ==== Hand-made graphs ==== */
@@ -375,8 +388,9 @@ static void round_trip(kiln_ctx *ctx, uint64_t count, uint32_t dim, kiln_metric 
     CHECK_OK(ctx, kiln_index_info_read(ctx, path, &info));
     size_t len;
     uint8_t *bytes = slurp(path, &len);
-    CHECK(info.format_version == 1 && info.dim == dim && info.metric == metric && info.M == M &&
-          info.M0 == 2 * M && info.ef_construction == ix->ef_construction && info.count == count &&
+    CHECK(info.format_version == 2 && info.capacity == count && info.free_slots == 0 &&
+          info.dim == dim && info.metric == metric && info.M == M && info.M0 == 2 * M &&
+          info.ef_construction == ix->ef_construction && info.count == count &&
           info.max_level == ix->max_level && info.entry_point == ix->entry_point &&
           info.seed == ix->seed && info.file_bytes == len);
     CHECK(memcmp(bytes, "KILNHNSW", 8) == 0);
@@ -562,10 +576,11 @@ static void test_damage(kiln_ctx *ctx) {
     expect_reject(ctx, f, len, AT_HEADER, KILN_E_FORMAT, "not a kiln index file (bad magic)",
                   "magic");
     expect_reject(ctx, (const uint8_t *)"PK\3\4", 4, AT_HEADER, KILN_E_FORMAT, "bad magic", "zip");
-    forge(ctx, good, len, OFF_VERSION, 4, 2, AT_HEADER, KILN_E_VERSION,
-          "index format version 2 is not supported", "version 2");
+    forge(ctx, good, len, OFF_VERSION, 4, 3, AT_HEADER, KILN_E_VERSION,
+          "index format version 3 is not supported", "version 3");
     forge(ctx, good, len, OFF_VERSION, 4, 7, AT_HEADER, KILN_E_VERSION,
-          "index format version 7 is not supported (this kiln reads version 1)", "version 7");
+          "index format version 7 is not supported (this kiln reads versions 1 and 2)",
+          "version 7");
     forge(ctx, good, len, OFF_VERSION, 4, 0, AT_HEADER, KILN_E_VERSION, "version 0", "version 0");
 
     /* Truncation everywhere, and one byte too many. */
@@ -603,8 +618,16 @@ static void test_damage(kiln_ctx *ctx) {
     forge(ctx, good, len, OFF_FILE_BYTES, 8, UINT64_MAX, AT_HEADER, KILN_E_FORMAT, "truncated",
           "file_bytes");
     forge(ctx, good, len, 100, 4, 1, AT_HEADER, KILN_E_FORMAT, "reserved header byte", "reserved");
-    forge(ctx, good, len, OFF_SECTION_COUNT, 4, 4, AT_HEADER, KILN_E_FORMAT, "section_count",
-          "4 sections");
+    forge(ctx, good, len, OFF_SECTION_COUNT, 4, 5, AT_HEADER, KILN_E_FORMAT, "section_count",
+          "5 sections in version 2");
+    forge(ctx, good, len, OFF_CAPACITY, 8, 59, AT_HEADER, KILN_E_RANGE, "capacity 59",
+          "capacity below count");
+    forge(ctx, good, len, OFF_CAPACITY, 8, UINT32_MAX, AT_HEADER, KILN_E_RANGE, "capacity",
+          "capacity max");
+    forge(ctx, good, len, OFF_FREE_COUNT, 8, 61, AT_HEADER, KILN_E_RANGE, "61 free slots",
+          "free count above count");
+    forge(ctx, good, len, OFF_FREE_COUNT, 8, 2, AT_HEADER, KILN_E_FORMAT, "section FREE",
+          "free count without FREE bytes");
     forge(ctx, good, len, OFF_SECTION_COUNT, 4, 1000000, AT_HEADER, KILN_E_FORMAT, "section_count",
           "10^6 sections");
 
@@ -643,14 +666,30 @@ static void test_damage(kiln_ctx *ctx) {
     forge(ctx, good, len, e_links, 4, 99, AT_HEADER, KILN_E_FORMAT, "unknown kind 99",
           "unknown kind");
 
-    /* A sixth, unknown section: rejected unless flagged optional, then
-     * skipped. It fits in the table without moving anything (6 * 32 bytes
-     * end at byte 320, where the writer's first section starts). */
-    REQUIRE(sec_offset(good, VECTORS) >= HDR_BYTES + 6 * ENTRY_BYTES);
+    /* A version 1 file (the same graph with no FREE section and zeros for
+     * capacity and free count) is still read, as the same index. */
+    REQUIRE(sec_length(good, 6) == 0);
+    memcpy(f, good, len);
+    to_version1(f, len);
+    {
+        const char *p = tmp_path("version1.kiln");
+        spit(p, f, len);
+        kiln_index *back = NULL;
+        CHECK_OK(ctx, kiln_index_load(ctx, p, &back));
+        CHECK(back && same_index(ix, back) && back->free_count == 0);
+        kiln_index_free(back);
+        forge(ctx, f, len, OFF_CAPACITY, 8, 60, AT_HEADER, KILN_E_FORMAT, "reserved header byte",
+              "capacity in version 1");
+    }
+
+    /* A sixth, unknown section in a version 1 file: rejected unless flagged
+     * optional, then skipped. It takes the place of version 2's FREE entry
+     * in the table, so nothing moves. */
     const size_t extra_off = (len + 63) & ~(size_t)63, flen = extra_off + 100;
     for (int optional = 0; optional <= 1; optional++) {
         memset(f, 0, flen);
         memcpy(f, good, len);
+        to_version1(f, len);
         uint8_t *e = f + HDR_BYTES + 5 * ENTRY_BYTES;
         kiln_put_u32le(e, 42);
         kiln_put_u32le(e + 4, (uint32_t)optional);

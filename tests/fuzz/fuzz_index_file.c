@@ -26,8 +26,10 @@
  *     written over it.
  *  2. Seeds are small valid index files: hand-made graphs (count 0, 1 and a
  *     few nodes, several levels, all three metrics, M = 2 and 3) saved with
- *     kiln_index_save, plus one built by kiln_index_build, so mutations start
- *     past the header checks and reach sections, links and levels.
+ *     kiln_index_save, plus one built by kiln_index_build and the same after
+ *     deletes and adds (a version 2 file with free slots), so mutations
+ *     start past the header checks and reach sections, links, levels and
+ *     the free list.
  *  3. Every input is tried twice: as given, and with its CRCs recomputed
  *     from its own section table, so mutations of counts, offsets, levels
  *     and link ids reach the checks behind the checksums.
@@ -129,7 +131,7 @@ static void run_one(kiln_ctx *ctx, const uint8_t *data, size_t size) {
     if ((read_ok || verify_ok) && !map_ok)
         abort(); /* the mapped open refused what a stricter one accepted */
     if (map_ok) {
-        if (info_st != KILN_OK || info.count != kiln_index_count(mapped) ||
+        if (info_st != KILN_OK || info.count - info.free_slots != kiln_index_count(mapped) ||
             info.dim != kiln_index_dim(mapped) || info.metric != kiln_index_metric(mapped))
             abort();
         kiln_index_check(mapped);
@@ -211,7 +213,7 @@ static struct kiln_index *seed_graph(uint64_t count, uint32_t dim, kiln_metric m
     return ix;
 }
 
-static struct kiln_index *seed_built(void) {
+static struct kiln_index *seed_built(bool live) {
     float v[30 * 4];
     kiln_rng rng;
     kiln_rng_seed(&rng, 77);
@@ -226,6 +228,13 @@ static struct kiln_index *seed_built(void) {
     bp.seed = 5;
     kiln_index *ix = NULL;
     if (kiln_index_build(fuzz_ctx(), v, 30, 4, &bp, &ix) != KILN_OK)
+        abort();
+    /* A version 2 file with free slots (FREE and a capacity), one of them
+     * reused: delete 6 labels (the entry point's among them), add 2 back. */
+    int64_t gone[6] = {3, 7, 11, 15, 19, ix->labels[ix->entry_point]};
+    const size_t ngone = gone[5] % 4 == 3 && gone[5] < 20 ? 5 : 6; /* already listed */
+    if (live && (kiln_index_delete(ix, gone, ngone) != KILN_OK ||
+                 kiln_index_add(ix, v, NULL, 2) != KILN_OK))
         abort();
     return ix;
 }
@@ -242,11 +251,11 @@ int kiln_fuzz_seed(size_t i, uint8_t **buf, size_t *len) {
                   {20, 4, KILN_METRIC_L2, 3},
                   {40, 2, KILN_METRIC_IP, 2}};
     const size_t ngraphs = sizeof graphs / sizeof graphs[0];
-    if (i > ngraphs)
+    if (i > ngraphs + 1)
         return 0;
     struct kiln_index *ix = i < ngraphs ? seed_graph(graphs[i].count, graphs[i].dim,
                                                      graphs[i].metric, graphs[i].M, 100 + i)
-                                        : seed_built();
+                                        : seed_built(i > ngraphs);
     if (kiln_index_save(ix, fuzz_path("seed")) != KILN_OK)
         abort();
     kiln_index_free(ix);
