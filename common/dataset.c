@@ -742,33 +742,42 @@ static int row_to_f32(const kiln_dataset *ds, size_t row, float *dst) {
     return range;
 }
 
+/* Value j of an integer row (float types are refused by the callers). */
+static int64_t int_at(kiln_dtype t, const uint8_t *src, size_t j) {
+    switch (t) {
+    case KILN_DTYPE_I64: {
+        int64_t v;
+        memcpy(&v, src + 8 * j, sizeof v);
+        return v;
+    }
+    case KILN_DTYPE_I32: {
+        int32_t v;
+        memcpy(&v, src + 4 * j, sizeof v);
+        return v;
+    }
+    case KILN_DTYPE_U8: return src[j];
+    case KILN_DTYPE_I8: return (int8_t)src[j];
+    case KILN_DTYPE_F32:
+    case KILN_DTYPE_F64:
+    case KILN_DTYPE_F16: break;
+    }
+    return 0;
+}
+
 /* Converts one integer row into dst; 1 when an int64 value did not fit
  * int32 (decision 8), else 0. Float types are refused by the caller. */
 static int row_to_i32(const kiln_dataset *ds, size_t row, int32_t *dst) {
     const uint8_t *const src = kiln_dataset_row(ds, row);
     const size_t d = ds->dim;
+    if (ds->dtype == KILN_DTYPE_I32) {
+        memcpy(dst, src, d * sizeof(int32_t));
+        return 0;
+    }
     int range = 0;
-    switch (ds->dtype) {
-    case KILN_DTYPE_I32: memcpy(dst, src, d * sizeof(int32_t)); break;
-    case KILN_DTYPE_U8:
-        for (size_t j = 0; j < d; j++)
-            dst[j] = src[j];
-        break;
-    case KILN_DTYPE_I8:
-        for (size_t j = 0; j < d; j++)
-            dst[j] = (int8_t)src[j];
-        break;
-    case KILN_DTYPE_I64:
-        for (size_t j = 0; j < d; j++) {
-            int64_t v;
-            memcpy(&v, src + 8 * j, sizeof v);
-            range |= v < INT32_MIN || v > INT32_MAX;
-            dst[j] = (int32_t)(v < INT32_MIN ? INT32_MIN : v > INT32_MAX ? INT32_MAX : v);
-        }
-        break;
-    case KILN_DTYPE_F32:
-    case KILN_DTYPE_F64:
-    case KILN_DTYPE_F16: break; /* refused by the caller */
+    for (size_t j = 0; j < d; j++) {
+        const int64_t v = int_at(ds->dtype, src, j);
+        range |= v < INT32_MIN || v > INT32_MAX;
+        dst[j] = (int32_t)(v < INT32_MIN ? INT32_MIN : v > INT32_MAX ? INT32_MAX : v);
     }
     return range;
 }
@@ -776,28 +785,8 @@ static int row_to_i32(const kiln_dataset *ds, size_t row, int32_t *dst) {
 /* The same as int64 (labels files): every integer type fits. */
 static void row_to_i64(const kiln_dataset *ds, size_t row, int64_t *dst) {
     const uint8_t *const src = kiln_dataset_row(ds, row);
-    const size_t d = ds->dim;
-    switch (ds->dtype) {
-    case KILN_DTYPE_I64: memcpy(dst, src, d * sizeof(int64_t)); break;
-    case KILN_DTYPE_I32:
-        for (size_t j = 0; j < d; j++) {
-            int32_t v;
-            memcpy(&v, src + 4 * j, sizeof v);
-            dst[j] = v;
-        }
-        break;
-    case KILN_DTYPE_U8:
-        for (size_t j = 0; j < d; j++)
-            dst[j] = src[j];
-        break;
-    case KILN_DTYPE_I8:
-        for (size_t j = 0; j < d; j++)
-            dst[j] = (int8_t)src[j];
-        break;
-    case KILN_DTYPE_F32:
-    case KILN_DTYPE_F64:
-    case KILN_DTYPE_F16: break; /* refused by the caller */
-    }
+    for (size_t j = 0; j < ds->dim; j++)
+        dst[j] = int_at(ds->dtype, src, j);
 }
 
 /* Byte offset of component j of row in the file. */
@@ -1045,15 +1034,21 @@ kiln_status kiln_dataset_map_f32(const kiln_dataset *ds, size_t first, size_t co
     return KILN_OK;
 }
 
-kiln_status kiln_dataset_read_i32(const kiln_dataset *ds, size_t first, size_t count,
-                                  int32_t *out) {
+/* What an id reader checks first: integer data, and the rows asked for. */
+static kiln_status ids_readable(const kiln_dataset *ds, size_t first, size_t count, const void *out,
+                                const char *as) {
     if (!ds)
         return KILN_E_ARG;
     if (dtype_is_float(ds->dtype))
         return kiln_fail(ds->ctx, KILN_E_ARG,
-                         "%s: %s data cannot be read as int32 ids (it holds vectors)", ds->path,
-                         kiln_dtype_name(ds->dtype));
-    kiln_status st = check_rows(ds, first, count, out);
+                         "%s: %s data cannot be read as %s ids (it holds vectors)", ds->path,
+                         kiln_dtype_name(ds->dtype), as);
+    return check_rows(ds, first, count, out);
+}
+
+kiln_status kiln_dataset_read_i32(const kiln_dataset *ds, size_t first, size_t count,
+                                  int32_t *out) {
+    kiln_status st = ids_readable(ds, first, count, out, "int32");
     if (st != KILN_OK)
         return st;
     const size_t d = ds->dim;
@@ -1066,13 +1061,7 @@ kiln_status kiln_dataset_read_i32(const kiln_dataset *ds, size_t first, size_t c
 
 kiln_status kiln_dataset_read_i64(const kiln_dataset *ds, size_t first, size_t count,
                                   int64_t *out) {
-    if (!ds)
-        return KILN_E_ARG;
-    if (dtype_is_float(ds->dtype))
-        return kiln_fail(ds->ctx, KILN_E_ARG,
-                         "%s: %s data cannot be read as int64 ids (it holds vectors)", ds->path,
-                         kiln_dtype_name(ds->dtype));
-    kiln_status st = check_rows(ds, first, count, out);
+    kiln_status st = ids_readable(ds, first, count, out, "int64");
     if (st != KILN_OK)
         return st;
     for (size_t r = 0; r < count; r++)

@@ -17,4 +17,16 @@ double kiln_rng_uniform(kiln_rng *rng);
 /* Uniform integer in [0, bound), bound > 0, without modulo bias. */
 uint64_t kiln_rng_below(kiln_rng *rng, uint64_t bound);
 
+/* MurmurHash3's 64-bit finalizer: a bijection of 64 bits with full
+ * avalanche, the hash of labels (graph/shardset.c decision 1, the label map
+ * of graph/hnsw_live.c). Fixed forever: shard sets route by it. */
+static inline uint64_t kiln_fmix64(uint64_t k) {
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdull;
+    k ^= k >> 33;
+    k *= 0xc4ceb9fe1a85ec53ull;
+    k ^= k >> 33;
+    return k;
+}
+
 #endif /* KILN_RNG_INTERNAL_H */

@@ -236,6 +236,12 @@ void kiln_index_free(kiln_index *ix) {
         free(ix);
         return;
     }
+    kiln_index_free_arrays(ix);
+    free(ix->upper_pool);
+    free(ix);
+}
+
+void kiln_index_free_arrays(struct kiln_index *ix) {
     if (ix->vectors_map)
         munmap(ix->vectors_map, ix->vectors_map_len);
     else
@@ -246,8 +252,6 @@ void kiln_index_free(kiln_index *ix) {
         kiln_free_aligned(ix->links0);
     free(ix->labels);
     free(ix->levels);
-    free(ix->upper_pool);
-    free(ix);
 }
 
 size_t kiln_index_count(const kiln_index *ix) {

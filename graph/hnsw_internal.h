@@ -191,6 +191,10 @@ static inline int kiln_slot_free(const struct kiln_index *ix, uint64_t i) {
  * cores. Tests set it to check that the result does not depend on it. */
 extern int kiln_live_threads;
 
+/* Frees the vectors (heap or file mapping), level 0 (heap or spill), labels
+ * and levels of an index that is not a mapped file. */
+void kiln_index_free_arrays(struct kiln_index *ix);
+
 /* Frees what graph/hnsw_live.c adds to an index (kiln_index_free calls it). */
 void kiln_live_free(struct kiln_index *ix);
 

@@ -85,6 +85,7 @@
 
 #include "../common/ctx_internal.h"
 #include "../common/dataset_internal.h"
+#include "../common/rng_internal.h"
 #include "../common/sort_internal.h"
 #include "build_internal.h"
 
@@ -118,15 +119,6 @@ struct kiln_label_map {
 
 /* ==== Label map ==== */
 
-static inline uint64_t fmix64(uint64_t k) {
-    k ^= k >> 33;
-    k *= 0xff51afd7ed558ccdull;
-    k ^= k >> 33;
-    k *= 0xc4ceb9fe1a85ec53ull;
-    k ^= k >> 33;
-    return k;
-}
-
 static void map_free(struct kiln_label_map *m) {
     if (!m)
         return;
@@ -157,7 +149,7 @@ static kiln_status map_alloc(kiln_ctx *ctx, uint64_t entries, struct kiln_label_
 
 /* The cell of label, or the empty cell where it would go. */
 static uint64_t map_cell(const struct kiln_label_map *m, int64_t label) {
-    uint64_t c = fmix64((uint64_t)label) & m->mask;
+    uint64_t c = kiln_fmix64((uint64_t)label) & m->mask;
     while (m->slots[c] != KILN_NO_NODE && m->keys[c] != label)
         c = (c + 1) & m->mask;
     return c;
@@ -184,7 +176,7 @@ static void map_remove(struct kiln_label_map *m, int64_t label) {
     /* Backward shift: move up each later entry of the run whose home is
      * not between the hole and it, so no lookup stops at the hole. */
     for (uint64_t j = (c + 1) & m->mask; m->slots[j] != KILN_NO_NODE; j = (j + 1) & m->mask) {
-        const uint64_t home = fmix64((uint64_t)m->keys[j]) & m->mask;
+        const uint64_t home = kiln_fmix64((uint64_t)m->keys[j]) & m->mask;
         const uint64_t dist_hole = (j - c) & m->mask, dist_home = (j - home) & m->mask;
         if (dist_home >= dist_hole) {
             m->keys[c] = m->keys[j];
@@ -310,16 +302,7 @@ static kiln_status reserve_slots(struct kiln_index *ix, uint64_t need) {
         ix->upper_pool = pool;
         ix->upper_cap = ix->upper_len;
     } else {
-        if (ix->vectors_map)
-            munmap(ix->vectors_map, ix->vectors_map_len);
-        else
-            kiln_free_aligned(ix->vectors);
-        if (ix->links0_spill_len)
-            munmap(ix->links0, ix->links0_spill_len);
-        else
-            kiln_free_aligned(ix->links0);
-        free(ix->labels);
-        free(ix->levels);
+        kiln_index_free_arrays(ix);
     }
     free(ix->freed);
     free(ix->upper_off);
@@ -596,7 +579,7 @@ static kiln_status resolve_labels(struct kiln_index *ix, const int64_t *labels, 
 /* A new node's level, from the seed and its label (decision 5): floor(-ln(U)
  * / ln(M)) as kiln_sample_levels draws it, capped the same way. */
 static uint8_t label_level(const struct kiln_index *ix, int64_t label) {
-    const uint64_t h = fmix64((uint64_t)label ^ fmix64(ix->seed ^ 0x6c6976656c76656cull));
+    const uint64_t h = kiln_fmix64((uint64_t)label ^ kiln_fmix64(ix->seed ^ 0x6c6976656c76656cull));
     const double u = (double)((h >> 11) + 1) * 0x1.0p-53; /* (0, 1] */
     const double l = floor(-log(u) / log((double)ix->M));
     return (uint8_t)(l > KILN_MAX_LEVELS - 1 ? KILN_MAX_LEVELS - 1 : l);

@@ -47,6 +47,7 @@
 #include "../common/afile_internal.h"
 #include "../common/crc32c_internal.h"
 #include "../common/ctx_internal.h"
+#include "../common/rng_internal.h"
 
 /* ==== Tunables ==== */
 
@@ -89,13 +90,7 @@ typedef struct parser {
 uint32_t kiln_shard_of(int64_t label, uint32_t nshards) {
     if (nshards <= 1)
         return 0;
-    uint64_t k = (uint64_t)label;
-    k ^= k >> 33;
-    k *= 0xff51afd7ed558ccdull;
-    k ^= k >> 33;
-    k *= 0xc4ceb9fe1a85ec53ull;
-    k ^= k >> 33;
-    return (uint32_t)(k % nshards);
+    return (uint32_t)(kiln_fmix64((uint64_t)label) % nshards);
 }
 
 /* ==== Manifest (decision 2) ==== */
