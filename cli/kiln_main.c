@@ -1607,7 +1607,9 @@ static int read_labels(kiln_ctx *ctx, const char *cmd, const char *path, int64_t
 }
 
 /* add, delete and update: read the index (copied to the heap by the first
- * change), apply, check, save to -o or over INDEX, atomically. */
+ * change), apply, check, save to -o or over INDEX, atomically. A shard
+ * set's manifest is taken as INDEX (decision 11): each label goes to its
+ * shard, and the set is saved with its changed shards (kiln_shardset_save). */
 static int cmd_live(const cli_args *a) {
     const char *cmd = a->cmd->name, *in = a->pos[0];
     const bool del = a->cmd == &delete_cmd, upd = a->cmd == &update_cmd;
@@ -1631,21 +1633,21 @@ static int cmd_live(const cli_args *a) {
     kiln_ctx *ctx;
     if (setup(a, &ctx))
         return 1;
-    kiln_index *ix = NULL;
+    kiln_shardset *set = NULL;
     float *v = NULL;
     int64_t *labels = NULL;
     size_t nv = 0, d = 0, nl = 0;
     int rc = 0;
-    if (kiln_index_load(ctx, in, &ix)) {
+    if (kiln_shardset_open(ctx, in, 0, &set)) {
         rc = fail(cmd, ctx);
         goto done;
     }
     if ((lpath && (rc = read_labels(ctx, cmd, lpath, &labels, &nl))) ||
         (!del && (rc = read_all_f32(ctx, a, a->pos[1], &v, &nv, &d))))
         goto done;
-    if (!del && d != kiln_index_dim(ix)) {
+    if (!del && d != kiln_shardset_dim(set)) {
         fprintf(stderr, "kiln %s: %s has dimension %zu, the index %zu\n", cmd, a->pos[1], d,
-                kiln_index_dim(ix));
+                kiln_shardset_dim(set));
         rc = 1;
         goto done;
     }
@@ -1655,11 +1657,13 @@ static int cmd_live(const cli_args *a) {
         rc = 1;
         goto done;
     }
-    const size_t before = kiln_index_count(ix);
-    kiln_status st = del   ? kiln_index_delete(ix, labels, nl)
-                     : upd ? kiln_index_update(ix, v, labels, nv)
-                           : kiln_index_add(ix, v, labels, nv);
-    if (st || kiln_index_check(ix) || kiln_index_save(ix, out)) {
+    const size_t before = kiln_shardset_count(set);
+    kiln_status st = del   ? kiln_shardset_delete(set, labels, nl)
+                     : upd ? kiln_shardset_update(set, v, labels, nv)
+                           : kiln_shardset_add(set, v, labels, nv);
+    for (uint32_t s = 0; st == KILN_OK && s < kiln_shardset_shards(set); s++)
+        st = kiln_index_check(kiln_shardset_shard(set, s));
+    if (st || kiln_shardset_save(set, out)) {
         rc = fail(cmd, ctx);
         goto done;
     }
@@ -1667,11 +1671,11 @@ static int cmd_live(const cli_args *a) {
            del   ? "deleted"
            : upd ? "updated"
                  : "added",
-           del ? nl : nv, before, kiln_index_count(ix));
+           del ? nl : nv, before, kiln_shardset_count(set));
 done:
     free(v);
     free(labels);
-    kiln_index_free(ix);
+    kiln_shardset_free(set);
     kiln_ctx_free(ctx);
     return rc;
 }

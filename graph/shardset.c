@@ -33,7 +33,17 @@
  *     S x k lists, per thread, when those alone are more). One shard is
  *     just kiln_index_search, so a single index opened as a set answers
  *     with its bytes (equal distances in its order, not by label).
+ *  5. Writes through a set (kiln_shardset_add, _delete, _update) route each
+ *     label to shard kiln_shard_of(label, N) and change that shard in
+ *     memory as kiln_index_add and the rest do; kiln_shardset_save then
+ *     writes each changed shard to a new file named by its content
+ *     ("<set>-<s>-of-<N>-<header crc>.kiln"), replaces the manifest
+ *     atomically, and only then removes the files it no longer names. A
+ *     reader sees the old set or the new one, never a mix; a crash leaves at
+ *     most files no manifest names (the old ones, or the new ones not yet
+ *     adopted); a search holding the old files mapped keeps reading them.
  */
+#include <errno.h>
 #include <math.h>
 #include <omp.h>
 #include <stdbool.h>
@@ -68,10 +78,14 @@ struct kiln_shardset {
     uint32_t n;
     kiln_index **shard;
     char **path;
-    uint64_t count;
     uint32_t dim;
     kiln_metric metric;
     bool manifest;
+    /* Writes through the set (decision 5): the manifest's entries as
+     * opened or last saved, and the shards changed since. */
+    shard_entry *entry;
+    bool *dirty;
+    char *manifest_path; /* as opened, or as last saved to */
 };
 
 /* A manifest being parsed: the text, the current line and its number. */
@@ -445,6 +459,9 @@ void kiln_shardset_free(kiln_shardset *set) {
     }
     free(set->shard);
     free(set->path);
+    free(set->entry);
+    free(set->dirty);
+    free(set->manifest_path);
     free(set);
 }
 
@@ -454,10 +471,11 @@ static kiln_status set_alloc(kiln_ctx *ctx, uint32_t n, kiln_shardset **out) {
         set->ctx = ctx;
         set->shard = calloc(n, sizeof *set->shard);
         set->path = calloc(n, sizeof *set->path);
-        if (set->shard && set->path)
+        set->dirty = calloc(n, sizeof *set->dirty);
+        if (set->shard && set->path && set->dirty)
             set->n = n;
     }
-    if (!set || !set->shard || !set->path) {
+    if (!set || !set->n) {
         kiln_shardset_free(set);
         return kiln_fail(ctx, KILN_E_NOMEM, "out of memory for a set of %u shards", n);
     }
@@ -521,7 +539,7 @@ static kiln_status open_shard(kiln_shardset *set, const char *manifest, const sh
                          kiln_metric_name(m->metric));
     if (flags & KILN_LOAD_VERIFY)
         for (uint64_t i = 0; i < ix->count; i++)
-            if (kiln_shard_of(ix->labels[i], m->shards) != s)
+            if (!kiln_slot_free(ix, i) && kiln_shard_of(ix->labels[i], m->shards) != s)
                 return kiln_fail(ctx, KILN_E_FORMAT,
                                  "%s: shard %u (%s): node %llu has label %lld, which hashes to "
                                  "shard %u",
@@ -558,7 +576,6 @@ kiln_status kiln_shardset_open(kiln_ctx *ctx, const char *path, uint32_t flags,
             kiln_shardset_free(set);
             return st;
         }
-        set->count = set->shard[0]->count;
         set->dim = set->shard[0]->dim;
         set->metric = set->shard[0]->metric;
         *out = set;
@@ -576,11 +593,14 @@ kiln_status kiln_shardset_open(kiln_ctx *ctx, const char *path, uint32_t flags,
         return st;
     if (!(st = set_alloc(ctx, m.shards, &set))) {
         set->manifest = true;
-        set->count = m.count;
         set->dim = m.dim;
         set->metric = m.metric;
         for (uint32_t s = 0; s < m.shards && !st; s++)
             st = open_shard(set, path, &m, s, flags);
+        set->entry = m.entry; /* the set's now */
+        m.entry = NULL;
+        if (!st && !(set->manifest_path = strdup(path)))
+            st = kiln_fail(ctx, KILN_E_NOMEM, "out of memory for a path");
     }
     free(m.entry);
     if (st) {
@@ -602,7 +622,12 @@ const char *kiln_shardset_shard_path(const kiln_shardset *set, uint32_t i) {
 }
 
 int kiln_shardset_has_manifest(const kiln_shardset *set) { return set && set->manifest; }
-size_t kiln_shardset_count(const kiln_shardset *set) { return set ? (size_t)set->count : 0; }
+size_t kiln_shardset_count(const kiln_shardset *set) {
+    size_t n = 0;
+    for (uint32_t s = 0; set && s < set->n; s++)
+        n += kiln_index_count(set->shard[s]);
+    return n;
+}
 size_t kiln_shardset_dim(const kiln_shardset *set) { return set ? set->dim : 0; }
 kiln_metric kiln_shardset_metric(const kiln_shardset *set) {
     return set ? set->metric : KILN_METRIC_L2;
@@ -698,4 +723,222 @@ kiln_status kiln_shardset_search(const kiln_shardset *set, const float *queries,
     free(lab);
     free(dis);
     return result;
+}
+
+/* ==== Writes through a set (decision 5) ==== */
+
+typedef enum { SET_ADD, SET_DELETE, SET_UPDATE } set_op;
+
+/* Routes n labelled rows to their shards and applies op to each shard's
+ * rows, in input order. On failure the shards before may have changed in
+ * memory (nothing is written until kiln_shardset_save). */
+static kiln_status set_apply(kiln_shardset *set, set_op op, const float *vectors,
+                             const int64_t *labels, size_t n) {
+    kiln_ctx *ctx = set->ctx;
+    const size_t d = set->dim;
+    size_t *first = calloc((size_t)set->n + 1, sizeof *first),
+           *order = malloc((n + 1) * sizeof *order);
+    int64_t *l = malloc((n + 1) * sizeof *l);
+    float *v = op == SET_DELETE ? NULL : malloc((n + 1) * d * sizeof *v);
+    kiln_status st = KILN_OK;
+    if (!first || !order || !l || (op != SET_DELETE && !v))
+        st = kiln_fail(ctx, KILN_E_NOMEM, "out of memory routing %zu rows to %u shards", n, set->n);
+    for (size_t i = 0; st == KILN_OK && i < n; i++)
+        first[kiln_shard_of(labels[i], set->n) + 1]++;
+    for (uint32_t s = 0; st == KILN_OK && s < set->n; s++)
+        first[s + 1] += first[s];
+    for (size_t i = 0; st == KILN_OK && i < n; i++) /* counting sort, stable */
+        order[first[kiln_shard_of(labels[i], set->n)]++] = i;
+    for (uint32_t s = set->n; st == KILN_OK && s > 0; s--) /* back to each shard's start */
+        first[s] = first[s - 1];
+    if (st == KILN_OK)
+        first[0] = 0;
+    for (uint32_t s = 0; st == KILN_OK && s < set->n; s++) {
+        const size_t m = first[s + 1] - first[s];
+        if (m == 0)
+            continue;
+        for (size_t j = 0; j < m; j++) {
+            const size_t row = order[first[s] + j];
+            l[j] = labels[row];
+            if (v)
+                memcpy(v + j * d, vectors + row * d, d * sizeof *v);
+        }
+        kiln_index *ix = set->shard[s];
+        set->dirty[s] = true;
+        st = op == SET_ADD      ? kiln_index_add(ix, v, l, m)
+             : op == SET_DELETE ? kiln_index_delete(ix, l, m)
+                                : kiln_index_update(ix, v, l, m);
+        if (st && set->manifest) {
+            char why[KILN_ERRMSG_MAX];
+            snprintf(why, sizeof why, "%s", kiln_errmsg(ctx));
+            st = kiln_fail(ctx, st, "shard %u of %u: %s", s, set->n, why);
+        }
+    }
+    free(first);
+    free(order);
+    free(l);
+    free(v);
+    return st;
+}
+
+static kiln_status set_args(const kiln_shardset *set, const void *vectors, const int64_t *labels,
+                            size_t n, bool need_labels, bool need_vectors) {
+    if (!set)
+        return KILN_E_ARG;
+    if (n && ((need_labels && !labels) || (need_vectors && !vectors)))
+        return kiln_fail(set->ctx, KILN_E_ARG, "shard set: NULL %s for %zu rows",
+                         need_vectors && !vectors ? "vectors" : "labels", n);
+    return KILN_OK;
+}
+
+kiln_status kiln_shardset_add(kiln_shardset *set, const float *vectors, const int64_t *labels,
+                              size_t n) {
+    kiln_status st = set_args(set, vectors, labels, n, false, true);
+    if (st || labels || n == 0)
+        return st ? st : set_apply(set, SET_ADD, vectors, labels, n);
+    /* The next labels after the largest in the set, as kiln_index_add gives
+     * one index. */
+    int64_t top = -1;
+    for (uint32_t s = 0; s < set->n; s++) {
+        const struct kiln_index *ix = set->shard[s];
+        for (uint64_t i = 0; i < ix->count; i++)
+            if (!kiln_slot_free(ix, i) && ix->labels[i] > top)
+                top = ix->labels[i];
+    }
+    if ((uint64_t)top + n > (uint64_t)INT64_MAX)
+        return kiln_fail(set->ctx, KILN_E_RANGE, "shard set: %zu labels after %lld overflow", n,
+                         (long long)top);
+    int64_t *next = malloc(n * sizeof *next);
+    if (!next)
+        return kiln_fail(set->ctx, KILN_E_NOMEM, "out of memory for %zu labels", n);
+    for (size_t i = 0; i < n; i++)
+        next[i] = top + 1 + (int64_t)i;
+    st = set_apply(set, SET_ADD, vectors, next, n);
+    free(next);
+    return st;
+}
+
+kiln_status kiln_shardset_delete(kiln_shardset *set, const int64_t *labels, size_t n) {
+    kiln_status st = set_args(set, NULL, labels, n, true, false);
+    return st ? st : set_apply(set, SET_DELETE, NULL, labels, n);
+}
+
+kiln_status kiln_shardset_update(kiln_shardset *set, const float *vectors, const int64_t *labels,
+                                 size_t n) {
+    kiln_status st = set_args(set, vectors, labels, n, true, true);
+    return st ? st : set_apply(set, SET_UPDATE, vectors, labels, n);
+}
+
+/* dir/name into a fresh string, or NULL. */
+static char *join_path(const char *dir, size_t dirlen, const char *name) {
+    const size_t cap = dirlen + strlen(name) + 2;
+    char *p = malloc(cap);
+    if (p)
+        snprintf(p, cap, "%.*s%s%s", (int)dirlen, dir, dirlen ? "/" : "", name);
+    return p;
+}
+
+/* Writes shard s beside manifest `path` under its content's name
+ * (decision 5), into e and *out_path. */
+static kiln_status save_shard(kiln_shardset *set, uint32_t s, const char *dir, size_t dirlen,
+                              const char *base, shard_entry *e, char **out_path) {
+    kiln_ctx *ctx = set->ctx;
+    char name[SHARDSET_NAME_MAX + 64];
+    snprintf(name, sizeof name, "%s-%u-of-%u.saving.kiln", base, s, set->n);
+    char *tmp = join_path(dir, dirlen, name);
+    if (!tmp)
+        return kiln_fail(ctx, KILN_E_NOMEM, "out of memory for a shard's path");
+    kiln_index_info info;
+    kiln_status st = kiln_index_save(set->shard[s], tmp);
+    if (st == KILN_OK)
+        st = kiln_index_info_read(ctx, tmp, &info);
+    if (st == KILN_OK) {
+        const int len = snprintf(name, sizeof name, "%s-%u-of-%u-%08x.kiln", base, s, set->n,
+                                 info.header_crc32c);
+        if (len < 0 || !kiln_shard_name_ok(name, (size_t)len))
+            st = kiln_fail(ctx, KILN_E_ARG,
+                           "shard set %s: '%s' is not a plain file name of at most %d bytes", base,
+                           name, SHARDSET_NAME_MAX);
+    }
+    char *final = st == KILN_OK ? join_path(dir, dirlen, name) : NULL;
+    if (st == KILN_OK && !final)
+        st = kiln_fail(ctx, KILN_E_NOMEM, "out of memory for a shard's path");
+    if (st == KILN_OK && rename(tmp, final) != 0)
+        st = kiln_fail(ctx, KILN_E_IO, "%s: cannot rename to %s: %s", tmp, final, strerror(errno));
+    if (st) {
+        unlink(tmp);
+        free(final);
+    } else {
+        memcpy(e->file, name, strlen(name) + 1);
+        e->count = info.count;
+        e->file_bytes = info.file_bytes;
+        e->header_crc = info.header_crc32c;
+        *out_path = final;
+    }
+    free(tmp);
+    return st;
+}
+
+kiln_status kiln_shardset_save(kiln_shardset *set, const char *path) {
+    if (!set || !path || !*path)
+        return set ? kiln_fail(set->ctx, KILN_E_ARG, "shard set: empty path") : KILN_E_ARG;
+    kiln_ctx *ctx = set->ctx;
+    if (!set->manifest) /* one index, a set of one */
+        return kiln_index_save(set->shard[0], path);
+    const char *slash = strrchr(path, '/');
+    const char *base = slash ? slash + 1 : path;
+    const size_t dirlen = slash ? (size_t)(slash - path) + (slash == path) : 0;
+    /* In place when path is the manifest the set came from: unchanged
+     * shards keep their files, and the changed ones' old files go once the
+     * new manifest is in. Elsewhere every shard is written beside path, so
+     * that no two manifests share a file. */
+    const bool in_place = strcmp(path, set->manifest_path) == 0;
+    char *new_path = strdup(path);
+    if (!new_path)
+        return kiln_fail(ctx, KILN_E_NOMEM, "out of memory for a path");
+    shard_manifest m = {.shards = set->n, .dim = set->dim, .metric = set->metric};
+    char **fresh = calloc(set->n, sizeof *fresh);
+    if (!fresh || !(m.entry = calloc(set->n, sizeof *m.entry))) {
+        free(fresh);
+        free(new_path);
+        return kiln_fail(ctx, KILN_E_NOMEM, "out of memory saving a set of %u shards", set->n);
+    }
+    kiln_status st = KILN_OK;
+    for (uint32_t s = 0; st == KILN_OK && s < set->n; s++) {
+        if (in_place && !set->dirty[s])
+            m.entry[s] = set->entry[s];
+        else
+            st = save_shard(set, s, path, dirlen, base, &m.entry[s], &fresh[s]);
+        m.count += m.entry[s].count;
+    }
+    if (st == KILN_OK)
+        st = kiln_manifest_write(ctx, path, &m);
+    for (uint32_t s = 0; s < set->n; s++) {
+        if (!fresh[s])
+            continue;
+        if (st) { /* not adopted: gone again */
+            unlink(fresh[s]);
+            free(fresh[s]);
+            continue;
+        }
+        /* Adopted: in place, the old file of a changed shard goes, unless
+         * it is the same content under the same name. */
+        if (in_place && strcmp(set->entry[s].file, m.entry[s].file) != 0)
+            unlink(set->path[s]);
+        free(set->path[s]);
+        set->path[s] = fresh[s];
+        set->dirty[s] = false;
+    }
+    if (st == KILN_OK) {
+        free(set->entry);
+        set->entry = m.entry;
+        m.entry = NULL;
+        free(set->manifest_path);
+        set->manifest_path = new_path;
+        new_path = NULL;
+    }
+    free(m.entry);
+    free(fresh);
+    free(new_path);
+    return st;
 }

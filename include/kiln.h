@@ -623,6 +623,26 @@ KILN_API kiln_status kiln_shardset_search(const kiln_shardset *set, const float 
                                           const kiln_search_params *params, int64_t *labels,
                                           float *distances);
 
+/* Writes through a set: each label goes to shard kiln_shard_of(label, N),
+ * which changes as kiln_index_add, _delete and _update change one index
+ * (labels NULL for add: after the largest label in the set). The shards
+ * change in memory; nothing is written until kiln_shardset_save. On failure
+ * the set may be partly changed (say, the shards before the one that
+ * refused a label): do not save it then. Not while the set is searched. */
+KILN_API kiln_status kiln_shardset_add(kiln_shardset *set, const float *vectors,
+                                       const int64_t *labels, size_t n);
+KILN_API kiln_status kiln_shardset_delete(kiln_shardset *set, const int64_t *labels, size_t n);
+KILN_API kiln_status kiln_shardset_update(kiln_shardset *set, const float *vectors,
+                                          const int64_t *labels, size_t n);
+/* Saves the set as manifest path. In place (path is the manifest the set
+ * was opened from or last saved to), each changed shard goes to a new file
+ * beside it named by its content, "<path>-<s>-of-<N>-<header crc>.kiln",
+ * then the manifest is replaced atomically, then the changed shards' old
+ * files are removed: a reader sees the old set or the new one. Elsewhere
+ * every shard is written beside path. A plain index opened as a set is
+ * saved as an index (kiln_index_save). */
+KILN_API kiln_status kiln_shardset_save(kiln_shardset *set, const char *path);
+
 /* What kiln_shardset_build did. */
 typedef struct kiln_shardset_report {
     uint32_t shards;             /* N */

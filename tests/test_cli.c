@@ -264,6 +264,26 @@ static void test_shards(void) {
     CHECK_MSG(recall >= 0.95, "recall@10 at ef=64 of a 2-shard set from kiln eval: %.4f", recall);
     snprintf(a, sizeof a, "search %s/s.kset %s/q.fvecs -k 5 --json", tmp, tmp);
     CHECK(run(a) == 0 && count_lines(out_text) == 50 && strstr(out_text, "\"distances\""));
+    /* kiln delete and add through the manifest: routed to the shards, the
+     * set saved in place (new shard files, the old ones gone), still valid. */
+    snprintf(a, sizeof a, "sh -c 'seq 0 9 100 > %s/del.txt'", tmp);
+    REQUIRE(system(a) == 0);
+    snprintf(a, sizeof a, "delete %s/s.kset %s/del.txt", tmp, tmp);
+    CHECK_MSG(run(a) == 0 && strstr(out_text, "deleted 12 vectors; 3000 before, 2988 now"), "%s%s",
+              out_text, err_text);
+    CHECK(!exists("s.kset-0-of-2.kiln") && !exists("s.kset-1-of-2.kiln"));
+    snprintf(a, sizeof a, "check %s/s.kset", tmp);
+    CHECK_MSG(run(a) == 0 && strstr(out_text, "shard set of 2 shards, 2988 vectors"), "%s%s",
+              out_text, err_text);
+    snprintf(a, sizeof a, "delete %s/s.kset %s/del.txt", tmp, tmp);
+    CHECK_MSG(run(a) == 1 && strstr(err_text, "shard ") && count_lines(err_text) == 1, "%s",
+              err_text);
+    snprintf(a, sizeof a, "add %s/s.kset %s/q.fvecs", tmp, tmp);
+    CHECK_MSG(run(a) == 0 && strstr(out_text, "added 50 vectors; 2988 before, 3038 now"), "%s%s",
+              out_text, err_text);
+    snprintf(a, sizeof a, "check %s/s.kset", tmp);
+    CHECK_MSG(run(a) == 0 && strstr(out_text, "shard set of 2 shards, 3038 vectors"), "%s%s",
+              out_text, err_text);
     /* Shard by shard (two processes' work), then the manifest alone. */
     snprintf(a, sizeof a, "build %s/b.fvecs --shards 2 --shard 1 -o %s/p.kset --threads 1", tmp,
              tmp);
@@ -276,6 +296,8 @@ static void test_shards(void) {
              tmp, tmp);
     CHECK_MSG(run(a) == 0, "%s", err_text);
     CHECK(json_raw(out_text, "built", "0") && json_raw(out_text, "kept", "2") && exists("p.kset"));
+    snprintf(a, sizeof a, "build %s/b.fvecs --shards 2 -o %s/s.kset --threads 1", tmp, tmp);
+    CHECK_MSG(run(a) == 0, "%s", err_text);
     CHECK(same_bytes("p.kset-0-of-2.kiln", "s.kset-0-of-2.kiln") &&
           same_bytes("p.kset-1-of-2.kiln", "s.kset-1-of-2.kiln"));
     /* Refusals: --shard without --shards, out of range; a shard gone. */

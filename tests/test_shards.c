@@ -246,6 +246,166 @@ static void test_set(kiln_ctx *ctx, const char *name, uint32_t n, double min_rec
     data_free(&dt);
 }
 
+/* Writes through a set (graph/shardset.c decision 5): deletes and adds
+ * routed by the hash give each shard the bytes of the same calls on that
+ * shard alone; the set saved in place opens valid with its new files (the
+ * old ones gone), never returns a deleted label, keeps its recall against
+ * the exact ground truth of what is left, and takes the rows back; a label
+ * not in the set is refused and nothing is written. */
+static void test_writes(kiln_ctx *ctx) {
+    data dt;
+    if (!data_open(ctx, "siftsmall", &dt))
+        return;
+    const uint32_t n = 3;
+    char set_path[4096], work[4200];
+    snprintf(set_path, sizeof set_path, "%s/shards_writes.kset", tmp_dir());
+    snprintf(work, sizeof work, "%s.work", set_path);
+    kiln_build_params p;
+    kiln_build_params_init(&p);
+    p.work_dir = work;
+    CHECK_OK(ctx, kiln_shardset_build(ctx, dt.base, &p, n, -1, set_path, NULL));
+    const size_t d = kiln_dataset_dim(dt.base);
+    float *all = malloc(dt.n * d * sizeof *all);
+    REQUIRE(all);
+    CHECK_OK(ctx, kiln_dataset_read_f32(dt.base, 0, dt.n, all));
+    /* 10% of the labels, seeded. */
+    uint8_t *gone = calloc(dt.n, 1);
+    int64_t *del = malloc(dt.n * sizeof *del);
+    REQUIRE(gone && del);
+    size_t nd = 0;
+    for (uint64_t x = 12345, i = 0; i < dt.n; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        if ((x >> 33) % 10 == 0) {
+            gone[i] = 1;
+            del[nd++] = (int64_t)i;
+        }
+    }
+    kiln_shardset *set = NULL;
+    CHECK_OK(ctx, kiln_shardset_open(ctx, set_path, 0, &set));
+    REQUIRE(set);
+    /* Each shard alone, with the labels that hash to it. */
+    char alone[3][4200], old[3][4200];
+    for (uint32_t s = 0; s < n; s++) {
+        snprintf(old[s], sizeof old[s], "%s", kiln_shardset_shard_path(set, s));
+        snprintf(alone[s], sizeof alone[s], "%s/shards_writes_alone_%u.kiln", tmp_dir(), s);
+        kiln_index *ix = NULL;
+        CHECK_OK(ctx, kiln_index_open(ctx, old[s], 0, &ix));
+        REQUIRE(ix);
+        int64_t *mine = malloc(nd * sizeof *mine);
+        size_t m = 0;
+        REQUIRE(mine);
+        for (size_t j = 0; j < nd; j++)
+            if (kiln_shard_of(del[j], n) == s)
+                mine[m++] = del[j];
+        CHECK_OK(ctx, kiln_index_delete(ix, mine, m));
+        CHECK_OK(ctx, kiln_index_save(ix, alone[s]));
+        kiln_index_free(ix);
+        free(mine);
+    }
+    CHECK_OK(ctx, kiln_shardset_delete(set, del, nd));
+    CHECK(kiln_shardset_count(set) == dt.n - nd);
+    CHECK_OK(ctx, kiln_shardset_save(set, set_path));
+    kiln_shardset_free(set);
+    set = NULL;
+    CHECK_OK(ctx, kiln_shardset_open(ctx, set_path, KILN_LOAD_VERIFY, &set));
+    REQUIRE(set);
+    CHECK(kiln_shardset_count(set) == dt.n - nd);
+    for (uint32_t s = 0; s < n; s++) {
+        size_t la = 0, lb = 0;
+        uint8_t *a = read_file(alone[s], &la),
+                *b = read_file(kiln_shardset_shard_path(set, s), &lb);
+        CHECK_MSG(a && b && la == lb && memcmp(a, b, la) == 0,
+                  "shard %u after the routed delete is not the shard deleted from alone", s);
+        CHECK_MSG(access(old[s], F_OK) != 0, "shard %u's old file %s is left", s, old[s]);
+        CHECK_OK(ctx, kiln_index_check(kiln_shardset_shard(set, s)));
+        free(a);
+        free(b);
+        unlink(alone[s]);
+    }
+    /* Search: no deleted label, recall against the exact neighbours of the rest. */
+    const size_t left = dt.n - nd;
+    float *rest = malloc(left * d * sizeof *rest);
+    int64_t *rest_label = malloc(left * sizeof *rest_label), *gt = malloc(dt.nq * K * sizeof *gt),
+            *got = malloc(dt.nq * K * sizeof *got);
+    float *dist = malloc(dt.nq * K * sizeof *dist);
+    REQUIRE(rest && rest_label && gt && got && dist);
+    for (size_t i = 0, j = 0; i < dt.n; i++)
+        if (!gone[i]) {
+            memcpy(rest + j * d, all + i * d, d * sizeof *rest);
+            rest_label[j++] = (int64_t)i;
+        }
+    CHECK_OK(ctx, kiln_knn_exact(ctx, rest, left, dt.q, dt.nq, d, KILN_METRIC_L2, K, 2, gt, dist));
+    for (size_t i = 0; i < dt.nq * K; i++)
+        gt[i] = gt[i] >= 0 ? rest_label[gt[i]] : -1;
+    kiln_search_params sp = {.k = K, .ef = 64, .threads = 2};
+    CHECK_OK(ctx, kiln_shardset_search(set, dt.q, dt.nq, &sp, got, dist));
+    size_t deleted_found = 0;
+    for (size_t i = 0; i < dt.nq * K; i++)
+        deleted_found += got[i] >= 0 && gone[got[i]];
+    const double r = recall_at(got, gt, dt.nq, K, K);
+    fprintf(stderr,
+            "siftsmall, %u shards, %zu deleted through the set: recall@10 at ef 64 = %.4f\n", n, nd,
+            r);
+    CHECK_MSG(deleted_found == 0 && r >= 0.95,
+              "after the routed delete: %zu deleted labels returned, recall@10 at ef 64 %.4f",
+              deleted_found, r);
+    /* A label the set does not hold: refused, and the manifest stays. */
+    size_t before_len = 0, after_len = 0;
+    uint8_t *before = read_file(set_path, &before_len);
+    const int64_t missing = del[0];
+    CHECK_FAILS(ctx, kiln_shardset_delete(set, &missing, 1), KILN_E_ARG, "");
+    kiln_shardset_free(set);
+    set = NULL;
+    uint8_t *after = read_file(set_path, &after_len);
+    CHECK(before && after && before_len == after_len && memcmp(before, after, after_len) == 0);
+    free(before);
+    free(after);
+    /* The rows back, with their labels. */
+    float *back = malloc(nd * d * sizeof *back);
+    REQUIRE(back);
+    for (size_t j = 0; j < nd; j++)
+        memcpy(back + j * d, all + (size_t)del[j] * d, d * sizeof *back);
+    CHECK_OK(ctx, kiln_shardset_open(ctx, set_path, 0, &set));
+    REQUIRE(set);
+    CHECK_OK(ctx, kiln_shardset_add(set, back, del, nd));
+    CHECK_OK(ctx, kiln_shardset_save(set, set_path));
+    kiln_shardset_free(set);
+    set = NULL;
+    CHECK_OK(ctx, kiln_shardset_open(ctx, set_path, KILN_LOAD_VERIFY, &set));
+    REQUIRE(set);
+    CHECK(kiln_shardset_count(set) == dt.n);
+    size_t found = 0;
+    kiln_search_params one = {.k = 1, .ef = 64, .threads = 2};
+    for (size_t j = 0; j < nd; j += 7) {
+        int64_t l;
+        float dd;
+        CHECK_OK(ctx, kiln_shardset_search(set, back + j * d, 1, &one, &l, &dd));
+        found += l == del[j] && dd == 0.0f;
+    }
+    CHECK_MSG(found == (nd + 6) / 7, "%zu of %zu rows added back are found by their vectors", found,
+              (nd + 6) / 7);
+    kiln_shardset_free(set);
+    for (uint32_t s = 0; s < n; s++) { /* the set's files, then the manifest */
+        kiln_shardset *tmp = NULL;
+        if (s == 0 && kiln_shardset_open(ctx, set_path, 0, &tmp) == KILN_OK) {
+            for (uint32_t t = 0; t < n; t++)
+                unlink(kiln_shardset_shard_path(tmp, t));
+            kiln_shardset_free(tmp);
+        }
+    }
+    unlink(set_path);
+    free(back);
+    free(rest);
+    free(rest_label);
+    free(gt);
+    free(got);
+    free(dist);
+    free(gone);
+    free(del);
+    free(all);
+    data_free(&dt);
+}
+
 /* A manifest (len bytes, not NUL-terminated) without its shards' file
  * names and its checksum line, as a string to compare. */
 static char *strip_names(const uint8_t *m, size_t len) {
@@ -617,6 +777,7 @@ int main(void) {
     test_set(ctx, "siftsmall", 3, 0.95);
     test_set(ctx, "fmnistsmall", 2, 0.95);
     test_piecewise(ctx);
+    test_writes(ctx);
     kiln_ctx_free(ctx);
     return check_report("test_shards");
 }
