@@ -959,7 +959,9 @@ static int cmp_double(const void *x, const void *y) {
 static int check_gt_labels(const kiln_shardset *set, const char *ixpath, const char *gtpath,
                            const int32_t *gt, size_t nq, size_t gk, uint32_t k) {
     kiln_index_stats s;
-    if (kiln_shardset_has_manifest(set) || /* a set's labels are its input's rows */
+    /* A set is not checked: its labels are its input's rows unless adds
+     * gave it others, and its shards' ranges do not say which. */
+    if (kiln_shardset_has_manifest(set) ||
         kiln_index_stats_get(kiln_shardset_shard(set, 0), &s) != KILN_OK || s.labels_are_rows ||
         s.count == 0)
         return 0;

@@ -41,7 +41,14 @@
  *     atomically, and only then removes the files it no longer names. A
  *     reader sees the old set or the new one, never a mix; a crash leaves at
  *     most files no manifest names (the old ones, or the new ones not yet
- *     adopted); a search holding the old files mapped keeps reading them.
+ *     adopted); a search holding the old files mapped keeps reading them
+ *     (one that read the old manifest but had not opened every shard when
+ *     their files went fails to open it, and opens the set again). A file
+ *     of the new name already there holds the same bytes (the name is its
+ *     header's CRC) and is kept as it is, never removed by this save. One
+ *     writer at a time: a save holds an flock on "<manifest>.lock", and
+ *     refuses to write over a manifest another writer has replaced since
+ *     this set was opened (its inode changed), so no update is lost.
  */
 #include <errno.h>
 #include <math.h>
@@ -50,6 +57,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "hnsw_internal.h"
@@ -86,6 +96,8 @@ struct kiln_shardset {
     shard_entry *entry;
     bool *dirty;
     char *manifest_path; /* as opened, or as last saved to */
+    dev_t man_dev;       /* and that file's identity then (kiln_shardset_save) */
+    ino_t man_ino;
 };
 
 /* A manifest being parsed: the text, the current line and its number. */
@@ -582,6 +594,9 @@ kiln_status kiln_shardset_open(kiln_ctx *ctx, const char *path, uint32_t flags,
         return KILN_OK;
     }
     char *text = NULL;
+    struct stat man; /* the file read, for kiln_shardset_save */
+    if (fstat(fd, &man) != 0)
+        memset(&man, 0, sizeof man);
     st = read_manifest(ctx, path, fd, size, &text);
     close(fd);
     if (st)
@@ -601,6 +616,8 @@ kiln_status kiln_shardset_open(kiln_ctx *ctx, const char *path, uint32_t flags,
         m.entry = NULL;
         if (!st && !(set->manifest_path = strdup(path)))
             st = kiln_fail(ctx, KILN_E_NOMEM, "out of memory for a path");
+        set->man_dev = man.st_dev;
+        set->man_ino = man.st_ino;
     }
     free(m.entry);
     if (st) {
@@ -739,7 +756,8 @@ static kiln_status set_apply(kiln_shardset *set, set_op op, const float *vectors
     size_t *first = calloc((size_t)set->n + 1, sizeof *first),
            *order = malloc((n + 1) * sizeof *order);
     int64_t *l = malloc((n + 1) * sizeof *l);
-    float *v = op == SET_DELETE ? NULL : malloc((n + 1) * d * sizeof *v);
+    const bool too_many = n > (SIZE_MAX / sizeof(float) - 1) / (d ? d : 1) - 1;
+    float *v = op == SET_DELETE || too_many ? NULL : malloc((n + 1) * d * sizeof *v);
     kiln_status st = KILN_OK;
     if (!first || !order || !l || (op != SET_DELETE && !v))
         st = kiln_fail(ctx, KILN_E_NOMEM, "out of memory routing %zu rows to %u shards", n, set->n);
@@ -834,17 +852,20 @@ static char *join_path(const char *dir, size_t dirlen, const char *name) {
     const size_t cap = dirlen + strlen(name) + 2;
     char *p = malloc(cap);
     if (p)
-        snprintf(p, cap, "%.*s%s%s", (int)dirlen, dir, dirlen ? "/" : "", name);
+        snprintf(p, cap, "%.*s%s%s", (int)dirlen, dir, dirlen && dir[dirlen - 1] != '/' ? "/" : "",
+                 name);
     return p;
 }
 
 /* Writes shard s beside manifest `path` under its content's name
- * (decision 5), into e and *out_path. */
+ * (decision 5), into e and *out_path; *existed when a file of that name
+ * (so of those bytes: the header CRC pins them) was there already, which is
+ * then kept and is not this call's to remove. */
 static kiln_status save_shard(kiln_shardset *set, uint32_t s, const char *dir, size_t dirlen,
-                              const char *base, shard_entry *e, char **out_path) {
+                              const char *base, shard_entry *e, char **out_path, bool *existed) {
     kiln_ctx *ctx = set->ctx;
     char name[SHARDSET_NAME_MAX + 64];
-    snprintf(name, sizeof name, "%s-%u-of-%u.saving.kiln", base, s, set->n);
+    snprintf(name, sizeof name, "%s-%u-of-%u.saving.%ld.kiln", base, s, set->n, (long)getpid());
     char *tmp = join_path(dir, dirlen, name);
     if (!tmp)
         return kiln_fail(ctx, KILN_E_NOMEM, "out of memory for a shard's path");
@@ -863,7 +884,10 @@ static kiln_status save_shard(kiln_shardset *set, uint32_t s, const char *dir, s
     char *final = st == KILN_OK ? join_path(dir, dirlen, name) : NULL;
     if (st == KILN_OK && !final)
         st = kiln_fail(ctx, KILN_E_NOMEM, "out of memory for a shard's path");
-    if (st == KILN_OK && rename(tmp, final) != 0)
+    *existed = st == KILN_OK && access(final, F_OK) == 0;
+    if (st == KILN_OK && *existed)
+        unlink(tmp);
+    else if (st == KILN_OK && rename(tmp, final) != 0)
         st = kiln_fail(ctx, KILN_E_IO, "%s: cannot rename to %s: %s", tmp, final, strerror(errno));
     if (st) {
         unlink(tmp);
@@ -888,36 +912,67 @@ kiln_status kiln_shardset_save(kiln_shardset *set, const char *path) {
     const char *slash = strrchr(path, '/');
     const char *base = slash ? slash + 1 : path;
     const size_t dirlen = slash ? (size_t)(slash - path) + (slash == path) : 0;
-    /* In place when path is the manifest the set came from: unchanged
-     * shards keep their files, and the changed ones' old files go once the
-     * new manifest is in. Elsewhere every shard is written beside path, so
-     * that no two manifests share a file. */
-    const bool in_place = strcmp(path, set->manifest_path) == 0;
-    char *new_path = strdup(path);
-    if (!new_path)
+    /* Every name this save may write, checked before any byte is. */
+    char longest[SHARDSET_NAME_MAX + 64];
+    const int ll =
+        snprintf(longest, sizeof longest, "%s-%u-of-%u-ffffffff.kiln", base, set->n - 1, set->n);
+    if (ll < 0 || !kiln_shard_name_ok(longest, (size_t)ll))
+        return kiln_fail(ctx, KILN_E_ARG,
+                         "shard set %s: its shards' names ('%s') would not be plain file names of "
+                         "at most %d bytes of [A-Za-z0-9._-]",
+                         path, longest, SHARDSET_NAME_MAX);
+    /* One writer at a time (a lock file beside the manifest), and not over
+     * another writer's save: in place means the very file the set came
+     * from, still there. */
+    char *lock_path = malloc(strlen(path) + 6);
+    if (!lock_path)
         return kiln_fail(ctx, KILN_E_NOMEM, "out of memory for a path");
+    snprintf(lock_path, strlen(path) + 6, "%s.lock", path);
+    const int lock = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (lock < 0 || flock(lock, LOCK_EX) != 0) {
+        const kiln_status e =
+            kiln_fail(ctx, KILN_E_IO, "%s: cannot lock: %s", lock_path, strerror(errno));
+        if (lock >= 0)
+            close(lock);
+        free(lock_path);
+        return e;
+    }
+    free(lock_path);
+    struct stat here;
+    const bool exists = stat(path, &here) == 0;
+    const bool in_place = exists && here.st_dev == set->man_dev && here.st_ino == set->man_ino;
+    /* In place, unchanged shards keep their files and the changed ones'
+     * old files go once the new manifest is in. Elsewhere every shard is
+     * written beside path, so that no two manifests share a file. */
     shard_manifest m = {.shards = set->n, .dim = set->dim, .metric = set->metric};
     char **fresh = calloc(set->n, sizeof *fresh);
-    if (!fresh || !(m.entry = calloc(set->n, sizeof *m.entry))) {
-        free(fresh);
-        free(new_path);
-        return kiln_fail(ctx, KILN_E_NOMEM, "out of memory saving a set of %u shards", set->n);
-    }
+    bool *existed = calloc(set->n, sizeof *existed);
     kiln_status st = KILN_OK;
+    if (!fresh || !existed || !(m.entry = calloc(set->n, sizeof *m.entry)))
+        st = kiln_fail(ctx, KILN_E_NOMEM, "out of memory saving a set of %u shards", set->n);
+    else if (!in_place && strcmp(path, set->manifest_path) == 0)
+        st = kiln_fail(ctx, KILN_E_IO,
+                       "%s: the set changed since it was opened (another writer saved it): "
+                       "nothing written",
+                       path);
     for (uint32_t s = 0; st == KILN_OK && s < set->n; s++) {
         if (in_place && !set->dirty[s])
             m.entry[s] = set->entry[s];
         else
-            st = save_shard(set, s, path, dirlen, base, &m.entry[s], &fresh[s]);
+            st = save_shard(set, s, path, dirlen, base, &m.entry[s], &fresh[s], &existed[s]);
         m.count += m.entry[s].count;
     }
     if (st == KILN_OK)
         st = kiln_manifest_write(ctx, path, &m);
-    for (uint32_t s = 0; s < set->n; s++) {
+    struct stat now;
+    if (st == KILN_OK && stat(path, &now) != 0)
+        st = kiln_fail(ctx, KILN_E_IO, "%s: written, then not found: %s", path, strerror(errno));
+    for (uint32_t s = 0; fresh && s < set->n; s++) {
         if (!fresh[s])
             continue;
-        if (st) { /* not adopted: gone again */
-            unlink(fresh[s]);
+        if (st) { /* not adopted: gone again, unless it was there before */
+            if (!existed[s])
+                unlink(fresh[s]);
             free(fresh[s]);
             continue;
         }
@@ -929,16 +984,21 @@ kiln_status kiln_shardset_save(kiln_shardset *set, const char *path) {
         set->path[s] = fresh[s];
         set->dirty[s] = false;
     }
-    if (st == KILN_OK) {
+    char *new_path = st == KILN_OK ? strdup(path) : NULL;
+    if (st == KILN_OK && new_path) {
         free(set->entry);
         set->entry = m.entry;
         m.entry = NULL;
         free(set->manifest_path);
         set->manifest_path = new_path;
-        new_path = NULL;
+        set->man_dev = now.st_dev;
+        set->man_ino = now.st_ino;
+    } else if (st == KILN_OK) {
+        st = kiln_fail(ctx, KILN_E_NOMEM, "out of memory for a path");
     }
+    close(lock); /* releases the lock */
     free(m.entry);
     free(fresh);
-    free(new_path);
+    free(existed);
     return st;
 }

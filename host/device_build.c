@@ -918,11 +918,9 @@ static kiln_status check_budget(pipeline *pl, uint64_t k, uint64_t slots, uint64
 
 /* Step 1: k-means with replicas under a size cap, or the clusters of the
  * work dir. */
-static kiln_status step_clusters(pipeline *pl, const kiln_device_info *info) {
-    if (kiln_workdir_has(pl->wd, "clusters")) {
-        pl->rep->resumed_steps++;
-        return clusters_get(pl);
-    }
+/* The k-means parameters of step 1, and the budget checked against them up
+ * front. */
+static kiln_status kmeans_setup(pipeline *pl, kiln_kmeans_params *out) {
     const kiln_build_params *p = pl->p;
     const size_t n = pl->ix->count;
     kiln_kmeans_params kp;
@@ -954,8 +952,21 @@ static kiln_status step_clusters(pipeline *pl, const kiln_device_info *info) {
     const uint64_t sample_need =
         (uint64_t)kp.sample * pl->ix->dim * sizeof(float) / 4 * 5 + kiln_rss_anon();
     uint64_t room;
-    if ((st = check_budget(pl, k, (uint64_t)n * (kp.replicas + kp.extra), kp.max_size, sample_need,
-                           &room)))
+    *out = kp;
+    return check_budget(pl, k, (uint64_t)n * (kp.replicas + kp.extra), kp.max_size, sample_need,
+                        &room);
+}
+
+static kiln_status step_clusters(pipeline *pl, const kiln_device_info *info) {
+    if (kiln_workdir_has(pl->wd, "clusters")) {
+        pl->rep->resumed_steps++;
+        return clusters_get(pl);
+    }
+    const kiln_build_params *p = pl->p;
+    const size_t n = pl->ix->count;
+    kiln_kmeans_params kp;
+    kiln_status st = kmeans_setup(pl, &kp);
+    if (st)
         return st;
     nearest_user nu = {.cpu = {.threads = p->threads}, .on_device = info->type != KILN_DEVICE_CPU};
     const kiln_nearest_backend backend = {nearest_backend, &nu};
@@ -1717,6 +1728,12 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
      * the hierarchy at the same time on rank 1 (decision 11). */
     const int hier_rank = pl.ranks > 1 ? 1 : 0;
     if (pl.ranks > 1) {
+        /* Up front on every rank, before rank 1 spends the hierarchy's
+         * time: the budget against k-means's and the clusters' figures. */
+        kiln_kmeans_params kp;
+        if ((st = kiln_dist_agree(
+                 ctx, kiln_workdir_has(pl.wd, "clusters") ? KILN_OK : kmeans_setup(&pl, &kp))))
+            goto cleanup;
         if (pl.rank == 0)
             st = step_clusters(&pl, &info);
         stage(rep, "kmeans+assign", kiln_now() - t);

@@ -634,13 +634,17 @@ KILN_API kiln_status kiln_shardset_add(kiln_shardset *set, const float *vectors,
 KILN_API kiln_status kiln_shardset_delete(kiln_shardset *set, const int64_t *labels, size_t n);
 KILN_API kiln_status kiln_shardset_update(kiln_shardset *set, const float *vectors,
                                           const int64_t *labels, size_t n);
-/* Saves the set as manifest path. In place (path is the manifest the set
- * was opened from or last saved to), each changed shard goes to a new file
- * beside it named by its content, "<path>-<s>-of-<N>-<header crc>.kiln",
- * then the manifest is replaced atomically, then the changed shards' old
- * files are removed: a reader sees the old set or the new one. Elsewhere
- * every shard is written beside path. A plain index opened as a set is
- * saved as an index (kiln_index_save). */
+/* Saves the set as manifest path. In place (path is the manifest file the
+ * set was opened from or last saved to), each changed shard goes to a new
+ * file in the manifest's folder named by its content, "<name>-<s>-of-<N>-
+ * <header crc>.kiln" (name: path's last component), then the manifest is
+ * replaced atomically, then the changed shards' old files are removed: a
+ * reader that has opened the set keeps the old one, a new reader gets the
+ * new one. Elsewhere every shard is written beside path (the files of a
+ * manifest written over are not removed). One writer at a time: the save
+ * holds an flock on "<path>.lock" (kept), and refuses, writing nothing,
+ * when another writer has replaced the manifest since the set was opened.
+ * A plain index opened as a set is saved as an index (kiln_index_save). */
 KILN_API kiln_status kiln_shardset_save(kiln_shardset *set, const char *path);
 
 /* What kiln_shardset_build did. */

@@ -353,13 +353,61 @@ static void test_writes(kiln_ctx *ctx) {
     size_t before_len = 0, after_len = 0;
     uint8_t *before = read_file(set_path, &before_len);
     const int64_t missing = del[0];
-    CHECK_FAILS(ctx, kiln_shardset_delete(set, &missing, 1), KILN_E_ARG, "");
+    CHECK_FAILS(ctx, kiln_shardset_delete(set, &missing, 1), KILN_E_ARG, "is not in the index");
     kiln_shardset_free(set);
     set = NULL;
     uint8_t *after = read_file(set_path, &after_len);
     CHECK(before && after && before_len == after_len && memcmp(before, after, after_len) == 0);
     free(before);
     free(after);
+    /* A delete within shard 0 only: shard 1 keeps its file. Two writers
+     * from the same manifest: the second save is refused, not lost. */
+    kiln_shardset *w1 = NULL, *w2 = NULL;
+    CHECK_OK(ctx, kiln_shardset_open(ctx, set_path, 0, &w1));
+    CHECK_OK(ctx, kiln_shardset_open(ctx, set_path, 0, &w2));
+    REQUIRE(w1 && w2);
+    char keep1[4200];
+    snprintf(keep1, sizeof keep1, "%s", kiln_shardset_shard_path(w1, 1));
+    int64_t in0 = -1, in2 = -1;
+    for (size_t i = 0; i < dt.n && (in0 < 0 || in2 < 0); i++) {
+        if (!gone[i] && kiln_shard_of((int64_t)i, n) == 0 && in0 < 0)
+            in0 = (int64_t)i;
+        if (!gone[i] && kiln_shard_of((int64_t)i, n) == 2 && in2 < 0)
+            in2 = (int64_t)i;
+    }
+    CHECK_OK(ctx, kiln_shardset_delete(w1, &in0, 1));
+    CHECK_OK(ctx, kiln_shardset_save(w1, set_path));
+    CHECK(strcmp(kiln_shardset_shard_path(w1, 1), keep1) == 0 && access(keep1, F_OK) == 0);
+    CHECK_OK(ctx, kiln_shardset_delete(w2, &in2, 1));
+    CHECK_FAILS(ctx, kiln_shardset_save(w2, set_path), KILN_E_IO, "changed since it was opened");
+    kiln_shardset_free(w2);
+    /* Saved elsewhere twice: the second finds its files there already
+     * (same bytes, same names) and keeps them. */
+    char other[4200];
+    snprintf(other, sizeof other, "%s/shards_writes_other.kset", tmp_dir());
+    CHECK_OK(ctx, kiln_shardset_save(w1, other));
+    kiln_shardset *w3 = NULL;
+    CHECK_OK(ctx, kiln_shardset_open(ctx, set_path, 0, &w3));
+    REQUIRE(w3);
+    CHECK_OK(ctx, kiln_shardset_save(w3, other));
+    kiln_shardset_free(w3);
+    CHECK_OK(ctx, kiln_shardset_open(ctx, other, KILN_LOAD_VERIFY, &w3));
+    REQUIRE(w3);
+    CHECK(kiln_shardset_count(w3) == dt.n - nd - 1);
+    for (uint32_t s = 0; s < n; s++)
+        unlink(kiln_shardset_shard_path(w3, s));
+    kiln_shardset_free(w3);
+    unlink(other);
+    snprintf(other, sizeof other, "%s/shards_writes_other.kset.lock", tmp_dir());
+    unlink(other);
+    /* Put in0 back, so that the rest sees the deleted set (w1 is now the
+     * other set: a set saved elsewhere is that set). */
+    kiln_shardset_free(w1);
+    CHECK_OK(ctx, kiln_shardset_open(ctx, set_path, 0, &w1));
+    REQUIRE(w1);
+    CHECK_OK(ctx, kiln_shardset_add(w1, all + (size_t)in0 * d, &in0, 1));
+    CHECK_OK(ctx, kiln_shardset_save(w1, set_path));
+    kiln_shardset_free(w1);
     /* The rows back, with their labels. */
     float *back = malloc(nd * d * sizeof *back);
     REQUIRE(back);
@@ -394,6 +442,8 @@ static void test_writes(kiln_ctx *ctx) {
         }
     }
     unlink(set_path);
+    snprintf(work, sizeof work, "%s.lock", set_path);
+    unlink(work);
     free(back);
     free(rest);
     free(rest_label);
