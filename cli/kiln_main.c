@@ -447,6 +447,10 @@ static const cli_opt build_opts[] = {
      "device: continue a killed build from its work dir's last finished batch; with --shards, "
      "also keep the shard files already finished",
      0, 0},
+    {"labels", 0, "FILE", NULL,
+     "the label of each row, which search returns: text (one int64 a line) or .npy of int64; "
+     "unique, none -1 (default: the row numbers)",
+     0, 0},
     {"shards", 0, "N", "0",
      "write a shard set: N indexes, row i in shard hash(i) mod N, and the manifest INDEX that "
      "names them (docs/FORMAT.md); 0 = one index",
@@ -541,6 +545,8 @@ static const char *rank_device(kiln_ctx *ctx, const char *spec, char *buf, size_
     return buf;
 }
 
+static int read_labels(kiln_ctx *ctx, const char *cmd, const char *path, int64_t **out, size_t *n);
+
 static int cmd_build(const cli_args *a) {
     kiln_format fmt;
     kiln_build_params p;
@@ -569,6 +575,11 @@ static int cmd_build(const cli_args *a) {
     if (!cli_u32(a, "shards", &shards) || (cli_str(a, "shard") && !cli_u32(a, "shard", &shard_u)))
         return 2;
     const int32_t shard = cli_str(a, "shard") ? (int32_t)shard_u : -1;
+    if (cli_str(a, "labels") && shards) {
+        fprintf(stderr, "kiln build: --labels with --shards is not supported yet: a shard set's "
+                        "labels are its input's rows\n");
+        return 2;
+    }
     if (shard >= 0 && (shards == 0 || shard_u >= shards)) {
         fprintf(stderr, "kiln build: --shard %u needs --shards N with N > %u\n", shard_u, shard_u);
         return 2;
@@ -613,6 +624,7 @@ static int cmd_build(const cli_args *a) {
         return 1;
     kiln_dataset *ds = NULL;
     kiln_index *ix = NULL;
+    int64_t *labels = NULL;
     int rc = 0;
     /* Under a launcher (mpirun, srun): the ranks share the shards of a set,
      * or build one index together (decision 12). */
@@ -642,6 +654,15 @@ static int cmd_build(const cli_args *a) {
     rc = open_vectors(ctx, a, a->pos[0], &ds);
     /* Every rank must reach the build's collectives, or none: a rank that
      * cannot open the input has said why; the others stop with it. */
+    size_t nl = 0;
+    if (!rc && cli_str(a, "labels") &&
+        !(rc = read_labels(ctx, "build", cli_str(a, "labels"), &labels, &nl)) &&
+        nl != kiln_dataset_count(ds)) {
+        fprintf(stderr, "kiln build: %s holds %zu labels for the %zu rows of %s\n",
+                cli_str(a, "labels"), nl, kiln_dataset_count(ds), a->pos[0]);
+        rc = 1;
+    }
+    p.labels = labels;
     if (ranks > 1 && kiln_dist_agree(ctx, rc ? KILN_E_IO : KILN_OK) != KILN_OK && !rc)
         rc = 1;
     if (rc)
@@ -785,6 +806,7 @@ static int cmd_build(const cli_args *a) {
 done:
     kiln_index_free(ix);
     kiln_dataset_free(ds);
+    free(labels);
     kiln_ctx_free(ctx);
     kiln_dist_finalize();
     return rc;
@@ -957,7 +979,7 @@ static int cmp_double(const void *x, const void *y) {
  * the recall reads falls inside the labels' range, that is said and eval
  * stops (1) instead of reporting recall 0; otherwise a note says so. */
 static int check_gt_labels(const kiln_shardset *set, const char *ixpath, const char *gtpath,
-                           const int32_t *gt, size_t nq, size_t gk, uint32_t k) {
+                           const int64_t *gt, size_t nq, size_t gk, uint32_t k) {
     kiln_index_stats s;
     /* A set is not checked: its labels are its input's rows unless adds
      * gave it others, and its shards' ranges do not say which. */
@@ -1013,7 +1035,7 @@ static int cmd_eval(const cli_args *a) {
     kiln_shardset *ix = NULL;
     kiln_dataset *gtds = NULL;
     float *q = NULL;
-    int32_t *gt = NULL;
+    int64_t *gt = NULL; /* labels may be any int64 (kiln build --labels) */
     int64_t *labels = NULL;
     double *lat = NULL, *qps_runs = NULL;
     size_t nq = 0, d = 0;
@@ -1063,7 +1085,7 @@ static int cmd_eval(const cli_args *a) {
         rc = 1;
         goto done;
     }
-    if (kiln_dataset_read_i32(gtds, 0, nq, gt)) {
+    if (kiln_dataset_read_i64(gtds, 0, nq, gt)) {
         rc = fail("eval", ctx);
         goto done;
     }
@@ -1148,6 +1170,8 @@ static const cli_opt gt_opts[] = {
     {"metric", 0, "l2|ip|cos", "l2", "distance", 0, 0},
     {"threads", 't', "N", "0", "threads; 0 = all cores", 0, CLI_MAX_THREADS},
     {"format", 0, "FMT", "auto", "input format of BASE and QUERIES", 0, 0},
+    {"labels", 0, "FILE", NULL,
+     "the label of each BASE row (as kiln build --labels): the ids written are labels", 0, 0},
     {"allow-nonfinite", 0, NULL, NULL, "accept NaN/Inf values", 0, 0},
     {"progress", 0, NULL, NULL, "show progress on stderr even when it is not a terminal", 0, 0},
     {NULL, 0, NULL, NULL, NULL, 0, 0}};
@@ -1182,13 +1206,22 @@ static int cmd_groundtruth(const cli_args *a) {
     if (setup(a, &ctx))
         return 1;
     kiln_dataset *base = NULL, *qs = NULL;
-    int64_t *labels = NULL;
+    int64_t *labels = NULL, *row_label = NULL;
     float *dist = NULL;
     int32_t *ids = NULL;
+    size_t nl = 0;
     int rc = 0;
     if ((rc = open_vectors(ctx, a, a->pos[0], &base)) ||
-        (rc = open_vectors(ctx, a, a->pos[1], &qs)))
+        (rc = open_vectors(ctx, a, a->pos[1], &qs)) ||
+        (cli_str(a, "labels") &&
+         (rc = read_labels(ctx, "groundtruth", cli_str(a, "labels"), &row_label, &nl))))
         goto done;
+    if (row_label && nl != kiln_dataset_count(base)) {
+        fprintf(stderr, "kiln groundtruth: %s holds %zu labels for the %zu rows of %s\n",
+                cli_str(a, "labels"), nl, kiln_dataset_count(base), a->pos[0]);
+        rc = 1;
+        goto done;
+    }
     if (kiln_dataset_dim(qs) != kiln_dataset_dim(base)) {
         fprintf(stderr, "kiln groundtruth: %s has dim %zu but %s has dim %zu\n", a->pos[1],
                 kiln_dataset_dim(qs), a->pos[0], kiln_dataset_dim(base));
@@ -1209,6 +1242,8 @@ static int cmd_groundtruth(const cli_args *a) {
         rc = fail("groundtruth", ctx);
         goto done;
     }
+    for (size_t i = 0; row_label && i < nq * (size_t)k; i++) /* rows to labels; -1 stays */
+        labels[i] = labels[i] >= 0 && (size_t)labels[i] < nl ? row_label[labels[i]] : -1;
     if (!narrow_ids("groundtruth", &outs[0], files[0].dtype, labels, nq, k, ids)) {
         rc = 1;
         goto done;
@@ -1227,6 +1262,7 @@ done:
     free(ids);
     free(dist);
     free(labels);
+    free(row_label);
     kiln_dataset_free(qs);
     kiln_dataset_free(base);
     kiln_ctx_free(ctx);

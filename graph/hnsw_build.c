@@ -53,6 +53,7 @@
 #include "../common/dataset_internal.h"
 #include "../common/dist_internal.h"
 #include "../common/progress_internal.h"
+#include "../common/sort_internal.h"
 
 #define KILN_LOAD_CHUNK 65536 /* rows per read: big enough to stream, small for progress */
 
@@ -86,6 +87,39 @@ void kiln_build_params_init(kiln_build_params *p) {
     p->replicas = 0; /* the device build chooses (host/device_build.c) */
 }
 
+#define I64_LESS(a, b) ((a) < (b))
+KILN_DEFINE_SORT(i64_sort, int64_t, I64_LESS)
+
+/* The caller's labels: none -1 (search's padding), no two alike (the live
+ * index's label map, graph/hnsw_live.c, needs them unique). */
+static kiln_status check_labels(kiln_ctx *ctx, const int64_t *labels, size_t n) {
+    int64_t *sorted = NULL;
+    kiln_status st = kiln_alloc(ctx, (n + 1) * sizeof *sorted, "label check", (void **)&sorted);
+    if (st)
+        return st;
+    for (size_t i = 0; i < n; i++) {
+        if (labels[i] == -1) {
+            free(sorted);
+            return kiln_fail(ctx, KILN_E_ARG,
+                             "build: the label of row %zu is -1, which search uses for no result",
+                             i);
+        }
+        sorted[i] = labels[i];
+    }
+    i64_sort(sorted, (ptrdiff_t)n);
+    for (size_t i = 1; i < n && st == KILN_OK; i++)
+        if (sorted[i] == sorted[i - 1]) {
+            size_t a = n, b = n; /* name the first two rows that hold it */
+            for (size_t j = 0; j < n && b == n; j++)
+                if (labels[j] == sorted[i])
+                    a == n ? (void)(a = j) : (void)(b = j);
+            st = kiln_fail(ctx, KILN_E_ARG, "build: rows %zu and %zu have the same label %lld", a,
+                           b, (long long)sorted[i]);
+        }
+    free(sorted);
+    return st;
+}
+
 static kiln_status check_params(kiln_ctx *ctx, const kiln_build_params *p, size_t n, size_t dim) {
     if (!p)
         return kiln_fail(ctx, KILN_E_ARG, "build: NULL params");
@@ -113,7 +147,7 @@ static kiln_status check_params(kiln_ctx *ctx, const kiln_build_params *p, size_
     if (n >= KILN_NO_NODE)
         return kiln_fail(ctx, KILN_E_RANGE, "build: %zu vectors exceed the limit of %u", n,
                          KILN_NO_NODE - 1);
-    return KILN_OK;
+    return p->labels ? check_labels(ctx, p->labels, n) : KILN_OK;
 }
 
 /* Whether a device build of ix can keep its vectors and level 0 on the heap
@@ -154,7 +188,7 @@ static kiln_status index_new(kiln_ctx *ctx, size_t n, size_t dim, const kiln_bui
         (*out)->seed = p->seed;
         (*out)->ef_construction = p->ef_construction;
         for (size_t i = 0; i < n; i++)
-            (*out)->labels[i] = (int64_t)i;
+            (*out)->labels[i] = p->labels ? p->labels[i] : (int64_t)i;
     }
     return st;
 }

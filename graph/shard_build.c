@@ -314,6 +314,10 @@ kiln_status kiln_shardset_build(kiln_ctx *ctx, const kiln_dataset *ds,
     rep->shards = nshards;
     if (!ds || !params || !set_path || !*set_path)
         return kiln_fail(ctx, KILN_E_ARG, "shard set build: NULL dataset, parameters or path");
+    if (params->labels)
+        return kiln_fail(ctx, KILN_E_UNSUPPORTED,
+                         "shard set build: labels of the caller's are not supported yet (a set's "
+                         "labels are its input's rows, which the hash routes)");
     if (nshards < 1 || nshards > KILN_MAX_SHARDS)
         return kiln_fail(ctx, KILN_E_ARG, "shard set build: %u shards (1 to %u)", nshards,
                          KILN_MAX_SHARDS);

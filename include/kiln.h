@@ -327,6 +327,11 @@ typedef struct kiln_build_params {
      * rank 0's and refuse to run when they differ. With one rank, or
      * without MPI, an ordinary build. Default 0. */
     int collective;
+    /* The label of each of the n rows (borrowed for the call; copied into
+     * the index), which search returns: unique, none -1. NULL = the row
+     * numbers. Not with kiln_shardset_build (a set's labels are its rows).
+     * Default NULL. */
+    const int64_t *labels;
 } kiln_build_params;
 
 KILN_API void kiln_build_params_init(kiln_build_params *params);

@@ -243,6 +243,62 @@ static bool json_raw(const char *text, const char *key, const char *want) {
  * the manifest, search and eval through the manifest (the same results as
  * a search by hand of every shard would give is test_shards' job; here: the
  * commands, their outputs and their refusals). */
+/* recall@10 at ef 64 that kiln eval reports for INDEX against GT. */
+static double eval_recall(const char *index, const char *gt) {
+    char a[4096];
+    snprintf(a, sizeof a, "eval %s/%s %s/q.fvecs %s/%s -k 10 --ef 64 --json", tmp, index, tmp, tmp,
+             gt);
+    if (run(a) != 0)
+        return -1;
+    const char *r = strstr(out_text, "\"recall\": ");
+    return r ? atof(r + 10) : -1;
+}
+
+/* kiln build --labels: search returns the labels (here beyond int32), kiln
+ * groundtruth --labels writes them, kiln eval reads them (int64 .npy), and
+ * the recall is the unlabelled index's, the graph being the same; repeated
+ * labels are refused naming both rows, and --labels with --shards. */
+static void test_labels(void) {
+    char a[4096];
+    snprintf(a, sizeof a, "%s/lab.txt", tmp);
+    FILE *lf = fopen(a, "w");
+    REQUIRE(lf);
+    for (long long i = 0; i < 3000; i++)
+        fprintf(lf, "%lld\n", 5000000000LL + 7 * i);
+    REQUIRE(fclose(lf) == 0);
+    snprintf(a, sizeof a, "build %s/b.fvecs --labels %s/lab.txt -o %s/lab.kiln --threads 1", tmp,
+             tmp, tmp);
+    CHECK_MSG(run(a) == 0, "%s", err_text);
+    snprintf(a, sizeof a, "build %s/b.fvecs -o %s/nolab.kiln --threads 1", tmp, tmp);
+    CHECK_MSG(run(a) == 0, "%s", err_text);
+    snprintf(a, sizeof a,
+             "groundtruth %s/b.fvecs %s/q.fvecs -k 10 --labels %s/lab.txt -o %s/labgt.npy", tmp,
+             tmp, tmp, tmp);
+    CHECK_MSG(run(a) == 0, "%s", err_text);
+    snprintf(a, sizeof a, "groundtruth %s/b.fvecs %s/q.fvecs -k 10 -o %s/rowgt.ivecs", tmp, tmp,
+             tmp);
+    CHECK_MSG(run(a) == 0, "%s", err_text);
+    const double rl = eval_recall("lab.kiln", "labgt.npy"),
+                 ru = eval_recall("nolab.kiln", "rowgt.ivecs");
+    CHECK_MSG(rl >= 0.9 && rl == ru, "recall@10 at ef 64: labelled %.4f, by rows %.4f", rl, ru);
+    snprintf(a, sizeof a, "search %s/lab.kiln %s/q.fvecs -k 3 --json", tmp, tmp);
+    CHECK(run(a) == 0 && strstr(out_text, "50000"));
+    /* Repeated labels, and --labels with --shards. */
+    snprintf(a, sizeof a, "sh -c 'seq 0 2999 | sed 17s/.*/3/ > %s/dup.txt'", tmp);
+    REQUIRE(system(a) == 0);
+    snprintf(a, sizeof a, "build %s/b.fvecs --labels %s/dup.txt -o %s/dup.kiln", tmp, tmp, tmp);
+    CHECK_MSG(run(a) == 1 && strstr(err_text, "rows 3 and 16 have the same label 3") &&
+                  !exists("dup.kiln"),
+              "%s", err_text);
+    snprintf(a, sizeof a, "build %s/b.fvecs --labels %s/lab.txt --shards 2 -o %s/lab.kset", tmp,
+             tmp, tmp);
+    CHECK(run(a) == 2 && strstr(err_text, "--labels with --shards"));
+    snprintf(a, sizeof a, "sh -c 'head -5 %s/lab.txt > %s/short.txt'", tmp, tmp);
+    REQUIRE(system(a) == 0);
+    snprintf(a, sizeof a, "build %s/b.fvecs --labels %s/short.txt -o %s/short.kiln", tmp, tmp, tmp);
+    CHECK(run(a) == 1 && strstr(err_text, "holds 5 labels for the 3000 rows"));
+}
+
 static void test_shards(void) {
     char a[4096];
     snprintf(a, sizeof a, "build %s/b.fvecs --shards 2 -o %s/s.kset --threads 1 --json", tmp, tmp);
@@ -1033,6 +1089,7 @@ int main(void) {
     test_help();
     test_pipeline();
     test_shards();
+    test_labels();
     test_progress();
     test_conventions();
     test_json();
