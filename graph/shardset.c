@@ -516,17 +516,29 @@ static kiln_status read_manifest(kiln_ctx *ctx, const char *path, int fd, uint64
 
 /* Opens shard s of m beside the manifest and checks it against its entry
  * (decision 3). */
+/* dir/name into a fresh string, or NULL. */
+static char *join_path(const char *dir, size_t dirlen, const char *name) {
+    const size_t cap = dirlen + strlen(name) + 2;
+    char *p = malloc(cap);
+    if (p)
+        snprintf(p, cap, "%.*s%s%s", (int)dirlen, dir, dirlen && dir[dirlen - 1] != '/' ? "/" : "",
+                 name);
+    return p;
+}
+
+/* Bytes of path's folder part ("" for a bare name, "/" kept for the root):
+ * a shard's file is join_path(path, manifest_dirlen(path), name). */
+static size_t manifest_dirlen(const char *path) {
+    const char *slash = strrchr(path, '/');
+    return slash ? (size_t)(slash - path) + (slash == path) : 0;
+}
+
 static kiln_status open_shard(kiln_shardset *set, const char *manifest, const shard_manifest *m,
                               uint32_t s, uint32_t flags) {
     kiln_ctx *ctx = set->ctx;
-    const char *slash = strrchr(manifest, '/');
-    const int dirlen = slash ? (int)(slash - manifest) : 1;
-    const char *dir = slash ? manifest : ".";
     const shard_entry *e = &m->entry[s];
-    const size_t cap = (size_t)dirlen + strlen(e->file) + 2;
-    if (!(set->path[s] = malloc(cap)))
+    if (!(set->path[s] = join_path(manifest, manifest_dirlen(manifest), e->file)))
         return kiln_fail(ctx, KILN_E_NOMEM, "out of memory for a shard's path");
-    snprintf(set->path[s], cap, "%.*s/%s", slash == manifest ? 0 : dirlen, dir, e->file);
     const char *p = set->path[s];
     kiln_status st = kiln_index_open(ctx, p, flags, &set->shard[s]);
     if (st) {
@@ -847,16 +859,6 @@ kiln_status kiln_shardset_update(kiln_shardset *set, const float *vectors, const
     return st ? st : set_apply(set, SET_UPDATE, vectors, labels, n);
 }
 
-/* dir/name into a fresh string, or NULL. */
-static char *join_path(const char *dir, size_t dirlen, const char *name) {
-    const size_t cap = dirlen + strlen(name) + 2;
-    char *p = malloc(cap);
-    if (p)
-        snprintf(p, cap, "%.*s%s%s", (int)dirlen, dir, dirlen && dir[dirlen - 1] != '/' ? "/" : "",
-                 name);
-    return p;
-}
-
 /* Writes shard s beside manifest `path` under its content's name
  * (decision 5), into e and *out_path; *existed when a file of that name
  * (so of those bytes: the header CRC pins them) was there already, which is
@@ -911,7 +913,7 @@ kiln_status kiln_shardset_save(kiln_shardset *set, const char *path) {
         return kiln_index_save(set->shard[0], path);
     const char *slash = strrchr(path, '/');
     const char *base = slash ? slash + 1 : path;
-    const size_t dirlen = slash ? (size_t)(slash - path) + (slash == path) : 0;
+    const size_t dirlen = manifest_dirlen(path);
     /* Every name this save may write, checked before any byte is. */
     char longest[SHARDSET_NAME_MAX + 64];
     const int ll =
