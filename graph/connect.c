@@ -30,6 +30,9 @@
  *     and the repair reads nothing else of it, so the links are the same.
  *  5. Free slots of a live index (graph/hnsw_live.c) are marked reached
  *     before the BFS: they are not nodes, and nothing may link to them.
+ *  6. The repair of a live index runs while it is searched (graph/hnsw_live.c
+ *     decision 8): the BFS and the searches only read, and each repair's
+ *     writes are one exclusive section (kiln_commit_begin).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -94,6 +97,7 @@ static void relink(struct kiln_index *ix, kiln_scratch *sc, const uint8_t *seen,
     uint32_t n = sc->top.size;
     kiln_cands_sort(sc->top.v, n);
     uint32_t nearest = ix->entry_point;
+    kiln_commit_begin(ix); /* decision 6 */
     for (uint32_t j = 0; j < n; j++) {
         uint32_t r = sc->top.v[j].id;
         if (!seen[r] || r == u)
@@ -103,11 +107,13 @@ static void relink(struct kiln_index *ix, kiln_scratch *sc, const uint8_t *seen,
         uint32_t *l = kiln_links(ix, r, 0);
         if (l[0] < ix->M0) {
             l[1 + l[0]++] = u;
+            kiln_commit_end(ix);
             return;
         }
     }
     /* Every reachable candidate is full: the nearest one makes room. */
     link_from(ix, nearest, u);
+    kiln_commit_end(ix);
 }
 
 kiln_status kiln_repair_reachability(struct kiln_index *ix, uint32_t ef, int threads,
@@ -139,7 +145,9 @@ kiln_status kiln_repair_reachability(struct kiln_index *ix, uint32_t ef, int thr
                 relink(ix, sc, seen, u, ef);
                 out->searches++;
             } else {
+                kiln_commit_begin(ix);
                 link_from(ix, prev, u); /* decision 3 */
+                kiln_commit_end(ix);
             }
             fixed++;
             prev = u;

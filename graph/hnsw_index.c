@@ -86,6 +86,7 @@ kiln_status kiln_index_alloc_m0(kiln_ctx *ctx, uint64_t count, uint32_t dim, kil
     kiln_status st = kiln_calloc(ctx, sizeof *ix, "index", (void **)&ix);
     if (st)
         return st;
+    kiln_index_locks_init(ix);
     ix->ctx = ctx;
     ix->dim = dim;
     ix->metric = metric;
@@ -223,9 +224,24 @@ void kiln_index_adopt_vectors(struct kiln_index *ix, void *map, size_t len, cons
 
 /* ==== Public ==== */
 
+void kiln_index_locks_init(struct kiln_index *ix) {
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+#ifdef __GLIBC__
+    /* glibc prefers readers by default: searches that overlap one another
+     * would keep a writer out forever (hnsw_live.c decision 8). */
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+#endif
+    pthread_rwlock_init(&ix->rw, &attr);
+    pthread_rwlockattr_destroy(&attr);
+    pthread_mutex_init(&ix->writer, NULL);
+}
+
 void kiln_index_free(kiln_index *ix) {
     if (!ix)
         return;
+    pthread_rwlock_destroy(&ix->rw);
+    pthread_mutex_destroy(&ix->writer);
     kiln_scratch_pool_free(ix);
     kiln_live_free(ix);
     free(ix->report);
@@ -255,7 +271,21 @@ void kiln_index_free_arrays(struct kiln_index *ix) {
 }
 
 size_t kiln_index_count(const kiln_index *ix) {
-    return ix ? (size_t)(ix->count - ix->free_count) : 0;
+    if (!ix)
+        return 0;
+    kiln_read_begin(ix);
+    const size_t n = (size_t)(ix->count - ix->free_count);
+    kiln_read_end(ix);
+    return n;
+}
+
+kiln_status kiln_index_set_threads(kiln_index *ix, uint32_t threads) {
+    if (!ix)
+        return KILN_E_ARG;
+    kiln_writer_begin(ix);
+    ix->write_threads = threads;
+    kiln_writer_end(ix);
+    return KILN_OK;
 }
 size_t kiln_index_dim(const kiln_index *ix) { return ix ? ix->dim : 0; }
 kiln_metric kiln_index_metric(const kiln_index *ix) { return ix ? ix->metric : KILN_METRIC_L2; }
@@ -270,9 +300,18 @@ kiln_status kiln_index_build_report(const kiln_index *ix, kiln_build_report *out
     return KILN_OK;
 }
 
+static void stats_of(const struct kiln_index *ix, kiln_index_stats *out);
+
 kiln_status kiln_index_stats_get(const kiln_index *ix, kiln_index_stats *out) {
     if (!ix || !out)
         return KILN_E_ARG;
+    kiln_writer_begin(ix);
+    stats_of(ix, out);
+    kiln_writer_end(ix);
+    return KILN_OK;
+}
+
+static void stats_of(const struct kiln_index *ix, kiln_index_stats *out) {
     memset(out, 0, sizeof *out);
     out->count = ix->count - ix->free_count;
     out->free_slots = ix->free_count;
@@ -309,5 +348,4 @@ kiln_status kiln_index_stats_get(const kiln_index *ix, kiln_index_stats *out) {
     for (uint32_t l = 0; l < out->levels; l++)
         out->avg_degree[l] =
             out->nodes_per_level[l] ? (double)links[l] / (double)out->nodes_per_level[l] : 0.0;
-    return KILN_OK;
 }

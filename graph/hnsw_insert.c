@@ -95,6 +95,11 @@
  *     becomes the entry point (the first of its batch's highest): the
  *     graph's top only rises between batches, so every search of a batch
  *     descends from one entry point, and the result is thread-independent.
+ *  8. Searches of a live index run while it grows (graph/hnsw_live.c
+ *     decision 8). Phase a only reads the graph and writes the lists of the
+ *     batch's own nodes, which no list names yet, so it runs beside them;
+ *     phases c and the entry point's move write what they read, so they run
+ *     in the writer's exclusive section (kiln_commit_begin), once per batch.
  */
 #include <omp.h>
 #include <stdlib.h>
@@ -413,6 +418,7 @@ static kiln_status insert_order(struct kiln_index *ix, const uint32_t *order, ui
         bs.used = all;
         while (bs.used > 0 && bs.edges[bs.used - 1].target == KILN_NO_NODE)
             bs.used--;
+        kiln_commit_begin(ix); /* decision 8: phase c writes lists searches read */
 #pragma omp parallel for num_threads(team) schedule(dynamic, 64)
         for (size_t i = 0; i < bs.used; i++)
             if (i == 0 || bs.edges[i - 1].target != bs.edges[i].target ||
@@ -425,6 +431,7 @@ static kiln_status insert_order(struct kiln_index *ix, const uint32_t *order, ui
                 ix->max_level = ix->levels[order[k]];
                 ix->entry_point = order[k];
             }
+        kiln_commit_end(ix);
         kiln_progress_add(bar, end - start);
     }
 cleanup:

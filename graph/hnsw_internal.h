@@ -21,6 +21,7 @@
 #define KILN_HNSW_INTERNAL_H
 
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -92,6 +93,17 @@ struct kiln_index {
     uint64_t free_count;     /* free slots */
     uint64_t free_list_cap;  /* entries free_list holds */
     struct kiln_label_map *label_map; /* label -> slot of the live nodes; built on first use */
+
+    /* Readers and the writer (graph/hnsw_live.c decision 8). A writer holds
+     * `writer` for its whole call, which makes it the only thread that
+     * changes the index, so it reads without rw and takes rw exclusively
+     * only to change what a search can read (kiln_commit_*). A search query
+     * holds rw shared; the readers of the whole index (check, save, stats,
+     * export) hold `writer`, so they see whole calls. write_threads: the
+     * writer's threads (kiln_index_set_threads; 0 = all cores). */
+    pthread_rwlock_t rw;
+    pthread_mutex_t writer;
+    uint32_t write_threads;
 
     _Atomic(void *) scratch_pool; /* graph/hnsw_search.c: reusable per-thread search state,
                                      created once on first search */
@@ -187,9 +199,32 @@ static inline int kiln_slot_free(const struct kiln_index *ix, uint64_t i) {
     return ix->freed && ix->freed[i];
 }
 
-/* Threads of kiln_index_add, _delete and _update; 0 (the default) = all
- * cores. Tests set it to check that the result does not depend on it. */
-extern int kiln_live_threads;
+/* Makes the reader-writer lock and writer mutex of a new index (both
+ * places that allocate one call it). */
+void kiln_index_locks_init(struct kiln_index *ix);
+
+/* A search query's hold on the index: no writer changes what it reads
+ * meanwhile (decision 8 of graph/hnsw_live.c). Never nested: the lock
+ * prefers a waiting writer, so a thread that takes it twice can deadlock. */
+static inline void kiln_read_begin(const struct kiln_index *ix) {
+    pthread_rwlock_rdlock((pthread_rwlock_t *)(uintptr_t)&ix->rw);
+}
+static inline void kiln_read_end(const struct kiln_index *ix) {
+    pthread_rwlock_unlock((pthread_rwlock_t *)(uintptr_t)&ix->rw);
+}
+/* A writer's call, or a reader of the whole index: no writer runs meanwhile. */
+static inline void kiln_writer_begin(const struct kiln_index *ix) {
+    pthread_mutex_lock((pthread_mutex_t *)(uintptr_t)&ix->writer);
+}
+static inline void kiln_writer_end(const struct kiln_index *ix) {
+    pthread_mutex_unlock((pthread_mutex_t *)(uintptr_t)&ix->writer);
+}
+/* The writer's exclusive section, around each change readers could see: a
+ * link list written, a slot filled or freed, an array moved. Builders take
+ * it too (uncontended, one atomic), so the code that writes links is the
+ * same for a build and for a live index. */
+static inline void kiln_commit_begin(struct kiln_index *ix) { pthread_rwlock_wrlock(&ix->rw); }
+static inline void kiln_commit_end(struct kiln_index *ix) { pthread_rwlock_unlock(&ix->rw); }
 
 /* Frees the vectors (heap or file mapping), level 0 (heap or spill), labels
  * and levels of an index that is not a mapped file. */

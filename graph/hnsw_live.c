@@ -68,14 +68,40 @@
  *     slot, built on the first write from the live slots, kept up to date
  *     by each call. A live index needs unique labels: an index built with
  *     repeated ones is refused at that first write, naming the label.
- *  8. Writers and readers. Concurrency (issue 14 item 5) is not built yet:
- *     a writer changes link blocks in place, moves every array when it
- *     grows or copies a mapping, resets freed slots and drops the search
- *     scratch pool (whose visited tags are sized by count), so no search may
- *     run during a call. A later design can keep searches running by
- *     publishing grown arrays behind an epoch and writing each rebuilt list
- *     as one block swap; every change a writer makes is in this file and in
- *     kiln_hnsw_insert_nodes.
+ *  8. Writers and readers (issue 14 item 5). Searches run while one writer
+ *     adds, deletes or updates, with an index-wide reader-writer lock that
+ *     the writer takes exclusively only to publish each change, as Redis's
+ *     vector sets do (a global lock, and an insertion prepared under the
+ *     read side, committed under the write side):
+ *     - each search query holds the lock shared (graph/hnsw_search.c
+ *       decision 7), and the lock prefers a waiting writer;
+ *     - a writer holds the index's writer mutex for its whole call, so it is
+ *       the only thread that changes the index: it reads without the lock,
+ *       beside the searches, and takes it exclusively (kiln_commit_begin)
+ *       only for what a search can read. The costly part of each call runs
+ *       outside: a delete's reconnection pass (decision 2) writes its new
+ *       lists to per-thread buffers, which one commit copies in with the
+ *       slots' release and the entry point's move; an add's searches and
+ *       selections (graph/hnsw_insert.c decision 8) run outside and each
+ *       batch's reverse-link merge is one commit; so are the filling of the
+ *       new slots, each repair (graph/connect.c decision 6), and every array
+ *       that moves (growth, the copy of a mapping), whose old copy is freed
+ *       inside the commit, when no search can hold it;
+ *     - readers of the whole index (kiln_index_check, _save, _stats_get,
+ *       export) take the writer mutex: they wait for a call in progress and
+ *       see whole calls, never half an add.
+ *     So a search never reads freed memory, and once kiln_index_delete has
+ *     returned no search returns its labels: their commit came first. A
+ *     search that overlaps an update may miss the labels being updated (the
+ *     update is a delete and an add). Alternatives: per-node locks with
+ *     versioned reads (hnswlib locks lists during insertion, and its
+ *     searches read them unlocked, a data race) put an atomic on every link
+ *     list a search reads and need epoch-based reclamation for the arrays
+ *     that move; copy-on-write link blocks double the memory of a 97%-touched
+ *     delete (decision 2). The cost here is one shared lock per query and a
+ *     stall of searches during each commit, measured by bench/live.py.
+ *     A delete that runs out of memory for its relinked lists changes
+ *     nothing.
  */
 #include <math.h>
 #include <omp.h>
@@ -106,8 +132,6 @@
 #define LIVE_DEFAULT_EF 200
 
 /* ==== Types ==== */
-
-int kiln_live_threads;
 
 /* Label -> slot (decision 7). Empty cells hold slot KILN_NO_NODE. */
 struct kiln_label_map {
@@ -296,6 +320,7 @@ static kiln_status reserve_slots(struct kiln_index *ix, uint64_t need) {
     if (pool)
         memcpy(pool, ix->upper_pool, (size_t)ix->upper_len * sizeof *pool);
 
+    kiln_commit_begin(ix); /* decision 8: every array moves */
     if (ix->map) {
         munmap(ix->map, ix->map_bytes);
         ix->map = NULL;
@@ -317,10 +342,10 @@ static kiln_status reserve_slots(struct kiln_index *ix, uint64_t need) {
     ix->capacity = cap;
     ix->file_bytes = 0; /* no longer the file it was opened from */
     ix->file_header_crc = 0;
+    kiln_commit_end(ix);
     return KILN_OK;
 }
 
-/* Room for `more` uint32_t at the end of the upper-level pool. */
 /* Room for `more` uint32_t at the end of the upper-level pool: when the
  * blocks of deleted nodes are most of it, the live blocks are first moved
  * together, in node order, into a pool of their own size plus `more`
@@ -341,11 +366,14 @@ static kiln_status reserve_upper(struct kiln_index *ix, uint64_t more) {
         return kiln_fail(ix->ctx, KILN_E_RANGE,
                          "upper-level link pool of %llu entries is too large",
                          (unsigned long long)cap);
+    kiln_commit_begin(ix); /* decision 8: the pool moves */
     uint32_t *p = compact ? malloc(bytes ? bytes : 4) : realloc(ix->upper_pool, bytes ? bytes : 4);
-    if (!p)
+    if (!p) {
+        kiln_commit_end(ix);
         return kiln_fail(ix->ctx, KILN_E_NOMEM,
                          "out of memory growing the upper-level links to %.1f MiB",
                          bytes / 1048576.0);
+    }
     if (compact) {
         uint64_t at = 0;
         for (uint64_t i = 0; i < ix->count; i++)
@@ -360,6 +388,7 @@ static kiln_status reserve_upper(struct kiln_index *ix, uint64_t more) {
     }
     ix->upper_pool = p;
     ix->upper_cap = cap;
+    kiln_commit_end(ix);
     return KILN_OK;
 }
 
@@ -382,7 +411,6 @@ static kiln_status live_begin(struct kiln_index *ix, uint64_t slots) {
     kiln_status st = map_build(ix);
     if (st == KILN_OK)
         st = reserve_slots(ix, slots);
-    kiln_scratch_pool_free(ix); /* decision 8: tags are sized by count */
     return st;
 }
 
@@ -416,19 +444,21 @@ static uint32_t gather(const reconnect_state *rs, uint32_t u, uint32_t v, unsign
 static inline bool cand_id_less(kiln_cand a, kiln_cand b) { return a.id < b.id; }
 KILN_DEFINE_SORT(cands_by_id, kiln_cand, cand_id_less)
 
-/* Rebuilds u's list on level when it names a deleted node (decision 2); c
- * has room for cap candidates, pick for the level's bound. */
-static void reconnect(const reconnect_state *rs, uint32_t u, unsigned level, kiln_cand *c,
-                      uint32_t cap, uint32_t *pick) {
+/* u's new list on level when its list names a deleted node (decision 2):
+ * its length, with the links in pick (room for the level's bound); c has
+ * room for cap candidates. UINT32_MAX when the list stays as it is. The
+ * list itself is not written (decision 8). */
+static uint32_t reconnect(const reconnect_state *rs, uint32_t u, unsigned level, kiln_cand *c,
+                          uint32_t cap, uint32_t *pick) {
     struct kiln_index *ix = rs->ix;
-    uint32_t *l = kiln_links(ix, u, level);
+    const uint32_t *l = kiln_links(ix, u, level);
     const uint32_t had = l[0];
     uint32_t live = 0, n = 0;
     for (uint32_t j = 0; j < had; j++)
         if (!rs->doomed[l[1 + j]])
             pick[live++] = l[1 + j];
     if (live == had)
-        return;
+        return UINT32_MAX;
     /* The orphaned candidates: what the deleted neighbours linked to, then
      * what their deleted neighbours did, breadth first. */
     for (int second = 0; second <= 1; second++)
@@ -467,8 +497,47 @@ static void reconnect(const reconnect_state *rs, uint32_t u, unsigned level, kil
     for (uint32_t i = 0; i < m && live < want; i++)
         if (!(taken >> i & 1))
             pick[live++] = c[i].id;
-    memcpy(l + 1, pick, live * sizeof *pick);
-    l[0] = live;
+    return live;
+}
+
+/* The lists one thread rebuilt, waiting for the commit (decision 8):
+ * records of [u, level, n, ids (bound)], stride bound + 3. */
+typedef struct relinked {
+    uint32_t *rec;
+    size_t used, cap; /* records */
+    bool short_of_memory;
+} relinked;
+
+/* Appends u's new list on level (n links in pick) to r. */
+static void relinked_add(relinked *r, uint32_t stride, uint32_t u, unsigned level, uint32_t n,
+                         const uint32_t *pick) {
+    if (r->short_of_memory)
+        return;
+    if (r->used == r->cap) {
+        const size_t cap = r->cap ? 2 * r->cap : 256;
+        uint32_t *p = realloc(r->rec, cap * stride * sizeof *p);
+        if (!p) {
+            r->short_of_memory = true;
+            return;
+        }
+        r->rec = p;
+        r->cap = cap;
+    }
+    uint32_t *at = r->rec + r->used++ * stride;
+    at[0] = u;
+    at[1] = level;
+    at[2] = n;
+    memcpy(at + 3, pick, n * sizeof *pick);
+}
+
+/* Writes the records of r into their lists (in the commit). */
+static void relinked_apply(struct kiln_index *ix, const relinked *r, uint32_t stride) {
+    for (size_t k = 0; k < r->used; k++) {
+        const uint32_t *at = r->rec + k * stride;
+        uint32_t *l = kiln_links(ix, at[0], at[1]);
+        memcpy(l + 1, at + 3, at[2] * sizeof *l);
+        l[0] = at[2];
+    }
 }
 
 /* The new entry point after a delete (decision 3). */
@@ -489,15 +558,17 @@ static kiln_status remove_slots(struct kiln_index *ix, const uint32_t *slots, si
     kiln_status st = reserve_free_list(ix, n);
     if (st)
         return st;
-    const int threads = kiln_threads((uint32_t)kiln_live_threads);
+    const int threads = kiln_threads(ix->write_threads);
     const uint32_t bound = ix->M0 > ix->M ? ix->M0 : ix->M;
-    const uint32_t cap = bound * RECONNECT_CANDS_PER_LINK;
+    const uint32_t cap = bound * RECONNECT_CANDS_PER_LINK, stride = bound + 3;
     kiln_cand **cbuf = NULL;
     uint32_t **pbuf = NULL;
+    relinked *out = NULL;
     if ((st = kiln_calloc(ctx, (size_t)threads * sizeof *cbuf, "reconnect buffers",
                           (void **)&cbuf)) ||
-        (st =
-             kiln_calloc(ctx, (size_t)threads * sizeof *pbuf, "reconnect buffers", (void **)&pbuf)))
+        (st = kiln_calloc(ctx, (size_t)threads * sizeof *pbuf, "reconnect buffers",
+                          (void **)&pbuf)) ||
+        (st = kiln_calloc(ctx, (size_t)threads * sizeof *out, "relinked lists", (void **)&out)))
         goto cleanup;
     for (int t = 0; t < threads; t++)
         if ((st = kiln_alloc(ctx, (size_t)cap * sizeof **cbuf, "reconnect candidates",
@@ -513,10 +584,23 @@ static kiln_status remove_slots(struct kiln_index *ix, const uint32_t *slots, si
         const uint32_t u = (uint32_t)i;
         if (doomed[u] || kiln_slot_free(ix, u))
             continue;
-        for (unsigned level = 0; level <= ix->levels[u]; level++)
-            reconnect(&rs, u, level, cbuf[omp_get_thread_num()], cap, pbuf[omp_get_thread_num()]);
+        const int t = omp_get_thread_num();
+        for (unsigned level = 0; level <= ix->levels[u]; level++) {
+            const uint32_t m = reconnect(&rs, u, level, cbuf[t], cap, pbuf[t]);
+            if (m != UINT32_MAX)
+                relinked_add(&out[t], stride, u, level, m, pbuf[t]);
+        }
     }
+    for (int t = 0; t < threads; t++)
+        if (out[t].short_of_memory) { /* nothing is changed yet */
+            st = kiln_fail(ctx, KILN_E_NOMEM, "delete: out of memory holding the relinked lists");
+            goto cleanup;
+        }
 
+    kiln_commit_begin(ix); /* decision 8 */
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+    for (int t = 0; t < threads; t++)
+        relinked_apply(ix, &out[t], stride);
     for (size_t k = 0; k < n; k++) {
         const uint32_t x = slots[k];
         map_remove(ix->label_map, ix->labels[x]);
@@ -530,6 +614,7 @@ static kiln_status remove_slots(struct kiln_index *ix, const uint32_t *slots, si
     }
     if (ix->entry_point == KILN_NO_NODE || doomed[ix->entry_point])
         choose_entry_point(ix);
+    kiln_commit_end(ix);
     kiln_repair_stats rep;
     st = kiln_repair_reachability(ix, live_ef(ix), threads, &rep);
 cleanup:
@@ -537,8 +622,11 @@ cleanup:
         free(cbuf[t]);
     for (int t = 0; pbuf && t < threads; t++)
         free(pbuf[t]);
+    for (int t = 0; out && t < threads; t++)
+        free(out[t].rec);
     free(cbuf);
     free(pbuf);
+    free(out);
     return st;
 }
 
@@ -624,17 +712,23 @@ static kiln_status check_vectors(const struct kiln_index *ix, const float *vecto
     return KILN_OK;
 }
 
-/* Puts the n vectors with their labels into slots (taken off the free list
- * or past count; capacity reserved, label map with room) and inserts them
- * into the graph of live_before nodes. */
+/* Puts the n vectors with their labels into slots (the `reused` from the
+ * top of the free list first, then past count; capacity reserved, label
+ * map with room) and inserts them into the graph of live_before nodes. */
 static kiln_status insert_slots(struct kiln_index *ix, const float *vectors, const int64_t *labels,
-                                const uint32_t *slots, size_t n, uint64_t live_before) {
+                                const uint32_t *slots, size_t n, uint64_t reused,
+                                uint64_t live_before) {
     kiln_status st = KILN_OK;
     uint64_t upper = 0;
     for (size_t k = 0; k < n; k++)
         upper += (uint64_t)label_level(ix, labels[k]) * (ix->M + 1);
     if ((st = reserve_upper(ix, upper)))
         return st;
+    /* Decision 8: the slots fill, and the count grows, where searches see
+     * it; their lists are written by the insertion, before anything links
+     * to them. */
+    kiln_commit_begin(ix);
+    ix->free_count -= reused;
     for (size_t k = 0; k < n; k++) {
         const uint32_t s = slots[k];
         if (s >= ix->count)
@@ -663,7 +757,8 @@ static kiln_status insert_slots(struct kiln_index *ix, const float *vectors, con
         base = 1;
         todo--;
     }
-    const int threads = kiln_threads((uint32_t)kiln_live_threads);
+    kiln_commit_end(ix);
+    const int threads = kiln_threads(ix->write_threads);
     if (todo &&
         (st = kiln_hnsw_insert_nodes(ix, order, (uint32_t)todo, base, live_ef(ix), threads)))
         return st;
@@ -673,9 +768,7 @@ static kiln_status insert_slots(struct kiln_index *ix, const float *vectors, con
 
 /* ==== Public ==== */
 
-kiln_status kiln_index_delete(kiln_index *ix, const int64_t *labels, size_t n) {
-    if (!ix)
-        return KILN_E_ARG;
+static kiln_status delete_labels(kiln_index *ix, const int64_t *labels, size_t n) {
     if (n && !labels)
         return kiln_fail(ix->ctx, KILN_E_ARG, "delete: NULL labels");
     if (n == 0)
@@ -690,9 +783,8 @@ kiln_status kiln_index_delete(kiln_index *ix, const int64_t *labels, size_t n) {
     return st;
 }
 
-kiln_status kiln_index_add(kiln_index *ix, const float *vectors, const int64_t *labels, size_t n) {
-    if (!ix)
-        return KILN_E_ARG;
+static kiln_status add_vectors(kiln_index *ix, const float *vectors, const int64_t *labels,
+                               size_t n) {
     if (n && !vectors)
         return kiln_fail(ix->ctx, KILN_E_ARG, "add: NULL vectors");
     if (n == 0)
@@ -731,18 +823,16 @@ kiln_status kiln_index_add(kiln_index *ix, const float *vectors, const int64_t *
         const uint64_t live = ix->count - ix->free_count;
         uint64_t next = ix->count;
         for (size_t k = 0; k < n; k++)
-            slots[k] = ix->free_count ? ix->free_list[--ix->free_count] : (uint32_t)next++;
-        st = insert_slots(ix, vectors, labels, slots, n, live);
+            slots[k] = k < reuse ? ix->free_list[ix->free_count - 1 - k] : (uint32_t)next++;
+        st = insert_slots(ix, vectors, labels, slots, n, reuse, live);
     }
     free(slots);
     free(own);
     return st;
 }
 
-kiln_status kiln_index_update(kiln_index *ix, const float *vectors, const int64_t *labels,
-                              size_t n) {
-    if (!ix)
-        return KILN_E_ARG;
+static kiln_status update_vectors(kiln_index *ix, const float *vectors, const int64_t *labels,
+                                  size_t n) {
     if (n && (!vectors || !labels))
         return kiln_fail(ix->ctx, KILN_E_ARG, "update: NULL vectors or labels");
     if (n == 0)
@@ -758,11 +848,39 @@ kiln_status kiln_index_update(kiln_index *ix, const float *vectors, const int64_
         /* The same slots back, off the top of the free list where
          * remove_slots put them in this order. */
         const uint64_t live = ix->count - ix->free_count;
-        ix->free_count -= n;
-        st = insert_slots(ix, vectors, labels, slots, n, live);
+        st = insert_slots(ix, vectors, labels, slots, n, n, live);
     }
     free(slots);
     free(doomed);
+    return st;
+}
+
+/* Decision 8: one writer at a time, for the whole call. */
+kiln_status kiln_index_delete(kiln_index *ix, const int64_t *labels, size_t n) {
+    if (!ix)
+        return KILN_E_ARG;
+    kiln_writer_begin(ix);
+    const kiln_status st = delete_labels(ix, labels, n);
+    kiln_writer_end(ix);
+    return st;
+}
+
+kiln_status kiln_index_add(kiln_index *ix, const float *vectors, const int64_t *labels, size_t n) {
+    if (!ix)
+        return KILN_E_ARG;
+    kiln_writer_begin(ix);
+    const kiln_status st = add_vectors(ix, vectors, labels, n);
+    kiln_writer_end(ix);
+    return st;
+}
+
+kiln_status kiln_index_update(kiln_index *ix, const float *vectors, const int64_t *labels,
+                              size_t n) {
+    if (!ix)
+        return KILN_E_ARG;
+    kiln_writer_begin(ix);
+    const kiln_status st = update_vectors(ix, vectors, labels, n);
+    kiln_writer_end(ix);
     return st;
 }
 

@@ -11,7 +11,7 @@
  *  2. The same level search serves construction and queries, reading link
  *     lists in place: builders never write a list while it may be searched
  *     (graph/hnsw_insert.c searches each batch's snapshot of the graph, then
- *     writes), so no search takes a lock.
+ *     writes), so the level search takes no lock (decision 7).
  *  3. The search is bound by memory latency, not arithmetic: the frontier's
  *     next node's link block is prefetched while the current node's
  *     neighbours are scored (+11-15% QPS at 1M x 128, where links and
@@ -41,6 +41,13 @@
  *     18,805,736 -> 19,155,971 (+1.9%), results identical. Checking
  *     the prefetch's id too (a select per neighbour) cost +3.0% and bought
  *     nothing: a prefetch never faults, so its address may be off the array.
+ *  7. A query of kiln_index_search holds the index's read lock while it
+ *     runs (graph/hnsw_live.c decision 8), one query at a time, so a writer
+ *     waits for at most one query per searching thread and a long batch of
+ *     queries does not hold it off. The count can have grown since a
+ *     scratch was made, so each query first fits the visited tags to it,
+ *     under the lock. The internal level searches (kiln_search_level) take
+ *     no lock: their callers, builders and the writer, own the index.
  */
 #include <math.h>
 #include <pthread.h>
@@ -310,10 +317,14 @@ static kiln_status scratch_take(const struct kiln_index *ix, uint32_t ef, kiln_s
         kiln_scratch_free(sc);
         sc = NULL;
     }
-    if (!sc)
-        return kiln_scratch_new(ix->ctx, ix, ef, out);
-    *out = sc;
-    return KILN_OK;
+    if (sc) {
+        *out = sc;
+        return KILN_OK;
+    }
+    kiln_read_begin(ix); /* the count it sizes tags by (decision 7) */
+    const kiln_status st = kiln_scratch_new(ix->ctx, ix, ef, out);
+    kiln_read_end(ix);
+    return st;
 }
 
 static void scratch_give(const struct kiln_index *ix, kiln_scratch *sc) {
@@ -346,12 +357,33 @@ void kiln_search_params_init(kiln_search_params *p) {
     p->threads = 1;
 }
 
-/* One query: labels/dists rows of k. false when the candidate heap ran out
- * of memory (kiln_heap_push), so the rows may miss neighbours. */
+/* Visited tags for every slot of ix (decision 7): an add since sc was made
+ * may have raised the count. Room for the capacity, so that adds do not
+ * make each search reallocate. false when out of memory. */
+static bool scratch_fit(const struct kiln_index *ix, kiln_scratch *sc) {
+    if (sc->capacity >= ix->count)
+        return true;
+    const uint64_t cap = ix->capacity > ix->count ? ix->capacity : ix->count;
+    uint16_t *tags = calloc((size_t)cap, sizeof *tags);
+    if (!tags)
+        return false;
+    free(sc->tags);
+    sc->tags = tags;
+    sc->capacity = cap;
+    sc->epoch = 0;
+    return true;
+}
+
+/* One query: labels/dists rows of k, under the index's read lock (decision
+ * 7). false when out of memory (the candidate heap, kiln_heap_push, or the
+ * visited tags), so the rows may miss neighbours. */
 static bool search_one(const struct kiln_index *ix, kiln_scratch *sc, const float *query,
                        uint32_t k, uint32_t ef, int64_t *labels, float *dists) {
     uint32_t found = 0;
-    if (ix->entry_point != KILN_NO_NODE) { /* none: empty, or every node deleted */
+    kiln_read_begin(ix);
+    if (!scratch_fit(ix, sc))
+        sc->cand.short_of_memory = true;
+    else if (ix->entry_point != KILN_NO_NODE) { /* none: empty, or every node deleted */
         const float *q = query;
         if (ix->metric == KILN_METRIC_COS) {
             memcpy(sc->qbuf, query, (size_t)ix->dim * sizeof(float));
@@ -372,6 +404,7 @@ static bool search_one(const struct kiln_index *ix, kiln_scratch *sc, const floa
                 dists[j] = sc->top.v[j].dist;
         }
     }
+    kiln_read_end(ix);
     for (uint32_t j = found; j < k; j++) {
         labels[j] = -1;
         if (dists)
@@ -384,8 +417,8 @@ static bool search_one(const struct kiln_index *ix, kiln_scratch *sc, const floa
 
 static kiln_status search_short_of_memory(const struct kiln_index *ix, uint32_t ef) {
     return kiln_fail(ix->ctx, KILN_E_NOMEM,
-                     "search: out of memory growing the candidate heap (ef %u); results are "
-                     "incomplete",
+                     "search: out of memory growing the candidate heap or visited set (ef %u); "
+                     "results are incomplete",
                      ef);
 }
 

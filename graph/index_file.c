@@ -934,15 +934,25 @@ static kiln_status open_mapped(const index_file *f, uint8_t *base, uint32_t flag
     }
     ix->map = base;
     ix->map_bytes = (size_t)h->file_bytes;
+    kiln_index_locks_init(ix);
     *out = ix;
     return KILN_OK;
 }
 
 /* ==== Public ==== */
 
+static kiln_status save_index(const kiln_index *index, const char *path);
+
 kiln_status kiln_index_save(const kiln_index *index, const char *path) {
     if (!index)
         return KILN_E_ARG;
+    kiln_writer_begin(index);
+    const kiln_status st = save_index(index, path);
+    kiln_writer_end(index);
+    return st;
+}
+
+static kiln_status save_index(const kiln_index *index, const char *path) {
     if (!path || !*path)
         return kiln_fail(index->ctx, KILN_E_ARG, "saving an index: empty output path");
     writer w = {.ix = index, .ctx = index->ctx, .path = path};

@@ -254,9 +254,18 @@ uint64_t kiln_index_nonfinite(const struct kiln_index *ix, uint64_t *first) {
     return bad;
 }
 
+static kiln_status check_index(const kiln_index *ix);
+
 kiln_status kiln_index_check(const kiln_index *ix) {
     if (!ix)
         return KILN_E_ARG;
+    kiln_writer_begin(ix);
+    const kiln_status st = check_index(ix);
+    kiln_writer_end(ix);
+    return st;
+}
+
+static kiln_status check_index(const kiln_index *ix) {
     kiln_ctx *ctx = ix->ctx;
     if (ix->free_count > ix->count)
         return kiln_fail(ctx, KILN_E_INVALID, "%llu free slots in an index of %llu",

@@ -519,8 +519,14 @@ KILN_API kiln_status kiln_index_check(const kiln_index *index);
 
 /* ==== Live indexes: add, delete, update ====
  *
- * These three mutate the index in place (graph/hnsw_live.c): no search or
- * other call on the same index may run meanwhile. Any index can be changed,
+ * These three mutate the index in place (graph/hnsw_live.c). Searches
+ * (kiln_index_search) on the same index may run from any number of threads
+ * meanwhile: each sees the index before or after each step of the call,
+ * never a freed or half-written list, and once a delete has returned no
+ * search returns its labels (a search that overlaps an update may miss the
+ * labels being updated). Calls that write, and kiln_index_check, _save,
+ * _stats_get and kiln_index_export_hnswlib, run one at a time: each waits
+ * for the one in progress. Any index can be changed,
  * built or loaded; a mapped one (kiln_index_open) is first copied to the
  * heap, and its file is never written. Each call leaves a graph that passes
  * kiln_index_check, runs on all cores, and gives the same index, byte for
@@ -529,6 +535,10 @@ KILN_API kiln_status kiln_index_check(const kiln_index *index);
  * message names the label or row at fault. Labels must be unique in the
  * index: the first call on one built with repeated labels fails
  * (KILN_E_INVALID) naming one. */
+
+/* Threads that kiln_index_add, _delete and _update use (0, the default, =
+ * all cores); their results do not depend on it. */
+KILN_API kiln_status kiln_index_set_threads(kiln_index *index, uint32_t threads);
 
 /* Inserts n vectors (row-major, dim floats each, copied; COS rows are
  * normalised) with the given labels, or when labels is NULL with labels

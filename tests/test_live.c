@@ -525,12 +525,11 @@ static void test_update(kiln_ctx *ctx, const data *ds, const char *file) {
     REQUIRE(one && two);
     kiln_index *pair[2] = {one, two};
     for (int t = 0; t < 2; t++) {
-        kiln_live_threads = t + 1;
+        CHECK_OK(ctx, kiln_index_set_threads(pair[t], (uint32_t)t + 1));
         CHECK_OK(ctx, kiln_index_update(pair[t], nv, lab, nu));
         CHECK_OK(ctx, kiln_index_delete(pair[t], lab, nu / 2));
         CHECK_OK(ctx, kiln_index_add(pair[t], ds->base, NULL, nu));
     }
-    kiln_live_threads = 0;
     size_t n1 = 0, n2 = 0;
     uint8_t *b1 = saved(ctx, one, "threads1.kiln", &n1),
             *b2 = saved(ctx, two, "threads2.kiln", &n2);
