@@ -1512,6 +1512,11 @@ static int cmd_export(const cli_args *a) {
         printf("%s: %zu vectors, dim %zu, M %u (maxM0 %u); load it with hnswlib space '%s'\n", out,
                kiln_index_count(ix), kiln_index_dim(ix), s.M, s.M0,
                hnswlib_space(kiln_index_metric(ix)));
+        if (s.storage != KILN_STORAGE_F32 && !s.rerank) /* graph/hnswlib_file.c decision 9 */
+            fprintf(stderr,
+                    "kiln export: note: the index stores %s vectors: written decoded to "
+                    "float32, as its search measured them\n",
+                    kiln_storage_name(s.storage));
     }
     kiln_index_free(ix);
     kiln_ctx_free(ctx);

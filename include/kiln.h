@@ -288,8 +288,9 @@ typedef enum kiln_method {
 typedef enum kiln_storage {
     KILN_STORAGE_F32 = 1, /* 4 bytes a component, exact */
     KILN_STORAGE_F16 = 2, /* IEEE binary16, 2 bytes a component; |x| <= 65504 */
-    KILN_STORAGE_INT8 = 3 /* round(x / scale) in [-127, 127] with scale = max|x| / 127 per
-                             vector (Redis vector sets' Q8): 1 byte a component + 4 */
+    KILN_STORAGE_INT8 = 3 /* per vector an offset (the middle of its range) and a scale
+                             (range / 254), codes round((x - offset) / scale) in [-127, 127]
+                             (Redis vector sets' Q8 with an offset): 1 byte a component + 8 */
 } kiln_storage;
 
 /* "f32", "f16", "int8"; "?" for anything else. */
@@ -435,8 +436,8 @@ KILN_API kiln_status kiln_index_search(const kiln_index *index, const float *que
                                        float *distances);
 
 /* Writes the index atomically (temporary file, fsync, rename), in format
- * version 2 (docs/FORMAT.md), free slots and capacity included: the same
- * index always gives the same bytes. */
+ * version 2 (version 3 for f16 or int8 storage; docs/FORMAT.md), free slots and capacity included:
+ * the same index always gives the same bytes. */
 KILN_API kiln_status kiln_index_save(const kiln_index *index, const char *path);
 /* Flags for kiln_index_open. */
 /* Also verify the CRC of every section (vectors, labels, links) and every
@@ -451,7 +452,7 @@ KILN_API kiln_status kiln_index_save(const kiln_index *index, const char *path);
  * not each take thousands of page faults. */
 #define KILN_LOAD_POPULATE 0x4u
 
-/* Opens an index file (format version 1 or 2) and returns the index (free
+/* Opens an index file (format version 1, 2 or 3) and returns the index (free
  * with kiln_index_free). By default the file is mapped (PROT_READ), not read;
  * kiln_index_add, _delete and _update copy a mapped index to the heap first,
  * and never write the file. The open checks magic, version, the header and
@@ -525,7 +526,7 @@ typedef struct kiln_index_stats {
     kiln_storage storage;
     int rerank;            /* f32 vectors kept beside compact ones (search re-scores) */
     uint64_t vector_bytes; /* bytes of vectors per slot: the storage's row (f32 4*dim,
-                              f16 2*dim, int8 dim rounded up to 4, plus 4), plus 4*dim
+                              f16 2*dim, int8 dim rounded up to 4, plus 8), plus 4*dim
                               with rerank */
     uint64_t data_bytes;   /* bytes of the index's arrays over its slots, heap or mapped:
                               vectors, links of every level, labels, levels (what a
