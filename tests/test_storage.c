@@ -15,6 +15,7 @@
 #include "../common/rng_internal.h"
 #include "../graph/hnsw_internal.h"
 #include "check.h"
+#include "data_util.h"
 #include "file_util.h"
 #include "kiln.h"
 #include "recall.h"
@@ -23,9 +24,8 @@
 #include <immintrin.h>
 #endif
 
-#define DATA_DIR "../shared/datasets"
-#define K        10
-#define EF       64
+#define K  10
+#define EF 64
 
 static char test_dir[4096];
 
@@ -233,46 +233,7 @@ static void test_kernels(void) {
 
 /* ==== Data ==== */
 
-typedef struct data {
-    const char *name;
-    float *base, *q;
-    size_t n, nq, d;
-    int64_t *gt; /* exact top K of each query */
-} data;
-
-static bool data_load(kiln_ctx *ctx, const char *name, data *out) {
-    char path[512];
-    kiln_dataset *b = NULL, *q = NULL;
-    snprintf(path, sizeof path, DATA_DIR "/%s/%s_base.fvecs", name, name);
-    if (kiln_dataset_open(ctx, path, KILN_FORMAT_AUTO, 0, &b)) {
-        SKIP_PART("%s: %s (../shared/datasets absent)", name, kiln_errmsg(ctx));
-        return false;
-    }
-    snprintf(path, sizeof path, DATA_DIR "/%s/%s_query.fvecs", name, name);
-    CHECK_OK(ctx, kiln_dataset_open(ctx, path, KILN_FORMAT_AUTO, 0, &q));
-    REQUIRE(q);
-    out->name = name;
-    out->n = kiln_dataset_count(b);
-    out->d = kiln_dataset_dim(b);
-    out->nq = kiln_dataset_count(q);
-    out->base = malloc(out->n * out->d * sizeof(float));
-    out->q = malloc(out->nq * out->d * sizeof(float));
-    out->gt = malloc(out->nq * K * sizeof *out->gt);
-    REQUIRE(out->base && out->q && out->gt);
-    CHECK_OK(ctx, kiln_dataset_read_f32(b, 0, out->n, out->base));
-    CHECK_OK(ctx, kiln_dataset_read_f32(q, 0, out->nq, out->q));
-    CHECK_OK(ctx, kiln_knn_exact(ctx, out->base, out->n, out->q, out->nq, out->d, KILN_METRIC_L2, K,
-                                 0, out->gt, NULL));
-    kiln_dataset_free(b);
-    kiln_dataset_free(q);
-    return true;
-}
-
-static void data_free(data *d) {
-    free(d->base);
-    free(d->q);
-    free(d->gt);
-}
+typedef test_data data;
 
 static kiln_index *build(kiln_ctx *ctx, const data *ds, kiln_method method, kiln_storage s,
                          int rerank) {
@@ -593,7 +554,7 @@ static void test_refusals(kiln_ctx *ctx) {
 
 static void test_dataset(kiln_ctx *ctx, const char *name, bool device) {
     data ds;
-    if (!data_load(ctx, name, &ds))
+    if (!test_data_load(ctx, name, K, &ds))
         return;
     test_recall(ctx, &ds, KILN_METHOD_INSERT);
     test_live(ctx, &ds);
@@ -604,7 +565,7 @@ static void test_dataset(kiln_ctx *ctx, const char *name, bool device) {
         else
             SKIP_PART("%s: device build (this kiln has no OpenCL)", name);
     }
-    data_free(&ds);
+    test_data_free(&ds);
 }
 
 int main(void) {
