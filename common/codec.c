@@ -52,6 +52,7 @@
 #include "distance_internal.h"
 
 #if KILN_SIMD_X86
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -615,9 +616,11 @@ AVX512_TARGET float kiln_ipdist_i8_avx512(const float *q, const void *row, size_
                    row_scale(row) * _mm512_reduce_add_ps(_mm512_add_ps(s0, s1)));
 }
 
+/* CPUID leaf 1, ECX bit 29 (clang's __builtin_cpu_supports has no "f16c");
+ * the OS's saving of the registers is checked with AVX2's. */
 int kiln_cpu_has_f16c(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("f16c");
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
 }
 #else
 int kiln_cpu_has_f16c(void) { return 0; }
