@@ -242,6 +242,29 @@ static int read_all_f32(kiln_ctx *ctx, const cli_args *a, const char *path, floa
     return 0;
 }
 
+/* --storage and --rerank into p. */
+static bool parse_storage(const cli_args *a, kiln_build_params *p) {
+    const char *s = cli_str(a, "storage");
+    static const kiln_storage all[] = {KILN_STORAGE_F32, KILN_STORAGE_F16, KILN_STORAGE_INT8};
+    p->storage = (kiln_storage)0;
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (strcmp(s, kiln_storage_name(all[i])) == 0)
+            p->storage = all[i];
+    if (!p->storage) {
+        fprintf(stderr, "kiln %s: --storage: '%s' is not one of f32, f16, int8\n", a->cmd->name, s);
+        return false;
+    }
+    p->rerank = cli_flag(a, "rerank");
+    if (p->rerank && p->storage == KILN_STORAGE_F32) {
+        fprintf(stderr,
+                "kiln %s: --rerank keeps f32 vectors beside compact ones: it needs "
+                "--storage f16 or int8\n",
+                a->cmd->name);
+        return false;
+    }
+    return true;
+}
+
 static bool parse_metric(const cli_args *a, kiln_metric *m) {
     const char *s = cli_str(a, "metric");
     if (kiln_metric_parse(s, m) != KILN_OK) {
@@ -451,6 +474,14 @@ static const cli_opt build_opts[] = {
      "the label of each row, which search returns: text (one int64 a line) or .npy of int64; "
      "unique, none -1 (default: the row numbers)",
      0, 0},
+    {"storage", 0, "f32|f16|int8", "f32",
+     "how the index stores its vectors: f32 exact; f16 half precision (|x| <= 65504); int8 "
+     "one byte a component with a scale per vector; search traverses these (docs/FORMAT.md)",
+     0, 0},
+    {"rerank", 0, NULL, NULL,
+     "with --storage f16 or int8: keep the f32 vectors too, and re-score each search's final "
+     "candidates exactly with them",
+     0, 0},
     {"shards", 0, "N", "0",
      "write a shard set: N indexes, row i in shard hash(i) mod N, and the manifest INDEX that "
      "names them (docs/FORMAT.md); 0 = one index",
@@ -563,7 +594,7 @@ static int cmd_build(const cli_args *a) {
         !cli_u32(a, "ef-construction", &p.ef_construction) || !cli_u32(a, "threads", &p.threads) ||
         !cli_u64(a, "seed", &p.seed) || !cli_u32(a, "clusters", &p.clusters) ||
         !cli_u32(a, "cluster-size", &p.cluster_size) || !cli_u32(a, "replicas", &p.replicas) ||
-        !cli_u32(a, "knn-k", &p.knn_k) || !format_ok(a, &fmt) ||
+        !cli_u32(a, "knn-k", &p.knn_k) || !format_ok(a, &fmt) || !parse_storage(a, &p) ||
         (cli_str(a, "memory-limit") && !cli_size(a, "memory-limit", &p.memory_limit)))
         return 2;
     if (p.replicas == 1) {
@@ -733,9 +764,12 @@ static int cmd_build(const cli_args *a) {
         json_num(t_save, "%.4f");
         printf(", \"count\": %llu, \"dim\": %u, \"metric\": \"%s\", \"M\": %u, "
                "\"ef_construction\": %u, \"method\": \"%s\", \"threads\": %u, \"seed\": %llu, "
-               "\"levels\": %u, \"avg_degree0\": ",
+               "\"levels\": %u, \"storage\": \"%s\", \"rerank\": %s, \"bytes_per_element\": ",
                (unsigned long long)s.count, s.dim, kiln_metric_name(p.metric), p.M,
-               p.ef_construction, method, p.threads, (unsigned long long)p.seed, s.levels);
+               p.ef_construction, method, p.threads, (unsigned long long)p.seed, s.levels,
+               kiln_storage_name(s.storage), s.rerank ? "true" : "false");
+        json_num(s.count ? (double)s.data_bytes / (double)s.count : 0.0, "%.2f");
+        printf(", \"avg_degree0\": ");
         json_num(s.avg_degree[0], "%.3f");
         printf(", \"repaired_links\": %llu, \"stages\": {", (unsigned long long)rep.repaired_links);
         for (uint32_t i = 0; i < rep.n_stages; i++) {
@@ -775,9 +809,11 @@ static int cmd_build(const cli_args *a) {
         printf("}\n");
     } else {
         printf("built %s: %llu vectors, dim %u, %s, M=%u, ef_construction=%u, method %s, "
-               "%u levels, %.2f s build, %.2f s write\n",
+               "%u levels, storage %s%s (%.1f bytes per element), %.2f s build, %.2f s write\n",
                out, (unsigned long long)s.count, s.dim, kiln_metric_name(p.metric), p.M,
-               p.ef_construction, method, s.levels, t_build, t_save);
+               p.ef_construction, method, s.levels, kiln_storage_name(s.storage),
+               s.rerank ? " + f32 for rerank" : "",
+               s.count ? (double)s.data_bytes / (double)s.count : 0.0, t_build, t_save);
         if (p.method == KILN_METHOD_DEVICE) {
             printf("device %s: %u clusters (largest %u, %u per vector, %.2f mean), %u device "
                    "batches, %u retries\n",
@@ -1335,6 +1371,8 @@ static int cmd_info(const cli_args *a) {
            (unsigned long long)h.capacity);
     printf("dim:             %u\n", h.dim);
     printf("metric:          %s\n", kiln_metric_name(h.metric));
+    printf("storage:         %s%s\n", kiln_storage_name(h.storage),
+           h.rerank ? " (+ f32 for rerank)" : "");
     printf("M:               %u (level 0: %u)\n", h.M, h.M0);
     printf("ef_construction: %u\n", h.ef_construction);
     printf("seed:            %llu\n", (unsigned long long)h.seed);
@@ -1344,6 +1382,11 @@ static int cmd_info(const cli_args *a) {
     if (header_only)
         goto done;
     printf("memory bytes:    %llu\n", (unsigned long long)s.memory_bytes);
+    /* Per element: what the file's sections hold over the live count. */
+    const double per = s.count ? 1.0 / (double)s.count : 0.0;
+    printf("bytes/element:   %.1f (vectors %.1f, links and labels %.1f)\n",
+           (double)s.data_bytes * per, (double)(s.vector_bytes * (s.count + s.free_slots)) * per,
+           (double)(s.data_bytes - s.vector_bytes * (s.count + s.free_slots)) * per);
     printf("%-6s %-12s %-10s %-10s\n", "level", "nodes", "avg_deg", "max_deg");
     for (uint32_t l = 0; l < s.levels; l++)
         printf("%-6u %-12llu %-10.2f %-10u\n", l, (unsigned long long)s.nodes_per_level[l],
@@ -1469,6 +1512,11 @@ static int cmd_export(const cli_args *a) {
         printf("%s: %zu vectors, dim %zu, M %u (maxM0 %u); load it with hnswlib space '%s'\n", out,
                kiln_index_count(ix), kiln_index_dim(ix), s.M, s.M0,
                hnswlib_space(kiln_index_metric(ix)));
+        if (s.storage != KILN_STORAGE_F32 && !s.rerank) /* graph/hnswlib_file.c decision 9 */
+            fprintf(stderr,
+                    "kiln export: note: the index stores %s vectors: written decoded to "
+                    "float32, as its search measured them\n",
+                    kiln_storage_name(s.storage));
     }
     kiln_index_free(ix);
     kiln_ctx_free(ctx);

@@ -192,6 +192,7 @@ typedef struct dist_dispatch {
     kiln_dist_fn l2;
     kiln_dist_fn ip;
     const char *name;
+    int level; /* 2 avx512, 1 avx2, 0 scalar */
 } dist_dispatch;
 
 static pthread_once_t dispatch_once = PTHREAD_ONCE_INIT;
@@ -228,14 +229,14 @@ static void dispatch_init(void) {
     const int cap = simd_cap_from_env();
 #if KILN_SIMD_X86
     if (cap >= 2 && kiln_cpu_has_avx512())
-        dispatch = (dist_dispatch){kiln_l2sq_avx512, kiln_ipdist_avx512, "avx512"};
+        dispatch = (dist_dispatch){kiln_l2sq_avx512, kiln_ipdist_avx512, "avx512", 2};
     else if (cap >= 1 && kiln_cpu_has_avx2())
-        dispatch = (dist_dispatch){kiln_l2sq_avx2, kiln_ipdist_avx2, "avx2"};
+        dispatch = (dist_dispatch){kiln_l2sq_avx2, kiln_ipdist_avx2, "avx2", 1};
     else
 #else
     (void)cap;
 #endif
-        dispatch = (dist_dispatch){kiln_l2sq_scalar, kiln_ipdist_scalar, "scalar"};
+        dispatch = (dist_dispatch){kiln_l2sq_scalar, kiln_ipdist_scalar, "scalar", 0};
 }
 
 kiln_dist_fn kiln_distance_fn(kiln_metric metric) {
@@ -246,6 +247,11 @@ kiln_dist_fn kiln_distance_fn(kiln_metric metric) {
 const char *kiln_simd_name(void) {
     pthread_once(&dispatch_once, dispatch_init);
     return dispatch.name;
+}
+
+int kiln_simd_level(void) {
+    pthread_once(&dispatch_once, dispatch_init);
+    return dispatch.level;
 }
 
 /* ==== Normalisation ==== */

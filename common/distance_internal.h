@@ -31,6 +31,8 @@ typedef float (*kiln_dist_fn)(const float *a, const float *b, size_t dim);
 kiln_dist_fn kiln_distance_fn(kiln_metric metric);
 /* "avx512", "avx2" or "scalar": what kiln_distance_fn dispatches to. */
 const char *kiln_simd_name(void);
+/* The same as a level: 2 avx512, 1 avx2, 0 scalar (common/codec.c follows it). */
+int kiln_simd_level(void);
 
 float kiln_l2sq_scalar(const float *a, const float *b, size_t dim);
 float kiln_ipdist_scalar(const float *a, const float *b, size_t dim);

@@ -45,11 +45,10 @@
 /* Slot of node's level-0 link to its farthest neighbour. */
 static uint32_t farthest_link(const struct kiln_index *ix, uint32_t node) {
     const uint32_t *l = kiln_links(ix, node, 0);
-    const float *v = kiln_vector(ix, node);
     uint32_t worst = 0;
     float worst_d = -1.0f;
     for (uint32_t i = 0; i < l[0]; i++) {
-        float d = kiln_node_dist(ix, v, l[1 + i]);
+        float d = kiln_pair_dist(ix, node, l[1 + i]);
         if (d > worst_d) {
             worst_d = d;
             worst = i;
@@ -86,7 +85,7 @@ static void link_from(struct kiln_index *ix, uint32_t r, uint32_t u) {
  * seen[]; the entry point is the fallback, reachable by definition. */
 static void relink(struct kiln_index *ix, kiln_scratch *sc, const uint8_t *seen, uint32_t u,
                    uint32_t ef) {
-    const float *q = kiln_vector(ix, u);
+    const float *q = kiln_node_query(ix, u, sc->qbuf);
     uint32_t cur = ix->entry_point;
     float cur_dist = kiln_node_dist(ix, q, cur);
     kiln_greedy_descend(ix, q, ix->max_level, 0, &cur, &cur_dist);

@@ -41,6 +41,10 @@
  *     each of 8 ranks reads 64 GB for them instead of 512 GB. The ranks
  *     agree before the build (collective_gate), so a bad value in any
  *     share stops them all with the message naming its record.
+ *  7. Compact storage (kiln_build_params.storage, graph/storage.c) is the
+ *     last stage: the graph is built and repaired on f32 rows, then they
+ *     are encoded (and dropped unless rerank keeps them), so every method
+ *     builds the same graph whatever the storage.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -85,6 +89,7 @@ void kiln_build_params_init(kiln_build_params *p) {
     p->threads = 0;
     p->seed = 1;
     p->replicas = 0; /* the device build chooses (host/device_build.c) */
+    p->storage = KILN_STORAGE_F32;
 }
 
 #define I64_LESS(a, b) ((a) < (b))
@@ -141,6 +146,14 @@ static kiln_status check_params(kiln_ctx *ctx, const kiln_build_params *p, size_
                          "build: across ranks kiln builds with the device method only (rank %d "
                          "of %d)",
                          kiln_dist_rank(), kiln_dist_size());
+    if (p->storage != KILN_STORAGE_F32 && p->storage != KILN_STORAGE_F16 &&
+        p->storage != KILN_STORAGE_INT8)
+        return kiln_fail(ctx, KILN_E_ARG, "build: storage %d is not f32, f16 or int8",
+                         (int)p->storage);
+    if (p->rerank && p->storage == KILN_STORAGE_F32)
+        return kiln_fail(ctx, KILN_E_ARG,
+                         "build: rerank keeps f32 vectors beside compact ones: it needs storage "
+                         "f16 or int8");
     if (dim < 1 || dim > KILN_MAX_DIM)
         return kiln_fail(ctx, KILN_E_ARG, "build: dim = %zu is out of range [1, %d]", dim,
                          KILN_MAX_DIM);
@@ -227,7 +240,10 @@ static kiln_status build_graph(struct kiln_index *ix, const kiln_build_params *p
     if (ix->metric == KILN_METRIC_COS)
         for (uint64_t i = 0; i < ix->count; i++)
             kiln_normalize(ix->vectors + i * ix->dim, ix->dim);
-    kiln_status st = collective_gate(ctx, p, kiln_threads_check(ctx, kiln_threads(p->threads)));
+    kiln_status st = kiln_threads_check(ctx, kiln_threads(p->threads));
+    if (st == KILN_OK) /* before the build, not after it (graph/storage.c decision 4) */
+        st = kiln_storage_fits(ix, p->storage);
+    st = collective_gate(ctx, p, st);
     if (st)
         return st;
     double t = kiln_now();
@@ -259,6 +275,12 @@ static kiln_status build_graph(struct kiln_index *ix, const kiln_build_params *p
         return st;
     rep->repaired_links = rs.links;
     kiln_report_stage(rep, "repair", kiln_now() - t);
+    if (p->storage != KILN_STORAGE_F32) { /* graph/storage.c decision 1 */
+        t = kiln_now();
+        if ((st = kiln_index_compress(ix, p->storage, p->rerank != 0)))
+            return st;
+        kiln_report_stage(rep, "compress", kiln_now() - t);
+    }
     rep->total_seconds = kiln_now() - t_start;
     report_print(ctx, rep);
     return st;

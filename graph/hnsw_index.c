@@ -96,6 +96,7 @@ kiln_status kiln_index_alloc_m0(kiln_ctx *ctx, uint64_t count, uint32_t dim, kil
     ix->capacity = count;
     ix->entry_point = KILN_NO_NODE;
     ix->dist = kiln_distance_fn(metric);
+    kiln_storage_bind(ix, KILN_STORAGE_F32); /* a build's compact rows come at its end */
 
     if ((st = kiln_alloc_aligned(ctx, vec_bytes, "vectors", (void **)&ix->vectors)) ||
         (st = kiln_alloc_aligned(ctx, link_bytes, "level-0 links", (void **)&ix->links0)) ||
@@ -148,8 +149,9 @@ kiln_status kiln_index_alloc_m0(kiln_ctx *ctx, uint64_t count, uint32_t dim, kil
 uint64_t kiln_index_memory(const struct kiln_index *ix) {
     if (ix->map) /* only upper_off is heap (decision 3) */
         return sizeof *ix + ix->count * sizeof(uint64_t);
-    const uint64_t heap = (ix->vectors_map ? 0 : (uint64_t)ix->dim * sizeof(float)) +
-                          (ix->links0_spill_len ? 0 : kiln_links0_stride(ix) * sizeof(uint32_t));
+    const uint64_t heap =
+        (ix->vectors_map || !ix->vectors ? 0 : (uint64_t)ix->dim * sizeof(float)) + ix->code_bytes +
+        (ix->links0_spill_len ? 0 : kiln_links0_stride(ix) * sizeof(uint32_t));
     return sizeof *ix + ix->capacity * (heap + sizeof(int64_t) + 1 + sizeof(uint64_t)) +
            (ix->freed ? ix->capacity : 0) + ix->free_list_cap * sizeof(uint32_t) +
            ix->upper_cap * sizeof(uint32_t);
@@ -262,6 +264,7 @@ void kiln_index_free_arrays(struct kiln_index *ix) {
         munmap(ix->vectors_map, ix->vectors_map_len);
     else
         kiln_free_aligned(ix->vectors);
+    kiln_free_aligned(ix->codes);
     if (ix->links0_spill_len)
         munmap(ix->links0, ix->links0_spill_len);
     else
@@ -321,6 +324,17 @@ static void stats_of(const struct kiln_index *ix, kiln_index_stats *out) {
     out->M0 = ix->M0;
     out->levels = ix->count ? ix->max_level + 1 : 0;
     out->memory_bytes = kiln_index_memory(ix);
+    out->storage = ix->storage;
+    out->rerank = ix->storage != KILN_STORAGE_F32 && ix->vectors;
+    out->vector_bytes = kiln_vector_bytes(ix);
+    /* What the file's sections hold: rows, level-0 blocks, labels, levels,
+     * and the upper blocks of the nodes' levels (not the pool's slack). */
+    uint64_t upper = 0;
+    for (uint64_t i = 0; i < ix->count; i++)
+        upper += ix->levels[i];
+    out->data_bytes = ix->count * (out->vector_bytes + kiln_links0_stride(ix) * sizeof(uint32_t) +
+                                   sizeof(int64_t) + 1) +
+                      upper * (ix->M + 1) * sizeof(uint32_t);
     out->nonfinite_vectors = kiln_index_nonfinite(ix, &out->first_nonfinite);
     uint64_t links[KILN_MAX_LEVELS] = {0};
     out->labels_are_rows = 1;

@@ -183,7 +183,7 @@ static size_t fill_slots(const batch_state *bs, uint32_t start, uint32_t end) {
 static void select_one(const batch_state *bs, kiln_scratch *sc, uint32_t q, rev_edge *e) {
     const struct kiln_index *ix = bs->ix;
     const uint32_t M = ix->M, top = ix->levels[q];
-    const float *qv = kiln_vector(ix, q);
+    const float *qv = kiln_node_query(ix, q, sc->qbuf);
     /* Levels above the graph's top (a node added to a live index,
      * decision 7) start empty: there is no one there to link to. */
     const uint32_t reach = top < ix->max_level ? top : ix->max_level;

@@ -6,6 +6,9 @@
  * Layout (after hnswlib, with ids as uint32_t like its tableint):
  *  - vectors: count rows of dim floats, row-major, 64-byte aligned; COS rows
  *    are stored normalised.
+ *  - codes (storage F16 or INT8, graph/storage.c): count rows of code_bytes,
+ *    the compact rows every graph distance reads; vectors is then NULL, or
+ *    with rerank the exact rows that search re-scores its candidates with.
  *  - level 0: one fixed-stride block per node, [n_links, id_0 .. id_{M0-1}],
  *    so node i's list is at links0 + i * (1 + M0).
  *  - upper levels: node i with level L > 0 owns L consecutive blocks of
@@ -23,10 +26,12 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "kiln.h"
+#include "../common/codec_internal.h"
 #include "../common/distance_internal.h"
 
 #define KILN_NO_NODE  UINT32_MAX
@@ -43,10 +48,16 @@ struct kiln_index {
                     graph/hnsw_insert.c decision 6) */
     uint32_t ef_construction;
     uint64_t seed;
-    uint64_t count;       /* slots in the graph: live nodes plus free_count free ones */
-    uint32_t max_level;   /* top level; 0 when count == 0 */
-    uint32_t entry_point; /* a node on max_level; KILN_NO_NODE when empty */
-    kiln_dist_fn dist;    /* kiln_distance_fn(metric) */
+    uint64_t count;              /* slots in the graph: live nodes plus free_count free ones */
+    uint32_t max_level;          /* top level; 0 when count == 0 */
+    uint32_t entry_point;        /* a node on max_level; KILN_NO_NODE when empty */
+    kiln_dist_fn dist;           /* kiln_distance_fn(metric) */
+    kiln_storage storage;        /* what graph distances read: vectors (F32) or codes */
+    size_t code_bytes;           /* bytes per row of codes; 0 for F32 */
+    kiln_code_dist_fn code_dist; /* f32 query vs a row of codes; NULL for F32 */
+    kiln_code_pair_fn code_pair; /* a row of codes vs another; NULL for F32 */
+    uint8_t *codes; /* count rows of code_bytes (F16, INT8): kiln_alloc_aligned, or inside
+                       map; NULL for F32 */
 
     float *vectors;       /* count * dim: kiln_alloc_aligned, or inside vectors_map (then
                              read-only, and rows may be only 4-byte aligned) */
@@ -120,8 +131,14 @@ static inline uint32_t *kiln_links(const struct kiln_index *ix, uint32_t node, u
     return ix->upper_pool + ix->upper_off[node] + (size_t)(level - 1) * (ix->M + 1);
 }
 
+/* Node's f32 row: F32 storage, or the rerank copy (ix->vectors non-NULL). */
 static inline const float *kiln_vector(const struct kiln_index *ix, uint32_t node) {
     return ix->vectors + (size_t)node * ix->dim;
+}
+
+/* Node's compact row (storage F16 or INT8). */
+static inline const void *kiln_code(const struct kiln_index *ix, uint32_t node) {
+    return ix->codes + (size_t)node * ix->code_bytes;
 }
 
 /* The distance every graph comparison uses (search, insertion, pruning,
@@ -131,15 +148,36 @@ static inline const float *kiln_vector(const struct kiln_index *ix, uint32_t nod
  * beam's bound. One compare and select per distance, measured free (see
  * graph/hnsw_search.c decision 5). */
 static inline float kiln_node_dist(const struct kiln_index *ix, const float *q, uint32_t node) {
-    const float d = ix->dist(q, kiln_vector(ix, node), ix->dim);
+    const float d = ix->storage == KILN_STORAGE_F32
+                        ? ix->dist(q, kiln_vector(ix, node), ix->dim)
+                        : ix->code_dist(q, kiln_code(ix, node), ix->dim);
     return d == d ? d : (float)INFINITY;
 }
 
-/* Asks for node's whole vector (up to its first 1 KiB) to be fetched into
+/* The distance between two nodes, on the rows graph distances read (for
+ * compact storage, row against row: common/codec.c decision 3). */
+static inline float kiln_pair_dist(const struct kiln_index *ix, uint32_t a, uint32_t b) {
+    const float d = ix->storage == KILN_STORAGE_F32
+                        ? ix->dist(kiln_vector(ix, a), kiln_vector(ix, b), ix->dim)
+                        : ix->code_pair(kiln_code(ix, a), kiln_code(ix, b), ix->dim);
+    return d == d ? d : (float)INFINITY;
+}
+
+/* Node's row as an f32 query: the row itself for F32, else decoded into buf
+ * (dim floats), which is returned. */
+static inline const float *kiln_node_query(const struct kiln_index *ix, uint32_t node, float *buf) {
+    if (ix->storage == KILN_STORAGE_F32)
+        return kiln_vector(ix, node);
+    kiln_decode_row(ix->storage, kiln_code(ix, node), ix->dim, buf);
+    return buf;
+}
+
+/* Asks for node's whole row (up to its first 1 KiB) to be fetched into
  * cache, for loops that know the next few nodes they will read. */
 static inline void kiln_prefetch_vector(const struct kiln_index *ix, uint32_t node) {
-    const char *p = (const char *)kiln_vector(ix, node);
-    const size_t bytes = (size_t)ix->dim * sizeof(float);
+    const bool f32 = ix->storage == KILN_STORAGE_F32;
+    const char *p = f32 ? (const char *)kiln_vector(ix, node) : (const char *)kiln_code(ix, node);
+    const size_t bytes = f32 ? (size_t)ix->dim * sizeof(float) : ix->code_bytes;
     for (size_t off = 0; off < bytes && off < 1024; off += 64)
         __builtin_prefetch(p + off);
 }
@@ -236,5 +274,35 @@ void kiln_live_free(struct kiln_index *ix);
 /* Bytes of heap the index holds: not its spilled mappings, nor a mapped
  * index's mapping (page cache, shared and droppable). */
 uint64_t kiln_index_memory(const struct kiln_index *ix);
+
+/* ==== Compact storage (graph/storage.c) ==== */
+
+/* Bytes per slot of the index's vectors: its rows, plus f32 with rerank. */
+uint64_t kiln_vector_bytes(const struct kiln_index *ix);
+/* Sets storage, code_bytes and the code kernels for storage s. */
+void kiln_storage_bind(struct kiln_index *ix, kiln_storage s);
+/* Gives an F32 index of no data yet (the reader's) compact rows: codes for
+ * capacity slots, and the f32 vectors freed unless keep_f32. */
+kiln_status kiln_storage_alloc(struct kiln_index *ix, kiln_storage s, bool keep_f32);
+/* Whether the F32 index's rows fit storage s (F16: no finite component
+ * beyond 65504), the error naming the first row that does not. */
+kiln_status kiln_storage_fits(const struct kiln_index *ix, kiln_storage s);
+/* Converts a built F32 index to storage s: every row encoded, the f32 rows
+ * dropped unless keep_f32 (then search re-scores with them). F16 refuses
+ * a finite component beyond 65504, naming the node. */
+kiln_status kiln_index_compress(struct kiln_index *ix, kiln_storage s, bool keep_f32);
+/* Checks n rows for what the index's storage cannot hold (F16: a finite
+ * |x| > 65504), naming `what` and the row. */
+kiln_status kiln_storage_check_rows(const struct kiln_index *ix, const float *rows, size_t n,
+                                    const char *what);
+/* Writes n rows into slots (normalised first for COS): vectors and codes as
+ * the storage has them. */
+kiln_status kiln_storage_put(struct kiln_index *ix, const float *rows, const uint32_t *slots,
+                             size_t n);
+/* Zeroes slot's rows (a free slot). */
+void kiln_storage_clear(struct kiln_index *ix, uint32_t slot);
+/* Whether node's row (the one graph distances read) has a NaN or an
+ * infinity. */
+bool kiln_node_nonfinite(const struct kiln_index *ix, uint32_t node);
 
 #endif /* KILN_HNSW_INTERNAL_H */

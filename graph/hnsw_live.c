@@ -281,18 +281,22 @@ static kiln_status reserve_slots(struct kiln_index *ix, uint64_t need) {
     cap = cap < LIVE_MIN_CAPACITY ? LIVE_MIN_CAPACITY : cap;
     cap = cap >= KILN_NO_NODE ? KILN_NO_NODE - 1 : cap;
     const size_t stride = kiln_links0_stride(ix), n = (size_t)ix->count;
-    size_t vec_bytes, link_bytes;
+    size_t vec_bytes, code_bytes, link_bytes;
     if (kiln_mul_size((size_t)cap, (size_t)ix->dim * sizeof(float), &vec_bytes) ||
+        kiln_mul_size((size_t)cap, ix->code_bytes, &code_bytes) ||
         kiln_mul_size((size_t)cap, stride * sizeof(uint32_t), &link_bytes))
         return kiln_fail(ctx, KILN_E_RANGE, "an index of %llu x %u does not fit in memory",
                          (unsigned long long)cap, ix->dim);
     float *vectors = NULL;
     uint32_t *links0 = NULL, *pool = NULL;
     int64_t *labels = NULL;
-    uint8_t *levels = NULL, *freed = NULL;
+    uint8_t *levels = NULL, *freed = NULL, *codes = NULL;
     uint64_t *upper_off = NULL;
     kiln_status st;
-    if ((st = kiln_alloc_aligned(ctx, vec_bytes, "vectors", (void **)&vectors)) ||
+    /* The rows the index has: f32, compact, or both (graph/storage.c). */
+    if ((ix->vectors && (st = kiln_alloc_aligned(ctx, vec_bytes, "vectors", (void **)&vectors))) ||
+        (ix->codes &&
+         (st = kiln_alloc_aligned(ctx, code_bytes, "compact vectors", (void **)&codes))) ||
         (st = kiln_alloc_aligned(ctx, link_bytes, "level-0 links", (void **)&links0)) ||
         (st = kiln_alloc(ctx, (size_t)cap * sizeof *labels, "labels", (void **)&labels)) ||
         (st = kiln_calloc(ctx, (size_t)cap, "levels", (void **)&levels)) ||
@@ -302,6 +306,7 @@ static kiln_status reserve_slots(struct kiln_index *ix, uint64_t need) {
         (ix->map && (st = kiln_alloc(ctx, (size_t)(ix->upper_len ? ix->upper_len : 1) * 4,
                                      "upper-level links", (void **)&pool)))) {
         kiln_free_aligned(vectors);
+        kiln_free_aligned(codes);
         kiln_free_aligned(links0);
         free(labels);
         free(levels);
@@ -309,7 +314,10 @@ static kiln_status reserve_slots(struct kiln_index *ix, uint64_t need) {
         free(upper_off);
         return st;
     }
-    memcpy(vectors, ix->vectors, n * ix->dim * sizeof(float));
+    if (vectors)
+        memcpy(vectors, ix->vectors, n * ix->dim * sizeof(float));
+    if (codes)
+        memcpy(codes, ix->codes, n * ix->code_bytes);
     memcpy(links0, ix->links0, n * stride * sizeof(uint32_t));
     memset(links0 + n * stride, 0, ((size_t)cap - n) * stride * sizeof(uint32_t));
     memcpy(labels, ix->labels, n * sizeof *labels);
@@ -334,6 +342,7 @@ static kiln_status reserve_slots(struct kiln_index *ix, uint64_t need) {
     ix->vectors_map = NULL;
     ix->links0_spill_len = 0;
     ix->vectors = vectors;
+    ix->codes = codes;
     ix->links0 = links0;
     ix->labels = labels;
     ix->levels = levels;
@@ -466,7 +475,6 @@ static uint32_t reconnect(const reconnect_state *rs, uint32_t u, unsigned level,
             if (rs->doomed[l[1 + j]])
                 n = gather(rs, u, l[1 + j], level, second, c, n, cap);
     cands_by_id(c, (ptrdiff_t)n);
-    const float *uv = kiln_vector(ix, u);
     uint32_t m = 0;
     for (uint32_t i = 0; i < n; i++) {
         if (i > 0 && c[i].id == c[i - 1].id)
@@ -475,7 +483,7 @@ static uint32_t reconnect(const reconnect_state *rs, uint32_t u, unsigned level,
         for (uint32_t j = 0; j < live && !kept; j++)
             kept = pick[j] == c[i].id;
         if (!kept)
-            c[m++] = (kiln_cand){kiln_node_dist(ix, uv, c[i].id), c[i].id};
+            c[m++] = (kiln_cand){kiln_pair_dist(ix, u, c[i].id), c[i].id};
     }
     kiln_cands_sort(c, m);
     if (m > RECONNECT_JUDGED)
@@ -485,10 +493,9 @@ static uint32_t reconnect(const reconnect_state *rs, uint32_t u, unsigned level,
     const uint32_t want = had;
     uint64_t taken = 0; /* bit i: c[i] chosen; m <= 64 */
     for (uint32_t i = 0; i < m && live < want; i++) {
-        const float *v = kiln_vector(ix, c[i].id);
         bool good = true;
         for (uint32_t j = 0; j < live && good; j++)
-            good = !(kiln_node_dist(ix, v, pick[j]) < c[i].dist);
+            good = !(kiln_pair_dist(ix, c[i].id, pick[j]) < c[i].dist);
         if (good) {
             pick[live++] = c[i].id;
             taken |= 1ull << i;
@@ -608,7 +615,7 @@ static kiln_status remove_slots(struct kiln_index *ix, const uint32_t *slots, si
         ix->levels[x] = 0;
         ix->upper_off[x] = KILN_NO_UPPER;
         ix->labels[x] = -1;
-        memset(ix->vectors + (size_t)x * ix->dim, 0, (size_t)ix->dim * sizeof(float));
+        kiln_storage_clear(ix, x);
         ix->freed[x] = 1;
         ix->free_list[ix->free_count++] = x;
     }
@@ -709,7 +716,7 @@ static kiln_status check_vectors(const struct kiln_index *ix, const float *vecto
         if (kiln_row_nonfinite(vectors + k * ix->dim, ix->dim))
             return kiln_fail(ix->ctx, KILN_E_ARG, "%s: vector %zu has a NaN or infinite component",
                              what, k);
-    return KILN_OK;
+    return kiln_storage_check_rows(ix, vectors, n, what);
 }
 
 /* Puts the n vectors with their labels into slots (the `reused` from the
@@ -733,10 +740,6 @@ static kiln_status insert_slots(struct kiln_index *ix, const float *vectors, con
         const uint32_t s = slots[k];
         if (s >= ix->count)
             ix->count = (uint64_t)s + 1;
-        float *row = ix->vectors + (size_t)s * ix->dim;
-        memcpy(row, vectors + k * ix->dim, (size_t)ix->dim * sizeof(float));
-        if (ix->metric == KILN_METRIC_COS)
-            kiln_normalize(row, ix->dim);
         ix->labels[s] = labels[k];
         ix->freed[s] = 0;
         const uint8_t level = label_level(ix, labels[k]);
@@ -747,6 +750,8 @@ static kiln_status insert_slots(struct kiln_index *ix, const float *vectors, con
         ix->upper_len += (uint64_t)level * (ix->M + 1);
         map_set(ix->label_map, labels[k], s);
     }
+    if ((st = kiln_storage_put(ix, vectors, slots, n)))
+        return st;
     const uint32_t *order = slots;
     uint64_t base = live_before;
     size_t todo = n;

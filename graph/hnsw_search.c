@@ -395,7 +395,10 @@ static bool search_one(const struct kiln_index *ix, kiln_scratch *sc, const floa
         kiln_greedy_descend(ix, q, ix->max_level, 0, &cur, &cur_dist);
         kiln_search_level(ix, sc, q, cur, cur_dist, ef, 0);
         found = sc->top.size;
-        kiln_cands_sort(sc->top.v, found);
+        if (ix->storage != KILN_STORAGE_F32 && ix->vectors)
+            kiln_rerank(ix, q, sc->top.v, found); /* graph/storage.c decision 3 */
+        else
+            kiln_cands_sort(sc->top.v, found);
         if (found > k)
             found = k;
         for (uint32_t j = 0; j < found; j++) {

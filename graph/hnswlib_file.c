@@ -61,6 +61,12 @@
  *     leaves stale ids there), max_elements_ = cur_element_count, and
  *     mult_ = 1/ln(M), what hnswlib would have used. It refuses a graph the
  *     importer would reject, and negative labels, which size_t cannot hold.
+ *  9. hnswlib's HierarchicalNSW<float> holds f32 rows only, so a compact
+ *     index (graph/storage.c) exports f32: its kept f32 rows with rerank,
+ *     else its f16 or int8 rows decoded, the values its own search
+ *     measured (refusing would leave such an index no way into hnswlib;
+ *     the file is then 4 bytes a component, as any hnswlib file). Import
+ *     always gives f32 storage.
  */
 #include <errno.h>
 #include <math.h>
@@ -232,14 +238,16 @@ static void put_header(uint8_t *h, const struct kiln_index *ix) {
     kiln_put_u64le(h + HH_EF_CONSTRUCTION, ix->ef_construction);
 }
 
-static kiln_status write_body(const struct kiln_index *ix, kiln_afile *af, uint8_t *rec) {
+/* row: dim floats, where a compact index's rows are decoded (decision 9). */
+static kiln_status write_body(const struct kiln_index *ix, kiln_afile *af, uint8_t *rec,
+                              float *row) {
     const size_t level0 = (size_t)block_bytes(ix->M0);
     const size_t data = (size_t)ix->dim * sizeof(float);
     const size_t upper = (size_t)block_bytes(ix->M);
     kiln_status st;
     for (uint32_t i = 0; i < ix->count; i++) {
         put_block(rec, kiln_links(ix, i, 0), ix->M0);
-        const float *v = kiln_vector(ix, i);
+        const float *v = ix->vectors ? kiln_vector(ix, i) : kiln_node_query(ix, i, row);
         for (uint32_t d = 0; d < ix->dim; d++)
             kiln_put_f32le(rec + level0 + 4 * (size_t)d, v[d]);
         kiln_put_u64le(rec + level0 + data, (uint64_t)ix->labels[i]);
@@ -722,22 +730,30 @@ kiln_status kiln_index_export_hnswlib(const kiln_index *index, const char *path)
     const size_t upper_bytes =
         sizeof(uint32_t) + (size_t)(KILN_MAX_LEVELS - 1) * (size_t)block_bytes(index->M);
     uint8_t *rec = NULL;
+    float *row = NULL;
     if ((st = kiln_alloc(ctx, rec_bytes > upper_bytes ? rec_bytes : upper_bytes,
-                         "hnswlib record buffer", (void **)&rec)))
+                         "hnswlib record buffer", (void **)&rec)) ||
+        (st = kiln_alloc(ctx, (size_t)index->dim * sizeof *row, "a row", (void **)&row))) {
+        free(rec);
         return st;
+    }
     kiln_afile *af = NULL;
     if ((st = kiln_afile_open(ctx, path, &af))) {
         free(rec);
+        free(row);
         return st;
     }
     uint8_t header[HL_HEADER_BYTES];
     put_header(header, index);
-    if ((st = kiln_afile_write(af, header, sizeof header)) || (st = write_body(index, af, rec))) {
+    if ((st = kiln_afile_write(af, header, sizeof header)) ||
+        (st = write_body(index, af, rec, row))) {
         kiln_afile_abort(af);
         free(rec);
+        free(row);
         return st;
     }
     free(rec);
+    free(row);
     return kiln_afile_commit(af);
 }
 

@@ -86,6 +86,19 @@
  *     point; it is free_count * 4 bytes, against count bytes of LEVELS.
  *     The writer writes version 2 only, even with no free slot: one layout
  *     to write keeps save canonical (the same index, the same bytes).
+ * 13. Version 3 is compact storage (graph/storage.c): the header's storage
+ *     (F16 or INT8) and flags (rerank: f32 rows kept) in what were reserved
+ *     bytes 92..99, and a seventh section CODES of count rows of the
+ *     storage's row bytes (common/codec_internal.h), 64-byte aligned like
+ *     every section so a mapped open uses it in place. VECTORS stays in
+ *     the table, empty without rerank, so every other section keeps its
+ *     kind and layout. An f32 index is still written as version 2, byte
+ *     for byte as before (the storage decides the version, so save stays
+ *     canonical), and a kiln that reads only versions 1 and 2 refuses a
+ *     compact file by its version instead of misreading it. CODES is
+ *     CRC-checked as the other big sections are (KILN_LOAD_VERIFY, or the
+ *     read path); a code is any byte and a scale any float, so no value in
+ *     it can take a read out of bounds.
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -102,15 +115,17 @@
 
 /* ==== Format constants (fixed by docs/FORMAT.md) ==== */
 
-#define FILE_MAGIC       "KILNHNSW"
-#define FILE_MAGIC_LEN   8u
-#define FILE_VERSION     2u /* written; version 1 is still read (decision 12) */
-#define HEADER_BYTES     128u
-#define SECTION_ENTRY    32u  /* bytes per section table entry */
-#define SECTION_ALIGN    64u  /* every section offset is a multiple of this */
-#define SECTION_OPTIONAL 0x1u /* flag: a reader that does not know the kind skips it */
-#define MAX_SECTIONS     64u  /* bound on section_count, so the table stays small */
-#define KNOWN_SECTIONS   6u   /* version 2's; version 1 has the first 5 */
+#define FILE_MAGIC         "KILNHNSW"
+#define FILE_MAGIC_LEN     8u
+#define FILE_VERSION       2u /* written for F32 storage; version 1 is still read (decision 12) */
+#define FILE_VERSION_CODES 3u /* written for F16 and INT8 storage (decision 13) */
+#define HEADER_BYTES       128u
+#define SECTION_ENTRY      32u  /* bytes per section table entry */
+#define SECTION_ALIGN      64u  /* every section offset is a multiple of this */
+#define SECTION_OPTIONAL   0x1u /* flag: a reader that does not know the kind skips it */
+#define MAX_SECTIONS       64u  /* bound on section_count, so the table stays small */
+#define KNOWN_SECTIONS     7u   /* version 3's; version 2 has the first 6, version 1 the first 5 */
+#define STORAGE_RERANK     0x1u /* version 3 storage flag: VECTORS holds the f32 rows too */
 
 /* Header field offsets. */
 enum {
@@ -129,10 +144,13 @@ enum {
     H_SEED = 56,
     H_FILE_BYTES = 64,
     H_TABLE_CRC = 72,
-    H_CAPACITY = 76,    /* version 2: u64 */
-    H_FREE_COUNT = 84,  /* version 2: u64 */
-    H_RESERVED_V1 = 76, /* version 1: through 123, zeros */
-    H_RESERVED = 92,    /* version 2: through 123, zeros */
+    H_CAPACITY = 76,      /* version 2: u64 */
+    H_FREE_COUNT = 84,    /* version 2: u64 */
+    H_STORAGE = 92,       /* version 3: u32, kiln_storage F16 or INT8 */
+    H_STORAGE_FLAGS = 96, /* version 3: u32, STORAGE_RERANK */
+    H_RESERVED_V1 = 76,   /* version 1: through 123, zeros */
+    H_RESERVED_V2 = 92,   /* version 2: through 123, zeros */
+    H_RESERVED = 100,     /* version 3: through 123, zeros */
     H_CRC = 124
 };
 
@@ -146,14 +164,15 @@ enum {
     SEC_LEVELS = 3,  /* count u8 */
     SEC_LINKS0 = 4,  /* count * (1 + M0) u32 */
     SEC_UPPER = 5,   /* sum over nodes of levels[i] * (1 + M) u32 */
-    SEC_FREE = 6     /* version 2: free_count u32, the free slots */
+    SEC_FREE = 6,    /* version 2: free_count u32, the free slots */
+    SEC_CODES = 7    /* version 3: count rows of the storage's compact rows */
 };
 
 /* The known sections of a version: each must appear once. */
-static inline uint32_t known_sections(uint32_t version) { return version == 1 ? 5u : 6u; }
+static inline uint32_t known_sections(uint32_t version) { return version + 4u; }
 
 static const char *const section_names[KNOWN_SECTIONS + 1] = {
-    "?", "VECTORS", "LABELS", "LEVELS", "LINKS0", "UPPER", "FREE"};
+    "?", "VECTORS", "LABELS", "LEVELS", "LINKS0", "UPPER", "FREE", "CODES"};
 
 #ifdef MAP_POPULATE
 #define MAP_POPULATE_FLAG MAP_POPULATE
@@ -175,7 +194,8 @@ typedef struct file_header {
     uint64_t count;
     uint32_t entry_point, section_count;
     uint64_t seed, file_bytes;
-    uint64_t capacity, free_count; /* version 2; count and 0 in version 1 */
+    uint64_t capacity, free_count;   /* version 2; count and 0 in version 1 */
+    uint32_t storage, storage_flags; /* version 3; F32 and 0 before */
     uint32_t table_crc, header_crc;
 } file_header;
 
@@ -196,12 +216,16 @@ typedef struct index_file {
 
 /* ==== Byte order ==== */
 
-/* Reverses the bytes of each of n elements of elem (4 or 8) bytes in place;
- * only big-endian hosts call it. */
+/* Reverses the bytes of each of n elements of elem (2, 4 or 8) bytes in
+ * place; only big-endian hosts call it. */
 static void swap_array(void *data, size_t n, size_t elem) {
     uint8_t *p = data;
     for (size_t i = 0; i < n; i++, p += elem) {
-        if (elem == 4) {
+        if (elem == 2) {
+            const uint8_t t = p[0];
+            p[0] = p[1];
+            p[1] = t;
+        } else if (elem == 4) {
             uint32_t v;
             memcpy(&v, p, 4);
             v = __builtin_bswap32(v);
@@ -215,8 +239,21 @@ static void swap_array(void *data, size_t n, size_t elem) {
     }
 }
 
+/* The same for n compact rows of storage s, stride bytes apart: f16's
+ * halves, int8's scale (its codes are bytes). */
+static void swap_codes(uint32_t s, void *rows, size_t n, size_t stride) {
+    uint8_t *p = rows;
+    for (size_t i = 0; i < n; i++, p += stride)
+        swap_array(p, s == KILN_STORAGE_F16 ? stride / 2 : 1, s == KILN_STORAGE_F16 ? 2 : 4);
+}
+
 static bool metric_valid(uint32_t m) {
     return m == KILN_METRIC_L2 || m == KILN_METRIC_IP || m == KILN_METRIC_COS;
+}
+
+/* Whether the header's index keeps f32 rows in VECTORS. */
+static bool has_f32(const file_header *h) {
+    return h->storage == KILN_STORAGE_F32 || (h->storage_flags & STORAGE_RERANK);
 }
 
 /* Bytes each known section must hold for the header's count, dim and M;
@@ -224,7 +261,11 @@ static bool metric_valid(uint32_t m) {
  * fit in 64 bits because count < 2^32, dim <= 2^16 and M0 <= 2^11. */
 static uint64_t section_expected(const file_header *h, uint32_t kind) {
     switch (kind) {
-    case SEC_VECTORS: return h->count * h->dim * sizeof(float);
+    case SEC_VECTORS: return has_f32(h) ? h->count * h->dim * sizeof(float) : 0;
+    case SEC_CODES:
+        return h->storage == KILN_STORAGE_F32
+                   ? 0
+                   : h->count * kiln_code_bytes((kiln_storage)h->storage, h->dim);
     case SEC_LABELS: return h->count * sizeof(int64_t);
     case SEC_LEVELS: return h->count;
     case SEC_LINKS0: return h->count * ((uint64_t)h->M0 + 1) * sizeof(uint32_t);
@@ -343,6 +384,29 @@ static kiln_status write_block(writer *w, const uint32_t *block, uint32_t bound,
     return KILN_OK;
 }
 
+/* The compact rows, little-endian (whole rows staged on a big-endian host). */
+static kiln_status write_codes(writer *w) {
+    const struct kiln_index *ix = w->ix;
+    const size_t stride = ix->code_bytes, n = (size_t)ix->count;
+    if (!KILN_HOST_BIG_ENDIAN)
+        return write_array(w, ix->codes, n * stride, 1);
+    const size_t per = IO_CHUNK / stride; /* >= 1: a row is at most 128 KiB */
+    for (size_t i = 0; i < n; i += per) {
+        const size_t rows = n - i < per ? n - i : per;
+        memcpy(w->stage, ix->codes + i * stride, rows * stride);
+        swap_codes(ix->storage, w->stage, rows, stride);
+        kiln_status st = section_put(w, w->stage, rows * stride);
+        if (st)
+            return st;
+    }
+    return KILN_OK;
+}
+
+/* The sections a save writes: CODES only for compact storage (decision 13). */
+static uint32_t saved_sections(const struct kiln_index *ix) {
+    return ix->storage == KILN_STORAGE_F32 ? KNOWN_SECTIONS - 1 : KNOWN_SECTIONS;
+}
+
 /* The header fields and levels the reader will insist on. */
 static kiln_status check_savable(const writer *w) {
     const struct kiln_index *ix = w->ix;
@@ -354,6 +418,13 @@ static kiln_status check_savable(const writer *w) {
                          "metric %d, count %llu, max_level %u)",
                          w->path, ix->dim, ix->M, ix->M0, (int)ix->metric,
                          (unsigned long long)ix->count, ix->max_level);
+    if ((ix->storage != KILN_STORAGE_F32 && ix->storage != KILN_STORAGE_F16 &&
+         ix->storage != KILN_STORAGE_INT8) ||
+        (ix->storage == KILN_STORAGE_F32
+             ? !ix->vectors && ix->count
+             : !ix->codes || ix->code_bytes != kiln_code_bytes(ix->storage, ix->dim)))
+        return kiln_fail(w->ctx, KILN_E_INVALID, "%s: cannot save: storage %d without its rows",
+                         w->path, (int)ix->storage);
     if (ix->free_count > ix->count)
         return kiln_fail(w->ctx, KILN_E_INVALID, "%s: cannot save: %llu free slots of %llu",
                          w->path, (unsigned long long)ix->free_count,
@@ -390,9 +461,10 @@ static kiln_status write_sections(writer *w) {
     const struct kiln_index *ix = w->ix;
     const size_t n = (size_t)ix->count;
     kiln_status st;
+    /* VECTORS: the f32 rows, none for a compact index without rerank. */
     if ((st = section_begin(w, SEC_VECTORS)) ||
-        (st = write_array(w, ix->vectors, n * ix->dim, sizeof(float))) || (st = section_end(w)) ||
-        (st = section_begin(w, SEC_LABELS)) ||
+        (ix->vectors && (st = write_array(w, ix->vectors, n * ix->dim, sizeof(float)))) ||
+        (st = section_end(w)) || (st = section_begin(w, SEC_LABELS)) ||
         (st = write_array(w, ix->labels, n, sizeof(int64_t))) || (st = section_end(w)) ||
         (st = section_begin(w, SEC_LEVELS)) || (st = write_array(w, ix->levels, n, 1)) ||
         (st = section_end(w)))
@@ -415,9 +487,12 @@ static kiln_status write_sections(writer *w) {
             if ((st = write_block(w, kiln_links(ix, i, l), ix->M, i, l)))
                 return st;
     if ((st = section_end(w)) || (st = section_begin(w, SEC_FREE)) ||
-        (st = write_array(w, ix->free_list, (size_t)ix->free_count, sizeof(uint32_t))))
+        (st = write_array(w, ix->free_list, (size_t)ix->free_count, sizeof(uint32_t))) ||
+        (st = section_end(w)))
         return st;
-    return section_end(w);
+    if (ix->storage == KILN_STORAGE_F32)
+        return KILN_OK;
+    return (st = section_begin(w, SEC_CODES)) || (st = write_codes(w)) ? st : section_end(w);
 }
 
 /* The capacity a save records (decision 12). */
@@ -429,9 +504,10 @@ static uint64_t saved_capacity(const struct kiln_index *ix) {
 /* Table and header, written over the placeholders at the start. */
 static kiln_status write_front(writer *w) {
     const struct kiln_index *ix = w->ix;
+    const uint32_t nsec = saved_sections(ix);
     uint8_t table[KNOWN_SECTIONS * SECTION_ENTRY];
     memset(table, 0, sizeof table);
-    for (unsigned k = 0; k < KNOWN_SECTIONS; k++) {
+    for (unsigned k = 0; k < nsec; k++) {
         uint8_t *e = table + k * SECTION_ENTRY;
         kiln_put_u32le(e + S_KIND, w->sec[k].kind);
         kiln_put_u32le(e + S_FLAGS, 0);
@@ -442,7 +518,8 @@ static kiln_status write_front(writer *w) {
     uint8_t hb[HEADER_BYTES];
     memset(hb, 0, sizeof hb);
     memcpy(hb + H_MAGIC, FILE_MAGIC, FILE_MAGIC_LEN);
-    kiln_put_u32le(hb + H_VERSION, FILE_VERSION);
+    const bool compact = ix->storage != KILN_STORAGE_F32;
+    kiln_put_u32le(hb + H_VERSION, compact ? FILE_VERSION_CODES : FILE_VERSION);
     kiln_put_u32le(hb + H_HEADER_BYTES, HEADER_BYTES);
     kiln_put_u32le(hb + H_DIM, ix->dim);
     kiln_put_u32le(hb + H_METRIC, (uint32_t)ix->metric);
@@ -452,14 +529,19 @@ static kiln_status write_front(writer *w) {
     kiln_put_u32le(hb + H_MAX_LEVEL, ix->max_level);
     kiln_put_u64le(hb + H_COUNT, ix->count);
     kiln_put_u32le(hb + H_ENTRY_POINT, ix->entry_point);
-    kiln_put_u32le(hb + H_SECTION_COUNT, KNOWN_SECTIONS);
+    kiln_put_u32le(hb + H_SECTION_COUNT, nsec);
     kiln_put_u64le(hb + H_SEED, ix->seed);
     kiln_put_u64le(hb + H_FILE_BYTES, kiln_afile_offset(w->af));
     kiln_put_u64le(hb + H_CAPACITY, saved_capacity(ix));
     kiln_put_u64le(hb + H_FREE_COUNT, ix->free_count);
-    kiln_put_u32le(hb + H_TABLE_CRC, kiln_crc32c(0, table, sizeof table));
+    if (compact) {
+        kiln_put_u32le(hb + H_STORAGE, (uint32_t)ix->storage);
+        kiln_put_u32le(hb + H_STORAGE_FLAGS, ix->vectors ? STORAGE_RERANK : 0);
+    }
+    const size_t table_len = (size_t)nsec * SECTION_ENTRY;
+    kiln_put_u32le(hb + H_TABLE_CRC, kiln_crc32c(0, table, table_len));
     kiln_put_u32le(hb + H_CRC, kiln_crc32c(0, hb, H_CRC));
-    kiln_status st = kiln_afile_pwrite(w->af, table, sizeof table, HEADER_BYTES);
+    kiln_status st = kiln_afile_pwrite(w->af, table, table_len, HEADER_BYTES);
     return st ? st : kiln_afile_pwrite(w->af, hb, sizeof hb, 0);
 }
 
@@ -473,6 +555,11 @@ static kiln_status write_front(writer *w) {
  *   2 (kiln 0.1, issue 14) -- header bytes 76..91 hold capacity and
  *                   free_count; section FREE (kind 6) lists the free slots
  *                   (decision 12). Version 1 files are read as before.
+ *   3 (kiln 0.1, issue 14 item 7) -- compact storage: header bytes 92..99
+ *                   hold storage (F16 or INT8) and its flags (bit 0: f32
+ *                   rows kept for rerank); section CODES (kind 7) holds the
+ *                   compact rows, VECTORS the f32 rows or nothing (decision
+ *                   13). Written for compact storage only.
  */
 
 static kiln_status read_at(const index_file *f, void *buf, size_t len, uint64_t offset) {
@@ -507,11 +594,11 @@ static kiln_status check_header(index_file *f, uint64_t size) {
      * checksum) its header differently. */
     file_header *h = &f->h;
     h->version = kiln_get_u32le(hb + H_VERSION);
-    if (h->version != 1 && h->version != FILE_VERSION)
+    if (h->version < 1 || h->version > FILE_VERSION_CODES)
         return kiln_fail(f->ctx, KILN_E_VERSION,
                          "%s: index format version %u is not supported (this kiln reads "
-                         "versions 1 and %u)",
-                         f->path, h->version, FILE_VERSION);
+                         "versions 1 to %u)",
+                         f->path, h->version, FILE_VERSION_CODES);
     if (got < HEADER_BYTES)
         return truncated_header(f, size);
     const uint32_t stored = kiln_get_u32le(hb + H_CRC), computed = kiln_crc32c(0, hb, H_CRC);
@@ -534,7 +621,11 @@ static kiln_status check_header(index_file *f, uint64_t size) {
     h->seed = kiln_get_u64le(hb + H_SEED);
     h->file_bytes = kiln_get_u64le(hb + H_FILE_BYTES);
     h->table_crc = kiln_get_u32le(hb + H_TABLE_CRC);
-    const unsigned reserved = h->version == 1 ? H_RESERVED_V1 : H_RESERVED;
+    const unsigned reserved = h->version == 1   ? H_RESERVED_V1
+                              : h->version == 2 ? H_RESERVED_V2
+                                                : H_RESERVED;
+    h->storage = h->version < 3 ? KILN_STORAGE_F32 : kiln_get_u32le(hb + H_STORAGE);
+    h->storage_flags = h->version < 3 ? 0 : kiln_get_u32le(hb + H_STORAGE_FLAGS);
     h->capacity = h->version == 1 ? h->count : kiln_get_u64le(hb + H_CAPACITY);
     h->free_count = h->version == 1 ? 0 : kiln_get_u64le(hb + H_FREE_COUNT);
 
@@ -553,6 +644,12 @@ static kiln_status check_header(index_file *f, uint64_t size) {
     if (h->dim < 1 || h->dim > KILN_MAX_DIM)
         return kiln_fail(f->ctx, KILN_E_RANGE, "%s: dim %u is out of range [1, %u]", f->path,
                          h->dim, KILN_MAX_DIM);
+    /* Version 3 is compact storage only: f32 is written as version 2. */
+    if (h->version >= 3 && ((h->storage != KILN_STORAGE_F16 && h->storage != KILN_STORAGE_INT8) ||
+                            (h->storage_flags & ~STORAGE_RERANK)))
+        return kiln_fail(f->ctx, KILN_E_FORMAT,
+                         "%s: unknown vector storage %u (flags 0x%x) in a version 3 file", f->path,
+                         h->storage, h->storage_flags);
     if (!metric_valid(h->metric))
         return kiln_fail(f->ctx, KILN_E_FORMAT, "%s: unknown metric %u", f->path, h->metric);
     if (h->M < 2 || h->M > KILN_MAX_M)
@@ -833,6 +930,7 @@ static void finish_index(const index_file *f, struct kiln_index *ix) {
     ix->file_bytes = h->file_bytes;
     ix->saved_capacity = h->capacity;
     ix->dist = kiln_distance_fn(ix->metric);
+    kiln_storage_bind(ix, (kiln_storage)h->storage);
     ix->ctx = f->ctx;
 }
 
@@ -849,15 +947,22 @@ static kiln_status load_read(const index_file *f, uint32_t flags, struct kiln_in
     }
     st = kiln_index_alloc(f->ctx, h->count, h->dim, (kiln_metric)h->metric, h->M, levels, &ix);
     free(levels);
-    if (st)
+    if (st == KILN_OK && h->storage != KILN_STORAGE_F32)
+        st = kiln_storage_alloc(ix, (kiln_storage)h->storage, has_f32(h));
+    if (st) {
+        kiln_index_free(ix);
         return st;
-    if ((st = read_section(f, SEC_VECTORS, ix->vectors, sizeof(float))) ||
+    }
+    if ((ix->codes && (st = read_section(f, SEC_CODES, ix->codes, 1))) ||
+        (ix->vectors && (st = read_section(f, SEC_VECTORS, ix->vectors, sizeof(float)))) ||
         (st = read_section(f, SEC_LABELS, ix->labels, sizeof(int64_t))) ||
         (st = read_section(f, SEC_LINKS0, ix->links0, sizeof(uint32_t))) ||
         (st = read_section(f, SEC_UPPER, ix->upper_pool, sizeof(uint32_t)))) {
         kiln_index_free(ix);
         return st;
     }
+    if (KILN_HOST_BIG_ENDIAN && ix->codes)
+        swap_codes(h->storage, ix->codes, (size_t)h->count, ix->code_bytes);
     finish_index(f, ix);
     uint32_t *ids = NULL;
     if (h->free_count) {
@@ -916,7 +1021,8 @@ static kiln_status open_mapped(const index_file *f, uint8_t *base, uint32_t flag
     ix->M = h->M;
     ix->M0 = h->M0;
     ix->count = h->count;
-    ix->vectors = (float *)(void *)(base + f->sec[SEC_VECTORS].offset);
+    ix->vectors = has_f32(h) ? (float *)(void *)(base + f->sec[SEC_VECTORS].offset) : NULL;
+    ix->codes = h->storage != KILN_STORAGE_F32 ? base + f->sec[SEC_CODES].offset : NULL;
     ix->labels = (int64_t *)(void *)(base + f->sec[SEC_LABELS].offset);
     ix->levels = base + f->sec[SEC_LEVELS].offset;
     ix->links0 = (uint32_t *)(void *)(base + f->sec[SEC_LINKS0].offset);
@@ -967,8 +1073,9 @@ static kiln_status save_index(const kiln_index *index, const char *path) {
     }
     /* Placeholders for the header and table, overwritten by write_front. */
     static const uint8_t zeros[HEADER_BYTES + KNOWN_SECTIONS * SECTION_ENTRY];
-    if ((st = kiln_afile_write(w.af, zeros, sizeof zeros)) || (st = write_sections(&w)) ||
-        (st = write_front(&w))) {
+    if ((st =
+             kiln_afile_write(w.af, zeros, HEADER_BYTES + saved_sections(index) * SECTION_ENTRY)) ||
+        (st = write_sections(&w)) || (st = write_front(&w))) {
         kiln_afile_abort(w.af);
         free(w.stage);
         return st;
@@ -1037,5 +1144,7 @@ kiln_status kiln_index_info_read(kiln_ctx *ctx, const char *path, kiln_index_inf
     out->header_crc32c = f.h.header_crc;
     out->capacity = f.h.capacity;
     out->free_slots = f.h.free_count;
+    out->storage = (kiln_storage)f.h.storage;
+    out->rerank = f.h.storage != KILN_STORAGE_F32 && has_f32(&f.h);
     return KILN_OK;
 }

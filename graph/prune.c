@@ -191,10 +191,9 @@ uint32_t kiln_select_neighbors(const struct kiln_index *ix, const kiln_cand *sor
     for (uint32_t i = 0; i < n && kept < M; i++) {
         if (i + SELECT_PREFETCH < n)
             kiln_prefetch_vector(ix, sorted[i + SELECT_PREFETCH].id);
-        const float *v = kiln_vector(ix, sorted[i].id);
         bool good = true;
         for (uint32_t j = 0; j < kept; j++) {
-            if (kiln_node_dist(ix, v, out[j]) < sorted[i].dist) {
+            if (kiln_pair_dist(ix, sorted[i].id, out[j]) < sorted[i].dist) {
                 good = false;
                 break;
             }
@@ -224,10 +223,9 @@ void kiln_links_merge(const struct kiln_index *ix, uint32_t node, unsigned level
         l[0] = have + fresh;
         return;
     }
-    const float *v = kiln_vector(ix, node);
     uint32_t m = fresh;
     for (uint32_t j = keep; j < have; j++)
-        in[m++] = (kiln_cand){kiln_node_dist(ix, v, l[1 + j]), l[1 + j]};
+        in[m++] = (kiln_cand){kiln_pair_dist(ix, node, l[1 + j]), l[1 + j]};
     kiln_cands_sort(in, m);
     /* The old members are all in `in` now, so the list is the output. */
     l[0] = keep + kiln_select_neighbors(ix, in, m, cap - keep, l + 1 + keep);

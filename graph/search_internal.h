@@ -68,5 +68,8 @@ extern _Atomic uint32_t kiln_fault_heap_grow;
 kiln_cand kiln_heap_pop(kiln_heap *h, bool is_max);
 /* Sorts the heap's array ascending by (dist, id) in place; destroys the heap. */
 void kiln_cands_sort(kiln_cand *v, uint32_t n);
+/* Re-scores the n candidates exactly on the index's f32 rows (the rerank
+ * of compact storage, graph/storage.c decision 3) and sorts them. */
+void kiln_rerank(const struct kiln_index *ix, const float *q, kiln_cand *c, uint32_t n);
 
 #endif /* KILN_SEARCH_INTERNAL_H */

@@ -152,6 +152,17 @@ static kiln_status gather(kiln_ctx *ctx, const kiln_dataset *ds, uint32_t nshard
 
 /* ==== Keeping a finished shard (decision 3) ==== */
 
+/* Whether node's rows are those row (normalised for COS) gives: its f32
+ * row where it has one, else row's encoding (graph/storage.c), made in
+ * code (code_bytes). */
+static bool shard_row_is(const struct kiln_index *ix, uint32_t node, const float *row,
+                         uint8_t *code) {
+    if (ix->vectors)
+        return memcmp(row, kiln_vector(ix, node), ix->dim * sizeof *row) == 0;
+    kiln_encode_row(ix->storage, row, ix->dim, code);
+    return memcmp(code, kiln_code(ix, node), ix->code_bytes) == 0;
+}
+
 /* True when the shard file at path is what building shard s would give, as
  * far as the file tells: every section's CRC (a verifying open, a read of
  * the file, far cheaper than its build), its header's parameters (dim,
@@ -165,19 +176,25 @@ static bool shard_finished(kiln_ctx *ctx, const kiln_dataset *ds, const kiln_bui
         return false;
     kiln_index *ix = NULL;
     float *row = NULL;
-    bool same = kiln_index_open(ctx, path, KILN_LOAD_VERIFY, &ix) == KILN_OK &&
-                ix->count == count && ix->dim == ds->dim && ix->metric == p->metric &&
-                ix->M == p->M && ix->ef_construction == p->ef_construction && ix->seed == p->seed &&
-                memcmp(ix->labels, labels, count * sizeof *labels) == 0 &&
-                kiln_alloc(ctx, ds->dim * sizeof *row, "a row", (void **)&row) == KILN_OK;
+    uint8_t *code = NULL;
+    bool same =
+        kiln_index_open(ctx, path, KILN_LOAD_VERIFY, &ix) == KILN_OK && ix->count == count &&
+        ix->dim == ds->dim && ix->metric == p->metric && ix->M == p->M &&
+        ix->ef_construction == p->ef_construction && ix->seed == p->seed &&
+        ix->storage == p->storage &&
+        (ix->storage == KILN_STORAGE_F32 || !ix->vectors == !p->rerank) &&
+        memcmp(ix->labels, labels, count * sizeof *labels) == 0 &&
+        kiln_alloc(ctx, ds->dim * sizeof *row, "a row", (void **)&row) == KILN_OK &&
+        kiln_alloc(ctx, ix->code_bytes ? ix->code_bytes : 1, "a row", (void **)&code) == KILN_OK;
     for (uint32_t t = 0; same && t < KEEP_SAMPLE; t++) {
         const uint64_t j = count > 1 ? (count - 1) * t / (KEEP_SAMPLE - 1) : 0;
         same = kiln_dataset_read_f32(ds, (size_t)labels[j], 1, row) == KILN_OK;
         if (same && p->metric == KILN_METRIC_COS)
             kiln_normalize(row, ds->dim);
-        same = same && memcmp(row, kiln_vector(ix, (uint32_t)j), ds->dim * sizeof *row) == 0;
+        same = same && shard_row_is(ix, (uint32_t)j, row, code);
     }
     free(row);
+    free(code);
     kiln_index_free(ix);
     kiln_clear_error(ctx);
     return same;

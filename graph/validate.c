@@ -245,7 +245,7 @@ uint64_t kiln_index_nonfinite(const struct kiln_index *ix, uint64_t *first) {
 #pragma omp parallel for num_threads(kiln_threads(0)) schedule(static, 16384)                     \
     reduction(+ : bad) reduction(min : low)
     for (long i = 0; i < n; i++) {
-        if (kiln_row_nonfinite(kiln_vector(ix, (uint32_t)i), ix->dim)) {
+        if (kiln_node_nonfinite(ix, (uint32_t)i)) {
             bad++;
             low = i < low ? i : low;
         }

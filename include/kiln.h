@@ -282,6 +282,20 @@ typedef enum kiln_method {
 
 #define KILN_MAX_LEVELS 32 /* levels 0..31; sampled levels are capped there */
 
+/* How an index stores the vectors its graph is searched on (docs/FORMAT.md,
+ * graph/storage.c). Compact storages are built on f32 and converted at the
+ * end; search traverses the compact rows (f32 query against each row). */
+typedef enum kiln_storage {
+    KILN_STORAGE_F32 = 1, /* 4 bytes a component, exact */
+    KILN_STORAGE_F16 = 2, /* IEEE binary16, 2 bytes a component; |x| <= 65504 */
+    KILN_STORAGE_INT8 = 3 /* per vector an offset (the middle of its range) and a scale
+                             (range / 254), codes round((x - offset) / scale) in [-127, 127]
+                             (Redis vector sets' Q8 with an offset): 1 byte a component + 8 */
+} kiln_storage;
+
+/* "f32", "f16", "int8"; "?" for anything else. */
+KILN_API const char *kiln_storage_name(kiln_storage storage);
+
 typedef struct kiln_build_params {
     kiln_metric metric;       /* default KILN_METRIC_L2 */
     uint32_t M;               /* links per node on upper levels (2M on level 0); default 16 */
@@ -332,6 +346,13 @@ typedef struct kiln_build_params {
      * numbers. Not with kiln_shardset_build (a set's labels are its rows).
      * Default NULL. */
     const int64_t *labels;
+    /* The vectors' storage in the built index; default KILN_STORAGE_F32. */
+    kiln_storage storage;
+    /* Non-zero (F16 or INT8 only): keep the f32 vectors beside the compact
+     * ones, and re-score each search's final ef candidates exactly with
+     * them before taking the top k (so the distances returned are exact).
+     * Costs 4 bytes a component more. Default 0. */
+    int rerank;
 } kiln_build_params;
 
 KILN_API void kiln_build_params_init(kiln_build_params *params);
@@ -415,8 +436,8 @@ KILN_API kiln_status kiln_index_search(const kiln_index *index, const float *que
                                        float *distances);
 
 /* Writes the index atomically (temporary file, fsync, rename), in format
- * version 2 (docs/FORMAT.md), free slots and capacity included: the same
- * index always gives the same bytes. */
+ * version 2 (version 3 for f16 or int8 storage; docs/FORMAT.md), free slots and capacity included:
+ * the same index always gives the same bytes. */
 KILN_API kiln_status kiln_index_save(const kiln_index *index, const char *path);
 /* Flags for kiln_index_open. */
 /* Also verify the CRC of every section (vectors, labels, links) and every
@@ -431,7 +452,7 @@ KILN_API kiln_status kiln_index_save(const kiln_index *index, const char *path);
  * not each take thousands of page faults. */
 #define KILN_LOAD_POPULATE 0x4u
 
-/* Opens an index file (format version 1 or 2) and returns the index (free
+/* Opens an index file (format version 1, 2 or 3) and returns the index (free
  * with kiln_index_free). By default the file is mapped (PROT_READ), not read;
  * kiln_index_add, _delete and _update copy a mapped index to the heap first,
  * and never write the file. The open checks magic, version, the header and
@@ -471,6 +492,8 @@ typedef struct kiln_index_info {
                                (a shard set's manifest records it, docs/FORMAT.md) */
     uint64_t capacity;      /* slots reserved for adds (>= count; count in version 1) */
     uint64_t free_slots;    /* of count, slots freed by deletes (0 in version 1) */
+    kiln_storage storage;   /* KILN_STORAGE_F32 in versions 1 and 2 */
+    int rerank;             /* 1 when f32 vectors are kept beside compact ones */
 } kiln_index_info;
 
 /* Reads and checks the header of an index file only (cheap for any size). */
@@ -500,6 +523,15 @@ typedef struct kiln_index_stats {
     /* Slots freed by kiln_index_delete and not yet reused by an add
      * (count above counts live nodes only). */
     uint64_t free_slots;
+    kiln_storage storage;
+    int rerank;            /* f32 vectors kept beside compact ones (search re-scores) */
+    uint64_t vector_bytes; /* bytes of vectors per slot: the storage's row (f32 4*dim,
+                              f16 2*dim, int8 dim rounded up to 4, plus 8), plus 4*dim
+                              with rerank */
+    uint64_t data_bytes;   /* bytes of the index's arrays over its slots, heap or mapped:
+                              vectors, links of every level, labels, levels (what a
+                              file's sections hold); data_bytes / count is the bytes
+                              per element */
 } kiln_index_stats;
 
 KILN_API kiln_status kiln_index_stats_get(const kiln_index *index, kiln_index_stats *out);

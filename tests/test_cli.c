@@ -299,6 +299,45 @@ static void test_labels(void) {
     CHECK(run(a) == 1 && strstr(err_text, "holds 5 labels for the 3000 rows"));
 }
 
+/* kiln build --storage f16|int8 [--rerank]: version 3 files that info,
+ * check, eval, add and export take, recall near f32's (test_storage has the
+ * bars), bytes per element reported; bad values refused with no output. */
+static void test_storage(void) {
+    char a[4096];
+    static const char *const kinds[][2] = {
+        {"f32", ""}, {"f16", ""}, {"int8", ""}, {"int8", " --rerank"}};
+    double rec[4];
+    for (int i = 0; i < 4; i++) {
+        snprintf(a, sizeof a, "build %s/b.fvecs --storage %s%s -o %s/st%d.kiln --threads 1", tmp,
+                 kinds[i][0], kinds[i][1], tmp, i);
+        CHECK_MSG(run(a) == 0 && strstr(out_text, kinds[i][0]), "%s", err_text);
+        snprintf(a, sizeof a, "info %s/st%d.kiln", tmp, i);
+        CHECK(run(a) == 0 && strstr(out_text, "bytes/element:") &&
+              strstr(out_text, i ? "format version:  3" : "format version:  2") &&
+              (i < 3 || strstr(out_text, "int8 (+ f32 for rerank)")));
+        snprintf(a, sizeof a, "check %s/st%d.kiln", tmp, i);
+        CHECK_MSG(run(a) == 0, "%s", err_text);
+        char name[32];
+        snprintf(name, sizeof name, "st%d.kiln", i);
+        rec[i] = eval_recall(name, "gt.ivecs");
+    }
+    CHECK_MSG(rec[0] > 0.9 && rec[1] >= rec[0] - 0.01 && rec[2] >= rec[0] - 0.02 &&
+                  rec[3] >= rec[0] - 0.01,
+              "recall@10 at ef 64: f32 %.4f, f16 %.4f, int8 %.4f, int8+rerank %.4f", rec[0], rec[1],
+              rec[2], rec[3]);
+    snprintf(a, sizeof a, "add %s/st2.kiln %s/q.fvecs -o %s/st2add.kiln", tmp, tmp, tmp);
+    CHECK_MSG(run(a) == 0, "%s", err_text);
+    snprintf(a, sizeof a, "check %s/st2add.kiln", tmp);
+    CHECK_MSG(run(a) == 0, "%s", err_text);
+    snprintf(a, sizeof a, "export %s/st2.kiln --format hnswlib -o %s/st2.hnsw", tmp, tmp);
+    CHECK(run(a) == 0 && strstr(err_text, "decoded"));
+    snprintf(a, sizeof a, "build %s/b.fvecs --storage int4 -o %s/bad.kiln", tmp, tmp);
+    CHECK(run(a) == 2 && strstr(err_text, "--storage: 'int4' is not one of f32, f16, int8") &&
+          !exists("bad.kiln"));
+    snprintf(a, sizeof a, "build %s/b.fvecs --rerank -o %s/bad.kiln", tmp, tmp);
+    CHECK(run(a) == 2 && strstr(err_text, "needs --storage f16 or int8") && !exists("bad.kiln"));
+}
+
 static void test_shards(void) {
     char a[4096];
     snprintf(a, sizeof a, "build %s/b.fvecs --shards 2 -o %s/s.kset --threads 1 --json", tmp, tmp);
@@ -1090,6 +1129,7 @@ int main(void) {
     test_pipeline();
     test_shards();
     test_labels();
+    test_storage();
     test_progress();
     test_conventions();
     test_json();

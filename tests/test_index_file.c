@@ -576,11 +576,13 @@ static void test_damage(kiln_ctx *ctx) {
     expect_reject(ctx, f, len, AT_HEADER, KILN_E_FORMAT, "not a kiln index file (bad magic)",
                   "magic");
     expect_reject(ctx, (const uint8_t *)"PK\3\4", 4, AT_HEADER, KILN_E_FORMAT, "bad magic", "zip");
-    forge(ctx, good, len, OFF_VERSION, 4, 3, AT_HEADER, KILN_E_VERSION,
-          "index format version 3 is not supported", "version 3");
+    /* A version 2 file called 3: its header has no storage (bytes 92..99 zero). */
+    forge(ctx, good, len, OFF_VERSION, 4, 3, AT_HEADER, KILN_E_FORMAT,
+          "unknown vector storage 0 (flags 0x0) in a version 3 file", "version 3");
+    forge(ctx, good, len, OFF_VERSION, 4, 4, AT_HEADER, KILN_E_VERSION,
+          "index format version 4 is not supported", "version 4");
     forge(ctx, good, len, OFF_VERSION, 4, 7, AT_HEADER, KILN_E_VERSION,
-          "index format version 7 is not supported (this kiln reads versions 1 and 2)",
-          "version 7");
+          "index format version 7 is not supported (this kiln reads versions 1 to 3)", "version 7");
     forge(ctx, good, len, OFF_VERSION, 4, 0, AT_HEADER, KILN_E_VERSION, "version 0", "version 0");
 
     /* Truncation everywhere, and one byte too many. */

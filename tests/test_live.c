@@ -11,50 +11,16 @@
 #include "../common/le_internal.h"
 #include "../graph/hnsw_internal.h"
 #include "check.h"
+#include "data_util.h"
 #include "file_util.h"
 #include "kiln.h"
 #include "recall.h"
 
-#define DATA_DIR "../shared/datasets"
-#define K        10
+#define K 10
 
 /* ==== Helpers ==== */
 
-typedef struct data {
-    const char *name;
-    float *base, *q;
-    size_t n, nq, d;
-} data;
-
-static bool data_load(kiln_ctx *ctx, const char *name, data *out) {
-    char path[512];
-    kiln_dataset *b = NULL, *q = NULL;
-    snprintf(path, sizeof path, DATA_DIR "/%s/%s_base.fvecs", name, name);
-    if (kiln_dataset_open(ctx, path, KILN_FORMAT_AUTO, 0, &b)) {
-        SKIP_PART("%s: %s (../shared/datasets absent)", name, kiln_errmsg(ctx));
-        return false;
-    }
-    snprintf(path, sizeof path, DATA_DIR "/%s/%s_query.fvecs", name, name);
-    CHECK_OK(ctx, kiln_dataset_open(ctx, path, KILN_FORMAT_AUTO, 0, &q));
-    REQUIRE(q);
-    out->name = name;
-    out->n = kiln_dataset_count(b);
-    out->d = kiln_dataset_dim(b);
-    out->nq = kiln_dataset_count(q);
-    out->base = malloc(out->n * out->d * sizeof(float));
-    out->q = malloc(out->nq * out->d * sizeof(float));
-    REQUIRE(out->base && out->q);
-    CHECK_OK(ctx, kiln_dataset_read_f32(b, 0, out->n, out->base));
-    CHECK_OK(ctx, kiln_dataset_read_f32(q, 0, out->nq, out->q));
-    kiln_dataset_free(b);
-    kiln_dataset_free(q);
-    return true;
-}
-
-static void data_free(data *d) {
-    free(d->base);
-    free(d->q);
-}
+typedef test_data data;
 
 /* splitmix64: the tests' own seeded stream. */
 static uint64_t next_rand(uint64_t *s) {
@@ -551,7 +517,7 @@ static void test_update(kiln_ctx *ctx, const data *ds, const char *file) {
 
 static void test_dataset(kiln_ctx *ctx, const char *name) {
     data ds;
-    if (!data_load(ctx, name, &ds))
+    if (!test_data_load(ctx, name, 0, &ds))
         return;
     char file[4200];
     snprintf(file, sizeof file, "%s/%s.kiln", test_dir, name);
@@ -564,7 +530,7 @@ static void test_dataset(kiln_ctx *ctx, const char *name) {
     test_device_delete(ctx, &ds);
     test_empty_and_back(ctx, &ds, file);
     test_update(ctx, &ds, file);
-    data_free(&ds);
+    test_data_free(&ds);
 }
 
 int main(void) {

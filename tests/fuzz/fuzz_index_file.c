@@ -29,7 +29,8 @@
  *     kiln_index_save, plus one built by kiln_index_build and the same after
  *     deletes and adds (a version 2 file with free slots), so mutations
  *     start past the header checks and reach sections, links, levels and
- *     the free list.
+ *     the free list; and built with f16, int8 and int8 with rerank storage
+ *     (version 3 files, section CODES), one of them after deletes and adds.
  *  3. Every input is tried twice: as given, and with its CRCs recomputed
  *     from its own section table, so mutations of counts, offsets, levels
  *     and link ids reach the checks behind the checksums.
@@ -66,8 +67,9 @@ static void search_labels(const kiln_index *ix, int64_t *labels) {
     float *q = calloc(dim ? dim : 1, sizeof *q);
     if (!q)
         abort();
-    if (ix->count)
-        memcpy(q, kiln_vector(ix, 0), dim * sizeof *q);
+    const float *v = ix->count ? kiln_node_query(ix, 0, q) : q; /* decoded into q when compact */
+    if (v != q)
+        memcpy(q, v, dim * sizeof *q);
     kiln_search_params sp;
     kiln_search_params_init(&sp);
     sp.k = FUZZ_K;
@@ -213,7 +215,9 @@ static struct kiln_index *seed_graph(uint64_t count, uint32_t dim, kiln_metric m
     return ix;
 }
 
-static struct kiln_index *seed_built(bool live) {
+/* live: deletes and adds after the build; storage and rerank as in
+ * kiln_build_params (version 3 files for f16 and int8). */
+static struct kiln_index *seed_built(bool live, kiln_storage storage, int rerank) {
     float v[30 * 4];
     kiln_rng rng;
     kiln_rng_seed(&rng, 77);
@@ -226,6 +230,8 @@ static struct kiln_index *seed_built(bool live) {
     bp.ef_construction = 16;
     bp.threads = 1;
     bp.seed = 5;
+    bp.storage = storage;
+    bp.rerank = rerank;
     kiln_index *ix = NULL;
     if (kiln_index_build(fuzz_ctx(), v, 30, 4, &bp, &ix) != KILN_OK)
         abort();
@@ -250,12 +256,24 @@ int kiln_fuzz_seed(size_t i, uint8_t **buf, size_t *len) {
                   {5, 3, KILN_METRIC_COS, 2},
                   {20, 4, KILN_METRIC_L2, 3},
                   {40, 2, KILN_METRIC_IP, 2}};
-    const size_t ngraphs = sizeof graphs / sizeof graphs[0];
-    if (i > ngraphs + 1)
+    /* Built: f32, f32 after deletes and adds, then the compact storages
+     * (f16, int8, int8 with rerank, int8 after deletes and adds). */
+    static const struct {
+        bool live;
+        kiln_storage storage;
+        int rerank;
+    } built[] = {{false, KILN_STORAGE_F32, 0},  {true, KILN_STORAGE_F32, 0},
+                 {false, KILN_STORAGE_F16, 0},  {false, KILN_STORAGE_INT8, 0},
+                 {false, KILN_STORAGE_INT8, 1}, {true, KILN_STORAGE_INT8, 0}};
+    const size_t ngraphs = sizeof graphs / sizeof graphs[0],
+                 nbuilt = sizeof built / sizeof built[0];
+    if (i >= ngraphs + nbuilt)
         return 0;
-    struct kiln_index *ix = i < ngraphs ? seed_graph(graphs[i].count, graphs[i].dim,
-                                                     graphs[i].metric, graphs[i].M, 100 + i)
-                                        : seed_built(i > ngraphs);
+    struct kiln_index *ix =
+        i < ngraphs
+            ? seed_graph(graphs[i].count, graphs[i].dim, graphs[i].metric, graphs[i].M, 100 + i)
+            : seed_built(built[i - ngraphs].live, built[i - ngraphs].storage,
+                         built[i - ngraphs].rerank);
     if (kiln_index_save(ix, fuzz_path("seed")) != KILN_OK)
         abort();
     kiln_index_free(ix);
