@@ -750,8 +750,10 @@ static kiln_status insert_slots(struct kiln_index *ix, const float *vectors, con
         ix->upper_len += (uint64_t)level * (ix->M + 1);
         map_set(ix->label_map, labels[k], s);
     }
-    if ((st = kiln_storage_put(ix, vectors, slots, n)))
+    if ((st = kiln_storage_put(ix, vectors, slots, n))) {
+        kiln_commit_end(ix);
         return st;
+    }
     const uint32_t *order = slots;
     uint64_t base = live_before;
     size_t todo = n;
