@@ -52,7 +52,7 @@ test-asan: build-asan
 	LSAN_OPTIONS=$(if $(wildcard $(LSAN_SUPP)),suppressions=$(LSAN_SUPP),) \
 	bash scripts/ctest-run.sh $(ASAN_BUILD) -j $(JOBS)
 
-test: test-fast test-asan
+test: test-fast test-asan test-tsan
 
 demo: build
 	bash scripts/demo.sh $(BUILD)/kiln

@@ -99,7 +99,8 @@
  *     list a search reads and need epoch-based reclamation for the arrays
  *     that move; copy-on-write link blocks double the memory of a 97%-touched
  *     delete (decision 2). The cost here is one shared lock per query and a
- *     stall of searches during each commit, measured by bench/live.py.
+ *     stall of searches during each commit (not yet measured by a benchmark;
+ *     test_concurrent checks correctness only).
  *     A delete that runs out of memory for its relinked lists changes
  *     nothing.
  */
