@@ -463,11 +463,15 @@ int run_load(const Options &o) {
     } catch (const std::exception &ex) {
         die("%s: loading the index failed: %s", o.load, ex.what());
     }
+    /* Counted here: 0.6.2's loading constructor never zeroes num_deleted_
+     * before loadIndex adds to it. */
+    size_t deleted = 0;
+    for (size_t i = 0; i < index->cur_element_count; i++)
+        deleted += index->isMarkedDeleted(static_cast<hnswlib::tableint>(i));
     std::printf("{\"system\":\"hnswlib\",\"load_seconds\":%.6f,\"count\":%zu,"
                 "\"max_elements\":%zu,\"deleted\":%zu,\"dim\":%zu,\"metric\":\"%s\"}\n",
                 seconds_since(t0), static_cast<size_t>(index->cur_element_count),
-                index->max_elements_, index->num_deleted_, e.queries.dim,
-                kiln_metric_name(o.metric));
+                index->max_elements_, deleted, e.queries.dim, kiln_metric_name(o.metric));
     std::fflush(stdout);
     evaluate_all(*index, e, o);
     return 0;

@@ -484,6 +484,27 @@ static int64_t *search_k(const kiln_index *ix, const float *q, size_t nq, uint32
     return labels;
 }
 
+/* The exact top-K of the nq queries among the n rows of v not marked gone,
+ * in labels (row i's is label0 + i); the caller frees. */
+static int64_t *live_truth(kiln_ctx *ctx, const float *v, size_t n, size_t dim, const uint8_t *gone,
+                           int64_t label0, const float *q, size_t nq) {
+    float *rows = malloc((n ? n : 1) * dim * sizeof *rows);
+    int64_t *lab = malloc((n ? n : 1) * sizeof *lab), *truth = malloc(nq * K * sizeof *truth);
+    REQUIRE(rows && lab && truth);
+    size_t live = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!gone[i]) {
+            memcpy(rows + live * dim, v + i * dim, dim * sizeof *rows);
+            lab[live++] = label0 + (int64_t)i;
+        }
+    CHECK_OK(ctx, kiln_knn_exact(ctx, rows, live, q, nq, dim, KILN_METRIC_L2, K, 0, truth, NULL));
+    for (size_t i = 0; i < nq * K; i++)
+        truth[i] = lab[truth[i]];
+    free(rows);
+    free(lab);
+    return truth;
+}
+
 /* Live nodes reached from the entry point on level 0, free slots aside. */
 static uint64_t live_reachable(const struct kiln_index *ix) {
     if (ix->entry_point == KILN_NO_NODE)
@@ -569,18 +590,7 @@ static void test_hnswlib_deleted(kiln_ctx *ctx, unsigned pct, bool ep_too) {
     CHECK_MSG(bad == 0, "%zu slots are not what the file said", bad);
 
     /* Exact neighbours of the live rows, in labels. */
-    float *rows = malloc(live * SYN_DIM * sizeof *rows);
-    int64_t *lab = malloc(live * sizeof *lab), *truth = malloc((size_t)SYN_NQ * K * sizeof *truth);
-    REQUIRE(rows && lab && truth);
-    for (uint32_t i = 0, j = 0; i < HL_N; i++)
-        if (!gone[i]) {
-            memcpy(rows + (size_t)j * SYN_DIM, v + (size_t)i * SYN_DIM, SYN_DIM * sizeof *rows);
-            lab[j++] = 1000 + (int64_t)i;
-        }
-    CHECK_OK(ctx, kiln_knn_exact(ctx, rows, live, q, SYN_NQ, SYN_DIM, KILN_METRIC_L2, K, 0, truth,
-                                 NULL));
-    for (size_t i = 0; i < (size_t)SYN_NQ * K; i++)
-        truth[i] = lab[truth[i]];
+    int64_t *truth = live_truth(ctx, v, HL_N, SYN_DIM, gone, 1000, q, SYN_NQ);
     int64_t *ours = kiln_search(ix, q, SYN_NQ);
     /* At EF and at a narrow beam, where a worse graph shows. */
     static const unsigned efs[2] = {16, EF};
@@ -638,8 +648,6 @@ static void test_hnswlib_deleted(kiln_ctx *ctx, unsigned pct, bool ep_too) {
     free(found);
     free(back);
     free(ours);
-    free(rows);
-    free(lab);
     free(truth);
     kiln_index_free(ix);
 done:
@@ -1310,19 +1318,7 @@ static void test_export_deleted(kiln_ctx *ctx, bool have_python) {
     free(b);
 
     /* Exact neighbours of the live rows, in labels (= rows). */
-    const size_t live = n - nd;
-    float *rows = malloc(live * dim * sizeof *rows);
-    int64_t *lab = malloc(live * sizeof *lab), *truth = malloc((size_t)SYN_NQ * K * sizeof *truth);
-    REQUIRE(rows && lab && truth);
-    for (uint32_t i = 0, j = 0; i < n; i++)
-        if (!gone[i]) {
-            memcpy(rows + (size_t)j * dim, v + (size_t)i * dim, dim * sizeof *rows);
-            lab[j++] = i;
-        }
-    CHECK_OK(ctx,
-             kiln_knn_exact(ctx, rows, live, q, SYN_NQ, dim, KILN_METRIC_L2, K, 0, truth, NULL));
-    for (size_t i = 0; i < (size_t)SYN_NQ * K; i++)
-        truth[i] = lab[truth[i]];
+    int64_t *truth = live_truth(ctx, v, n, dim, gone, 0, q, SYN_NQ);
     int64_t *ours = kiln_search(ix, q, SYN_NQ);
     const double r_kiln = recall(ours, truth, SYN_NQ, K);
 
@@ -1380,8 +1376,6 @@ static void test_export_deleted(kiln_ctx *ctx, bool have_python) {
         free(self);
     }
     free(ours);
-    free(rows);
-    free(lab);
     free(truth);
     free(gone);
     kiln_index_free(ix);
@@ -1426,6 +1420,20 @@ static int run_cli(const char *cli, const char *args, const char *capture) {
     char cmd[16384];
     snprintf(cmd, sizeof cmd, "%s '%s' %s >'%s' 2>&1", check_emulator(), cli, args, capture);
     return system(cmd);
+}
+
+/* Runs the CLI with args; true when it succeeded and its output holds both
+ * needles. */
+static bool cli_says(const char *cli, const char *args, const char *log, const char *a,
+                     const char *b) {
+    size_t size = 0;
+    const int rc = run_cli(cli, args, log);
+    char *text = (char *)read_file(log, &size);
+    const bool ok = rc == 0 && text && strstr(text, a) != NULL && strstr(text, b) != NULL;
+    if (!ok)
+        fprintf(stderr, "kiln %s: status %d, output: %s\n", args, rc, text ? text : "(none)");
+    free(text);
+    return ok;
 }
 
 static void test_cli(kiln_ctx *ctx) {
@@ -1475,11 +1483,7 @@ static void test_cli(kiln_ctx *ctx) {
         free(hb);
         snprintf(args, sizeof args, "import '%s' --format hnswlib --metric ip -o '%s'", dfile,
                  back);
-        CHECK(run_cli(cli, args, log) == 0);
-        text = (char *)read_file(log, &size);
-        CHECK(text && strstr(text, "3 elements marked deleted were removed") != NULL &&
-              strstr(text, "497 vectors") != NULL);
-        free(text);
+        CHECK(cli_says(cli, args, log, "3 elements marked deleted were removed", "497 vectors"));
         kiln_index *d = NULL;
         CHECK_OK(ctx, kiln_index_load(ctx, back, &d));
         if (d) {
@@ -1492,11 +1496,7 @@ static void test_cli(kiln_ctx *ctx) {
         /* Exported again, with room: the free slots marked deleted. */
         snprintf(args, sizeof args, "export '%s' --format hnswlib --max-elements 800 -o '%s'", back,
                  dfile);
-        CHECK(run_cli(cli, args, log) == 0);
-        text = (char *)read_file(log, &size);
-        CHECK(text && strstr(text, "497 vectors and 3 deleted elements") != NULL &&
-              strstr(text, "max_elements 800") != NULL);
-        free(text);
+        CHECK(cli_says(cli, args, log, "497 vectors and 3 deleted elements", "max_elements 800"));
         hb = read_file(dfile, &size);
         REQUIRE(hb);
         CHECK(kiln_get_u64le(hb + HL_MAX_ELEMS) == 800 && kiln_get_u64le(hb + HL_COUNT) == n);
