@@ -44,7 +44,10 @@
  *     the way it times `kiln build`, with no evaluation inside the timed
  *     process. The build line also carries read_seconds and save_seconds.
  *     --load needs the build's --metric: it picks hnswlib's space and whether
- *     queries are normalised; the stored vectors already are.
+ *     queries are normalised; the stored vectors already are. Its first
+ *     line gives the loaded file's element count, max_elements and the
+ *     elements marked deleted (hnswlib's loader counts them), which
+ *     tests/test_hnswlib_file.c checks on kiln's exports.
  */
 
 #include <hnswlib/hnswlib.h>
@@ -460,10 +463,15 @@ int run_load(const Options &o) {
     } catch (const std::exception &ex) {
         die("%s: loading the index failed: %s", o.load, ex.what());
     }
-    std::printf("{\"system\":\"hnswlib\",\"load_seconds\":%.6f,\"count\":%zu,\"dim\":%zu,"
-                "\"metric\":\"%s\"}\n",
-                seconds_since(t0), static_cast<size_t>(index->cur_element_count), e.queries.dim,
-                kiln_metric_name(o.metric));
+    /* Counted here: 0.6.2's loading constructor never zeroes num_deleted_
+     * before loadIndex adds to it. */
+    size_t deleted = 0;
+    for (size_t i = 0; i < index->cur_element_count; i++)
+        deleted += index->isMarkedDeleted(static_cast<hnswlib::tableint>(i));
+    std::printf("{\"system\":\"hnswlib\",\"load_seconds\":%.6f,\"count\":%zu,"
+                "\"max_elements\":%zu,\"deleted\":%zu,\"dim\":%zu,\"metric\":\"%s\"}\n",
+                seconds_since(t0), static_cast<size_t>(index->cur_element_count),
+                index->max_elements_, deleted, e.queries.dim, kiln_metric_name(o.metric));
     std::fflush(stdout);
     evaluate_all(*index, e, o);
     return 0;

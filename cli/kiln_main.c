@@ -1448,9 +1448,13 @@ static const cli_opt export_opts[] = {
     {"output", 'o', "FILE", NULL, "file to write (required)", 0, 0},
     {"format", 0, "hnswlib", "hnswlib",
      "file format: hnswlib = HierarchicalNSW::saveIndex layout (see docs/FORMAT.md)", 0, 0},
+    {"max-elements", 0, "N", NULL,
+     "hnswlib's max_elements: room for adds in hnswlib before resize_index (default: the "
+     "index's count, live and deleted)",
+     1, 4294967294u},
     {NULL, 0, NULL, NULL, NULL, 0, 0}};
 static const cli_cmd export_cmd = {"export",
-                                   "INDEX --format hnswlib -o FILE",
+                                   "INDEX --format hnswlib [--max-elements N] -o FILE",
                                    "Write a kiln index in another library's file format.",
                                    export_opts,
                                    1,
@@ -1493,7 +1497,10 @@ static int cmd_export(const cli_args *a) {
         fprintf(stderr, "kiln export: need -o FILE\n");
         return 2;
     }
-    if (!format_is_hnswlib(a))
+    kiln_hnswlib_export_params ep;
+    kiln_hnswlib_export_params_init(&ep);
+    if (!format_is_hnswlib(a) ||
+        (cli_str(a, "max-elements") && !cli_u64(a, "max-elements", &ep.max_elements)))
         return 2;
     const out_spec outs[] = {{"-o", out}};
     int crc = check_outputs("export", outs, 1, a->pos, 1);
@@ -1504,20 +1511,36 @@ static int cmd_export(const cli_args *a) {
         return 1;
     kiln_index *ix = NULL;
     int rc = 0;
-    if (kiln_index_load(ctx, a->pos[0], &ix) || kiln_index_export_hnswlib(ix, out)) {
+    if (kiln_index_load(ctx, a->pos[0], &ix)) {
+        rc = fail("export", ctx);
+        goto done;
+    }
+    kiln_index_stats s;
+    kiln_index_stats_get(ix, &s);
+    const uint64_t elements = s.count + s.free_slots; /* hnswlib's cur_element_count */
+    if (ep.max_elements && ep.max_elements < elements) {
+        /* The library refuses it too, naming the output; name the input. */
+        fprintf(stderr,
+                "kiln export: --max-elements %llu is below the %llu elements of %s (live and "
+                "deleted)\n",
+                (unsigned long long)ep.max_elements, (unsigned long long)elements, a->pos[0]);
+        rc = 2;
+    } else if (kiln_index_export_hnswlib(ix, out, &ep)) {
         rc = fail("export", ctx);
     } else {
-        kiln_index_stats s;
-        kiln_index_stats_get(ix, &s);
-        printf("%s: %zu vectors, dim %zu, M %u (maxM0 %u); load it with hnswlib space '%s'\n", out,
-               kiln_index_count(ix), kiln_index_dim(ix), s.M, s.M0,
-               hnswlib_space(kiln_index_metric(ix)));
+        printf("%s: %zu vectors", out, kiln_index_count(ix));
+        if (s.free_slots)
+            printf(" and %llu deleted elements (free slots)", (unsigned long long)s.free_slots);
+        printf(", max_elements %llu, dim %zu, M %u (maxM0 %u); load it with hnswlib space '%s'\n",
+               (unsigned long long)(ep.max_elements ? ep.max_elements : elements),
+               kiln_index_dim(ix), s.M, s.M0, hnswlib_space(kiln_index_metric(ix)));
         if (s.storage != KILN_STORAGE_F32 && !s.rerank) /* graph/hnswlib_file.c decision 9 */
             fprintf(stderr,
                     "kiln export: note: the index stores %s vectors: written decoded to "
                     "float32, as its search measured them\n",
                     kiln_storage_name(s.storage));
     }
+done:
     kiln_index_free(ix);
     kiln_ctx_free(ctx);
     return rc;
@@ -1548,11 +1571,11 @@ static int cmd_import(const cli_args *a) {
         kiln_index_build_report(ix, &rep) || kiln_index_check(ix) || kiln_index_save(ix, out)) {
         rc = fail("import", ctx);
     } else {
-        if (rep.dropped_elements)
+        if (rep.deleted_elements)
             fprintf(stderr,
-                    "kiln import: %s: %llu elements marked deleted were dropped (kiln keeps no "
-                    "deleted elements); the graph was relinked without them\n",
-                    a->pos[0], (unsigned long long)rep.dropped_elements);
+                    "kiln import: %s: %llu elements marked deleted were removed from the graph "
+                    "(their in-neighbours relinked); their slots are free for kiln add\n",
+                    a->pos[0], (unsigned long long)rep.deleted_elements);
         printf("%s: %zu vectors, dim %zu, %s; reachability repair: %llu links added\n", out,
                kiln_index_count(ix), kiln_index_dim(ix), kiln_metric_name(metric),
                (unsigned long long)rep.repaired_links);

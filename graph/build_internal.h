@@ -214,6 +214,17 @@ typedef struct kiln_repair_stats {
 kiln_status kiln_repair_reachability(struct kiln_index *ix, uint32_t ef, int threads,
                                      kiln_repair_stats *out);
 
+/* Removes from the graph, as kiln_index_delete does (graph/hnsw_live.c
+ * decisions 1-4), every slot marked in doomed (count marks; slots free
+ * already are skipped): their in-neighbours are relinked, the slots freed in
+ * id order, the entry point moved when it is one of them, and level 0
+ * repaired with beam ef (*rep says what the repair added, zero when nothing
+ * was marked). By slot, not label, so labels need not be unique: the label
+ * map is dropped, and the next write builds it from the live slots. For the
+ * hnswlib importer's elements marked deleted (graph/hnswlib_file.c). */
+kiln_status kiln_live_remove_marked(struct kiln_index *ix, const uint8_t *doomed, uint32_t ef,
+                                    kiln_repair_stats *rep);
+
 /* The build's memory budget in bytes: params->memory_limit, else half of
  * physical memory (or of the cgroup's limit). */
 static inline uint64_t kiln_build_budget(const kiln_build_params *p) {

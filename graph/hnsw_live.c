@@ -68,6 +68,9 @@
  *     slot, built on the first write from the live slots, kept up to date
  *     by each call. A live index needs unique labels: an index built with
  *     repeated ones is refused at that first write, naming the label.
+ *     kiln_live_remove_marked (the hnswlib importer's deleted elements,
+ *     whose labels may repeat a live one's) deletes by slot instead, and
+ *     drops the map for the next write to build.
  *  8. Writers and readers (issue 14 item 5). Searches run while one writer
  *     adds, deletes or updates, with an index-wide reader-writer lock that
  *     the writer takes exclusively only to publish each change, as Redis's
@@ -561,7 +564,7 @@ static void choose_entry_point(struct kiln_index *ix) {
 /* Removes the n distinct live slots (doomed marks them) from the graph and
  * frees them, in that order on the free list (decision 1). */
 static kiln_status remove_slots(struct kiln_index *ix, const uint32_t *slots, size_t n,
-                                const uint8_t *doomed) {
+                                const uint8_t *doomed, uint32_t ef, kiln_repair_stats *rep) {
     kiln_ctx *ctx = ix->ctx;
     kiln_status st = reserve_free_list(ix, n);
     if (st)
@@ -611,7 +614,8 @@ static kiln_status remove_slots(struct kiln_index *ix, const uint32_t *slots, si
         relinked_apply(ix, &out[t], stride);
     for (size_t k = 0; k < n; k++) {
         const uint32_t x = slots[k];
-        map_remove(ix->label_map, ix->labels[x]);
+        if (ix->label_map)
+            map_remove(ix->label_map, ix->labels[x]);
         kiln_links(ix, x, 0)[0] = 0;
         ix->levels[x] = 0;
         ix->upper_off[x] = KILN_NO_UPPER;
@@ -623,8 +627,7 @@ static kiln_status remove_slots(struct kiln_index *ix, const uint32_t *slots, si
     if (ix->entry_point == KILN_NO_NODE || doomed[ix->entry_point])
         choose_entry_point(ix);
     kiln_commit_end(ix);
-    kiln_repair_stats rep;
-    st = kiln_repair_reachability(ix, live_ef(ix), threads, &rep);
+    st = kiln_repair_reachability(ix, ef, threads, rep);
 cleanup:
     for (int t = 0; cbuf && t < threads; t++)
         free(cbuf[t]);
@@ -784,8 +787,9 @@ static kiln_status delete_labels(kiln_index *ix, const int64_t *labels, size_t n
     kiln_status st = live_begin(ix, ix->count);
     uint32_t *slots = NULL;
     uint8_t *doomed = NULL;
+    kiln_repair_stats rep;
     if (st == KILN_OK && (st = resolve_labels(ix, labels, n, "delete", &slots, &doomed)) == KILN_OK)
-        st = remove_slots(ix, slots, n, doomed);
+        st = remove_slots(ix, slots, n, doomed, live_ef(ix), &rep);
     free(slots);
     free(doomed);
     return st;
@@ -850,9 +854,10 @@ static kiln_status update_vectors(kiln_index *ix, const float *vectors, const in
         st = live_begin(ix, ix->count);
     uint32_t *slots = NULL;
     uint8_t *doomed = NULL;
+    kiln_repair_stats rep;
     if (st == KILN_OK &&
         (st = resolve_labels(ix, labels, n, "update", &slots, &doomed)) == KILN_OK &&
-        (st = remove_slots(ix, slots, n, doomed)) == KILN_OK) {
+        (st = remove_slots(ix, slots, n, doomed, live_ef(ix), &rep)) == KILN_OK) {
         /* The same slots back, off the top of the free list where
          * remove_slots put them in this order. */
         const uint64_t live = ix->count - ix->free_count;
@@ -888,6 +893,41 @@ kiln_status kiln_index_update(kiln_index *ix, const float *vectors, const int64_
         return KILN_E_ARG;
     kiln_writer_begin(ix);
     const kiln_status st = update_vectors(ix, vectors, labels, n);
+    kiln_writer_end(ix);
+    return st;
+}
+
+/* Decision 8: a writer like the others, so its changes are committed the
+ * same way even though the importer's index is not shared yet. */
+static kiln_status remove_marked(struct kiln_index *ix, const uint8_t *doomed, uint32_t ef,
+                                 kiln_repair_stats *rep) {
+    size_t n = 0;
+    for (uint64_t i = 0; i < ix->count; i++)
+        n += doomed[i] && !kiln_slot_free(ix, i);
+    if (n == 0)
+        return KILN_OK;
+    /* Labels may repeat among the doomed and the rest (a forged file):
+     * no map now, the next write builds one from the live slots. */
+    map_free(ix->label_map);
+    ix->label_map = NULL;
+    kiln_status st = reserve_slots(ix, ix->count);
+    uint32_t *slots = NULL;
+    if (st == KILN_OK && (st = kiln_alloc(ix->ctx, n * sizeof *slots, "slots", (void **)&slots)))
+        return st;
+    for (uint64_t i = 0, k = 0; st == KILN_OK && i < ix->count; i++)
+        if (doomed[i] && !kiln_slot_free(ix, i))
+            slots[k++] = (uint32_t)i;
+    if (st == KILN_OK)
+        st = remove_slots(ix, slots, n, doomed, ef, rep);
+    free(slots);
+    return st;
+}
+
+kiln_status kiln_live_remove_marked(struct kiln_index *ix, const uint8_t *doomed, uint32_t ef,
+                                    kiln_repair_stats *rep) {
+    memset(rep, 0, sizeof *rep);
+    kiln_writer_begin(ix);
+    const kiln_status st = remove_marked(ix, doomed, ef, rep);
     kiln_writer_end(ix);
     return st;
 }

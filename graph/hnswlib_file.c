@@ -23,7 +23,10 @@
  *     exact file size that header and per-element link sizes add up to, and
  *     every level, count, id and label, before the value is used. The count
  *     is bounded by the file size before anything is allocated, so what is
- *     allocated is proportional to the file.
+ *     allocated is proportional to the file. An element marked deleted
+ *     is checked as any other, except its label and vector, which are
+ *     discarded (decision 5): hnswlib keeps the label of a deleted element
+ *     and kiln writes one outside int64 (decision 8).
  *  3. "The file size" is what the file holds, not what it claims: a sparse
  *     file (4 KB of header, then a hole to 3 GB) reads as gigabytes of zero
  *     bytes, which is a valid-looking file of empty elements, and sized a
@@ -37,16 +40,24 @@
  *     kiln_index_alloc), then the level-0 records straight into the index,
  *     then the upper-level blocks. The upper part is small (about 1/M of the
  *     nodes have one), so reading its sizes twice costs little, and nothing
- *     is held twice in memory, except when elements are dropped (decision
- *     5), which builds the renumbered index beside the one read.
- *  5. Elements marked deleted are dropped, and counted in the build
- *     report's dropped_elements (kiln import prints the count), until kiln
- *     has live indexes that can keep them as hnswlib does. Dropping renumbers
- *     the survivors in file order, removes every link to a dropped element
- *     on every level, and moves the entry point to the first survivor of the
- *     highest level when it was dropped; the level-0 repair (decision 7)
- *     then reconnects what the removed links cut off. Refusing the file, as
- *     kiln did before, left no way to use it at all.
+ *     is held twice in memory.
+ *  5. Elements marked deleted come out deleted, as kiln deletes: the whole
+ *     graph is read with them in it, then kiln_live_remove_marked
+ *     (graph/hnsw_live.c) removes them by slot, relinking the lists that
+ *     named them from their own links as kiln_index_delete does, moving the
+ *     entry point when it was one of them and ending with the level-0 repair
+ *     (decision 7). Their ids stay, as free slots that kiln_index_add
+ *     reuses, so node i is still hnswlib's element i, and exporting again
+ *     writes them marked deleted where they were (the mapping of hnswlib's
+ *     replace_deleted slots). The count is the build report's
+ *     deleted_elements. Removing them by slot, not by label, is what lets a
+ *     file whose deleted elements share labels with live ones (hnswlib keeps
+ *     a deleted element's label; a forged file can repeat it) be imported.
+ *     Before this kiln dropped them and renumbered the rest, which lost
+ *     hnswlib's ids and the relinking; earlier still it refused the file.
+ *     max_elements_ becomes the index's saved capacity (capped at kiln's
+ *     slot limit), the slots its first growth reserves, as a kiln file's
+ *     capacity does.
  *  6. dim is not stored, but the file implies it: the vector span
  *     label_offset_ - offsetData_ is 4 * dim bytes, with offsetData_ fixed
  *     by maxM0_ and size_data_per_element_ = label_offset_ + 8. With dim 0
@@ -58,9 +69,22 @@
  *     graph kiln built and exported the repair adds nothing, so kiln ->
  *     hnswlib -> kiln gives back the same graph.
  *  8. Export writes canonical bytes: unused link slots are zero (hnswlib
- *     leaves stale ids there), max_elements_ = cur_element_count, and
- *     mult_ = 1/ln(M), what hnswlib would have used. It refuses a graph the
- *     importer would reject, and negative labels, which size_t cannot hold.
+ *     leaves stale ids there), max_elements_ = cur_element_count unless the
+ *     caller asks for more room (kiln_hnswlib_export_params.max_elements),
+ *     and mult_ = 1/ln(M), what hnswlib would have used. It refuses a graph
+ *     the importer would reject, and negative labels, which size_t cannot
+ *     hold. A free slot is written as hnswlib writes an element marked
+ *     deleted (DELETE_MARK, no links, level 0; a zero vector), which its
+ *     loader counts in num_deleted_ and, with allow_replace_deleted, offers
+ *     to replace_deleted adds: the faithful mapping of kiln's free slots;
+ *     compacting them out would renumber every link for nothing. Its label
+ *     is 2^63 + slot: hnswlib's loader puts every element's label in its
+ *     label_lookup_, deleted or not, and replacing a deleted element erases
+ *     its label there, so a label shared with a live element (or a later
+ *     add) would cut that element off. Above INT64_MAX, no kiln label can
+ *     be one of these, and each is distinct. The entry point of an index
+ *     whose slots are all free is slot 0 at level 0 (hnswlib needs an id in
+ *     range; its search then finds nothing).
  *  9. hnswlib's HierarchicalNSW<float> holds f32 rows only, so a compact
  *     index (graph/storage.c) exports f32: its kept f32 rows with rerank,
  *     else its f16 or int8 rows decoded, the values its own search
@@ -85,9 +109,10 @@
 /* ==== Format constants (hnswlib's saveIndex) ==== */
 
 #define HL_HEADER_BYTES 96u
-#define HL_DELETE_MARK  0x1u      /* in bits 16..23 of a level-0 count word */
-#define HL_COUNT_MASK   0xffffu   /* getListCount reads an unsigned short */
-#define HL_LABEL_MAX    INT64_MAX /* kiln labels are int64_t */
+#define HL_DELETE_MARK  0x1u                /* in bits 16..23 of a level-0 count word */
+#define HL_COUNT_MASK   0xffffu             /* getListCount reads an unsigned short */
+#define HL_LABEL_MAX    INT64_MAX           /* kiln labels are int64_t */
+#define HL_FREE_LABEL   ((uint64_t)1 << 63) /* + slot: a free slot's label (decision 8) */
 
 /* Header field offsets, in saveIndex's order. */
 enum {
@@ -174,12 +199,20 @@ static kiln_status check_exportable(const struct kiln_index *ix, const char *pat
                          "count %llu, max_level %u)",
                          path, ix->dim, ix->M, ix->M0, (unsigned long long)ix->count,
                          ix->max_level);
-    if (ix->count > 0 &&
-        (ix->entry_point >= ix->count || ix->levels[ix->entry_point] != ix->max_level))
+    if (ix->count > ix->free_count &&
+        (ix->entry_point >= ix->count || kiln_slot_free(ix, ix->entry_point) ||
+         ix->levels[ix->entry_point] != ix->max_level))
         return kiln_fail(ctx, KILN_E_INVALID,
-                         "%s: cannot export: entry point %u is not a node on the top level %u",
+                         "%s: cannot export: entry point %u is not a live node on the top level %u",
                          path, ix->entry_point, ix->max_level);
     for (uint32_t i = 0; i < ix->count; i++) {
+        if (kiln_slot_free(ix, i)) {
+            if (ix->levels[i] != 0 || kiln_links(ix, i, 0)[0] != 0)
+                return kiln_fail(ctx, KILN_E_INVALID,
+                                 "%s: cannot export: free slot %u has level %u and %u links", path,
+                                 i, ix->levels[i], kiln_links(ix, i, 0)[0]);
+            continue;
+        }
         if (ix->labels[i] < 0)
             return kiln_fail(ctx, KILN_E_RANGE,
                              "%s: cannot export: node %u has label %lld; hnswlib labels are "
@@ -198,10 +231,11 @@ static kiln_status check_exportable(const struct kiln_index *ix, const char *pat
                                  "bound %u",
                                  path, i, l, block[0], bound);
             for (uint32_t j = 1; j <= block[0]; j++)
-                if (block[j] >= ix->count || ix->levels[block[j]] < l)
+                if (block[j] >= ix->count || ix->levels[block[j]] < l ||
+                    kiln_slot_free(ix, block[j]))
                     return kiln_fail(ctx, KILN_E_INVALID,
                                      "%s: cannot export: node %u level %u links to node %u, "
-                                     "which is not on that level",
+                                     "which is not a live node on that level",
                                      path, i, l, block[j]);
         }
     }
@@ -215,19 +249,21 @@ static void put_block(uint8_t *p, const uint32_t *block, uint32_t bound) {
         kiln_put_u32le(p + 4 * (size_t)j, j <= block[0] ? block[j] : 0);
 }
 
-static void put_header(uint8_t *h, const struct kiln_index *ix) {
+static void put_header(uint8_t *h, const struct kiln_index *ix, uint64_t max_elements) {
     const uint64_t level0 = block_bytes(ix->M0);
     const uint64_t data = (uint64_t)ix->dim * sizeof(float);
     memset(h, 0, HL_HEADER_BYTES);
     kiln_put_u64le(h + HH_OFFSET_LEVEL0, 0);
-    kiln_put_u64le(h + HH_MAX_ELEMENTS, ix->count);
+    kiln_put_u64le(h + HH_MAX_ELEMENTS, max_elements);
     kiln_put_u64le(h + HH_COUNT, ix->count);
     kiln_put_u64le(h + HH_SIZE_DATA, level0 + data + sizeof(uint64_t));
     kiln_put_u64le(h + HH_LABEL_OFFSET, level0 + data);
     kiln_put_u64le(h + HH_OFFSET_DATA, level0);
-    /* An empty hnswlib index has maxlevel_ -1 and enterpoint_node_ -1. */
-    kiln_put_u32le(h + HH_MAX_LEVEL, ix->count ? ix->max_level : UINT32_MAX);
-    kiln_put_u32le(h + HH_ENTRY_POINT, ix->count ? ix->entry_point : UINT32_MAX);
+    /* An empty hnswlib index has maxlevel_ -1 and enterpoint_node_ -1; one
+     * of free slots only, slot 0 on level 0 (decision 8). */
+    const bool live = ix->count > ix->free_count;
+    kiln_put_u32le(h + HH_MAX_LEVEL, !ix->count ? UINT32_MAX : live ? ix->max_level : 0);
+    kiln_put_u32le(h + HH_ENTRY_POINT, !ix->count ? UINT32_MAX : live ? ix->entry_point : 0);
     kiln_put_u64le(h + HH_MAX_M, ix->M);
     kiln_put_u64le(h + HH_MAX_M0, ix->M0);
     kiln_put_u64le(h + HH_M, ix->M);
@@ -247,10 +283,16 @@ static kiln_status write_body(const struct kiln_index *ix, kiln_afile *af, uint8
     kiln_status st;
     for (uint32_t i = 0; i < ix->count; i++) {
         put_block(rec, kiln_links(ix, i, 0), ix->M0);
+        const int freed = kiln_slot_free(ix, i);
         const float *v = ix->vectors ? kiln_vector(ix, i) : kiln_node_query(ix, i, row);
         for (uint32_t d = 0; d < ix->dim; d++)
-            kiln_put_f32le(rec + level0 + 4 * (size_t)d, v[d]);
-        kiln_put_u64le(rec + level0 + data, (uint64_t)ix->labels[i]);
+            kiln_put_f32le(rec + level0 + 4 * (size_t)d, freed ? 0.0f : v[d]);
+        uint64_t label = (uint64_t)ix->labels[i];
+        if (freed) { /* decision 8: hnswlib's deleted element, a zero vector */
+            kiln_put_u32le(rec, HL_DELETE_MARK << 16);
+            label = HL_FREE_LABEL + i;
+        }
+        kiln_put_u64le(rec + level0 + data, label);
         if ((st = kiln_afile_write(af, rec, level0 + data + sizeof(uint64_t))))
             return st;
     }
@@ -580,7 +622,9 @@ static kiln_status read_block(const hl_reader *r, const struct kiln_index *ix, c
 }
 
 /* Pass 2: level-0 links, vectors and labels, record by record; deleted[i]
- * is set for the elements marked deleted, *n_deleted counts them. */
+ * is set for the elements marked deleted, *n_deleted counts them. Their
+ * links are read (the relinking gathers from them, decision 5), not their
+ * vectors and labels: label -1 and the zero row of a free slot. */
 static kiln_status read_level0(hl_reader *r, const hl_header *h, struct kiln_index *ix,
                                uint8_t *deleted, uint64_t *n_deleted) {
     const size_t rec_bytes = (size_t)h->size_data;
@@ -594,6 +638,10 @@ static kiln_status read_level0(hl_reader *r, const hl_header *h, struct kiln_ind
             return st;
         deleted[i] = (kiln_get_u32le(p) >> 16) & HL_DELETE_MARK;
         *n_deleted += deleted[i];
+        if (deleted[i]) {
+            ix->labels[i] = -1;
+            continue;
+        }
         float *v = ix->vectors + (size_t)i * ix->dim;
         const uint8_t *src = p + h->offset_data;
         for (uint32_t d = 0; d < ix->dim; d++) {
@@ -644,83 +692,33 @@ static kiln_status read_upper(hl_reader *r, const hl_header *h, struct kiln_inde
     return KILN_OK;
 }
 
-/* Decision 4: a copy of ix without the elements marked in deleted (n_deleted
- * of them), survivors renumbered in order and links to dropped elements
- * removed. *out gets the copy (its report moved over from ix); ix is left
- * for the caller to free. */
-static kiln_status drop_deleted(struct kiln_index *ix, const uint8_t *deleted, uint64_t n_deleted,
-                                struct kiln_index **out) {
-    kiln_ctx *ctx = ix->ctx;
-    const uint64_t n = ix->count - n_deleted;
-    uint32_t *remap = NULL;
-    uint8_t *levels = NULL;
-    struct kiln_index *nx = NULL;
-    kiln_status st;
-    if ((st = kiln_alloc(ctx, ix->count * sizeof *remap, "element renumbering", (void **)&remap)) ||
-        (st = kiln_alloc(ctx, n ? n : 1, "levels", (void **)&levels)))
-        goto done;
-    uint32_t next = 0, ep = KILN_NO_NODE;
-    for (uint32_t i = 0; i < ix->count; i++) {
-        remap[i] = deleted[i] ? KILN_NO_NODE : next;
-        if (deleted[i])
-            continue;
-        levels[next] = ix->levels[i];
-        if (ep == KILN_NO_NODE || levels[next] > levels[ep])
-            ep = next;
-        next++;
-    }
-    if ((st = kiln_index_alloc(ctx, n, ix->dim, ix->metric, ix->M, levels, &nx)))
-        goto done;
-    for (uint32_t i = 0; i < ix->count; i++) {
-        const uint32_t to = remap[i];
-        if (to == KILN_NO_NODE)
-            continue;
-        memcpy(nx->vectors + (size_t)to * ix->dim, kiln_vector(ix, i),
-               (size_t)ix->dim * sizeof(float));
-        nx->labels[to] = ix->labels[i];
-        for (unsigned l = 0; l <= ix->levels[i]; l++) {
-            const uint32_t *src = kiln_links(ix, i, l);
-            uint32_t *dst = kiln_links(nx, to, l);
-            dst[0] = 0;
-            for (uint32_t j = 1; j <= src[0]; j++)
-                if (remap[src[j]] != KILN_NO_NODE)
-                    dst[1 + dst[0]++] = remap[src[j]];
-        }
-    }
-    if (n) {
-        if (ix->entry_point < ix->count && remap[ix->entry_point] != KILN_NO_NODE)
-            ep = remap[ix->entry_point];
-        nx->entry_point = ep;
-        nx->max_level = levels[ep];
-    }
-    nx->ef_construction = ix->ef_construction;
-    nx->seed = ix->seed;
-    nx->report = ix->report;
-    ix->report = NULL;
-    *out = nx;
-done:
-    free(levels);
-    free(remap);
-    return st;
-}
-
 static bool metric_valid(kiln_metric m) {
     return m == KILN_METRIC_L2 || m == KILN_METRIC_IP || m == KILN_METRIC_COS;
 }
 
 /* ==== Public ==== */
 
-kiln_status kiln_index_export_hnswlib(const kiln_index *index, const char *path) {
-    if (!index)
-        return KILN_E_ARG;
+void kiln_hnswlib_export_params_init(kiln_hnswlib_export_params *params) {
+    if (params)
+        memset(params, 0, sizeof *params);
+}
+
+static kiln_status export_hnswlib(const kiln_index *index, const char *path,
+                                  const kiln_hnswlib_export_params *params) {
     kiln_ctx *ctx = index->ctx;
     if (!path || !*path)
         return kiln_fail(ctx, KILN_E_ARG, "hnswlib export: empty output path");
-    if (index->free_count) /* issue 14: hnswlib's DELETE_MARK would carry them */
-        return kiln_fail(ctx, KILN_E_UNSUPPORTED,
-                         "%s: hnswlib export of an index with %llu deleted slots is not supported "
-                         "yet",
-                         path, (unsigned long long)index->free_count);
+    const uint64_t max_elements =
+        params && params->max_elements ? params->max_elements : index->count;
+    if (max_elements < index->count)
+        return kiln_fail(ctx, KILN_E_ARG,
+                         "%s: max_elements %llu is below the index's %llu elements (live and "
+                         "deleted)",
+                         path, (unsigned long long)max_elements, (unsigned long long)index->count);
+    if (max_elements >= KILN_NO_NODE)
+        return kiln_fail(ctx, KILN_E_RANGE,
+                         "%s: max_elements %llu is above the limit %u (hnswlib's ids are 32-bit)",
+                         path, (unsigned long long)max_elements, KILN_NO_NODE - 1);
     kiln_status st = check_exportable(index, path);
     if (st)
         return st;
@@ -744,7 +742,7 @@ kiln_status kiln_index_export_hnswlib(const kiln_index *index, const char *path)
         return st;
     }
     uint8_t header[HL_HEADER_BYTES];
-    put_header(header, index);
+    put_header(header, index, max_elements);
     if ((st = kiln_afile_write(af, header, sizeof header)) ||
         (st = write_body(index, af, rec, row))) {
         kiln_afile_abort(af);
@@ -755,6 +753,18 @@ kiln_status kiln_index_export_hnswlib(const kiln_index *index, const char *path)
     free(rec);
     free(row);
     return kiln_afile_commit(af);
+}
+
+/* graph/hnsw_live.c decision 8: the writer mutex, so an export sees whole
+ * calls of a writer that runs beside it. */
+kiln_status kiln_index_export_hnswlib(const kiln_index *index, const char *path,
+                                      const kiln_hnswlib_export_params *params) {
+    if (!index)
+        return KILN_E_ARG;
+    kiln_writer_begin(index);
+    const kiln_status st = export_hnswlib(index, path, params);
+    kiln_writer_end(index);
+    return st;
 }
 
 kiln_status kiln_index_import_hnswlib(kiln_ctx *ctx, const char *path, uint32_t dim,
@@ -793,19 +803,13 @@ kiln_status kiln_index_import_hnswlib(kiln_ctx *ctx, const char *path, uint32_t 
         goto done;
     ix->ef_construction = (uint32_t)h.ef_construction;
     ix->seed = 0; /* not in hnswlib files */
+    ix->saved_capacity = h.max_elements < KILN_NO_NODE ? h.max_elements : KILN_NO_NODE - 1;
     if (ix->count) {
         ix->entry_point = h.entry_point;
         ix->max_level = (uint32_t)h.max_level;
     }
-    if (n_deleted) { /* decision 5 */
-        struct kiln_index *kept = NULL;
-        if ((st = drop_deleted(ix, deleted, n_deleted, &kept)))
-            goto done;
-        kiln_index_free(ix);
-        ix = kept;
-    }
     kiln_build_report *rep = ix->report;
-    rep->dropped_elements = n_deleted;
+    rep->deleted_elements = n_deleted;
     rep->method = KILN_METHOD_INSERT; /* hnswlib builds by insertion */
     kiln_report_stage(rep, "read", kiln_now() - t0);
     const double t_repair = kiln_now();
@@ -813,9 +817,12 @@ kiln_status kiln_index_import_hnswlib(kiln_ctx *ctx, const char *path, uint32_t 
                         : ix->ef_construction > REPAIR_EF_MAX ? REPAIR_EF_MAX
                                                               : ix->ef_construction;
     kiln_repair_stats rs;
-    st = kiln_repair_reachability(ix, ef, kiln_threads(0), &rs);
+    if (n_deleted) /* decision 5; the removal ends with the repair */
+        st = kiln_live_remove_marked(ix, deleted, ef, &rs);
+    else
+        st = kiln_repair_reachability(ix, ef, kiln_threads(0), &rs);
     rep->repaired_links = rs.links;
-    kiln_report_stage(rep, "repair", kiln_now() - t_repair);
+    kiln_report_stage(rep, n_deleted ? "delete" : "repair", kiln_now() - t_repair);
     rep->total_seconds = kiln_now() - t0;
 done:
     free(deleted);

@@ -369,9 +369,10 @@ typedef struct kiln_build_report {
     } stages[KILN_REPORT_MAX_STAGES];
     double total_seconds;
     uint64_t repaired_links; /* links added to make level 0 reachable */
-    /* kiln_index_import_hnswlib: elements marked deleted in the file, left
-     * out of the index (not imported; 0 for a build) */
-    uint64_t dropped_elements;
+    /* kiln_index_import_hnswlib: elements marked deleted in the file,
+     * removed from the graph as kiln_index_delete removes nodes and left as
+     * free slots for kiln_index_add (0 for a build) */
+    uint64_t deleted_elements;
     /* KILN_METHOD_DEVICE only: */
     char device_name[KILN_DEVICE_NAME_MAX];
     uint32_t clusters;
@@ -732,13 +733,29 @@ KILN_API kiln_status kiln_shardset_build(kiln_ctx *ctx, const kiln_dataset *ds,
  * can be served by hnswlib and the other way round. The layout and what maps
  * onto what are in docs/FORMAT.md, "hnswlib files". */
 
+typedef struct kiln_hnswlib_export_params {
+    /* hnswlib's max_elements_: the elements the loaded index holds before
+     * it must be resized (loadIndex takes it when not given a larger one),
+     * room for the user's adds. 0 = the index's count (live and free
+     * slots); below the count is KILN_E_ARG, above 2^32 - 2 KILN_E_RANGE.
+     * Default 0. */
+    uint64_t max_elements;
+} kiln_hnswlib_export_params;
+
+KILN_API void kiln_hnswlib_export_params_init(kiln_hnswlib_export_params *params);
+
 /* Writes index to path in hnswlib's saveIndex layout, atomically (temporary
  * file, fsync, rename). hnswlib's maxM_ = M_ = M, maxM0_ = M0 = 2M, labels
- * become size_t. Load it in hnswlib with the space matching the metric: L2 ->
- * "l2", IP -> "ip", COS -> "cosine" (or "ip": the stored vectors are the
- * normalised ones). KILN_E_RANGE when a label is negative. The index is
- * borrowed; nothing is kept. */
-KILN_API kiln_status kiln_index_export_hnswlib(const kiln_index *index, const char *path);
+ * become size_t; node i is hnswlib's element i. A free slot (a deleted node)
+ * is written as an element marked deleted, with no links, a zero vector and
+ * label 2^63 + i (outside kiln's labels, so never one of them), which
+ * hnswlib counts as deleted and, with allow_replace_deleted, reuses. Load it
+ * in hnswlib with the space matching the metric: L2 -> "l2", IP -> "ip",
+ * COS -> "cosine" (or "ip": the stored vectors are the normalised ones).
+ * KILN_E_RANGE when a label is negative. params NULL = the defaults. The
+ * index and params are borrowed; nothing is kept. */
+KILN_API kiln_status kiln_index_export_hnswlib(const kiln_index *index, const char *path,
+                                               const kiln_hnswlib_export_params *params);
 /* Reads an hnswlib saveIndex file of float vectors. The metric is not
  * stored there, so the caller gives it; dim 0 takes the dimension the file's
  * record layout implies, any other dim must match it. Every header field,
@@ -747,15 +764,20 @@ KILN_API kiln_status kiln_index_export_hnswlib(const kiln_index *index, const ch
  * (KILN_E_FORMAT, with the byte offset), as is a sparse file that holds far
  * less data than its size. Also rejected: maxM0_ != 2 * maxM_
  * (KILN_E_UNSUPPORTED), levels above KILN_MAX_LEVELS - 1, labels above
- * INT64_MAX, non-finite values. Elements marked deleted are left out (the
- * rest renumbered in file order, links to them removed), and counted in
- * dropped_elements of the build report. COS vectors are normalised on
- * import. The graph is then given
- * kiln's level-0 reachability repair, as every kiln build is, so the result
- * passes kiln_index_check; the links added are in repaired_links of the
- * index's kiln_index_build_report (method KILN_METHOD_INSERT, stages "read"
- * and "repair"). The seed is 0 (unknown). *out (free with kiln_index_free) is
- * NULL on failure. */
+ * INT64_MAX, non-finite values (a deleted element's label and vector are
+ * not used, so not checked). Element i becomes node i. Elements marked
+ * deleted come out deleted: removed from the graph as kiln_index_delete
+ * removes nodes (the lists that named them relinked, the entry point moved),
+ * their slots free for kiln_index_add, never returned by a search; they are
+ * counted in deleted_elements of the build report. The file's max_elements_
+ * becomes the capacity a save records and the first add reserves. COS
+ * vectors are normalised on import. The graph is then given kiln's level-0
+ * reachability repair, as every kiln build is, so the result passes
+ * kiln_index_check; the links added are in repaired_links of the index's
+ * kiln_index_build_report (method KILN_METHOD_INSERT, stages "read" and
+ * "repair", or "read" and "delete" when elements were deleted: the removal
+ * ends with the repair). The seed is 0 (unknown). *out (free with
+ * kiln_index_free) is NULL on failure. */
 KILN_API kiln_status kiln_index_import_hnswlib(kiln_ctx *ctx, const char *path, uint32_t dim,
                                                kiln_metric metric, kiln_index **out);
 

@@ -18,7 +18,8 @@ static inline bool write_file(const char *path, const void *data, size_t size) {
     return fclose(fp) == 0 && ok;
 }
 
-/* The whole file in a malloc'd buffer (NULL on failure). */
+/* The whole file in a malloc'd buffer (NULL on failure), with a NUL after
+ * its *size bytes so text can go to the string functions. */
 static inline uint8_t *read_file(const char *path, size_t *size) {
     FILE *fp = fopen(path, "rb");
     if (!fp)
@@ -30,6 +31,8 @@ static inline uint8_t *read_file(const char *path, size_t *size) {
         if (buf && fread(buf, 1, (size_t)n, fp) != (size_t)n) {
             free(buf);
             buf = NULL;
+        } else if (buf) {
+            buf[n] = 0;
         }
     }
     fclose(fp);

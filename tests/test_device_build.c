@@ -220,7 +220,7 @@ static void test_ef_construction(kiln_ctx *ctx) {
         CHECK_OK(ctx, kiln_index_info_read(ctx, path, &info));
         CHECK(info.ef_construction == efs[i]);
         snprintf(path, sizeof path, "%s/device_efc.hnswlib", dir && *dir ? dir : "/tmp");
-        CHECK_OK(ctx, kiln_index_export_hnswlib(ix[i], path));
+        CHECK_OK(ctx, kiln_index_export_hnswlib(ix[i], path, NULL));
         FILE *f = fopen(path, "rb");
         uint8_t h[96];
         REQUIRE(f && fread(h, 1, sizeof h, f) == sizeof h);

@@ -14,8 +14,14 @@
  *     data with labels 1000 + i and saves it; kiln imports it, the result
  *     passes kiln_index_check, holds the same vectors and labels, and its
  *     recall@10 against kiln_knn_exact at ef = 64 is at least hnswlib's own
- *     recall minus 0.01. Also a cosine index, and an index with a deleted
- *     element, which must be refused.
+ *     recall minus 0.01. Also a cosine index, and files with 10% and 30% of
+ *     their elements marked deleted by hnswlib (the entry point among them
+ *     in the second): kiln imports them deleted, as its own deletes leave
+ *     them (free slots, the lists that named them relinked): the live rows
+ *     keep their ids, labels and vectors, every live node is reachable and
+ *     finds itself, no deleted label is ever returned, recall@10 against
+ *     the exact neighbours of the live rows is at least hnswlib's own on
+ *     the same file minus 0.02, and adding the rows back reuses the slots.
  *  3. Round trips kiln -> hnswlib file -> kiln for all metrics and an empty
  *     index: same levels, links (in order), entry point, labels, vectors
  *     (COS: within float rounding, as they are normalised again), no links
@@ -27,8 +33,18 @@
  *     values. Each must fail with the right status and a message naming the
  *     file, never crash (ASan would abort on a bad read or a forged size
  *     reaching an allocator).
- *  5. The CLI (when KILN_CLI is set): export, import, and --help listing the
- *     options with their defaults.
+ *  4d. Free slots exported (a kiln index after deletes, the entry point
+ *     among them): each is an element marked deleted with label 2^63 + slot
+ *     and no links, max_elements_ is what was asked (below the count
+ *     refused), the import gives back the same index and the same bytes.
+ *     hnswlib loads the file (Python, and the C++ headers through
+ *     bench/hnswlib_runner when KILN_HNSWLIB_RUNNER is set): it reports
+ *     the count, max_elements and the deleted elements, searches like kiln
+ *     (top-10 agreement, recall against exact within 0.01, no deleted
+ *     label), and add_items fills it to max_elements and refuses one more.
+ *  5. The CLI (when KILN_CLI is set): export (with --max-elements, and
+ *     below the count refused), import (deleted elements reported), and
+ *     --help listing the options with their defaults.
  */
 #include <math.h>
 #include <stdbool.h>
@@ -37,6 +53,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -97,10 +114,15 @@ static const char *tpath(const char *name) {
 
 /* query SPACE DIM INDEX QUERIES EF K OUT: load a saved index, search raw
  * float32 queries, write the labels as raw int64.
- * build SPACE DIM BASE QUERIES M EFC EF K DELETE PREFIX: build over raw
- * float32 base rows with labels 1000 + i (marking label 1000 + DELETE deleted
- * when DELETE >= 0), save PREFIX.bin, and write hnswlib's own search labels
- * at ef to PREFIX.ids. */
+ * build SPACE DIM BASE QUERIES M EFC EF K DELETED PREFIX: build over raw
+ * float32 base rows with labels 1000 + i (marking deleted the raw int64
+ * labels in file DELETED, unless it is '-'), save PREFIX.bin, and write
+ * hnswlib's own search labels at ef to PREFIX.ids.
+ * grow SPACE DIM INDEX QUERIES EF K OUT EXTRA: load, write "max_elements
+ * element_count" to OUT.meta, search the queries (labels to OUT), add the
+ * raw float32 rows of EXTRA (labels 5000000 + i), then one row more, which
+ * must be refused ("refused" appended to OUT.meta), and search each added
+ * row for its nearest (labels to OUT.self). */
 static const char py_script[] =
     "import sys\n"
     "import numpy as np\n"
@@ -116,17 +138,38 @@ static const char py_script[] =
     "    p.set_ef(ef)\n"
     "    labels, _ = p.knn_query(q, k=k)\n"
     "    np.ascontiguousarray(labels.astype('<i8')).tofile(out)\n"
+    "elif mode == 'grow':\n"
+    "    path, qpath, ef, k, out, epath = sys.argv[4], sys.argv[5], int(sys.argv[6]), "
+    "int(sys.argv[7]), sys.argv[8], sys.argv[9]\n"
+    "    q = np.fromfile(qpath, dtype='<f4').reshape(-1, dim)\n"
+    "    x = np.fromfile(epath, dtype='<f4').reshape(-1, dim)\n"
+    "    p = hnswlib.Index(space=space, dim=dim)\n"
+    "    p.load_index(path)\n"
+    "    meta = '%d %d' % (p.get_max_elements(), p.get_current_count())\n"
+    "    p.set_ef(ef)\n"
+    "    labels, _ = p.knn_query(q, k=k)\n"
+    "    np.ascontiguousarray(labels.astype('<i8')).tofile(out)\n"
+    "    p.add_items(x, np.arange(len(x)) + 5000000)\n"
+    "    try:\n"
+    "        p.add_items(x[:1], [4999999])\n"
+    "    except RuntimeError:\n"
+    "        meta += ' refused'\n"
+    "    open(out + '.meta', 'w').write(meta)\n"
+    "    labels, _ = p.knn_query(x, k=1)\n"
+    "    np.ascontiguousarray(labels.astype('<i8')).tofile(out + '.self')\n"
     "else:\n"
     "    bpath, qpath = sys.argv[4], sys.argv[5]\n"
-    "    M, efc, ef, k, delete, prefix = [int(a) for a in sys.argv[6:11]] + [sys.argv[11]]\n"
+    "    M, efc, ef, k = [int(a) for a in sys.argv[6:10]]\n"
+    "    delpath, prefix = sys.argv[10], sys.argv[11]\n"
     "    x = np.fromfile(bpath, dtype='<f4').reshape(-1, dim)\n"
     "    q = np.fromfile(qpath, dtype='<f4').reshape(-1, dim)\n"
     "    p = hnswlib.Index(space=space, dim=dim)\n"
     "    p.init_index(max_elements=len(x) + 10, M=M, ef_construction=efc, random_seed=100)\n"
     "    p.set_num_threads(1)\n"
     "    p.add_items(x, np.arange(len(x)) + 1000)\n"
-    "    if delete >= 0:\n"
-    "        p.mark_deleted(1000 + delete)\n"
+    "    if delpath != '-':\n"
+    "        for label in np.fromfile(delpath, dtype='<i8'):\n"
+    "            p.mark_deleted(int(label))\n"
     "    p.save_index(prefix + '.bin')\n"
     "    p.set_ef(ef)\n"
     "    labels, _ = p.knn_query(q, k=k)\n"
@@ -264,7 +307,7 @@ static void hnswlib_agrees(const kiln_index *ix, const char *space, const float 
     snprintf(qfile, sizeof qfile, "%s.queries.f32", name);
     snprintf(out, sizeof out, "%s.hnswlib.ids", name);
     const size_t dim = kiln_index_dim(ix);
-    CHECK_OK(ix->ctx, kiln_index_export_hnswlib(ix, tpath(file)));
+    CHECK_OK(ix->ctx, kiln_index_export_hnswlib(ix, tpath(file), NULL));
     REQUIRE(write_file(tpath(qfile), q, nq * dim * sizeof *q));
     char args[8192];
     snprintf(args, sizeof args, "query %s %zu '%s' '%s' %d %d '%s'", space, dim, tpath(file),
@@ -333,10 +376,11 @@ static void test_synth_to_hnswlib(kiln_ctx *ctx, kiln_metric metric, const char 
 /* ==== 2. kiln reads hnswlib's files ==== */
 
 /* hnswlib builds over uniform random data (labels 1000 + i: HL_N rows, then
- * SYN_NQ queries) and saves; returns false when the helper failed. Uniform
- * data in 32 dimensions is hard enough that recall at ef 64 is below 1, so
- * the recall comparison means something. */
-static bool hnswlib_build(const char *space, const char *prefix, int deleted, float **base_out) {
+ * SYN_NQ queries), marks the nd labels del deleted, and saves; returns false
+ * when the helper failed. Uniform data in 32 dimensions is hard enough that
+ * recall at ef 64 is below 1, so the recall comparison means something. */
+static bool hnswlib_build(const char *space, const char *prefix, const int64_t *del, size_t nd,
+                          float **base_out) {
     const size_t total = (size_t)(HL_N + SYN_NQ) * SYN_DIM;
     float *v = malloc(total * sizeof *v);
     REQUIRE(v);
@@ -350,9 +394,13 @@ static bool hnswlib_build(const char *space, const char *prefix, int deleted, fl
     REQUIRE(write_file(tpath(bfile), v, (size_t)HL_N * SYN_DIM * sizeof *v));
     REQUIRE(
         write_file(tpath(qfile), v + (size_t)HL_N * SYN_DIM, (size_t)SYN_NQ * SYN_DIM * sizeof *v));
+    char dfile[64];
+    snprintf(dfile, sizeof dfile, "%s.deleted.i64", prefix);
+    if (nd)
+        REQUIRE(write_file(tpath(dfile), del, nd * sizeof *del));
     char args[8192];
-    snprintf(args, sizeof args, "build %s %d '%s' '%s' 16 100 %d %d %d '%s'", space, SYN_DIM,
-             tpath(bfile), tpath(qfile), EF, K, deleted, tpath(prefix));
+    snprintf(args, sizeof args, "build %s %d '%s' '%s' 16 100 %d %d '%s' '%s'", space, SYN_DIM,
+             tpath(bfile), tpath(qfile), EF, K, nd ? tpath(dfile) : "-", tpath(prefix));
     const bool ok = run_python(args);
     CHECK(ok);
     *base_out = v;
@@ -365,7 +413,7 @@ static void test_hnswlib_to_kiln(kiln_ctx *ctx, kiln_metric metric, const char *
     snprintf(file, sizeof file, "%s.bin", prefix);
     snprintf(ids, sizeof ids, "%s.ids", prefix);
     float *v = NULL;
-    if (!hnswlib_build(space, prefix, -1, &v)) {
+    if (!hnswlib_build(space, prefix, NULL, 0, &v)) {
         free(v);
         return;
     }
@@ -427,33 +475,186 @@ static void test_hnswlib_to_kiln(kiln_ctx *ctx, kiln_metric metric, const char *
     free(v);
 }
 
-/* hnswlib's own file with element 17 marked deleted: imported without it
- * (issue 11 U13), and the dim taken from the file. */
-static void test_hnswlib_deleted(kiln_ctx *ctx) {
-    float *v = NULL;
-    if (hnswlib_build("l2", "deleted", 17, &v)) {
-        kiln_index *ix = NULL;
-        CHECK_OK(ctx, kiln_index_import_hnswlib(ctx, tpath("deleted.bin"), 0, KILN_METRIC_L2, &ix));
-        if (ix) {
-            CHECK(kiln_index_count(ix) == HL_N - 1 && kiln_index_dim(ix) == SYN_DIM);
-            CHECK_OK(ctx, kiln_index_check(ix));
-            kiln_build_report rep;
-            CHECK_OK(ctx, kiln_index_build_report(ix, &rep));
-            CHECK(rep.dropped_elements == 1);
-            for (uint32_t i = 0; i < ix->count; i++)
-                CHECK(ix->labels[i] == 1000 + i + (i >= 17));
-            /* Every survivor is found as its own nearest neighbour. */
-            int64_t *found = kiln_search(ix, v, HL_N);
-            size_t self = 0;
-            for (size_t i = 0; i < HL_N; i++)
-                self += i != 17 && found[i * K] == 1000 + (int64_t)i;
-            CHECK_MSG(self >= (HL_N - 1) * 99 / 100, "%zu of %d survivors find themselves", self,
-                      HL_N - 1);
-            free(found);
+/* Labels kiln returns for nq queries at (k, ef), one thread. */
+static int64_t *search_k(const kiln_index *ix, const float *q, size_t nq, uint32_t k, uint32_t ef) {
+    kiln_search_params sp = {.k = k, .ef = ef, .threads = 1};
+    int64_t *labels = malloc((nq ? nq : 1) * k * sizeof *labels);
+    REQUIRE(labels);
+    CHECK(kiln_index_search(ix, q, nq, &sp, labels, NULL) == KILN_OK);
+    return labels;
+}
+
+/* The exact top-K of the nq queries among the n rows of v not marked gone,
+ * in labels (row i's is label0 + i); the caller frees. */
+static int64_t *live_truth(kiln_ctx *ctx, const float *v, size_t n, size_t dim, const uint8_t *gone,
+                           int64_t label0, const float *q, size_t nq) {
+    float *rows = malloc((n ? n : 1) * dim * sizeof *rows);
+    int64_t *lab = malloc((n ? n : 1) * sizeof *lab), *truth = malloc(nq * K * sizeof *truth);
+    REQUIRE(rows && lab && truth);
+    size_t live = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!gone[i]) {
+            memcpy(rows + live * dim, v + i * dim, dim * sizeof *rows);
+            lab[live++] = label0 + (int64_t)i;
         }
-        kiln_index_free(ix);
+    CHECK_OK(ctx, kiln_knn_exact(ctx, rows, live, q, nq, dim, KILN_METRIC_L2, K, 0, truth, NULL));
+    for (size_t i = 0; i < nq * K; i++)
+        truth[i] = lab[truth[i]];
+    free(rows);
+    free(lab);
+    return truth;
+}
+
+/* Live nodes reached from the entry point on level 0, free slots aside. */
+static uint64_t live_reachable(const struct kiln_index *ix) {
+    if (ix->entry_point == KILN_NO_NODE)
+        return 0;
+    uint8_t *seen = calloc(ix->count ? ix->count : 1, 1);
+    uint32_t *queue = malloc((ix->count ? ix->count : 1) * sizeof *queue);
+    REQUIRE(seen && queue);
+    for (uint64_t i = 0; i < ix->count; i++)
+        seen[i] = kiln_slot_free(ix, i);
+    const uint64_t n = kiln_l0_mark_reachable(ix, seen, queue, ix->entry_point, 1);
+    free(seen);
+    free(queue);
+    return n;
+}
+
+/* hnswlib's own file with pct% of its elements marked deleted (mark_deleted;
+ * with ep_too the entry point as well, marked in the file as mark_deleted
+ * marks it) comes out deleted (issue 14): the slots free, the rest as they
+ * were, recall against the exact neighbours of the live rows near
+ * hnswlib's own on the same file, no deleted label returned. */
+static void test_hnswlib_deleted(kiln_ctx *ctx, unsigned pct, bool ep_too) {
+    char prefix[32], file[64], qfile[64], ids[64];
+    snprintf(prefix, sizeof prefix, "deleted%u", pct);
+    snprintf(file, sizeof file, "%s.bin", prefix);
+    snprintf(qfile, sizeof qfile, "%s.queries.f32", prefix);
+    snprintf(ids, sizeof ids, "%s.theirs.ids", prefix);
+    uint8_t *gone = calloc(HL_N, 1);
+    int64_t *del = malloc(HL_N * sizeof *del);
+    REQUIRE(gone && del);
+    size_t nd = 0;
+    int64_t *theirs = NULL;
+    kiln_rng rng;
+    kiln_rng_seed(&rng, 61 + pct);
+    while (nd < (size_t)HL_N * pct / 100) {
+        const uint32_t r = (uint32_t)kiln_rng_below(&rng, HL_N);
+        if (!gone[r]) {
+            gone[r] = 1;
+            del[nd++] = 1000 + (int64_t)r;
+        }
     }
+    float *v = NULL;
+    if (!hnswlib_build("l2", prefix, del, nd, &v))
+        goto done;
+    if (ep_too) {
+        size_t size = 0;
+        uint8_t *b = read_file(tpath(file), &size);
+        REQUIRE(b && size > HL_HDR);
+        const uint32_t ep = kiln_get_u32le(b + HL_ENTRY);
+        REQUIRE(ep < HL_N);
+        if (!gone[ep]) {
+            gone[ep] = 1;
+            del[nd++] = 1000 + (int64_t)ep;
+            b[HL_HDR + ep * kiln_get_u64le(b + HL_SIZE_DATA) + 2] |= 1; /* DELETE_MARK */
+            REQUIRE(write_file(tpath(file), b, size));
+        }
+        free(b);
+    }
+    const float *q = v + (size_t)HL_N * SYN_DIM;
+    char args[8192];
+    kiln_index *ix = NULL;
+    CHECK_OK(ctx, kiln_index_import_hnswlib(ctx, tpath(file), 0, KILN_METRIC_L2, &ix));
+    if (!ix)
+        goto done;
+    const size_t live = HL_N - nd;
+    CHECK(ix->count == HL_N && kiln_index_count(ix) == live && ix->free_count == nd);
+    CHECK_OK(ctx, kiln_index_check(ix));
+    CHECK_MSG(live_reachable(ix) == live, "%llu of %zu live nodes reachable",
+              (unsigned long long)live_reachable(ix), live);
+    kiln_build_report rep;
+    CHECK_OK(ctx, kiln_index_build_report(ix, &rep));
+    CHECK(rep.deleted_elements == nd);
+    CHECK(rep.n_stages == 2 && strcmp(rep.stages[1].name, "delete") == 0);
+    CHECK(!gone[ix->entry_point] && ix->levels[ix->entry_point] == ix->max_level);
+    size_t bad = 0;
+    for (uint32_t i = 0; i < HL_N; i++) {
+        if (gone[i]) {
+            bad += !kiln_slot_free(ix, i) || ix->labels[i] != -1;
+            continue;
+        }
+        bad += kiln_slot_free(ix, i) || ix->labels[i] != 1000 + (int64_t)i ||
+               memcmp(kiln_vector(ix, i), v + (size_t)i * SYN_DIM, SYN_DIM * sizeof(float)) != 0;
+    }
+    CHECK_MSG(bad == 0, "%zu slots are not what the file said", bad);
+
+    /* Exact neighbours of the live rows, in labels. */
+    int64_t *truth = live_truth(ctx, v, HL_N, SYN_DIM, gone, 1000, q, SYN_NQ);
+    int64_t *ours = kiln_search(ix, q, SYN_NQ);
+    /* At EF and at a narrow beam, where a worse graph shows. */
+    static const unsigned efs[2] = {16, EF};
+    for (int e = 0; e < 2; e++) {
+        snprintf(args, sizeof args, "query l2 %d '%s' '%s' %u %d '%s'", SYN_DIM, tpath(file),
+                 tpath(qfile), efs[e], K, tpath(ids));
+        CHECK(run_python(args));
+        free(theirs);
+        theirs = read_labels(tpath(ids), (size_t)SYN_NQ * K);
+        CHECK(theirs != NULL);
+        int64_t *mine = search_k(ix, q, SYN_NQ, K, efs[e]);
+        if (theirs) {
+            const double r_kiln = recall(mine, truth, SYN_NQ, K),
+                         r_hnswlib = recall(theirs, truth, SYN_NQ, K);
+            fprintf(stderr,
+                    "%s: %zu of %d marked deleted%s: recall@%d at ef %u against the live rows: "
+                    "kiln %.4f, hnswlib %.4f\n",
+                    prefix, nd, HL_N, ep_too ? " (the entry point too)" : "", K, efs[e], r_kiln,
+                    r_hnswlib);
+            CHECK_MSG(r_kiln >= r_hnswlib - 0.02, "ef %u: kiln %.4f vs hnswlib %.4f", efs[e],
+                      r_kiln, r_hnswlib);
+        }
+        free(mine);
+    }
+    /* No deleted label, from the queries or from every row, deleted or not;
+     * every live row its own nearest. */
+    int64_t *all = search_k(ix, v, HL_N, K, EF);
+    size_t foreign = 0, self = 0;
+    for (size_t i = 0; i < (size_t)HL_N * K; i++) {
+        const int64_t l = all[i];
+        foreign += l < 1000 || l >= 1000 + HL_N || gone[l - 1000];
+    }
+    for (size_t i = 0; i < (size_t)SYN_NQ * K; i++)
+        foreign += ours[i] < 1000 || ours[i] >= 1000 + HL_N || gone[ours[i] - 1000];
+    for (uint32_t i = 0; i < HL_N; i++)
+        self += !gone[i] && all[(size_t)i * K] == 1000 + (int64_t)i;
+    CHECK_MSG(foreign == 0, "%zu results are deleted or unknown labels", foreign);
+    CHECK_MSG(self >= live * 99 / 100, "%zu of %zu live rows find themselves", self, live);
+    free(all);
+
+    /* The deleted rows added back take the free slots and are found. */
+    float *back = malloc(nd * SYN_DIM * sizeof *back);
+    REQUIRE(back);
+    for (size_t k = 0; k < nd; k++)
+        memcpy(back + k * SYN_DIM, v + (size_t)(del[k] - 1000) * SYN_DIM, SYN_DIM * sizeof *back);
+    CHECK_OK(ctx, kiln_index_add(ix, back, del, nd));
+    CHECK(ix->count == HL_N && ix->free_count == 0 && kiln_index_count(ix) == HL_N);
+    CHECK_OK(ctx, kiln_index_check(ix));
+    int64_t *found = search_k(ix, back, nd, 1, EF);
+    size_t back_self = 0;
+    for (size_t k = 0; k < nd; k++)
+        back_self += found[k] == del[k];
+    CHECK_MSG(back_self >= nd * 99 / 100, "%zu of %zu rows added back find themselves", back_self,
+              nd);
+    free(found);
+    free(back);
+    free(ours);
+    free(truth);
+    kiln_index_free(ix);
+done:
+    free(theirs);
     free(v);
+    free(gone);
+    free(del);
 }
 
 /* ==== 3. Round trips ==== */
@@ -465,7 +666,7 @@ static void test_round_trip(kiln_ctx *ctx, kiln_metric metric, size_t n) {
     for (uint32_t i = 0; i < a->count; i++)
         a->labels[i] = (int64_t)((uint64_t)i * 0x9E3779B97F4A7C15ULL >> 1); /* up to 2^63-1 */
     const char *f1 = tpath("rt1.bin"), *f2 = tpath("rt2.bin");
-    CHECK_OK(ctx, kiln_index_export_hnswlib(a, f1));
+    CHECK_OK(ctx, kiln_index_export_hnswlib(a, f1, NULL));
     kiln_index *b = NULL;
     CHECK_OK(ctx, kiln_index_import_hnswlib(ctx, f1, (uint32_t)dim, metric, &b));
     if (b) {
@@ -474,7 +675,7 @@ static void test_round_trip(kiln_ctx *ctx, kiln_metric metric, size_t n) {
         CHECK_OK(ctx, kiln_index_build_report(b, &rep));
         CHECK(rep.repaired_links == 0);
         CHECK_OK(ctx, kiln_index_check(b));
-        CHECK_OK(ctx, kiln_index_export_hnswlib(b, f2));
+        CHECK_OK(ctx, kiln_index_export_hnswlib(b, f2, NULL));
         size_t s1 = 0, s2 = 0;
         uint8_t *b1 = read_file(f1, &s1), *b2 = read_file(f2, &s2);
         REQUIRE(b1 && b2);
@@ -516,7 +717,7 @@ static void test_import_repairs(kiln_ctx *ctx) {
     }
     CHECK(removed > 0);
     CHECK(kiln_index_check(ix) == KILN_E_INVALID);
-    CHECK_OK(ctx, kiln_index_export_hnswlib(ix, tpath("unreachable.bin")));
+    CHECK_OK(ctx, kiln_index_export_hnswlib(ix, tpath("unreachable.bin"), NULL));
     kiln_index *b = NULL;
     CHECK_OK(ctx, kiln_index_import_hnswlib(ctx, tpath("unreachable.bin"), (uint32_t)dim,
                                             KILN_METRIC_L2, &b));
@@ -580,7 +781,7 @@ static void test_damaged(kiln_ctx *ctx) {
     kiln_index *ix = build(ctx, v, n, dim, KILN_METRIC_L2, 4, 30);
     REQUIRE(ix->max_level >= 2);
     const char *good = tpath("good.bin");
-    CHECK_OK(ctx, kiln_index_export_hnswlib(ix, good));
+    CHECK_OK(ctx, kiln_index_export_hnswlib(ix, good, NULL));
     forged f = {0};
     f.bytes = read_file(good, &f.size);
     REQUIRE(f.bytes);
@@ -715,7 +916,10 @@ static void test_damaged(kiln_ctx *ctx) {
         kiln_put_u32le(b + rec_low, 9);
         expect_fail(ctx, b, f.size, dim, KILN_E_RANGE, "above the bound 8");
         memcpy(b, f.bytes, f.size);
-        b[rec_low + 2] |= 1; /* deleted: dropped, not refused (test_import_deleted) */
+        b[rec_low + 2] |= 1; /* deleted: imported deleted (test_import_deleted) */
+        CHECK_OK(ctx, import_bytes(ctx, b, f.size, dim));
+        kiln_put_u64le(b + rec_low + f.sde - 8, 1ULL << 63);      /* its label is not used */
+        kiln_put_u32le(b + rec_low + 4 + 4 * 8 + 4, 0x7fc00000u); /* nor its vector */
         CHECK_OK(ctx, import_bytes(ctx, b, f.size, dim));
         memcpy(b, f.bytes, f.size);
         b[rec_low + 3] = 0x80;
@@ -762,11 +966,12 @@ static void test_damaged(kiln_ctx *ctx) {
     const char *neg = tpath("negative.bin");
     unlink(neg);
     ix->labels[7] = -5;
-    CHECK_FAILS(ctx, kiln_index_export_hnswlib(ix, neg), KILN_E_RANGE, "node 7 has label -5");
+    CHECK_FAILS(ctx, kiln_index_export_hnswlib(ix, neg, NULL), KILN_E_RANGE, "node 7 has label -5");
     struct stat sb;
     CHECK(stat(neg, &sb) != 0);
     ix->labels[7] = 7;
-    CHECK_FAILS(ctx, kiln_index_export_hnswlib(ix, tpath("no/such/dir/x.bin")), KILN_E_IO, "");
+    CHECK_FAILS(ctx, kiln_index_export_hnswlib(ix, tpath("no/such/dir/x.bin"), NULL), KILN_E_IO,
+                "");
 
     free(f.bytes);
     kiln_index_free(ix);
@@ -855,15 +1060,19 @@ static void test_import_sparse(kiln_ctx *ctx) {
 
 /* ==== 4c. Deleted elements and the dim (issue 11 U13) ==== */
 
-/* A kiln export with elements marked deleted (the entry point among them):
- * imported without them, survivors renumbered in order with their vectors
- * and labels, no link to a dropped element, validator passing. */
+/* A kiln export with elements marked deleted (the entry point among them,
+ * one sharing its label with a live element, one with a label above
+ * INT64_MAX and one with a NaN, none of which matters for a deleted one):
+ * imported with them as free slots at their ids, the live ones as they
+ * were, lists that named no deleted element kept, the validator passing;
+ * the shared label is then the live element's alone. All deleted: an index
+ * of free slots only, which exports, imports and takes adds. */
 static void test_import_deleted(kiln_ctx *ctx) {
     const uint32_t dim = 6, n = 500;
     float *v = synth(ctx, n, dim, 13);
     kiln_index *ix = build(ctx, v, n, dim, KILN_METRIC_L2, 4, 40);
     const char *path = tpath("with_deleted.bin");
-    CHECK_OK(ctx, kiln_index_export_hnswlib(ix, path));
+    CHECK_OK(ctx, kiln_index_export_hnswlib(ix, path, NULL));
     size_t size = 0;
     uint8_t *b = read_file(path, &size);
     REQUIRE(b);
@@ -872,55 +1081,303 @@ static void test_import_deleted(kiln_ctx *ctx) {
     uint32_t upper = 0; /* a deleted element on level >= 1 that is not the entry point */
     while (upper == ix->entry_point || ix->levels[upper] == 0)
         upper++;
-    const uint32_t marks[] = {ix->entry_point, 3, 4, upper, n - 1};
+    uint32_t marks[] = {ix->entry_point, 3, 4, upper, n - 1};
     uint32_t ndel = 0;
     for (size_t m = 0; m < sizeof marks / sizeof marks[0]; m++) {
         ndel += !del[marks[m]];
         del[marks[m]] = 1;
         b[HL_HDR + marks[m] * sde + 2] |= 1; /* hnswlib's DELETE_MARK */
     }
+    REQUIRE(!del[10]);
+    kiln_put_u64le(b + HL_HDR + 3 * sde + sde - 8, (uint64_t)ix->labels[10]);
+    kiln_put_u64le(b + HL_HDR + 4 * sde + sde - 8, UINT64_MAX);
+    kiln_put_u32le(b + HL_HDR + (n - 1) * sde + 4 + 4 * 8, 0x7fc00000u); /* NaN */
     REQUIRE(write_file(path, b, size));
     kiln_index *got = NULL;
     CHECK_OK(ctx, kiln_index_import_hnswlib(ctx, path, dim, KILN_METRIC_L2, &got));
     if (got) {
-        CHECK(got->count == n - ndel);
+        CHECK(got->count == n && got->free_count == ndel && kiln_index_count(got) == n - ndel);
         CHECK_OK(ctx, kiln_index_check(got));
         kiln_build_report rep;
         CHECK_OK(ctx, kiln_index_build_report(got, &rep));
-        CHECK_MSG(rep.dropped_elements == ndel, "%llu dropped, want %u",
-                  (unsigned long long)rep.dropped_elements, ndel);
-        CHECK(got->levels[got->entry_point] == got->max_level);
-        uint32_t j = 0;
+        CHECK_MSG(rep.deleted_elements == ndel, "%llu deleted, want %u",
+                  (unsigned long long)rep.deleted_elements, ndel);
+        CHECK(!del[got->entry_point] && got->levels[got->entry_point] == got->max_level);
+        size_t bad = 0, lists = 0, kept = 0;
         for (uint32_t i = 0; i < n; i++) {
-            if (del[i])
+            if (del[i]) {
+                bad += !kiln_slot_free(got, i) || got->labels[i] != -1;
                 continue;
-            CHECK(got->labels[j] == ix->labels[i]);
-            CHECK(memcmp(kiln_vector(got, j), kiln_vector(ix, i), dim * sizeof(float)) == 0);
-            CHECK(got->levels[j] == ix->levels[i]);
-            j++;
+            }
+            bad += kiln_slot_free(got, i) || got->labels[i] != ix->labels[i] ||
+                   got->levels[i] != ix->levels[i] ||
+                   memcmp(kiln_vector(got, i), kiln_vector(ix, i), dim * sizeof(float)) != 0;
+            /* A list that named no deleted element is not relinked (the
+             * repair may still add to it). */
+            const uint32_t *was = kiln_links(ix, i, 0), *is = kiln_links(got, i, 0);
+            bool named = false;
+            for (uint32_t j = 1; j <= was[0]; j++)
+                named |= del[was[j]] != 0;
+            if (!named) {
+                lists++;
+                kept += is[0] >= was[0] && memcmp(is + 1, was + 1, was[0] * sizeof *was) == 0;
+            }
         }
-        /* Links among survivors are kept (on level 0, before the repair's
-         * additions): node 0's original list minus the dropped. */
-        const uint32_t *l0 = kiln_links(ix, 0, 0);
-        uint32_t kept = 0;
-        for (uint32_t t = 1; t <= l0[0]; t++)
-            kept += !del[l0[t]];
-        if (!del[0])
-            CHECK(kiln_links(got, 0, 0)[0] >= kept);
+        CHECK_MSG(bad == 0, "%zu slots are not what the file said", bad);
+        CHECK_MSG(lists > 0 && kept == lists, "%zu of %zu untouched lists kept", kept, lists);
+        CHECK(live_reachable(got) == n - ndel);
+        /* Label 10's is now on one live node: deleting it finds that one. */
+        const int64_t shared = ix->labels[10];
+        CHECK_OK(ctx, kiln_index_delete(got, &shared, 1));
+        CHECK(kiln_slot_free(got, 10) && kiln_index_count(got) == n - ndel - 1);
+        CHECK_OK(ctx, kiln_index_check(got));
     }
     kiln_index_free(got);
 
-    /* All deleted: an empty index. */
+    /* All deleted: every slot free; exported as hnswlib's all-deleted file
+     * (entry point 0 on level 0) and back; adds reuse the slots. */
     for (uint32_t i = 0; i < n; i++)
         b[HL_HDR + i * sde + 2] |= 1;
     REQUIRE(write_file(path, b, size));
     CHECK_OK(ctx, kiln_index_import_hnswlib(ctx, path, dim, KILN_METRIC_L2, &got));
     if (got) {
-        CHECK(got->count == 0);
+        CHECK(got->count == n && got->free_count == n && kiln_index_count(got) == 0);
+        CHECK(got->entry_point == KILN_NO_NODE);
         CHECK_OK(ctx, kiln_index_check(got));
+        int64_t lab[K];
+        kiln_search_params sp = {.k = K, .ef = EF, .threads = 1};
+        CHECK_OK(ctx, kiln_index_search(got, v, 1, &sp, lab, NULL));
+        CHECK(lab[0] == -1 && lab[K - 1] == -1);
+        const char *empty = tpath("all_deleted.bin");
+        CHECK_OK(ctx, kiln_index_export_hnswlib(got, empty, NULL));
+        size_t esize = 0;
+        uint8_t *e = read_file(empty, &esize);
+        REQUIRE(e);
+        CHECK(kiln_get_u32le(e + HL_ENTRY) == 0 && kiln_get_u32le(e + HL_MAX_LEVEL) == 0);
+        CHECK(kiln_get_u64le(e + HL_COUNT) == n);
+        free(e);
+        kiln_index *again = NULL;
+        CHECK_OK(ctx, kiln_index_import_hnswlib(ctx, empty, dim, KILN_METRIC_L2, &again));
+        if (again) {
+            CHECK(again->count == n && again->free_count == n);
+            CHECK_OK(ctx, kiln_index_add(again, v, NULL, 50));
+            CHECK(again->count == n && again->free_count == n - 50);
+            CHECK_OK(ctx, kiln_index_check(again));
+            int64_t *found = search_k(again, v, 50, 1, EF);
+            size_t self = 0;
+            for (size_t i = 0; i < 50; i++)
+                self += found[i] == (int64_t)i;
+            CHECK_MSG(self >= 49, "%zu of 50 added rows find themselves", self);
+            free(found);
+        }
+        kiln_index_free(again);
     }
     kiln_index_free(got);
     free(b);
+    kiln_index_free(ix);
+    free(v);
+}
+
+/* ==== 4d. Free slots exported (issue 14) ==== */
+
+/* hnswlib's C++ headers load path (bench/hnswlib_runner --load, when
+ * KILN_HNSWLIB_RUNNER names it) and evaluate it against gt (nq x K labels,
+ * each < 2^31): *recall gets its recall@K at EF; the load line must give
+ * count, max_elements and deleted. */
+static void runner_loads(const char *path, const float *q, size_t nq, size_t dim, const int64_t *gt,
+                         uint64_t count, uint64_t max_elements, uint64_t deleted,
+                         double *recall_out) {
+    const char *runner = getenv("KILN_HNSWLIB_RUNNER");
+    *recall_out = -1;
+    if (!runner || !*runner || access(runner, X_OK) != 0) {
+        fprintf(stderr, "SKIP part: KILN_HNSWLIB_RUNNER not set, hnswlib's C++ loader not run\n");
+        return;
+    }
+    kiln_ctx *ctx = NULL;
+    REQUIRE(kiln_ctx_new(&ctx) == KILN_OK);
+    int32_t *gt32 = malloc(nq * K * sizeof *gt32);
+    REQUIRE(gt32);
+    for (size_t i = 0; i < nq * K; i++)
+        gt32[i] = (int32_t)gt[i];
+    const char *qf = tpath("runner.queries.fbin"), *gf = tpath("runner.gt.ivecs");
+    const char *out = tpath("runner.out");
+    CHECK_OK(ctx, kiln_dataset_write(ctx, qf, KILN_FORMAT_FBIN, KILN_DTYPE_F32, q, nq, dim));
+    CHECK_OK(ctx, kiln_dataset_write(ctx, gf, KILN_FORMAT_IVECS, KILN_DTYPE_I32, gt32, nq, K));
+    char cmd[16384];
+    snprintf(cmd, sizeof cmd, "%s '%s' --load '%s' '%s' '%s' --metric l2 -k %d --ef %d >'%s'",
+             check_emulator(), runner, path, qf, gf, K, EF, out);
+    CHECK(system(cmd) == 0);
+    size_t size = 0;
+    char *text = (char *)read_file(out, &size);
+    REQUIRE(text);
+    char want[128];
+    snprintf(want, sizeof want, "\"count\":%llu,\"max_elements\":%llu,\"deleted\":%llu",
+             (unsigned long long)count, (unsigned long long)max_elements,
+             (unsigned long long)deleted);
+    CHECK_MSG(strstr(text, want) != NULL, "hnswlib_runner's load line lacks %s", want);
+    const char *r = strstr(text, "\"recall\":");
+    CHECK(r != NULL);
+    if (r)
+        *recall_out = strtod(r + 9, NULL);
+    free(text);
+    free(gt32);
+    kiln_ctx_free(ctx);
+}
+
+/* A kiln index after deletes (the entry point among them) exported with room
+ * to grow: the free slots are elements marked deleted, and hnswlib (Python
+ * 0.6.2, and its C++ headers) loads, searches and fills the file. */
+static void test_export_deleted(kiln_ctx *ctx, bool have_python) {
+    const uint32_t n = 1500, dim = SYN_DIM, room = 400, max_elements = n + room;
+    /* Uniform, as hnswlib_build's: hard enough that recall at EF is below 1. */
+    float *v = malloc((size_t)(n + SYN_NQ + room) * dim * sizeof *v);
+    REQUIRE(v);
+    kiln_rng rng;
+    kiln_rng_seed(&rng, 71);
+    for (size_t i = 0; i < (size_t)(n + SYN_NQ + room) * dim; i++)
+        v[i] = (float)kiln_rng_uniform(&rng);
+    const float *q = v + (size_t)n * dim, *extra = q + (size_t)SYN_NQ * dim;
+    kiln_index *ix = build(ctx, v, n, dim, KILN_METRIC_L2, 16, 100);
+    uint8_t *gone = calloc(n, 1);
+    int64_t del[150];
+    size_t nd = 0;
+    del[nd++] = ix->labels[ix->entry_point];
+    gone[ix->entry_point] = 1;
+    for (uint32_t i = 7; nd < 150; i += 10)
+        if (!gone[i]) {
+            gone[i] = 1;
+            del[nd++] = i;
+        }
+    CHECK_OK(ctx, kiln_index_delete(ix, del, nd));
+    char f1[4200], f2[4200]; /* kept: tpath's buffers are reused */
+    snprintf(f1, sizeof f1, "%s", tpath("free1.bin"));
+    snprintf(f2, sizeof f2, "%s", tpath("free2.bin"));
+    kiln_hnswlib_export_params ep;
+    kiln_hnswlib_export_params_init(&ep);
+    CHECK(ep.max_elements == 0);
+    unlink(f1);
+    ep.max_elements = n - 1;
+    CHECK_FAILS(ctx, kiln_index_export_hnswlib(ix, f1, &ep), KILN_E_ARG,
+                "max_elements 1499 is below the index's 1500 elements");
+    ep.max_elements = UINT32_MAX;
+    CHECK_FAILS(ctx, kiln_index_export_hnswlib(ix, f1, &ep), KILN_E_RANGE, "max_elements");
+    struct stat sb;
+    CHECK(stat(f1, &sb) != 0);
+    ep.max_elements = max_elements;
+    CHECK_OK(ctx, kiln_index_export_hnswlib(ix, f1, &ep));
+    size_t size = 0;
+    uint8_t *b = read_file(f1, &size);
+    REQUIRE(b);
+    CHECK(kiln_get_u64le(b + HL_MAX_ELEMS) == max_elements && kiln_get_u64le(b + HL_COUNT) == n);
+    CHECK(kiln_get_u32le(b + HL_ENTRY) == ix->entry_point);
+    const uint64_t sde = kiln_get_u64le(b + HL_SIZE_DATA);
+    size_t bad = 0;
+    uint64_t at = HL_HDR + n * sde;
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *rec = b + HL_HDR + i * sde;
+        const uint32_t word = kiln_get_u32le(rec);
+        const uint64_t label = kiln_get_u64le(rec + sde - 8);
+        if (gone[i]) {
+            bool zero = true;
+            for (uint64_t j = 4; j < sde - 8; j++)
+                zero &= rec[j] == 0;
+            bad += word != 0x10000u || label != (1ULL << 63) + i || !zero ||
+                   kiln_get_u32le(b + at) != 0;
+        } else {
+            bad += (word >> 16) != 0 || label != (uint64_t)i;
+        }
+        at += 4 + kiln_get_u32le(b + at);
+    }
+    CHECK_MSG(bad == 0, "%zu elements written wrong", bad);
+
+    /* Back: the same index, free slots where they were, the capacity asked
+     * for; exported again, the same bytes. */
+    kiln_index *back = NULL;
+    CHECK_OK(ctx, kiln_index_import_hnswlib(ctx, f1, dim, KILN_METRIC_L2, &back));
+    if (back) {
+        check_same_index(ix, back, 0.0f);
+        CHECK(back->free_count == nd && back->saved_capacity == max_elements);
+        for (uint32_t i = 0; i < n; i++)
+            CHECK(kiln_slot_free(back, i) == (gone[i] != 0));
+        kiln_build_report rep;
+        CHECK_OK(ctx, kiln_index_build_report(back, &rep));
+        CHECK(rep.deleted_elements == nd && rep.repaired_links == 0);
+        CHECK_OK(ctx, kiln_index_check(back));
+        CHECK_OK(ctx, kiln_index_export_hnswlib(back, f2, &ep));
+        size_t s2 = 0;
+        uint8_t *b2 = read_file(f2, &s2);
+        CHECK(b2 && s2 == size && memcmp(b, b2, size) == 0);
+        free(b2);
+        const char *kf = tpath("free_back.kiln");
+        CHECK_OK(ctx, kiln_index_save(back, kf));
+        kiln_index_info info;
+        CHECK_OK(ctx, kiln_index_info_read(ctx, kf, &info));
+        CHECK(info.capacity == max_elements && info.free_slots == nd && info.count == n);
+    }
+    kiln_index_free(back);
+    free(b);
+
+    /* Exact neighbours of the live rows, in labels (= rows). */
+    int64_t *truth = live_truth(ctx, v, n, dim, gone, 0, q, SYN_NQ);
+    int64_t *ours = kiln_search(ix, q, SYN_NQ);
+    const double r_kiln = recall(ours, truth, SYN_NQ, K);
+
+    double r_runner = -1;
+    runner_loads(f1, q, SYN_NQ, dim, truth, n, max_elements, nd, &r_runner);
+    if (r_runner >= 0) {
+        fprintf(stderr, "free slots: recall@%d at ef %d: kiln %.4f, hnswlib C++ %.4f\n", K, EF,
+                r_kiln, r_runner);
+        CHECK_MSG(fabs(r_runner - r_kiln) <= 0.01, "hnswlib_runner %.4f vs kiln %.4f", r_runner,
+                  r_kiln);
+    }
+    if (have_python) {
+        const char *qf = tpath("free.queries.f32"), *xf = tpath("free.extra.f32");
+        const char *out = tpath("free.theirs.ids");
+        REQUIRE(write_file(qf, q, (size_t)SYN_NQ * dim * sizeof *q));
+        REQUIRE(write_file(xf, extra, (size_t)room * dim * sizeof *extra));
+        char args[8192];
+        snprintf(args, sizeof args, "grow l2 %u '%s' '%s' %d %d '%s' '%s'", dim, f1, qf, EF, K, out,
+                 xf);
+        CHECK(run_python(args));
+        char meta_path[4300];
+        snprintf(meta_path, sizeof meta_path, "%s.meta", out);
+        size_t msize = 0;
+        char *meta = (char *)read_file(meta_path, &msize);
+        char want[64];
+        snprintf(want, sizeof want, "%u %u refused", max_elements, n);
+        CHECK_MSG(meta && msize == strlen(want) && memcmp(meta, want, msize) == 0,
+                  "hnswlib says '%.*s', want '%s'", meta ? (int)msize : 0, meta ? meta : "", want);
+        free(meta);
+        int64_t *theirs = read_labels(out, (size_t)SYN_NQ * K);
+        CHECK(theirs != NULL);
+        if (theirs) {
+            const double r_py = recall(theirs, truth, SYN_NQ, K);
+            const double same = same_topk(ours, theirs, SYN_NQ, K);
+            fprintf(stderr,
+                    "free slots: hnswlib (Python) recall %.4f, kiln %.4f; same top-%d on %.1f%%\n",
+                    r_py, r_kiln, K, 100.0 * same);
+            CHECK_MSG(fabs(r_py - r_kiln) <= 0.01 && same >= 0.99, "hnswlib %.4f/%.3f, kiln %.4f",
+                      r_py, same, r_kiln);
+            size_t foreign = 0;
+            for (size_t i = 0; i < (size_t)SYN_NQ * K; i++)
+                foreign += theirs[i] < 0 || theirs[i] >= n || gone[theirs[i]];
+            CHECK_MSG(foreign == 0, "hnswlib returned %zu deleted or unknown labels", foreign);
+        }
+        free(theirs);
+        char self_path[4300];
+        snprintf(self_path, sizeof self_path, "%s.self", out);
+        int64_t *self = read_labels(self_path, room);
+        CHECK(self != NULL);
+        size_t found = 0;
+        for (size_t i = 0; self && i < room; i++)
+            found += self[i] == 5000000 + (int64_t)i;
+        CHECK_MSG(found >= room * 99 / 100, "hnswlib finds %zu of the %u rows it added", found,
+                  room);
+        free(self);
+    }
+    free(ours);
+    free(truth);
+    free(gone);
     kiln_index_free(ix);
     free(v);
 }
@@ -931,7 +1388,7 @@ static void test_import_dim(kiln_ctx *ctx) {
     float *v = synth(ctx, n, dim, 19);
     kiln_index *ix = build(ctx, v, n, dim, KILN_METRIC_L2, 4, 40);
     const char *path = tpath("dim.bin");
-    CHECK_OK(ctx, kiln_index_export_hnswlib(ix, path));
+    CHECK_OK(ctx, kiln_index_export_hnswlib(ix, path, NULL));
     kiln_index *got = NULL;
     CHECK_OK(ctx, kiln_index_import_hnswlib(ctx, path, 0, KILN_METRIC_L2, &got));
     if (got) {
@@ -963,6 +1420,20 @@ static int run_cli(const char *cli, const char *args, const char *capture) {
     char cmd[16384];
     snprintf(cmd, sizeof cmd, "%s '%s' %s >'%s' 2>&1", check_emulator(), cli, args, capture);
     return system(cmd);
+}
+
+/* Runs the CLI with args; true when it succeeded and its output holds both
+ * needles. */
+static bool cli_says(const char *cli, const char *args, const char *log, const char *a,
+                     const char *b) {
+    size_t size = 0;
+    const int rc = run_cli(cli, args, log);
+    char *text = (char *)read_file(log, &size);
+    const bool ok = rc == 0 && text && strstr(text, a) != NULL && strstr(text, b) != NULL;
+    if (!ok)
+        fprintf(stderr, "kiln %s: status %d, output: %s\n", args, rc, text ? text : "(none)");
+    free(text);
+    return ok;
 }
 
 static void test_cli(kiln_ctx *ctx) {
@@ -1000,7 +1471,7 @@ static void test_cli(kiln_ctx *ctx) {
     CHECK(text && strstr(text, "dim 8") != NULL);
     free(text);
 
-    /* Deleted elements: dropped, with their count on stderr. */
+    /* Deleted elements: imported deleted, with their count on stderr. */
     {
         uint8_t *hb = read_file(hfile, &size);
         REQUIRE(hb);
@@ -1012,16 +1483,38 @@ static void test_cli(kiln_ctx *ctx) {
         free(hb);
         snprintf(args, sizeof args, "import '%s' --format hnswlib --metric ip -o '%s'", dfile,
                  back);
-        CHECK(run_cli(cli, args, log) == 0);
-        text = (char *)read_file(log, &size);
-        CHECK(text && strstr(text, "3 elements marked deleted were dropped") != NULL &&
-              strstr(text, "497 vectors") != NULL);
-        free(text);
+        CHECK(cli_says(cli, args, log, "3 elements marked deleted were removed", "497 vectors"));
         kiln_index *d = NULL;
         CHECK_OK(ctx, kiln_index_load(ctx, back, &d));
-        if (d)
-            CHECK(kiln_index_count(d) == n - 3);
+        if (d) {
+            kiln_index_info info;
+            CHECK_OK(ctx, kiln_index_info_read(ctx, back, &info));
+            CHECK(kiln_index_count(d) == n - 3 && info.count == n && info.free_slots == 3);
+        }
         kiln_index_free(d);
+
+        /* Exported again, with room: the free slots marked deleted. */
+        snprintf(args, sizeof args, "export '%s' --format hnswlib --max-elements 800 -o '%s'", back,
+                 dfile);
+        CHECK(cli_says(cli, args, log, "497 vectors and 3 deleted elements", "max_elements 800"));
+        hb = read_file(dfile, &size);
+        REQUIRE(hb);
+        CHECK(kiln_get_u64le(hb + HL_MAX_ELEMS) == 800 && kiln_get_u64le(hb + HL_COUNT) == n);
+        for (uint32_t e = 9; e < 14; e++)
+            CHECK(((hb[HL_HDR + e * sde + 2] & 1) != 0) == (e >= 10 && e < 13));
+        free(hb);
+        /* Below the count: one line naming both, nothing written. */
+        const char *none = tpath("cli_none.bin");
+        unlink(none);
+        snprintf(args, sizeof args, "export '%s' --format hnswlib --max-elements 499 -o '%s'", back,
+                 none);
+        const int rc = run_cli(cli, args, log);
+        CHECK(WIFEXITED(rc) && WEXITSTATUS(rc) == 2);
+        text = (char *)read_file(log, &size);
+        CHECK(text && strstr(text, "kiln export: --max-elements 499 is below the 500 elements") &&
+              strstr(text, "cli_back.kiln") && strchr(text, '\n') == text + size - 1);
+        free(text);
+        CHECK(access(none, F_OK) != 0);
     }
 
     /* Usage errors: wrong format, wrong dim. */
@@ -1034,7 +1527,7 @@ static void test_cli(kiln_ctx *ctx) {
     free(text);
 
     static const char *const helps[] = {"export", "import"};
-    static const char *const want[][4] = {{"--format", "hnswlib", "--output", "default"},
+    static const char *const want[][4] = {{"--format", "hnswlib", "--max-elements", "default"},
                                           {"--dim", "--metric", "--format", "from the file"}};
     for (int i = 0; i < 2; i++) {
         snprintf(args, sizeof args, "%s --help", helps[i]);
@@ -1080,8 +1573,10 @@ int main(void) {
         test_synth_to_hnswlib(ctx, KILN_METRIC_COS, "cosine");
         test_hnswlib_to_kiln(ctx, KILN_METRIC_L2, "l2");
         test_hnswlib_to_kiln(ctx, KILN_METRIC_COS, "cosine");
-        test_hnswlib_deleted(ctx);
+        test_hnswlib_deleted(ctx, 10, false);
+        test_hnswlib_deleted(ctx, 30, true);
     }
+    test_export_deleted(ctx, have_python);
     kiln_ctx_free(ctx);
     return check_report("test_hnswlib_file");
 }

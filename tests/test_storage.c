@@ -496,7 +496,7 @@ static void test_export(kiln_ctx *ctx, const data *ds) {
     kiln_index *i8 = NULL, *back = NULL;
     CHECK_OK(ctx, kiln_index_open(ctx, tmp_path("int8.kiln"), 0, &i8));
     REQUIRE(i8);
-    CHECK_OK(ctx, kiln_index_export_hnswlib(i8, tmp_path("int8.hnsw")));
+    CHECK_OK(ctx, kiln_index_export_hnswlib(i8, tmp_path("int8.hnsw"), NULL));
     CHECK_OK(ctx, kiln_index_import_hnswlib(ctx, tmp_path("int8.hnsw"), 0, KILN_METRIC_L2, &back));
     REQUIRE(back);
     CHECK(back->storage == KILN_STORAGE_F32 && back->count == i8->count);

@@ -27,8 +27,13 @@
  *     hnswlib leaves them, and one with an unreachable node, so the repair
  *     runs on import. Crafted ones (issue 11): a file with no links at all
  *     (every element its own island: the repair's bounded worst case), and
- *     one with elements marked deleted, the entry point among them (dropped
- *     on import).
+ *     one with elements marked deleted, the entry point among them (removed
+ *     on import, their slots free). Issue 14: a kiln index after deletes
+ *     exported with room (free slots as hnswlib's deleted elements, labels
+ *     2^63 + slot, max_elements_ above the count), every element marked
+ *     deleted, and deleted elements whose labels are a live one's, above
+ *     INT64_MAX, and whose vector holds a NaN (none of which a deleted
+ *     element's import uses).
  *  4. Any broken promise calls abort(), which both libFuzzer and the replay
  *     driver report as a failure.
  */
@@ -64,7 +69,7 @@
 
 /* Exports ix to the out path and returns the bytes (NULL when refused). */
 static uint8_t *export_bytes(const kiln_index *ix, size_t *size) {
-    if (kiln_index_export_hnswlib(ix, fuzz_path("out")) != KILN_OK)
+    if (kiln_index_export_hnswlib(ix, fuzz_path("out"), NULL) != KILN_OK)
         return NULL;
     return read_file(fuzz_path("out"), size);
 }
@@ -153,8 +158,8 @@ int kiln_fuzz_seed(size_t i, uint8_t **buf, size_t *len) {
     static const struct {
         size_t n;
         uint32_t dim, M;
-    } seeds[] = {{0, 4, 2},  {1, 16, 2}, {40, 4, 3},  {60, 16, 2}, {30, 4, 4},
-                 {30, 4, 3}, {30, 4, 3}, {200, 4, 2}, {40, 4, 3}};
+    } seeds[] = {{0, 4, 2},  {1, 16, 2},  {40, 4, 3}, {60, 16, 2}, {30, 4, 4}, {30, 4, 3},
+                 {30, 4, 3}, {200, 4, 2}, {40, 4, 3}, {50, 4, 3},  {20, 4, 2}, {40, 16, 3}};
     if (i >= sizeof seeds / sizeof seeds[0])
         return 0;
     kiln_index *ix = seed_built(seeds[i].n, seeds[i].dim, seeds[i].M, 40 + i);
@@ -171,7 +176,15 @@ int kiln_fuzz_seed(size_t i, uint8_t **buf, size_t *len) {
         for (uint32_t u = 0; u < ix->count; u++)
             for (unsigned l = 0; l <= ix->levels[u]; l++)
                 kiln_links(ix, u, l)[0] = 0;
-    if (kiln_index_export_hnswlib(ix, fuzz_path("seed")) != KILN_OK)
+    kiln_hnswlib_export_params ep;
+    kiln_hnswlib_export_params_init(&ep);
+    if (i == 9) { /* free slots, the entry point's among them, and room */
+        const int64_t gone[4] = {ix->labels[ix->entry_point], 1003, 1012, 1021};
+        if (kiln_index_delete(ix, gone, ix->labels[ix->entry_point] == 1003 ? 1 : 4) != KILN_OK)
+            abort();
+        ep.max_elements = ix->count + 25;
+    }
+    if (kiln_index_export_hnswlib(ix, fuzz_path("seed"), &ep) != KILN_OK)
         abort();
     *buf = read_file(fuzz_path("seed"), len);
     if (!*buf)
@@ -181,6 +194,18 @@ int kiln_fuzz_seed(size_t i, uint8_t **buf, size_t *len) {
         const uint32_t marks[3] = {ix->entry_point, 1, 2};
         for (int m = 0; m < 3; m++)
             (*buf)[HL_HDR + marks[m] * sde + 2] |= 1;
+    }
+    if (i == 10) /* every element deleted */
+        for (uint32_t u = 0; u < ix->count; u++)
+            (*buf)[HL_HDR + u * kiln_get_u64le(*buf + 24) + 2] |= 1;
+    if (i == 11) { /* deleted: a live element's label, one above INT64_MAX, a NaN */
+        const uint64_t sde = kiln_get_u64le(*buf + 24);
+        const uint32_t marks[3] = {3, 5, 7};
+        for (int m = 0; m < 3; m++)
+            (*buf)[HL_HDR + marks[m] * sde + 2] |= 1;
+        kiln_put_u64le(*buf + HL_HDR + 3 * sde + sde - 8, (uint64_t)ix->labels[4]);
+        kiln_put_u64le(*buf + HL_HDR + 5 * sde + sde - 8, UINT64_MAX);
+        kiln_put_u32le(*buf + HL_HDR + 7 * sde + sde - 8 - 4, 0x7fc00000u);
     }
     if (i == 5) {
         /* Stale ids past each level-0 count, as hnswlib leaves them after a
