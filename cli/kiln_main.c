@@ -1595,11 +1595,17 @@ static const cli_opt add_opts[] = {
     {"output", 'o', "OUT", NULL, "index to write (default: INDEX itself, replaced atomically)", 0,
      0},
     {"format", 0, "FMT", NULL, "format of NEW_VECTORS (default: from the extension)", 0, 0},
+    {"method", 0, "auto|insert|device", NULL,
+     "insert node by node, or run the device pipeline over the old and new vectors (default "
+     "auto: the device for at least 10000 vectors and 25% of the index, where there is one)",
+     0, 0},
+    {"device", 0, "auto|cpu|gpu|P:D", NULL,
+     "OpenCL device for the device method (default: $KILN_DEVICE, else auto)", 0, 0},
     {"progress", 0, NULL, NULL, "show progress on stderr", 0, 0},
     {NULL, 0, NULL, NULL, NULL, 0, 0}};
 static const cli_cmd add_cmd = {
     "add",
-    "INDEX NEW_VECTORS [--labels FILE] [-o OUT]",
+    "INDEX NEW_VECTORS [--labels FILE] [-o OUT] [--method auto|insert|device]",
     "Insert vectors into an index (free slots of deleted ones first); a label in use is an error.",
     add_opts,
     2,
@@ -1731,6 +1737,22 @@ static int cmd_live(const cli_args *a) {
     }
     if (!del && !format_ok(a, &fmt))
         return 2;
+    kiln_add_params ap;
+    kiln_add_params_init(&ap);
+    if (!del && !upd) {
+        const char *m = cli_str(a, "method");
+        if (!m || strcmp(m, "auto") == 0)
+            ap.method = KILN_ADD_AUTO;
+        else if (strcmp(m, "insert") == 0)
+            ap.method = KILN_ADD_INSERT;
+        else if (strcmp(m, "device") == 0)
+            ap.method = KILN_ADD_DEVICE;
+        else {
+            fprintf(stderr, "kiln add: --method: '%s' is not auto, insert or device\n", m);
+            return 2;
+        }
+        ap.device = cli_str(a, "device");
+    }
     /* Only -o is checked against the inputs: INDEX itself is the default. */
     if (cli_str(a, "output")) {
         const out_spec outs[] = {{"-o", out}};
@@ -1769,7 +1791,7 @@ static int cmd_live(const cli_args *a) {
     const size_t before = kiln_shardset_count(set);
     kiln_status st = del   ? kiln_shardset_delete(set, labels, nl)
                      : upd ? kiln_shardset_update(set, v, labels, nv)
-                           : kiln_shardset_add(set, v, labels, nv);
+                           : kiln_shardset_add_ex(set, v, labels, nv, &ap);
     for (uint32_t s = 0; st == KILN_OK && s < kiln_shardset_shards(set); s++)
         st = kiln_index_check(kiln_shardset_shard(set, s));
     if (st || kiln_shardset_save(set, out)) {

@@ -115,6 +115,12 @@ kiln_status kiln_hnsw_insert_all(struct kiln_index *ix, uint32_t ef_construction
  * 7). kiln_index_add's insertion. */
 kiln_status kiln_hnsw_insert_nodes(struct kiln_index *ix, const uint32_t *nodes, uint32_t n,
                                    uint64_t base, uint32_t ef_construction, int threads);
+/* The same on levels bottom and up only: nodes[0 .. n) reach bottom, and
+ * base >= 1 nodes of the graph do (graph/hnsw_live.c decision 9: the
+ * device add inserts its new nodes' upper levels with bottom 1). */
+kiln_status kiln_hnsw_insert_nodes_from(struct kiln_index *ix, const uint32_t *nodes, uint32_t n,
+                                        uint64_t base, uint32_t ef_construction, int threads,
+                                        uint32_t bottom);
 /* The same for levels bottom and up only, over the nodes that reach bottom:
  * with bottom = 1 it builds the hierarchy above a level 0 made otherwise. */
 kiln_status kiln_hnsw_insert_levels(struct kiln_index *ix, uint32_t ef_construction, int threads,
@@ -235,8 +241,15 @@ static inline uint64_t kiln_build_budget(const kiln_build_params *p) {
  * it and the library it is linked into defines it, so graph/ never includes
  * host/. In libkiln it is host/device_build.c; in libkiln-core, which has no
  * device side, graph/device_absent.c answers KILN_E_NO_DEVICE. */
+/* seed is NULL for a build. For the device add (graph/hnsw_live.c
+ * decision 9) it says that nodes [0, seeded) already form a graph: their
+ * level-0 lists join their candidates, so they keep what was found before,
+ * and the upper levels of every node are built by the caller. */
+typedef struct kiln_device_seed {
+    uint64_t seeded;
+} kiln_device_seed;
 kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
-                              kiln_build_report *rep);
+                              kiln_build_report *rep, const kiln_device_seed *seed);
 /* The rows [first, first + count) of n that this rank checks and
  * fingerprints in a collective build (graph/hnsw_build.c decision 6): its
  * 1/R of them; all n in one process. */

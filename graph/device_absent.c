@@ -16,8 +16,8 @@
 bool kiln_build_device_available(void) { return false; }
 
 kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
-                              kiln_build_report *rep) {
-    (void)p, (void)rep;
+                              kiln_build_report *rep, const kiln_device_seed *seed) {
+    (void)p, (void)rep, (void)seed;
     return kiln_fail(ix->ctx, KILN_E_NO_DEVICE,
                      "build: method device is not in libkiln-core (search, insert and files "
                      "only); link libkiln (pkg-config kiln, CMake kiln::kiln) to build on a "

@@ -248,7 +248,7 @@ static kiln_status build_graph(struct kiln_index *ix, const kiln_build_params *p
         return st;
     double t = kiln_now();
     if (p->method == KILN_METHOD_DEVICE) {
-        st = kiln_build_device(ix, p, rep);
+        st = kiln_build_device(ix, p, rep, NULL);
     } else {
         /* Insertion holds the whole index: a budget below that is refused
          * before any work. */

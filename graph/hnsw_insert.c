@@ -250,10 +250,16 @@ kiln_status kiln_hnsw_insert_levels(struct kiln_index *ix, uint32_t ef_construct
 
 kiln_status kiln_hnsw_insert_nodes(struct kiln_index *ix, const uint32_t *nodes, uint32_t n,
                                    uint64_t base, uint32_t ef_construction, int threads) {
+    return kiln_hnsw_insert_nodes_from(ix, nodes, n, base, ef_construction, threads, 0);
+}
+
+kiln_status kiln_hnsw_insert_nodes_from(struct kiln_index *ix, const uint32_t *nodes, uint32_t n,
+                                        uint64_t base, uint32_t ef_construction, int threads,
+                                        uint32_t bottom) {
     kiln_progress_bar bar;
-    kiln_progress_begin(&bar, ix->ctx, "add", n);
+    kiln_progress_begin(&bar, ix->ctx, bottom ? "add upper levels" : "add", n);
     const kiln_status st =
-        insert_order(ix, nodes, n, base, ef_construction, threads > 0 ? threads : 1, 0, &bar);
+        insert_order(ix, nodes, n, base, ef_construction, threads > 0 ? threads : 1, bottom, &bar);
     kiln_progress_end(&bar);
     return st;
 }

@@ -762,7 +762,7 @@ typedef enum { SET_ADD, SET_DELETE, SET_UPDATE } set_op;
  * rows, in input order. On failure the shards before may have changed in
  * memory (nothing is written until kiln_shardset_save). */
 static kiln_status set_apply(kiln_shardset *set, set_op op, const float *vectors,
-                             const int64_t *labels, size_t n) {
+                             const int64_t *labels, size_t n, const kiln_add_params *ap) {
     kiln_ctx *ctx = set->ctx;
     const size_t d = set->dim;
     size_t *first = calloc((size_t)set->n + 1, sizeof *first),
@@ -795,7 +795,7 @@ static kiln_status set_apply(kiln_shardset *set, set_op op, const float *vectors
         }
         kiln_index *ix = set->shard[s];
         set->dirty[s] = true;
-        st = op == SET_ADD      ? kiln_index_add(ix, v, l, m)
+        st = op == SET_ADD      ? kiln_index_add_ex(ix, v, l, m, ap)
              : op == SET_DELETE ? kiln_index_delete(ix, l, m)
                                 : kiln_index_update(ix, v, l, m);
         if (st && set->manifest) {
@@ -823,9 +823,14 @@ static kiln_status set_args(const kiln_shardset *set, const void *vectors, const
 
 kiln_status kiln_shardset_add(kiln_shardset *set, const float *vectors, const int64_t *labels,
                               size_t n) {
+    return kiln_shardset_add_ex(set, vectors, labels, n, NULL);
+}
+
+kiln_status kiln_shardset_add_ex(kiln_shardset *set, const float *vectors, const int64_t *labels,
+                                 size_t n, const kiln_add_params *params) {
     kiln_status st = set_args(set, vectors, labels, n, false, true);
     if (st || labels || n == 0)
-        return st ? st : set_apply(set, SET_ADD, vectors, labels, n);
+        return st ? st : set_apply(set, SET_ADD, vectors, labels, n, params);
     /* The next labels after the largest in the set, as kiln_index_add gives
      * one index. */
     int64_t top = -1;
@@ -843,20 +848,20 @@ kiln_status kiln_shardset_add(kiln_shardset *set, const float *vectors, const in
         return kiln_fail(set->ctx, KILN_E_NOMEM, "out of memory for %zu labels", n);
     for (size_t i = 0; i < n; i++)
         next[i] = top + 1 + (int64_t)i;
-    st = set_apply(set, SET_ADD, vectors, next, n);
+    st = set_apply(set, SET_ADD, vectors, next, n, params);
     free(next);
     return st;
 }
 
 kiln_status kiln_shardset_delete(kiln_shardset *set, const int64_t *labels, size_t n) {
     kiln_status st = set_args(set, NULL, labels, n, true, false);
-    return st ? st : set_apply(set, SET_DELETE, NULL, labels, n);
+    return st ? st : set_apply(set, SET_DELETE, NULL, labels, n, NULL);
 }
 
 kiln_status kiln_shardset_update(kiln_shardset *set, const float *vectors, const int64_t *labels,
                                  size_t n) {
     kiln_status st = set_args(set, vectors, labels, n, true, true);
-    return st ? st : set_apply(set, SET_UPDATE, vectors, labels, n);
+    return st ? st : set_apply(set, SET_UPDATE, vectors, labels, n, NULL);
 }
 
 /* Writes shard s beside manifest `path` under its content's name

@@ -122,6 +122,15 @@
  *     work file travels whole (the clusters, 9 bytes a vector, and the
  *     upper levels, ~21, held once more by sender and receivers while it
  *     does), and level 0 is gathered whole on rank 0 (docs/SCALE.md).
+ * 12. The device add (graph/hnsw_live.c decision 9) is this pipeline over
+ *     the old nodes and the new ones together, with two differences: the
+ *     hierarchy is the caller's (the old upper levels, with the new nodes
+ *     inserted into them), and each old node's level-0 list joins its
+ *     candidates as one more batch record (step_seed), so the streaming
+ *     passes' union and prune see what the graph had found for it beside
+ *     its cluster neighbours, new and old. It runs in one process, in a
+ *     private work dir (an add is not resumed: the index in memory is
+ *     unchanged until it succeeds).
  */
 #include <errno.h>
 #ifdef __GLIBC__
@@ -293,6 +302,10 @@ typedef struct pipeline {
     uint32_t parts;
     uint64_t candidates; /* read by the forward pass, for the report */
     float *planes;       /* the hash planes (graph/prune.c decision 5) */
+    /* A device add (decision 12): nodes [0, seeded) have lists already,
+     * which seed_files more batch files carry into the streaming passes. */
+    uint64_t seeded;
+    uint32_t seed_files;
     /* Across ranks (decision 11); one process is rank 0 of 1. */
     int rank, ranks;
     uint64_t bytes_sent; /* to the other ranks */
@@ -751,7 +764,8 @@ static kiln_status forward_part(pipeline *pl, pass_bufs *pb, uint32_t q, kiln_wo
     kiln_hcand *cands = NULL;
     kiln_edge *rev = NULL, *sorted = NULL;
     uint64_t *at = NULL;
-    kiln_status st = gather_segment(pl, batch_name_fn, pl->n_batches, q, &pb->a, &raw_len);
+    kiln_status st =
+        gather_segment(pl, batch_name_fn, pl->n_batches + pl->seed_files, q, &pb->a, &raw_len);
     const uint8_t *raw = pb->a.p;
     if (st == KILN_OK && raw_len % sizeof(uint32_t))
         st = kiln_fail(ctx, KILN_E_FORMAT, "batch records of partition %u are cut short", q);
@@ -1411,6 +1425,83 @@ static kiln_status step_batches(pipeline *pl) {
     return st;
 }
 
+/* The seed of a device add (decision 12): node i < seeded keeps its
+ * level-0 list as candidates, as a record (owner, n, n x (distance, id,
+ * hash)) like a batch's, nearest first and at most min(K, M0) long, so the
+ * forward pass takes them as one more cluster's. Partition q's records
+ * are batch file n_batches + q, the only one of its segments that is not
+ * empty: one partition's records are held at a time. */
+static kiln_status step_seed(pipeline *pl) {
+    kiln_ctx *ctx = pl->ctx;
+    const struct kiln_index *ix = pl->ix;
+    const uint64_t n = pl->seeded;
+    const uint32_t d = ix->dim, cap = pl->K < ix->M0 ? pl->K : ix->M0;
+    float *proj = NULL;
+    uint32_t *rec = NULL;
+    kiln_work_seg *segs = NULL;
+    kiln_status st = kiln_alloc(ctx, (size_t)n * KILN_HASH_BITS * sizeof *proj, "seed projections",
+                                (void **)&proj);
+    if (st == KILN_OK)
+        st = kiln_calloc(ctx, (size_t)pl->parts * sizeof *segs, "seed segments", (void **)&segs);
+    if (st == KILN_OK)
+        st = kiln_alloc(ctx, ((size_t)pl->part_nodes * (2 + 3 * (size_t)cap) + 1) * sizeof *rec,
+                        "seed records", (void **)&rec);
+    if (st)
+        goto done;
+#pragma omp parallel for num_threads(pl->threads) schedule(static, 1024)
+    for (uint64_t i = 0; i < n; i++)
+        kiln_hash_project(pl->planes, d, kiln_vector(ix, (uint32_t)i), proj + i * KILN_HASH_BITS);
+    const uint32_t rec_words = 2 + 3 * cap;
+    for (uint32_t q = 0; q < pl->parts && st == KILN_OK; q++) {
+        uint32_t first, count;
+        part_range(pl, q, &first, &count);
+        const uint32_t end = first + count < n ? first + count : (uint32_t)(first < n ? n : first);
+#pragma omp parallel for num_threads(pl->threads) schedule(dynamic, 256)
+        for (uint32_t u = first; u < end; u++) {
+            uint32_t *r = rec + (size_t)(u - first) * rec_words;
+            kiln_hcand *c = (kiln_hcand *)(r + 2);
+            kiln_hcand all[KILN_CL_MAX_K > 2 * KILN_MAX_M ? KILN_CL_MAX_K : 2 * KILN_MAX_M];
+            const uint32_t *l = kiln_links(ix, u, 0);
+            const float *vu = kiln_vector(ix, u);
+            uint32_t m = 0;
+            for (uint32_t j = 0; j < l[0]; j++) {
+                const uint32_t v = l[1 + j];
+                if (v >= n || v == u)
+                    continue;
+                const float dist = ix->dist(vu, kiln_vector(ix, v), d);
+                all[m++] = (kiln_hcand){dist == dist ? dist : (float)INFINITY, v,
+                                        kiln_hash_edge(proj + (size_t)u * KILN_HASH_BITS,
+                                                       proj + (size_t)v * KILN_HASH_BITS)};
+            }
+            kiln_hcands_sort(all, m);
+            m = m < cap ? m : cap;
+            memcpy(c, all, m * sizeof *c);
+            r[0] = u;
+            r[1] = m;
+        }
+        /* Compact the records to their lengths. */
+        uint64_t w = 0;
+        for (uint32_t u = first; u < end; u++) {
+            const uint32_t *r = rec + (size_t)(u - first) * rec_words;
+            const uint64_t len = 2 + 3 * (uint64_t)r[1];
+            memmove(rec + w, r, len * sizeof *rec);
+            w += len;
+        }
+        for (uint32_t t = 0; t < pl->parts; t++)
+            segs[t] = (kiln_work_seg){rec, t == q ? w * sizeof *rec : 0};
+        char name[32];
+        batch_name(name, sizeof name, pl->n_batches + q);
+        st = kiln_workdir_put(pl->wd, name, segs, pl->parts);
+    }
+    if (st == KILN_OK)
+        pl->seed_files = pl->parts;
+done:
+    free(proj);
+    free(rec);
+    free(segs);
+    return st;
+}
+
 /* Level 0 from the work dir's checkpoint. */
 static kiln_status level0_get(pipeline *pl) {
     struct kiln_index *ix = pl->ix;
@@ -1683,8 +1774,11 @@ static kiln_status open_workdir(pipeline *pl) {
 /* ==== Pipeline ==== */
 
 kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
-                              kiln_build_report *rep) {
+                              kiln_build_report *rep, const kiln_device_seed *seed) {
     kiln_ctx *ctx = ix->ctx;
+    if (seed && (p->collective || p->work_dir || p->resume)) /* decision 12 */
+        return kiln_fail(ctx, KILN_E_ARG,
+                         "add: the device add runs in one process, in a private work dir");
     pipeline pl = {.ctx = ctx,
                    .ix = ix,
                    .p = p,
@@ -1693,7 +1787,8 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
                    .K = p->knn_k ? p->knn_k : 2 * p->M,
                    .residual = ix->metric != KILN_METRIC_IP,
                    .rank = p->collective ? kiln_dist_rank() : 0,
-                   .ranks = p->collective ? kiln_dist_size() : 1};
+                   .ranks = p->collective ? kiln_dist_size() : 1,
+                   .seeded = seed ? seed->seeded : 0};
     if (p->replicas)
         pl.replicas = p->replicas;
     else
@@ -1781,8 +1876,14 @@ kiln_status kiln_build_device(struct kiln_index *ix, const kiln_build_params *p,
     stage(rep, "device knn", kiln_now() - t);
 
     /* 4. Hierarchy, before level 0: its level-1 links seed it
-     * (graph/merge.c). */
-    if (pl.ranks == 1) {
+     * (graph/merge.c). A device add brings its own (decision 12), and its
+     * old lists. */
+    if (seed) {
+        t = kiln_now();
+        if (pl.seeded && (st = step_seed(&pl)))
+            goto cleanup;
+        stage(rep, "seed", kiln_now() - t);
+    } else if (pl.ranks == 1) {
         t = kiln_now();
         if ((st = step_hierarchy(&pl)))
             goto cleanup;

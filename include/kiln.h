@@ -581,6 +581,37 @@ KILN_API kiln_status kiln_index_set_threads(kiln_index *index, uint32_t threads)
  * padding) is KILN_E_ARG, as is a vector with a NaN or infinity. */
 KILN_API kiln_status kiln_index_add(kiln_index *index, const float *vectors, const int64_t *labels,
                                     size_t n);
+
+/* How kiln_index_add_ex inserts. */
+typedef enum kiln_add_method {
+    KILN_ADD_AUTO = 0, /* the device for a batch of at least 10000 vectors and device_share
+                          of the live count, where libkiln has a device side; else insert */
+    KILN_ADD_INSERT,   /* HNSW insertion, node by node in parallel batches */
+    KILN_ADD_DEVICE    /* the device pipeline over the old and new vectors together: new
+                          clusters, per-cluster kNN of new against new and old, each old
+                          node's list joining its candidates, the union, prune and reverse
+                          links of a device build; the old upper levels are kept and the
+                          new nodes inserted into them. The index comes back compacted
+                          (no free slots). graph/hnsw_live.c decision 9 */
+} kiln_add_method;
+
+typedef struct kiln_add_params {
+    kiln_add_method method; /* default KILN_ADD_AUTO */
+    const char *device;     /* the device, as kiln_build_params.device; NULL = auto */
+    double device_share;    /* KILN_ADD_AUTO: the share of the live count from which a batch
+                               goes to the device; 0 = the default, 0.25 */
+    uint64_t memory_limit;  /* KILN_ADD_DEVICE: the pipeline's budget as
+                               kiln_build_params.memory_limit; 0 = the default */
+} kiln_add_params;
+
+KILN_API void kiln_add_params_init(kiln_add_params *params);
+/* kiln_index_add with a choice of method; params NULL = defaults. Both
+ * methods give a valid index with the same labels; their graphs differ. An
+ * unknown method is KILN_E_ARG, KILN_ADD_DEVICE without a device side
+ * KILN_E_NO_DEVICE. */
+KILN_API kiln_status kiln_index_add_ex(kiln_index *index, const float *vectors,
+                                       const int64_t *labels, size_t n,
+                                       const kiln_add_params *params);
 /* Removes the n nodes with these labels from the graph: each is unlinked
  * on every level, the nodes that linked to it are relinked among its
  * neighbours with the HNSW heuristic, the entry point moves when it is one
@@ -679,6 +710,11 @@ KILN_API kiln_status kiln_shardset_search(const kiln_shardset *set, const float 
  * refused a label): do not save it then. Not while the set is searched. */
 KILN_API kiln_status kiln_shardset_add(kiln_shardset *set, const float *vectors,
                                        const int64_t *labels, size_t n);
+/* kiln_shardset_add with kiln_index_add_ex's params for every shard's add
+ * (a shard's share of the batch decides its automatic method). */
+KILN_API kiln_status kiln_shardset_add_ex(kiln_shardset *set, const float *vectors,
+                                          const int64_t *labels, size_t n,
+                                          const kiln_add_params *params);
 KILN_API kiln_status kiln_shardset_delete(kiln_shardset *set, const int64_t *labels, size_t n);
 KILN_API kiln_status kiln_shardset_update(kiln_shardset *set, const float *vectors,
                                           const int64_t *labels, size_t n);
