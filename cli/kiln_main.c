@@ -606,11 +606,6 @@ static int cmd_build(const cli_args *a) {
     if (!cli_u32(a, "shards", &shards) || (cli_str(a, "shard") && !cli_u32(a, "shard", &shard_u)))
         return 2;
     const int32_t shard = cli_str(a, "shard") ? (int32_t)shard_u : -1;
-    if (cli_str(a, "labels") && shards) {
-        fprintf(stderr, "kiln build: --labels with --shards is not supported yet: a shard set's "
-                        "labels are its input's rows\n");
-        return 2;
-    }
     if (shard >= 0 && (shards == 0 || shard_u >= shards)) {
         fprintf(stderr, "kiln build: --shard %u needs --shards N with N > %u\n", shard_u, shard_u);
         return 2;

@@ -231,6 +231,9 @@ kiln_status kiln_repair_reachability(struct kiln_index *ix, uint32_t ef, int thr
 kiln_status kiln_live_remove_marked(struct kiln_index *ix, const uint8_t *doomed, uint32_t ef,
                                     kiln_repair_stats *rep);
 
+/* Refuses labels (n of them) that repeat or hold -1, naming the rows. */
+kiln_status kiln_build_labels_check(kiln_ctx *ctx, const int64_t *labels, size_t n);
+
 /* The build's memory budget in bytes: params->memory_limit, else half of
  * physical memory (or of the cgroup's limit). */
 static inline uint64_t kiln_build_budget(const kiln_build_params *p) {

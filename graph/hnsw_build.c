@@ -97,7 +97,7 @@ KILN_DEFINE_SORT(i64_sort, int64_t, I64_LESS)
 
 /* The caller's labels: none -1 (search's padding), no two alike (the live
  * index's label map, graph/hnsw_live.c, needs them unique). */
-static kiln_status check_labels(kiln_ctx *ctx, const int64_t *labels, size_t n) {
+kiln_status kiln_build_labels_check(kiln_ctx *ctx, const int64_t *labels, size_t n) {
     int64_t *sorted = NULL;
     kiln_status st = kiln_alloc(ctx, (n + 1) * sizeof *sorted, "label check", (void **)&sorted);
     if (st)
@@ -160,7 +160,7 @@ static kiln_status check_params(kiln_ctx *ctx, const kiln_build_params *p, size_
     if (n >= KILN_NO_NODE)
         return kiln_fail(ctx, KILN_E_RANGE, "build: %zu vectors exceed the limit of %u", n,
                          KILN_NO_NODE - 1);
-    return p->labels ? check_labels(ctx, p->labels, n) : KILN_OK;
+    return p->labels ? kiln_build_labels_check(ctx, p->labels, n) : KILN_OK;
 }
 
 /* Whether a device build of ix can keep its vectors and level 0 on the heap

@@ -18,9 +18,12 @@
  *     N), so past GATHER_SPARSE_FACTOR times the rows a page holds the
  *     gather reads the shard's rows one by one, touching about n/N pages of
  *     the mapping instead of all of them: the same bytes either way.
- *  2. The labels are the row numbers, written into the built index before
- *     it is checked and saved, so a shard's search answers in the input's
- *     ids and the merge needs no table.
+ *  2. The labels are the row numbers, or the caller's (params->labels, one
+ *     a row: unique, not -1), and the hash routes each row by its label,
+ *     so the set's later adds, deletes and updates (graph/shardset.c
+ *     decision 5) find it in its shard. They are written into the built
+ *     index before it is checked and saved, so a shard's search answers in
+ *     the set's labels and the merge needs no table.
  *  3. The manifest is written last, only by a call that builds (or keeps)
  *     every shard, from the headers of the shard files as saved; until then
  *     the set's path does not exist, so no half-built set can be opened.
@@ -45,6 +48,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "build_internal.h"
 #include "hnsw_internal.h"
 #include "shardset_internal.h"
 #include "../common/afile_internal.h"
@@ -100,10 +104,10 @@ static kiln_status read_rows(kiln_ctx *ctx, const kiln_dataset *ds, size_t first
     return st;
 }
 
-/* Writes the count rows named by labels (ascending row numbers) to path
+/* Writes the count rows named by rows_of (ascending row numbers) to path
  * as an fbin file. */
 static kiln_status gather(kiln_ctx *ctx, const kiln_dataset *ds, uint32_t nshards,
-                          const int64_t *labels, uint64_t count, const char *path,
+                          const int64_t *rows_of, uint64_t count, const char *path,
                           uint64_t *written) {
     const size_t dim = ds->dim, row = dim * sizeof(float);
     size_t chunk = GATHER_CHUNK_BYTES / row;
@@ -130,9 +134,9 @@ static kiln_status gather(kiln_ctx *ctx, const kiln_dataset *ds, uint32_t nshard
         const size_t rows = ds->n - first < chunk ? ds->n - first : chunk;
         if (!sparse && (st = read_rows(ctx, ds, first, rows, buf)))
             break;
-        for (; j < count && (uint64_t)labels[j] < first + rows && !st; j++) {
-            float *r = sparse ? buf : buf + ((size_t)labels[j] - first) * dim;
-            if (sparse && (st = read_rows(ctx, ds, (size_t)labels[j], 1, r)))
+        for (; j < count && (uint64_t)rows_of[j] < first + rows && !st; j++) {
+            float *r = sparse ? buf : buf + ((size_t)rows_of[j] - first) * dim;
+            if (sparse && (st = read_rows(ctx, ds, (size_t)rows_of[j], 1, r)))
                 break;
             if (KILN_HOST_BIG_ENDIAN)
                 for (size_t t = 0; t < dim; t++)
@@ -148,6 +152,11 @@ static kiln_status gather(kiln_ctx *ctx, const kiln_dataset *ds, uint32_t nshard
     }
     free(buf);
     return st;
+}
+
+/* Row i's label: the caller's, or i (decision 2). */
+static inline int64_t row_label(const kiln_build_params *p, uint64_t i) {
+    return p->labels ? p->labels[i] : (int64_t)i;
 }
 
 /* ==== Keeping a finished shard (decision 3) ==== */
@@ -170,7 +179,8 @@ static bool shard_row_is(const struct kiln_index *ix, uint32_t node, const float
  * vectors against the input. The device parameters that the file does not
  * record (clusters, replicas, knn_k) are the caller's to keep the same. */
 static bool shard_finished(kiln_ctx *ctx, const kiln_dataset *ds, const kiln_build_params *p,
-                           const char *path, const int64_t *labels, uint64_t count) {
+                           const char *path, const int64_t *labels, const int64_t *rows,
+                           uint64_t count) {
     struct stat sb;
     if (stat(path, &sb) != 0)
         return false;
@@ -188,7 +198,7 @@ static bool shard_finished(kiln_ctx *ctx, const kiln_dataset *ds, const kiln_bui
         kiln_alloc(ctx, ix->code_bytes ? ix->code_bytes : 1, "a row", (void **)&code) == KILN_OK;
     for (uint32_t t = 0; same && t < KEEP_SAMPLE; t++) {
         const uint64_t j = count > 1 ? (count - 1) * t / (KEEP_SAMPLE - 1) : 0;
-        same = kiln_dataset_read_f32(ds, (size_t)labels[j], 1, row) == KILN_OK;
+        same = kiln_dataset_read_f32(ds, (size_t)rows[j], 1, row) == KILN_OK;
         if (same && p->metric == KILN_METRIC_COS)
             kiln_normalize(row, ds->dim);
         same = same && shard_row_is(ix, (uint32_t)j, row, code);
@@ -228,15 +238,18 @@ static kiln_status build_one(set_build *sb, uint32_t s) {
     kiln_status st = shard_path(ctx, sb->set_path, s, sb->nshards, out, sizeof out, &name);
     if (st)
         return st;
-    int64_t *labels;
-    if ((st = kiln_alloc(ctx, count * sizeof *labels, "shard labels", (void **)&labels)))
+    int64_t *labels, *rows_of;
+    if ((st = kiln_alloc(ctx, 2 * count * sizeof *labels, "shard labels", (void **)&labels)))
         return st;
+    rows_of = labels + count;
     for (uint64_t i = 0, j = 0; i < sb->ds->n; i++)
-        if (kiln_shard_of((int64_t)i, sb->nshards) == s)
-            labels[j++] = (int64_t)i;
+        if (kiln_shard_of(row_label(sb->p, i), sb->nshards) == s) {
+            rows_of[j] = (int64_t)i;
+            labels[j++] = row_label(sb->p, i);
+        }
     snprintf(rows_path, sizeof rows_path, "%s/shard-%u-of-%u.fbin", sb->work, s, sb->nshards);
     snprintf(sub, sizeof sub, "%s/shard-%u-of-%u", sb->work, s, sb->nshards);
-    if (sb->p->resume && shard_finished(ctx, sb->ds, sb->p, out, labels, count)) {
+    if (sb->p->resume && shard_finished(ctx, sb->ds, sb->p, out, labels, rows_of, count)) {
         free(labels);
         sb->rep->kept++;
         if (drop_work_dir(ctx, sub)) /* a build killed after its save left it */
@@ -252,9 +265,10 @@ static kiln_status build_one(set_build *sb, uint32_t s) {
     }
     p.work_dir = device ? sub : NULL;
     p.resume = device && p.resume;
+    p.labels = NULL; /* the shard's own, after its build (decision 2) */
     kiln_dataset *rows = NULL;
     kiln_index *ix = NULL;
-    st = gather(ctx, sb->ds, sb->nshards, labels, count, rows_path, &sb->rep->work_bytes_written);
+    st = gather(ctx, sb->ds, sb->nshards, rows_of, count, rows_path, &sb->rep->work_bytes_written);
     kiln_fault_point("shard"); /* a test's kill -9 between the gather and the build */
     if (!st &&
         !(st = kiln_dataset_open(ctx, rows_path, KILN_FORMAT_FBIN,
@@ -331,10 +345,6 @@ kiln_status kiln_shardset_build(kiln_ctx *ctx, const kiln_dataset *ds,
     rep->shards = nshards;
     if (!ds || !params || !set_path || !*set_path)
         return kiln_fail(ctx, KILN_E_ARG, "shard set build: NULL dataset, parameters or path");
-    if (params->labels)
-        return kiln_fail(ctx, KILN_E_UNSUPPORTED,
-                         "shard set build: labels of the caller's are not supported yet (a set's "
-                         "labels are its input's rows, which the hash routes)");
     if (nshards < 1 || nshards > KILN_MAX_SHARDS)
         return kiln_fail(ctx, KILN_E_ARG, "shard set build: %u shards (1 to %u)", nshards,
                          KILN_MAX_SHARDS);
@@ -343,9 +353,11 @@ kiln_status kiln_shardset_build(kiln_ctx *ctx, const kiln_dataset *ds,
                          nshards, nshards - 1);
     const double t0 = kiln_now();
     uint64_t *counts = NULL;
-    kiln_status st = kiln_calloc(ctx, nshards * sizeof *counts, "shard counts", (void **)&counts);
+    kiln_status st = params->labels ? kiln_build_labels_check(ctx, params->labels, ds->n) : KILN_OK;
+    if (!st)
+        st = kiln_calloc(ctx, nshards * sizeof *counts, "shard counts", (void **)&counts);
     for (size_t i = 0; i < ds->n && !st; i++)
-        counts[kiln_shard_of((int64_t)i, nshards)]++;
+        counts[kiln_shard_of(row_label(params, i), nshards)]++;
     for (uint32_t s = 0; s < nshards && !st; s++)
         if (counts[s] == 0)
             st = kiln_fail(ctx, KILN_E_ARG,

@@ -343,8 +343,8 @@ typedef struct kiln_build_params {
     int collective;
     /* The label of each of the n rows (borrowed for the call; copied into
      * the index), which search returns: unique, none -1. NULL = the row
-     * numbers. Not with kiln_shardset_build (a set's labels are its rows).
-     * Default NULL. */
+     * numbers. With kiln_shardset_build, one per row of the dataset: each
+     * row goes to the shard of its label. Default NULL. */
     const int64_t *labels;
     /* The vectors' storage in the built index; default KILN_STORAGE_F32. */
     kiln_storage storage;
@@ -745,7 +745,8 @@ typedef struct kiln_shardset_report {
 } kiln_shardset_report;
 
 /* Builds the shard set set_path over ds: shard s holds, in row order, the
- * rows whose label (the row number) hashes to s, with those labels. Each
+ * rows whose label (params->labels[row], else the row number) hashes to s,
+ * with those labels. Each
  * shard's rows are first gathered in one sequential pass into a file in the
  * work dir, then built as any index (params apply to every shard; its work
  * dir is a sub-folder of params->work_dir, or of $TMPDIR when NULL) and saved

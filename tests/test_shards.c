@@ -814,6 +814,99 @@ static void test_merge_edges(kiln_ctx *ctx) {
     unlink(base);
 }
 
+/* A set built with the caller's labels (beyond int32, in another order
+ * than the rows): each row in the shard of its label's hash with that
+ * label and its own vector, recall through the set as with row labels,
+ * writes routed to the same shards; repeated labels are refused, naming
+ * the rows, before anything is written. */
+#define LABEL_BASE 1000000000000ll
+static int64_t row_to_label(size_t i, size_t n) {
+    return LABEL_BASE + (int64_t)((i * 7919u) % n) * 3; /* 7919 is prime to 10000 and 1000 */
+}
+
+static void test_labels(kiln_ctx *ctx) {
+    data dt;
+    if (!data_open(ctx, "siftsmall", &dt))
+        return;
+    const uint32_t n = 3;
+    char set_path[4096];
+    snprintf(set_path, sizeof set_path, "%s/shards_labels.kset", tmp_dir());
+    int64_t *lab = malloc(dt.n * sizeof *lab);
+    size_t *row_of = malloc(dt.n * sizeof *row_of);
+    REQUIRE(lab && row_of);
+    for (size_t i = 0; i < dt.n; i++) {
+        lab[i] = row_to_label(i, dt.n);
+        row_of[(lab[i] - LABEL_BASE) / 3] = i;
+    }
+    kiln_build_params p;
+    kiln_build_params_init(&p);
+    p.labels = lab;
+    /* Repeated labels: refused, no manifest. */
+    const int64_t keep = lab[5];
+    lab[5] = lab[17];
+    CHECK(kiln_shardset_build(ctx, dt.base, &p, n, -1, set_path, NULL) == KILN_E_ARG);
+    CHECK_MSG(strstr(kiln_errmsg(ctx), "rows 5 and 17") != NULL, "repeated labels: '%s'",
+              kiln_errmsg(ctx));
+    CHECK(access(set_path, F_OK) != 0);
+    lab[5] = keep;
+    CHECK_OK(ctx, kiln_shardset_build(ctx, dt.base, &p, n, -1, set_path, NULL));
+    kiln_shardset *set = NULL;
+    CHECK_OK(ctx, kiln_shardset_open(ctx, set_path, 0, &set));
+    REQUIRE(set);
+    const size_t d = kiln_dataset_dim(dt.base);
+    float *row = malloc(d * sizeof *row);
+    uint8_t *seen = calloc(dt.n, 1);
+    REQUIRE(row && seen);
+    size_t total = 0, misplaced = 0, twice = 0, wrong_vec = 0;
+    for (uint32_t s = 0; s < n; s++) {
+        const struct kiln_index *ix = kiln_shardset_shard(set, s);
+        for (uint64_t i = 0; i < ix->count; i++) {
+            const int64_t l = ix->labels[i];
+            REQUIRE(l >= LABEL_BASE && (l - LABEL_BASE) % 3 == 0 &&
+                    (size_t)((l - LABEL_BASE) / 3) < dt.n);
+            const size_t r = row_of[(l - LABEL_BASE) / 3];
+            misplaced += kiln_shard_of(l, n) != s;
+            twice += seen[r]++;
+            CHECK_OK(ctx, kiln_dataset_read_f32(dt.base, r, 1, row));
+            wrong_vec += memcmp(row, kiln_vector(ix, (uint32_t)i), d * sizeof *row) != 0;
+        }
+        total += ix->count;
+    }
+    CHECK_MSG(total == dt.n && misplaced == 0 && twice == 0 && wrong_vec == 0,
+              "labelled set: %zu rows of %zu, %zu misplaced, %zu twice, %zu with another row's "
+              "vector",
+              total, dt.n, misplaced, twice, wrong_vec);
+    int64_t *got = malloc(dt.nq * K * sizeof *got);
+    REQUIRE(got);
+    kiln_search_params sp = {.k = K, .ef = 64, .threads = 2};
+    CHECK_OK(ctx, kiln_shardset_search(set, dt.q, dt.nq, &sp, got, NULL));
+    for (size_t i = 0; i < dt.nq * K; i++)
+        got[i] = got[i] >= 0 ? (int64_t)row_of[(got[i] - LABEL_BASE) / 3] : -1;
+    const double r = recall_at(got, dt.gt, dt.nq, K, dt.gk);
+    fprintf(stderr, "siftsmall, 3 shards, labels of the caller's: recall@10 at ef 64 = %.4f\n", r);
+    CHECK_MSG(r >= 0.95, "labelled set: recall@10 at ef 64 is %.4f < 0.95", r);
+    /* Writes find the labels in their shards: delete 100, add them back. */
+    int64_t del[100];
+    float *back = malloc(100 * d * sizeof *back);
+    REQUIRE(back);
+    for (size_t i = 0; i < 100; i++) {
+        del[i] = lab[i * 37];
+        CHECK_OK(ctx, kiln_dataset_read_f32(dt.base, i * 37, 1, back + i * d));
+    }
+    CHECK_OK(ctx, kiln_shardset_delete(set, del, 100));
+    CHECK(kiln_shardset_count(set) == dt.n - 100);
+    CHECK_OK(ctx, kiln_shardset_add(set, back, del, 100));
+    CHECK(kiln_shardset_count(set) == dt.n);
+    free(back);
+    free(got);
+    free(row);
+    free(seen);
+    free(lab);
+    free(row_of);
+    kiln_shardset_free(set);
+    data_free(&dt);
+}
+
 int main(void) {
     kiln_ctx *ctx;
     REQUIRE(kiln_ctx_new(&ctx) == KILN_OK);
@@ -828,6 +921,7 @@ int main(void) {
     test_set(ctx, "fmnistsmall", 2, 0.95);
     test_piecewise(ctx);
     test_writes(ctx);
+    test_labels(ctx);
     kiln_ctx_free(ctx);
     return check_report("test_shards");
 }
