@@ -4,10 +4,12 @@
  *
  * Usage (one JSON line per result on stdout, errors as one line on stderr):
  *   bench_live build BASE N OUT [-M 16] [--efc 200] [--seed 1] [--cpus C]
- *   bench_live add INDEX BASE FIRST COUNT [--cpus C]
+ *   bench_live add INDEX BASE FIRST COUNT [--method insert|device] [--cpus C]
  *   bench_live delete INDEX LABELS [--cpus C]
  *   bench_live churn INDEX BASE QUERIES SCHEDULE ROUNDS [--initial N] [--ef 16,64]
  *              [-k 10] [--cpus C]
+ *   bench_live stall INDEX BASE QUERIES SECONDS [--writer 0|1] [--readers R] [--batch B]
+ *              [--ef 64] [-k 10] [--cpus C]
  * build: an insert-method index over rows [0, N) of BASE (labels = rows).
  * add: rows [FIRST, FIRST + COUNT) added with labels = rows. delete: the
  * labels of LABELS (raw little-endian int64). churn: round r (1..ROUNDS)
@@ -15,6 +17,11 @@
  * rows), then writes the exact top-k of the queries over the live rows to
  * SCHEDULE/gt-r.i64 (labels, nq x k int64; the hnswlib side reads them) and
  * measures recall@k at each ef; rows [0, --initial) are live at the start.
+ * stall: R search threads (default 1) send the queries one at a time for
+ * SECONDS and time each; with --writer 1 the main thread meanwhile deletes
+ * B labels (default 100; rows of the index, labels = rows) and adds them
+ * back, round after round, on one thread (kiln_index_set_threads). Prints
+ * the queries per second and the latency percentiles (decision 4).
  *
  * Design decisions:
  *  1. One process per measurement, called by bench/live.py, which samples
@@ -31,7 +38,15 @@
  *  3. Ground truth is kiln_knn_exact over the live rows (ties by smaller
  *     row, as `kiln groundtruth`), mapped to labels, so both systems are
  *     measured against the same file.
+ *  4. The stall measurement (graph/hnsw_live.c decision 8): a search holds
+ *     the index's lock shared and a writer takes it exclusively to publish,
+ *     so a query that arrives during a commit waits for it. Run once
+ *     without and once with the writer, the latency tail (p99, p99.9, max)
+ *     shows what the commits cost searches; the queries per second also
+ *     carry the CPU the writer takes from them (on 2 cores, 1 reader and 1
+ *     writer each have one).
  */
+#include <pthread.h>
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -183,7 +198,11 @@ static void cmd_add(kiln_ctx *ctx, int argc, char **argv) {
         labels[i] = (int64_t)(first + i);
     kiln_index *ix = load(ctx, argv[2]);
     const double t0 = now();
-    check(ctx, kiln_index_add(ix, v + first * dim, labels, count), "add");
+    kiln_add_params ap; /* hnswlib's add_items inserts: so does this */
+    kiln_add_params_init(&ap);
+    ap.method = strcmp(opt(argc, argv, "--method", "insert"), "device") == 0 ? KILN_ADD_DEVICE
+                                                                             : KILN_ADD_INSERT;
+    check(ctx, kiln_index_add_ex(ix, v + first * dim, labels, count, &ap), "add");
     const double s = now() - t0;
     printf("{\"op\":\"add\",\"count\":%zu,\"seconds\":%.6f,\"per_s\":%.1f}\n", count, s,
            (double)count / s);
@@ -307,9 +326,127 @@ static void cmd_churn(kiln_ctx *ctx, int argc, char **argv) {
     free(q);
 }
 
+/* ==== stall (decision 4) ==== */
+
+typedef struct stall_reader {
+    const kiln_index *ix;
+    const float *q;
+    size_t nq, dim, start;
+    uint32_t k, ef;
+    double until;
+    double *lat; /* seconds per query */
+    size_t n, cap;
+} stall_reader;
+
+static void *stall_read(void *arg) {
+    stall_reader *r = arg;
+    int64_t labels[256];
+    kiln_search_params sp = {.k = r->k, .ef = r->ef, .threads = 1};
+    for (size_t i = r->start; now() < r->until; i++) {
+        const double t0 = now();
+        if (kiln_index_search(r->ix, r->q + (i % r->nq) * r->dim, 1, &sp, labels, NULL) != KILN_OK)
+            die("stall: a search failed");
+        if (r->n == r->cap) {
+            r->cap = r->cap ? 2 * r->cap : 65536;
+            double *g = realloc(r->lat, r->cap * sizeof *g);
+            if (!g)
+                die("stall: out of memory for latencies");
+            r->lat = g;
+        }
+        r->lat[r->n++] = now() - t0;
+    }
+    return NULL;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void cmd_stall(kiln_ctx *ctx, int argc, char **argv) {
+    if (argc < 6)
+        die("usage: bench_live stall INDEX BASE QUERIES SECONDS [--writer 0|1] [--readers R] "
+            "[--batch B] [--ef 64] [-k 10]");
+    const double seconds = atof(argv[5]);
+    const int writer = atoi(opt(argc, argv, "--writer", "0"));
+    const int readers = atoi(opt(argc, argv, "--readers", "1"));
+    const size_t batch = strtoull(opt(argc, argv, "--batch", "100"), NULL, 10);
+    const uint32_t ef = (uint32_t)atoi(opt(argc, argv, "--ef", "64"));
+    const uint32_t k = (uint32_t)atoi(opt(argc, argv, "-k", "10"));
+    if (readers < 1 || readers > 64 || k < 1 || k > 256 || seconds <= 0 || batch < 1)
+        die("stall: --readers 1..64, -k 1..256, SECONDS > 0, --batch >= 1");
+    size_t n = 0, dim = 0, nq = 0, qdim = 0;
+    float *base = read_rows(ctx, argv[3], &n, &dim);
+    float *q = read_rows(ctx, argv[4], &nq, &qdim);
+    kiln_index *ix = load(ctx, argv[2]);
+    const size_t count = kiln_index_count(ix);
+    if (qdim != dim || kiln_index_dim(ix) != dim || count > n || batch > count)
+        die("stall: the index, BASE and QUERIES do not fit together");
+    check(ctx, kiln_index_set_threads(ix, 1), "set threads");
+    stall_reader *r = calloc((size_t)readers, sizeof *r);
+    pthread_t *th = calloc((size_t)readers, sizeof *th);
+    int64_t *labels = xmalloc(batch * sizeof *labels);
+    if (!r || !th)
+        die("out of memory");
+    const double t0 = now(), until = t0 + seconds;
+    for (int i = 0; i < readers; i++) {
+        r[i] = (stall_reader){.ix = ix, .q = q, .nq = nq, .dim = dim, .k = k, .ef = ef,
+                              .until = until, .start = (size_t)i * 97};
+        if (pthread_create(&th[i], NULL, stall_read, &r[i]) != 0)
+            die("pthread_create failed");
+    }
+    size_t rounds = 0, at = 0;
+    double write_s = 0;
+    while (writer && now() < until) {
+        for (size_t j = 0; j < batch; j++)
+            labels[j] = (int64_t)((at + j) % count);
+        const double w0 = now();
+        check(ctx, kiln_index_delete(ix, labels, batch), "stall: delete");
+        for (size_t j = 0; j < batch; j++) /* the same rows back, one call per run of rows */
+            if (j == 0 || labels[j] != labels[j - 1] + 1) {
+                size_t e = j + 1;
+                while (e < batch && labels[e] == labels[e - 1] + 1)
+                    e++;
+                check(ctx,
+                      kiln_index_add(ix, base + (size_t)labels[j] * dim, labels + j, e - j),
+                      "stall: add");
+            }
+        write_s += now() - w0;
+        rounds++;
+        at = (at + batch) % count;
+    }
+    for (int i = 0; i < readers; i++)
+        pthread_join(th[i], NULL);
+    const double wall = now() - t0;
+    size_t total = 0;
+    for (int i = 0; i < readers; i++)
+        total += r[i].n;
+    double *all = xmalloc(total * sizeof *all);
+    for (int i = 0, w = 0; i < readers; i++) {
+        memcpy(all + w, r[i].lat, r[i].n * sizeof *all);
+        w += (int)r[i].n;
+        free(r[i].lat);
+    }
+    qsort(all, total, sizeof *all, cmp_double);
+#define PCT(p) (total ? all[(size_t)((double)(total - 1) * (p))] * 1e6 : 0.0)
+    printf("{\"op\":\"stall\",\"writer\":%d,\"readers\":%d,\"queries\":%zu,\"qps\":%.1f,"
+           "\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f,"
+           "\"write_rounds\":%zu,\"batch\":%zu,\"write_s_per_round\":%.6f,\"ef\":%u}\n",
+           writer, readers, total, (double)total / wall, PCT(0.5), PCT(0.99), PCT(0.999),
+           PCT(1.0), rounds, batch, rounds ? write_s / (double)rounds : 0.0, ef);
+#undef PCT
+    free(all);
+    free(labels);
+    free(r);
+    free(th);
+    kiln_index_free(ix);
+    free(q);
+    free(base);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2)
-        die("usage: bench_live build|add|delete|churn ... (see bench/bench_live.c)");
+        die("usage: bench_live build|add|delete|churn|stall ... (see bench/bench_live.c)");
     const int cpus = atoi(opt(argc, argv, "--cpus", "0"));
     if (cpus > 0)
         pin_cpus(cpus);
@@ -324,8 +461,10 @@ int main(int argc, char **argv) {
         cmd_delete(ctx, argc, argv);
     else if (strcmp(argv[1], "churn") == 0)
         cmd_churn(ctx, argc, argv);
+    else if (strcmp(argv[1], "stall") == 0)
+        cmd_stall(ctx, argc, argv);
     else
-        die("unknown mode '%s' (build, add, delete, churn)", argv[1]);
+        die("unknown mode '%s' (build, add, delete, churn, stall)", argv[1]);
     kiln_ctx_free(ctx);
     return 0;
 }

@@ -1592,7 +1592,7 @@ static const cli_opt add_opts[] = {
     {"format", 0, "FMT", NULL, "format of NEW_VECTORS (default: from the extension)", 0, 0},
     {"method", 0, "auto|insert|device", NULL,
      "insert node by node, or run the device pipeline over the old and new vectors (default "
-     "auto: the device for at least 10000 vectors and 25% of the index, where there is one)",
+     "auto: the device for at least 10000 vectors and 20% of the index, where there is one)",
      0, 0},
     {"device", 0, "auto|cpu|gpu|P:D", NULL,
      "OpenCL device for the device method (default: $KILN_DEVICE, else auto)", 0, 0},

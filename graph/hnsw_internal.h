@@ -296,9 +296,11 @@ kiln_status kiln_index_compress(struct kiln_index *ix, kiln_storage s, bool keep
 kiln_status kiln_storage_check_rows(const struct kiln_index *ix, const float *rows, size_t n,
                                     const char *what);
 /* Writes n rows into slots (normalised first for COS): vectors and codes as
- * the storage has them. */
-kiln_status kiln_storage_put(struct kiln_index *ix, const float *rows, const uint32_t *slots,
-                             size_t n);
+ * the storage has them. scratch holds dim floats: the row is normalised and
+ * encoded there when the index keeps no f32 rows (the caller allocates it
+ * before its commit, so nothing can fail inside). */
+void kiln_storage_put(struct kiln_index *ix, const float *rows, const uint32_t *slots, size_t n,
+                      float *scratch);
 /* Zeroes slot's rows (a free slot). */
 void kiln_storage_clear(struct kiln_index *ix, uint32_t slot);
 /* Whether node's row (the one graph distances read) has a NaN or an

@@ -157,7 +157,7 @@
 /* Decision 9: an automatic add goes to the device from this many vectors
  * and this share of the live count (bench/live.py measures the crossover). */
 #define KILN_ADD_DEVICE_MIN   10000
-#define KILN_ADD_DEVICE_SHARE 0.25
+#define KILN_ADD_DEVICE_SHARE 0.2
 
 /* ==== Types ==== */
 
@@ -757,7 +757,9 @@ static kiln_status insert_slots(struct kiln_index *ix, const float *vectors, con
     uint64_t upper = 0;
     for (size_t k = 0; k < n; k++)
         upper += (uint64_t)label_level(ix, labels[k]) * (ix->M + 1);
-    if ((st = reserve_upper(ix, upper)))
+    float *scratch = NULL; /* kiln_storage_put's row: nothing may fail in the commit */
+    if ((st = reserve_upper(ix, upper)) ||
+        (st = kiln_alloc(ix->ctx, (size_t)ix->dim * sizeof *scratch, "a row", (void **)&scratch)))
         return st;
     /* Decision 8: the slots fill, and the count grows, where searches see
      * it; their lists are written by the insertion, before anything links
@@ -778,10 +780,8 @@ static kiln_status insert_slots(struct kiln_index *ix, const float *vectors, con
         ix->upper_len += (uint64_t)level * (ix->M + 1);
         map_set(ix->label_map, labels[k], s);
     }
-    if ((st = kiln_storage_put(ix, vectors, slots, n))) {
-        kiln_commit_end(ix);
-        return st;
-    }
+    kiln_storage_put(ix, vectors, slots, n, scratch);
+    free(scratch);
     const uint32_t *order = slots;
     uint64_t base = live_before;
     size_t todo = n;

@@ -145,27 +145,19 @@ kiln_status kiln_index_compress(struct kiln_index *ix, kiln_storage s, bool keep
     return KILN_OK;
 }
 
-kiln_status kiln_storage_put(struct kiln_index *ix, const float *rows, const uint32_t *slots,
-                             size_t n) {
+void kiln_storage_put(struct kiln_index *ix, const float *rows, const uint32_t *slots, size_t n,
+                      float *scratch) {
     const size_t dim = ix->dim;
-    float *tmp = NULL;
-    if (ix->storage != KILN_STORAGE_F32 && !ix->vectors) {
-        kiln_status st = kiln_alloc(ix->ctx, dim * sizeof *tmp, "a row", (void **)&tmp);
-        if (st)
-            return st;
-    }
     for (size_t k = 0; k < n; k++) {
-        /* The f32 row where there is one, else a scratch row, normalised
+        /* The f32 row where there is one, else the scratch row, normalised
          * there for COS and then encoded. */
-        float *row = ix->vectors ? ix->vectors + (size_t)slots[k] * dim : tmp;
+        float *row = ix->vectors ? ix->vectors + (size_t)slots[k] * dim : scratch;
         memcpy(row, rows + k * dim, dim * sizeof *row);
         if (ix->metric == KILN_METRIC_COS)
             kiln_normalize(row, dim);
         if (ix->storage != KILN_STORAGE_F32)
             kiln_encode_row(ix->storage, row, dim, ix->codes + (size_t)slots[k] * ix->code_bytes);
     }
-    free(tmp);
-    return KILN_OK;
 }
 
 void kiln_storage_clear(struct kiln_index *ix, uint32_t slot) {

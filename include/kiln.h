@@ -599,7 +599,7 @@ typedef struct kiln_add_params {
     kiln_add_method method; /* default KILN_ADD_AUTO */
     const char *device;     /* the device, as kiln_build_params.device; NULL = auto */
     double device_share;    /* KILN_ADD_AUTO: the share of the live count from which a batch
-                               goes to the device; 0 = the default, 0.25 */
+                               goes to the device; 0 = the default, 0.2 */
     uint64_t memory_limit;  /* KILN_ADD_DEVICE: the pipeline's budget as
                                kiln_build_params.memory_limit; 0 = the default */
 } kiln_add_params;
